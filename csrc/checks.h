@@ -1,0 +1,89 @@
+// Input checks of the compiled ops (host only). The Python API validates first with friendlier
+// messages; these guard direct torch.ops.mgid.* calls. Messages name the argument and the
+// expected shape, dtype and device.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "common.h"
+
+namespace mgid {
+
+inline void check_float(const at::Tensor& t, const char* name, const char* layout) {
+  const auto s = t.scalar_type();
+  TORCH_CHECK(s == at::kHalf || s == at::kBFloat16 || s == at::kFloat || s == at::kDouble,
+              "mgid: ", name, " must be a floating tensor (float16, bfloat16, float32 or float64) of shape ",
+              layout, ", got dtype ", t.scalar_type());
+}
+
+inline void check_query_items(const at::Tensor& query, const at::Tensor& items) {
+  TORCH_CHECK(query.dim() == 4, "mgid: query must have shape (B, C, H, W), got ", query.sizes());
+  TORCH_CHECK(items.dim() == 2, "mgid: items must have shape (M, C), got ", items.sizes());
+  check_float(query, "query", "(B, C, H, W)");
+  check_float(items, "items", "(M, C)");
+  TORCH_CHECK(query.device() == items.device(), "mgid: query and items must be on one device, got query on ",
+              query.device(), " and items on ", items.device());
+  TORCH_CHECK(items.size(1) == query.size(1), "mgid: items must have shape (M, C) with C = query.size(1) = ",
+              query.size(1), ", got ", items.sizes());
+  TORCH_CHECK(query.numel() > 0 && items.numel() > 0, "mgid: query and items must not be empty, got query ",
+              query.sizes(), " and items ", items.sizes());
+  TORCH_CHECK(items.size(0) <= kMaxItems, "mgid: at most ", kMaxItems, " memory items are supported, got M = ",
+              items.size(0));
+}
+
+inline void check_covariances(const at::Tensor& cov1, const at::Tensor& cov2) {
+  TORCH_CHECK(cov1.dim() == 3 && cov1.size(1) == cov1.size(2), "mgid: cov1 must have shape (B, C, C), got ",
+              cov1.sizes());
+  TORCH_CHECK(cov1.sizes() == cov2.sizes(), "mgid: cov2 must have the shape of cov1 ", cov1.sizes(), ", got ",
+              cov2.sizes());
+  check_float(cov1, "cov1", "(B, C, C)");
+  check_float(cov2, "cov2", "(B, C, C)");
+  TORCH_CHECK(cov1.device() == cov2.device(), "mgid: cov1 and cov2 must be on one device, got ", cov1.device(),
+              " and ", cov2.device());
+  TORCH_CHECK(cov1.numel() > 0, "mgid: cov1 must not be empty, got ", cov1.sizes());
+}
+
+inline void check_mask(const at::Tensor& mask, const at::Tensor& cov1) {
+  TORCH_CHECK(mask.scalar_type() == at::kBool, "mgid: mask must be a bool tensor, got ", mask.scalar_type());
+  TORCH_CHECK(mask.sizes() == cov1.sizes(), "mgid: mask must have the shape of cov1 ", cov1.sizes(), ", got ",
+              mask.sizes());
+  TORCH_CHECK(mask.device() == cov1.device(), "mgid: mask must be on ", cov1.device(), ", got ", mask.device());
+}
+
+// Everything a memory kernel needs, prepared on the host without synchronising: the query as
+// contiguous NCHW (no copy when it already is), the items transposed to (C, M) in the
+// accumulation dtype, and the sizes.
+struct MemoryInputs {
+  at::Tensor query;    // (B, C, H, W) contiguous
+  at::Tensor items_t;  // (C, M) contiguous, accumulation dtype
+  int64_t B, C, H, W, HW, N;
+  int M;
+};
+
+inline at::ScalarType acc_dtype(at::ScalarType t);
+
+inline MemoryInputs prepare_memory_inputs(const at::Tensor& query, const at::Tensor& items) {
+  check_query_items(query, items);
+  MemoryInputs in;
+  in.query = query.contiguous();
+  in.items_t = items.detach().to(acc_dtype(query.scalar_type())).t().contiguous();
+  in.B = query.size(0);
+  in.C = query.size(1);
+  in.H = query.size(2);
+  in.W = query.size(3);
+  in.HW = in.H * in.W;
+  in.N = in.B * in.HW;
+  in.M = static_cast<int>(items.size(0));
+  return in;
+}
+
+inline int64_t num_query_tiles(int64_t N) {
+  return (N + kQueryTile - 1) / kQueryTile;
+}
+
+// The accumulation dtype of an input dtype: float64 stays, everything else accumulates in float32.
+inline at::ScalarType acc_dtype(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+}  // namespace mgid

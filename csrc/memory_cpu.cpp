@@ -1,0 +1,228 @@
+// C++ CPU kernels of the memory ops. The per-query and per-tile math is memory_math.h, shared with
+// the CUDA kernels; this file only schedules it: queries in parallel, tiles of kQueryTile queries
+// as the unit of every reduction (fixed, so results do not depend on the thread count).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "checks.h"
+#include "memory_math.h"
+
+namespace mgid {
+namespace {
+
+#define MGID_DISPATCH(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+
+at::Tensor memory_read_cpu(const at::Tensor& query, const at::Tensor& items, bool /*grad_through_weights*/) {
+  const MemoryInputs in = prepare_memory_inputs(query, items);
+  at::Tensor out = at::empty({in.B, 2 * in.C, in.H, in.W}, in.query.options());
+  MGID_DISPATCH(in.query.scalar_type(), "mgid::memory_read(cpu)", [&] {
+    using A = at::opmath_type<scalar_t>;
+    const scalar_t* q = in.query.data_ptr<scalar_t>();
+    const A* it = in.items_t.data_ptr<A>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, in.N, kQueryTile, [&](int64_t begin, int64_t end) {
+      A s[kMaxItems];
+      for (int64_t n = begin; n < end; ++n) {
+        const int64_t b = n / in.HW, p = n % in.HW;
+        scalar_t* ob = o + b * 2 * in.C * in.HW + p;
+        read_forward_query(q + query_offset(n, in.HW, in.C), ob, ob + in.C * in.HW, in.HW, in.C, it, in.M, s);
+      }
+    });
+  });
+  return out;
+}
+
+at::Tensor memory_read_backward_cpu(const at::Tensor& grad_out, const at::Tensor& query, const at::Tensor& items,
+                                    bool grad_through_weights) {
+  const MemoryInputs in = prepare_memory_inputs(query, items);
+  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({in.B, 2 * in.C, in.H, in.W}),
+              "mgid: grad_out must have shape (B, 2C, H, W) = ", at::IntArrayRef({in.B, 2 * in.C, in.H, in.W}),
+              ", got ", grad_out.sizes());
+  const at::Tensor g = grad_out.to(in.query.scalar_type()).contiguous();
+  at::Tensor dq = at::empty_like(in.query);
+  MGID_DISPATCH(in.query.scalar_type(), "mgid::memory_read_backward(cpu)", [&] {
+    using A = at::opmath_type<scalar_t>;
+    const scalar_t* q = in.query.data_ptr<scalar_t>();
+    const scalar_t* gp = g.data_ptr<scalar_t>();
+    const A* it = in.items_t.data_ptr<A>();
+    scalar_t* d = dq.data_ptr<scalar_t>();
+    at::parallel_for(0, in.N, kQueryTile, [&](int64_t begin, int64_t end) {
+      A w[kMaxItems], ds[kMaxItems];
+      for (int64_t n = begin; n < end; ++n) {
+        const int64_t b = n / in.HW, p = n % in.HW;
+        const scalar_t* gb = gp + b * 2 * in.C * in.HW + p;
+        const int64_t off = query_offset(n, in.HW, in.C);
+        read_backward_query(q + off, gb, gb + in.C * in.HW, d + off, in.HW, in.C, it, in.M, grad_through_weights,
+                            w, ds);
+      }
+    });
+  });
+  return dq;
+}
+
+// Per-item column max (M,) and weighted sum (M, C) of the MNAD update, in the accumulation dtype.
+std::tuple<at::Tensor, at::Tensor> memory_update_stats_cpu(const at::Tensor& query, const at::Tensor& items,
+                                                           bool max_over_assigned) {
+  const MemoryInputs in = prepare_memory_inputs(query, items);
+  const int64_t T = num_query_tiles(in.N);
+  const auto acc_opts = in.items_t.options();
+  at::Tensor part_max = at::empty({T, in.M}, acc_opts);
+  at::Tensor part_sum = at::zeros({T, in.M, in.C}, acc_opts);
+  at::Tensor col_max = at::empty({in.M}, acc_opts);
+  at::Tensor sum = at::empty({in.M, in.C}, acc_opts);
+  MGID_DISPATCH(in.query.scalar_type(), "mgid::memory_update_stats(cpu)", [&] {
+    using A = at::opmath_type<scalar_t>;
+    const scalar_t* q = in.query.data_ptr<scalar_t>();
+    const A* it = in.items_t.data_ptr<A>();
+    A* pmax = part_max.data_ptr<A>();
+    A* psum = part_sum.data_ptr<A>();
+    const int M = in.M;
+    const int64_t C = in.C, HW = in.HW;
+    at::parallel_for(0, T, 1, [&](int64_t t_begin, int64_t t_end) {
+      std::vector<A> scores(static_cast<size_t>(kQueryTile) * M);
+      std::vector<A> weight(kQueryTile);
+      std::vector<int> assign(kQueryTile);
+      for (int64_t t = t_begin; t < t_end; ++t) {
+        const int64_t n0 = t * kQueryTile;
+        const int K = static_cast<int>(std::min<int64_t>(kQueryTile, in.N - n0));
+        for (int k = 0; k < K; ++k) {
+          A norm;
+          const scalar_t* qk = q + query_offset(n0 + k, HW, C);
+          weight[k] = query_inv_norm(qk, HW, C, &norm);
+          query_scores(qk, HW, C, it, M, weight[k], &scores[k * M]);
+          assign[k] = argmax_first(&scores[k * M], M);
+        }
+        for (int m = 0; m < M; ++m)
+          pmax[t * M + m] = tile_item_max(m, K, scores.data(), assign.data(), M, max_over_assigned);
+        for (int k = 0; k < K; ++k)
+          weight[k] = tile_query_weight(scores[k * M + assign[k]], pmax[t * M + assign[k]], weight[k]);
+        // Same terms, same ascending-k order per (m, c) as tile_item_channel_sum on the GPU; the
+        // loops are turned around so each query is read once.
+        for (int k = 0; k < K; ++k) {
+          const scalar_t* qk = q + query_offset(n0 + k, HW, C);
+          A* dst = psum + (t * M + assign[k]) * C;
+          for (int64_t c = 0; c < C; ++c) dst[c] += weight[k] * static_cast<A>(qk[c * HW]);
+        }
+      }
+    });
+    A* cm = col_max.data_ptr<A>();
+    A* sm = sum.data_ptr<A>();
+    at::parallel_for(0, M, 1, [&](int64_t m_begin, int64_t m_end) {
+      for (int64_t m = m_begin; m < m_end; ++m) {
+        const A g = combine_item_max(static_cast<int>(m), T, pmax, M);
+        cm[m] = g;
+        for (int64_t c = 0; c < C; ++c)
+          sm[m * C + c] = combine_item_channel_sum(static_cast<int>(m), c, T, pmax, psum, M, C, g);
+      }
+    });
+  });
+  return {col_max, sum};
+}
+
+at::Tensor memory_update_cpu(const at::Tensor& query, const at::Tensor& items, bool max_over_assigned) {
+  auto stats = memory_update_stats_cpu(query, items, max_over_assigned);
+  const at::Tensor& sum = std::get<1>(stats);
+  const at::Tensor p = items.detach().to(sum.scalar_type()).contiguous();
+  at::Tensor out = at::empty_like(p);
+  AT_DISPATCH_FLOATING_TYPES(sum.scalar_type(), "mgid::memory_update(cpu)", [&] {
+    const int64_t M = p.size(0), C = p.size(1);
+    const scalar_t* pp = p.data_ptr<scalar_t>();
+    const scalar_t* sp = sum.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    for (int64_t m = 0; m < M; ++m) {
+      const scalar_t inv = updated_item_inv_norm(static_cast<int>(m), C, pp, sp);
+      for (int64_t c = 0; c < C; ++c) op[m * C + c] = (pp[m * C + c] + sp[m * C + c]) * inv;
+    }
+  });
+  return out.to(items.scalar_type());
+}
+
+// (compactness, separateness), 0-dim, in the accumulation dtype.
+std::tuple<at::Tensor, at::Tensor> memory_losses_cpu(const at::Tensor& query, const at::Tensor& items) {
+  TORCH_CHECK(items.dim() == 2 && items.size(0) >= 2,
+              "mgid: memory_losses needs at least 2 memory items (separateness uses the top two), got items ",
+              items.sizes());
+  const MemoryInputs in = prepare_memory_inputs(query, items);
+  const int64_t T = num_query_tiles(in.N);
+  const auto acc_opts = in.items_t.options();
+  at::Tensor parts = at::empty({T, 2}, acc_opts);
+  MGID_DISPATCH(in.query.scalar_type(), "mgid::memory_losses(cpu)", [&] {
+    using A = at::opmath_type<scalar_t>;
+    const scalar_t* q = in.query.data_ptr<scalar_t>();
+    const A* it = in.items_t.data_ptr<A>();
+    A* pp = parts.data_ptr<A>();
+    at::parallel_for(0, T, 1, [&](int64_t t_begin, int64_t t_end) {
+      A s[kMaxItems];
+      for (int64_t t = t_begin; t < t_end; ++t) {
+        const int64_t n0 = t * kQueryTile, n1 = std::min<int64_t>(n0 + kQueryTile, in.N);
+        A comp = 0, trip = 0;
+        for (int64_t n = n0; n < n1; ++n) {
+          const scalar_t* qn = q + query_offset(n, in.HW, in.C);
+          A norm;
+          const A inv = query_inv_norm(qn, in.HW, in.C, &norm);
+          const LossTerms<A> lt = loss_terms_query(qn, in.HW, in.C, it, in.M, inv, s);
+          comp += lt.compact;
+          trip += lt.triplet;
+        }
+        pp[2 * t] = comp;
+        pp[2 * t + 1] = trip;
+      }
+    });
+  });
+  // Tiles combine in a fixed order (a sequential sum over the T tile partials).
+  at::Tensor totals = at::zeros({2}, acc_opts);
+  AT_DISPATCH_FLOATING_TYPES(parts.scalar_type(), "mgid::memory_losses_combine(cpu)", [&] {
+    const scalar_t* pp = parts.data_ptr<scalar_t>();
+    scalar_t* tp = totals.data_ptr<scalar_t>();
+    for (int64_t t = 0; t < T; ++t) {
+      tp[0] += pp[2 * t];
+      tp[1] += pp[2 * t + 1];
+    }
+    tp[0] /= static_cast<scalar_t>(in.N * in.C);
+    tp[1] /= static_cast<scalar_t>(in.N);
+  });
+  return {totals[0].to(query.scalar_type()), totals[1].to(query.scalar_type())};
+}
+
+at::Tensor memory_losses_backward_cpu(const at::Tensor& grad_compact, const at::Tensor& grad_separate,
+                                      const at::Tensor& query, const at::Tensor& items) {
+  const MemoryInputs in = prepare_memory_inputs(query, items);
+  at::Tensor dq = at::empty_like(in.query);
+  const auto acc = in.items_t.scalar_type();
+  const at::Tensor gcs = at::stack({grad_compact.reshape({}).to(acc), grad_separate.reshape({}).to(acc)}).cpu();
+  MGID_DISPATCH(in.query.scalar_type(), "mgid::memory_losses_backward(cpu)", [&] {
+    using A = at::opmath_type<scalar_t>;
+    const A gc = gcs.data_ptr<A>()[0] / static_cast<A>(in.N * in.C);
+    const A gs = gcs.data_ptr<A>()[1] / static_cast<A>(in.N);
+    const scalar_t* q = in.query.data_ptr<scalar_t>();
+    const A* it = in.items_t.data_ptr<A>();
+    scalar_t* d = dq.data_ptr<scalar_t>();
+    at::parallel_for(0, in.N, kQueryTile, [&](int64_t begin, int64_t end) {
+      A s[kMaxItems];
+      for (int64_t n = begin; n < end; ++n) {
+        const int64_t off = query_offset(n, in.HW, in.C);
+        losses_backward_query(q + off, d + off, in.HW, in.C, it, in.M, gc, gs, s);
+      }
+    });
+  });
+  return dq;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mgid, CPU, m) {
+  m.impl("memory_read", &memory_read_cpu);
+  m.impl("memory_read_backward", &memory_read_backward_cpu);
+  m.impl("memory_update_stats", &memory_update_stats_cpu);
+  m.impl("memory_update", &memory_update_cpu);
+  m.impl("memory_losses", &memory_losses_cpu);
+  m.impl("memory_losses_backward", &memory_losses_backward_cpu);
+}
+
+}  // namespace mgid

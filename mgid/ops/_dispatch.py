@@ -1,0 +1,77 @@
+"""Which implementation an op runs: the compiled kernels ("fused") or the PyTorch reference.
+
+``MGID_OPS`` = ``auto`` (default: fused where the extension is built), ``fused`` (fail if it is
+not) or ``reference``. :func:`use_reference` forces the reference inside a ``with`` block.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
+
+import torch
+
+from mgid.ops._build import EXTENSION_ERROR, extension_loaded
+
+MODES = ("auto", "fused", "reference")
+_mode_override: str | None = None
+
+
+def ops_mode() -> str:
+    """The mode in force: the override of :func:`set_ops_mode`/:func:`use_reference`, else ``MGID_OPS``."""
+    mode = _mode_override or os.environ.get("MGID_OPS", "auto").strip().lower() or "auto"
+    if mode not in MODES:
+        raise ValueError(f"MGID_OPS must be one of {MODES}, got {mode!r}")
+    return mode
+
+
+def set_ops_mode(mode: str | None) -> None:
+    """Set the mode for this process (``None`` returns to ``MGID_OPS``)."""
+    global _mode_override
+    if mode is not None and mode not in MODES:
+        raise ValueError(f"ops mode must be one of {MODES}, got {mode!r}")
+    _mode_override = mode
+
+
+@contextlib.contextmanager
+def use_reference(enabled: bool = True) -> Iterator[None]:
+    """Run every mgid op on the PyTorch reference inside the block."""
+    global _mode_override
+    saved = _mode_override
+    _mode_override = "reference" if enabled else saved
+    try:
+        yield
+    finally:
+        _mode_override = saved
+
+
+def fused_available(device: torch.device | str | None = None) -> bool:
+    """True when the compiled kernels exist for ``device`` (CPU always, CUDA when built with CUDA)."""
+    if not extension_loaded():
+        return False
+    if device is None or torch.device(device).type == "cpu":
+        return True
+    if torch.device(device).type == "cuda":
+        return bool(torch.ops.mgid.built_with_cuda())
+    return False
+
+
+def use_fused(device: torch.device) -> bool:
+    """Whether an op on a tensor of ``device`` should run the compiled kernel."""
+    mode = ops_mode()
+    if mode == "reference":
+        return False
+    available = fused_available(device)
+    if mode == "fused" and not available:
+        reason = EXTENSION_ERROR or f"the extension was built without kernels for {device}"
+        raise RuntimeError(f"MGID_OPS=fused but the fused mgid ops are unavailable on {device}: {reason}. "
+                           "Reinstall with `pip install .` or set MGID_OPS=auto.")
+    return available
+
+
+def op_path(device: torch.device | str = "cpu") -> str:
+    """Human-readable name of the path ops on ``device`` take, e.g. ``"fused CUDA kernels"``."""
+    device = torch.device(device)
+    if not use_fused(device):
+        return "PyTorch reference"
+    return "fused CUDA kernels" if device.type == "cuda" else "fused C++ CPU kernels"

@@ -1,0 +1,152 @@
+"""Fake (meta) implementations and autograd formulas of the compiled ``torch.ops.mgid`` operators.
+
+The operators and their CPU/CUDA kernels are registered in C++ (``csrc/``); this module adds what
+``torch.compile`` needs to trace them (fake implementations: shapes and dtypes only) and their
+backward passes, which are themselves compiled operators. Imported once, when the extension loads.
+"""
+from __future__ import annotations
+
+import torch
+
+lib = torch.library
+
+_ACC = {torch.float64: torch.float64}
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return _ACC.get(dtype, torch.float32)
+
+
+# ---- fake implementations ---------------------------------------------------------------------
+
+@lib.register_fake("mgid::memory_read")
+def _(query, items, grad_through_weights=False):
+    b, c, h, w = query.shape
+    return query.new_empty((b, 2 * c, h, w))
+
+
+@lib.register_fake("mgid::memory_read_backward")
+def _(grad_out, query, items, grad_through_weights):
+    return torch.empty_like(query, memory_format=torch.contiguous_format)
+
+
+@lib.register_fake("mgid::memory_update_stats")
+def _(query, items, max_over_assigned=False):
+    acc = _acc_dtype(query.dtype)
+    return items.new_empty((items.shape[0],), dtype=acc), items.new_empty(items.shape, dtype=acc)
+
+
+@lib.register_fake("mgid::memory_update")
+def _(query, items, max_over_assigned=False):
+    return items.new_empty(items.shape)
+
+
+@lib.register_fake("mgid::memory_losses")
+def _(query, items):
+    return query.new_empty(()), query.new_empty(())
+
+
+@lib.register_fake("mgid::memory_losses_backward")
+def _(grad_compactness, grad_separateness, query, items):
+    return torch.empty_like(query, memory_format=torch.contiguous_format)
+
+
+@lib.register_fake("mgid::bsw_threshold")
+def _(values, k):
+    return values.new_empty((), dtype=torch.float64)
+
+
+@lib.register_fake("mgid::bsw_loss_masked")
+def _(cov1, cov2, mask):
+    return cov1.new_empty(()), cov1.new_empty((), dtype=_acc_dtype(cov1.dtype))
+
+
+@lib.register_fake("mgid::bsw_loss_masked_backward")
+def _(grad, cov1, cov2, mask, count):
+    return torch.empty_like(cov1, memory_format=torch.contiguous_format), torch.empty_like(
+        cov2, memory_format=torch.contiguous_format)
+
+
+# feature_covariance and bsw_mask are CompositeExplicitAutograd (ATen calls + the kernels above),
+# which has no meta kernel of its own for every call it makes; give them fakes too.
+@lib.register_fake("mgid::feature_covariance")
+def _(features):
+    b, c = features.shape[:2]
+    return features.new_empty((b, c, c))
+
+
+@lib.register_fake("mgid::bsw_mask")
+def _(cov1, cov2, k=50):
+    return cov1.new_empty(cov1.shape, dtype=torch.bool)
+
+
+# ---- autograd ----------------------------------------------------------------------------------
+
+def _read_setup(ctx, inputs, output):
+    query, items, grad_through_weights = inputs
+    ctx.save_for_backward(query, items)
+    ctx.grad_through_weights = grad_through_weights
+
+
+def _read_backward(ctx, grad_out):
+    query, items = ctx.saved_tensors
+    grad_query = None
+    if ctx.needs_input_grad[0]:
+        grad_query = torch.ops.mgid.memory_read_backward(grad_out, query, items, ctx.grad_through_weights)
+    return grad_query, None, None
+
+
+lib.register_autograd("mgid::memory_read", _read_backward, setup_context=_read_setup)
+
+
+def _losses_setup(ctx, inputs, output):
+    query, items = inputs
+    ctx.save_for_backward(query, items)
+
+
+def _losses_backward(ctx, grad_compactness, grad_separateness):
+    query, items = ctx.saved_tensors
+    if not ctx.needs_input_grad[0]:
+        return None, None
+    # An unused output arrives as None (or zeros): a zero weight removes its term.
+    zero = query.new_zeros((), dtype=_acc_dtype(query.dtype))
+    gc = zero if grad_compactness is None else grad_compactness
+    gs = zero if grad_separateness is None else grad_separateness
+    return torch.ops.mgid.memory_losses_backward(gc, gs, query, items), None
+
+
+lib.register_autograd("mgid::memory_losses", _losses_backward, setup_context=_losses_setup)
+
+
+def _covariance_setup(ctx, inputs, output):
+    (features,) = inputs
+    ctx.save_for_backward(features)
+
+
+def _covariance_backward(ctx, grad_cov):
+    (features,) = ctx.saved_tensors
+    b, c, h, w = features.shape
+    f = features.reshape(b, c, h * w)
+    # d/df of f f^T / (HW - 1): (G + G^T) f / (HW - 1); one batched GEMM.
+    grad = torch.bmm((grad_cov + grad_cov.transpose(1, 2)).to(f.dtype), f) / (h * w - 1)
+    return grad.reshape(b, c, h, w)
+
+
+lib.register_autograd("mgid::feature_covariance", _covariance_backward, setup_context=_covariance_setup)
+
+
+def _bsw_setup(ctx, inputs, output):
+    cov1, cov2, mask = inputs
+    _, count = output
+    ctx.save_for_backward(cov1, cov2, mask, count)
+
+
+def _bsw_backward(ctx, grad_loss, grad_count):
+    cov1, cov2, mask, count = ctx.saved_tensors
+    if grad_loss is None:
+        return None, None, None
+    g1, g2 = torch.ops.mgid.bsw_loss_masked_backward(grad_loss, cov1, cov2, mask, count)
+    return g1, g2, None
+
+
+lib.register_autograd("mgid::bsw_loss_masked", _bsw_backward, setup_context=_bsw_setup)

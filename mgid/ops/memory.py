@@ -1,0 +1,71 @@
+"""Public memory ops: MNAD read, top-1 update and the compactness/separateness losses.
+
+Each validates its inputs, then runs the compiled kernel of the tensor's device (see
+:mod:`mgid.ops._dispatch`) or the PyTorch reference.
+"""
+from __future__ import annotations
+
+import torch
+
+from mgid.ops import reference
+from mgid.ops._checks import check_query_items
+from mgid.ops._dispatch import use_fused
+
+
+def memory_read(query: torch.Tensor, items: torch.Tensor, grad_through_weights: bool = False) -> torch.Tensor:
+    """Read the memory: query (B, C, H, W), items (M, C) -> (B, 2C, H, W) = concat[q_hat, W P].
+
+    q_hat is the query scaled to unit norm per pixel, W = softmax over items of q_hat P^T. Items
+    get no gradient; the read half carries none either unless ``grad_through_weights`` (the
+    public code detaches W). fp16/bf16 queries accumulate in fp32 and items may stay fp32.
+    """
+    check_query_items(query, items)
+    if use_fused(query.device):
+        return torch.ops.mgid.memory_read(query, items.detach(), grad_through_weights)
+    return reference.memory_read(query, items, grad_through_weights)
+
+
+def memory_update_stats(
+    query: torch.Tensor, items: torch.Tensor, max_over_assigned: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-item (col_max (M,), weighted_sum (M, C)) of the update, in fp32 (fp64 for fp64 input).
+
+    What a multi-process update reduces: with G = all-reduce-max(col_max), the global sum is the
+    all-reduce-sum of weighted_sum * exp(col_max - G) (0 where col_max is -inf), and the new items
+    are normalize(P + sum). See :func:`mgid.ops.reference.memory_update_stats`.
+    """
+    check_query_items(query, items)
+    with torch.no_grad():
+        if use_fused(query.device):
+            return torch.ops.mgid.memory_update_stats(query, items, max_over_assigned)
+        return reference.memory_update_stats(query, items, max_over_assigned)
+
+
+def memory_update(query: torch.Tensor, items: torch.Tensor, max_over_assigned: bool = False) -> torch.Tensor:
+    """MNAD top-1 update: query (B, C, H, W), items (M, C) -> new unit-norm items (M, C).
+
+    Each query is assigned to its most similar item; item m moves to
+    normalize(P[m] + sum over its queries of exp(S[k,m] - max S[:,m]) q_hat_k), the max over all
+    queries (public code) or over the assigned ones (``max_over_assigned``, the paper). No
+    gradient, no host synchronisation, deterministic.
+    """
+    check_query_items(query, items)
+    with torch.no_grad():
+        if use_fused(query.device):
+            return torch.ops.mgid.memory_update(query, items, max_over_assigned)
+        return reference.memory_update(query, items, max_over_assigned)
+
+
+def memory_losses(query: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(compactness, separateness), both 0-dim and differentiable in ``query``; needs M >= 2.
+
+    compactness = mean over queries and channels of (q_hat - P[top1])^2; separateness =
+    TripletMarginLoss(margin 1, eps 1e-6)(q_hat, P[top1], P[top2]) (MNAD).
+    """
+    check_query_items(query, items)
+    if items.shape[0] < 2:
+        raise ValueError(f"memory_losses needs at least 2 memory items (separateness uses the top two), got "
+                         f"items of shape {tuple(items.shape)}")
+    if use_fused(query.device):
+        return torch.ops.mgid.memory_losses(query, items.detach())
+    return reference.memory_losses(query, items)

@@ -1,0 +1,221 @@
+"""Pure-PyTorch reference of every mgid op.
+
+Plain, vectorised PyTorch (no Python loop over items or queries), written to be read next to
+``shared/design/ALGORITHM.md``. It is the oracle of every test, the fallback where the compiled
+extension is absent, and what ``MGID_OPS=reference`` selects. Autograd flows through it natively,
+with the detach points of the public MNAD/MGID code.
+
+Shapes: query ``q`` (B, C, H, W); items ``P`` (M, C); N = B*H*W queries.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+NORM_EPS = 1e-12  # as F.normalize
+COV_EPS = 1e-5  # ridge added to every covariance (public code)
+TRIPLET_MARGIN = 1.0
+TRIPLET_EPS = 1e-6
+
+
+def flatten_queries(query: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (N, C), N = B*H*W, in NCHW pixel order (b, h, w)."""
+    b, c, h, w = query.shape
+    return query.permute(0, 2, 3, 1).reshape(b * h * w, c)
+
+
+def unflatten_queries(x: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
+    """(N, C) -> (B, C, H, W); inverse of :func:`flatten_queries`."""
+    return x.reshape(b, h, w, -1).permute(0, 3, 1, 2)
+
+
+def normalized_queries(query: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> q_hat (N, C): every query scaled to unit L2 norm (eps 1e-12)."""
+    return F.normalize(flatten_queries(query), dim=1, eps=NORM_EPS)
+
+
+def memory_read(query: torch.Tensor, items: torch.Tensor, grad_through_weights: bool = False) -> torch.Tensor:
+    """MNAD memory read.
+
+    query (B, C, H, W), items (M, C) -> (B, 2C, H, W) = concat[q_hat, W P] with
+    W = softmax(q_hat P^T) over items. Items never receive a gradient. With
+    ``grad_through_weights=False`` (the public code) the read half carries no gradient at all
+    (W is detached); with ``True`` the gradient reaches q through W.
+    """
+    b, _, h, w = query.shape
+    q_hat = normalized_queries(query)
+    p = items.detach().to(q_hat.dtype)
+    weights = torch.softmax(q_hat @ p.t(), dim=1)
+    if not grad_through_weights:
+        weights = weights.detach()
+    read = weights @ p
+    return unflatten_queries(torch.cat([q_hat, read], dim=1), b, h, w)
+
+
+def memory_update_stats(
+    query: torch.Tensor, items: torch.Tensor, max_over_assigned: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-item statistics of the MNAD update, the part that reduces across queries (and ranks).
+
+    Returns ``(col_max (M,), weighted_sum (M, C))`` with S = q_hat P^T, a(k) = argmax_m S[k, m],
+    col_max[m] = max of S[:, m] over all queries (public code) or over the queries assigned to m
+    (``max_over_assigned``, the paper; -inf where none is assigned), and
+    weighted_sum[m] = sum over k with a(k) = m of exp(S[k, m] - col_max[m]) * q_hat[k].
+    exp(S - col_max) equals the column softmax over queries divided by its column maximum,
+    the public code's weight. Both outputs are float32 (float64 for float64 input); no gradient.
+    """
+    with torch.no_grad():
+        acc = torch.float64 if query.dtype == torch.float64 else torch.float32
+        q_hat = normalized_queries(query.to(acc))
+        p = items.to(acc)
+        scores = q_hat @ p.t()  # (N, M)
+        assigned = scores.argmax(dim=1)  # (N,) first maximum on ties
+        m = p.shape[0]
+        if max_over_assigned:
+            col_max = torch.full((m,), float("-inf"), dtype=acc, device=p.device)
+            own_score = scores.gather(1, assigned[:, None]).squeeze(1)
+            col_max = col_max.scatter_reduce(0, assigned, own_score, reduce="amax", include_self=True)
+        else:
+            col_max = scores.max(dim=0).values if scores.shape[0] > 0 else torch.full(
+                (m,), float("-inf"), dtype=acc, device=p.device)
+        own_score = scores.gather(1, assigned[:, None]).squeeze(1)
+        weight = torch.exp(own_score - col_max[assigned])  # (N,)
+        weighted_sum = torch.zeros_like(p).index_add_(0, assigned, weight[:, None] * q_hat)
+        return col_max, weighted_sum
+
+
+def memory_update_finish(items: torch.Tensor, weighted_sum: torch.Tensor) -> torch.Tensor:
+    """New items (M, C) = normalize(P + weighted_sum), in the items' dtype."""
+    acc = weighted_sum.dtype
+    return F.normalize(items.detach().to(acc) + weighted_sum, dim=1, eps=NORM_EPS).to(items.dtype)
+
+
+def memory_update(query: torch.Tensor, items: torch.Tensor, max_over_assigned: bool = False) -> torch.Tensor:
+    """MNAD top-1 memory update: query (B, C, H, W), items (M, C) -> new unit-norm items (M, C).
+
+    P_new[m] = normalize(P[m] + sum_{k: a(k)=m} exp(S[k,m] - col_max[m]) q_hat[k]); see
+    :func:`memory_update_stats`. Items with no assigned query are only re-normalised.
+    """
+    _, weighted_sum = memory_update_stats(query, items, max_over_assigned)
+    return memory_update_finish(items, weighted_sum)
+
+
+def memory_losses(query: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNAD compactness and separateness losses, both 0-dim, differentiable in ``query``.
+
+    compactness = MSE(q_hat, P[top1]); separateness = TripletMarginLoss(margin 1, eps 1e-6)
+    (q_hat, P[top1], P[top2]); top1/top2 the two highest-scoring items per query (first index
+    on ties). Items are detached. Requires M >= 2.
+    """
+    q_hat = normalized_queries(query)
+    p = items.detach().to(q_hat.dtype)
+    with torch.no_grad():
+        scores = q_hat @ p.t()
+        top1 = scores.argmax(dim=1)
+        top2 = scores.scatter(1, top1[:, None], float("-inf")).argmax(dim=1)
+    positive, negative = p[top1], p[top2]
+    compactness = F.mse_loss(q_hat, positive)
+    separateness = F.triplet_margin_loss(q_hat, positive, negative, margin=TRIPLET_MARGIN, eps=TRIPLET_EPS)
+    return compactness, separateness
+
+
+def feature_covariance(features: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, C): f f^T / (HW - 1) + 1e-5 I, f = features as (B, C, HW).
+
+    No centring: the instance-normalised features the loss is applied to have zero mean.
+    """
+    b, c, h, w = features.shape
+    f = features.reshape(b, c, h * w)
+    eye = torch.eye(c, dtype=features.dtype, device=features.device)
+    return torch.bmm(f, f.transpose(1, 2)) / (h * w - 1) + COV_EPS * eye
+
+
+def cross_frame_variance(cov1: torch.Tensor, cov2: torch.Tensor) -> torch.Tensor:
+    """Element-wise variance of two values: (cov1 - cov2)^2 / 4, shape (B, C, C)."""
+    return (cov1 - cov2).pow(2) / 4
+
+
+def kmeans1d_lloyd_threshold(values: torch.Tensor, k: int, max_iter: int = 300) -> torch.Tensor:
+    """Upper bound of the lowest cluster of a 1-D k-means of ``values`` (any shape), 0-dim.
+
+    Lloyd iterations on the sorted values, seeded with the means of k equal-count quantile
+    segments; a cluster is a contiguous run of the sorted values, its boundary with the next is
+    where values pass the midpoint of the two centres; an empty cluster keeps its centre. Stops
+    when no boundary moves or after ``max_iter`` iterations. Runs in float64. Deterministic. The
+    result is the largest value in the lowest cluster, so ``values <= threshold`` is that cluster.
+    """
+    x, _ = torch.sort(values.detach().reshape(-1).to(torch.float64))
+    n = x.numel()
+    k = max(1, min(int(k), n))
+    prefix = torch.cat([x.new_zeros(1), torch.cumsum(x, 0)])
+    seg = (torch.arange(k + 1, device=x.device, dtype=torch.int64) * n) // k
+    centers = (prefix[seg[1:]] - prefix[seg[:-1]]) / (seg[1:] - seg[:-1]).to(x.dtype)
+    bounds = seg[1:-1]
+    for _ in range(max_iter):
+        mids = (centers[:-1] + centers[1:]) / 2
+        new_bounds = torch.searchsorted(x, mids, right=True)  # first index with x > mid
+        edges = torch.cat([new_bounds.new_zeros(1), new_bounds, new_bounds.new_full((1,), n)])
+        count = (edges[1:] - edges[:-1]).to(x.dtype)
+        sums = prefix[edges[1:]] - prefix[edges[:-1]]
+        centers = torch.where(count > 0, sums / count.clamp_min(1), centers)
+        if torch.equal(new_bounds, bounds):
+            break
+        bounds = new_bounds
+    first_end = bounds[0] if k > 1 else torch.tensor(n, device=x.device)
+    # An empty lowest cluster selects nothing: threshold below every value.
+    return torch.where(first_end > 0, x[(first_end - 1).clamp_min(0)], x.new_tensor(float("-inf")))
+
+
+def kmeans1d_exact_threshold(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Like :func:`kmeans1d_lloyd_threshold` with the globally optimal 1-D k-means.
+
+    Uses the ``kmeans1d`` package (the public code's choice, O(kn) SMAWK); runs on the host, so a
+    CUDA input synchronises.
+    """
+    try:
+        import kmeans1d
+    except ImportError as err:  # pragma: no cover - kmeans1d is an install requirement
+        raise RuntimeError("bsw_mask(method='exact') needs the 'kmeans1d' package: pip install kmeans1d") from err
+    flat = values.detach().reshape(-1).to("cpu", torch.float64)
+    k = max(1, min(int(k), flat.numel()))
+    clusters, _ = kmeans1d.cluster(flat.tolist(), k)
+    labels = torch.tensor(clusters)
+    lowest = flat[labels == 0]
+    thr = lowest.max() if lowest.numel() else flat.new_tensor(float("-inf"))
+    return thr.to(values.device)
+
+
+def bsw_mask(cov1: torch.Tensor, cov2: torch.Tensor, k: int = 50, method: str = "lloyd") -> torch.Tensor:
+    """Background-selective mask (B, C, C), bool.
+
+    Vr = (cov1 - cov2)^2 / 4 over all B*C*C elements is clustered by 1-D k-means; the elements of
+    the lowest-variance cluster, restricted to the upper triangle with its diagonal, are selected.
+    ``method`` "lloyd" (default, what the kernels run) or "exact" (optimal, the public code).
+    """
+    vr = cross_frame_variance(cov1.detach(), cov2.detach())
+    if method == "lloyd":
+        thr = kmeans1d_lloyd_threshold(vr, k)
+    elif method == "exact":
+        thr = kmeans1d_exact_threshold(vr, k)
+    else:
+        raise ValueError(f"bsw_mask: method must be 'lloyd' or 'exact', got {method!r}")
+    c = cov1.shape[-1]
+    upper = torch.ones(c, c, dtype=torch.bool, device=cov1.device).triu()
+    return (vr.to(torch.float64) <= thr) & upper
+
+
+def bsw_loss_masked(cov1: torch.Tensor, cov2: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """sum(M * (|cov1| + |cov2|)) / (B * sum(M)), 0 when the mask is empty; 0-dim."""
+    b = cov1.shape[0]
+    m = mask.to(cov1.dtype)
+    count = m.sum()
+    total = (m * (cov1.abs() + cov2.abs())).sum()
+    return torch.where(count > 0, total / (b * count.clamp_min(1)), total * 0)
+
+
+def bsw_loss(features1: torch.Tensor, features2: torch.Tensor, k: int = 50, method: str = "lloyd") -> torch.Tensor:
+    """Background selective whitening loss of two frames' features (B, C, H, W) each; 0-dim."""
+    cov1 = feature_covariance(features1)
+    cov2 = feature_covariance(features2)
+    mask = bsw_mask(cov1, cov2, k, method)
+    return bsw_loss_masked(cov1, cov2, mask)

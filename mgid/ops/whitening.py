@@ -1,0 +1,53 @@
+"""Public whitening ops: feature covariance, background-selective mask, BSW loss."""
+from __future__ import annotations
+
+import torch
+
+from mgid.ops import reference
+from mgid.ops._checks import check_covariances, check_feature_pair, check_features, check_k
+from mgid.ops._dispatch import use_fused
+
+BSW_METHODS = ("lloyd", "exact")
+
+
+def feature_covariance(features: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, C): f f^T / (HW - 1) + 1e-5 I, f = features as (B, C, HW)."""
+    check_features(features)
+    if use_fused(features.device):
+        return torch.ops.mgid.feature_covariance(features)
+    return reference.feature_covariance(features)
+
+
+def bsw_mask(cov1: torch.Tensor, cov2: torch.Tensor, k: int = 50, method: str = "lloyd") -> torch.Tensor:
+    """Background-selective mask (B, C, C), bool, not differentiated.
+
+    The element-wise variance of the two frames' covariances, (cov1 - cov2)^2 / 4, is clustered
+    over all B*C*C elements by 1-D k-means; the lowest-variance cluster, restricted to the upper
+    triangle with its diagonal, is selected. ``method="lloyd"`` (default; what the kernels run,
+    on the device, no host sync): Lloyd iterations on the sorted values from quantile seeds.
+    ``method="exact"``: the optimal clustering of the public code (``kmeans1d``, on the host).
+    """
+    check_covariances(cov1, cov2)
+    k = check_k(k)
+    if method not in BSW_METHODS:
+        raise ValueError(f"bsw_mask: method must be one of {BSW_METHODS}, got {method!r}")
+    if method == "lloyd" and use_fused(cov1.device):
+        return torch.ops.mgid.bsw_mask(cov1.detach(), cov2.detach(), k)
+    return reference.bsw_mask(cov1, cov2, k, method)
+
+
+def bsw_loss(features1: torch.Tensor, features2: torch.Tensor, k: int = 50, method: str = "lloyd") -> torch.Tensor:
+    """Background selective whitening loss of two frames' features, each (B, C, H, W); 0-dim.
+
+    sum over the mask of |cov1| + |cov2|, divided by B times the number of selected elements
+    (0 if none), differentiable in both feature maps (the mask is not).
+    """
+    check_feature_pair(features1, features2)
+    check_features(features1)
+    cov1 = feature_covariance(features1)
+    cov2 = feature_covariance(features2)
+    mask = bsw_mask(cov1, cov2, k, method)
+    if use_fused(cov1.device):
+        loss, _ = torch.ops.mgid.bsw_loss_masked(cov1, cov2, mask)
+        return loss
+    return reference.bsw_loss_masked(cov1, cov2, mask)

@@ -81,6 +81,14 @@ inline int64_t num_query_tiles(int64_t N) {
   return (N + kQueryTile - 1) / kQueryTile;
 }
 
+// Sorted values (float64) and their prefix sums [0, x0, x0+x1, ...] for the 1-D k-means; ATen
+// calls that run on the values' device without a host synchronisation.
+inline std::tuple<at::Tensor, at::Tensor> sorted_with_prefix(const at::Tensor& values) {
+  const at::Tensor x = std::get<0>(at::sort(values.detach().reshape({-1}).to(at::kDouble))).contiguous();
+  const at::Tensor prefix = at::cat({at::zeros({1}, x.options()), at::cumsum(x, 0)}).contiguous();
+  return {x, prefix};
+}
+
 // The accumulation dtype of an input dtype: float64 stays, everything else accumulates in float32.
 inline at::ScalarType acc_dtype(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;

@@ -14,13 +14,6 @@
 namespace mgid {
 namespace {
 
-// Sorted values (float64) and their prefix sums [0, x0, x0+x1, ...]; shared by both devices.
-std::tuple<at::Tensor, at::Tensor> sorted_with_prefix(const at::Tensor& values) {
-  const at::Tensor x = std::get<0>(at::sort(values.detach().reshape({-1}).to(at::kDouble))).contiguous();
-  const at::Tensor prefix = at::cat({at::zeros({1}, x.options()), at::cumsum(x, 0)}).contiguous();
-  return {x, prefix};
-}
-
 // Lloyd on sorted values, one cluster after another: the CUDA kernel runs the same steps with one
 // thread per cluster.
 at::Tensor bsw_threshold_cpu(const at::Tensor& values, int64_t k_requested) {
@@ -66,8 +59,7 @@ std::tuple<at::Tensor, at::Tensor> bsw_loss_masked_cpu(const at::Tensor& cov1_in
     A* pp = parts.data_ptr<A>();
     at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t)
-        bsw_tile_sums(t * kElementTile, std::min<int64_t>((t + 1) * kElementTile, n), a, b, mk, &pp[2 * t],
-                      &pp[2 * t + 1]);
+        bsw_tile_reduce(t, n, a, b, mk, &pp[2 * t], &pp[2 * t + 1]);
     });
     A total = 0, cnt = 0;
     for (int64_t t = 0; t < T; ++t) {

@@ -23,6 +23,33 @@ MGID_HD void bsw_tile_sums(int64_t begin, int64_t end, const T* cov1, const T* c
   *count = n;
 }
 
+// A tile of kElementTile elements is kElementLanes runs (one per GPU thread), each summed in
+// order, then the run totals are added in lane order: the same arithmetic on both devices.
+constexpr int kElementLanes = 256;
+constexpr int kElementsPerLane = kElementTile / kElementLanes;
+
+MGID_HD void lane_range(int64_t tile, int lane, int64_t n, int64_t* begin, int64_t* end) {
+  const int64_t b = tile * kElementTile + static_cast<int64_t>(lane) * kElementsPerLane;
+  *begin = b < n ? b : n;
+  *end = b + kElementsPerLane < n ? b + kElementsPerLane : n;
+}
+
+template <typename T, typename A>
+MGID_HD void bsw_tile_reduce(int64_t tile, int64_t n, const T* cov1, const T* cov2, const bool* mask, A* total,
+                             A* count) {
+  A t = 0, c = 0;
+  for (int lane = 0; lane < kElementLanes; ++lane) {
+    int64_t b, e;
+    lane_range(tile, lane, n, &b, &e);
+    A lt, lc;
+    bsw_tile_sums(b, e, cov1, cov2, mask, &lt, &lc);
+    t += lt;
+    c += lc;
+  }
+  *total = t;
+  *count = c;
+}
+
 template <typename A>
 MGID_HD A bsw_loss_value(A total, A count, int64_t batch) {
   return count > A(0) ? total / (static_cast<A>(batch) * count) : A(0);

@@ -1,0 +1,298 @@
+// CUDA kernels of the memory ops. The arithmetic is memory_math.h, shared with the C++ CPU kernels
+// that the tests exercise on GPU-less machines; this file is only the parallel scaffolding.
+//
+// Invariants, for a reviewer:
+// - Per-query kernels (read, read backward, losses backward): one thread owns one query n and
+//   writes only that query's outputs (C strided elements). No shared memory, no syncs.
+// - Tile kernels (update, losses): block t owns queries [t*kQueryTile, ...) (blockDim ==
+//   kQueryTile), writes only row t of the partial buffers. Every reduction is in a fixed order
+//   (per-thread loops, or a single thread), never float atomics: results are bit-reproducible.
+// - No host synchronisation: sizes come from tensor metadata; scalars the kernels need (upstream
+//   gradients) are read from device memory.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <torch/library.h>
+
+#include "checks.h"
+#include "cuda_utils.cuh"
+#include "memory_math.h"
+
+namespace mgid {
+namespace {
+
+#define MGID_DISPATCH(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+
+constexpr int kThreads = kQueryTile;
+
+template <typename T, typename A>
+__global__ void read_forward_kernel(const T* __restrict__ q, const A* __restrict__ items_t, T* __restrict__ out,
+                                    int64_t N, int64_t HW, int64_t C, int M) {
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (n >= N) return;
+  A s[kMaxItems];
+  const int64_t b = n / HW, p = n % HW;
+  T* ob = out + b * 2 * C * HW + p;
+  read_forward_query(q + query_offset(n, HW, C), ob, ob + C * HW, HW, C, items_t, M, s);
+}
+
+template <typename T, typename A>
+__global__ void read_backward_kernel(const T* __restrict__ g, const T* __restrict__ q, const A* __restrict__ items_t,
+                                     T* __restrict__ dq, int64_t N, int64_t HW, int64_t C, int M,
+                                     bool grad_through_weights) {
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (n >= N) return;
+  A w[kMaxItems], ds[kMaxItems];
+  const int64_t b = n / HW, p = n % HW, off = query_offset(n, HW, C);
+  const T* gb = g + b * 2 * C * HW + p;
+  read_backward_query(q + off, gb, gb + C * HW, dq + off, HW, C, items_t, M, grad_through_weights, w, ds);
+}
+
+// Shared memory of one update tile: scores (K x M), weight (K), tile_max (M), assign (K).
+template <typename A>
+size_t update_tile_shared_bytes(int M) {
+  return sizeof(A) * (static_cast<size_t>(kQueryTile) * M + kQueryTile + M) + sizeof(int) * kQueryTile;
+}
+
+template <typename T, typename A>
+__global__ void update_tile_kernel(const T* __restrict__ q, const A* __restrict__ items_t, A* __restrict__ part_max,
+                                   A* __restrict__ part_sum, int64_t N, int64_t HW, int64_t C, int M,
+                                   bool over_assigned) {
+  A* scores = shared_base<A>();
+  A* weight = scores + kQueryTile * M;
+  A* tile_max = weight + kQueryTile;
+  int* assign = reinterpret_cast<int*>(tile_max + M);
+  const int64_t t = blockIdx.x, n0 = t * kQueryTile;
+  const int K = static_cast<int>(N - n0 < kQueryTile ? N - n0 : kQueryTile);
+  const int k = threadIdx.x;
+  if (k < K) {  // thread k owns query n0 + k: its scores row, assignment and weight
+    const T* qk = q + query_offset(n0 + k, HW, C);
+    A norm;
+    weight[k] = query_inv_norm(qk, HW, C, &norm);
+    query_scores(qk, HW, C, items_t, M, weight[k], scores + k * M);
+    assign[k] = argmax_first(scores + k * M, M);
+  }
+  __syncthreads();  // all scores and assignments of the tile are written
+  for (int m = k; m < M; m += blockDim.x) {
+    tile_max[m] = tile_item_max(m, K, scores, assign, M, over_assigned);
+    part_max[t * M + m] = tile_max[m];
+  }
+  __syncthreads();  // tile_max complete
+  if (k < K) weight[k] = tile_query_weight(scores[k * M + assign[k]], tile_max[assign[k]], weight[k]);
+  __syncthreads();  // weights complete
+  for (int64_t j = k; j < static_cast<int64_t>(M) * C; j += blockDim.x) {  // thread owns (m, c) pairs
+    const int m = static_cast<int>(j / C);
+    const int64_t c = j % C;
+    part_sum[(t * M + m) * C + c] = tile_item_channel_sum(m, c, K, n0, q, HW, C, assign, weight);
+  }
+}
+
+// Block m combines item m over all tiles; thread c owns channel c.
+template <typename A>
+__global__ void update_combine_kernel(const A* __restrict__ part_max, const A* __restrict__ part_sum, int64_t T, int M,
+                                      int64_t C, A* __restrict__ col_max, A* __restrict__ sum) {
+  const int m = blockIdx.x;
+  const A g = combine_item_max(m, T, part_max, M);
+  if (threadIdx.x == 0) col_max[m] = g;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x)
+    sum[m * C + c] = combine_item_channel_sum(m, c, T, part_max, part_sum, M, C, g);
+}
+
+// Block m writes the new item m; thread 0 computes the norm (one owner, no reduction order issue).
+template <typename A>
+__global__ void update_finish_kernel(const A* __restrict__ items, const A* __restrict__ sum, int64_t C,
+                                     A* __restrict__ out) {
+  __shared__ A inv;
+  const int m = blockIdx.x;
+  if (threadIdx.x == 0) inv = updated_item_inv_norm(m, C, items, sum);
+  __syncthreads();
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) out[m * C + c] = (items[m * C + c] + sum[m * C + c]) * inv;
+}
+
+template <typename T, typename A>
+__global__ void losses_tile_kernel(const T* __restrict__ q, const A* __restrict__ items_t, A* __restrict__ parts,
+                                   int64_t N, int64_t HW, int64_t C, int M) {
+  __shared__ A comp[kQueryTile];
+  __shared__ A trip[kQueryTile];
+  const int64_t t = blockIdx.x, n0 = t * kQueryTile;
+  const int K = static_cast<int>(N - n0 < kQueryTile ? N - n0 : kQueryTile);
+  const int k = threadIdx.x;
+  if (k < K) {
+    A s[kMaxItems];
+    const T* qk = q + query_offset(n0 + k, HW, C);
+    A norm;
+    const A inv = query_inv_norm(qk, HW, C, &norm);
+    const LossTerms<A> lt = loss_terms_query(qk, HW, C, items_t, M, inv, s);
+    comp[k] = lt.compact;
+    trip[k] = lt.triplet;
+  }
+  __syncthreads();  // the tile's per-query terms are written
+  if (k == 0) {     // one owner sums them in query order, as the CPU kernel does
+    A a = 0, b = 0;
+    for (int i = 0; i < K; ++i) {
+      a += comp[i];
+      b += trip[i];
+    }
+    parts[2 * t] = a;
+    parts[2 * t + 1] = b;
+  }
+}
+
+// Sums the T partial pairs in tile order and divides them into the two means.
+template <typename A>
+__global__ void losses_combine_kernel(const A* __restrict__ parts, int64_t T, A nc, A n, A* __restrict__ out) {
+  A a = 0, b = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    a += parts[2 * t];
+    b += parts[2 * t + 1];
+  }
+  out[0] = a / nc;
+  out[1] = b / n;
+}
+
+template <typename T, typename A>
+__global__ void losses_backward_kernel(const A* __restrict__ grads, const T* __restrict__ q,
+                                       const A* __restrict__ items_t, T* __restrict__ dq, int64_t N, int64_t HW,
+                                       int64_t C, int M) {
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (n >= N) return;
+  A s[kMaxItems];
+  const A gc = grads[0] / static_cast<A>(N * C), gs = grads[1] / static_cast<A>(N);
+  const int64_t off = query_offset(n, HW, C);
+  losses_backward_query(q + off, dq + off, HW, C, items_t, M, gc, gs, s);
+}
+
+at::Tensor memory_read_cuda(const at::Tensor& query, const at::Tensor& items, bool /*grad_through_weights*/) {
+  const c10::cuda::CUDAGuard guard(query.device());
+  const MemoryInputs in = prepare_memory_inputs(query, items);
+  at::Tensor out = at::empty({in.B, 2 * in.C, in.H, in.W}, in.query.options());
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  MGID_DISPATCH(in.query.scalar_type(), "mgid::memory_read(cuda)", [&] {
+    using A = at::opmath_type<scalar_t>;
+    read_forward_kernel<scalar_t, A><<<ceil_div(in.N, kThreads), kThreads, 0, stream>>>(
+        in.query.data_ptr<scalar_t>(), in.items_t.data_ptr<A>(), out.data_ptr<scalar_t>(), in.N, in.HW, in.C, in.M);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+at::Tensor memory_read_backward_cuda(const at::Tensor& grad_out, const at::Tensor& query, const at::Tensor& items,
+                                     bool grad_through_weights) {
+  const c10::cuda::CUDAGuard guard(query.device());
+  const MemoryInputs in = prepare_memory_inputs(query, items);
+  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({in.B, 2 * in.C, in.H, in.W}),
+              "mgid: grad_out must have shape (B, 2C, H, W) = ", at::IntArrayRef({in.B, 2 * in.C, in.H, in.W}),
+              ", got ", grad_out.sizes());
+  const at::Tensor g = grad_out.to(in.query.scalar_type()).contiguous();
+  at::Tensor dq = at::empty_like(in.query);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  MGID_DISPATCH(in.query.scalar_type(), "mgid::memory_read_backward(cuda)", [&] {
+    using A = at::opmath_type<scalar_t>;
+    read_backward_kernel<scalar_t, A><<<ceil_div(in.N, kThreads), kThreads, 0, stream>>>(
+        g.data_ptr<scalar_t>(), in.query.data_ptr<scalar_t>(), in.items_t.data_ptr<A>(), dq.data_ptr<scalar_t>(),
+        in.N, in.HW, in.C, in.M, grad_through_weights);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return dq;
+}
+
+std::tuple<at::Tensor, at::Tensor> memory_update_stats_cuda(const at::Tensor& query, const at::Tensor& items,
+                                                            bool max_over_assigned) {
+  const c10::cuda::CUDAGuard guard(query.device());
+  const MemoryInputs in = prepare_memory_inputs(query, items);
+  const int64_t T = num_query_tiles(in.N);
+  const auto acc_opts = in.items_t.options();
+  at::Tensor part_max = at::empty({T, in.M}, acc_opts);
+  at::Tensor part_sum = at::empty({T, in.M, in.C}, acc_opts);
+  at::Tensor col_max = at::empty({in.M}, acc_opts);
+  at::Tensor sum = at::empty({in.M, in.C}, acc_opts);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  MGID_DISPATCH(in.query.scalar_type(), "mgid::memory_update_stats(cuda)", [&] {
+    using A = at::opmath_type<scalar_t>;
+    const size_t smem = update_tile_shared_bytes<A>(in.M);
+    allow_shared_memory(update_tile_kernel<scalar_t, A>, smem, "memory_update");
+    update_tile_kernel<scalar_t, A><<<T, kThreads, smem, stream>>>(
+        in.query.data_ptr<scalar_t>(), in.items_t.data_ptr<A>(), part_max.data_ptr<A>(), part_sum.data_ptr<A>(),
+        in.N, in.HW, in.C, in.M, max_over_assigned);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const int threads = static_cast<int>(std::min<int64_t>(256, ceil_div(in.C, 32) * 32));
+    update_combine_kernel<A><<<in.M, threads, 0, stream>>>(part_max.data_ptr<A>(), part_sum.data_ptr<A>(), T, in.M,
+                                                           in.C, col_max.data_ptr<A>(), sum.data_ptr<A>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {col_max, sum};
+}
+
+at::Tensor memory_update_cuda(const at::Tensor& query, const at::Tensor& items, bool max_over_assigned) {
+  const c10::cuda::CUDAGuard guard(query.device());
+  auto stats = memory_update_stats_cuda(query, items, max_over_assigned);
+  const at::Tensor& sum = std::get<1>(stats);
+  const at::Tensor p = items.detach().to(sum.scalar_type()).contiguous();
+  at::Tensor out = at::empty_like(p);
+  const int64_t C = p.size(1);
+  const int threads = static_cast<int>(std::min<int64_t>(256, ceil_div(C, 32) * 32));
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(sum.scalar_type(), "mgid::memory_update(cuda)", [&] {
+    update_finish_kernel<scalar_t><<<p.size(0), threads, 0, stream>>>(p.data_ptr<scalar_t>(),
+                                                                     sum.data_ptr<scalar_t>(), C,
+                                                                     out.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out.to(items.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor> memory_losses_cuda(const at::Tensor& query, const at::Tensor& items) {
+  TORCH_CHECK(items.dim() == 2 && items.size(0) >= 2,
+              "mgid: memory_losses needs at least 2 memory items (separateness uses the top two), got items ",
+              items.sizes());
+  const c10::cuda::CUDAGuard guard(query.device());
+  const MemoryInputs in = prepare_memory_inputs(query, items);
+  const int64_t T = num_query_tiles(in.N);
+  at::Tensor parts = at::empty({T, 2}, in.items_t.options());
+  at::Tensor totals = at::empty({2}, in.items_t.options());
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  MGID_DISPATCH(in.query.scalar_type(), "mgid::memory_losses(cuda)", [&] {
+    using A = at::opmath_type<scalar_t>;
+    losses_tile_kernel<scalar_t, A><<<T, kThreads, 0, stream>>>(in.query.data_ptr<scalar_t>(),
+                                                                in.items_t.data_ptr<A>(), parts.data_ptr<A>(), in.N,
+                                                                in.HW, in.C, in.M);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    losses_combine_kernel<A><<<1, 1, 0, stream>>>(parts.data_ptr<A>(), T, static_cast<A>(in.N * in.C),
+                                                   static_cast<A>(in.N), totals.data_ptr<A>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {totals[0].to(query.scalar_type()), totals[1].to(query.scalar_type())};
+}
+
+at::Tensor memory_losses_backward_cuda(const at::Tensor& grad_compact, const at::Tensor& grad_separate,
+                                       const at::Tensor& query, const at::Tensor& items) {
+  const c10::cuda::CUDAGuard guard(query.device());
+  const MemoryInputs in = prepare_memory_inputs(query, items);
+  const auto acc = in.items_t.scalar_type();
+  const at::Tensor grads =
+      at::stack({grad_compact.reshape({}).to(acc), grad_separate.reshape({}).to(acc)}).to(query.device());
+  at::Tensor dq = at::empty_like(in.query);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  MGID_DISPATCH(in.query.scalar_type(), "mgid::memory_losses_backward(cuda)", [&] {
+    using A = at::opmath_type<scalar_t>;
+    losses_backward_kernel<scalar_t, A><<<ceil_div(in.N, kThreads), kThreads, 0, stream>>>(
+        grads.data_ptr<A>(), in.query.data_ptr<scalar_t>(), in.items_t.data_ptr<A>(), dq.data_ptr<scalar_t>(), in.N,
+        in.HW, in.C, in.M);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return dq;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mgid, CUDA, m) {
+  m.impl("memory_read", &memory_read_cuda);
+  m.impl("memory_read_backward", &memory_read_backward_cuda);
+  m.impl("memory_update_stats", &memory_update_stats_cuda);
+  m.impl("memory_update", &memory_update_cuda);
+  m.impl("memory_losses", &memory_losses_cuda);
+  m.impl("memory_losses_backward", &memory_losses_backward_cuda);
+}
+
+}  // namespace mgid

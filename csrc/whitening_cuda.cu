@@ -1,0 +1,161 @@
+// CUDA kernels of the whitening ops; the arithmetic is whitening_math.h, shared with the C++ CPU
+// kernels. Invariants:
+// - lloyd_kernel: one block, thread j owns cluster j (its centre) and boundary j (after it). The
+//   syncs separate "read the centres" from "write the centres" in every iteration.
+// - bsw tile kernel: block t owns elements [t*kElementTile, ...); lane (thread) l sums its run in
+//   order, thread 0 adds the lane totals in lane order; a single thread adds the tiles in order.
+// - No host synchronisation and no float atomics.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <torch/library.h>
+
+#include "checks.h"
+#include "cuda_utils.cuh"
+#include "whitening_math.h"
+
+namespace mgid {
+namespace {
+
+__global__ void lloyd_kernel(const double* __restrict__ x, const double* __restrict__ prefix, int64_t n, int k,
+                             double* __restrict__ threshold) {
+  double* centers = shared_base<double>();
+  int64_t* bounds = reinterpret_cast<int64_t*>(centers + k);
+  int64_t* next = bounds + k;
+  __shared__ int moved;
+  const int j = threadIdx.x;
+  centers[j] = segment_mean(prefix, j == 0 ? 0 : lloyd_seed_end(j - 1, k, n), lloyd_seed_end(j, k, n), 0.0);
+  if (j + 1 < k) bounds[j] = lloyd_seed_end(j, k, n);
+  __syncthreads();  // seeds written
+  for (int it = 0; it < kLloydMaxIter; ++it) {
+    if (j + 1 < k) next[j] = lloyd_boundary(x, n, centers, j);
+    if (j == 0) moved = 0;
+    __syncthreads();  // all boundaries computed from the old centres; moved cleared
+    const double c = segment_mean(prefix, j == 0 ? 0 : next[j - 1], j + 1 < k ? next[j] : n, centers[j]);
+    if (j + 1 < k && next[j] != bounds[j]) moved = 1;  // every writer writes 1
+    __syncthreads();  // no thread reads the old centres or bounds any more
+    centers[j] = c;
+    if (j + 1 < k) bounds[j] = next[j];
+    const bool again = moved != 0;
+    __syncthreads();  // every thread read moved before thread 0 clears it
+    if (!again) break;
+  }
+  if (j == 0) *threshold = lowest_cluster_threshold(x, k > 1 ? bounds[0] : n);
+}
+
+at::Tensor bsw_threshold_cuda(const at::Tensor& values, int64_t k_requested) {
+  TORCH_CHECK(values.numel() > 0, "mgid: bsw_threshold needs at least one value");
+  TORCH_CHECK(k_requested >= 1, "mgid: k must be >= 1, got ", k_requested);
+  const c10::cuda::CUDAGuard guard(values.device());
+  auto [xs, ps] = sorted_with_prefix(values);
+  const int64_t n = xs.numel();
+  const int k = static_cast<int>(std::min<int64_t>(k_requested, n));
+  TORCH_CHECK(k <= kMaxClusters, "mgid: the CUDA k-means supports k <= ", kMaxClusters, ", got k = ", k);
+  at::Tensor thr = at::empty({}, xs.options());
+  const size_t smem = static_cast<size_t>(k) * (sizeof(double) + 2 * sizeof(int64_t));
+  lloyd_kernel<<<1, k, smem, c10::cuda::getCurrentCUDAStream()>>>(xs.data_ptr<double>(), ps.data_ptr<double>(), n, k,
+                                                                 thr.data_ptr<double>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return thr;
+}
+
+template <typename T, typename A>
+__global__ void bsw_tile_kernel(const T* __restrict__ cov1, const T* __restrict__ cov2, const bool* __restrict__ mask,
+                                int64_t n, A* __restrict__ parts) {
+  __shared__ A lane_total[kElementLanes];
+  __shared__ A lane_count[kElementLanes];
+  const int64_t t = blockIdx.x;
+  const int lane = threadIdx.x;
+  int64_t b, e;
+  lane_range(t, lane, n, &b, &e);
+  bsw_tile_sums(b, e, cov1, cov2, mask, &lane_total[lane], &lane_count[lane]);
+  __syncthreads();  // lane totals written
+  if (lane == 0) {
+    A tot = 0, cnt = 0;
+    for (int l = 0; l < kElementLanes; ++l) {
+      tot += lane_total[l];
+      cnt += lane_count[l];
+    }
+    parts[2 * t] = tot;
+    parts[2 * t + 1] = cnt;
+  }
+}
+
+template <typename A>
+__global__ void bsw_combine_kernel(const A* __restrict__ parts, int64_t T, int64_t batch, A* __restrict__ loss,
+                                   A* __restrict__ count) {
+  A tot = 0, cnt = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    tot += parts[2 * t];
+    cnt += parts[2 * t + 1];
+  }
+  *loss = bsw_loss_value(tot, cnt, batch);
+  *count = cnt;
+}
+
+template <typename T, typename A>
+__global__ void bsw_backward_kernel(const A* __restrict__ grad_count, const T* __restrict__ cov1,
+                                    const T* __restrict__ cov2, const bool* __restrict__ mask, int64_t n, int64_t batch,
+                                    T* __restrict__ g1, T* __restrict__ g2) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  g1[i] = static_cast<T>(bsw_grad_element(cov1, mask, i, grad_count[0], grad_count[1], batch));
+  g2[i] = static_cast<T>(bsw_grad_element(cov2, mask, i, grad_count[0], grad_count[1], batch));
+}
+
+std::tuple<at::Tensor, at::Tensor> bsw_loss_masked_cuda(const at::Tensor& cov1_in, const at::Tensor& cov2_in,
+                                                        const at::Tensor& mask_in) {
+  check_covariances(cov1_in, cov2_in);
+  check_mask(mask_in, cov1_in);
+  const c10::cuda::CUDAGuard guard(cov1_in.device());
+  const at::Tensor cov1 = cov1_in.contiguous(), cov2 = cov2_in.to(cov1.scalar_type()).contiguous();
+  const at::Tensor mask = mask_in.contiguous();
+  const int64_t n = cov1.numel(), T = ceil_div(n, kElementTile);
+  const auto acc = acc_dtype(cov1.scalar_type());
+  at::Tensor parts = at::empty({T, 2}, cov1.options().dtype(acc));
+  at::Tensor loss = at::empty({}, cov1.options().dtype(acc));
+  at::Tensor count = at::empty({}, cov1.options().dtype(acc));
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, cov1.scalar_type(), "mgid::bsw_loss_masked(cuda)", [&] {
+    using A = at::opmath_type<scalar_t>;
+    bsw_tile_kernel<scalar_t, A><<<T, kElementLanes, 0, stream>>>(
+        cov1.data_ptr<scalar_t>(), cov2.data_ptr<scalar_t>(), mask.data_ptr<bool>(), n, parts.data_ptr<A>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    bsw_combine_kernel<A><<<1, 1, 0, stream>>>(parts.data_ptr<A>(), T, cov1.size(0), loss.data_ptr<A>(),
+                                              count.data_ptr<A>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {loss.to(cov1.scalar_type()), count};
+}
+
+std::tuple<at::Tensor, at::Tensor> bsw_loss_masked_backward_cuda(const at::Tensor& grad, const at::Tensor& cov1_in,
+                                                                 const at::Tensor& cov2_in, const at::Tensor& mask_in,
+                                                                 const at::Tensor& count) {
+  check_covariances(cov1_in, cov2_in);
+  check_mask(mask_in, cov1_in);
+  const c10::cuda::CUDAGuard guard(cov1_in.device());
+  const at::Tensor cov1 = cov1_in.contiguous(), cov2 = cov2_in.contiguous(), mask = mask_in.contiguous();
+  at::Tensor g1 = at::empty_like(cov1), g2 = at::empty_like(cov2);
+  const auto acc = acc_dtype(cov1.scalar_type());
+  const at::Tensor gc = at::stack({grad.reshape({}).to(acc), count.reshape({}).to(acc)}).to(cov1.device());
+  const int64_t n = cov1.numel();
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, cov1.scalar_type(), "mgid::bsw_loss_masked_backward(cuda)", [&] {
+    using A = at::opmath_type<scalar_t>;
+    bsw_backward_kernel<scalar_t, A><<<ceil_div(n, 256), 256, 0, stream>>>(
+        gc.data_ptr<A>(), cov1.data_ptr<scalar_t>(), cov2.data_ptr<scalar_t>(), mask.data_ptr<bool>(), n,
+        cov1.size(0), g1.data_ptr<scalar_t>(), g2.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {g1, g2};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mgid, CUDA, m) {
+  m.impl("bsw_threshold", &bsw_threshold_cuda);
+  m.impl("bsw_loss_masked", &bsw_loss_masked_cuda);
+  m.impl("bsw_loss_masked_backward", &bsw_loss_masked_backward_cuda);
+}
+
+}  // namespace mgid

@@ -175,19 +175,20 @@ std::tuple<at::Tensor, at::Tensor> memory_losses_cpu(const at::Tensor& query, co
       }
     });
   });
-  // Tiles combine in a fixed order (a sequential sum over the T tile partials).
-  at::Tensor totals = at::zeros({2}, acc_opts);
+  // Tiles combine in a fixed order (a sequential sum over the T tile partials). Two separate
+  // 0-dim outputs: they must not alias (the schema says so).
+  at::Tensor compact, separate;
   AT_DISPATCH_FLOATING_TYPES(parts.scalar_type(), "mgid::memory_losses_combine(cpu)", [&] {
     const scalar_t* pp = parts.data_ptr<scalar_t>();
-    scalar_t* tp = totals.data_ptr<scalar_t>();
+    scalar_t a = 0, b = 0;
     for (int64_t t = 0; t < T; ++t) {
-      tp[0] += pp[2 * t];
-      tp[1] += pp[2 * t + 1];
+      a += pp[2 * t];
+      b += pp[2 * t + 1];
     }
-    tp[0] /= static_cast<scalar_t>(in.N * in.C);
-    tp[1] /= static_cast<scalar_t>(in.N);
+    compact = at::scalar_tensor(a / static_cast<scalar_t>(in.N * in.C), acc_opts);
+    separate = at::scalar_tensor(b / static_cast<scalar_t>(in.N), acc_opts);
   });
-  return {totals[0].to(query.scalar_type()), totals[1].to(query.scalar_type())};
+  return {compact.to(query.scalar_type()), separate.to(query.scalar_type())};
 }
 
 at::Tensor memory_losses_backward_cpu(const at::Tensor& grad_compact, const at::Tensor& grad_separate,

@@ -141,14 +141,15 @@ __global__ void losses_tile_kernel(const T* __restrict__ q, const A* __restrict_
 
 // Sums the T partial pairs in tile order and divides them into the two means.
 template <typename A>
-__global__ void losses_combine_kernel(const A* __restrict__ parts, int64_t T, A nc, A n, A* __restrict__ out) {
+__global__ void losses_combine_kernel(const A* __restrict__ parts, int64_t T, A nc, A n, A* __restrict__ compact,
+                                      A* __restrict__ separate) {
   A a = 0, b = 0;
   for (int64_t t = 0; t < T; ++t) {
     a += parts[2 * t];
     b += parts[2 * t + 1];
   }
-  out[0] = a / nc;
-  out[1] = b / n;
+  *compact = a / nc;
+  *separate = b / n;
 }
 
 template <typename T, typename A>
@@ -250,7 +251,8 @@ std::tuple<at::Tensor, at::Tensor> memory_losses_cuda(const at::Tensor& query, c
   const MemoryInputs in = prepare_memory_inputs(query, items);
   const int64_t T = num_query_tiles(in.N);
   at::Tensor parts = at::empty({T, 2}, in.items_t.options());
-  at::Tensor totals = at::empty({2}, in.items_t.options());
+  // Two separate 0-dim outputs: they must not alias (the schema says so).
+  at::Tensor compact = at::empty({}, in.items_t.options()), separate = at::empty({}, in.items_t.options());
   const auto stream = c10::cuda::getCurrentCUDAStream();
   MGID_DISPATCH(in.query.scalar_type(), "mgid::memory_losses(cuda)", [&] {
     using A = at::opmath_type<scalar_t>;
@@ -259,10 +261,10 @@ std::tuple<at::Tensor, at::Tensor> memory_losses_cuda(const at::Tensor& query, c
                                                                 in.HW, in.C, in.M);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     losses_combine_kernel<A><<<1, 1, 0, stream>>>(parts.data_ptr<A>(), T, static_cast<A>(in.N * in.C),
-                                                   static_cast<A>(in.N), totals.data_ptr<A>());
+                                                   static_cast<A>(in.N), compact.data_ptr<A>(), separate.data_ptr<A>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {totals[0].to(query.scalar_type()), totals[1].to(query.scalar_type())};
+  return {compact.to(query.scalar_type()), separate.to(query.scalar_type())};
 }
 
 at::Tensor memory_losses_backward_cuda(const at::Tensor& grad_compact, const at::Tensor& grad_separate,

@@ -1,0 +1,111 @@
+"""The MNAD memory as a module: M unit-length items (M, C) read by every query, updated in training.
+
+The items are state, not a trained parameter: a buffer (saved in ``state_dict``, moved by ``.to``,
+never given a gradient), carried from step to step. All arithmetic is in :mod:`mgid.ops`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mgid import ops
+
+
+@dataclass
+class MemoryOutput:
+    """features: (B, 2C, h, w) = concat[q_hat, softmax-weighted items].
+
+    compactness, separateness: 0-dim MNAD losses of the queries against the items used for the
+    read, differentiable in the query; ``None`` when not asked for (inference).
+    """
+
+    features: torch.Tensor
+    compactness: Optional[torch.Tensor] = None
+    separateness: Optional[torch.Tensor] = None
+
+
+def random_unit_items(
+    num_items: int, channels: int, generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
+    """(M, C) float32 on the CPU: uniform [0, 1) then L2-normalised per row (MNAD's initialisation)."""
+    return F.normalize(torch.rand(num_items, channels, generator=generator), dim=1)
+
+
+class MemoryModule(nn.Module):
+    """Memory read (always) and update (training) of a query (B, C, h, w).
+
+    Args:
+        num_items: M, the number of items (MGID's training code: 20).
+        channels: C, the query width.
+        grad_through_weights: let the gradient reach the query through the read weights
+            (MNAD detaches them: False).
+        update_max_over_assigned: normalise the update weights by the maximum over the queries
+            assigned to each item (the paper) instead of over all queries (public code: False).
+        generator: seeds the initial items.
+    """
+
+    items: torch.Tensor
+
+    def __init__(
+        self,
+        num_items: int = 20,
+        channels: int = 64,
+        grad_through_weights: bool = False,
+        update_max_over_assigned: bool = False,
+        generator: Optional[torch.Generator] = None,
+    ) -> None:
+        super().__init__()
+        if num_items < 2:
+            # The separateness loss needs a second-nearest item.
+            raise ValueError(f"num_items must be >= 2, got {num_items}")
+        self.num_items = num_items
+        self.channels = channels
+        self.grad_through_weights = grad_through_weights
+        self.update_max_over_assigned = update_max_over_assigned
+        self.register_buffer("items", random_unit_items(num_items, channels, generator))
+
+    def extra_repr(self) -> str:
+        return (f"num_items={self.num_items}, channels={self.channels}, "
+                f"grad_through_weights={self.grad_through_weights}, "
+                f"update_max_over_assigned={self.update_max_over_assigned}")
+
+    @torch.no_grad()
+    def reset_items(self, generator: Optional[torch.Generator] = None) -> None:
+        """Re-draw the items (uniform, then unit rows), in place on the buffer's device and dtype."""
+        self.items.copy_(random_unit_items(self.num_items, self.channels, generator))
+
+    def forward(self, query: torch.Tensor, update: bool, with_losses: Optional[bool] = None) -> MemoryOutput:
+        """Read the memory with ``query`` (B, C, h, w); with ``update``, then move the items.
+
+        The read and the losses use the items as they were on entry; the update (if any) is
+        stored afterwards, so two sequential calls read P then P' (the training recipe).
+        ``with_losses`` defaults to ``update``.
+        """
+        if query.dim() != 4 or query.shape[1] != self.channels:
+            raise ValueError(f"query must have shape (B, {self.channels}, h, w), got {tuple(query.shape)}")
+        if with_losses is None:
+            with_losses = update
+        # Autograd may have saved the items for the backward pass (the read's matmuls); the update
+        # below writes the buffer in place, so read from a snapshot to keep the graph valid.
+        items = self.items.clone() if update else self.items
+        features = ops.memory_read(query, items, grad_through_weights=self.grad_through_weights)
+        compactness = separateness = None
+        if with_losses:
+            compactness, separateness = ops.memory_losses(query, items)
+        if update:
+            self.update_items(query.detach(), items)
+        return MemoryOutput(features, compactness, separateness)
+
+    @torch.no_grad()
+    def update_items(self, query: torch.Tensor, items: torch.Tensor) -> None:
+        """Store the MNAD update of ``items`` (M, C) by ``query`` (B, C, h, w) into the buffer.
+
+        The one place the items change: a distributed run swaps this (e.g. all-reduce
+        :func:`mgid.ops.memory_update_stats` across ranks before finishing) to keep ranks identical.
+        """
+        new_items = ops.memory_update(query, items, max_over_assigned=self.update_max_over_assigned)
+        self.items.copy_(new_items)

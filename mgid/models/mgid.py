@@ -1,0 +1,183 @@
+"""MGIDNet: encoder -> memory -> decoder, predicting the rain layer R of an image I; B = I - R."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mgid.models.decoder import Decoder
+from mgid.models.encoder import DOWNSAMPLE, Encoder
+from mgid.models.memory import MemoryModule
+
+PAD_MODES = ("reflect", "replicate")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture and memory options of :class:`MGIDNet`.
+
+    Attributes:
+        image_channels: channels of the input image and of the predicted rain layer (3, BGR or RGB
+            as the data feeds it; the public code feeds BGR).
+        channels: width C of every layer; the query has C channels, the memory output 2C.
+        memory_items: M, the number of memory items (training code 20; its evaluation script 30).
+        double_tanh: apply tanh a second time to the decoder's (already tanh) output before
+            subtracting, as the public code does; this bounds R to +-tanh(1) = +-0.76. Off: R is the
+            decoder output, in (-1, 1).
+        grad_through_weights: memory read passes the gradient through its softmax weights (MNAD
+            detaches them: False).
+        update_max_over_assigned: memory update normalises by the max over each item's assigned
+            queries (the paper) rather than over all queries (public code: False).
+        pad_mode: how inputs whose H or W is not a multiple of 8 are padded (bottom/right) before
+            the network and cropped back after: "reflect" (falls back to "replicate" where the
+            image is too small to reflect) or "replicate".
+    """
+
+    image_channels: int = 3
+    channels: int = 64
+    memory_items: int = 20
+    double_tanh: bool = True
+    grad_through_weights: bool = False
+    update_max_over_assigned: bool = False
+    pad_mode: str = "reflect"
+
+    def __post_init__(self) -> None:
+        if self.image_channels < 1 or self.channels < 1:
+            raise ValueError(f"image_channels and channels must be positive, got {self.image_channels}, "
+                             f"{self.channels}")
+        if self.memory_items < 2:
+            raise ValueError(f"memory_items must be >= 2 (separateness needs two items), got {self.memory_items}")
+        if self.pad_mode not in PAD_MODES:
+            raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {self.pad_mode!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+        return cls(**values)
+
+
+@dataclass
+class MGIDOutput:
+    """Outputs of one :class:`MGIDNet` forward pass for an image (B, 3, H, W).
+
+    rain: R (B, 3, H, W), the layer subtracted from the image (after the second tanh when
+        ``double_tanh``), so ``background + rain == image``.
+    background: B = I - R (B, 3, H, W), the de-rained image.
+    query: the instance-normalised encoder features (B, C, H'/8, W'/8), H' and W' the padded
+        size; the BSW loss whitens their covariance.
+    compactness, separateness: 0-dim memory losses, ``None`` when not computed (inference).
+    """
+
+    rain: torch.Tensor
+    background: torch.Tensor
+    query: torch.Tensor
+    compactness: Optional[torch.Tensor] = None
+    separateness: Optional[torch.Tensor] = None
+
+
+def pad_to_multiple(image: torch.Tensor, multiple: int, mode: str = "reflect") -> torch.Tensor:
+    """Pad (B, C, H, W) at the bottom and right so H and W are multiples of ``multiple``.
+
+    Reflect padding needs the pad to be smaller than the side; where it is not, replicate is used.
+    """
+    h, w = image.shape[-2:]
+    pad_h, pad_w = -h % multiple, -w % multiple
+    if pad_h == 0 and pad_w == 0:
+        return image
+    if mode == "reflect" and (pad_h >= h or pad_w >= w):
+        mode = "replicate"
+    return F.pad(image, (0, pad_w, 0, pad_h), mode=mode)
+
+
+class MGIDNet(nn.Module):
+    """Memory-guided de-raining network (817,987 trainable parameters at the defaults).
+
+    ``forward(image)`` with image (B, 3, H, W) in [-1, 1], any H, W (padded to multiples of 8, at
+    least 2 query pixels, i.e. H*W >= 128 after padding). In training mode each call reads the
+    memory and then updates it, so frame 1 then frame 2 of a pair read P then P'. In eval mode
+    (or ``update_memory=False``) the memory is only read.
+
+    Args:
+        config: :class:`ModelConfig`; defaults to the public architecture.
+        generator: seeds the initial memory items (network weights use the global RNG as
+            ``nn.Module`` does).
+    """
+
+    def __init__(self, config: Optional[ModelConfig] = None, generator: Optional[torch.Generator] = None) -> None:
+        super().__init__()
+        self.config = config if config is not None else ModelConfig()
+        cfg = self.config
+        self.encoder = Encoder(cfg.image_channels, cfg.channels)
+        self.memory = MemoryModule(
+            cfg.memory_items, cfg.channels,
+            grad_through_weights=cfg.grad_through_weights,
+            update_max_over_assigned=cfg.update_max_over_assigned,
+            generator=generator,
+        )
+        self.decoder = Decoder(cfg.channels, cfg.image_channels)
+
+    def _check_image(self, image: torch.Tensor) -> None:
+        if not isinstance(image, torch.Tensor):
+            raise TypeError(f"image must be a torch.Tensor (B, {self.config.image_channels}, H, W), "
+                            f"got {type(image).__name__}")
+        if image.dim() != 4 or image.shape[1] != self.config.image_channels:
+            hint = " (add a batch dimension with image[None])" if image.dim() == 3 else ""
+            raise ValueError(f"image must have shape (B, {self.config.image_channels}, H, W), got "
+                             f"{tuple(image.shape)}{hint}")
+        if not image.is_floating_point():
+            raise TypeError(f"image must be a floating tensor in [-1, 1], got dtype {image.dtype}")
+        h, w = image.shape[-2:]
+        ph, pw = -(-h // DOWNSAMPLE), -(-w // DOWNSAMPLE)  # query size after padding
+        if ph * pw < 2:
+            # Instance norm (and the BSW covariance) need at least two query pixels.
+            raise ValueError(f"image {h}x{w} is too small: the network needs H*W >= {2 * DOWNSAMPLE ** 2} "
+                             f"after padding to multiples of {DOWNSAMPLE} (e.g. 8x16)")
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        update_memory: Optional[bool] = None,
+        memory_losses: Optional[bool] = None,
+    ) -> MGIDOutput:
+        """De-rain ``image`` (B, 3, H, W) in [-1, 1].
+
+        Args:
+            update_memory: read and then update the memory items; defaults to ``self.training``.
+            memory_losses: compute compactness/separateness; defaults to ``update_memory``
+                (ask for them explicitly to get a validation loss in eval mode).
+        """
+        self._check_image(image)
+        if update_memory is None:
+            update_memory = self.training
+        h, w = image.shape[-2:]
+        padded = pad_to_multiple(image, DOWNSAMPLE, self.config.pad_mode)
+        features = self.encoder(padded)
+        mem = self.memory(features.query, update=update_memory, with_losses=memory_losses)
+        rain = self.decoder(mem.features, features.skips)[..., :h, :w]
+        if self.config.double_tanh:
+            rain = torch.tanh(rain)  # the public code's second tanh: |R| <= tanh(1)
+        return MGIDOutput(
+            rain=rain,
+            background=image - rain,
+            query=features.query,
+            compactness=mem.compactness,
+            separateness=mem.separateness,
+        )
+
+    @torch.no_grad()
+    def derain(self, image: torch.Tensor) -> torch.Tensor:
+        """The background B (B, 3, H, W) of ``image``, in eval mode, memory read only.
+
+        The module's train/eval mode is restored afterwards. Not clamped to [-1, 1].
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            return self.forward(image, update_memory=False, memory_losses=False).background
+        finally:
+            self.train(was_training)

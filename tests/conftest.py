@@ -1,0 +1,30 @@
+"""Shared test setup: the `cuda` marker skips with a reason where no GPU (or no CUDA build) exists."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def cuda_skip_reason() -> str | None:
+    """Why CUDA tests cannot run here, or None when they can."""
+    if not torch.cuda.is_available():
+        return "no CUDA GPU on this machine (run `pytest -m cuda` on a GPU machine: benchmarks/gpu_check.sh)"
+    from mgid.ops import build_info
+    if not build_info()["cuda"]:
+        return "the mgid extension was built without CUDA kernels"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = cuda_skip_reason()
+    if reason is None:
+        return
+    skip = pytest.mark.skip(reason=reason)
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+def device_params() -> list:
+    """``cpu`` always, ``cuda`` marked (and so skipped where unavailable)."""
+    return ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]

@@ -1,0 +1,37 @@
+# The two entry points of the README: `make demo` (main job) and `make test` (the test suite).
+# Each creates .venv if missing and installs mgid into it, compiling csrc/ (nvcc for the CUDA
+# kernels when the installed torch has CUDA), then runs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.14.1
+export MAX_JOBS ?= 2
+DEMO_OUT ?= runs/quick
+
+STAMP := $(VENV)/.mgid-installed
+SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.cu csrc/*.h csrc/*.cuh)
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+# torch and the build tools first, then an in-place (editable) build against exactly that torch:
+# an isolated build would fetch a second torch just to compile against.
+$(STAMP): $(SOURCES)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)" setuptools wheel ninja
+	$(PY) -m pip install --quiet --no-build-isolation -e ".[test]"
+	$(PY) -c "import mgid.ops as o; print('mgid build:', o.build_info())"
+	touch $(STAMP)
+
+demo: install
+	$(PY) train.py --config quick --out $(DEMO_OUT)
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) benchmarks/bench_ops.py
+
+clean:
+	rm -rf build mgid/_C*.so *.egg-info

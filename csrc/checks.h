@@ -81,12 +81,22 @@ inline int64_t num_query_tiles(int64_t N) {
   return (N + kQueryTile - 1) / kQueryTile;
 }
 
-// Sorted values (float64) and their prefix sums [0, x0, x0+x1, ...] for the 1-D k-means; ATen
-// calls that run on the values' device without a host synchronisation.
-inline std::tuple<at::Tensor, at::Tensor> sorted_with_prefix(const at::Tensor& values) {
-  const at::Tensor x = std::get<0>(at::sort(values.detach().reshape({-1}).to(at::kDouble))).contiguous();
-  const at::Tensor prefix = at::cat({at::zeros({1}, x.options()), at::cumsum(x, 0)}).contiguous();
-  return {x, prefix};
+// Inputs of the 1-D k-means (whitening_math.h), made by ATen calls on the values' device without a
+// host synchronisation: the sorted values (float64), their mean mu (0-dim), and the prefix sums
+// [0, y0, y0+y1, ...] of y = x - mu and of y^2.
+struct KmeansInputs {
+  at::Tensor x, mu, p1, p2;
+};
+
+inline KmeansInputs kmeans_inputs(const at::Tensor& values) {
+  KmeansInputs in;
+  in.x = std::get<0>(at::sort(values.detach().reshape({-1}).to(at::kDouble))).contiguous();
+  in.mu = in.x.mean();
+  const at::Tensor y = in.x - in.mu;
+  const at::Tensor zero = at::zeros({1}, in.x.options());
+  in.p1 = at::cat({zero, at::cumsum(y, 0)}).contiguous();
+  in.p2 = at::cat({zero, at::cumsum(y * y, 0)}).contiguous();
+  return in;
 }
 
 // The accumulation dtype of an input dtype: float64 stays, everything else accumulates in float32.

@@ -24,8 +24,12 @@ constexpr int kMaxItems = 256;
 constexpr int kQueryTile = 128;
 // Elements per tile of the BSW loss reduction.
 constexpr int kElementTile = 1024;
-// Lloyd's algorithm for the BSW mask runs in one block of k threads.
-constexpr int kMaxClusters = 1024;
+// 1-D k-means of the BSW mask (whitening_math.h): the grid of its dynamic programme, and Lloyd's
+// iteration cap; on the GPU one block of kKmeansThreads threads runs it, one thread per cluster in
+// the Lloyd stage (so k <= kKmeansThreads). mgid/ops/reference.py repeats these numbers.
+constexpr int64_t kKmeansGrid = 1024;
+constexpr int64_t kKmeansGridTail = 512;
+constexpr int kKmeansThreads = 1024;
 constexpr int kLloydMaxIter = 300;
 
 constexpr double kNormEps = 1e-12;     // F.normalize's eps

@@ -25,7 +25,7 @@ MGID_HD A query_inv_norm(const T* q, int64_t stride, int64_t C, A* norm) {
   }
   const A n = msqrt(ss);
   *norm = n;
-  return A(1) / (n > A(kNormEps) ? n : A(kNormEps));
+  return A(1) / (n <= A(kNormEps) ? A(kNormEps) : n);  // a NaN norm stays NaN
 }
 
 // s[m] = q_hat . P[m] (cosine similarity).
@@ -268,7 +268,7 @@ MGID_HD A updated_item_inv_norm(int m, int64_t C, const A* items, const A* sum) 
     ss += v * v;
   }
   const A n = msqrt(ss);
-  return A(1) / (n > A(kNormEps) ? n : A(kNormEps));
+  return A(1) / (n <= A(kNormEps) ? A(kNormEps) : n);  // a NaN norm stays NaN
 }
 
 }  // namespace mgid

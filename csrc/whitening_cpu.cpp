@@ -14,31 +14,43 @@
 namespace mgid {
 namespace {
 
-// Lloyd on sorted values, one cluster after another: the CUDA kernel runs the same steps with one
-// thread per cluster.
+// The k-means of whitening_math.h, the grid cells of each layer in parallel and the Lloyd stage one
+// cluster after another: the CUDA kernel runs the same steps with one thread per cell / cluster.
 at::Tensor bsw_threshold_cpu(const at::Tensor& values, int64_t k_requested) {
   TORCH_CHECK(values.numel() > 0, "mgid: bsw_threshold needs at least one value");
   TORCH_CHECK(k_requested >= 1, "mgid: k must be >= 1, got ", k_requested);
-  auto [xs, ps] = sorted_with_prefix(values);
-  const int64_t n = xs.numel();
-  const int k = static_cast<int>(std::min<int64_t>(k_requested, n));
-  const double* x = xs.data_ptr<double>();
-  const double* prefix = ps.data_ptr<double>();
-  std::vector<double> centers(k);
+  const KmeansInputs in = kmeans_inputs(values);
+  const int64_t n = in.x.numel(), G = kmeans_grid_size(n);
+  const int k = static_cast<int>(std::min<int64_t>(k_requested, G));
+  const double* x = in.x.data_ptr<double>();
+  const double* p1 = in.p1.data_ptr<double>();
+  const double* p2 = in.p2.data_ptr<double>();
+  const double mu = in.mu.item<double>();
+  std::vector<double> d_prev(G + 1), d_cur(G + 1);
+  std::vector<int32_t> arg(static_cast<size_t>(k) * (G + 1), 0);
+  for (int64_t g = 0; g <= G; ++g) d_prev[g] = segment_sse(p1, p2, 0, kmeans_grid_position(g, n, G));
+  for (int l = 1; l < k; ++l) {
+    at::parallel_for(l + 1, G + 1, 16, [&](int64_t g0, int64_t g1) {
+      for (int64_t g = g0; g < g1; ++g)
+        d_cur[g] = kmeans_dp_cell(l, g, d_prev.data(), p1, p2, n, G, &arg[static_cast<size_t>(l) * (G + 1) + g]);
+    });
+    d_prev.swap(d_cur);
+  }
   std::vector<int64_t> bounds(std::max(k - 1, 0)), next(std::max(k - 1, 0));
+  std::vector<double> centers(k);
+  kmeans_backtrack(arg.data(), k, n, G, bounds.data());
   for (int j = 0; j < k; ++j)
-    centers[j] = segment_mean(prefix, j == 0 ? 0 : lloyd_seed_end(j - 1, k, n), lloyd_seed_end(j, k, n), 0.0);
-  for (int j = 0; j + 1 < k; ++j) bounds[j] = lloyd_seed_end(j, k, n);
+    centers[j] = segment_mean(p1, j == 0 ? 0 : bounds[j - 1], j + 1 < k ? bounds[j] : n, 0.0);
   for (int it = 0; it < kLloydMaxIter; ++it) {
-    for (int j = 0; j + 1 < k; ++j) next[j] = lloyd_boundary(x, n, centers.data(), j);
+    for (int j = 0; j + 1 < k; ++j) next[j] = lloyd_boundary(x, n, mu, centers.data(), j);
     for (int j = 0; j < k; ++j)
-      centers[j] = segment_mean(prefix, j == 0 ? 0 : next[j - 1], j + 1 < k ? next[j] : n, centers[j]);
+      centers[j] = segment_mean(p1, j == 0 ? 0 : next[j - 1], j + 1 < k ? next[j] : n, centers[j]);
     const bool moved = next != bounds;
     bounds.swap(next);
     if (!moved) break;
   }
   const int64_t first_end = k > 1 ? bounds[0] : n;
-  return at::scalar_tensor(lowest_cluster_threshold(x, first_end), xs.options());
+  return at::scalar_tensor(lowest_cluster_threshold(x, first_end), in.x.options());
 }
 
 std::tuple<at::Tensor, at::Tensor> bsw_loss_masked_cpu(const at::Tensor& cov1_in, const at::Tensor& cov2_in,

@@ -1,7 +1,7 @@
 // CUDA kernels of the whitening ops; the arithmetic is whitening_math.h, shared with the C++ CPU
 // kernels. Invariants:
-// - lloyd_kernel: one block, thread j owns cluster j (its centre) and boundary j (after it). The
-//   syncs separate "read the centres" from "write the centres" in every iteration.
+// - kmeans_kernel: one block (see its comment); syncs separate the layers of the dynamic
+//   programme, and "read the centres" from "write the centres" in every Lloyd iteration.
 // - bsw tile kernel: block t owns elements [t*kElementTile, ...); lane (thread) l sums its run in
 //   order, thread 0 adds the lane totals in lane order; a single thread adds the tiles in order.
 // - No host synchronisation and no float atomics.
@@ -17,44 +17,63 @@
 namespace mgid {
 namespace {
 
-__global__ void lloyd_kernel(const double* __restrict__ x, const double* __restrict__ prefix, int64_t n, int k,
-                             double* __restrict__ threshold) {
-  double* centers = shared_base<double>();
-  int64_t* bounds = reinterpret_cast<int64_t*>(centers + k);
-  int64_t* next = bounds + k;
+// One block of kKmeansThreads threads. Stage 1: thread t owns grid cells g = l+1+t, l+1+t+blockDim,
+// ... of each layer; the two D rows ping-pong in shared memory, a sync between layers. Stage 2:
+// thread 0 backtracks; thread j owns cluster j (its centre) and boundary j (after it).
+__global__ void kmeans_kernel(const double* __restrict__ x, const double* __restrict__ p1,
+                              const double* __restrict__ p2, const double* __restrict__ mu_ptr, int64_t n, int64_t G,
+                              int k, int32_t* __restrict__ arg, double* __restrict__ threshold) {
+  __shared__ double d[2][kKmeansGrid + 1];
+  __shared__ double centers[kKmeansThreads];
+  __shared__ int64_t bounds[kKmeansThreads];
+  __shared__ int64_t next[kKmeansThreads];
   __shared__ int moved;
-  const int j = threadIdx.x;
-  centers[j] = segment_mean(prefix, j == 0 ? 0 : lloyd_seed_end(j - 1, k, n), lloyd_seed_end(j, k, n), 0.0);
-  if (j + 1 < k) bounds[j] = lloyd_seed_end(j, k, n);
-  __syncthreads();  // seeds written
+  const int tid = threadIdx.x;
+  const double mu = *mu_ptr;
+  for (int64_t g = tid; g <= G; g += blockDim.x) d[0][g] = segment_sse(p1, p2, 0, kmeans_grid_position(g, n, G));
+  __syncthreads();  // layer 0 complete
+  int cur = 0;
+  for (int l = 1; l < k; ++l) {
+    for (int64_t g = l + 1 + tid; g <= G; g += blockDim.x)
+      d[1 - cur][g] = kmeans_dp_cell(l, g, d[cur], p1, p2, n, G, &arg[static_cast<int64_t>(l) * (G + 1) + g]);
+    __syncthreads();  // layer l complete before layer l + 1 reads it
+    cur = 1 - cur;
+  }
+  if (tid == 0) kmeans_backtrack(arg, k, n, G, bounds);
+  __syncthreads();  // boundaries of the programme's partition
+  const int j = tid;
+  if (j < k) centers[j] = segment_mean(p1, j == 0 ? 0 : bounds[j - 1], j + 1 < k ? bounds[j] : n, 0.0);
+  __syncthreads();  // centres written
   for (int it = 0; it < kLloydMaxIter; ++it) {
-    if (j + 1 < k) next[j] = lloyd_boundary(x, n, centers, j);
+    if (j + 1 < k) next[j] = lloyd_boundary(x, n, mu, centers, j);
     if (j == 0) moved = 0;
     __syncthreads();  // all boundaries computed from the old centres; moved cleared
-    const double c = segment_mean(prefix, j == 0 ? 0 : next[j - 1], j + 1 < k ? next[j] : n, centers[j]);
+    double c = 0.0;
+    if (j < k) c = segment_mean(p1, j == 0 ? 0 : next[j - 1], j + 1 < k ? next[j] : n, centers[j]);
     if (j + 1 < k && next[j] != bounds[j]) moved = 1;  // every writer writes 1
     __syncthreads();  // no thread reads the old centres or bounds any more
-    centers[j] = c;
+    if (j < k) centers[j] = c;
     if (j + 1 < k) bounds[j] = next[j];
     const bool again = moved != 0;
     __syncthreads();  // every thread read moved before thread 0 clears it
     if (!again) break;
   }
-  if (j == 0) *threshold = lowest_cluster_threshold(x, k > 1 ? bounds[0] : n);
+  if (tid == 0) *threshold = lowest_cluster_threshold(x, k > 1 ? bounds[0] : n);
 }
 
 at::Tensor bsw_threshold_cuda(const at::Tensor& values, int64_t k_requested) {
   TORCH_CHECK(values.numel() > 0, "mgid: bsw_threshold needs at least one value");
   TORCH_CHECK(k_requested >= 1, "mgid: k must be >= 1, got ", k_requested);
   const c10::cuda::CUDAGuard guard(values.device());
-  auto [xs, ps] = sorted_with_prefix(values);
-  const int64_t n = xs.numel();
-  const int k = static_cast<int>(std::min<int64_t>(k_requested, n));
-  TORCH_CHECK(k <= kMaxClusters, "mgid: the CUDA k-means supports k <= ", kMaxClusters, ", got k = ", k);
-  at::Tensor thr = at::empty({}, xs.options());
-  const size_t smem = static_cast<size_t>(k) * (sizeof(double) + 2 * sizeof(int64_t));
-  lloyd_kernel<<<1, k, smem, c10::cuda::getCurrentCUDAStream()>>>(xs.data_ptr<double>(), ps.data_ptr<double>(), n, k,
-                                                                 thr.data_ptr<double>());
+  const KmeansInputs in = kmeans_inputs(values);
+  const int64_t n = in.x.numel(), G = kmeans_grid_size(n);
+  const int k = static_cast<int>(std::min<int64_t>(k_requested, G));
+  TORCH_CHECK(k <= kKmeansThreads, "mgid: the CUDA k-means supports k <= ", kKmeansThreads, ", got k = ", k);
+  at::Tensor arg = at::zeros({k, G + 1}, in.x.options().dtype(at::kInt));
+  at::Tensor thr = at::empty({}, in.x.options());
+  kmeans_kernel<<<1, kKmeansThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      in.x.data_ptr<double>(), in.p1.data_ptr<double>(), in.p2.data_ptr<double>(), in.mu.data_ptr<double>(), n, G, k,
+      arg.data_ptr<int32_t>(), thr.data_ptr<double>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return thr;
 }

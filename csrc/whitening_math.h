@@ -67,16 +67,63 @@ MGID_HD A bsw_grad_element(const T* cov, const bool* mask, int64_t i, A g, A cou
   return g * sign_of(static_cast<A>(cov[i])) / (static_cast<A>(batch) * count);
 }
 
-// ---- 1-D k-means by Lloyd iterations on sorted values x[0..n) with prefix sums P[0..n]. ----
-// Cluster j is the run [b_{j-1}, b_j) of the sorted values (b_{-1} = 0, b_{k-1} = n); the
-// boundary with the next cluster is the first value above the midpoint of the two centres.
+// ---- 1-D k-means of sorted values x[0..n) (for the background-selective mask). ----
+// A cluster is a run [a, b) of the sorted values. Two stages, both deterministic:
+// 1. Exact dynamic programming over a grid of G + 1 candidate boundaries p_0 = 0 < ... < p_G = n:
+//    D[l][g] = min_{h < g} D[l-1][h] + SSE(p_h, p_g), the leftmost minimiser kept for backtracking.
+//    With n <= kKmeansGrid the grid is every position and the result is the optimal clustering
+//    (the public code's kmeans1d). Larger inputs use kKmeansGrid - kKmeansGridTail equal-count
+//    positions plus every one of the last kKmeansGridTail positions, where the sparse,
+//    heavy-tailed top values form small clusters of their own.
+// 2. Lloyd iterations from that partition (boundaries at the midpoints of adjacent centres) until
+//    no boundary moves, which lets the grid-restricted boundaries settle on exact positions.
+// Sums are of the values minus their mean ``mu`` (prefix sums P1 of x - mu and P2 of (x - mu)^2),
+// which keeps SSE = P2 - P1^2 / len from cancelling.
 
-// First index i in [0, n) with x[i] > v, n if none.
-MGID_HD int64_t upper_bound_sorted(const double* x, int64_t n, double v) {
+MGID_HD int64_t kmeans_grid_size(int64_t n) {
+  return n <= kKmeansGrid ? n : kKmeansGrid;
+}
+
+// Position of candidate boundary g in [0, G].
+MGID_HD int64_t kmeans_grid_position(int64_t g, int64_t n, int64_t G) {
+  if (G == n) return g;
+  const int64_t head = G - kKmeansGridTail;  // equal-count candidates over the first n - tail values
+  const int64_t head_n = n - kKmeansGridTail;
+  return g <= head ? g * head_n / head : head_n + (g - head);
+}
+
+// Sum of squared deviations from the mean of the run [a, b).
+MGID_HD double segment_sse(const double* p1, const double* p2, int64_t a, int64_t b) {
+  if (b <= a) return 0.0;
+  const double s = p1[b] - p1[a];
+  const double v = (p2[b] - p2[a]) - s * s / static_cast<double>(b - a);
+  return v > 0.0 ? v : 0.0;
+}
+
+// One cell of the dynamic programme: the best split of x[0, p_g) into l + 1 clusters whose last
+// cluster starts at candidate h in [l, g); the leftmost minimiser wins ties.
+MGID_HD double kmeans_dp_cell(int l, int64_t g, const double* d_prev, const double* p1, const double* p2, int64_t n,
+                              int64_t G, int32_t* best_h) {
+  const int64_t pg = kmeans_grid_position(g, n, G);
+  double best = d_prev[l] + segment_sse(p1, p2, kmeans_grid_position(l, n, G), pg);
+  int32_t arg = l;
+  for (int64_t h = l + 1; h < g; ++h) {
+    const double v = d_prev[h] + segment_sse(p1, p2, kmeans_grid_position(h, n, G), pg);
+    if (v < best) {
+      best = v;
+      arg = static_cast<int32_t>(h);
+    }
+  }
+  *best_h = arg;
+  return best;
+}
+
+// First index i in [0, n) with x[i] - mu > v, n if none (x sorted).
+MGID_HD int64_t upper_bound_shifted(const double* x, int64_t n, double mu, double v) {
   int64_t lo = 0, hi = n;
   while (lo < hi) {
     const int64_t mid = lo + (hi - lo) / 2;
-    if (x[mid] > v)
+    if (x[mid] - mu > v)
       hi = mid;
     else
       lo = mid + 1;
@@ -84,18 +131,24 @@ MGID_HD int64_t upper_bound_sorted(const double* x, int64_t n, double v) {
   return lo;
 }
 
-// Seed: centre j is the mean of the j-th of k equal-count quantile segments; its end boundary.
-MGID_HD int64_t lloyd_seed_end(int j, int k, int64_t n) {
-  return (static_cast<int64_t>(j) + 1) * n / k;
+// Mean (of x - mu) of the run [a, b); ``fallback`` for an empty run (the centre stays).
+MGID_HD double segment_mean(const double* p1, int64_t a, int64_t b, double fallback) {
+  return b > a ? (p1[b] - p1[a]) / static_cast<double>(b - a) : fallback;
 }
 
-MGID_HD double segment_mean(const double* prefix, int64_t begin, int64_t end, double fallback) {
-  return end > begin ? (prefix[end] - prefix[begin]) / static_cast<double>(end - begin) : fallback;
+// Lloyd: the boundary after cluster j (j < k - 1) for the current centres.
+MGID_HD int64_t lloyd_boundary(const double* x, int64_t n, double mu, const double* centers, int j) {
+  return upper_bound_shifted(x, n, mu, (centers[j] + centers[j + 1]) / 2);
 }
 
-// New boundary after cluster j (j < k - 1) from the centres.
-MGID_HD int64_t lloyd_boundary(const double* x, int64_t n, const double* centers, int j) {
-  return upper_bound_sorted(x, n, (centers[j] + centers[j + 1]) / 2);
+// After the programme: walk the minimisers back from D[k-1][G], writing the k - 1 boundaries
+// (positions) of the chosen partition. ``arg`` is k x (G + 1).
+MGID_HD void kmeans_backtrack(const int32_t* arg, int k, int64_t n, int64_t G, int64_t* bounds) {
+  int64_t g = G;
+  for (int l = k - 1; l >= 1; --l) {
+    g = arg[static_cast<int64_t>(l) * (G + 1) + g];
+    bounds[l - 1] = kmeans_grid_position(g, n, G);
+  }
 }
 
 // Threshold: the largest value of the lowest cluster (ending at ``first_end``), -inf if empty.

@@ -135,39 +135,88 @@ def cross_frame_variance(cov1: torch.Tensor, cov2: torch.Tensor) -> torch.Tensor
     return (cov1 - cov2).pow(2) / 4
 
 
-def kmeans1d_lloyd_threshold(values: torch.Tensor, k: int, max_iter: int = 300) -> torch.Tensor:
-    """Upper bound of the lowest cluster of a 1-D k-means of ``values`` (any shape), 0-dim.
+# The 1-D k-means of the fused kernels (csrc/whitening_math.h, whose constants these repeat).
+KMEANS_GRID = 1024
+KMEANS_GRID_TAIL = 512
+LLOYD_MAX_ITER = 300
 
-    Lloyd iterations on the sorted values, seeded with the means of k equal-count quantile
-    segments; a cluster is a contiguous run of the sorted values, its boundary with the next is
-    where values pass the midpoint of the two centres; an empty cluster keeps its centre. Stops
-    when no boundary moves or after ``max_iter`` iterations. Runs in float64. Deterministic. The
-    result is the largest value in the lowest cluster, so ``values <= threshold`` is that cluster.
+
+def kmeans_grid_positions(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Candidate cluster boundaries p_0 = 0 < ... < p_G = n of the dynamic programme, int64 (G+1,).
+
+    Every position when n <= 1024 (the programme is then exact); otherwise 512 equal-count
+    positions over the first n - 512 sorted values and each of the last 512 positions, where the
+    sparse heavy tail forms small clusters of its own.
+    """
+    if n <= KMEANS_GRID:
+        return torch.arange(n + 1, device=device)
+    head, head_n = KMEANS_GRID - KMEANS_GRID_TAIL, n - KMEANS_GRID_TAIL
+    g = torch.arange(KMEANS_GRID + 1, device=device)
+    return torch.where(g <= head, g * head_n // head, head_n + (g - head))
+
+
+def kmeans1d_fast_threshold(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Upper bound of the lowest cluster of a 1-D k-means of ``values`` (any shape), 0-dim float64.
+
+    What the kernels compute, in two deterministic stages on the sorted values x (float64):
+    1. exact dynamic programming with boundaries restricted to :func:`kmeans_grid_positions`
+       (D[l][g] = min_h D[l-1][h] + SSE(p_h, p_g), leftmost minimiser on ties): the optimal
+       clustering when there are at most 1024 values;
+    2. Lloyd iterations from that partition (a boundary is the first value above the midpoint of
+       two adjacent centres; an empty cluster keeps its centre) until no boundary moves.
+    Sums are taken of x - mean(x) so SSE = sum(y^2) - sum(y)^2 / len does not cancel. The result is
+    the largest value in the lowest cluster, so ``values <= threshold`` is that cluster.
     """
     x, _ = torch.sort(values.detach().reshape(-1).to(torch.float64))
     n = x.numel()
-    k = max(1, min(int(k), n))
-    prefix = torch.cat([x.new_zeros(1), torch.cumsum(x, 0)])
-    seg = (torch.arange(k + 1, device=x.device, dtype=torch.int64) * n) // k
-    centers = (prefix[seg[1:]] - prefix[seg[:-1]]) / (seg[1:] - seg[:-1]).to(x.dtype)
-    bounds = seg[1:-1]
-    for _ in range(max_iter):
-        mids = (centers[:-1] + centers[1:]) / 2
-        new_bounds = torch.searchsorted(x, mids, right=True)  # first index with x > mid
-        edges = torch.cat([new_bounds.new_zeros(1), new_bounds, new_bounds.new_full((1,), n)])
+    mu = x.mean()
+    y = x - mu
+    zero = x.new_zeros(1)
+    p1 = torch.cat([zero, torch.cumsum(y, 0)])
+    p2 = torch.cat([zero, torch.cumsum(y * y, 0)])
+    pos = kmeans_grid_positions(n, x.device)
+    grid = pos.numel() - 1
+    k = max(1, min(int(k), grid))
+
+    # SSE of the run [p_h, p_g) for every pair h < g: (G+1, G+1).
+    s = p1[pos][None, :] - p1[pos][:, None]
+    length = (pos[None, :] - pos[:, None]).to(x.dtype)
+    sse = ((p2[pos][None, :] - p2[pos][:, None]) - s * s / length).clamp_min(0)
+    h_idx = torch.arange(grid + 1, device=x.device)
+    before = h_idx[:, None] < h_idx[None, :]
+    d = sse[0].clone()  # layer 0: one cluster over [0, p_g)
+    argmins = []
+    for layer in range(1, k):
+        valid = before & (h_idx[:, None] >= layer)
+        total = torch.where(valid, d[:, None] + sse, torch.full_like(sse, float("inf")))
+        d = total.min(dim=0).values
+        argmins.append(torch.argmin(total, dim=0))  # the first minimiser, as the kernels
+    bounds = []
+    g = grid
+    for arg in reversed(argmins):
+        g = int(arg[g])
+        bounds.append(int(pos[g]))
+    bounds = torch.tensor(bounds[::-1], dtype=torch.int64, device=x.device)
+
+    def centers_of(b: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+        edges = torch.cat([b.new_zeros(1), b, b.new_full((1,), n)])
         count = (edges[1:] - edges[:-1]).to(x.dtype)
-        sums = prefix[edges[1:]] - prefix[edges[:-1]]
-        centers = torch.where(count > 0, sums / count.clamp_min(1), centers)
-        if torch.equal(new_bounds, bounds):
-            break
+        return torch.where(count > 0, (p1[edges[1:]] - p1[edges[:-1]]) / count.clamp_min(1), fallback)
+
+    centers = centers_of(bounds, torch.zeros(k, dtype=x.dtype, device=x.device))
+    for _ in range(LLOYD_MAX_ITER):
+        new_bounds = torch.searchsorted(y, (centers[:-1] + centers[1:]) / 2, right=True)
+        centers = centers_of(new_bounds, centers)
+        moved = not torch.equal(new_bounds, bounds)
         bounds = new_bounds
-    first_end = bounds[0] if k > 1 else torch.tensor(n, device=x.device)
-    # An empty lowest cluster selects nothing: threshold below every value.
-    return torch.where(first_end > 0, x[(first_end - 1).clamp_min(0)], x.new_tensor(float("-inf")))
+        if not moved:
+            break
+    first_end = int(bounds[0]) if k > 1 else n
+    return x[first_end - 1] if first_end > 0 else x.new_tensor(float("-inf"))
 
 
 def kmeans1d_exact_threshold(values: torch.Tensor, k: int) -> torch.Tensor:
-    """Like :func:`kmeans1d_lloyd_threshold` with the globally optimal 1-D k-means.
+    """Like :func:`kmeans1d_fast_threshold` with the globally optimal 1-D k-means.
 
     Uses the ``kmeans1d`` package (the public code's choice, O(kn) SMAWK); runs on the host, so a
     CUDA input synchronises.
@@ -180,25 +229,28 @@ def kmeans1d_exact_threshold(values: torch.Tensor, k: int) -> torch.Tensor:
     k = max(1, min(int(k), flat.numel()))
     clusters, _ = kmeans1d.cluster(flat.tolist(), k)
     labels = torch.tensor(clusters)
-    lowest = flat[labels == 0]
-    thr = lowest.max() if lowest.numel() else flat.new_tensor(float("-inf"))
+    # The lowest cluster is the one holding the smallest value: with fewer distinct values than k,
+    # kmeans1d leaves low cluster numbers empty, so ``labels == 0`` would select nothing.
+    lowest = flat[labels == labels[flat.argmin()]]
+    thr = lowest.max()
     return thr.to(values.device)
 
 
-def bsw_mask(cov1: torch.Tensor, cov2: torch.Tensor, k: int = 50, method: str = "lloyd") -> torch.Tensor:
+def bsw_mask(cov1: torch.Tensor, cov2: torch.Tensor, k: int = 50, method: str = "fast") -> torch.Tensor:
     """Background-selective mask (B, C, C), bool.
 
     Vr = (cov1 - cov2)^2 / 4 over all B*C*C elements is clustered by 1-D k-means; the elements of
     the lowest-variance cluster, restricted to the upper triangle with its diagonal, are selected.
-    ``method`` "lloyd" (default, what the kernels run) or "exact" (optimal, the public code).
+    ``method`` "fast" (default, what the kernels run: :func:`kmeans1d_fast_threshold`) or
+    "exact" (the optimal clustering of the public code's ``kmeans1d``, on the host).
     """
     vr = cross_frame_variance(cov1.detach(), cov2.detach())
-    if method == "lloyd":
-        thr = kmeans1d_lloyd_threshold(vr, k)
+    if method == "fast":
+        thr = kmeans1d_fast_threshold(vr, k)
     elif method == "exact":
         thr = kmeans1d_exact_threshold(vr, k)
     else:
-        raise ValueError(f"bsw_mask: method must be 'lloyd' or 'exact', got {method!r}")
+        raise ValueError(f"bsw_mask: method must be 'fast' or 'exact', got {method!r}")
     c = cov1.shape[-1]
     upper = torch.ones(c, c, dtype=torch.bool, device=cov1.device).triu()
     return (vr.to(torch.float64) <= thr) & upper
@@ -213,7 +265,7 @@ def bsw_loss_masked(cov1: torch.Tensor, cov2: torch.Tensor, mask: torch.Tensor) 
     return torch.where(count > 0, total / (b * count.clamp_min(1)), total * 0)
 
 
-def bsw_loss(features1: torch.Tensor, features2: torch.Tensor, k: int = 50, method: str = "lloyd") -> torch.Tensor:
+def bsw_loss(features1: torch.Tensor, features2: torch.Tensor, k: int = 50, method: str = "fast") -> torch.Tensor:
     """Background selective whitening loss of two frames' features (B, C, H, W) each; 0-dim."""
     cov1 = feature_covariance(features1)
     cov2 = feature_covariance(features2)

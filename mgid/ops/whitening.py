@@ -7,7 +7,7 @@ from mgid.ops import reference
 from mgid.ops._checks import check_covariances, check_feature_pair, check_features, check_k
 from mgid.ops._dispatch import use_fused
 
-BSW_METHODS = ("lloyd", "exact")
+BSW_METHODS = ("fast", "exact")
 
 
 def feature_covariance(features: torch.Tensor) -> torch.Tensor:
@@ -18,25 +18,27 @@ def feature_covariance(features: torch.Tensor) -> torch.Tensor:
     return reference.feature_covariance(features)
 
 
-def bsw_mask(cov1: torch.Tensor, cov2: torch.Tensor, k: int = 50, method: str = "lloyd") -> torch.Tensor:
+def bsw_mask(cov1: torch.Tensor, cov2: torch.Tensor, k: int = 50, method: str = "fast") -> torch.Tensor:
     """Background-selective mask (B, C, C), bool, not differentiated.
 
     The element-wise variance of the two frames' covariances, (cov1 - cov2)^2 / 4, is clustered
     over all B*C*C elements by 1-D k-means; the lowest-variance cluster, restricted to the upper
-    triangle with its diagonal, is selected. ``method="lloyd"`` (default; what the kernels run,
-    on the device, no host sync): Lloyd iterations on the sorted values from quantile seeds.
-    ``method="exact"``: the optimal clustering of the public code (``kmeans1d``, on the host).
+    triangle with its diagonal, is selected. ``method="fast"`` (default; what the kernels run, on
+    the device, no host sync): exact dynamic programming over a grid of 1024 candidate boundaries
+    (so exact for up to 1024 values), then Lloyd iterations to settle the boundaries; see
+    :func:`mgid.ops.reference.kmeans1d_fast_threshold`. ``method="exact"``: the optimal
+    clustering of the public code (``kmeans1d``, on the host: a CUDA input synchronises).
     """
     check_covariances(cov1, cov2)
     k = check_k(k)
     if method not in BSW_METHODS:
         raise ValueError(f"bsw_mask: method must be one of {BSW_METHODS}, got {method!r}")
-    if method == "lloyd" and use_fused(cov1.device):
+    if method == "fast" and use_fused(cov1.device):
         return torch.ops.mgid.bsw_mask(cov1.detach(), cov2.detach(), k)
     return reference.bsw_mask(cov1, cov2, k, method)
 
 
-def bsw_loss(features1: torch.Tensor, features2: torch.Tensor, k: int = 50, method: str = "lloyd") -> torch.Tensor:
+def bsw_loss(features1: torch.Tensor, features2: torch.Tensor, k: int = 50, method: str = "fast") -> torch.Tensor:
     """Background selective whitening loss of two frames' features, each (B, C, H, W); 0-dim.
 
     sum over the mask of |cov1| + |cov2|, divided by B times the number of selected elements

@@ -1,0 +1,54 @@
+"""Smoke test of benchmarks/bench_ops.py: a --quick run on the CPU writes a JSON with timed rows.
+
+One torch thread: on a small machine that is busy with other work, OpenMP threads that wait for
+each other make a --quick run many times slower.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_bench_ops_quick_writes_rows(tmp_path: Path) -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_ops.py"), "--quick", "--device", "cpu",
+         "--shapes", "train", "--threads", "1", "--out", str(tmp_path)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    files = sorted(tmp_path.glob("bench_ops_cpu_*.json"))
+    assert len(files) == 1, list(tmp_path.iterdir())
+    assert files[0].with_suffix(".md").exists()
+    result = json.loads(files[0].read_text())
+
+    assert result["device"] == "cpu"
+    assert result["cuda_measured"] is False and result["cuda_not_measured_reason"]
+    assert "CUDA rows were not measured" in result["markdown"]
+    assert result["fused_path"] and "fused column ran" in result["markdown"]
+    assert result["environment"]["torch"] and "build_info" in result["environment"]
+
+    ops = {(c["op"], c["pass"]) for c in result["cases"]}
+    for op in [("memory step", "fwd"), ("memory step", "fwd+bwd"), ("read", "fwd"), ("read", "fwd+bwd"),
+               ("update", "fwd"), ("losses", "fwd"), ("losses", "fwd+bwd")]:
+        assert op in ops, op
+    assert any(op.startswith("cov+BSW") for op, _ in ops)
+    timed = [(c["op"], c["pass"], r["impl"]) for c in result["cases"] for r in c["rows"] if r["status"] == "ok"]
+    for impl in ("fused", "reference", "loop"):
+        assert ("memory step", "fwd+bwd", impl) in timed, impl
+    for c in result["cases"]:
+        for r in c["rows"]:
+            if r["status"] == "ok":
+                assert r["median_s"] > 0 and r["samples"] >= 1
+    assert not result["errors"], result["errors"]
+
+    # The per-item loop transcription agrees with the reference (one call, before timing).
+    memory = next(chk for chk in result["checks"] if chk["what"] == "memory")
+    assert isinstance(memory["loop_vs_reference"], dict), memory
+    assert max(memory["loop_vs_reference"].values()) < 1e-4, memory

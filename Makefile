@@ -25,7 +25,7 @@ $(STAMP): $(SOURCES)
 	touch $(STAMP)
 
 demo: install
-	$(PY) train.py --config quick --out $(DEMO_OUT)
+	$(PY) train.py --config quick --out $(DEMO_OUT) --overwrite
 
 test: install
 	$(PY) -m pytest -q

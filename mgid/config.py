@@ -1,0 +1,533 @@
+"""Training settings as one typed object, named configurations, YAML files and command-line options.
+
+`TrainConfig` composes the settings of every part (`ModelConfig`, `LossWeights`,
+`EmbeddedDataConfig`, `OptimConfig`) plus the run's own (batch, crops, length, logging, paths). Its
+defaults are the paper's settings. A configuration is resolved in this order, later wins:
+
+1. the dataclass defaults (the paper),
+2. a named configuration (`NAMED_CONFIGS`: ``paper``, ``quick``) or a YAML file (``--config``),
+3. command-line overrides, one option per field (``--batch_size 4``, ``--model.memory_items 30``,
+   ``--embedded.rain.density_range 5 20``; top-level fields also spell with dashes: ``--max-steps``).
+
+Options are generated from the dataclass fields (`add_config_arguments`), so ``--help`` lists every
+field with its default and a field added to a dataclass gets an option for free.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import dataclasses
+import inspect
+import re
+import textwrap
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from mgid.data import EmbeddedDataConfig
+from mgid.data.timelapse import LAYOUTS
+from mgid.losses import LossWeights
+from mgid.losses.mgid_loss import COMPACTNESS_MODES
+from mgid.models import ModelConfig
+from mgid.models.mgid import PAD_MODES
+from mgid.ops._dispatch import MODES as OPS_MODES
+
+DEVICES = ("auto", "cpu", "cuda")
+DATA_LAYOUTS = ("auto",) + tuple(LAYOUTS)
+SCHEDULES = ("constant", "cosine")
+YAML_SUFFIXES = (".yaml", ".yml")
+#: Prefix of the argparse ``dest`` of generated options, so they never clash with other options.
+DEST_PREFIX = "cfg:"
+
+
+class ConfigError(ValueError):
+    """A setting is unknown, of the wrong type or out of range; the message says which and how to fix it."""
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and learning-rate schedule (Adam, as the public code)."""
+
+    lr: float = 2e-4
+    """Adam learning rate (the paper: 2e-4)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam (beta1, beta2); the public code uses PyTorch's defaults."""
+    eps: float = 1e-8
+    """Adam epsilon."""
+    weight_decay: float = 0.0
+    """L2 weight decay of Adam."""
+    schedule: str = "constant"
+    """Learning-rate schedule: "constant" (the public code builds a cosine schedule but never steps it) or
+    "cosine" (from lr down to min_lr over the run's steps)."""
+    min_lr: float = 0.0
+    """Final learning rate of the cosine schedule."""
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"optim.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise ConfigError(f"optim: need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {self.betas}")
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs. The defaults are the paper's settings."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The network (`mgid.models.ModelConfig`)."""
+    loss: LossWeights = field(default_factory=LossWeights)
+    """The objective (`mgid.losses.LossWeights`)."""
+    embedded: EmbeddedDataConfig = field(default_factory=EmbeddedDataConfig)
+    """The embedded synthetic time-lapse data (used when `data` is unset) and its held-out paired set."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimiser and schedule."""
+    data: str | None = None
+    """Time-lapse training data folder (MGID pairs, scene folders or flat <scene>_<frame> files; a folder
+    with train/ uses train/); unset = the embedded synthetic set (no download)."""
+    layout: str = "auto"
+    """Layout of the data folder: auto, mgid, scenes or flat."""
+    val_data: str | None = None
+    """Paired (rainy, clean) folder for validation (rain/+norain/ or input/+target/); unset = the embedded
+    held-out paired set."""
+    out: str = "runs/mgid"
+    """Output folder: checkpoints/, tb/ (TensorBoard), samples/."""
+    batch_size: int = 8
+    """Pairs per step (the paper: 8)."""
+    crop_size: int = 256
+    """Side of the random square crop cut from both frames of a pair (the paper: 256)."""
+    epochs: int = 200
+    """Passes over the training pairs (the paper: 200); ignored when max_steps is set."""
+    max_steps: int | None = None
+    """Stop after this many optimiser steps in all (overrides epochs); unset = epochs x steps per epoch."""
+    num_workers: int = 0
+    """DataLoader worker processes (0 = load in the main process). Any value gives the same batches."""
+    seed: int = 0
+    """Seeds the weights, the memory items, the data (scenes, rain, crops) and the batch order."""
+    device: str = "auto"
+    """auto (CUDA when available), cpu or cuda."""
+    ops: str = "auto"
+    """Memory/whitening op implementation: auto, fused (the compiled kernels, fail if missing) or reference."""
+    checkpoint_every: int = 1000
+    """Save OUT/checkpoints/last.* every this many steps (and always at the end); 0 = only at the end."""
+    keep_step_checkpoints: bool = False
+    """Also keep a step_XXXXXX.* copy of every checkpoint."""
+    log_every: int = 10
+    """Write loss terms, lr and throughput to TensorBoard every this many steps."""
+    image_every: int = 500
+    """Write sample image grids (input / de-rained / rain layer) to TensorBoard every this many steps; 0 = never."""
+    val_every: int = 1
+    """Validate on the paired set every this many epochs (and always at the end); 0 = only at the end."""
+    val_count: int | None = None
+    """Paired images used for validation; unset = all (embedded: embedded.paired_count)."""
+    sample_rows: int = 4
+    """Rows (rainy | de-rained | clean) of OUT/samples/compare.png written at the end."""
+
+    def __post_init__(self) -> None:
+        checks = {
+            "device": (self.device, DEVICES), "ops": (self.ops, OPS_MODES), "layout": (self.layout, DATA_LAYOUTS),
+        }
+        for name, (value, allowed) in checks.items():
+            if value not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        positive = {"batch_size": self.batch_size, "crop_size": self.crop_size, "epochs": self.epochs,
+                    "log_every": self.log_every, "sample_rows": self.sample_rows}
+        non_negative = {"num_workers": self.num_workers, "checkpoint_every": self.checkpoint_every,
+                        "image_every": self.image_every, "val_every": self.val_every}
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}")
+        for name, value in non_negative.items():
+            if value < 0:
+                raise ConfigError(f"{name} must be >= 0, got {value}")
+        for name in ("max_steps", "val_count"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be >= 1 or unset (null), got {value}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples as lists): YAML/JSON ready, and accepted by `from_dict`."""
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
+        """Build from a (partial) nested dict; missing fields keep their defaults, unknown ones raise."""
+        return build_dataclass(cls, values)
+
+
+# --------------------------------------------------------------------------------------------------
+# named configurations: overrides of the defaults (the paper)
+
+#: Overrides applied on top of `TrainConfig`'s defaults. ``paper`` is the defaults themselves.
+NAMED_CONFIGS: dict[str, dict[str, Any]] = {
+    "paper": {"out": "runs/paper"},
+    # A CPU demo that finishes in a few minutes on two cores: small scenes and crops, few steps. The
+    # architecture (64 channels, M = 20) and the objective are the paper's; only the data and the
+    # run length shrink.
+    "quick": {
+        "out": "runs/quick",
+        "embedded": {"size": 96, "frames_per_scene": 4, "train_scenes_per_photo": 2, "val_scenes_per_photo": 1,
+                     "paired_count": 8},
+        "batch_size": 4,
+        "crop_size": 64,
+        # 400 steps of 0.4 s on two idle cores (20 epochs of the 80 pairs): about 3 minutes in all.
+        # Measured: lr 5e-4 learned no faster and ended worse than the paper's 2e-4.
+        "max_steps": 400,
+        "checkpoint_every": 100,
+        "log_every": 10,
+        "image_every": 100,
+        "val_every": 4,
+    },
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# building dataclasses from nested dicts, with type checks
+
+
+def _plain(value: Any) -> Any:
+    """Tuples -> lists, recursively (for YAML/JSON)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_optional(tp: Any) -> tuple[bool, Any]:
+    """(True, X) for ``X | None`` / ``Optional[X]``, else (False, tp)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return True, args[0]
+    return False, tp
+
+
+def _type_name(tp: Any) -> str:
+    optional, inner = _is_optional(tp)
+    if optional:
+        return f"{_type_name(inner)} or null"
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"list of {_type_name(args[0])}"
+        return f"list of {len(args)} {_type_name(args[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    """``value`` checked against (and converted to) type ``tp``; `ConfigError` naming ``path`` otherwise."""
+    optional, inner = _is_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{path} cannot be null (expected {_type_name(tp)})")
+    tp = inner
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path} must be a mapping of {tp.__name__} fields, got {value!r}")
+        return build_dataclass(tp, value, path)
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{path} must have {len(args)} values, got {len(value)}: {list(value)}")
+        return tuple(_coerce(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:  # an annotation this module does not know: accept as is
+        return value
+    raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def build_dataclass(cls: type, values: Mapping[str, Any], path: str = "") -> Any:
+    """An instance of dataclass ``cls`` from a (partial) nested mapping, types checked.
+
+    Unknown keys raise `ConfigError` listing the valid ones; the dataclass's own checks
+    (``__post_init__``) run too, and their ``ValueError`` is re-raised as `ConfigError`.
+    """
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in values if k not in names]
+    if unknown:
+        where = f"{path}." if path else ""
+        raise ConfigError(f"unknown setting(s) {', '.join(where + str(k) for k in unknown)}; "
+                          f"valid {f'fields of {path}' if path else 'top-level fields'}: {', '.join(names)}")
+    kwargs = {k: _coerce(hints[k], v, f"{path}.{k}" if path else k) for k, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{path or cls.__name__}: {exc}") from exc
+
+
+def merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of nested dict ``base`` with ``override`` applied (mappings merged, other values replaced)."""
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# named configs and YAML files
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML config file (empty file = no overrides)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        values = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{p} must hold a mapping of settings (like `mgid train --print-config` writes), "
+                          f"got {type(values).__name__}")
+    return values
+
+
+def config_overrides(name_or_path: str | None) -> dict[str, Any]:
+    """The overrides of a named config (`NAMED_CONFIGS`) or of a YAML file; ``None`` = none."""
+    if name_or_path is None:
+        return {}
+    if name_or_path in NAMED_CONFIGS:
+        return copy.deepcopy(NAMED_CONFIGS[name_or_path])
+    if Path(name_or_path).suffix.lower() in YAML_SUFFIXES or Path(name_or_path).is_file():
+        return load_yaml(name_or_path)
+    raise ConfigError(f"unknown config {name_or_path!r}: give a named config ({', '.join(NAMED_CONFIGS)}) "
+                      f"or the path of a .yaml file")
+
+
+def resolve_config(config: str | None = None, overrides: Mapping[str, Any] | None = None,
+                   base: Mapping[str, Any] | None = None) -> TrainConfig:
+    """``base`` (default: the defaults) < named config / YAML file ``config`` < ``overrides`` (nested dict)."""
+    values = dict(base) if base is not None else TrainConfig().to_dict()
+    values = merge(values, config_overrides(config))
+    values = merge(values, overrides or {})
+    return TrainConfig.from_dict(values)
+
+
+def named_config(name: str) -> TrainConfig:
+    """The named configuration ``name`` (see `NAMED_CONFIGS`)."""
+    if name not in NAMED_CONFIGS:
+        raise ConfigError(f"unknown named config {name!r}; available: {', '.join(NAMED_CONFIGS)}")
+    return resolve_config(name)
+
+
+def to_yaml(cfg: TrainConfig) -> str:
+    """``cfg`` as YAML, in field order (loadable with ``--config FILE.yaml``)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=False)
+
+
+def diff(a: TrainConfig, b: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """Fields (dotted paths) whose values differ: ``{path: (a's, b's)}``."""
+    out: dict[str, tuple[Any, Any]] = {}
+
+    def walk(x: Any, y: Any, path: str) -> None:
+        if isinstance(x, dict) and isinstance(y, dict):
+            for k in x.keys() | y.keys():
+                walk(x.get(k), y.get(k), f"{path}.{k}" if path else k)
+        elif x != y:
+            out[path] = (x, y)
+
+    walk(a.to_dict(), b.to_dict(), "")
+    return dict(sorted(out.items()))
+
+
+# --------------------------------------------------------------------------------------------------
+# field documentation (for --help)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """One-line documentation of each field of dataclass ``cls``.
+
+    Read from attribute docstrings (a string literal right after the field) and from a Google-style
+    ``Attributes:`` section of the class docstring, whichever the class uses.
+    """
+    docs: dict[str, str] = {}
+    text = inspect.getdoc(cls) or ""
+    match = re.search(r"^Attributes:\n((?:[ \t]+.*\n?|\n)*)", text, flags=re.M)
+    if match:
+        current = None
+        for line in match.group(1).splitlines():
+            m = re.match(r"^\s{2,8}(\w+):\s*(.*)$", line)
+            if m and m.group(1) in {f.name for f in dataclasses.fields(cls)}:
+                current = m.group(1)
+                docs[current] = m.group(2)
+            elif current and line.strip():
+                docs[current] += " " + line.strip()
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError, SyntaxError):  # no source (frozen app): fall back to names only
+        return docs
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    for node, nxt in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+# --------------------------------------------------------------------------------------------------
+# command-line options generated from the fields
+
+#: Choices shown in --help and checked by argparse, by dotted field path.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "device": DEVICES, "ops": OPS_MODES, "layout": DATA_LAYOUTS, "optim.schedule": SCHEDULES,
+    "model.pad_mode": PAD_MODES, "loss.compactness_mode": COMPACTNESS_MODES,
+}
+#: Metavars of path fields in --help.
+METAVARS: dict[str, str] = {"data": "DIR", "val_data": "DIR", "out": "DIR"}
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def parse_bool(text: str) -> bool:
+    """``true/false``, ``yes/no``, ``on/off``, ``1/0`` (any case)."""
+    t = text.strip().lower()
+    if t in _TRUE:
+        return True
+    if t in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _nullable(parse: Any) -> Any:
+    def convert(text: str) -> Any:
+        return None if text.strip().lower() in ("none", "null", "") else parse(text)
+    convert.__name__ = getattr(parse, "__name__", "value")  # argparse names the type in its errors
+    return convert
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One generated option: the dotted field path, its type, default and documentation."""
+
+    path: str
+    type: Any
+    default: Any
+    doc: str
+
+
+def iter_fields(cls: type, instance: Any, prefix: str = "") -> list[OptionSpec]:
+    """Every leaf field of dataclass ``cls`` (nested dataclasses flattened), with ``instance``'s values."""
+    specs: list[OptionSpec] = []
+    hints = _hints(cls)
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
+        path = f"{prefix}{f.name}"
+        value = getattr(instance, f.name)
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            specs.extend(iter_fields(tp, value, f"{path}."))
+        else:
+            specs.append(OptionSpec(path, tp, value, docs.get(f.name, "")))
+    return specs
+
+
+def _format_default(value: Any) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value) if value else "(empty)"
+    return str(value)
+
+
+def _add_option(parser: argparse._ActionsContainer, spec: OptionSpec) -> None:
+    path = spec.path
+    flags = [f"--{path}"]
+    dashed = f"--{path.replace('_', '-')}"
+    if dashed != flags[0]:
+        flags.append(dashed)
+    optional, tp = _is_optional(spec.type)
+    kwargs: dict[str, Any] = {"dest": DEST_PREFIX + path, "default": argparse.SUPPRESS}
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        variadic = len(args) == 2 and args[1] is Ellipsis
+        elem = args[0]
+        kwargs["nargs"] = "*" if variadic else len(args)
+        kwargs["type"] = parse_bool if elem is bool else elem
+        kwargs["metavar"] = elem.__name__.upper()
+    elif tp is bool:
+        kwargs.update(nargs="?", const=True, type=parse_bool, metavar="BOOL")
+    else:
+        parse = tp if tp in (int, float, str) else str
+        kwargs["type"] = _nullable(parse) if optional else parse
+        kwargs["metavar"] = tp.__name__.upper() if tp in (int, float, str) else "VALUE"
+    if path in METAVARS:
+        kwargs["metavar"] = METAVARS[path]
+    choices = CHOICES.get(path)
+    if choices:
+        kwargs["choices"] = choices
+        kwargs["metavar"] = "{" + ",".join(choices) + "}"
+    help_text = spec.doc.replace("%", "%%")
+    extra = " (null/none to unset)" if optional else ""
+    kwargs["help"] = f"{help_text} [default: {_format_default(spec.default)}]{extra}".strip()
+    parser.add_argument(*flags, **kwargs)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig, defaults: Any = None,
+                         prefix: str = "") -> list[OptionSpec]:
+    """Add one option per leaf field of ``cls`` to ``parser``, grouped by section.
+
+    Options default to "not given" (``argparse.SUPPRESS``) so `overrides_from_args` can tell an
+    explicit value from a default; the help text shows each field's default (from ``defaults``,
+    default ``cls()``). ``prefix`` prepends to every option and field path (``rain.`` ...). Every
+    option also has a dashed spelling (``--max-steps`` for ``--max_steps``). Returns the specs added.
+    """
+    instance = defaults if defaults is not None else cls()
+    specs = iter_fields(cls, instance, prefix)
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for spec in specs:
+        section = spec.path[len(prefix):].split(".")[0] if "." in spec.path[len(prefix):] else ""
+        if section not in groups:
+            title = f"{section} settings" if section else "run settings"
+            groups[section] = parser.add_argument_group(title)
+        _add_option(groups[section], spec)
+    return specs
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The explicitly given generated options of ``args`` as a nested dict (``{"model": {"memory_items": 30}}``)."""
+    out: dict[str, Any] = {}
+    for dest, value in vars(args).items():
+        if not dest.startswith(DEST_PREFIX):
+            continue
+        keys = dest[len(DEST_PREFIX):].split(".")
+        node = out
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = list(value) if isinstance(value, list) else value
+    return out

@@ -1,0 +1,541 @@
+"""MGID training: the step, the loop, validation, checkpoints, logging, and the ``train.py`` entry point.
+
+One step on a batch of pairs (I1, I2) of static scenes (`train_step`)::
+
+    out1 = net(I1)    # reads the memory items P, updates them to P'
+    out2 = net(I2)    # reads P', updates them to P''  (P'' is carried to the next step)
+    total, terms = loss(out1, out2, I1, I2)
+    Adam step on total
+
+The loop (`Trainer`) feeds batches in an order fixed by ``(seed, epoch)`` (`EpochBatchSampler`),
+checks the loss is finite every step, logs to TensorBoard (``OUT/tb``), validates on a held-out
+paired set (Y-channel PSNR/SSIM, `mgid.metrics`), saves ``OUT/checkpoints/last.*`` atomically
+(`mgid.checkpoint`) and, at the end, writes ``OUT/samples/compare.png`` (rainy | de-rained | clean).
+``--resume`` continues a run exactly: the same weights, memory items, optimiser state, RNG states
+and the same batches as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from tqdm import tqdm
+
+from mgid import ops
+from mgid.checkpoint import CheckpointError, checkpoint_paths, load_checkpoint, read_meta, save_checkpoint, set_rng_state
+from mgid.config import (
+    NAMED_CONFIGS,
+    ConfigError,
+    OptimConfig,
+    TrainConfig,
+    add_config_arguments,
+    diff,
+    overrides_from_args,
+    resolve_config,
+    to_yaml,
+)
+from mgid.data import EmbeddedPairedSet, PairedFolder, make_dataset, to_uint8, write_image
+from mgid.losses import MGIDLoss
+from mgid.metrics import psnr, ssim
+from mgid.models import MGIDNet, MGIDOutput
+from mgid.visualize import image_grid, tensor_rows
+
+CHECKPOINT_DIR = "checkpoints"
+TB_DIR = "tb"
+SAMPLES_DIR = "samples"
+COMPARE_FILE = "compare.png"
+LAST = "last"
+#: Where an --overwrite run clears the previous run's outputs (nothing else in OUT is touched).
+RUN_OUTPUTS = (CHECKPOINT_DIR, TB_DIR, SAMPLES_DIR)
+#: Seed stream of the batch order, kept apart from the data set's per-index streams.
+_ORDER_STREAM = 101
+#: Images shown per TensorBoard grid.
+TB_GRID_ROWS = 4
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; ``step`` and ``terms`` (the non-finite ones) say where."""
+
+    def __init__(self, step: int, terms: dict[str, float], message: str) -> None:
+        super().__init__(message)
+        self.step = step
+        self.terms = terms
+
+
+# --------------------------------------------------------------------------------------------------
+# pieces
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU raises with what to do."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device cuda was asked for but torch sees no CUDA GPU; use --device cpu (or auto)")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's, NumPy's and torch's global RNGs (the network's initial weights use torch's)."""
+    random.seed(seed)
+    np.random.seed(seed & 0xFFFFFFFF)
+    torch.manual_seed(seed)
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """Batches of a random permutation fixed by ``(seed, epoch)``, the last partial batch dropped.
+
+    ``set_epoch(epoch, start)`` selects the epoch and skips its first ``start`` batches, so a
+    resumed run sees exactly the batches an uninterrupted run would. The order does not depend on
+    any global RNG or on the number of DataLoader workers.
+    """
+
+    def __init__(self, length: int, batch_size: int, seed: int) -> None:
+        if length < batch_size:
+            raise ConfigError(f"the training set has {length} pairs, fewer than batch_size {batch_size}: lower "
+                              f"--batch_size or add data")
+        self.length, self.batch_size, self.seed = length, batch_size, seed
+        self.epoch, self.start = 0, 0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.length // self.batch_size
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = int(epoch), int(start)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The permutation of the data set's indices used in ``epoch``."""
+        rng = np.random.default_rng([self.seed & 0xFFFFFFFF, _ORDER_STREAM, epoch])
+        return rng.permutation(self.length)
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch - self.start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        perm = self.order(self.epoch)
+        for b in range(self.start, self.batches_per_epoch):
+            yield perm[b * self.batch_size:(b + 1) * self.batch_size].tolist()
+
+
+def learning_rate(step: int, total_steps: int, cfg: OptimConfig) -> float:
+    """Learning rate of (0-based) ``step``: a pure function of the step, so resuming needs no scheduler state."""
+    if cfg.schedule == "constant":
+        return cfg.lr
+    progress = min(step, total_steps) / max(total_steps, 1)
+    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def nonfinite_error(step: int, terms: dict[str, torch.Tensor], weights: Any, last_good: str) -> NonFiniteLossError:
+    """The error for a non-finite loss at ``step``, naming the weighted terms that are NaN/Inf."""
+    values = {k: float(v) for k, v in terms.items()}
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    # Name the weighted terms first: an unweighted term can be NaN without harm (it is not in the total).
+    weighted_bad = [k for k in bad if k != "total" and getattr(weights, k, 0) != 0]
+    culprits = weighted_bad or [k for k in bad if k != "total"] or ["total"]
+    desc = ", ".join(f"{k} = {bad[k]}" for k in culprits)
+    msg = (f"the loss is not finite at step {step}: {desc} (total = {values.get('total')}); training stopped "
+           f"before the optimiser step. {last_good} Try a lower --optim.lr or check the data.")
+    return NonFiniteLossError(step, {k: bad[k] for k in culprits}, msg)
+
+
+def train_step(net: MGIDNet, criterion: MGIDLoss, optimizer: torch.optim.Optimizer, frame1: torch.Tensor,
+               frame2: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], MGIDOutput, Callable[[], None]]:
+    """Forward both frames of a batch (B, 3, H, W) and compute the loss; the memory items move here.
+
+    Frame 1 reads the items P and updates them to P'; frame 2 reads P' and leaves P''. This is the
+    one place the memory changes during training (a distributed version all-reduces the update in
+    `mgid.models.MemoryModule.update_items`). Returns the total loss, the detached terms, frame 1's
+    output (for image logs) and ``apply``, which back-propagates and steps the optimiser: the caller
+    checks the loss for finiteness in between.
+    """
+    out1 = net(frame1)
+    out2 = net(frame2)
+    total, terms = criterion(out1, out2, frame1, frame2)
+
+    def apply() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+
+    return total, terms, out1, apply
+
+
+# --------------------------------------------------------------------------------------------------
+# validation and samples
+
+
+@dataclass
+class ValidationResult:
+    """Mean Y-channel PSNR (dB) / SSIM over ``count`` pairs of the de-rained output and of the rainy input."""
+
+    psnr: float
+    ssim: float
+    psnr_input: float
+    ssim_input: float
+    count: int
+
+    def describe(self) -> str:
+        gain = self.psnr - self.psnr_input
+        return (f"rainy input {self.psnr_input:.2f} dB / {self.ssim_input:.4f} -> de-rained {self.psnr:.2f} dB / "
+                f"{self.ssim:.4f} ({gain:+.2f} dB) on {self.count} held-out pairs (Y-channel PSNR / SSIM)")
+
+    def to_dict(self) -> dict[str, float]:
+        return {"psnr": self.psnr, "ssim": self.ssim, "psnr_input": self.psnr_input, "ssim_input": self.ssim_input,
+                "count": self.count}
+
+
+def build_paired_set(cfg: TrainConfig) -> Dataset:
+    """The validation pairs: ``val_data`` (a paired folder) or the embedded held-out paired set."""
+    if cfg.val_data is not None:
+        paired: Dataset = PairedFolder(cfg.val_data)
+        if cfg.val_count is not None and cfg.val_count < len(paired):
+            paired = Subset(paired, range(cfg.val_count))
+        return paired
+    return EmbeddedPairedSet(cfg.val_count, seed=cfg.seed, config=cfg.embedded)
+
+
+@torch.no_grad()
+def derain_uint8(net: MGIDNet, rainy: torch.Tensor, device: torch.device) -> np.ndarray:
+    """De-rain one image (3, H, W) in [-1, 1] (memory read only) -> HxWx3 uint8 RGB."""
+    return to_uint8(net.derain(rainy[None].to(device))[0])
+
+
+def validate(net: MGIDNet, paired: Dataset, device: torch.device) -> ValidationResult:
+    """Mean PSNR/SSIM of ``net``'s output and of the rainy input against the clean images of ``paired``."""
+    scores = []
+    for i in range(len(paired)):
+        item = paired[i]
+        rainy, clean = to_uint8(item["rainy"]), to_uint8(item["clean"])
+        out = derain_uint8(net, item["rainy"], device)
+        scores.append((psnr(out, clean), ssim(out, clean), psnr(rainy, clean), ssim(rainy, clean)))
+    means = [float(np.mean([s[k] for s in scores])) for k in range(4)]
+    return ValidationResult(*means, count=len(scores))
+
+
+def write_comparison(net: MGIDNet, paired: Dataset, device: torch.device, path: Path, rows: int) -> Path:
+    """``path``: a grid of ``rows`` held-out images, columns rainy | de-rained | clean.
+
+    Images of a size other than the first one's are skipped (a grid needs one size).
+    """
+    grid_rows: list[list[np.ndarray]] = []
+    for i in range(len(paired)):
+        if len(grid_rows) == rows:
+            break
+        item = paired[i]
+        rainy, clean = to_uint8(item["rainy"]), to_uint8(item["clean"])
+        if grid_rows and rainy.shape != grid_rows[0][0].shape:
+            continue
+        grid_rows.append([rainy, derain_uint8(net, item["rainy"], device), clean])
+    return write_image(path, image_grid(grid_rows, headers=("rainy", "de-rained", "clean")))
+
+
+# --------------------------------------------------------------------------------------------------
+# the loop
+
+
+@dataclass
+class TrainResult:
+    """What a run ended with."""
+
+    step: int
+    epoch: int
+    validation: ValidationResult | None
+    checkpoint: Path | None
+    samples: Path | None
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class Trainer:
+    """Sets up a run from a `TrainConfig` (fresh, or resumed from ``OUT/checkpoints/last.*``) and runs it.
+
+    Args:
+        cfg: the resolved settings.
+        resume: continue the run in ``cfg.out`` exactly.
+        overwrite: start afresh even though ``cfg.out`` holds a run (clears its checkpoints/, tb/, samples/).
+        log: where progress lines go (``tqdm.write`` by default, which keeps the bar intact).
+    """
+
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
+                 log: Callable[[str], None] = tqdm.write) -> None:
+        self.cfg, self.log = cfg, log
+        self.out = Path(cfg.out)
+        self.ckpt_dir = self.out / CHECKPOINT_DIR
+        self._check_out(resume, overwrite)
+        ops.set_ops_mode(cfg.ops)
+        self.device = resolve_device(cfg.device)
+        self.ops_path = ops.op_path(self.device)  # raises here if --ops fused cannot be honoured
+
+        seed_everything(cfg.seed)
+        self.net = MGIDNet(cfg.model, generator=torch.Generator().manual_seed(cfg.seed)).to(self.device).train()
+        self.criterion = MGIDLoss(cfg.loss)
+        o = cfg.optim
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=o.lr, betas=o.betas, eps=o.eps,
+                                          weight_decay=o.weight_decay)
+
+        self.train_set = make_dataset(cfg.data, "train", cfg.crop_size, cfg.seed, embedded=cfg.embedded,
+                                      layout=cfg.layout)
+        self.sampler = EpochBatchSampler(len(self.train_set), cfg.batch_size, cfg.seed)
+        self.loader = DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=cfg.num_workers,
+                                 pin_memory=self.device.type == "cuda")
+        self.steps_per_epoch = self.sampler.batches_per_epoch
+        self.total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * self.steps_per_epoch
+        self.paired = build_paired_set(cfg)
+
+        self.step = 0
+        self.last_validation: ValidationResult | None = None
+        self._last_val_step = self._last_ckpt_step = -1
+        if resume:
+            self._load(load_checkpoint(self.ckpt_dir, LAST, device="cpu"))
+        elif overwrite:  # only now that the setup succeeded: a typo must not cost the old run
+            for name in RUN_OUTPUTS:
+                shutil.rmtree(self.out / name, ignore_errors=True)
+        self.out.mkdir(parents=True, exist_ok=True)
+        from torch.utils.tensorboard import SummaryWriter  # slow import: only when a run starts
+
+        # purge_step hides events a crashed run logged after its last checkpoint
+        self.writer = SummaryWriter(str(self.out / TB_DIR), purge_step=self.step if resume else None)
+
+    # ---- setup helpers
+    def _check_out(self, resume: bool, overwrite: bool) -> None:
+        existing = checkpoint_paths(self.ckpt_dir, LAST)["meta"]
+        if resume:
+            if not existing.is_file():
+                raise CheckpointError(f"--resume: no checkpoint to continue in {self.ckpt_dir} ({existing.name} "
+                                      f"missing); run without --resume to start, or point --out at the run")
+            return
+        if existing.is_file() and not overwrite:
+            try:
+                step = read_meta(existing).get("step", "?")
+            except CheckpointError:
+                step = "?"
+            raise ConfigError(f"{self.out} already holds a run (checkpoint at step {step}); pass --resume to "
+                              f"continue it, --overwrite to start afresh there, or choose another --out")
+
+    def _load(self, ckpt: Any) -> None:
+        meta = ckpt.meta
+        try:
+            self.net.load_state_dict(ckpt.model_state)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{ckpt.paths['model']} does not fit the configured model: {exc}") from exc
+        if ckpt.optimizer_state is None:
+            raise CheckpointError(f"{ckpt.paths['optim']} is missing: cannot resume the optimiser exactly")
+        self.optimizer.load_state_dict(ckpt.optimizer_state)
+        for group in self.optimizer.param_groups:  # the config's hyper-parameters win over the saved ones
+            group.update(betas=self.cfg.optim.betas, eps=self.cfg.optim.eps, weight_decay=self.cfg.optim.weight_decay)
+        self.step = int(meta["step"])
+        saved_spe = meta.get("steps_per_epoch")
+        if saved_spe is not None and saved_spe != self.steps_per_epoch:
+            self.log(f"warning: the checkpoint had {saved_spe} steps per epoch, the data now gives "
+                     f"{self.steps_per_epoch}: the batch order will differ from an uninterrupted run")
+        set_rng_state(meta["rng"])
+        self._last_ckpt_step = self.step
+        self.log(f"resumed {self.ckpt_dir / LAST}.* at step {self.step} (epoch {self.step // self.steps_per_epoch})")
+
+    # ---- outputs
+    def save(self) -> Path:
+        """Write ``OUT/checkpoints/last.*`` (and a ``step_XXXXXX.*`` copy if configured)."""
+        names = [LAST] + ([f"step_{self.step:06d}"] if self.cfg.keep_step_checkpoints else [])
+        meta = {"config": self.cfg.to_dict(), "step": self.step, "epoch": self.step // self.steps_per_epoch,
+                "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
+                "ops_path": self.ops_path, "device": str(self.device),
+                "validation": self.last_validation.to_dict() if self.last_validation else None}
+        paths = save_checkpoint(self.ckpt_dir, self.net, self.optimizer, meta, names)
+        self._last_ckpt_step = self.step
+        return paths["model"]
+
+    def run_validation(self) -> ValidationResult:
+        result = validate(self.net, self.paired, self.device)
+        self.last_validation = result
+        self._last_val_step = self.step
+        for key, value in result.to_dict().items():
+            if key != "count":
+                self.writer.add_scalar(f"val/{key}", value, self.step)
+        epoch = self.step / self.steps_per_epoch
+        self.log(f"[step {self.step}, epoch {epoch:.2f}] validation: {result.describe()}")
+        return result
+
+    def _log_images(self, frame1: torch.Tensor, out1: MGIDOutput) -> None:
+        # rain shown as R - 1: its brightness in [0, 1] units (black = no rain; negative R clips to black)
+        rows = tensor_rows(frame1, out1.background.detach(), out1.rain.detach() - 1.0, max_rows=TB_GRID_ROWS)
+        grid = image_grid(rows, headers=("input", "de-rained", "rain"))
+        self.writer.add_image("train/input_derained_rain", grid, self.step, dataformats="HWC")
+
+    def header(self) -> str:
+        cfg = self.cfg
+        data = cfg.data if cfg.data is not None else "embedded synthetic time-lapse set"
+        n_params = sum(p.numel() for p in self.net.parameters() if p.requires_grad)
+        return "\n".join([
+            f"mgid training: device {self.device}, ops: {self.ops_path}",
+            f"data: {data} ({len(self.train_set)} pairs, {self.steps_per_epoch} steps/epoch of batch "
+            f"{cfg.batch_size}); validation: {len(self.paired)} held-out pairs",
+            f"model: {n_params:,} trainable parameters, {cfg.model.memory_items} memory items; "
+            f"{self.total_steps} steps; output: {self.out}",
+            "config:", to_yaml(cfg).rstrip(),
+        ])
+
+    # ---- the loop
+    def run(self) -> TrainResult:
+        cfg, device = self.cfg, self.device
+        self.log(self.header())
+        start_time = time.perf_counter()
+        history: list[dict[str, float]] = []
+        window_start, window_images = time.perf_counter(), 0
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        try:
+            while self.step < self.total_steps:
+                epoch, start = divmod(self.step, self.steps_per_epoch)
+                self.train_set.set_epoch(epoch)  # before the iterator exists (workers copy the data set)
+                self.sampler.set_epoch(epoch, start)
+                for batch in self.loader:
+                    frame1 = batch["frame1"].to(device, non_blocking=True)
+                    frame2 = batch["frame2"].to(device, non_blocking=True)
+                    lr = learning_rate(self.step, self.total_steps, cfg.optim)
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr
+                    total, terms, out1, apply = train_step(self.net, self.criterion, self.optimizer, frame1, frame2)
+                    if not bool(torch.isfinite(total)):
+                        where = (f"The last good checkpoint is {self.ckpt_dir / LAST}.* (step {self._last_ckpt_step}); "
+                                 f"continue it with --resume." if self._last_ckpt_step >= 0 else
+                                 "No checkpoint was written yet.")
+                        raise nonfinite_error(self.step + 1, terms, cfg.loss, where)
+                    apply()
+                    self.step += 1
+                    bar.update(1)
+                    window_images += 2 * frame1.shape[0]  # two frames per pair
+                    if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                        values = {k: float(v) for k, v in terms.items()}
+                        elapsed = time.perf_counter() - window_start
+                        rate = window_images / elapsed if elapsed > 0 else float("nan")
+                        for k, v in values.items():
+                            self.writer.add_scalar(f"loss/{k}", v, self.step)
+                        self.writer.add_scalar("train/lr", lr, self.step)
+                        self.writer.add_scalar("train/images_per_s", rate, self.step)
+                        history.append({"step": self.step, **values})
+                        bar.set_postfix(loss=f"{values['total']:.4f}", img_s=f"{rate:.1f}")
+                        window_start, window_images = time.perf_counter(), 0
+                    if cfg.image_every and self.step % cfg.image_every == 0:
+                        self._log_images(frame1, out1)
+                    if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                        self.save()
+                    if self.step >= self.total_steps:
+                        break
+                epoch_done = self.step % self.steps_per_epoch == 0
+                if epoch_done and cfg.val_every and (self.step // self.steps_per_epoch) % cfg.val_every == 0:
+                    self.run_validation()
+        finally:
+            bar.close()
+            self.writer.flush()
+
+        if self._last_val_step != self.step:
+            self.run_validation()
+        checkpoint = self.save() if self._last_ckpt_step != self.step else checkpoint_paths(self.ckpt_dir)["model"]
+        samples = write_comparison(self.net, self.paired, device, self.out / SAMPLES_DIR / COMPARE_FILE,
+                                   cfg.sample_rows)
+        self.writer.close()
+        seconds = time.perf_counter() - start_time
+        self.log(f"done: step {self.step} in {seconds:.0f} s")
+        self.log(f"held-out de-raining: {self.last_validation.describe() if self.last_validation else 'n/a'}")
+        self.log(f"checkpoint: {checkpoint}\nsamples: {samples} (rainy | de-rained | clean)\n"
+                 f"TensorBoard: tensorboard --logdir {self.out / TB_DIR}")
+        return TrainResult(self.step, self.step // self.steps_per_epoch, self.last_validation, checkpoint, samples,
+                           seconds, history)
+
+
+# --------------------------------------------------------------------------------------------------
+# command line (train.py and `mgid train`)
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``train.py`` / ``mgid train``: --config, --resume, ... and one per config field."""
+    parser.add_argument("--config", metavar="NAME|FILE.yaml",
+                        help=f"a named config ({', '.join(NAMED_CONFIGS)}) or a YAML file (as --print-config writes); "
+                             f"options given on the command line override it [default: the paper's settings]")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in OUT/checkpoints/last.* exactly (step, weights, memory items, "
+                             "optimiser, RNG states, data order); its saved config is the base for other options")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a new run in an OUT that already holds one (deletes its checkpoints/, tb/ "
+                             "and samples/)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    add_config_arguments(parser)
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train MGID on time-lapse pairs (default: the embedded synthetic set, no download).\n"
+                    "Settings: defaults (the paper) < --config NAME|FILE.yaml < the options below.",
+        epilog="examples:\n  train.py --config quick\n  train.py --config paper --data /data/mgid --out runs/paper\n"
+               "  train.py --config quick --max-steps 300 --resume")
+    add_train_arguments(parser)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, log: Callable[[str], None] = print) -> TrainConfig:
+    """The run's config: named config/YAML and options; with --resume, on top of the saved config.
+
+    Resuming may change run-length, logging and device settings; a different model is refused,
+    other differences are listed (the run then differs from an uninterrupted one).
+    """
+    overrides = overrides_from_args(args)
+    cfg = resolve_config(args.config, overrides)
+    if not args.resume:
+        return cfg
+    meta_path = checkpoint_paths(Path(cfg.out) / CHECKPOINT_DIR, LAST)["meta"]
+    if not meta_path.is_file():
+        raise CheckpointError(f"--resume: no checkpoint in {meta_path.parent} ({meta_path.name} missing); run without "
+                              f"--resume to start, or point --out at the run")
+    saved = TrainConfig.from_dict(read_meta(meta_path)["config"])
+    base = saved.to_dict()
+    base["out"] = cfg.out  # the run may have been moved
+    resumed = resolve_config(args.config, overrides, base=base)
+    changes = diff(saved, resumed)
+    changes.pop("out", None)
+    model_changes = [k for k in changes if k.startswith("model.")]
+    if model_changes:
+        raise ConfigError(f"--resume cannot change the model ({', '.join(model_changes)}); the checkpoint's "
+                          f"weights would not fit. Drop those options or start a new run with another --out")
+    harmless = ("max_steps", "epochs", "checkpoint_every", "keep_step_checkpoints", "log_every", "image_every",
+                "val_every", "num_workers", "device", "ops", "sample_rows")
+    notable = {k: v for k, v in changes.items() if k not in harmless}
+    if notable:
+        log("warning: resuming with changed settings (the run will differ from an uninterrupted one): "
+            + "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in notable.items()))
+    return resumed
+
+
+def run_from_args(args: argparse.Namespace, prog: str = "train.py") -> int:
+    """Run what parsed ``args`` ask for; returns the exit code (errors are printed, not raised)."""
+    try:
+        cfg = config_from_args(args)
+        if args.print_config:
+            print(to_yaml(cfg), end="")
+            return 0
+        trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
+    except (ConfigError, CheckpointError, FileNotFoundError, NotADirectoryError, ValueError, RuntimeError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        trainer.run()
+    except NonFiniteLossError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``train.py``: parse the command line and train; returns the exit code."""
+    args = build_parser("train.py").parse_args(argv)
+    return run_from_args(args, "train.py")

@@ -1,0 +1,51 @@
+"""Image grids for TensorBoard and for the before/after comparison written at the end of training."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from mgid.data import to_uint8
+
+PAD = 2
+PAD_VALUE = 255
+HEADER_HEIGHT = 16
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+FONT_SCALE = 0.4
+
+
+def image_grid(rows: Sequence[Sequence[np.ndarray]], headers: Sequence[str] | None = None, pad: int = PAD,
+               pad_value: int = PAD_VALUE) -> np.ndarray:
+    """Tile HxWx3 uint8 images (all one size) into a grid, rows x columns, with optional column titles.
+
+    Returns (rows*(H+pad)+pad [+ header], cols*(W+pad)+pad, 3) uint8.
+    """
+    if not rows or not rows[0]:
+        raise ValueError("image_grid needs at least one row with one image")
+    h, w = rows[0][0].shape[:2]
+    cols = len(rows[0])
+    for r, row in enumerate(rows):
+        if len(row) != cols:
+            raise ValueError(f"row {r} has {len(row)} images, row 0 has {cols}")
+        for img in row:
+            if img.shape != (h, w, 3) or img.dtype != np.uint8:
+                raise ValueError(f"every image must be {h}x{w}x3 uint8, got {img.dtype} {img.shape}")
+    top = HEADER_HEIGHT if headers else 0
+    grid = np.full((top + pad + len(rows) * (h + pad), pad + cols * (w + pad), 3), pad_value, np.uint8)
+    for r, row in enumerate(rows):
+        for c, img in enumerate(row):
+            y, x = top + pad + r * (h + pad), pad + c * (w + pad)
+            grid[y:y + h, x:x + w] = img
+    for c, title in enumerate(headers or []):
+        cv2.putText(grid, title, (pad + c * (w + pad) + 2, HEADER_HEIGHT - 4), FONT, FONT_SCALE, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+    return grid
+
+
+def tensor_rows(*columns: torch.Tensor, max_rows: int | None = None) -> list[list[np.ndarray]]:
+    """Rows of uint8 images from batches (B, 3, H, W) in [-1, 1]: row i = image i of every column."""
+    n = min(c.shape[0] for c in columns)
+    n = n if max_rows is None else min(n, max_rows)
+    return [[to_uint8(c[i]) for c in columns] for i in range(n)]

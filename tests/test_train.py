@@ -1,0 +1,322 @@
+"""Training loop, checkpoints, resume, validation metrics and the CLI, on tiny data (seconds on a CPU)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import mgid.ops
+from mgid import checkpoint as ck
+from mgid.cli import main as cli_main
+from mgid.config import ConfigError, TrainConfig, resolve_config
+from mgid.data import EmbeddedDataConfig, write_synthetic_dataset
+from mgid.metrics import psnr, ssim
+from mgid.models import MGIDNet, ModelConfig
+from mgid.training import EpochBatchSampler, NonFiniteLossError, Trainer, learning_rate, main as train_main
+
+# Tiny data: 32-px scenes, one scene of two frames per photo (~20 pairs), two paired test images.
+TINY_EMBEDDED = ["--embedded.size", "32", "--embedded.frames_per_scene", "2", "--embedded.train_scenes_per_photo",
+                 "1", "--embedded.val_scenes_per_photo", "1", "--embedded.paired_count", "2"]
+# A narrow network (16 channels, 4 items) keeps each step in milliseconds; the loop is what is tested.
+TINY = TINY_EMBEDDED + ["--model.channels", "16", "--model.memory_items", "4", "--crop_size", "32",
+                        "--batch_size", "8", "--device", "cpu", "--log_every", "1", "--image_every", "1",
+                        "--checkpoint_every", "1", "--sample_rows", "2"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The CI machine has two shared cores; one thread each keeps tests predictable.
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+    mgid.ops.set_ops_mode(None)
+
+
+def tiny_config(out: Path, **overrides) -> TrainConfig:
+    from mgid.training import build_parser
+    from mgid.config import overrides_from_args
+
+    args = build_parser().parse_args(TINY + ["--out", str(out)])
+    values = overrides_from_args(args)
+    values.update(overrides)
+    return resolve_config(None, values)
+
+
+def state_of(out: Path) -> ck.Checkpoint:
+    return ck.load_checkpoint(out / "checkpoints", "last")
+
+
+# --------------------------------------------------------------------------------------------------
+# the loop
+
+
+def test_two_step_run_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    result = Trainer(tiny_config(out, max_steps=2), log=lambda s: None).run()
+    assert result.step == 2
+    assert result.history and all(math.isfinite(h["total"]) for h in result.history)
+    for name in ("last.safetensors", "last.optim.safetensors", "last.json"):
+        assert (out / "checkpoints" / name).is_file(), name
+    meta = json.loads((out / "checkpoints" / "last.json").read_text())
+    assert meta["step"] == 2 and meta["config"]["max_steps"] == 2
+    assert meta["ops_path"] == mgid.ops.op_path("cpu")
+    assert set(meta["rng"]) >= {"python", "numpy", "torch"}
+    assert "memory.items" in state_of(out).model_state
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    assert (out / "samples" / "compare.png").is_file()
+    v = result.validation
+    assert v is not None and v.count == 2 and math.isfinite(v.psnr) and math.isfinite(v.psnr_input)
+
+
+def test_resume_continues_exactly(tmp_path):
+    """3 steps + resume to 5 (mid-epoch: 2 steps per epoch) ends where an uninterrupted 5-step run ends."""
+    full, split = tmp_path / "full", tmp_path / "split"
+    assert train_main(TINY + ["--out", str(full), "--max-steps", "5"]) == 0
+    assert train_main(TINY + ["--out", str(split), "--max-steps", "3"]) == 0
+    assert state_of(split).meta["step"] == 3
+    assert train_main(TINY + ["--out", str(split), "--max-steps", "5", "--resume"]) == 0
+    a, b = state_of(full), state_of(split)
+    assert a.meta["step"] == b.meta["step"] == 5
+    assert a.model_state.keys() == b.model_state.keys()
+    for k in a.model_state:
+        torch.testing.assert_close(a.model_state[k], b.model_state[k], rtol=0, atol=1e-6, msg=k)
+    assert not torch.equal(a.model_state["memory.items"], MGIDNet(ModelConfig(channels=16, memory_items=4),
+                                                                  torch.Generator().manual_seed(0)).memory.items)
+    for i, state in a.optimizer_state["state"].items():
+        for k, v in state.items():
+            torch.testing.assert_close(v, b.optimizer_state["state"][i][k], rtol=0, atol=1e-6)
+    assert a.optimizer_state["param_groups"] == b.optimizer_state["param_groups"]
+
+
+def test_resume_refuses_a_different_model(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_main(TINY + ["--out", str(out), "--max-steps", "1"]) == 0
+    assert train_main(TINY + ["--out", str(out), "--max-steps", "2", "--resume", "--model.memory_items", "5"]) == 2
+    assert "cannot change the model" in capsys.readouterr().err
+
+
+def test_existing_run_needs_resume_or_overwrite(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_main(TINY + ["--out", str(out), "--max-steps", "1"]) == 0
+    assert train_main(TINY + ["--out", str(out), "--max-steps", "1"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert train_main(TINY + ["--out", str(out), "--max-steps", "1", "--overwrite"]) == 0
+    assert train_main(TINY + ["--out", str(tmp_path / "none"), "--resume"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_naming_step_and_term(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    real = mgid.ops.bsw_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        value = real(*args, **kwargs)
+        return value * float("nan") if calls["n"] == 3 else value
+
+    monkeypatch.setattr(mgid.ops, "bsw_loss", poisoned)
+    trainer = Trainer(tiny_config(out, max_steps=5), log=lambda s: None)
+    with pytest.raises(NonFiniteLossError, match=r"step 3: bsw = nan") as info:
+        trainer.run()
+    assert info.value.step == 3 and "bsw" in info.value.terms
+    assert "step 2" in str(info.value)  # points at the last good checkpoint
+    assert state_of(out).meta["step"] == 2  # the last good checkpoint is intact
+
+
+def test_train_on_scene_folders(tmp_path):
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, config=EmbeddedDataConfig(size=32, frames_per_scene=2, train_scenes_per_photo=1,
+                                                            val_scenes_per_photo=1, paired_count=2))
+    out = tmp_path / "run"
+    rc = train_main(TINY + ["--data", str(data), "--val-data", str(data / "paired"), "--out", str(out),
+                            "--max-steps", "2"])
+    assert rc == 0
+    assert state_of(out).meta["config"]["data"] == str(data)
+    assert (out / "samples" / "compare.png").is_file()
+
+
+def test_missing_data_dir_is_a_clear_error(tmp_path, capsys):
+    rc = train_main(TINY + ["--data", str(tmp_path / "nope"), "--out", str(tmp_path / "run"), "--max-steps", "1"])
+    assert rc == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_sampler_is_seeded_by_epoch_and_skips():
+    s = EpochBatchSampler(10, 3, seed=1)
+    s.set_epoch(0)
+    full = list(s)
+    flat = sum(full, [])
+    assert len(full) == 3 and len(set(flat)) == 9 and max(flat) < 10  # the partial batch is dropped
+    s.set_epoch(0, start=1)
+    assert list(s) == full[1:]
+    s.set_epoch(1)
+    assert list(s) != full
+    with pytest.raises(ConfigError, match="batch_size"):
+        EpochBatchSampler(2, 3, seed=0)
+
+
+def test_learning_rate_schedules():
+    cfg = resolve_config(None, {"optim": {"schedule": "cosine", "lr": 1e-3, "min_lr": 1e-5}}).optim
+    assert learning_rate(0, 100, cfg) == pytest.approx(1e-3)
+    assert learning_rate(100, 100, cfg) == pytest.approx(1e-5)
+    assert learning_rate(50, 100, resolve_config().optim) == 2e-4
+
+
+# --------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _tiny_net(seed: int = 0) -> MGIDNet:
+    torch.manual_seed(seed)
+    return MGIDNet(ModelConfig(channels=8, memory_items=3), torch.Generator().manual_seed(seed))
+
+
+def test_checkpoint_round_trip_with_optimizer(tmp_path):
+    net = _tiny_net()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    net(x).background.mean().backward()
+    opt.step()
+    ck.save_checkpoint(tmp_path, net, opt, {"step": 1}, names=("last", "step_000001"))
+    got = ck.load_checkpoint(tmp_path, "step_000001")
+    for k, v in net.state_dict().items():
+        assert torch.equal(got.model_state[k], v), k
+    opt2 = torch.optim.Adam(_tiny_net(1).parameters(), lr=1e-3)
+    opt2.load_state_dict(got.optimizer_state)
+    assert opt2.state_dict()["param_groups"] == opt.state_dict()["param_groups"]
+    for k, v in opt.state_dict()["state"][0].items():
+        assert torch.equal(opt2.state_dict()["state"][0][k], v), k
+
+
+@pytest.mark.parametrize("failure", ["replace", "write"])
+def test_atomic_write_keeps_previous_checkpoint(tmp_path, monkeypatch, failure):
+    net = _tiny_net()
+    opt = torch.optim.Adam(net.parameters())
+    ck.save_checkpoint(tmp_path, net, opt, {"step": 1})
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full (simulated)")
+
+    if failure == "replace":
+        monkeypatch.setattr(ck.os, "replace", boom)
+    else:
+        real = ck._write_temp
+        calls = {"n": 0}
+
+        def fail_second(path, data):  # the model file is written, the optimiser file fails
+            calls["n"] += 1
+            if calls["n"] == 2:
+                boom()
+            return real(path, data)
+
+        monkeypatch.setattr(ck, "_write_temp", fail_second)
+    with pytest.raises(OSError, match="simulated"):
+        ck.save_checkpoint(tmp_path, net, opt, {"step": 2})
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert after == before  # same files, same bytes, no temporaries left behind
+    assert ck.load_checkpoint(tmp_path).meta["step"] == 1
+
+
+def test_loading_refuses_pickles_and_truncated_files(tmp_path, monkeypatch):
+    def no_unpickling(*args, **kwargs):
+        raise AssertionError("torch.load must never be called")
+
+    monkeypatch.setattr(torch, "load", no_unpickling)
+    net = _tiny_net()
+    pt = tmp_path / "model.pt"
+    torch.save(net.state_dict(), pt)
+    with pytest.raises(ck.CheckpointError, match="only .safetensors"):
+        ck.load_safetensors(pt)
+    disguised = tmp_path / "model.safetensors"
+    disguised.write_bytes(pt.read_bytes())
+    with pytest.raises(ck.CheckpointError, match="pickled"):
+        ck.load_safetensors(disguised)
+
+    ck.save_checkpoint(tmp_path / "ok", net, None, {"step": 0})
+    good = tmp_path / "ok" / "last.safetensors"
+    data = good.read_bytes()
+    truncated = tmp_path / "cut.safetensors"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ck.CheckpointError, match="truncated"):
+        ck.load_safetensors(truncated)
+    (tmp_path / "tiny.safetensors").write_bytes(b"abc")
+    with pytest.raises(ck.CheckpointError, match="truncated|not a safetensors"):
+        ck.load_safetensors(tmp_path / "tiny.safetensors")
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes((20).to_bytes(8, "little") + b"{not json at all!!!}" + b"0" * 10)
+    with pytest.raises(ck.CheckpointError, match="not JSON"):
+        ck.load_safetensors(garbage)
+
+    # a tensor file from another save than its JSON is detected by the hash
+    other = _tiny_net(1)
+    good.write_bytes(ck.save_safetensors_bytes(other.state_dict()))
+    with pytest.raises(ck.CheckpointError, match="SHA-256"):
+        ck.load_checkpoint(tmp_path / "ok")
+    (tmp_path / "ok" / "last.json").write_text("{")
+    with pytest.raises(ck.CheckpointError, match="not valid JSON"):
+        ck.load_checkpoint(tmp_path / "ok")
+
+
+def test_load_model_from_a_training_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    Trainer(tiny_config(out, max_steps=1), log=lambda s: None).run()
+    net = ck.load_model(out / "checkpoints" / "last.safetensors")
+    assert not net.training and net.config.channels == 16
+    assert torch.equal(net.memory.items, state_of(out).model_state["memory.items"])
+
+
+def test_rng_state_round_trip():
+    import random
+
+    state = json.loads(json.dumps(ck.rng_state()))
+    a = (random.random(), np.random.rand(), torch.rand(1).item())
+    ck.set_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
+
+
+# --------------------------------------------------------------------------------------------------
+# metrics (paper convention)
+
+
+def test_metrics_paper_convention():
+    a = np.zeros((16, 16, 3), np.uint8)
+    assert psnr(a, a) == math.inf and ssim(a, a) == pytest.approx(1.0)
+    b = np.full_like(a, 10)
+    # Y = 16 + 219 * v / 255, rounded: 16 vs 24.59 -> 25, so the error is 9 everywhere
+    assert psnr(a, b) == pytest.approx(10 * math.log10(255 ** 2 / 81))
+    with pytest.raises(ValueError, match="uint8"):
+        psnr(a.astype(np.float32), b)
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+
+
+def test_mgid_data_synth_writes_the_layout(tmp_path, capsys):
+    out = tmp_path / "synth"
+    rc = cli_main(["data", "synth", "--out", str(out), "--seed", "3", "--size", "16", "--frames_per_scene", "2",
+                   "--train_scenes_per_photo", "1", "--val_scenes_per_photo", "1", "--paired_count", "2"])
+    assert rc == 0
+    assert "wrote" in capsys.readouterr().out
+    scenes = [d for d in (out / "train").iterdir() if d.is_dir()]
+    assert scenes and all(len(list(d.glob("*.png"))) == 2 for d in scenes)
+    assert (out / "val").is_dir()
+    assert len(list((out / "paired" / "rain").glob("*.png"))) == 2
+    assert len(list((out / "paired" / "norain").glob("*.png"))) == 2
+    assert cli_main(["data", "synth", "--out", str(out), "--size", "16"]) == 2  # refuses to overwrite
+    assert "already contains" in capsys.readouterr().err
+
+
+def test_mgid_train_subcommand(tmp_path):
+    assert cli_main(["train"] + TINY + ["--out", str(tmp_path / "run"), "--max-steps", "1"]) == 0
+    assert (tmp_path / "run" / "checkpoints" / "last.json").is_file()

@@ -7,6 +7,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <type_traits>
 #include <vector>
 
 #include "checks.h"
@@ -18,6 +19,25 @@ namespace {
 #define MGID_DISPATCH(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
+template <int L>
+using Lanes = std::integral_constant<int, L>;
+
+// Calls body(Lanes<kCpuLanes>{}, n) for groups of kCpuLanes neighbouring pixels of one image and
+// body(Lanes<1>{}, n) for the queries left over, covering [begin, end) in order.
+template <typename Body>
+void for_query_groups(int64_t begin, int64_t end, int64_t hw, const Body& body) {
+  int64_t n = begin;
+  while (n < end) {
+    if (n + kCpuLanes <= end && n % hw + kCpuLanes <= hw) {
+      body(Lanes<kCpuLanes>{}, n);
+      n += kCpuLanes;
+    } else {
+      body(Lanes<1>{}, n);
+      n += 1;
+    }
+  }
+}
+
 at::Tensor memory_read_cpu(const at::Tensor& query, const at::Tensor& items, bool /*grad_through_weights*/) {
   const MemoryInputs in = prepare_memory_inputs(query, items);
   at::Tensor out = at::empty({in.B, 2 * in.C, in.H, in.W}, in.query.options());
@@ -27,12 +47,13 @@ at::Tensor memory_read_cpu(const at::Tensor& query, const at::Tensor& items, boo
     const A* it = in.items_t.data_ptr<A>();
     scalar_t* o = out.data_ptr<scalar_t>();
     at::parallel_for(0, in.N, kQueryTile, [&](int64_t begin, int64_t end) {
-      A s[kMaxItems];
-      for (int64_t n = begin; n < end; ++n) {
+      A s[kMaxItems * kCpuLanes];
+      for_query_groups(begin, end, in.HW, [&](auto lanes, int64_t n) {
+        constexpr int L = decltype(lanes)::value;
         const int64_t b = n / in.HW, p = n % in.HW;
         scalar_t* ob = o + b * 2 * in.C * in.HW + p;
-        read_forward_query(q + query_offset(n, in.HW, in.C), ob, ob + in.C * in.HW, in.HW, in.C, it, in.M, s);
-      }
+        read_forward_lanes<L>(q + query_offset(n, in.HW, in.C), ob, ob + in.C * in.HW, in.HW, in.C, it, in.M, s);
+      });
     });
   });
   return out;
@@ -53,14 +74,15 @@ at::Tensor memory_read_backward_cpu(const at::Tensor& grad_out, const at::Tensor
     const A* it = in.items_t.data_ptr<A>();
     scalar_t* d = dq.data_ptr<scalar_t>();
     at::parallel_for(0, in.N, kQueryTile, [&](int64_t begin, int64_t end) {
-      A w[kMaxItems], ds[kMaxItems];
-      for (int64_t n = begin; n < end; ++n) {
+      A w[kMaxItems * kCpuLanes], ds[kMaxItems * kCpuLanes];
+      for_query_groups(begin, end, in.HW, [&](auto lanes, int64_t n) {
+        constexpr int L = decltype(lanes)::value;
         const int64_t b = n / in.HW, p = n % in.HW;
         const scalar_t* gb = gp + b * 2 * in.C * in.HW + p;
         const int64_t off = query_offset(n, in.HW, in.C);
-        read_backward_query(q + off, gb, gb + in.C * in.HW, d + off, in.HW, in.C, it, in.M, grad_through_weights,
-                            w, ds);
-      }
+        read_backward_lanes<L>(q + off, gb, gb + in.C * in.HW, d + off, in.HW, in.C, it, in.M, grad_through_weights,
+                               w, ds);
+      });
     });
   });
   return dq;
@@ -88,27 +110,32 @@ std::tuple<at::Tensor, at::Tensor> memory_update_stats_cpu(const at::Tensor& que
       std::vector<A> scores(static_cast<size_t>(kQueryTile) * M);
       std::vector<A> weight(kQueryTile);
       std::vector<int> assign(kQueryTile);
+      std::vector<A> lane_scores(static_cast<size_t>(kCpuLanes) * M);
       for (int64_t t = t_begin; t < t_end; ++t) {
         const int64_t n0 = t * kQueryTile;
         const int K = static_cast<int>(std::min<int64_t>(kQueryTile, in.N - n0));
-        for (int k = 0; k < K; ++k) {
-          A norm;
-          const scalar_t* qk = q + query_offset(n0 + k, HW, C);
-          weight[k] = query_inv_norm(qk, HW, C, &norm);
-          query_scores(qk, HW, C, it, M, weight[k], &scores[k * M]);
-          assign[k] = argmax_first(&scores[k * M], M);
-        }
+        // Scores in lanes, then stored per query (k*M + m) as the GPU block keeps them.
+        for_query_groups(n0, n0 + K, HW, [&](auto lanes, int64_t n) {
+          constexpr int L = decltype(lanes)::value;
+          const int k0 = static_cast<int>(n - n0);
+          A norm[L];
+          const scalar_t* qn = q + query_offset(n, HW, C);
+          lanes_inv_norm<L>(qn, HW, C, norm, &weight[k0]);
+          lanes_scores<L>(qn, HW, C, it, M, &weight[k0], lane_scores.data());
+          for (int l = 0; l < L; ++l) {
+            for (int m = 0; m < M; ++m) scores[(k0 + l) * M + m] = lane_scores[m * L + l];
+            assign[k0 + l] = lane_argmax<L>(lane_scores.data(), M, l);
+          }
+        });
         for (int m = 0; m < M; ++m)
           pmax[t * M + m] = tile_item_max(m, K, scores.data(), assign.data(), M, max_over_assigned);
         for (int k = 0; k < K; ++k)
           weight[k] = tile_query_weight(scores[k * M + assign[k]], pmax[t * M + assign[k]], weight[k]);
         // Same terms, same ascending-k order per (m, c) as tile_item_channel_sum on the GPU; the
-        // loops are turned around so each query is read once.
-        for (int k = 0; k < K; ++k) {
-          const scalar_t* qk = q + query_offset(n0 + k, HW, C);
-          A* dst = psum + (t * M + assign[k]) * C;
-          for (int64_t c = 0; c < C; ++c) dst[c] += weight[k] * static_cast<A>(qk[c * HW]);
-        }
+        // loops are turned around so that each channel row of the tile is read contiguously.
+        for (int64_t c = 0; c < C; ++c)
+          for (int k = 0; k < K; ++k)
+            psum[(t * M + assign[k]) * C + c] += weight[k] * static_cast<A>(q[query_offset(n0 + k, HW, C) + c * HW]);
       }
     });
     A* cm = col_max.data_ptr<A>();
@@ -158,18 +185,22 @@ std::tuple<at::Tensor, at::Tensor> memory_losses_cpu(const at::Tensor& query, co
     const A* it = in.items_t.data_ptr<A>();
     A* pp = parts.data_ptr<A>();
     at::parallel_for(0, T, 1, [&](int64_t t_begin, int64_t t_end) {
-      A s[kMaxItems];
+      A s[kMaxItems * kCpuLanes];
       for (int64_t t = t_begin; t < t_end; ++t) {
         const int64_t n0 = t * kQueryTile, n1 = std::min<int64_t>(n0 + kQueryTile, in.N);
-        A comp = 0, trip = 0;
-        for (int64_t n = n0; n < n1; ++n) {
+        A comp = 0, trip = 0;  // summed in query order, as the GPU block's single owner does
+        for_query_groups(n0, n1, in.HW, [&](auto lanes, int64_t n) {
+          constexpr int L = decltype(lanes)::value;
           const scalar_t* qn = q + query_offset(n, in.HW, in.C);
-          A norm;
-          const A inv = query_inv_norm(qn, in.HW, in.C, &norm);
-          const LossTerms<A> lt = loss_terms_query(qn, in.HW, in.C, it, in.M, inv, s);
-          comp += lt.compact;
-          trip += lt.triplet;
-        }
+          A norm[L], inv[L];
+          lanes_inv_norm<L>(qn, in.HW, in.C, norm, inv);
+          LossLanes<L, A> lt;
+          loss_terms_lanes<L>(qn, in.HW, in.C, it, in.M, inv, s, &lt);
+          for (int l = 0; l < L; ++l) {
+            comp += lt.compact[l];
+            trip += lt.triplet[l];
+          }
+        });
         pp[2 * t] = comp;
         pp[2 * t + 1] = trip;
       }
@@ -205,11 +236,12 @@ at::Tensor memory_losses_backward_cpu(const at::Tensor& grad_compact, const at::
     const A* it = in.items_t.data_ptr<A>();
     scalar_t* d = dq.data_ptr<scalar_t>();
     at::parallel_for(0, in.N, kQueryTile, [&](int64_t begin, int64_t end) {
-      A s[kMaxItems];
-      for (int64_t n = begin; n < end; ++n) {
+      A s[kMaxItems * kCpuLanes];
+      for_query_groups(begin, end, in.HW, [&](auto lanes, int64_t n) {
+        constexpr int L = decltype(lanes)::value;
         const int64_t off = query_offset(n, in.HW, in.C);
-        losses_backward_query(q + off, d + off, in.HW, in.C, it, in.M, gc, gs, s);
-      }
+        losses_backward_lanes<L>(q + off, d + off, in.HW, in.C, it, in.M, gc, gs, s);
+      });
     });
   });
   return dq;

@@ -34,7 +34,7 @@ __global__ void read_forward_kernel(const T* __restrict__ q, const A* __restrict
   A s[kMaxItems];
   const int64_t b = n / HW, p = n % HW;
   T* ob = out + b * 2 * C * HW + p;
-  read_forward_query(q + query_offset(n, HW, C), ob, ob + C * HW, HW, C, items_t, M, s);
+  read_forward_lanes<1>(q + query_offset(n, HW, C), ob, ob + C * HW, HW, C, items_t, M, s);
 }
 
 template <typename T, typename A>
@@ -46,7 +46,7 @@ __global__ void read_backward_kernel(const T* __restrict__ g, const T* __restric
   A w[kMaxItems], ds[kMaxItems];
   const int64_t b = n / HW, p = n % HW, off = query_offset(n, HW, C);
   const T* gb = g + b * 2 * C * HW + p;
-  read_backward_query(q + off, gb, gb + C * HW, dq + off, HW, C, items_t, M, grad_through_weights, w, ds);
+  read_backward_lanes<1>(q + off, gb, gb + C * HW, dq + off, HW, C, items_t, M, grad_through_weights, w, ds);
 }
 
 // Shared memory of one update tile: scores (K x M), weight (K), tile_max (M), assign (K).
@@ -69,9 +69,9 @@ __global__ void update_tile_kernel(const T* __restrict__ q, const A* __restrict_
   if (k < K) {  // thread k owns query n0 + k: its scores row, assignment and weight
     const T* qk = q + query_offset(n0 + k, HW, C);
     A norm;
-    weight[k] = query_inv_norm(qk, HW, C, &norm);
-    query_scores(qk, HW, C, items_t, M, weight[k], scores + k * M);
-    assign[k] = argmax_first(scores + k * M, M);
+    lanes_inv_norm<1>(qk, HW, C, &norm, &weight[k]);
+    lanes_scores<1>(qk, HW, C, items_t, M, &weight[k], scores + k * M);
+    assign[k] = lane_argmax<1>(scores + k * M, M, 0);
   }
   __syncthreads();  // all scores and assignments of the tile are written
   for (int m = k; m < M; m += blockDim.x) {
@@ -122,10 +122,12 @@ __global__ void losses_tile_kernel(const T* __restrict__ q, const A* __restrict_
     A s[kMaxItems];
     const T* qk = q + query_offset(n0 + k, HW, C);
     A norm;
-    const A inv = query_inv_norm(qk, HW, C, &norm);
-    const LossTerms<A> lt = loss_terms_query(qk, HW, C, items_t, M, inv, s);
-    comp[k] = lt.compact;
-    trip[k] = lt.triplet;
+    A inv;
+    lanes_inv_norm<1>(qk, HW, C, &norm, &inv);
+    LossLanes<1, A> lt;
+    loss_terms_lanes<1>(qk, HW, C, items_t, M, &inv, s, &lt);
+    comp[k] = lt.compact[0];
+    trip[k] = lt.triplet[0];
   }
   __syncthreads();  // the tile's per-query terms are written
   if (k == 0) {     // one owner sums them in query order, as the CPU kernel does
@@ -161,7 +163,7 @@ __global__ void losses_backward_kernel(const A* __restrict__ grads, const T* __r
   A s[kMaxItems];
   const A gc = grads[0] / static_cast<A>(N * C), gs = grads[1] / static_cast<A>(N);
   const int64_t off = query_offset(n, HW, C);
-  losses_backward_query(q + off, dq + off, HW, C, items_t, M, gc, gs, s);
+  losses_backward_lanes<1>(q + off, dq + off, HW, C, items_t, M, gc, gs, s);
 }
 
 at::Tensor memory_read_cuda(const at::Tensor& query, const at::Tensor& items, bool /*grad_through_weights*/) {

@@ -1,4 +1,4 @@
-// The math of the memory ops, per query and per tile, shared by the CPU and CUDA kernels.
+// The math of the memory ops, per query (in lanes) and per tile, shared by the CPU and CUDA kernels.
 //
 // Layout: the query tensor is NCHW, (B, C, H, W) contiguous. Query n (n = b*HW + p, p the pixel)
 // has its channel c at q[query_offset(n) + c*HW]: a query is a strided C-vector, and consecutive
@@ -15,181 +15,244 @@ MGID_HD int64_t query_offset(int64_t n, int64_t hw, int64_t C) {
   return (n / hw) * C * hw + (n % hw);
 }
 
-// 1 / max(||q||, eps); ``norm`` receives ||q||.
-template <typename T, typename A>
-MGID_HD A query_inv_norm(const T* q, int64_t stride, int64_t C, A* norm) {
-  A ss = 0;
-  for (int64_t c = 0; c < C; ++c) {
-    const A v = static_cast<A>(q[c * stride]);
-    ss += v * v;
+// ---- Per-query math, on L lanes at once. ----
+// A group of L queries at consecutive pixels of one image: lane l, channel c is q[c*stride + l].
+// The GPU runs L = 1 (one thread, one query); the CPU kernel runs L = kCpuLanes neighbouring pixels
+// so that the compiler vectorises the loops over lanes. Each lane's arithmetic (every operation
+// and its order) is the same for every L, so the CPU and GPU kernels compute the same numbers.
+// Per-lane arrays: x[l]; per-item-per-lane arrays: s[m*L + l].
+
+// inv[l] = 1 / max(||q_l||, eps) (a NaN norm stays NaN); norm[l] = ||q_l||.
+template <int L, typename T, typename A>
+MGID_HD void lanes_inv_norm(const T* q, int64_t stride, int64_t C, A* norm, A* inv) {
+  A ss[L];
+  for (int l = 0; l < L; ++l) ss[l] = 0;
+  for (int64_t c = 0; c < C; ++c)
+    for (int l = 0; l < L; ++l) {
+      const A v = static_cast<A>(q[c * stride + l]);
+      ss[l] += v * v;
+    }
+  for (int l = 0; l < L; ++l) {
+    const A n = msqrt(ss[l]);
+    norm[l] = n;
+    inv[l] = A(1) / (n <= A(kNormEps) ? A(kNormEps) : n);
   }
-  const A n = msqrt(ss);
-  *norm = n;
-  return A(1) / (n <= A(kNormEps) ? A(kNormEps) : n);  // a NaN norm stays NaN
 }
 
-// s[m] = q_hat . P[m] (cosine similarity).
-template <typename T, typename A>
-MGID_HD void query_scores(const T* q, int64_t stride, int64_t C, const A* items, int M, A inv, A* s) {
-  for (int m = 0; m < M; ++m) s[m] = 0;
+// s[m*L + l] = q_hat_l . P[m] (cosine similarity), accumulated over c in order.
+template <int L, typename T, typename A>
+MGID_HD void lanes_scores(const T* q, int64_t stride, int64_t C, const A* items, int M, const A* inv, A* s) {
+  for (int i = 0; i < M * L; ++i) s[i] = 0;
   for (int64_t c = 0; c < C; ++c) {
-    const A v = static_cast<A>(q[c * stride]) * inv;
-    for (int m = 0; m < M; ++m) s[m] += v * items[c * M + m];
+    A v[L];
+    for (int l = 0; l < L; ++l) v[l] = static_cast<A>(q[c * stride + l]) * inv[l];
+    for (int m = 0; m < M; ++m) {
+      const A p = items[c * M + m];
+      A* sm = s + m * L;  // a row pointer: -fwrapv int index math would block vectorisation
+      for (int l = 0; l < L; ++l) sm[l] += v[l] * p;
+    }
   }
 }
 
-// Index of the largest score; the first one on ties (as torch.argmax).
-template <typename A>
-MGID_HD int argmax_first(const A* s, int M) {
+// Index of the largest score of lane l; the first one on ties (as torch.argmax).
+template <int L, typename A>
+MGID_HD int lane_argmax(const A* s, int M, int l) {
   int best = 0;
   for (int m = 1; m < M; ++m)
-    if (s[m] > s[best]) best = m;
+    if (s[m * L + l] > s[best * L + l]) best = m;
   return best;
 }
 
-// Index of the largest score other than ``first`` (M >= 2).
-template <typename A>
-MGID_HD int argmax_second(const A* s, int M, int first) {
+// Index of the largest score of lane l other than ``first`` (M >= 2).
+template <int L, typename A>
+MGID_HD int lane_argmax_second(const A* s, int M, int l, int first) {
   int best = first == 0 ? 1 : 0;
   for (int m = best + 1; m < M; ++m)
-    if (m != first && s[m] > s[best]) best = m;
+    if (m != first && s[m * L + l] > s[best * L + l]) best = m;
   return best;
 }
 
-// Row softmax over items, in place.
-template <typename A>
-MGID_HD void softmax_inplace(A* s, int M) {
-  A mx = s[argmax_first(s, M)];
-  A sum = 0;
+// Row softmax over items of every lane, in place.
+template <int L, typename A>
+MGID_HD void lanes_softmax(A* s, int M) {
+  A mx[L], sum[L];
+  for (int l = 0; l < L; ++l) {
+    mx[l] = s[lane_argmax<L>(s, M, l) * L + l];
+    sum[l] = 0;
+  }
   for (int m = 0; m < M; ++m) {
-    s[m] = mexp(s[m] - mx);
-    sum += s[m];
-  }
-  const A inv = A(1) / sum;
-  for (int m = 0; m < M; ++m) s[m] *= inv;
-}
-
-// Memory read of one query: out_qhat[c] = q_hat_c, out_read[c] = sum_m softmax(s)_m P[m, c].
-// ``s`` is scratch of M entries.
-template <typename T, typename A>
-MGID_HD void read_forward_query(const T* q, T* out_qhat, T* out_read, int64_t stride, int64_t C,
-                                const A* items, int M, A* s) {
-  A norm;
-  const A inv = query_inv_norm(q, stride, C, &norm);
-  query_scores(q, stride, C, items, M, inv, s);
-  softmax_inplace(s, M);
-  for (int64_t c = 0; c < C; ++c) {
-    A r = 0;
-    for (int m = 0; m < M; ++m) r += s[m] * items[c * M + m];
-    out_qhat[c * stride] = static_cast<T>(static_cast<A>(q[c * stride]) * inv);
-    out_read[c * stride] = static_cast<T>(r);
-  }
-}
-
-// Backward of y = x / max(||x||, eps) for one query, given the gradient g(c) on y as a functor:
-// dx = (g - y (y.g)) / ||x|| where ||x|| > eps, g / eps where the norm is clamped.
-template <typename T, typename A, typename GradFn>
-MGID_HD void normalize_backward_query(const T* q, T* dq, int64_t stride, int64_t C, A norm, A inv,
-                                      const GradFn& g) {
-  if (norm >= A(kNormEps)) {
-    A dot = 0;
-    for (int64_t c = 0; c < C; ++c) dot += static_cast<A>(q[c * stride]) * inv * g(c);
-    for (int64_t c = 0; c < C; ++c) {
-      const A y = static_cast<A>(q[c * stride]) * inv;
-      dq[c * stride] = static_cast<T>((g(c) - y * dot) * inv);
+    A* sm = s + m * L;
+    for (int l = 0; l < L; ++l) {
+      const A e = mexp(sm[l] - mx[l]);
+      sm[l] = e;
+      sum[l] += e;
     }
-  } else {
-    for (int64_t c = 0; c < C; ++c) dq[c * stride] = static_cast<T>(g(c) * inv);
+  }
+  for (int l = 0; l < L; ++l) sum[l] = A(1) / sum[l];
+  for (int m = 0; m < M; ++m) {
+    A* sm = s + m * L;
+    for (int l = 0; l < L; ++l) sm[l] *= sum[l];
   }
 }
 
-// Backward of the read for one query. g_qhat / g_read: the gradient on the two output halves.
+// Memory read of L queries: out_qhat[c] = q_hat_c, out_read[c] = sum_m softmax(s)_m P[m, c].
+// ``s`` is scratch of M*L entries.
+template <int L, typename T, typename A>
+MGID_HD void read_forward_lanes(const T* q, T* out_qhat, T* out_read, int64_t stride, int64_t C, const A* items,
+                                int M, A* s) {
+  A norm[L], inv[L];
+  lanes_inv_norm<L>(q, stride, C, norm, inv);
+  lanes_scores<L>(q, stride, C, items, M, inv, s);
+  lanes_softmax<L>(s, M);
+  for (int64_t c = 0; c < C; ++c) {
+    A r[L];
+    for (int l = 0; l < L; ++l) r[l] = 0;
+    for (int m = 0; m < M; ++m) {
+      const A p = items[c * M + m];
+      const A* sm = s + m * L;
+      for (int l = 0; l < L; ++l) r[l] += sm[l] * p;
+    }
+    for (int l = 0; l < L; ++l) {
+      out_qhat[c * stride + l] = static_cast<T>(static_cast<A>(q[c * stride + l]) * inv[l]);
+      out_read[c * stride + l] = static_cast<T>(r[l]);
+    }
+  }
+}
+
+// Backward of y = x / max(||x||, eps) for L queries, given the gradient on y as a functor
+// grad(c, g) filling g[L]: dx = (g - y (y.g)) / ||x|| where ||x|| >= eps, g / eps where the norm is
+// clamped (the y.g term is then dropped, as clamp_min passes no gradient to the norm).
+template <int L, typename T, typename A, typename GradFn>
+MGID_HD void normalize_backward_lanes(const T* q, T* dq, int64_t stride, int64_t C, const A* norm, const A* inv,
+                                      const GradFn& grad) {
+  A dot[L];
+  for (int l = 0; l < L; ++l) dot[l] = 0;
+  for (int64_t c = 0; c < C; ++c) {
+    A g[L];
+    grad(c, g);
+    for (int l = 0; l < L; ++l) dot[l] += static_cast<A>(q[c * stride + l]) * inv[l] * g[l];
+  }
+  for (int l = 0; l < L; ++l) dot[l] = norm[l] >= A(kNormEps) ? dot[l] : A(0);
+  for (int64_t c = 0; c < C; ++c) {
+    A g[L];
+    grad(c, g);
+    for (int l = 0; l < L; ++l) {
+      const A y = static_cast<A>(q[c * stride + l]) * inv[l];
+      dq[c * stride + l] = static_cast<T>((g[l] - y * dot[l]) * inv[l]);
+    }
+  }
+}
+
+// Backward of the read for L queries. g_qhat / g_read: the gradient on the two output halves.
 // Without grad_through_weights the read half is detached (public MNAD) and only g_qhat flows.
 // With it, ds_m = w_m (g_read.P[m] - sum_j w_j g_read.P[j]) and q_hat gets sum_m ds_m P[m].
-// ``w`` and ``ds`` are scratch of M entries.
-template <typename T, typename A>
-MGID_HD void read_backward_query(const T* q, const T* g_qhat, const T* g_read, T* dq, int64_t stride,
-                                 int64_t C, const A* items, int M, bool grad_through_weights, A* w,
-                                 A* ds) {
-  A norm;
-  const A inv = query_inv_norm(q, stride, C, &norm);
+// ``w`` and ``ds`` are scratch of M*L entries.
+template <int L, typename T, typename A>
+MGID_HD void read_backward_lanes(const T* q, const T* g_qhat, const T* g_read, T* dq, int64_t stride, int64_t C,
+                                 const A* items, int M, bool grad_through_weights, A* w, A* ds) {
+  A norm[L], inv[L];
+  lanes_inv_norm<L>(q, stride, C, norm, inv);
   if (grad_through_weights) {
-    query_scores(q, stride, C, items, M, inv, w);
-    softmax_inplace(w, M);
-    for (int m = 0; m < M; ++m) ds[m] = 0;
-    for (int64_t c = 0; c < C; ++c) {
-      const A gr = static_cast<A>(g_read[c * stride]);
-      for (int m = 0; m < M; ++m) ds[m] += gr * items[c * M + m];
+    lanes_scores<L>(q, stride, C, items, M, inv, w);
+    lanes_softmax<L>(w, M);
+    for (int i = 0; i < M * L; ++i) ds[i] = 0;
+    for (int64_t c = 0; c < C; ++c)
+      for (int m = 0; m < M; ++m) {
+        const A p = items[c * M + m];
+        A* dsm = ds + m * L;
+        for (int l = 0; l < L; ++l) dsm[l] += static_cast<A>(g_read[c * stride + l]) * p;
+      }
+    A wsum[L];
+    for (int l = 0; l < L; ++l) wsum[l] = 0;
+    for (int m = 0; m < M; ++m) {
+      const A* wm = w + m * L;
+      const A* dsm = ds + m * L;
+      for (int l = 0; l < L; ++l) wsum[l] += wm[l] * dsm[l];
     }
-    A wsum = 0;
-    for (int m = 0; m < M; ++m) wsum += w[m] * ds[m];
-    for (int m = 0; m < M; ++m) ds[m] = w[m] * (ds[m] - wsum);
+    for (int m = 0; m < M; ++m) {
+      const A* wm = w + m * L;
+      A* dsm = ds + m * L;
+      for (int l = 0; l < L; ++l) dsm[l] = wm[l] * (dsm[l] - wsum[l]);
+    }
   }
-  auto g = [&](int64_t c) -> A {
-    A v = static_cast<A>(g_qhat[c * stride]);
+  auto grad = [&](int64_t c, A* g) {
+    for (int l = 0; l < L; ++l) g[l] = static_cast<A>(g_qhat[c * stride + l]);
     if (grad_through_weights)
-      for (int m = 0; m < M; ++m) v += ds[m] * items[c * M + m];
-    return v;
+      for (int m = 0; m < M; ++m) {
+        const A p = items[c * M + m];
+        const A* dsm = ds + m * L;
+        for (int l = 0; l < L; ++l) g[l] += dsm[l] * p;
+      }
   };
-  normalize_backward_query(q, dq, stride, C, norm, inv, g);
+  normalize_backward_lanes<L>(q, dq, stride, C, norm, inv, grad);
 }
 
-// Per-query terms of the memory losses before averaging:
-// compactness sum_c (q_hat_c - P[top1, c])^2 and the triplet hinge
-// max(||q_hat - P[top1] + eps|| - ||q_hat - P[top2] + eps|| + margin, 0).
-template <typename A>
-struct LossTerms {
-  A compact;
-  A triplet;
-  A d_pos;  // ||q_hat - P[top1] + eps||
-  A d_neg;  // ||q_hat - P[top2] + eps||
-  int top1;
-  int top2;
+// Per-lane terms of the memory losses before averaging: compactness sum_c (q_hat_c - P[top1, c])^2
+// and the triplet hinge max(||q_hat - P[top1] + eps|| - ||q_hat - P[top2] + eps|| + margin, 0).
+template <int L, typename A>
+struct LossLanes {
+  A compact[L];
+  A triplet[L];
+  A d_pos[L];  // ||q_hat - P[top1] + eps||
+  A d_neg[L];  // ||q_hat - P[top2] + eps||
+  int top1[L];
+  int top2[L];
 };
 
-template <typename T, typename A>
-MGID_HD LossTerms<A> loss_terms_query(const T* q, int64_t stride, int64_t C, const A* items, int M, A inv,
-                                      A* s) {
-  LossTerms<A> t;
-  query_scores(q, stride, C, items, M, inv, s);
-  t.top1 = argmax_first(s, M);
-  t.top2 = argmax_second(s, M, t.top1);
-  A comp = 0, dp2 = 0, dn2 = 0;
-  for (int64_t c = 0; c < C; ++c) {
-    const A y = static_cast<A>(q[c * stride]) * inv;
-    const A dp = y - items[c * M + t.top1];
-    const A ep = dp + A(kTripletEps);
-    const A en = y - items[c * M + t.top2] + A(kTripletEps);
-    comp += dp * dp;
-    dp2 += ep * ep;
-    dn2 += en * en;
+template <int L, typename T, typename A>
+MGID_HD void loss_terms_lanes(const T* q, int64_t stride, int64_t C, const A* items, int M, const A* inv, A* s,
+                              LossLanes<L, A>* t) {
+  lanes_scores<L>(q, stride, C, items, M, inv, s);
+  A dp2[L], dn2[L];
+  for (int l = 0; l < L; ++l) {
+    t->top1[l] = lane_argmax<L>(s, M, l);
+    t->top2[l] = lane_argmax_second<L>(s, M, l, t->top1[l]);
+    t->compact[l] = 0;
+    dp2[l] = 0;
+    dn2[l] = 0;
   }
-  t.compact = comp;
-  t.d_pos = msqrt(dp2);
-  t.d_neg = msqrt(dn2);
-  const A hinge = t.d_pos - t.d_neg + A(kTripletMargin);
-  t.triplet = hinge > A(0) ? hinge : A(0);
-  return t;
+  for (int64_t c = 0; c < C; ++c)
+    for (int l = 0; l < L; ++l) {
+      const A y = static_cast<A>(q[c * stride + l]) * inv[l];
+      const A dp = y - items[c * M + t->top1[l]];
+      const A ep = dp + A(kTripletEps);
+      const A en = y - items[c * M + t->top2[l]] + A(kTripletEps);
+      t->compact[l] += dp * dp;
+      dp2[l] += ep * ep;
+      dn2[l] += en * en;
+    }
+  for (int l = 0; l < L; ++l) {
+    t->d_pos[l] = msqrt(dp2[l]);
+    t->d_neg[l] = msqrt(dn2[l]);
+    const A hinge = t->d_pos[l] - t->d_neg[l] + A(kTripletMargin);
+    t->triplet[l] = hinge > A(0) ? hinge : A(0);
+  }
 }
 
-// Backward of the losses for one query. gc = dL/dcompactness / (N*C), gs = dL/dseparateness / N.
-template <typename T, typename A>
-MGID_HD void losses_backward_query(const T* q, T* dq, int64_t stride, int64_t C, const A* items, int M,
-                                   A gc, A gs, A* s) {
-  A norm;
-  const A inv = query_inv_norm(q, stride, C, &norm);
-  const LossTerms<A> t = loss_terms_query(q, stride, C, items, M, inv, s);
-  // clamp_min passes the gradient where its input is >= the bound (torch's convention).
-  const bool active = t.d_pos - t.d_neg + A(kTripletMargin) >= A(0);
-  const A wp = (active && t.d_pos > A(0)) ? gs / t.d_pos : A(0);
-  const A wn = (active && t.d_neg > A(0)) ? gs / t.d_neg : A(0);
-  auto g = [&](int64_t c) -> A {
-    const A y = static_cast<A>(q[c * stride]) * inv;
-    const A dp = y - items[c * M + t.top1];
-    const A dn = y - items[c * M + t.top2];
-    return A(2) * gc * dp + wp * (dp + A(kTripletEps)) - wn * (dn + A(kTripletEps));
+// Backward of the losses for L queries. gc = dL/dcompactness / (N*C), gs = dL/dseparateness / N.
+template <int L, typename T, typename A>
+MGID_HD void losses_backward_lanes(const T* q, T* dq, int64_t stride, int64_t C, const A* items, int M, A gc, A gs,
+                                   A* s) {
+  A norm[L], inv[L];
+  lanes_inv_norm<L>(q, stride, C, norm, inv);
+  LossLanes<L, A> t;
+  loss_terms_lanes<L>(q, stride, C, items, M, inv, s, &t);
+  A wp[L], wn[L];
+  for (int l = 0; l < L; ++l) {
+    // clamp_min passes the gradient where its input is >= the bound (torch's convention).
+    const bool active = t.d_pos[l] - t.d_neg[l] + A(kTripletMargin) >= A(0);
+    wp[l] = (active && t.d_pos[l] > A(0)) ? gs / t.d_pos[l] : A(0);
+    wn[l] = (active && t.d_neg[l] > A(0)) ? gs / t.d_neg[l] : A(0);
+  }
+  auto grad = [&](int64_t c, A* g) {
+    for (int l = 0; l < L; ++l) {
+      const A y = static_cast<A>(q[c * stride + l]) * inv[l];
+      const A dp = y - items[c * M + t.top1[l]];
+      const A dn = y - items[c * M + t.top2[l]];
+      g[l] = A(2) * gc * dp + wp[l] * (dp + A(kTripletEps)) - wn[l] * (dn + A(kTripletEps));
+    }
   };
-  normalize_backward_query(q, dq, stride, C, norm, inv, g);
+  normalize_backward_lanes<L>(q, dq, stride, C, norm, inv, grad);
 }
 
 // ---- Memory update: per-tile partials, combined over tiles in a fixed order. ----

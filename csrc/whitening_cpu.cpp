@@ -26,19 +26,22 @@ at::Tensor bsw_threshold_cpu(const at::Tensor& values, int64_t k_requested) {
   const double* p1 = in.p1.data_ptr<double>();
   const double* p2 = in.p2.data_ptr<double>();
   const double mu = in.mu.item<double>();
-  std::vector<double> d_prev(G + 1), d_cur(G + 1);
+  std::vector<int64_t> pos(G + 1);
+  std::vector<double> q1(G + 1), q2(G + 1), d_prev(G + 1), d_cur(G + 1);
   std::vector<int32_t> arg(static_cast<size_t>(k) * (G + 1), 0);
-  for (int64_t g = 0; g <= G; ++g) d_prev[g] = segment_sse(p1, p2, 0, kmeans_grid_position(g, n, G));
+  for (int64_t g = 0; g <= G; ++g) kmeans_grid_entry(g, n, G, p1, p2, pos.data(), q1.data(), q2.data());
+  for (int64_t g = 0; g <= G; ++g) d_prev[g] = segment_sse(p1, p2, 0, pos[g]);
   for (int l = 1; l < k; ++l) {
-    at::parallel_for(l + 1, G + 1, 16, [&](int64_t g0, int64_t g1) {
+    at::parallel_for(l + 1, G + 1, 64, [&](int64_t g0, int64_t g1) {
       for (int64_t g = g0; g < g1; ++g)
-        d_cur[g] = kmeans_dp_cell(l, g, d_prev.data(), p1, p2, n, G, &arg[static_cast<size_t>(l) * (G + 1) + g]);
+        d_cur[g] = kmeans_dp_cell(l, g, d_prev.data(), pos.data(), q1.data(), q2.data(),
+                                  &arg[static_cast<size_t>(l) * (G + 1) + g]);
     });
     d_prev.swap(d_cur);
   }
   std::vector<int64_t> bounds(std::max(k - 1, 0)), next(std::max(k - 1, 0));
   std::vector<double> centers(k);
-  kmeans_backtrack(arg.data(), k, n, G, bounds.data());
+  kmeans_backtrack(arg.data(), k, G, pos.data(), bounds.data());
   for (int j = 0; j < k; ++j)
     centers[j] = segment_mean(p1, j == 0 ? 0 : bounds[j - 1], j + 1 < k ? bounds[j] : n, 0.0);
   for (int it = 0; it < kLloydMaxIter; ++it) {

@@ -22,7 +22,8 @@ namespace {
 // thread 0 backtracks; thread j owns cluster j (its centre) and boundary j (after it).
 __global__ void kmeans_kernel(const double* __restrict__ x, const double* __restrict__ p1,
                               const double* __restrict__ p2, const double* __restrict__ mu_ptr, int64_t n, int64_t G,
-                              int k, int32_t* __restrict__ arg, double* __restrict__ threshold) {
+                              int k, int32_t* __restrict__ arg, int64_t* __restrict__ pos, double* __restrict__ q1,
+                              double* __restrict__ q2, double* __restrict__ threshold) {
   __shared__ double d[2][kKmeansGrid + 1];
   __shared__ double centers[kKmeansThreads];
   __shared__ int64_t bounds[kKmeansThreads];
@@ -30,16 +31,19 @@ __global__ void kmeans_kernel(const double* __restrict__ x, const double* __rest
   __shared__ int moved;
   const int tid = threadIdx.x;
   const double mu = *mu_ptr;
-  for (int64_t g = tid; g <= G; g += blockDim.x) d[0][g] = segment_sse(p1, p2, 0, kmeans_grid_position(g, n, G));
-  __syncthreads();  // layer 0 complete
+  for (int64_t g = tid; g <= G; g += blockDim.x) {
+    kmeans_grid_entry(g, n, G, p1, p2, pos, q1, q2);
+    d[0][g] = segment_sse(p1, p2, 0, pos[g]);
+  }
+  __syncthreads();  // grid and layer 0 complete
   int cur = 0;
   for (int l = 1; l < k; ++l) {
     for (int64_t g = l + 1 + tid; g <= G; g += blockDim.x)
-      d[1 - cur][g] = kmeans_dp_cell(l, g, d[cur], p1, p2, n, G, &arg[static_cast<int64_t>(l) * (G + 1) + g]);
+      d[1 - cur][g] = kmeans_dp_cell(l, g, d[cur], pos, q1, q2, &arg[static_cast<int64_t>(l) * (G + 1) + g]);
     __syncthreads();  // layer l complete before layer l + 1 reads it
     cur = 1 - cur;
   }
-  if (tid == 0) kmeans_backtrack(arg, k, n, G, bounds);
+  if (tid == 0) kmeans_backtrack(arg, k, G, pos, bounds);
   __syncthreads();  // boundaries of the programme's partition
   const int j = tid;
   if (j < k) centers[j] = segment_mean(p1, j == 0 ? 0 : bounds[j - 1], j + 1 < k ? bounds[j] : n, 0.0);
@@ -70,10 +74,13 @@ at::Tensor bsw_threshold_cuda(const at::Tensor& values, int64_t k_requested) {
   const int k = static_cast<int>(std::min<int64_t>(k_requested, G));
   TORCH_CHECK(k <= kKmeansThreads, "mgid: the CUDA k-means supports k <= ", kKmeansThreads, ", got k = ", k);
   at::Tensor arg = at::zeros({k, G + 1}, in.x.options().dtype(at::kInt));
+  at::Tensor pos = at::empty({G + 1}, in.x.options().dtype(at::kLong));
+  at::Tensor grid = at::empty({2, G + 1}, in.x.options());
   at::Tensor thr = at::empty({}, in.x.options());
   kmeans_kernel<<<1, kKmeansThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       in.x.data_ptr<double>(), in.p1.data_ptr<double>(), in.p2.data_ptr<double>(), in.mu.data_ptr<double>(), n, G, k,
-      arg.data_ptr<int32_t>(), thr.data_ptr<double>());
+      arg.data_ptr<int32_t>(), pos.data_ptr<int64_t>(), grid.data_ptr<double>(), grid.data_ptr<double>() + (G + 1),
+      thr.data_ptr<double>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return thr;
 }

@@ -100,15 +100,31 @@ MGID_HD double segment_sse(const double* p1, const double* p2, int64_t a, int64_
   return v > 0.0 ? v : 0.0;
 }
 
+// The grid, gathered once: pos[g] = kmeans_grid_position(g), q1[g] = p1[pos[g]], q2[g] = p2[pos[g]]
+// for g in [0, G], so that a cell reads contiguous arrays.
+MGID_HD void kmeans_grid_entry(int64_t g, int64_t n, int64_t G, const double* p1, const double* p2, int64_t* pos,
+                               double* q1, double* q2) {
+  const int64_t p = kmeans_grid_position(g, n, G);
+  pos[g] = p;
+  q1[g] = p1[p];
+  q2[g] = p2[p];
+}
+
+// Sum of squared deviations of the run between grid candidates h < g (segment_sse on the grid).
+MGID_HD double grid_sse(const int64_t* pos, const double* q1, const double* q2, int64_t h, int64_t g) {
+  const double s = q1[g] - q1[h];
+  const double v = (q2[g] - q2[h]) - s * s / static_cast<double>(pos[g] - pos[h]);
+  return v > 0.0 ? v : 0.0;
+}
+
 // One cell of the dynamic programme: the best split of x[0, p_g) into l + 1 clusters whose last
 // cluster starts at candidate h in [l, g); the leftmost minimiser wins ties.
-MGID_HD double kmeans_dp_cell(int l, int64_t g, const double* d_prev, const double* p1, const double* p2, int64_t n,
-                              int64_t G, int32_t* best_h) {
-  const int64_t pg = kmeans_grid_position(g, n, G);
-  double best = d_prev[l] + segment_sse(p1, p2, kmeans_grid_position(l, n, G), pg);
+MGID_HD double kmeans_dp_cell(int l, int64_t g, const double* d_prev, const int64_t* pos, const double* q1,
+                              const double* q2, int32_t* best_h) {
+  double best = d_prev[l] + grid_sse(pos, q1, q2, l, g);
   int32_t arg = l;
   for (int64_t h = l + 1; h < g; ++h) {
-    const double v = d_prev[h] + segment_sse(p1, p2, kmeans_grid_position(h, n, G), pg);
+    const double v = d_prev[h] + grid_sse(pos, q1, q2, h, g);
     if (v < best) {
       best = v;
       arg = static_cast<int32_t>(h);
@@ -143,11 +159,11 @@ MGID_HD int64_t lloyd_boundary(const double* x, int64_t n, double mu, const doub
 
 // After the programme: walk the minimisers back from D[k-1][G], writing the k - 1 boundaries
 // (positions) of the chosen partition. ``arg`` is k x (G + 1).
-MGID_HD void kmeans_backtrack(const int32_t* arg, int k, int64_t n, int64_t G, int64_t* bounds) {
+MGID_HD void kmeans_backtrack(const int32_t* arg, int k, int64_t G, const int64_t* pos, int64_t* bounds) {
   int64_t g = G;
   for (int l = k - 1; l >= 1; --l) {
     g = arg[static_cast<int64_t>(l) * (G + 1) + g];
-    bounds[l - 1] = kmeans_grid_position(g, n, G);
+    bounds[l - 1] = pos[g];
   }
 }
 

@@ -1,4 +1,4 @@
-"""The ``mgid`` command line: ``mgid train ...``, ``mgid data synth --out DIR``.
+"""The ``mgid`` command line: ``mgid train``, ``mgid data synth``, ``mgid derain``, ``mgid evaluate``, ``mgid bench``.
 
 Each command is a ``register(subparsers)`` function in `COMMANDS` that adds its parser and sets
 ``func`` (called with the parsed arguments, returns the exit code); a new command (derain,
@@ -7,8 +7,12 @@ evaluate, bench, ...) is one more function in that list.
 from __future__ import annotations
 
 import argparse
+import glob
+import os
+import subprocess
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 from mgid import __version__
@@ -70,8 +74,327 @@ def register_data(sub: argparse._SubParsersAction) -> None:
     synth.set_defaults(func=_data_synth)
 
 
+# --------------------------------------------------------------------------------------------------
+# mgid derain
+
+#: Exit codes of derain / evaluate: done; done but some files were skipped; nothing done (bad arguments).
+EXIT_OK, EXIT_SKIPPED, EXIT_USAGE = 0, 1, 2
+RAIN_TAG, COMPARE_TAG = "_rain", "_compare"
+_GLOB_MAGIC = set("*?[")
+
+
+@dataclass
+class _Job:
+    """One input file and where its outputs go (``rain``/``compare`` only when asked for)."""
+
+    source: Path
+    output: Path
+    rain: Path | None = None
+    compare: Path | None = None
+
+    def outputs(self) -> list[Path]:
+        return [p for p in (self.output, self.rain, self.compare) if p is not None]
+
+
+def _err(prog: str, message: str) -> int:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _is_hidden(rel: Path) -> bool:
+    return any(part.startswith(".") for part in rel.parts)
+
+
+def _within(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _strictly_inside(folder: Path, root: Path) -> bool:
+    """True when ``folder`` lies below ``root`` (not ``root`` itself)."""
+    return folder.resolve() != root.resolve() and _within(folder, root)
+
+
+def collect_inputs(spec: str, output: Path) -> tuple[list[tuple[Path, Path]], list[Path], int]:
+    """Files named by INPUT: ``([(file, path relative to the input root)], every file seen, files ignored)``.
+
+    A file gives itself; a folder every non-hidden file below it (recursively; files under
+    ``output`` are ignored when OUTPUT lies inside INPUT); a glob (``*``, ``?``, ``[``; ``**`` recurses)
+    its matching files, relative to the pattern's folder part (files under ``output`` are skipped when
+    OUTPUT lies below that folder). Non-image files are included here
+    (they are reported and skipped later). Raises ``FileNotFoundError`` when nothing matches.
+    """
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return [(path, Path(path.name))], [path], 0
+    if path.is_dir():
+        files, ignored = [], 0
+        skip_output = _strictly_inside(output, path)
+        for p in sorted(path.rglob("*")):
+            if not p.is_file() or _is_hidden(p.relative_to(path)):
+                continue
+            if skip_output and _within(p, output):
+                ignored += 1
+                continue
+            files.append((p, p.relative_to(path)))
+        return files, [p for p, _ in files], ignored
+    if _GLOB_MAGIC & set(spec):
+        parts = Path(spec).parts
+        k = next(i for i, part in enumerate(parts) if _GLOB_MAGIC & set(part))
+        base = Path(*parts[:k]) if k else Path(".")
+        matches = sorted(Path(m) for m in glob.glob(os.path.expanduser(spec), recursive=True))
+        skip_output = _strictly_inside(output, base)
+        files = [(m, m.relative_to(base)) for m in matches
+                 if m.is_file() and not (skip_output and _within(m, output))]
+        if not files:
+            raise FileNotFoundError(f"no files match {spec!r}")
+        return files, [m for m, _ in files], 0
+    raise FileNotFoundError(f"input not found: {spec} (give an image file, a folder or a quoted glob like "
+                            f"'photos/*.jpg')")
+
+
+def plan_jobs(inputs: list[tuple[Path, Path]], output: Path, save_rain: bool, compare: bool,
+              single_file_output: bool = False) -> list[_Job]:
+    """Where each input's outputs go: ``OUTPUT/<relative path>`` (same name and format), plus
+    ``<stem>_rain.png`` and ``<stem>_compare.png`` beside it when asked for.
+    With ``single_file_output``, ``output`` is the result file itself."""
+    jobs = []
+    for source, rel in inputs:
+        out = output if single_file_output else output / rel
+        rain = out.with_name(out.stem + RAIN_TAG + ".png") if save_rain else None
+        comp = out.with_name(out.stem + COMPARE_TAG + ".png") if compare else None
+        jobs.append(_Job(source, out, rain, comp))
+    return jobs
+
+
+def check_jobs(jobs: list[_Job], input_files: list[Path], overwrite: bool) -> str | None:
+    """Why the plan is unsafe (an output that is an input, two outputs on one path, existing outputs
+    without ``overwrite``), or None when it is safe."""
+    inputs = {p.resolve(): p for p in input_files}
+    seen: dict[Path, Path] = {}
+    existing = []
+    for job in jobs:
+        for out in job.outputs():
+            key = out.resolve()
+            if key in inputs:
+                return (f"{out} would overwrite the input {inputs[key]}; mgid never writes over its inputs: choose an "
+                        f"OUTPUT folder that is not the input folder")
+            if key in seen:
+                return (f"{seen[key]} and {job.source} would both write {out}; rename one of them or leave out "
+                        f"--save-rain/--compare")
+            seen[key] = job.source
+            if out.exists():
+                existing.append(out)
+    if existing and not overwrite:
+        shown = ", ".join(str(p) for p in existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+        return f"{shown} already exist(s); pass --overwrite to replace outputs (inputs are never overwritten)"
+    return None
+
+
+def _derain(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from mgid.api import load_model
+    from mgid.checkpoint import CheckpointError
+    from mgid.data import IMAGE_SUFFIXES, read_image, write_image
+    from mgid.visualize import image_grid
+
+    prog = "mgid derain"
+    output = Path(args.output).expanduser()
+    single = (Path(args.input).is_file() and output.suffix.lower() in IMAGE_SUFFIXES and not output.is_dir())
+    if output.exists() and not output.is_dir() and not single:
+        return _err(prog, f"OUTPUT {output} is a file; give a folder (it is created)")
+    try:
+        inputs, all_files, ignored = collect_inputs(args.input, output)
+    except FileNotFoundError as exc:
+        return _err(prog, str(exc))
+    if single and output.suffix.lower() != Path(args.input).suffix.lower():
+        return _err(prog, f"{output} changes the format of {args.input}; keep the suffix "
+                          f"{Path(args.input).suffix} or give a folder")
+    jobs = plan_jobs(inputs, output, args.save_rain, args.compare, single_file_output=single)
+    problem = check_jobs(jobs, all_files, args.overwrite)
+    if problem:
+        return _err(prog, problem)
+    if ignored:
+        print(f"{prog}: ignoring {ignored} file(s) under the OUTPUT folder {output}", file=sys.stderr)
+    try:
+        derainer = load_model(args.weights, args.device, tile=args.tile, overlap=args.tile_overlap)
+    except (FileNotFoundError, CheckpointError, RuntimeError, ValueError) as exc:
+        return _err(prog, str(exc))
+
+    skipped: list[tuple[Path, str]] = []
+    done = 0
+    bar = tqdm(jobs, desc="de-raining", unit="img", disable=args.quiet or None, file=sys.stderr)
+    for job in bar:
+        if job.source.suffix.lower() not in IMAGE_SUFFIXES:
+            skipped.append((job.source, f"not an image file (suffix {job.source.suffix or 'none'!r}; images are "
+                                        f"{', '.join(IMAGE_SUFFIXES)})"))
+            tqdm.write(f"skipped {job.source}: {skipped[-1][1]}", file=sys.stderr)
+            continue
+        try:
+            rgb = read_image(job.source)
+            clean, rain = derainer.derain_with_rain(rgb)
+            write_image(job.output, clean)
+            if job.rain is not None:
+                write_image(job.rain, rain)
+            if job.compare is not None:
+                write_image(job.compare, image_grid([[rgb, clean, rain]], headers=["input", "de-rained", "rain"]))
+        except torch.OutOfMemoryError:
+            skipped.append((job.source, f"out of memory for a {rgb.shape[1]}x{rgb.shape[0]} image; use tiles, e.g. "
+                                        f"--tile 512 (smaller tiles use less memory)"))
+        except (OSError, ValueError) as exc:
+            skipped.append((job.source, str(exc)))
+        else:
+            done += 1
+            continue
+        tqdm.write(f"skipped {job.source}: {skipped[-1][1]}", file=sys.stderr)
+    bar.close()
+    where = output if not single else output.parent
+    print(f"de-rained {done} image(s) into {where} on {derainer.device}"
+          + (f" ({len(skipped)} skipped)" if skipped else ""))
+    if skipped:
+        print(f"{prog}: {len(skipped)} file(s) skipped: " + ", ".join(str(p) for p, _ in skipped), file=sys.stderr)
+        return EXIT_SKIPPED
+    return EXIT_OK
+
+
+def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+    from mgid.inference import DEFAULT_OVERLAP
+
+    p.add_argument("--weights", metavar="FILE.safetensors",
+                   help="checkpoint to use (NAME.safetensors with NAME.json beside it, or a `mgid train` output "
+                        "folder) [default: the shipped weights mgid/weights/mgid_embedded.safetensors]")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where to run [default: auto = cuda when available]")
+    p.add_argument("--tile", type=int, default=None, metavar="SIZE",
+                   help="de-rain in SIZE x SIZE tiles (multiple of 8; e.g. 512) so large photos fit in memory "
+                        "[default: whole images]")
+    p.add_argument("--tile-overlap", type=int, default=DEFAULT_OVERLAP, metavar="PX",
+                   help="overlap of neighbouring tiles, blended smoothly (rounded up to a multiple of 8) "
+                        "[default: %(default)s]")
+
+
+def register_derain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "derain", help="de-rain images (a file, a folder or a glob) into an output folder",
+        description="De-rain INPUT (an image file, a folder searched recursively, or a quoted glob such as "
+                    "'photos/**/*.jpg') into the folder OUTPUT (created). Each result keeps its input's path "
+                    "relative to INPUT (or to the glob's folder part), its name and its format. With a single "
+                    "file INPUT, OUTPUT may also be a file name with the same suffix. --save-rain writes the "
+                    "rain layer (what was removed, in pixel units) as <name>_rain.png beside each result; "
+                    "--compare writes <name>_compare.png: input | de-rained | rain layer. Files that are not "
+                    "images or cannot be read are skipped with a message, and the exit code is then 1. "
+                    "Inputs are never overwritten; existing outputs only with --overwrite.")
+    p.add_argument("input", metavar="INPUT", help="image file, folder or glob (quote it)")
+    p.add_argument("output", metavar="OUTPUT", help="output folder (created)")
+    _add_model_arguments(p)
+    p.add_argument("--save-rain", action="store_true", help="also write the rain layer as <name>_rain.png")
+    p.add_argument("--compare", action="store_true",
+                   help="also write <name>_compare.png: input | de-rained | rain layer side by side")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (never inputs)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_derain)
+
+
+# --------------------------------------------------------------------------------------------------
+# mgid evaluate
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from mgid.api import load_model
+    from mgid.checkpoint import CheckpointError
+    from mgid.evaluation import evaluate_folders, evaluate_model, paired_folders
+
+    prog = "mgid evaluate"
+    channel = "rgb" if args.rgb else "y"
+    if args.data is not None:
+        if args.pred is not None or args.gt is not None:
+            return _err(prog, "give either --data DIR (de-rain and score a paired set) or --pred DIR --gt DIR "
+                              "(score existing predictions), not both")
+        out = Path(args.out) if args.out else Path(f"eval_{Path(args.data).resolve().name}")
+        try:
+            paired_folders(args.data)  # a wrong folder is reported before the weights are loaded
+            derainer = load_model(args.weights, args.device, tile=args.tile, overlap=args.tile_overlap)
+            report = evaluate_model(derainer, args.data, channel, save_dir=out / "derained", progress=not args.quiet)
+        except (FileNotFoundError, CheckpointError, RuntimeError, ValueError) as exc:
+            return _err(prog, str(exc))
+    else:
+        if args.pred is None or args.gt is None:
+            return _err(prog, "give --pred DIR --gt DIR (score predictions against clean images), or --data DIR "
+                              "(a paired set with rain/ + norain/ or input/ + target/, de-rained with --weights or "
+                              "the shipped weights)")
+        if args.weights is not None or args.tile is not None:
+            return _err(prog, "--weights/--tile apply to --data only (with --pred the images are already de-rained)")
+        out = Path(args.out) if args.out else Path(args.pred)
+        try:
+            report = evaluate_folders(args.pred, args.gt, channel, progress=not args.quiet)
+        except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
+            return _err(prog, str(exc))
+    if not report.scores:
+        print(report.describe(), file=sys.stderr)
+        return _err(prog, f"no pair could be scored between {report.predictions} and {report.targets}")
+    csv_path, json_path = report.write(out)
+    print(report.describe())
+    print(f"per-image scores: {csv_path}; summary: {json_path}"
+          + (f"; de-rained images: {out / 'derained'}" if args.data is not None else ""))
+    return EXIT_SKIPPED if report.skipped else EXIT_OK
+
+
+def register_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate", help="PSNR/SSIM of de-rained images against clean ones (paper convention)",
+        description="Score de-rained images against clean ones: PSNR and SSIM on the Y channel of BT.601 YCbCr "
+                    "(as MATLAB's rgb2ycbcr, uint8, peak 255; SSIM with an 11x11 Gaussian window, sigma 1.5), "
+                    "the convention de-raining papers report; --rgb scores RGB instead. Either --pred DIR --gt DIR "
+                    "(files paired by name: same stem, or rain-N / norain-N / N), or --data DIR, a paired set "
+                    "(rain/ + norain/ as Rain100L/H, or input/ + target/) whose rainy images are de-rained first "
+                    "(--weights, default the shipped weights); the rainy inputs are scored too. Writes "
+                    "metrics.csv (per image) and metrics.json (summary) to --out and prints the summary. "
+                    "Files without a partner are listed; unreadable pairs are skipped (exit code 1).")
+    p.add_argument("--pred", metavar="DIR", help="de-rained images")
+    p.add_argument("--gt", metavar="DIR", help="clean (ground truth) images")
+    p.add_argument("--data", metavar="DIR", help="paired set to de-rain and score (rain/+norain/ or input/+target/)")
+    p.add_argument("--rgb", action="store_true", help="score the RGB channels instead of Y")
+    p.add_argument("--out", metavar="DIR",
+                   help="where metrics.csv / metrics.json (and, with --data, derained/) go [default: the --pred "
+                        "folder; with --data ./eval_<data folder name>]")
+    _add_model_arguments(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_evaluate)
+
+
+# --------------------------------------------------------------------------------------------------
+# mgid bench
+
+#: The operator benchmark, shipped with the source tree (not inside the installed package).
+BENCH_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_ops.py"
+
+
+def run_bench(argv: Sequence[str]) -> int:
+    """Run ``benchmarks/bench_ops.py`` with ``argv`` in this Python; its exit code."""
+    if not BENCH_SCRIPT.is_file():
+        print(f"mgid bench: error: {BENCH_SCRIPT} not found: the benchmark ships with the source tree only, not "
+              f"with an installed package; clone the repository and run `mgid bench` (or `python "
+              f"benchmarks/bench_ops.py`) from there", file=sys.stderr)
+        return EXIT_USAGE
+    return subprocess.call([sys.executable, str(BENCH_SCRIPT), *argv])
+
+
+def register_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", add_help=False, help="benchmark the memory/whitening ops (benchmarks/bench_ops.py; "
+                                                     "options passed through, see `mgid bench --help`)",
+                       description="Runs benchmarks/bench_ops.py with every argument passed through.")
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=lambda args: run_bench(args.args))
+
+
 #: The subcommands, in --help order.
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [register_train, register_data]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [register_train, register_data, register_derain,
+                                                                register_evaluate, register_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mgid`` script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # every option after `bench` belongs to bench_ops.py (argparse would claim -h)
+        return run_bench(argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

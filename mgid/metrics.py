@@ -8,10 +8,14 @@ rounded to integers as MATLAB returns uint8 for uint8 input. Then, with peak 255
 * SSIM: Wang et al. with an 11x11 Gaussian window (sigma 1.5), K1 0.01, K2 0.03, population
   statistics: ``structural_similarity(gaussian_weights=True, sigma=1.5,
   use_sample_covariance=False, data_range=255)``. Needs images of at least 11x11 pixels.
+
+``channel="rgb"`` scores the three RGB channels instead: PSNR from the MSE over all of them, SSIM
+the mean of the per-channel SSIMs (same window and constants), as ``channel_axis=2`` computes.
 """
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import numpy as np
 from skimage.color import rgb2ycbcr
@@ -20,6 +24,8 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 PEAK = 255.0
 SSIM_SIGMA = 1.5
 SSIM_MIN_SIDE = 11  # the Gaussian window (truncate 3.5 * sigma 1.5 -> 11 px) must fit
+CHANNELS = ("y", "rgb")
+Channel = Literal["y", "rgb"]
 
 
 def _check(a: np.ndarray, b: np.ndarray) -> None:
@@ -37,19 +43,40 @@ def rgb_to_y(rgb: np.ndarray, rounded: bool = True) -> np.ndarray:
     return np.round(y) if rounded else y
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """Y-channel PSNR in dB of two HxWx3 uint8 RGB images (``inf`` when identical)."""
+def _planes(a: np.ndarray, b: np.ndarray, channel: str) -> tuple[np.ndarray, np.ndarray]:
+    """The arrays scored: Y (HxW float64, rounded) or the RGB image as float64 (HxWx3)."""
     _check(a, b)
-    ya, yb = rgb_to_y(a), rgb_to_y(b)
-    if np.array_equal(ya, yb):
+    if channel == "y":
+        return rgb_to_y(a), rgb_to_y(b)
+    if channel == "rgb":
+        return a.astype(np.float64), b.astype(np.float64)
+    raise ValueError(f"channel must be one of {CHANNELS}, got {channel!r}")
+
+
+def psnr(a: np.ndarray, b: np.ndarray, channel: Channel = "y") -> float:
+    """PSNR in dB (peak 255) of two HxWx3 uint8 RGB images on Y (default) or RGB; ``inf`` when identical."""
+    pa, pb = _planes(a, b, channel)
+    if np.array_equal(pa, pb):
         return math.inf  # skimage would divide by zero (and warn) to get the same answer
-    return float(peak_signal_noise_ratio(ya, yb, data_range=PEAK))
+    return float(peak_signal_noise_ratio(pa, pb, data_range=PEAK))
 
 
-def ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """Y-channel SSIM of two HxWx3 uint8 RGB images (1.0 when identical)."""
-    _check(a, b)
+def ssim(a: np.ndarray, b: np.ndarray, channel: Channel = "y") -> float:
+    """SSIM of two HxWx3 uint8 RGB images on Y (default) or RGB (mean over channels); 1.0 when identical."""
+    pa, pb = _planes(a, b, channel)
     if min(a.shape[:2]) < SSIM_MIN_SIDE:
         raise ValueError(f"SSIM needs images of at least {SSIM_MIN_SIDE}x{SSIM_MIN_SIDE} pixels, got {a.shape[:2]}")
-    return float(structural_similarity(rgb_to_y(a), rgb_to_y(b), gaussian_weights=True, sigma=SSIM_SIGMA,
-                                       use_sample_covariance=False, data_range=PEAK))
+    return float(structural_similarity(pa, pb, gaussian_weights=True, sigma=SSIM_SIGMA, use_sample_covariance=False,
+                                       data_range=PEAK, channel_axis=2 if pa.ndim == 3 else None))
+
+
+def psnr_from_mse(mse: float, peak: float = PEAK) -> float:
+    """``10 log10(peak^2 / mse)`` in dB; ``inf`` for ``mse == 0``."""
+    if mse < 0:
+        raise ValueError(f"MSE must be >= 0, got {mse}")
+    return math.inf if mse == 0 else 10.0 * math.log10(peak * peak / mse)
+
+
+def score(a: np.ndarray, b: np.ndarray, channel: Channel = "y") -> tuple[float, float]:
+    """(PSNR, SSIM) of prediction ``a`` against reference ``b`` (both HxWx3 uint8 RGB)."""
+    return psnr(a, b, channel), ssim(a, b, channel)

@@ -1,0 +1,187 @@
+"""The Python API: ``mgid.load_model()`` -> a `Derainer` that de-rains NumPy images or tensors.
+
+    >>> import mgid
+    >>> derainer = mgid.load_model()                 # shipped weights, CUDA when available
+    >>> clean = derainer.derain(rgb)                 # HxWx3 uint8 RGB in, HxWx3 uint8 RGB out
+    >>> clean = derainer.derain(rgb, tile=512)       # bounded memory for large photos
+
+Weights are mgid checkpoints (``NAME.safetensors`` + ``NAME.json``, see `mgid.checkpoint`); nothing
+is unpickled.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import overload
+
+import numpy as np
+import torch
+
+from mgid.checkpoint import META_SUFFIX, MODEL_SUFFIX, CheckpointError, check_safetensors_file
+from mgid.checkpoint import load_model as _load_net
+from mgid.data import to_tensor, to_uint8
+from mgid.inference import DEFAULT_OVERLAP, predict_rain, tile_geometry
+from mgid.models import MGIDNet
+
+#: Folder of the weights shipped inside the package.
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+#: The shipped weights (trained on the embedded synthetic time-lapse set), with their JSON beside.
+DEFAULT_WEIGHTS = WEIGHTS_DIR / f"mgid_embedded{MODEL_SUFFIX}"
+
+_NO_WEIGHTS = ("no shipped weights at {path}: this copy of mgid was installed without them. Either reinstall a "
+               "release that includes mgid/weights/mgid_embedded.safetensors (+ .json), or train your own "
+               "(`mgid train --out runs/mine`, or on your data `mgid train --data DIR --out runs/mine`) and pass "
+               "the checkpoint: mgid.load_model('runs/mine/checkpoints/last.safetensors') / "
+               "`--weights runs/mine/checkpoints/last.safetensors`")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; asking for CUDA without a GPU raises with what to do."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} was asked for but torch sees no CUDA GPU; use device='cpu' "
+                           f"(--device cpu) or 'auto'")
+    return torch.device(device)
+
+
+def resolve_weights(weights: str | Path | None = None) -> Path:
+    """The ``.safetensors`` file of ``weights``, checked to be a complete safetensors file with its JSON.
+
+    ``None`` -> the shipped weights. A checkpoint folder (``OUT`` or ``OUT/checkpoints`` of
+    ``mgid train``) -> its ``last.safetensors``; ``NAME.json`` -> ``NAME.safetensors``.
+    Raises ``FileNotFoundError`` (missing files, saying how to get weights) or `CheckpointError`
+    (pickled, truncated or otherwise not safetensors).
+    """
+    if weights is None:
+        if not DEFAULT_WEIGHTS.is_file():
+            raise FileNotFoundError(_NO_WEIGHTS.format(path=DEFAULT_WEIGHTS))
+        path = DEFAULT_WEIGHTS
+    else:
+        path = Path(weights).expanduser()
+        if path.is_dir():
+            for candidate in (path / f"last{MODEL_SUFFIX}", path / "checkpoints" / f"last{MODEL_SUFFIX}"):
+                if candidate.is_file():
+                    path = candidate
+                    break
+            else:
+                raise FileNotFoundError(f"{path} is a folder without last{MODEL_SUFFIX} (nor checkpoints/last"
+                                        f"{MODEL_SUFFIX}); pass the .safetensors file of the checkpoint to use")
+        elif path.suffix == META_SUFFIX:
+            path = path.with_suffix(MODEL_SUFFIX)
+        if not path.exists():
+            raise FileNotFoundError(f"weights file not found: {path} (pass a NAME.safetensors written by "
+                                    f"`mgid train`, with NAME.json beside it)")
+    check_safetensors_file(path)  # pickles, empty and truncated files get their own messages
+    if not path.name.endswith(MODEL_SUFFIX):
+        raise CheckpointError(f"{path}: mgid loads weights only from .safetensors files (with the .json written "
+                              f"beside them); rename it to NAME.safetensors if it is one")
+    meta = path.with_name(path.name[: -len(MODEL_SUFFIX)] + META_SUFFIX)
+    if not meta.is_file():
+        raise FileNotFoundError(f"{path} has no {meta.name} beside it: mgid needs the checkpoint's JSON record "
+                                f"(model config and hashes) written with it by `mgid train` / save_checkpoint")
+    return path
+
+
+class Derainer:
+    """An eval-mode `MGIDNet` on a device, de-raining NumPy images or tensors.
+
+    Attributes:
+        net: the network (eval mode; its memory is only read).
+        device: where it runs.
+        tile, overlap: default tiling (``tile=None``: whole images); see `mgid.inference`.
+        weights: the file the weights came from (None when built from a network).
+    """
+
+    def __init__(self, net: MGIDNet, device: str | torch.device | None = None, tile: int | None = None,
+                 overlap: int = DEFAULT_OVERLAP, weights: Path | None = None) -> None:
+        self.device = resolve_device(device) if device is not None else next(net.parameters()).device
+        self.net = net.to(self.device).eval()
+        self.tile, self.overlap, self.weights = tile, overlap, weights
+
+    def __repr__(self) -> str:
+        return (f"Derainer(weights={str(self.weights) if self.weights else None!r}, device={str(self.device)!r}, "
+                f"tile={self.tile}, overlap={self.overlap})")
+
+    def _rain(self, batch: torch.Tensor, tile: int | None | str, overlap: int | None) -> torch.Tensor:
+        t = self.tile if tile == "default" else tile
+        o = self.overlap if overlap is None else overlap
+        return predict_rain(self.net, batch, t, o)
+
+    @staticmethod
+    def _as_batch(image: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, str]:
+        if isinstance(image, np.ndarray):
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(f"expected an HxWx3 uint8 RGB image, got {image.dtype} {image.shape} (for a "
+                                 f"greyscale HxW image use np.repeat(img[..., None], 3, axis=2))")
+            return to_tensor(image)[None], "numpy"
+        if isinstance(image, torch.Tensor):
+            if not image.is_floating_point() or image.dim() not in (3, 4) or image.shape[-3] != 3:
+                raise ValueError(f"expected a float tensor (3, H, W) or (B, 3, H, W) in [-1, 1], got "
+                                 f"{image.dtype} {tuple(image.shape)}")
+            return (image[None], "chw") if image.dim() == 3 else (image, "bchw")
+        raise TypeError(f"expected a NumPy HxWx3 uint8 image or a float tensor, got {type(image).__name__}")
+
+    @overload
+    def derain(self, image: np.ndarray, tile: int | None | str = ..., overlap: int | None = ...) -> np.ndarray: ...
+    @overload
+    def derain(self, image: torch.Tensor, tile: int | None | str = ..., overlap: int | None = ...) -> torch.Tensor: ...
+
+    def derain(self, image, tile="default", overlap=None):
+        """The de-rained image B = I - R.
+
+        ``image``: HxWx3 uint8 RGB (returns HxWx3 uint8, rounded and clipped) or a float tensor
+        (3, H, W) / (B, 3, H, W) in [-1, 1] (returns the same shape, on the input's device, not
+        clamped). Any H, W. ``tile``/``overlap`` override the defaults (``tile=None``: whole image).
+        """
+        batch, kind = self._as_batch(image)
+        background = batch - self._rain(batch, tile, overlap)
+        if kind == "numpy":
+            return to_uint8(background[0])
+        return background[0] if kind == "chw" else background
+
+    def rain_layer(self, image, tile="default", overlap=None):
+        """The rain layer R (what `derain` removes).
+
+        NumPy uint8 in: HxWx3 uint8 in pixel units, ``round(clip(R * 127.5, 0, 255))`` (so
+        ``derain(img) + rain_layer(img) ~= img`` where R >= 0; negative parts are clipped to 0).
+        Tensor in: R itself, same shape as the input, in (-1, 1).
+        """
+        batch, kind = self._as_batch(image)
+        rain = self._rain(batch, tile, overlap)
+        if kind == "numpy":
+            return rain_to_uint8(rain[0])
+        return rain[0] if kind == "chw" else rain
+
+    def derain_with_rain(self, image: np.ndarray, tile: int | None | str = "default",
+                         overlap: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(de-rained, rain layer) of an HxWx3 uint8 image in one network pass (see `derain`, `rain_layer`)."""
+        if not isinstance(image, np.ndarray):
+            raise TypeError("derain_with_rain takes an HxWx3 uint8 NumPy image")
+        batch, _ = self._as_batch(image)
+        rain = self._rain(batch, tile, overlap)
+        return to_uint8((batch - rain)[0]), rain_to_uint8(rain[0])
+
+
+def rain_to_uint8(rain: torch.Tensor) -> np.ndarray:
+    """Rain layer (3, H, W) on the [-1, 1] scale -> HxWx3 uint8 in pixel units (negatives clipped to 0)."""
+    arr = (rain.detach().to(torch.float32).cpu() * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return arr.permute(1, 2, 0).contiguous().numpy()
+
+
+def load_model(weights: str | Path | None = None, device: str | torch.device = "auto", tile: int | None = None,
+               overlap: int = DEFAULT_OVERLAP) -> Derainer:
+    """A `Derainer` with weights from ``weights`` (None: the shipped ones) on ``device`` ("auto": CUDA if any).
+
+    ``weights``: ``NAME.safetensors`` (with ``NAME.json`` beside it), or a training output folder.
+    ``tile``/``overlap``: the default tiling of `Derainer.derain` (None: whole images).
+    Raises ``FileNotFoundError`` when the weights are missing (the message says how to get some)
+    and `mgid.checkpoint.CheckpointError` for pickled, truncated or inconsistent files.
+    """
+    if tile is not None:
+        tile_geometry(tile, overlap)  # bad tiling fails here, not on every image
+    path = resolve_weights(weights)
+    dev = resolve_device(device)
+    net = _load_net(path, dev)
+    return Derainer(net, dev, tile=tile, overlap=overlap, weights=path)

@@ -1,0 +1,221 @@
+"""Inference on images of any size: whole, or in overlapping tiles blended smoothly.
+
+`predict_rain` returns the rain layer R (B, 3, H, W) of an image (B, 3, H, W) in [-1, 1]; the
+de-rained image is ``image - R`` (`derain_tiled`). With ``tile=None``, or when the image fits in one
+tile, the network runs once on the whole image (padded to multiples of 8 by the model).
+
+Tiled inference keeps memory bounded by the tile size (a 4000x3000 photo with ``tile=512`` needs
+the activations of one 512x512 tile, plus the input and two float32 accumulators of the photo's
+size on the input's device):
+
+1. The image is padded once to multiples of 8 (bottom/right, the model's ``pad_mode``), as the
+   untiled network does; tile and overlap are multiples of 8, so each tile's query grid (1/8
+   resolution) lines up with the whole image's.
+2. Tiles of ``tile x tile`` pixels start every ``tile - overlap`` pixels, the last one flush with the
+   bottom/right edge.
+3. Each tile's rain layer is multiplied by a separable raised-cosine window (rising over the first
+   ``overlap`` pixels, flat in the middle, falling over the last ``overlap``; flat at the image
+   border), summed, and divided by the summed windows. Seams fade over the overlap.
+
+What tiling changes: the memory read is per query pixel and BatchNorm in eval mode is a fixed
+per-channel affine map, so both are tile-independent; the 3x3 convolutions see zero padding at the
+tile borders (their receptive field reaches ~85 px from a pixel), which the blending fades out. The encoder's
+``InstanceNorm2d`` on the query is *not* local: its mean and variance are taken over the whole input.
+Per-tile statistics would shift each tile's features (visible as tiles of different rain strength),
+so by default (``global_norm=True``) a first pass runs the encoder alone over the tiles, gathers the
+per-channel mean and variance of the pre-norm features over the whole image (each 1/8-res pixel
+counted once, from the tile whose core holds it), and the second pass normalises every tile with
+those. The result then differs from untiled inference only by the convolutions' border effects.
+``global_norm=False`` normalises each tile by itself (one pass; the disagreement is larger).
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from mgid.models import DOWNSAMPLE, MGIDNet, pad_to_multiple
+
+#: Default overlap (pixels) between neighbouring tiles.
+DEFAULT_OVERLAP = 64
+#: Smallest tile side accepted (two query pixels per side).
+MIN_TILE = 2 * DOWNSAMPLE
+
+
+def _check_image(image: torch.Tensor) -> None:
+    if not isinstance(image, torch.Tensor) or image.dim() != 4 or not image.is_floating_point():
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"expected a float tensor (B, 3, H, W) in [-1, 1], got {shape}")
+
+
+def tile_geometry(tile: int, overlap: int) -> tuple[int, int]:
+    """(tile, overlap) rounded to multiples of 8: tile down (at least 16), overlap up; checked."""
+    if tile is None or int(tile) < MIN_TILE:
+        raise ValueError(f"tile must be at least {MIN_TILE} pixels, got {tile}")
+    if overlap is None or int(overlap) < 0:
+        raise ValueError(f"tile overlap must be >= 0 pixels, got {overlap}")
+    t = int(tile) // DOWNSAMPLE * DOWNSAMPLE
+    o = -(-int(overlap) // DOWNSAMPLE) * DOWNSAMPLE
+    if o >= t:
+        raise ValueError(f"tile overlap ({overlap} -> {o} px, a multiple of {DOWNSAMPLE}) must be smaller than "
+                         f"the tile ({tile} -> {t} px); e.g. --tile 512 --tile-overlap 32")
+    return t, o
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of ``tile`` px covering ``length`` px with at least ``overlap`` px overlap.
+
+    The last tile ends at ``length``. With ``length <= tile``: ``[0]`` (one tile of ``length`` px).
+    All starts are multiples of 8 when ``length``, ``tile`` and ``overlap`` are.
+    """
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)
+    return starts
+
+
+def _ramp(n: int, overlap: int, rise: bool, fall: bool) -> torch.Tensor:
+    """1-D window of ``n`` px: raised cosine over ``overlap`` px at a rising/falling end, 1 elsewhere (> 0)."""
+    w = torch.ones(n, dtype=torch.float32)
+    if overlap > 0:
+        k = min(overlap, n)
+        edge = 0.5 - 0.5 * torch.cos(math.pi * (torch.arange(k, dtype=torch.float32) + 0.5) / overlap)
+        if rise:
+            w[:k] = torch.minimum(w[:k], edge)
+        if fall:
+            w[n - k:] = torch.minimum(w[n - k:], edge.flip(0))
+    return w
+
+
+def _cores(starts: list[int], size: int, tile: int) -> list[tuple[int, int]]:
+    """Non-overlapping [lo, hi) pieces of [0, length): each tile owns the middle of its overlaps."""
+    length = starts[-1] + size
+    bounds = [0]
+    for a, b in zip(starts, starts[1:]):
+        mid = (b + a + tile) // 2  # middle of the overlap [b, a + tile)
+        bounds.append(mid // DOWNSAMPLE * DOWNSAMPLE)
+    bounds.append(length)
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+class _FixedInstanceNorm(nn.Module):
+    """InstanceNorm2d(affine=False) with given per-channel mean/variance (C,) instead of per-sample ones."""
+
+    def __init__(self, mean: torch.Tensor, var: torch.Tensor, eps: float) -> None:
+        super().__init__()
+        self.mean, self.var, self.eps = mean, var, eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = self.mean.to(x).view(x.shape[0], -1, 1, 1)
+        var = self.var.to(x).view(x.shape[0], -1, 1, 1)
+        return (x - mean) / torch.sqrt(var + self.eps)
+
+
+@contextmanager
+def _norm_replaced(net: MGIDNet, module: nn.Module) -> Iterator[None]:
+    original = net.encoder.norm
+    net.encoder.norm = module
+    try:
+        yield
+    finally:
+        net.encoder.norm = original
+
+
+def _grid(h: int, w: int, tile: int, overlap: int):
+    ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
+    th, tw = min(tile, h), min(tile, w)
+    return ys, xs, th, tw
+
+
+@torch.no_grad()
+def _global_query_stats(net: MGIDNet, padded: torch.Tensor, tile: int, overlap: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample, per-channel mean and biased variance (B, C) of the pre-norm query over the whole image."""
+    device = next(net.parameters()).device
+    b, _, h, w = padded.shape
+    ys, xs, th, tw = _grid(h, w, tile, overlap)
+    ycores, xcores = _cores(ys, th, tile), _cores(xs, tw, tile)
+    captured: list[torch.Tensor] = []
+    hook = net.encoder.stage4.register_forward_hook(lambda m, i, o: captured.append(o))
+    total = torch.zeros(b, net.config.channels, dtype=torch.float64)
+    total_sq = torch.zeros_like(total)
+    try:
+        for y, (ylo, yhi) in zip(ys, ycores):
+            for x, (xlo, xhi) in zip(xs, xcores):
+                captured.clear()
+                net.encoder(padded[..., y:y + th, x:x + tw].to(device))
+                f = captured[0][..., (ylo - y) // DOWNSAMPLE:(yhi - y) // DOWNSAMPLE,
+                                (xlo - x) // DOWNSAMPLE:(xhi - x) // DOWNSAMPLE].double().cpu()
+                total += f.sum(dim=(2, 3))
+                total_sq += (f * f).sum(dim=(2, 3))
+    finally:
+        hook.remove()
+    n = (h // DOWNSAMPLE) * (w // DOWNSAMPLE)
+    mean = total / n
+    var = (total_sq / n - mean * mean).clamp_min(0)
+    return mean.float(), var.float()
+
+
+@torch.no_grad()
+def predict_rain(net: MGIDNet, image: torch.Tensor, tile: int | None = None, overlap: int = DEFAULT_OVERLAP,
+                 global_norm: bool = True) -> torch.Tensor:
+    """The rain layer R (B, 3, H, W) of ``image`` (B, 3, H, W) in [-1, 1], memory read only.
+
+    ``tile=None`` (or an image that fits in one tile) runs the network once. Otherwise tiles of
+    ``tile`` px (rounded down to a multiple of 8) overlapping by ``overlap`` px (rounded up) are
+    blended as the module doc describes. Tiles run on the network's device; the result is on
+    ``image``'s device. The network's train/eval mode is restored afterwards.
+    """
+    _check_image(image)
+    was_training = net.training
+    net.eval()
+    try:
+        device = next(net.parameters()).device
+        h, w = image.shape[-2:]
+        if tile is None or (h <= tile and w <= tile):
+            out = net(image.to(device), update_memory=False, memory_losses=False)
+            return out.rain.to(image.device)
+        tile, overlap = tile_geometry(tile, overlap)
+        padded = pad_to_multiple(image, DOWNSAMPLE, net.config.pad_mode)
+        if padded.shape[-2] <= tile and padded.shape[-1] <= tile:
+            return net(image.to(device), update_memory=False, memory_losses=False).rain.to(image.device)
+        return _predict_tiled(net, padded, tile, overlap, global_norm)[..., :h, :w]
+    finally:
+        net.train(was_training)
+
+
+def _predict_tiled(net: MGIDNet, padded: torch.Tensor, tile: int, overlap: int, global_norm: bool) -> torch.Tensor:
+    device = next(net.parameters()).device
+    b, c, h, w = padded.shape
+    ys, xs, th, tw = _grid(h, w, tile, overlap)
+    acc = torch.zeros(b, c, h, w, dtype=torch.float32, device=padded.device)
+    weight = torch.zeros(1, 1, h, w, dtype=torch.float32, device=padded.device)
+    norm: nn.Module = net.encoder.norm
+    if global_norm:
+        mean, var = _global_query_stats(net, padded, tile, overlap)
+        norm = _FixedInstanceNorm(mean, var, float(getattr(net.encoder.norm, "eps", 1e-5)))
+    with _norm_replaced(net, norm):
+        for iy, y in enumerate(ys):
+            wy = _ramp(th, overlap, rise=iy > 0, fall=iy < len(ys) - 1)
+            for ix, x in enumerate(xs):
+                wx = _ramp(tw, overlap, rise=ix > 0, fall=ix < len(xs) - 1)
+                win = (wy[:, None] * wx[None, :]).to(padded.device)
+                crop = padded[..., y:y + th, x:x + tw]
+                rain = net(crop.to(device), update_memory=False, memory_losses=False).rain
+                acc[..., y:y + th, x:x + tw] += rain.to(padded.device, torch.float32) * win
+                weight[..., y:y + th, x:x + tw] += win
+    return (acc / weight).to(padded.dtype)
+
+
+@torch.no_grad()
+def derain_tiled(net: MGIDNet, image: torch.Tensor, tile: int | None = None, overlap: int = DEFAULT_OVERLAP,
+                 global_norm: bool = True) -> torch.Tensor:
+    """The de-rained image B = I - R (B, 3, H, W) of ``image`` (B, 3, H, W) in [-1, 1] (not clamped).
+
+    See `predict_rain` for ``tile``, ``overlap`` and ``global_norm``.
+    """
+    return image - predict_rain(net, image, tile, overlap, global_norm)

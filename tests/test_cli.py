@@ -1,0 +1,132 @@
+"""``mgid derain`` and ``mgid bench`` end to end on tiny images with a tiny untrained model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import mgid.api as api
+import mgid.cli as cli
+from mgid.checkpoint import save_checkpoint
+from mgid.data import read_image, write_image
+from mgid.models import MGIDNet, ModelConfig
+
+torch.set_num_threads(1)
+TINY = ModelConfig(channels=8, memory_items=4)
+
+
+@pytest.fixture()
+def weights(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path / "w", MGIDNet(TINY), None, {"config": {"model": TINY.to_dict()}},
+                           names=("tiny",))["model"]
+
+
+@pytest.fixture()
+def photos(tmp_path: Path) -> Path:
+    """photos/a.png (24x40), photos/b.jpg (32x32), photos/sub/c.png (16x24)."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "photos"
+    for rel, (h, w) in {"a.png": (24, 40), "b.jpg": (32, 32), "sub/c.png": (16, 24)}.items():
+        write_image(root / rel, rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    return root
+
+
+def run(*argv: str | Path) -> int:
+    return cli.main(["derain", *map(str, argv), "--device", "cpu", "--quiet"])
+
+
+def _snapshot(root: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_single_file(tmp_path, photos, weights):
+    assert run(photos / "a.png", tmp_path / "out", "--weights", weights) == 0
+    out = read_image(tmp_path / "out" / "a.png")
+    assert out.shape == (24, 40, 3) and out.dtype == np.uint8
+    # OUTPUT may name the result file when INPUT is one file
+    assert run(photos / "b.jpg", tmp_path / "one" / "clean.jpg", "--weights", weights) == 0
+    assert read_image(tmp_path / "one" / "clean.jpg").shape == (32, 32, 3)
+
+
+def test_folder_keeps_tree_format_and_writes_rain_and_compare(tmp_path, photos, weights):
+    before = _snapshot(photos)
+    out = tmp_path / "out"
+    assert run(photos, out, "--weights", weights, "--save-rain", "--compare") == 0
+    names = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert names == ["a.png", "a_compare.png", "a_rain.png", "b.jpg", "b_compare.png", "b_rain.png",
+                     "sub/c.png", "sub/c_compare.png", "sub/c_rain.png"]
+    assert (out / "b.jpg").read_bytes()[:2] == b"\xff\xd8"  # JPEG in, JPEG out
+    assert read_image(out / "sub" / "c_rain.png").shape == (16, 24, 3)
+    compare = read_image(out / "a_compare.png")
+    assert compare.shape[1] > 3 * 40 and compare.shape[0] > 24  # three panels side by side (+ titles)
+    assert _snapshot(photos) == before
+    # a second run refuses to replace outputs unless asked
+    assert run(photos, out, "--weights", weights) == 2
+    assert run(photos, out, "--weights", weights, "--overwrite") == 0
+
+
+def test_glob_and_tiles(tmp_path, photos, weights):
+    out = tmp_path / "out"
+    assert run(str(photos / "**" / "*.png"), out, "--weights", weights, "--tile", "16", "--tile-overlap", "8") == 0
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == ["a.png", "sub/c.png"]
+    untiled = tmp_path / "untiled"
+    assert run(photos / "a.png", untiled, "--weights", weights) == 0
+    diff = np.abs(read_image(out / "a.png").astype(int) - read_image(untiled / "a.png").astype(int))
+    assert diff.max() <= 1  # see test_inference for the tiled-vs-untiled bound
+
+
+def test_bad_files_are_skipped_and_reported(tmp_path, photos, weights, capsys):
+    (photos / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (photos / "notes.txt").write_text("hello")
+    (photos / ".DS_Store").write_bytes(b"junk")  # hidden: ignored silently
+    out = tmp_path / "out"
+    assert run(photos, out, "--weights", weights) == 1
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "notes.txt" in err and ".DS_Store" not in err
+    assert (out / "a.png").is_file() and (out / "sub" / "c.png").is_file()
+    assert not (out / "broken.png").exists() and not (out / "notes.txt").exists()
+
+
+def test_never_overwrites_inputs(tmp_path, photos, weights, capsys):
+    before = _snapshot(photos)
+    assert run(photos, photos, "--weights", weights, "--overwrite") == 2
+    assert "never writes over its inputs" in capsys.readouterr().err
+    assert run(photos / "a.png", photos / "a.png", "--weights", weights, "--overwrite") == 2
+    assert run(str(photos / "*.png"), photos, "--weights", weights, "--overwrite") == 2
+    # an input named like another input's rain layer collides with it
+    write_image(photos / "a_rain.png", np.zeros((16, 16, 3), np.uint8))
+    assert run(photos, tmp_path / "out", "--weights", weights, "--save-rain") == 2
+    assert "would both write" in capsys.readouterr().err
+    (photos / "a_rain.png").unlink()
+    assert _snapshot(photos) == before
+    # OUTPUT inside INPUT: earlier results there are not taken as inputs
+    assert run(photos, photos / "derained", "--weights", weights) == 0
+    assert run(photos, photos / "derained", "--weights", weights, "--overwrite") == 0
+    assert not (photos / "derained" / "derained").exists()
+    assert {p: b for p, b in _snapshot(photos).items() if "derained" not in p.parts} == before
+
+
+def test_missing_inputs_and_weights(tmp_path, photos, weights, monkeypatch, capsys):
+    assert run(tmp_path / "nothing", tmp_path / "out", "--weights", weights) == 2
+    assert run(str(tmp_path / "*.gif"), tmp_path / "out", "--weights", weights) == 2
+    assert run(photos, tmp_path / "out", "--weights", weights, "--tile", "32", "--tile-overlap", "32") == 2
+    assert "smaller than the tile" in capsys.readouterr().err
+    monkeypatch.setattr(api, "DEFAULT_WEIGHTS", tmp_path / "none" / "mgid_embedded.safetensors")
+    assert run(photos, tmp_path / "out") == 2
+    assert "mgid train" in capsys.readouterr().err
+    monkeypatch.setattr(api, "DEFAULT_WEIGHTS", weights)  # no --weights: the shipped ones
+    assert run(photos / "a.png", tmp_path / "out") == 0
+
+
+def test_bench_passes_arguments_through(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(cli.subprocess, "call", lambda argv: calls.append(argv) or 0)
+    assert cli.main(["bench", "--quick", "--device", "cpu", "-h"]) == 0
+    assert calls[0][1] == str(cli.BENCH_SCRIPT) and calls[0][2:] == ["--quick", "--device", "cpu", "-h"]
+    assert cli.BENCH_SCRIPT.is_file()  # in the source tree
+    monkeypatch.setattr(cli, "BENCH_SCRIPT", Path("/nonexistent/benchmarks/bench_ops.py"))
+    assert cli.main(["bench"]) == 2
+    assert "source tree only" in capsys.readouterr().err

@@ -9,8 +9,12 @@ One checkpoint named ``NAME`` in a folder is three files::
 
 Each file is written to a temporary file in the same folder, flushed and fsynced, then moved over
 the old one with ``os.replace`` (atomic on POSIX and Windows). All three temporaries are written
-before the first is moved and the JSON is moved last, so a failure while writing leaves the previous
-checkpoint untouched; the hashes in the JSON reveal a set mixed by a crash between the moves.
+before the first is moved, so a failure while writing (disk full) leaves the previous checkpoint
+untouched. The JSON, which holds the SHA-256 of the tensor files, is moved FIRST (the commit point),
+then the tensor files: a kill (SIGKILL, power loss) between the moves leaves the new tensor files
+as temporaries whose hashes the JSON names; `load_checkpoint` reads them from there and the next
+save moves them into place (`recover_checkpoint`). A kill at any moment therefore leaves either the
+previous or the new checkpoint loadable.
 
 Nothing here unpickles: files are parsed by `safetensors` and `json` only, and anything else is
 refused with a message saying what was expected.
@@ -171,6 +175,14 @@ def load_safetensors(path: str | Path, device: str | torch.device = "cpu") -> di
     if p.suffix != ".safetensors":
         raise CheckpointError(f"{p}: mgid loads only .safetensors files (weights) with a .json beside them; "
                               f"pickled .pt/.pth/.ckpt files are refused because unpickling can run code")
+    return _read_safetensors(p, device)
+
+
+def _read_safetensors(p: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """`load_safetensors` without the suffix check (a hash-verified temporary of an interrupted save)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     check_safetensors_file(p)
     try:
         return load_file(str(p), device=str(device))
@@ -324,11 +336,11 @@ def save_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer: to
     first: dict[str, Path] | None = None
     for name in names:
         paths = checkpoint_paths(directory, name)
-        batch = {paths["model"]: model_bytes}
+        recover_checkpoint(directory, name)  # finish a save a crash interrupted, drop stale temporaries
+        tensors_out = {paths["model"]: model_bytes}
         if optim_bytes is not None:
-            batch[paths["optim"]] = optim_bytes
-        batch[paths["meta"]] = meta_bytes  # last: a complete JSON implies complete tensor files
-        atomic_write_set(batch)
+            tensors_out[paths["optim"]] = optim_bytes
+        _commit_set(tensors_out, paths["meta"], meta_bytes)
         first = first or paths
     assert first is not None, "save_checkpoint needs at least one name"
     return first
@@ -367,16 +379,108 @@ def load_checkpoint(directory: str | Path, name: str = "last", *, with_optimizer
     meta = read_meta(paths["meta"])
     hashes = meta.get("sha256", {})
     wanted = ("model", "optim") if with_optimizer and "optim" in hashes else ("model",)
+    sources = dict(paths)
     for part in wanted:
-        check_safetensors_file(paths[part])
-        if part in hashes and _sha256(paths[part]) != hashes[part]:
-            raise CheckpointError(f"{paths[part]} does not match {paths['meta'].name} (SHA-256 differs): the files "
-                                  f"come from different saves (interrupted write?); use a step_XXXXXX checkpoint")
-    model_state = load_safetensors(paths["model"], device)
+        if part in hashes:
+            sources[part] = _matching_file(paths[part], hashes[part], paths["meta"].name)
+        check_safetensors_file(sources[part])
+    model_state = _read_safetensors(sources["model"], device)
     optimizer_state = None
     if "optim" in wanted:
-        optimizer_state = unflatten_optimizer_state(load_safetensors(paths["optim"], device), meta["optimizer"])
+        optimizer_state = unflatten_optimizer_state(_read_safetensors(sources["optim"], device), meta["optimizer"])
     return Checkpoint(model_state, optimizer_state, meta, paths)
+
+
+def _pending_files(path: Path) -> list[Path]:
+    """Temporaries `_write_temp` left beside ``path`` (a save in progress, or one a crash interrupted)."""
+    return sorted(path.parent.glob(f".{glob_escape(path.name)}.*.tmp"))
+
+
+def glob_escape(text: str) -> str:
+    import glob
+
+    return glob.escape(text)
+
+
+def _matching_file(path: Path, sha: str, meta_name: str) -> Path:
+    """``path`` if its SHA-256 is ``sha``; else a complete temporary of it with that hash (a save killed
+    after its JSON was committed but before the tensor files were moved); else `CheckpointError`."""
+    if path.is_file() and _sha256(path) == sha:
+        return path
+    for candidate in _pending_files(path):
+        try:
+            if _sha256(candidate) == sha:
+                return candidate
+        except OSError:  # removed meanwhile by a concurrent save
+            continue
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    raise CheckpointError(f"{path} does not match {meta_name} (SHA-256 differs): the files come from different "
+                          f"saves; use a step_XXXXXX checkpoint")
+
+
+def recover_checkpoint(directory: str | Path, name: str = "last") -> bool:
+    """Complete a save of checkpoint ``name`` that a crash interrupted, and delete stale temporaries.
+
+    A save commits by moving its JSON into place and only then moves the tensor files; a kill in
+    between leaves the new tensors as temporaries. Those whose hash the JSON names are moved into
+    place here; every other temporary of ``name`` (an uncommitted save) is deleted. Returns True when
+    a file was moved. Only the process that writes checkpoints should call this.
+    """
+    paths = checkpoint_paths(directory, name)
+    pending = {part: _pending_files(paths[part]) for part in ("model", "optim", "meta")}
+    if not any(pending.values()):
+        return False
+    moved = False
+    hashes: dict[str, Any] = {}
+    try:
+        hashes = read_meta(paths["meta"]).get("sha256", {}) if paths["meta"].is_file() else {}
+    except CheckpointError:
+        hashes = {}
+    for part in ("model", "optim"):
+        sha = hashes.get(part)
+        target = paths[part]
+        if sha and not (target.is_file() and _sha256(target) == sha):
+            for candidate in pending[part]:
+                if _sha256(candidate) == sha:
+                    os.replace(candidate, target)
+                    moved = True
+                    break
+    for files in pending.values():
+        for f in files:
+            f.unlink(missing_ok=True)
+    if moved:
+        _fsync_dir(paths["meta"].parent)
+    return moved
+
+
+def _commit_set(tensor_files: Mapping[Path, bytes], meta_path: Path, meta_bytes: bytes) -> None:
+    """Write tensor files and their JSON record so that a crash at any moment leaves a loadable checkpoint.
+
+    1. every file is written to a fsynced temporary (a failure here, e.g. disk full, deletes them and
+       leaves the previous checkpoint untouched);
+    2. the JSON (which names the tensor files' hashes) is moved into place: the commit point;
+    3. the tensor files are moved into place.
+    A kill between 2 and 3 leaves the new tensors as temporaries whose hashes the JSON names:
+    `load_checkpoint` reads them from there and the next save (`recover_checkpoint`) moves them.
+    """
+    temps: list[tuple[Path, Path]] = []
+    committed = False
+    try:
+        for path, data in tensor_files.items():
+            temps.append((_write_temp(Path(path), data), Path(path)))
+        meta_tmp = _write_temp(meta_path, meta_bytes)
+        temps.append((meta_tmp, meta_path))
+        os.replace(meta_tmp, meta_path)
+        committed = True
+        _fsync_dir(meta_path.parent)
+        for tmp, path in temps[:-1]:
+            os.replace(tmp, path)
+    finally:
+        if not committed:
+            for tmp, _ in temps:
+                tmp.unlink(missing_ok=True)
+    _fsync_dir(meta_path.parent)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:

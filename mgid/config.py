@@ -40,6 +40,8 @@ from mgid.ops._dispatch import MODES as OPS_MODES
 DEVICES = ("auto", "cpu", "cuda")
 DATA_LAYOUTS = ("auto",) + tuple(LAYOUTS)
 SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("fp32", "bf16", "fp16")
+DIST_BACKENDS = ("auto", "nccl", "gloo")
 YAML_SUFFIXES = (".yaml", ".yml")
 #: Prefix of the argparse ``dest`` of generated options, so they never clash with other options.
 DEST_PREFIX = "cfg:"
@@ -74,6 +76,22 @@ class OptimConfig:
             raise ConfigError(f"optim: need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {self.betas}")
+
+
+@dataclass
+class DistConfig:
+    """Multi-process training (launch with torchrun; see docs/SCALING.md). batch_size is the global batch."""
+
+    backend: str = "auto"
+    """torch.distributed backend when WORLD_SIZE > 1: auto (nccl on CUDA, gloo on CPU), nccl or gloo."""
+    sync_bn: bool = False
+    """Compute BatchNorm statistics over the global batch (SyncBatchNorm on CUDA, an all-reducing BatchNorm
+    on CPU). Off: each rank normalises over its own slice; running statistics are averaged over ranks
+    before validation and checkpoints."""
+
+    def __post_init__(self) -> None:
+        if self.backend not in DIST_BACKENDS:
+            raise ConfigError(f"dist.backend must be one of {', '.join(DIST_BACKENDS)}, got {self.backend!r}")
 
 
 @dataclass
@@ -128,9 +146,17 @@ class TrainConfig:
     """Paired images used for validation; unset = all (embedded: embedded.paired_count)."""
     sample_rows: int = 4
     """Rows (rainy | de-rained | clean) of OUT/samples/compare.png written at the end."""
+    precision: str = "fp32"
+    """Training arithmetic: fp32, bf16 (autocast) or fp16 (autocast + gradient scaling). The memory items,
+    the weights and the loss stay fp32; the memory/whitening ops accumulate in fp32."""
+    compile: bool = False
+    """torch.compile the network (default inductor backend); the first steps are slower while it compiles."""
+    dist: DistConfig = field(default_factory=DistConfig)
+    """Multi-process (DDP) settings."""
 
     def __post_init__(self) -> None:
         checks = {
+            "precision": (self.precision, PRECISIONS),
             "device": (self.device, DEVICES), "ops": (self.ops, OPS_MODES), "layout": (self.layout, DATA_LAYOUTS),
         }
         for name, (value, allowed) in checks.items():
@@ -407,6 +433,7 @@ def field_docs(cls: type) -> dict[str, str]:
 CHOICES: dict[str, tuple[str, ...]] = {
     "device": DEVICES, "ops": OPS_MODES, "layout": DATA_LAYOUTS, "optim.schedule": SCHEDULES,
     "model.pad_mode": PAD_MODES, "loss.compactness_mode": COMPACTNESS_MODES,
+    "precision": PRECISIONS, "dist.backend": DIST_BACKENDS,
 }
 #: Metavars of path fields in --help.
 METAVARS: dict[str, str] = {"data": "DIR", "val_data": "DIR", "out": "DIR"}

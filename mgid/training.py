@@ -13,14 +13,25 @@ paired set (Y-channel PSNR/SSIM, `mgid.metrics`), saves ``OUT/checkpoints/last.*
 (`mgid.checkpoint`) and, at the end, writes ``OUT/samples/compare.png`` (rainy | de-rained | clean).
 ``--resume`` continues a run exactly: the same weights, memory items, optimiser state, RNG states
 and the same batches as an uninterrupted run.
+
+Scaling and robustness (``docs/SCALING.md``): under ``torchrun`` the run is data-parallel (DDP,
+`mgid.distributed`; ``batch_size`` is the global batch, every rank takes a slice and the memory
+update is all-reduced so the items stay identical); ``--precision bf16|fp16`` trains under autocast;
+``--compile`` compiles the network. SIGTERM/SIGINT make the loop stop after the current step, write
+a checkpoint and exit with code 128 + the signal number (143 / 130, `EXIT_INTERRUPTED`); a SIGKILL at
+any moment leaves the last complete checkpoint loadable (`mgid.checkpoint`).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import math
 import random
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +39,11 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from tqdm import tqdm
 
+from mgid import distributed as mdist
 from mgid import ops
 from mgid.checkpoint import CheckpointError, checkpoint_paths, load_checkpoint, read_meta, save_checkpoint, set_rng_state
 from mgid.config import (
@@ -61,6 +74,9 @@ RUN_OUTPUTS = (CHECKPOINT_DIR, TB_DIR, SAMPLES_DIR)
 _ORDER_STREAM = 101
 #: Images shown per TensorBoard grid.
 TB_GRID_ROWS = 4
+#: Exit code of a run stopped by a signal after writing its checkpoint: 128 + signal number.
+EXIT_INTERRUPTED = {signal.SIGTERM: 128 + signal.SIGTERM, signal.SIGINT: 128 + signal.SIGINT}
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -70,6 +86,74 @@ class NonFiniteLossError(RuntimeError):
         super().__init__(message)
         self.step = step
         self.terms = terms
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM/SIGINT stopped the run between two steps; a checkpoint of ``step`` was written first."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path | None) -> None:
+        name = signal.Signals(signum).name
+        where = f"checkpoint {checkpoint} (step {step})" if checkpoint else f"no checkpoint (step {step})"
+        super().__init__(f"{name} received: stopped after step {step} and wrote {where}; continue with --resume")
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signum)
+
+
+class StopRequest:
+    """SIGTERM/SIGINT handlers that only set a flag, checked by the loop between steps.
+
+    A second signal of the same kind while the flag is set falls back to the default action
+    (SIGINT: KeyboardInterrupt; SIGTERM: terminate), so a stuck run can still be stopped.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._saved: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum == signum:  # second time: the default action
+            signal.signal(signum, self._saved.get(signum, signal.SIG_DFL))
+            signal.raise_signal(signum)
+            return
+        self.signum = signum
+
+    def install(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+        self._saved.clear()
+
+
+class _NullWriter:
+    """Stands in for TensorBoard's SummaryWriter on ranks other than 0."""
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *args, **kwargs: None
+
+
+class PairForward(nn.Module):
+    """Both frames of a step in one forward call (DDP expects one forward per backward)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, frame1: torch.Tensor, frame2: torch.Tensor) -> tuple[MGIDOutput, MGIDOutput]:
+        return self.net(frame1), self.net(frame2)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -98,14 +182,29 @@ class EpochBatchSampler(Sampler[list[int]]):
     ``set_epoch(epoch, start)`` selects the epoch and skips its first ``start`` batches, so a
     resumed run sees exactly the batches an uninterrupted run would. The order does not depend on
     any global RNG or on the number of DataLoader workers.
+
+    Distributed: ``batch_size`` is the GLOBAL batch; rank ``rank`` of ``world_size`` yields the
+    contiguous slice ``[rank * b, (rank + 1) * b)`` (b = batch_size / world_size) of each global
+    batch, so the ranks' slices concatenated in rank order are the single-process batch, and the
+    order (hence exact resume) does not depend on the number of processes.
     """
 
-    def __init__(self, length: int, batch_size: int, seed: int) -> None:
+    def __init__(self, length: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
         if length < batch_size:
             raise ConfigError(f"the training set has {length} pairs, fewer than batch_size {batch_size}: lower "
                               f"--batch_size or add data")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ConfigError(f"rank {rank} is not in [0, world_size {world_size})")
+        if batch_size % world_size:
+            raise ConfigError(f"batch_size {batch_size} (the global batch) must be a multiple of the number of "
+                              f"processes {world_size}")
         self.length, self.batch_size, self.seed = length, batch_size, seed
+        self.rank, self.world_size = rank, world_size
         self.epoch, self.start = 0, 0
+
+    @property
+    def per_rank_batch(self) -> int:
+        return self.batch_size // self.world_size
 
     @property
     def batches_per_epoch(self) -> int:
@@ -124,8 +223,10 @@ class EpochBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         perm = self.order(self.epoch)
+        per = self.per_rank_batch
         for b in range(self.start, self.batches_per_epoch):
-            yield perm[b * self.batch_size:(b + 1) * self.batch_size].tolist()
+            first = b * self.batch_size + self.rank * per
+            yield perm[first:first + per].tolist()
 
 
 def learning_rate(step: int, total_steps: int, cfg: OptimConfig) -> float:
@@ -149,24 +250,55 @@ def nonfinite_error(step: int, terms: dict[str, torch.Tensor], weights: Any, las
     return NonFiniteLossError(step, {k: bad[k] for k in culprits}, msg)
 
 
-def train_step(net: MGIDNet, criterion: MGIDLoss, optimizer: torch.optim.Optimizer, frame1: torch.Tensor,
-               frame2: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], MGIDOutput, Callable[[], None]]:
+def _as_float(out: MGIDOutput) -> MGIDOutput:
+    """``out`` with every floating tensor in fp32 (the loss is computed in fp32 under mixed precision)."""
+    return dataclasses.replace(out, **{
+        f.name: getattr(out, f.name).float() for f in dataclasses.fields(out)
+        if isinstance(getattr(out, f.name), torch.Tensor) and getattr(out, f.name).is_floating_point()})
+
+
+def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for bf16/fp16 on ``device``'s type; a no-op for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[precision])
+
+
+def train_step(net: nn.Module, criterion: MGIDLoss, optimizer: torch.optim.Optimizer, frame1: torch.Tensor,
+               frame2: torch.Tensor, *, pair: nn.Module | None = None, precision: str = "fp32",
+               scaler: torch.amp.GradScaler | None = None,
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor], MGIDOutput, Callable[[], None]]:
     """Forward both frames of a batch (B, 3, H, W) and compute the loss; the memory items move here.
 
     Frame 1 reads the items P and updates them to P'; frame 2 reads P' and leaves P''. This is the
-    one place the memory changes during training (a distributed version all-reduces the update in
-    `mgid.models.MemoryModule.update_items`). Returns the total loss, the detached terms, frame 1's
-    output (for image logs) and ``apply``, which back-propagates and steps the optimiser: the caller
-    checks the loss for finiteness in between.
+    one place the memory changes during training (a distributed run all-reduces the update in
+    `mgid.models.MemoryModule.update_items`, see `mgid.distributed`). ``pair`` (a `PairForward`,
+    possibly DDP-wrapped or compiled) runs both frames in one call; default ``net`` twice. Under
+    ``precision`` bf16/fp16 the forward runs in autocast and the loss in fp32; ``scaler`` (fp16)
+    scales the loss. Returns the total loss, the detached terms, frame 1's output (for image logs)
+    and ``apply``, which back-propagates and steps the optimiser: the caller checks the loss for
+    finiteness in between.
     """
-    out1 = net(frame1)
-    out2 = net(frame2)
+    device = frame1.device
+    with autocast_context(device, precision):
+        if pair is not None:
+            out1, out2 = pair(frame1, frame2)
+        else:
+            out1 = net(frame1)
+            out2 = net(frame2)
+    if precision != "fp32":
+        out1, out2 = _as_float(out1), _as_float(out2)
     total, terms = criterion(out1, out2, frame1, frame2)
 
     def apply() -> None:
         optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
+        if scaler is not None:
+            scaler.scale(total).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            total.backward()
+            optimizer.step()
 
     return total, terms, out1, apply
 
@@ -274,19 +406,30 @@ class Trainer:
         self.ckpt_dir = self.out / CHECKPOINT_DIR
         self._check_out(resume, overwrite)
         ops.set_ops_mode(cfg.ops)
-        self.device = resolve_device(cfg.device)
+        device = resolve_device(cfg.device)
+        self.dist = mdist.setup(cfg.dist.backend, device)
+        self.device = mdist.rank_device(device, self.dist)
+        self.is_main = self.dist.is_main
+        if not self.is_main:
+            self.log = lambda s: None
         self.ops_path = ops.op_path(self.device)  # raises here if --ops fused cannot be honoured
 
         seed_everything(cfg.seed)
-        self.net = MGIDNet(cfg.model, generator=torch.Generator().manual_seed(cfg.seed)).to(self.device).train()
+        net = MGIDNet(cfg.model, generator=torch.Generator().manual_seed(cfg.seed))
+        if cfg.dist.sync_bn and self.dist.enabled:
+            net = mdist.convert_sync_batchnorm(net, self.device)
+        self.net = net.to(self.device).train()  # the plain module: checkpoints, validation, samples
+        mdist.attach_memory_sync(self.net, self.dist)
         self.criterion = MGIDLoss(cfg.loss)
         o = cfg.optim
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=o.lr, betas=o.betas, eps=o.eps,
                                           weight_decay=o.weight_decay)
+        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
 
         self.train_set = make_dataset(cfg.data, "train", cfg.crop_size, cfg.seed, embedded=cfg.embedded,
                                       layout=cfg.layout)
-        self.sampler = EpochBatchSampler(len(self.train_set), cfg.batch_size, cfg.seed)
+        self.sampler = EpochBatchSampler(len(self.train_set), cfg.batch_size, cfg.seed, self.dist.rank,
+                                         self.dist.world_size)
         self.loader = DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=cfg.num_workers,
                                  pin_memory=self.device.type == "cuda")
         self.steps_per_epoch = self.sampler.batches_per_epoch
@@ -298,14 +441,32 @@ class Trainer:
         self._last_val_step = self._last_ckpt_step = -1
         if resume:
             self._load(load_checkpoint(self.ckpt_dir, LAST, device="cpu"))
-        elif overwrite:  # only now that the setup succeeded: a typo must not cost the old run
+        elif overwrite and self.is_main:  # only now that the setup succeeded: a typo must not cost the old run
             for name in RUN_OUTPUTS:
                 shutil.rmtree(self.out / name, ignore_errors=True)
-        self.out.mkdir(parents=True, exist_ok=True)
-        from torch.utils.tensorboard import SummaryWriter  # slow import: only when a run starts
+        self.dist.barrier()  # no rank starts before rank 0 has cleared an overwritten run
 
-        # purge_step hides events a crashed run logged after its last checkpoint
-        self.writer = SummaryWriter(str(self.out / TB_DIR), purge_step=self.step if resume else None)
+        # What the loop calls: both frames in one forward, compiled and/or DDP-wrapped on request.
+        model: nn.Module = torch.compile(self.net) if cfg.compile else self.net
+        pair: nn.Module = PairForward(model)
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # broadcast_buffers=False: DDP would otherwise copy rank 0's buffers (the memory items) over
+            # every rank's at each forward; the items are kept identical by the all-reduced update.
+            pair = DistributedDataParallel(pair, device_ids=[self.device.index] if self.device.type == "cuda"
+                                           else None, broadcast_buffers=False)
+        self.pair = pair
+
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            from torch.utils.tensorboard import SummaryWriter  # slow import: only when a run starts
+
+            # purge_step hides events a crashed run logged after its last checkpoint
+            self.writer: Any = SummaryWriter(str(self.out / TB_DIR), purge_step=self.step if resume else None)
+        else:
+            self.writer = _NullWriter()
+        self.stop = StopRequest()
 
     # ---- setup helpers
     def _check_out(self, resume: bool, overwrite: bool) -> None:
@@ -340,25 +501,43 @@ class Trainer:
             self.log(f"warning: the checkpoint had {saved_spe} steps per epoch, the data now gives "
                      f"{self.steps_per_epoch}: the batch order will differ from an uninterrupted run")
         set_rng_state(meta["rng"])
+        if self.scaler is not None and meta.get("grad_scaler"):
+            self.scaler.load_state_dict(meta["grad_scaler"])
         self._last_ckpt_step = self.step
         self.log(f"resumed {self.ckpt_dir / LAST}.* at step {self.step} (epoch {self.step // self.steps_per_epoch})")
 
     # ---- outputs
-    def save(self) -> Path:
-        """Write ``OUT/checkpoints/last.*`` (and a ``step_XXXXXX.*`` copy if configured)."""
+    def _sync_for_output(self) -> None:
+        """Collective (every rank calls it): make the BN running statistics equal before they are used."""
+        if self.dist.enabled and not self.cfg.dist.sync_bn:
+            mdist.average_bn_running_stats(self.net, self.dist)
+
+    def save(self) -> Path | None:
+        """Write ``OUT/checkpoints/last.*`` (and a ``step_XXXXXX.*`` copy if configured); rank 0 only.
+
+        Every rank must call it (BN statistics are averaged first); ranks other than 0 return None.
+        """
+        self._sync_for_output()
+        self._last_ckpt_step = self.step
+        if not self.is_main:
+            return None
         names = [LAST] + ([f"step_{self.step:06d}"] if self.cfg.keep_step_checkpoints else [])
         meta = {"config": self.cfg.to_dict(), "step": self.step, "epoch": self.step // self.steps_per_epoch,
                 "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
-                "ops_path": self.ops_path, "device": str(self.device),
+                "ops_path": self.ops_path, "device": str(self.device), "world_size": self.dist.world_size,
+                "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "validation": self.last_validation.to_dict() if self.last_validation else None}
         paths = save_checkpoint(self.ckpt_dir, self.net, self.optimizer, meta, names)
-        self._last_ckpt_step = self.step
         return paths["model"]
 
-    def run_validation(self) -> ValidationResult:
+    def run_validation(self) -> ValidationResult | None:
+        """Validate on rank 0 (every rank must call it: BN statistics are synchronised first)."""
+        self._sync_for_output()
+        self._last_val_step = self.step
+        if not self.is_main:
+            return None
         result = validate(self.net, self.paired, self.device)
         self.last_validation = result
-        self._last_val_step = self.step
         for key, value in result.to_dict().items():
             if key != "count":
                 self.writer.add_scalar(f"val/{key}", value, self.step)
@@ -377,7 +556,10 @@ class Trainer:
         data = cfg.data if cfg.data is not None else "embedded synthetic time-lapse set"
         n_params = sum(p.numel() for p in self.net.parameters() if p.requires_grad)
         return "\n".join([
-            f"mgid training: device {self.device}, ops: {self.ops_path}",
+            f"mgid training: device {self.device}, ops: {self.ops_path}, precision {cfg.precision}"
+            + (", compiled" if cfg.compile else "")
+            + (f", {self.dist.world_size} processes ({self.dist.backend}, {self.sampler.per_rank_batch} pairs per "
+               f"rank, sync_bn {cfg.dist.sync_bn})" if self.dist.enabled else ""),
             f"data: {data} ({len(self.train_set)} pairs, {self.steps_per_epoch} steps/epoch of batch "
             f"{cfg.batch_size}); validation: {len(self.paired)} held-out pairs",
             f"model: {n_params:,} trainable parameters, {cfg.model.memory_items} memory items; "
@@ -386,15 +568,41 @@ class Trainer:
         ])
 
     # ---- the loop
+    def _agree(self, total: torch.Tensor, terms: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool]:
+        """Loss terms averaged over ranks, and whether any rank was asked to stop (one small all-reduce).
+
+        Single-process: the terms as they are and the local stop flag. Every rank gets the same
+        answer, so all of them stop (or raise on a non-finite loss) at the same step.
+        """
+        if not self.dist.enabled:
+            return terms, self.stop.requested
+        keys = list(terms)
+        flag = torch.tensor(1.0 if self.stop.requested else 0.0)
+        vec = torch.stack([terms[k].detach().float().cpu() for k in keys] + [flag]).to(self.device)
+        vec = mdist.all_reduce_mean(vec, self.dist).cpu()
+        if self.stop.signum is None and vec[-1] > 0:
+            self.stop.signum = int(signal.SIGTERM)  # another rank was signalled
+        return {k: vec[i] for i, k in enumerate(keys)}, bool(vec[-1] > 0)
+
     def run(self) -> TrainResult:
+        """Train to ``total_steps``; raises `NonFiniteLossError` or (after a checkpoint) `TrainingInterrupted`."""
+        self.stop.install()
+        try:
+            return self._run()
+        finally:
+            self.stop.restore()
+
+    def _run(self) -> TrainResult:
         cfg, device = self.cfg, self.device
         self.log(self.header())
         start_time = time.perf_counter()
         history: list[dict[str, float]] = []
         window_start, window_images = time.perf_counter(), 0
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
+                   disable=not self.is_main)
+        stopped = False
         try:
-            while self.step < self.total_steps:
+            while self.step < self.total_steps and not stopped:
                 epoch, start = divmod(self.step, self.steps_per_epoch)
                 self.train_set.set_epoch(epoch)  # before the iterator exists (workers copy the data set)
                 self.sampler.set_epoch(epoch, start)
@@ -404,8 +612,12 @@ class Trainer:
                     lr = learning_rate(self.step, self.total_steps, cfg.optim)
                     for group in self.optimizer.param_groups:
                         group["lr"] = lr
-                    total, terms, out1, apply = train_step(self.net, self.criterion, self.optimizer, frame1, frame2)
-                    if not bool(torch.isfinite(total)):
+                    total, terms, out1, apply = train_step(self.net, self.criterion, self.optimizer, frame1, frame2,
+                                                           pair=self.pair, precision=cfg.precision,
+                                                           scaler=self.scaler)
+                    terms, stopped = self._agree(total, terms)
+                    check = terms["total"] if "total" in terms else total
+                    if not bool(torch.isfinite(check)) or not bool(torch.isfinite(total)):
                         where = (f"The last good checkpoint is {self.ckpt_dir / LAST}.* (step {self._last_ckpt_step}); "
                                  f"continue it with --resume." if self._last_ckpt_step >= 0 else
                                  "No checkpoint was written yet.")
@@ -413,7 +625,7 @@ class Trainer:
                     apply()
                     self.step += 1
                     bar.update(1)
-                    window_images += 2 * frame1.shape[0]  # two frames per pair
+                    window_images += 2 * frame1.shape[0] * self.dist.world_size  # two frames per pair, all ranks
                     if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                         values = {k: float(v) for k, v in terms.items()}
                         elapsed = time.perf_counter() - window_start
@@ -425,24 +637,38 @@ class Trainer:
                         history.append({"step": self.step, **values})
                         bar.set_postfix(loss=f"{values['total']:.4f}", img_s=f"{rate:.1f}")
                         window_start, window_images = time.perf_counter(), 0
-                    if cfg.image_every and self.step % cfg.image_every == 0:
+                    if self.is_main and cfg.image_every and self.step % cfg.image_every == 0:
                         self._log_images(frame1, out1)
                     if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                         self.save()
-                    if self.step >= self.total_steps:
+                    if stopped or self.step >= self.total_steps:
                         break
                 epoch_done = self.step % self.steps_per_epoch == 0
-                if epoch_done and cfg.val_every and (self.step // self.steps_per_epoch) % cfg.val_every == 0:
+                if (not stopped and epoch_done and cfg.val_every
+                        and (self.step // self.steps_per_epoch) % cfg.val_every == 0):
                     self.run_validation()
         finally:
             bar.close()
             self.writer.flush()
 
+        if stopped:
+            if self._last_ckpt_step != self.step:
+                self.save()
+            self.writer.close()
+            checkpoint = checkpoint_paths(self.ckpt_dir)["model"] if self.is_main else None
+            exc = TrainingInterrupted(self.stop.signum or signal.SIGTERM, self.step, checkpoint)
+            self.log(str(exc))
+            raise exc
+
         if self._last_val_step != self.step:
             self.run_validation()
-        checkpoint = self.save() if self._last_ckpt_step != self.step else checkpoint_paths(self.ckpt_dir)["model"]
-        samples = write_comparison(self.net, self.paired, device, self.out / SAMPLES_DIR / COMPARE_FILE,
-                                   cfg.sample_rows)
+        if self._last_ckpt_step != self.step:
+            self.save()
+        checkpoint = samples = None
+        if self.is_main:
+            checkpoint = checkpoint_paths(self.ckpt_dir)["model"]
+            samples = write_comparison(self.net, self.paired, device, self.out / SAMPLES_DIR / COMPARE_FILE,
+                                       cfg.sample_rows)
         self.writer.close()
         seconds = time.perf_counter() - start_time
         self.log(f"done: step {self.step} in {seconds:.0f} s")
@@ -451,6 +677,10 @@ class Trainer:
                  f"TensorBoard: tensorboard --logdir {self.out / TB_DIR}")
         return TrainResult(self.step, self.step // self.steps_per_epoch, self.last_validation, checkpoint, samples,
                            seconds, history)
+
+    def close(self) -> None:
+        """Leave the process group if this trainer created it (torchrun launches)."""
+        self.dist.cleanup()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -508,7 +738,7 @@ def config_from_args(args: argparse.Namespace, log: Callable[[str], None] = prin
         raise ConfigError(f"--resume cannot change the model ({', '.join(model_changes)}); the checkpoint's "
                           f"weights would not fit. Drop those options or start a new run with another --out")
     harmless = ("max_steps", "epochs", "checkpoint_every", "keep_step_checkpoints", "log_every", "image_every",
-                "val_every", "num_workers", "device", "ops", "sample_rows")
+                "val_every", "num_workers", "device", "ops", "sample_rows", "compile", "dist.backend")
     notable = {k: v for k, v in changes.items() if k not in harmless}
     if notable:
         log("warning: resuming with changed settings (the run will differ from an uninterrupted one): "
@@ -517,7 +747,11 @@ def config_from_args(args: argparse.Namespace, log: Callable[[str], None] = prin
 
 
 def run_from_args(args: argparse.Namespace, prog: str = "train.py") -> int:
-    """Run what parsed ``args`` ask for; returns the exit code (errors are printed, not raised)."""
+    """Run what parsed ``args`` ask for; returns the exit code (errors are printed, not raised).
+
+    Exit codes: 0 done; 1 non-finite loss (the last good checkpoint is kept); 2 bad settings or
+    checkpoint; 128 + signal (143 SIGTERM, 130 SIGINT) stopped by a signal after writing a checkpoint.
+    """
     try:
         cfg = config_from_args(args)
         if args.print_config:
@@ -532,6 +766,11 @@ def run_from_args(args: argparse.Namespace, prog: str = "train.py") -> int:
     except NonFiniteLossError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    finally:
+        trainer.close()
     return 0
 
 

@@ -6,7 +6,7 @@ never given a gradient), carried from step to step. All arithmetic is in :mod:`m
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +67,9 @@ class MemoryModule(nn.Module):
         self.grad_through_weights = grad_through_weights
         self.update_max_over_assigned = update_max_over_assigned
         self.register_buffer("items", random_unit_items(num_items, channels, generator))
+        #: Replaces :func:`mgid.ops.memory_update` when set: ``fn(query, items, max_over_assigned) -> new items``.
+        #: Distributed training sets it to an all-reducing update (`mgid.distributed.attach_memory_sync`).
+        self.update_fn: Optional[Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor]] = None
 
     def extra_repr(self) -> str:
         return (f"num_items={self.num_items}, channels={self.channels}, "
@@ -89,9 +92,10 @@ class MemoryModule(nn.Module):
             raise ValueError(f"query must have shape (B, {self.channels}, h, w), got {tuple(query.shape)}")
         if with_losses is None:
             with_losses = update
-        # Autograd may have saved the items for the backward pass (the read's matmuls); the update
-        # below writes the buffer in place, so read from a snapshot to keep the graph valid.
-        items = self.items.clone() if update else self.items
+        # Autograd may save the items for the backward pass; the update below replaces the buffer
+        # with a new tensor rather than writing it in place, so the saved one stays valid (eager and
+        # torch.compile: an in-place write would bump the version of the tensor the compiled graph saved).
+        items = self.items
         features = ops.memory_read(query, items, grad_through_weights=self.grad_through_weights)
         compactness = separateness = None
         if with_losses:
@@ -104,8 +108,13 @@ class MemoryModule(nn.Module):
     def update_items(self, query: torch.Tensor, items: torch.Tensor) -> None:
         """Store the MNAD update of ``items`` (M, C) by ``query`` (B, C, h, w) into the buffer.
 
-        The one place the items change: a distributed run swaps this (e.g. all-reduce
-        :func:`mgid.ops.memory_update_stats` across ranks before finishing) to keep ranks identical.
+        The one place the items change. A distributed run sets ``update_fn``
+        (`mgid.distributed.all_reduce_memory_update`: all-reduce of :func:`mgid.ops.memory_update_stats`
+        across ranks) so that every rank stores the same items. The query may be fp16/bf16 (autocast):
+        the ops accumulate in fp32 and the items stay in their own dtype (fp32).
         """
-        new_items = ops.memory_update(query, items, max_over_assigned=self.update_max_over_assigned)
-        self.items.copy_(new_items)
+        if self.update_fn is None:
+            new_items = ops.memory_update(query, items, max_over_assigned=self.update_max_over_assigned)
+        else:
+            new_items = self.update_fn(query, items, self.update_max_over_assigned)
+        self.items = new_items.to(self.items.dtype).detach()

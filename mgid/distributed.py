@@ -1,0 +1,251 @@
+"""Multi-process (DDP) training support: process group, batch sharding helpers, memory and BN sync.
+
+Launch with ``torchrun`` (``env://`` rendezvous: ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+``MASTER_ADDR``, ``MASTER_PORT``); see ``docs/SCALING.md``. Conventions:
+
+* ``batch_size`` is the GLOBAL batch (pairs per optimiser step summed over all ranks); each rank
+  takes a contiguous slice of ``batch_size / world_size`` pairs of every global batch
+  (`mgid.training.EpochBatchSampler`). The batch order therefore does not depend on the number of
+  processes, and a run may be resumed with another world size.
+* DDP averages the gradients, so a step with N ranks equals a single-process step on the union of
+  the N slices for every loss term that is a mean over samples. The BSW loss is not: its k-means
+  mask and its normaliser are computed over the rank's own slice (see ``docs/SCALING.md``).
+* The memory items are kept identical on every rank: each update computes the per-rank statistics
+  of :func:`mgid.ops.memory_update_stats` and combines them with one all-reduce (max) of the
+  column maxima and one all-reduce (sum) of the rescaled weighted sums; the result equals the update
+  over all ranks' queries up to float rounding. DDP runs with ``broadcast_buffers=False`` (its
+  default would overwrite every rank's items with rank 0's at each forward).
+* BatchNorm: with ``dist.sync_bn`` the batch statistics are computed over the global batch
+  (``torch.nn.SyncBatchNorm`` on CUDA; `GlobalBatchNorm2d` on CPU/gloo, where SyncBatchNorm is not
+  supported). Without it each rank normalises over its own slice and the running statistics (used
+  only at evaluation) are averaged over ranks before each validation/checkpoint
+  (`average_bn_running_stats`).
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from mgid import ops
+from mgid.ops.reference import NORM_EPS
+
+BACKENDS = ("auto", "nccl", "gloo")
+
+
+@dataclass
+class DistContext:
+    """Where this process stands: ``rank`` of ``world_size`` (1 = not distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: Optional[str] = None
+    owns_group: bool = False  # this module created the process group (and destroys it in `cleanup`)
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def cleanup(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self.owns_group = False
+
+
+def env_world_size() -> int:
+    """``WORLD_SIZE`` as set by torchrun (1 when absent)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """``auto`` -> NCCL for CUDA devices, gloo otherwise."""
+    if backend not in BACKENDS:
+        raise ValueError(f"dist.backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "nccl" if device.type == "cuda" else "gloo"
+    if backend == "nccl" and device.type != "cuda":
+        raise ValueError("dist.backend nccl needs CUDA devices; use gloo (or auto) for CPU training")
+    return backend
+
+
+def setup(backend: str, device: torch.device, timeout_s: float = 1800.0) -> DistContext:
+    """Join (or create, from torchrun's ``env://`` variables) the default process group.
+
+    A process group that already exists (e.g. created by a test or an outer launcher) is used as
+    is. Without one and with ``WORLD_SIZE`` unset or 1, training is single-process.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return DistContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")),
+                           dist.get_backend(), owns_group=False)
+    if env_world_size() <= 1:
+        return DistContext()
+    if not dist.is_available():
+        raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+    name = resolve_backend(backend, device)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(name, init_method="env://", timeout=datetime.timedelta(seconds=timeout_s))
+    return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, name, owns_group=True)
+
+
+def rank_device(device: torch.device, ctx: DistContext) -> torch.device:
+    """Each rank's device: ``cuda:LOCAL_RANK`` for CUDA, the given device otherwise."""
+    if device.type == "cuda" and ctx.enabled:
+        return torch.device("cuda", ctx.local_rank)
+    return device
+
+
+# --------------------------------------------------------------------------------------------------
+# memory items
+
+
+def all_reduce_memory_update(query: torch.Tensor, items: torch.Tensor, max_over_assigned: bool = False,
+                             group: Optional[dist.ProcessGroup] = None) -> torch.Tensor:
+    """The MNAD update of ``items`` (M, C) by the queries of ALL ranks; every rank gets the same result.
+
+    Per rank: (col_max, weighted_sum) = memory_update_stats(local queries). Across ranks:
+    G = all-reduce-max(col_max); sum = all-reduce-sum(weighted_sum * exp(col_max - G)) (0 where
+    col_max is -inf: no local query for that item); new items = normalize(P + sum). Since
+    exp(S - col_max) * exp(col_max - G) = exp(S - G), this is the single-process update over the
+    union of the queries, up to float rounding. Two small all-reduces (M and M*C floats).
+    """
+    with torch.no_grad():
+        col_max, weighted_sum = ops.memory_update_stats(query, items, max_over_assigned)
+        global_max = col_max.clone()
+        dist.all_reduce(global_max, op=dist.ReduceOp.MAX, group=group)
+        scale = torch.where(torch.isfinite(col_max), torch.exp(col_max - global_max), torch.zeros_like(col_max))
+        total = weighted_sum * scale[:, None]
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
+        return F.normalize(items.detach().to(total.dtype) + total, dim=1, eps=NORM_EPS).to(items.dtype)
+
+
+def _distributed_update(query: torch.Tensor, items: torch.Tensor, max_over_assigned: bool) -> torch.Tensor:
+    return all_reduce_memory_update(query, items, max_over_assigned)
+
+
+# torch.compile: the collectives run eagerly (one graph break per memory update under DDP only).
+_distributed_update = torch._dynamo.disable(_distributed_update)
+
+
+def attach_memory_sync(net: nn.Module, ctx: DistContext) -> None:
+    """Make every `MemoryModule` in ``net`` all-reduce its updates across ranks (no-op single-process)."""
+    from mgid.models.memory import MemoryModule
+
+    for module in net.modules():
+        if isinstance(module, MemoryModule):
+            module.update_fn = _distributed_update if ctx.enabled else None
+
+
+@torch.no_grad()
+def broadcast_memory(net: nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s memory items to every rank (used once at start-up)."""
+    from mgid.models.memory import MemoryModule
+
+    for module in net.modules():
+        if isinstance(module, MemoryModule):
+            dist.broadcast(module.items, src)
+
+
+# --------------------------------------------------------------------------------------------------
+# batch norm
+
+
+class GlobalBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are taken over the batches of all ranks (any backend).
+
+    ``torch.nn.SyncBatchNorm`` refuses CPU tensors; this one all-reduces (sum, sum of squares,
+    count) per channel with the differentiable ``torch.distributed.nn.functional.all_reduce``, so
+    it works with gloo. Same parameters and buffers (state_dict keys) as ``nn.BatchNorm2d``.
+    Outside training or without a process group it is plain BatchNorm2d.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce as diff_all_reduce
+
+        c = x.shape[1]
+        xf = x.float()
+        count = torch.full((1,), xf.numel() // c, dtype=torch.float32, device=x.device)
+        stats = torch.cat([xf.sum(dim=(0, 2, 3)), (xf * xf).sum(dim=(0, 2, 3)), count])
+        stats = diff_all_reduce(stats)
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0.0)
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                factor = (1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum)
+                unbiased = var.detach() * (n / (n - 1).clamp_min(1.0))
+                self.running_mean.mul_(1 - factor).add_(mean.detach().to(self.running_mean.dtype), alpha=factor)
+                self.running_var.mul_(1 - factor).add_(unbiased.to(self.running_var.dtype), alpha=factor)
+        y = (xf - mean[None, :, None, None]) * torch.rsqrt(var + self.eps)[None, :, None, None]
+        if self.affine:
+            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return y.to(x.dtype)
+
+
+def convert_sync_batchnorm(net: nn.Module, device: torch.device) -> nn.Module:
+    """BatchNorm -> synchronised BatchNorm: ``nn.SyncBatchNorm`` on CUDA, `GlobalBatchNorm2d` elsewhere."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    return _convert_global(net)
+
+
+def _convert_global(module: nn.Module) -> nn.Module:
+    out = module
+    if isinstance(module, nn.BatchNorm2d) and not isinstance(module, GlobalBatchNorm2d):
+        out = GlobalBatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
+                                module.track_running_stats)
+        out.load_state_dict(module.state_dict())
+        out = out.to(module.weight.device if module.affine else module.running_mean.device)
+        out.train(module.training)
+    for name, child in module.named_children():
+        out.add_module(name, _convert_global(child))
+    return out
+
+
+@torch.no_grad()
+def average_bn_running_stats(net: nn.Module, ctx: DistContext) -> None:
+    """Average the BatchNorm running mean/var over ranks (collective: every rank must call it)."""
+    if not ctx.enabled:
+        return
+    bufs = [t for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+            for t in (m.running_mean, m.running_var)]
+    if not bufs:
+        return
+    flat = torch.cat([b.reshape(-1).float() for b in bufs])
+    dist.all_reduce(flat)
+    flat /= ctx.world_size
+    offset = 0
+    for b in bufs:
+        b.copy_(flat[offset:offset + b.numel()].view_as(b))
+        offset += b.numel()
+
+
+def all_reduce_mean(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Mean over ranks of a small float vector (identity single-process)."""
+    if not ctx.enabled:
+        return values
+    out = values.clone()
+    dist.all_reduce(out)
+    return out / ctx.world_size

@@ -4,6 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+import mgid.ops
+
 
 def cuda_skip_reason() -> str | None:
     """Why CUDA tests cannot run here, or None when they can."""
@@ -28,3 +30,14 @@ def pytest_collection_modifyitems(config, items):
 def device_params() -> list:
     """``cpu`` always, ``cuda`` marked (and so skipped where unavailable)."""
     return ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_default_ops():
+    """One intra-op thread per test (two shared cores: OpenMP spinning makes tiny ops 100x slower when
+    another process is busy), and the ops mode back to MGID_OPS after each test."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+    mgid.ops.set_ops_mode(None)

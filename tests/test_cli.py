@@ -13,7 +13,6 @@ from mgid.checkpoint import save_checkpoint
 from mgid.data import read_image, write_image
 from mgid.models import MGIDNet, ModelConfig
 
-torch.set_num_threads(1)
 TINY = ModelConfig(channels=8, memory_items=4)
 
 

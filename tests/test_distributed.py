@@ -142,11 +142,8 @@ def launch(out: Path, steps: int, world: int = 2, resume: bool = False, sync_bn:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _restore_train_step():
     yield
-    torch.set_num_threads(saved)
     import mgid.training as tr
 
     tr.train_step = _REAL_TRAIN_STEP  # undo _record_items' wrapper

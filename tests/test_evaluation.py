@@ -19,7 +19,6 @@ from mgid.evaluation import evaluate_folders, evaluate_model
 from mgid.metrics import psnr, ssim
 from mgid.models import MGIDNet, ModelConfig
 
-torch.set_num_threads(1)
 TINY = ModelConfig(channels=8, memory_items=4)
 RNG = np.random.default_rng(0)
 

@@ -24,15 +24,6 @@ TINY = ["--embedded.size", "32", "--embedded.frames_per_scene", "2", "--embedded
         "--device", "cpu", "--log_every", "1", "--image_every", "0", "--val_every", "0", "--sample_rows", "1"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-    mgid.ops.set_ops_mode(None)
-
-
 def spawn_training(args: list[str]) -> subprocess.Popen:
     code = "import sys, torch; torch.set_num_threads(1); from mgid.training import main; sys.exit(main(sys.argv[1:]))"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")

@@ -16,7 +16,6 @@ from mgid.checkpoint import CheckpointError, save_checkpoint
 from mgid.inference import derain_tiled, predict_rain, tile_geometry, tile_starts
 from mgid.models import MGIDNet, ModelConfig
 
-torch.set_num_threads(1)
 TINY = ModelConfig(channels=8, memory_items=4)
 
 

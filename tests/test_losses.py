@@ -17,15 +17,6 @@ WEIGHT_NAMES = L1_NAMES + ("compactness", "separateness", "bsw", "ssim")
 ALL_NAMES = WEIGHT_NAMES + ("total",)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest and avoids OpenMP spinning on busy cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def rand(*shape, seed=0, dtype=torch.float32):
     return torch.rand(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype) * 2 - 1
 

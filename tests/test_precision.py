@@ -21,15 +21,6 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-    mgid.ops.set_ops_mode(None)
-
-
 def run(tmp_path, steps: int = 3, **extra):
     cfg = resolve_config(None, merge(TINY, {"out": str(tmp_path / "run"), "max_steps": steps, **extra}))
     trainer = Trainer(cfg, log=lambda s: None)

@@ -27,16 +27,6 @@ TINY = TINY_EMBEDDED + ["--model.channels", "16", "--model.memory_items", "4", "
                         "--checkpoint_every", "1", "--sample_rows", "2"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The CI machine has two shared cores; one thread each keeps tests predictable.
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-    mgid.ops.set_ops_mode(None)
-
-
 def tiny_config(out: Path, **overrides) -> TrainConfig:
     from mgid.training import build_parser
     from mgid.config import overrides_from_args

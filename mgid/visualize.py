@@ -11,9 +11,19 @@ from mgid.data import to_uint8
 
 PAD = 2
 PAD_VALUE = 255
-HEADER_HEIGHT = 16
 FONT = cv2.FONT_HERSHEY_SIMPLEX
-FONT_SCALE = 0.4
+# Column titles scale with the image width, so they read the same on a 64-px crop and on a photo:
+# font scale = width / TITLE_WIDTH_PER_SCALE, clamped, with the header band and stroke following it.
+TITLE_WIDTH_PER_SCALE = 400
+TITLE_SCALE_RANGE = (0.35, 3.0)
+
+
+def title_layout(width: int) -> tuple[float, int, int]:
+    """(font scale, stroke thickness, header height in px) for column titles over images ``width`` wide."""
+    lo, hi = TITLE_SCALE_RANGE
+    scale = min(max(width / TITLE_WIDTH_PER_SCALE, lo), hi)
+    (_, text_h), baseline = cv2.getTextSize("Ag", FONT, scale, 1)
+    return scale, max(1, round(scale)), text_h + baseline + 6
 
 
 def image_grid(rows: Sequence[Sequence[np.ndarray]], headers: Sequence[str] | None = None, pad: int = PAD,
@@ -32,14 +42,15 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]], headers: Sequence[str] | No
         for img in row:
             if img.shape != (h, w, 3) or img.dtype != np.uint8:
                 raise ValueError(f"every image must be {h}x{w}x3 uint8, got {img.dtype} {img.shape}")
-    top = HEADER_HEIGHT if headers else 0
+    scale, thickness, header = title_layout(w)
+    top = header if headers else 0
     grid = np.full((top + pad + len(rows) * (h + pad), pad + cols * (w + pad), 3), pad_value, np.uint8)
     for r, row in enumerate(rows):
         for c, img in enumerate(row):
             y, x = top + pad + r * (h + pad), pad + c * (w + pad)
             grid[y:y + h, x:x + w] = img
     for c, title in enumerate(headers or []):
-        cv2.putText(grid, title, (pad + c * (w + pad) + 2, HEADER_HEIGHT - 4), FONT, FONT_SCALE, (0, 0, 0), 1,
+        cv2.putText(grid, title, (pad + c * (w + pad) + 2, header - 4), FONT, scale, (0, 0, 0), thickness,
                     cv2.LINE_AA)
     return grid
 

@@ -4,8 +4,15 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+
+#include <vector>
 
 #include "common.h"
+
+// The input dtypes every memory and whitening kernel is instantiated for.
+#define MGID_DISPATCH(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
 namespace mgid {
 
@@ -75,6 +82,22 @@ inline MemoryInputs prepare_memory_inputs(const at::Tensor& query, const at::Ten
   in.N = in.B * in.HW;
   in.M = static_cast<int>(items.size(0));
   return in;
+}
+
+// The read's upstream gradient has the read's output shape (B, 2C, H, W); returned contiguous in the
+// query's dtype.
+inline at::Tensor checked_read_grad(const at::Tensor& grad_out, const MemoryInputs& in) {
+  const std::vector<int64_t> expected = {in.B, 2 * in.C, in.H, in.W};
+  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef(expected), "mgid: grad_out must have shape (B, 2C, H, W) = ",
+              at::IntArrayRef(expected), ", got ", grad_out.sizes());
+  return grad_out.to(in.query.scalar_type()).contiguous();
+}
+
+// Separateness needs the two best items of every query.
+inline void check_loss_items(const at::Tensor& items) {
+  TORCH_CHECK(items.dim() == 2 && items.size(0) >= 2,
+              "mgid: memory_losses needs at least 2 memory items (separateness uses the top two), got items ",
+              items.sizes());
 }
 
 inline int64_t num_query_tiles(int64_t N) {

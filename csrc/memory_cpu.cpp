@@ -16,9 +16,6 @@
 namespace mgid {
 namespace {
 
-#define MGID_DISPATCH(TYPE, NAME, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
-
 template <int L>
 using Lanes = std::integral_constant<int, L>;
 
@@ -62,10 +59,7 @@ at::Tensor memory_read_cpu(const at::Tensor& query, const at::Tensor& items, boo
 at::Tensor memory_read_backward_cpu(const at::Tensor& grad_out, const at::Tensor& query, const at::Tensor& items,
                                     bool grad_through_weights) {
   const MemoryInputs in = prepare_memory_inputs(query, items);
-  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({in.B, 2 * in.C, in.H, in.W}),
-              "mgid: grad_out must have shape (B, 2C, H, W) = ", at::IntArrayRef({in.B, 2 * in.C, in.H, in.W}),
-              ", got ", grad_out.sizes());
-  const at::Tensor g = grad_out.to(in.query.scalar_type()).contiguous();
+  const at::Tensor g = checked_read_grad(grad_out, in);
   at::Tensor dq = at::empty_like(in.query);
   MGID_DISPATCH(in.query.scalar_type(), "mgid::memory_read_backward(cpu)", [&] {
     using A = at::opmath_type<scalar_t>;
@@ -172,9 +166,7 @@ at::Tensor memory_update_cpu(const at::Tensor& query, const at::Tensor& items, b
 
 // (compactness, separateness), 0-dim, in the accumulation dtype.
 std::tuple<at::Tensor, at::Tensor> memory_losses_cpu(const at::Tensor& query, const at::Tensor& items) {
-  TORCH_CHECK(items.dim() == 2 && items.size(0) >= 2,
-              "mgid: memory_losses needs at least 2 memory items (separateness uses the top two), got items ",
-              items.sizes());
+  check_loss_items(items);
   const MemoryInputs in = prepare_memory_inputs(query, items);
   const int64_t T = num_query_tiles(in.N);
   const auto acc_opts = in.items_t.options();

@@ -66,7 +66,7 @@ std::tuple<at::Tensor, at::Tensor> bsw_loss_masked_cpu(const at::Tensor& cov1_in
   const auto acc = acc_dtype(cov1.scalar_type());
   at::Tensor parts = at::empty({T, 2}, cov1.options().dtype(acc));
   at::Tensor loss, count;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, cov1.scalar_type(), "mgid::bsw_loss_masked(cpu)", [&] {
+  MGID_DISPATCH(cov1.scalar_type(), "mgid::bsw_loss_masked(cpu)", [&] {
     using A = at::opmath_type<scalar_t>;
     const scalar_t* a = cov1.data_ptr<scalar_t>();
     const scalar_t* b = cov2.data_ptr<scalar_t>();
@@ -98,7 +98,7 @@ std::tuple<at::Tensor, at::Tensor> bsw_loss_masked_backward_cpu(const at::Tensor
   const auto acc = acc_dtype(cov1.scalar_type());
   const at::Tensor gc = at::stack({grad.reshape({}).to(acc), count.reshape({}).to(acc)});
   const int64_t n = cov1.numel(), batch = cov1.size(0);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, cov1.scalar_type(), "mgid::bsw_loss_masked_backward(cpu)", [&] {
+  MGID_DISPATCH(cov1.scalar_type(), "mgid::bsw_loss_masked_backward(cpu)", [&] {
     using A = at::opmath_type<scalar_t>;
     const A g = gc.data_ptr<A>()[0], cnt = gc.data_ptr<A>()[1];
     const scalar_t* a = cov1.data_ptr<scalar_t>();

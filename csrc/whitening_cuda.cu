@@ -142,7 +142,7 @@ std::tuple<at::Tensor, at::Tensor> bsw_loss_masked_cuda(const at::Tensor& cov1_i
   at::Tensor loss = at::empty({}, cov1.options().dtype(acc));
   at::Tensor count = at::empty({}, cov1.options().dtype(acc));
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, cov1.scalar_type(), "mgid::bsw_loss_masked(cuda)", [&] {
+  MGID_DISPATCH(cov1.scalar_type(), "mgid::bsw_loss_masked(cuda)", [&] {
     using A = at::opmath_type<scalar_t>;
     bsw_tile_kernel<scalar_t, A><<<T, kElementLanes, 0, stream>>>(
         cov1.data_ptr<scalar_t>(), cov2.data_ptr<scalar_t>(), mask.data_ptr<bool>(), n, parts.data_ptr<A>());
@@ -166,7 +166,7 @@ std::tuple<at::Tensor, at::Tensor> bsw_loss_masked_backward_cuda(const at::Tenso
   const at::Tensor gc = at::stack({grad.reshape({}).to(acc), count.reshape({}).to(acc)}).to(cov1.device());
   const int64_t n = cov1.numel();
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, cov1.scalar_type(), "mgid::bsw_loss_masked_backward(cuda)", [&] {
+  MGID_DISPATCH(cov1.scalar_type(), "mgid::bsw_loss_masked_backward(cuda)", [&] {
     using A = at::opmath_type<scalar_t>;
     bsw_backward_kernel<scalar_t, A><<<ceil_div(n, 256), 256, 0, stream>>>(
         gc.data_ptr<A>(), cov1.data_ptr<scalar_t>(), cov2.data_ptr<scalar_t>(), mask.data_ptr<bool>(), n,

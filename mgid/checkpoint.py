@@ -168,9 +168,6 @@ def check_safetensors_file(path: str | Path) -> None:
 
 def load_safetensors(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file (no pickle), after `check_safetensors_file`."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     p = Path(path)
     if p.suffix != ".safetensors":
         raise CheckpointError(f"{p}: mgid loads only .safetensors files (weights) with a .json beside them; "

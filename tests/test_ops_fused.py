@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch.library import opcheck
 
 import mgid.ops as ops
-from mgid.ops import reference
 from conftest import device_params
 
 pytestmark = pytest.mark.skipif(not ops.fused_available("cpu"), reason="mgid._C extension not built")

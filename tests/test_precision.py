@@ -1,13 +1,11 @@
 """Mixed precision (bf16 / fp16 autocast) and torch.compile of the network, on CPU with tiny data."""
 from __future__ import annotations
 
-import functools
 import math
 
 import pytest
 import torch
 
-import mgid.ops
 from mgid.config import ConfigError, merge, resolve_config
 from mgid.models import MGIDNet, ModelConfig
 from mgid.training import Trainer

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import math
 import random
 import shutil
@@ -58,6 +59,7 @@ from mgid.config import (
     to_yaml,
 )
 from mgid.data import EmbeddedPairedSet, PairedFolder, make_dataset, to_uint8, write_image
+from mgid.data.timelapse import HELDOUT_SETS
 from mgid.losses import MGIDLoss
 from mgid.metrics import psnr, ssim
 from mgid.models import MGIDNet, MGIDOutput
@@ -67,9 +69,11 @@ CHECKPOINT_DIR = "checkpoints"
 TB_DIR = "tb"
 SAMPLES_DIR = "samples"
 COMPARE_FILE = "compare.png"
+#: JSON lines of every validation (step and the scores of each held-out set) in OUT.
+VALIDATION_LOG = "validation.jsonl"
 LAST = "last"
 #: Where an --overwrite run clears the previous run's outputs (nothing else in OUT is touched).
-RUN_OUTPUTS = (CHECKPOINT_DIR, TB_DIR, SAMPLES_DIR)
+RUN_OUTPUTS = (CHECKPOINT_DIR, TB_DIR, SAMPLES_DIR, VALIDATION_LOG)
 #: Seed stream of the batch order, kept apart from the data set's per-index streams.
 _ORDER_STREAM = 101
 #: Images shown per TensorBoard grid.
@@ -231,9 +235,12 @@ class EpochBatchSampler(Sampler[list[int]]):
 
 def learning_rate(step: int, total_steps: int, cfg: OptimConfig) -> float:
     """Learning rate of (0-based) ``step``: a pure function of the step, so resuming needs no scheduler state."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
         return cfg.lr
-    progress = min(step, total_steps) / max(total_steps, 1)
+    done, length = step - cfg.warmup_steps, total_steps - cfg.warmup_steps
+    progress = min(max(done, 0), length) / max(length, 1)
     return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -327,14 +334,16 @@ class ValidationResult:
                 "count": self.count}
 
 
-def build_paired_set(cfg: TrainConfig) -> Dataset:
-    """The validation pairs: ``val_data`` (a paired folder) or the embedded held-out paired set."""
+def build_paired_sets(cfg: TrainConfig) -> dict[str, Dataset]:
+    """The validation pairs by name: ``{"val": val_data}`` (a paired folder), or the embedded held-out
+    sets (`mgid.data.timelapse.HELDOUT_SETS`: ``streaks``, ``perspective``, ``heavy``). The first is the
+    primary one (progress line, checkpoint summary, comparison picture)."""
     if cfg.val_data is not None:
         paired: Dataset = PairedFolder(cfg.val_data)
         if cfg.val_count is not None and cfg.val_count < len(paired):
             paired = Subset(paired, range(cfg.val_count))
-        return paired
-    return EmbeddedPairedSet(cfg.val_count, seed=cfg.seed, config=cfg.embedded)
+        return {"val": paired}
+    return {kind: EmbeddedPairedSet(cfg.val_count, config=cfg.embedded, rain=kind) for kind in HELDOUT_SETS}
 
 
 @torch.no_grad()
@@ -418,7 +427,9 @@ class Trainer:
         net = MGIDNet(cfg.model, generator=torch.Generator().manual_seed(cfg.seed))
         if cfg.dist.sync_bn and self.dist.enabled:
             net = mdist.convert_sync_batchnorm(net, self.device)
-        self.net = net.to(self.device).train()  # the plain module: checkpoints, validation, samples
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        # the plain module: checkpoints, validation, samples
+        self.net = net.to(self.device, memory_format=self.memory_format).train()
         mdist.attach_memory_sync(self.net, self.dist)
         self.criterion = MGIDLoss(cfg.loss)
         o = cfg.optim
@@ -434,16 +445,22 @@ class Trainer:
                                  pin_memory=self.device.type == "cuda")
         self.steps_per_epoch = self.sampler.batches_per_epoch
         self.total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * self.steps_per_epoch
-        self.paired = build_paired_set(cfg)
+        self.paired_sets = build_paired_sets(cfg)
+        self.paired = next(iter(self.paired_sets.values()))  # the primary set
 
         self.step = 0
         self.last_validation: ValidationResult | None = None
+        self.last_validations: dict[str, ValidationResult] = {}
         self._last_val_step = self._last_ckpt_step = -1
         if resume:
             self._load(load_checkpoint(self.ckpt_dir, LAST, device="cpu"))
         elif overwrite and self.is_main:  # only now that the setup succeeded: a typo must not cost the old run
             for name in RUN_OUTPUTS:
-                shutil.rmtree(self.out / name, ignore_errors=True)
+                target = self.out / name
+                if target.is_dir():
+                    shutil.rmtree(target, ignore_errors=True)
+                else:
+                    target.unlink(missing_ok=True)
         self.dist.barrier()  # no rank starts before rank 0 has cleared an overwritten run
 
         # What the loop calls: both frames in one forward, compiled and/or DDP-wrapped on request.
@@ -526,7 +543,8 @@ class Trainer:
                 "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
                 "ops_path": self.ops_path, "device": str(self.device), "world_size": self.dist.world_size,
                 "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                "validation": self.last_validation.to_dict() if self.last_validation else None}
+                "validation": self.last_validation.to_dict() if self.last_validation else None,
+                "validation_sets": {k: v.to_dict() for k, v in self.last_validations.items()}}
         paths = save_checkpoint(self.ckpt_dir, self.net, self.optimizer, meta, names)
         return paths["model"]
 
@@ -536,14 +554,21 @@ class Trainer:
         self._last_val_step = self.step
         if not self.is_main:
             return None
-        result = validate(self.net, self.paired, self.device)
-        self.last_validation = result
-        for key, value in result.to_dict().items():
-            if key != "count":
-                self.writer.add_scalar(f"val/{key}", value, self.step)
         epoch = self.step / self.steps_per_epoch
-        self.log(f"[step {self.step}, epoch {epoch:.2f}] validation: {result.describe()}")
-        return result
+        results = {}
+        for name, paired in self.paired_sets.items():
+            result = results[name] = validate(self.net, paired, self.device)
+            for key, value in result.to_dict().items():
+                if key != "count":
+                    self.writer.add_scalar(f"val/{key}" if name == "val" else f"val_{name}/{key}", value, self.step)
+            self.log(f"[step {self.step}, epoch {epoch:.2f}] validation {name}: {result.describe()}")
+        self.last_validations = results
+        self.last_validation = next(iter(results.values()))
+        # one line per validation: the learning curve (plotted by benchmarks/plot_curve.py)
+        line = {"step": self.step, **{k: v.to_dict() for k, v in results.items()}}
+        with open(self.out / VALIDATION_LOG, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(line) + "\n")
+        return self.last_validation
 
     def _log_images(self, frame1: torch.Tensor, out1: MGIDOutput) -> None:
         # rain shown as R - 1: its brightness in [0, 1] units (black = no rain; negative R clips to black)
@@ -561,7 +586,7 @@ class Trainer:
             + (f", {self.dist.world_size} processes ({self.dist.backend}, {self.sampler.per_rank_batch} pairs per "
                f"rank, sync_bn {cfg.dist.sync_bn})" if self.dist.enabled else ""),
             f"data: {data} ({len(self.train_set)} pairs, {self.steps_per_epoch} steps/epoch of batch "
-            f"{cfg.batch_size}); validation: {len(self.paired)} held-out pairs",
+            f"{cfg.batch_size}); validation: " + ", ".join(f"{k} ({len(v)} pairs)" for k, v in self.paired_sets.items()),
             f"model: {n_params:,} trainable parameters, {cfg.model.memory_items} memory items; "
             f"{self.total_steps} steps; output: {self.out}",
             "config:", to_yaml(cfg).rstrip(),
@@ -607,8 +632,8 @@ class Trainer:
                 self.train_set.set_epoch(epoch)  # before the iterator exists (workers copy the data set)
                 self.sampler.set_epoch(epoch, start)
                 for batch in self.loader:
-                    frame1 = batch["frame1"].to(device, non_blocking=True)
-                    frame2 = batch["frame2"].to(device, non_blocking=True)
+                    frame1 = batch["frame1"].to(device, non_blocking=True, memory_format=self.memory_format)
+                    frame2 = batch["frame2"].to(device, non_blocking=True, memory_format=self.memory_format)
                     lr = learning_rate(self.step, self.total_steps, cfg.optim)
                     for group in self.optimizer.param_groups:
                         group["lr"] = lr

@@ -75,9 +75,14 @@ def test_named_configs():
         8, 256, 200, 2e-4, 20)
     assert paper.optim.schedule == "constant" and paper.max_steps is None
     assert set(diff(TrainConfig(), paper)) == {"out"}  # the paper's settings are the defaults
-    quick = named_config("quick")
-    assert quick.max_steps is not None and quick.crop_size <= quick.embedded.size <= 128
-    assert quick.model == paper.model and quick.loss == paper.loss  # same network and objective
+    quick, cpu = named_config("quick"), named_config("cpu")
+    assert quick.max_steps is not None and quick.crop_size <= 128 and quick.embedded.mode == "stream"
+    for recipe in (quick, cpu):
+        assert recipe.loss == paper.loss  # the objective stays MGID's
+        # the architecture differs from the paper's only by the two documented switches
+        assert set(diff(TrainConfig(model=recipe.model), TrainConfig())) == {"model.double_tanh", "model.upsample"}
+        assert recipe.optim.warmup_steps > 0 and recipe.optim.schedule == "cosine"
+    assert quick.model == cpu.model  # the demo trains the network that ships
     for name in NAMED_CONFIGS:
         assert isinstance(named_config(name), TrainConfig)
     with pytest.raises(ConfigError, match="unknown config"):

@@ -39,7 +39,7 @@ from mgid.data import (
 from mgid.data.paired import pair_key
 from mgid.data.photos import PHOTO_GROUPS
 from mgid.data.synthetic_rain import sample_frame_rain
-from mgid.data.timelapse import index_rng
+from mgid.data.timelapse import HELDOUT_SETS, heldout_folder, index_rng
 
 SMALL = EmbeddedDataConfig(size=48, frames_per_scene=4, train_scenes_per_photo=2, val_scenes_per_photo=2,
                            paired_count=4)
@@ -315,7 +315,7 @@ def test_write_synthetic_dataset(tmp_path):
     cfg = EmbeddedDataConfig(size=32, frames_per_scene=2, train_scenes_per_photo=1, val_scenes_per_photo=1)
     out = tmp_path / "synth"
     summary = write_synthetic_dataset(out, config=cfg, seed=0, paired_count=2)
-    assert summary["files"] == (summary["train_scenes"] + summary["val_scenes"]) * 2 + 2 * 2
+    assert summary["files"] == (summary["train_scenes"] + summary["val_scenes"]) * 2 + len(HELDOUT_SETS) * 2 * 2
     train_dirs = sorted(p for p in (out / "train").iterdir())
     assert len(train_dirs) == summary["train_scenes"]
     assert [p.name for p in list_images(train_dirs[0])] == ["000.png", "001.png"]
@@ -329,7 +329,11 @@ def test_write_synthetic_dataset(tmp_path):
     back = make_dataset(out, "val", crop_size=16, seed=0)
     assert isinstance(back, TimeLapseFolder) and back.layout == "scenes"
     assert back[0]["frame1"].shape == (3, 16, 16)
-    assert len(PairedFolder(out / "paired")) == 2
+    for kind in HELDOUT_SETS:  # every held-out set, as the in-memory set renders it
+        folder = out / heldout_folder(kind)
+        assert len(PairedFolder(folder)) == 2
+        np.testing.assert_array_equal(read_image(folder / "rain" / "rain-002.png"),
+                                      EmbeddedPairedSet(2, config=cfg, rain=kind).images(1)[0])
     with pytest.raises(FileExistsError, match="synth"):
         write_synthetic_dataset(out, config=cfg)
     write_synthetic_dataset(out, config=cfg, overwrite=True)

@@ -39,6 +39,18 @@ def test_parameter_counts(net):
     assert n_params(net) == PARAMS_TOTAL
 
 
+def test_resize_conv_upsampling_keeps_the_parameter_count():
+    """The checkerboard-free decoder (nearest 2x + conv3x3) has exactly the paper's parameter count."""
+    torch.manual_seed(0)
+    resize = MGIDNet(ModelConfig(upsample="resize_conv"), generator=torch.Generator().manual_seed(0))
+    assert n_params(resize.decoder) == PARAMS_DECODER and n_params(resize) == PARAMS_TOTAL
+    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in resize.modules())
+    out = resize(images())
+    assert out.rain.shape == images().shape
+    with pytest.raises(ValueError, match="upsample"):
+        ModelConfig(upsample="bilinear-ish")
+
+
 def test_config_changes_width_and_items():
     small = MGIDNet(ModelConfig(channels=8, memory_items=5))
     assert small.memory.items.shape == (5, 8)

@@ -156,6 +156,13 @@ def test_learning_rate_schedules():
     assert learning_rate(0, 100, cfg) == pytest.approx(1e-3)
     assert learning_rate(100, 100, cfg) == pytest.approx(1e-5)
     assert learning_rate(50, 100, resolve_config().optim) == 2e-4
+    warm = resolve_config(None, {"optim": {"schedule": "cosine", "lr": 1e-3, "min_lr": 0.0, "warmup_steps": 10}}).optim
+    assert [learning_rate(s, 110, warm) for s in (0, 4, 9)] == pytest.approx([1e-4, 5e-4, 1e-3])  # linear warm-up
+    assert learning_rate(10, 110, warm) == pytest.approx(1e-3)  # the cosine starts after the warm-up
+    assert learning_rate(60, 110, warm) == pytest.approx(5e-4)
+    assert learning_rate(110, 110, warm) == pytest.approx(0.0)
+    with pytest.raises(ConfigError, match="warmup_steps"):
+        resolve_config(None, {"optim": {"warmup_steps": -1}})
 
 
 # --------------------------------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 
 Model of one rainy frame, all values in [0, 1]:
 
-1. Illumination (mild global change between frames of a scene): ``B' = clip(gain * B + offset)``.
-2. Veil (rain accumulated far away, optional per frame): ``B'' = B' * t + A * (1 - t)`` with
-   transmission ``t`` and grey atmospheric light ``A``.
+1. Illumination (mild global change between frames of a scene): ``B' = clip(gain * B + offset)``,
+   gain and offset centred on 1 and 0, so that what the frames of a scene agree on is the clean B.
+2. Veil (rain accumulated far away, optional per frame, off by default): ``B'' = B' * t + A * (1 - t)``
+   with transmission ``t`` and grey atmospheric light ``A``.
 3. Rain layer ``R`` (HxW): ``layers`` depth layers of straight streaks, each drawn anti-aliased with
    ``cv2.line`` and motion-blurred along the fall direction with ``cv2.filter2D``. Near layers have
    long, wide, bright, strongly blurred streaks; far layers short, thin, dim, dense ones. Layers are
@@ -72,16 +73,28 @@ class RainConfig:
     """Length, width and blur of the farthest layer relative to the nearest one."""
     far_intensity: float = 0.6
     """Brightness of the farthest layer relative to the nearest one."""
-    veil_probability: float = 0.5
-    """Probability that a frame gets a veil (haze) at all."""
+    veil_probability: float = 0.0
+    """Probability that a frame gets a veil (haze) at all. Off by default: a veil on some frames of a scene
+    becomes part of the background the time-lapse objective learns (a lifted, low-contrast tone)."""
     veil_range: tuple[float, float] = (0.0, 0.2)
     """Veil strength 1 - t (t = transmission) when a veil is drawn."""
     airlight_range: tuple[float, float] = (0.75, 1.0)
     """Grey level A of the veil (atmospheric light)."""
-    gain_range: tuple[float, float] = (0.9, 1.1)
-    """Global illumination gain of the background per frame."""
-    offset_range: tuple[float, float] = (-0.03, 0.03)
-    """Global illumination offset of the background per frame (in [0, 1] units)."""
+    gain_range: tuple[float, float] = (0.95, 1.05)
+    """Global illumination gain of the background per frame (keep it centred on 1: the background two frames
+    agree on is then the clean one)."""
+    offset_range: tuple[float, float] = (-0.02, 0.02)
+    """Global illumination offset of the background per frame (in [0, 1] units; keep it centred on 0)."""
+    heavy_probability: float = 0.0
+    """Probability that a frame is heavy rain, drawn from the ``heavy_*`` ranges instead of the ones above."""
+    heavy_density_range: tuple[float, float] = (25.0, 80.0)
+    """Streaks per 100x100 pixels of a heavy-rain frame."""
+    heavy_length_range: tuple[float, float] = (25.0, 80.0)
+    """Streak length in pixels (nearest layer) of a heavy-rain frame."""
+    heavy_width_range: tuple[float, float] = (2.0, 5.0)
+    """Streak width in pixels (nearest layer) of a heavy-rain frame."""
+    heavy_blur_range: tuple[float, float] = (4.0, 15.0)
+    """Motion-blur length in pixels (nearest layer) of a heavy-rain frame."""
 
     def __post_init__(self) -> None:
         _check_range("density_range", self.density_range, lo=0.0)
@@ -94,6 +107,12 @@ class RainConfig:
         _check_range("airlight_range", self.airlight_range, lo=0.0, hi=1.0)
         _check_range("gain_range", self.gain_range, lo=0.0)
         _check_range("offset_range", self.offset_range, lo=-1.0, hi=1.0)
+        _check_range("heavy_density_range", self.heavy_density_range, lo=0.0)
+        _check_range("heavy_length_range", self.heavy_length_range, lo=1.0)
+        _check_range("heavy_width_range", self.heavy_width_range, lo=1.0)
+        _check_range("heavy_blur_range", self.heavy_blur_range, lo=0.0)
+        if not 0.0 <= self.heavy_probability <= 1.0:
+            raise ValueError(f"RainConfig.heavy_probability must lie in [0, 1], got {self.heavy_probability}")
         if self.layers < 1:
             raise ValueError(f"RainConfig.layers must be >= 1, got {self.layers}")
         for name in ("angle_jitter", "length_jitter", "intensity_jitter", "far_scale", "far_intensity",
@@ -121,18 +140,27 @@ class FrameRain:
 
 
 def sample_frame_rain(rng: np.random.Generator, cfg: RainConfig) -> FrameRain:
-    """Draw the per-frame rain parameters (density, angle, length, width, brightness, blur)."""
+    """Draw the per-frame rain parameters (density, angle, length, width, brightness, blur).
+
+    With ``cfg.heavy_probability > 0`` a coin is drawn first (only then, so that configurations without
+    heavy rain keep their random streams) and a heavy frame takes density, length, width and blur from
+    the ``heavy_*`` ranges.
+    """
     u = lambda r: float(rng.uniform(r[0], r[1]))  # noqa: E731 - one uniform draw per range
     n = cfg.layers
+    heavy = cfg.heavy_probability > 0 and rng.random() < cfg.heavy_probability
+    density_r, length_r, width_r, blur_r = (
+        (cfg.heavy_density_range, cfg.heavy_length_range, cfg.heavy_width_range, cfg.heavy_blur_range) if heavy
+        else (cfg.density_range, cfg.length_range, cfg.width_range, cfg.blur_range))
     # t = 0 for the nearest layer, 1 for the farthest; geometry and brightness shrink linearly with t.
     t = np.linspace(0.0, 1.0, n) if n > 1 else np.zeros(1)
     return FrameRain(
-        density=u(cfg.density_range),
+        density=u(density_r),
         angle=u(cfg.angle_range),
-        length=u(cfg.length_range),
-        width=u(cfg.width_range),
+        length=u(length_r),
+        width=u(width_r),
         intensity=u(cfg.intensity_range),
-        blur=u(cfg.blur_range),
+        blur=u(blur_r),
         depth_scales=tuple(float(x) for x in 1.0 - (1.0 - cfg.far_scale) * t),
         depth_intensities=tuple(float(x) for x in 1.0 - (1.0 - cfg.far_intensity) * t),
     )

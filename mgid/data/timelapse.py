@@ -34,9 +34,13 @@ from torch.utils.data import Dataset
 
 from .imageio import IMAGE_SUFFIXES, PathLike, image_size, list_images, read_image, to_tensor, write_image
 from .photos import PHOTO_GROUPS, list_photos, load_photo
+from .procedural import DeadLeavesConfig
 from .synthetic_rain import RainConfig, add_rain
 
 SPLITS = ("train", "val")
+#: How the embedded default makes training pairs: "stream" renders every pair afresh
+#: (`mgid.data.stream.StreamingTimeLapse`), "scenes" cuts a fixed set of scenes (`EmbeddedTimeLapse`).
+EMBEDDED_MODES = ("stream", "scenes")
 _SUFFIX_LIST = ", ".join(s[1:] for s in IMAGE_SUFFIXES)
 # Separate random streams per use, so e.g. the paired set never repeats a val frame's rain.
 _STREAM_IDS = {"train": 1, "val": 2, "paired": 3}
@@ -146,11 +150,31 @@ def _other_frame(i: int, n: int, rng: np.random.Generator) -> int:
 
 @dataclass(frozen=True)
 class EmbeddedDataConfig:
-    """The embedded time-lapse data set (no download): scenes cut from bundled photos, synthetic rain.
+    """The embedded time-lapse data set (no download): bundled photos and procedural scenes, synthetic rain.
 
     The held-out split uses *disjoint photos* (``val_photos``; photos of one scene, like the two
     motorcycle views, always go to the same side), so no validation scene overlaps a training crop.
+    The held-out paired sets (`EmbeddedPairedSet`) use fixed rain settings of their own
+    (`HELDOUT_RAIN`), not ``rain``, so their numbers compare across training recipes.
     """
+
+    mode: str = "stream"
+    """Training pairs: "stream" (a new background and two new rain frames for every sample, never
+    repeating) or "scenes" (a fixed set of scenes cut from the photos, frames_per_scene frames each)."""
+    pairs_per_epoch: int = 2000
+    """stream mode: samples per epoch (an epoch only marks when validation runs and the seed moves on)."""
+    procedural_probability: float = 0.35
+    """stream mode: share of backgrounds that are procedural dead-leaves scenes instead of photo regions."""
+    zoom_range: tuple[float, float] = (0.3, 1.5)
+    """stream mode: photo zoom (output pixels per photo pixel), drawn log-uniformly; < 1 shrinks the photo."""
+    rotate90: bool = True
+    """stream mode: turn photo regions by a random multiple of 90 degrees."""
+    colour_jitter: float = 0.15
+    """stream mode: strength of the per-channel gain, saturation and contrast jitter of photo regions."""
+    dead_leaves: DeadLeavesConfig = field(default_factory=DeadLeavesConfig)
+    """stream mode: the procedural scenes' settings."""
+    heldout_seed: int = 0
+    """Seed of the held-out paired sets (fixed, independent of the training seed)."""
 
     size: int = 256
     """Side of each (square) scene in pixels; training crops are cut from it."""
@@ -166,8 +190,10 @@ class EmbeddedDataConfig:
     """Zoom applied to the photo before cropping (raised where needed so a crop fits)."""
     flip_scenes: bool = True
     """Mirror half of the scenes horizontally (more variety from few photos)."""
-    paired_count: int = 20
-    """Images in the paired (rainy, clean) evaluation set."""
+    paired_count: int = 24
+    """Images in each held-out paired (rainy, clean) evaluation set."""
+    paired_size: int = 128
+    """Side of the held-out paired images."""
     rain: RainConfig = field(default_factory=RainConfig)
     """The rain renderer's settings."""
 
@@ -181,6 +207,18 @@ class EmbeddedDataConfig:
         lo, hi = self.scale_range
         if not 0 < lo <= hi:
             raise ValueError(f"EmbeddedDataConfig.scale_range must satisfy 0 < low <= high, got {self.scale_range}")
+        if self.mode not in EMBEDDED_MODES:
+            raise ValueError(f"EmbeddedDataConfig.mode must be one of {EMBEDDED_MODES}, got {self.mode!r}")
+        if self.pairs_per_epoch < 1:
+            raise ValueError(f"EmbeddedDataConfig.pairs_per_epoch must be >= 1, got {self.pairs_per_epoch}")
+        if not 0.0 <= self.procedural_probability <= 1.0:
+            raise ValueError("EmbeddedDataConfig.procedural_probability must lie in [0, 1], got "
+                             f"{self.procedural_probability}")
+        zlo, zhi = self.zoom_range
+        if not 0 < zlo <= zhi:
+            raise ValueError(f"EmbeddedDataConfig.zoom_range must satisfy 0 < low <= high, got {self.zoom_range}")
+        if not 0.0 <= self.colour_jitter < 0.5:
+            raise ValueError(f"EmbeddedDataConfig.colour_jitter must lie in [0, 0.5), got {self.colour_jitter}")
 
 
 def split_photos(config: EmbeddedDataConfig) -> dict[str, tuple[str, ...]]:
@@ -322,28 +360,72 @@ class EmbeddedTimeLapse(_PairDataset):
         return self.render_frame(scene, i)[0], self.render_frame(scene, j)[0], self.scenes[scene].name
 
 
-class EmbeddedPairedSet(Dataset):
-    """Held-out paired evaluation set: (rainy, clean) from the held-out photos and the same renderer.
+def _render_streaks(rain: RainConfig) -> Any:
+    def render(clean01: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return add_rain(clean01, rng, rain, illumination=False, veil=False)[0]
+    return render
 
-    Clean images are size x size crops of the ``val`` photos (its own scene stream, so different
-    crops from `EmbeddedTimeLapse` "val"); rainy = clean + rain without the illumination change, so
-    the clean image is the exact ground truth. Returns ``{"rainy", "clean"}`` (3, size, size) float
-    in [-1, 1] and ``"name"`` ("001", "002", ...).
+
+def _render_perspective(heavy: bool) -> Any:
+    def render(clean01: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        from .perspective_rain import PERSPECTIVE_HEAVY_RAIN, PERSPECTIVE_RAIN, add_perspective_rain
+
+        return add_perspective_rain(clean01, rng, PERSPECTIVE_HEAVY_RAIN if heavy else PERSPECTIVE_RAIN)[0]
+    return render
+
+
+#: The heavy rain of the training renderer's held-out set: long, wide, dense, blurred streaks.
+HEAVY_RAIN = RainConfig(density_range=(30.0, 50.0), length_range=(30.0, 60.0), width_range=(2.0, 4.0),
+                        blur_range=(5.0, 12.0), intensity_range=(0.6, 1.0))
+
+#: The held-out rain of each paired set, fixed here (not taken from the training config) so that
+#: numbers compare across runs and recipes. "streaks": the training renderer at the rain density of
+#: the original paired set, no veil; "perspective": a second, independent renderer
+#: (`mgid.data.perspective_rain`: Gaussian streak profiles, perspective, refraction-like brightening)
+#: the model never trains on; "heavy": the training renderer's heavy rain.
+HELDOUT_RAIN: dict[str, Any] = {
+    "streaks": _render_streaks(RainConfig()),
+    "perspective": _render_perspective(heavy=False),
+    "heavy": _render_streaks(HEAVY_RAIN),
+}
+#: The held-out sets reported by validation, `mgid evaluate --heldout` and the model card.
+HELDOUT_SETS = tuple(HELDOUT_RAIN)
+#: Stream id of each held-out set (each set draws its own rain).
+_HELDOUT_STREAM = {"streaks": 0, "perspective": 1, "heavy": 2}
+
+
+class EmbeddedPairedSet(Dataset):
+    """Held-out paired evaluation set: (rainy, clean) from the held-out photos with fixed rain.
+
+    Clean images are size x size crops of the ``val`` photos (their own scene stream, so different
+    crops from `EmbeddedTimeLapse` "val"); rainy = clean + rain of kind ``rain`` (`HELDOUT_RAIN`)
+    without any illumination change or veil, so the clean image is the exact ground truth. Returns
+    ``{"rainy", "clean"}`` (3, size, size) float in [-1, 1] and ``"name"`` ("001", "002", ...).
+
+    Args:
+        n: number of pairs (default ``config.paired_count``).
+        seed: fixes the crops and the rain (default ``config.heldout_seed``).
+        size: side of the images (default ``config.paired_size``).
+        rain: which held-out rain, one of `HELDOUT_SETS`.
     """
 
-    def __init__(self, n: int | None = None, *, seed: int = 0, size: int | None = None,
-                 config: EmbeddedDataConfig | None = None) -> None:
+    def __init__(self, n: int | None = None, *, seed: int | None = None, size: int | None = None,
+                 config: EmbeddedDataConfig | None = None, rain: str = "streaks") -> None:
         cfg = config or EmbeddedDataConfig()
-        if size is not None:
-            cfg = dataclasses.replace(cfg, size=size)
+        if rain not in HELDOUT_RAIN:
+            raise ValueError(f"unknown held-out rain {rain!r}; choose one of {', '.join(HELDOUT_SETS)}")
+        self.rain = rain
+        self.size = int(cfg.paired_size if size is None else size)
+        if self.size < 8:
+            raise ValueError(f"EmbeddedPairedSet needs size >= 8, got {self.size}")
         self.config = cfg
         self.n = cfg.paired_count if n is None else int(n)
         if self.n < 1:
             raise ValueError(f"EmbeddedPairedSet needs n >= 1, got {self.n}")
-        self.seed = int(seed)
+        self.seed = int(cfg.heldout_seed if seed is None else seed)
         photos = split_photos(cfg)["val"]
         per_photo = -(-self.n // len(photos))  # ceil
-        scenes = _make_scenes(photos, per_photo, cfg.size, cfg, self.seed, "paired")
+        scenes = _make_scenes(photos, per_photo, self.size, cfg, self.seed, "paired")
         # interleave photos so a small n still covers every held-out photo
         order = [k * per_photo + s for s in range(per_photo) for k in range(len(photos))]
         self.scenes = [scenes[k] for k in order[: self.n]]
@@ -356,9 +438,11 @@ class EmbeddedPairedSet(Dataset):
 
     def images(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(rainy, clean) as size x size x 3 uint8 RGB."""
-        clean = _scene_background(self.scenes[index], self.config.size)
-        rng = np.random.default_rng([self.seed & 0xFFFFFFFF, _STREAM_IDS["paired"], _FRAME_STREAM, index])
-        rainy, _ = add_rain(_float01(clean), rng, self.config.rain, illumination=False)
+        clean = _scene_background(self.scenes[index], self.size)
+        stream = [self.seed & 0xFFFFFFFF, _STREAM_IDS["paired"], _FRAME_STREAM, index]
+        if self.rain != "streaks":  # the "streaks" set keeps the original paired set's stream
+            stream.append(_HELDOUT_STREAM[self.rain])
+        rainy = HELDOUT_RAIN[self.rain](_float01(clean), np.random.default_rng(stream))
         return _uint8(rainy), clean
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -369,6 +453,11 @@ class EmbeddedPairedSet(Dataset):
         return {"rainy": to_tensor(rainy), "clean": to_tensor(clean), "name": self.name(index)}
 
 
+def heldout_folder(kind: str) -> str:
+    """Folder name of held-out set ``kind`` in `write_synthetic_dataset`'s output: paired, paired_<kind>."""
+    return "paired" if kind == "streaks" else f"paired_{kind}"
+
+
 def write_synthetic_dataset(out_dir: PathLike, *, config: EmbeddedDataConfig | None = None, seed: int = 0,
                             paired_count: int | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Write the embedded default data set to disk.
@@ -377,8 +466,10 @@ def write_synthetic_dataset(out_dir: PathLike, *, config: EmbeddedDataConfig | N
 
         OUT/train/<scene>/<frame>.png      scene folders (readable by TimeLapseFolder)
         OUT/val/<scene>/<frame>.png
-        OUT/paired/rain/rain-001.png       paired evaluation set, Rain100L naming
+        OUT/paired/rain/rain-001.png       held-out paired set "streaks", Rain100L naming
         OUT/paired/norain/norain-001.png
+        OUT/paired_perspective/...         held-out set "perspective" (the second renderer)
+        OUT/paired_heavy/...               held-out set "heavy"
 
     The files hold exactly the frames `EmbeddedTimeLapse` / `EmbeddedPairedSet` produce for the same
     config and seed. Refuses to write into an ``OUT`` that already has ``train/``, ``val/`` or
@@ -388,7 +479,7 @@ def write_synthetic_dataset(out_dir: PathLike, *, config: EmbeddedDataConfig | N
     if paired_count is not None:
         cfg = dataclasses.replace(cfg, paired_count=int(paired_count))
     out = Path(out_dir)
-    existing = [d for d in ("train", "val", "paired") if (out / d).exists()]
+    existing = [d for d in ("train", "val", *map(heldout_folder, HELDOUT_SETS)) if (out / d).exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{out} already contains {', '.join(existing)}/; choose an empty folder "
                               f"or pass overwrite=True")
@@ -403,13 +494,15 @@ def write_synthetic_dataset(out_dir: PathLike, *, config: EmbeddedDataConfig | N
                 files += 1
         summary[f"{split}_scenes"] = len(ds.scenes)
         summary[f"{split}_photos"] = list(ds.photos)
-    paired = EmbeddedPairedSet(seed=seed, config=cfg)
-    for i in range(len(paired)):
-        rainy, clean = paired.images(i)
-        write_image(out / "paired" / "rain" / f"rain-{paired.name(i)}.png", rainy)
-        write_image(out / "paired" / "norain" / f"norain-{paired.name(i)}.png", clean)
-        files += 2
-    summary["paired"] = len(paired)
+    for kind in HELDOUT_SETS:
+        paired = EmbeddedPairedSet(config=cfg, rain=kind)
+        folder = out / heldout_folder(kind)
+        for i in range(len(paired)):
+            rainy, clean = paired.images(i)
+            write_image(folder / "rain" / f"rain-{paired.name(i)}.png", rainy)
+            write_image(folder / "norain" / f"norain-{paired.name(i)}.png", clean)
+            files += 2
+        summary[heldout_folder(kind)] = len(paired)
     summary["files"] = files
     return summary
 
@@ -600,7 +693,9 @@ def make_dataset(data: PathLike | None, split: str = "train", crop_size: int | S
                  flip: bool | None = None) -> Dataset:
     """The training/validation pair data set for a ``data`` setting.
 
-    * ``data=None``: `EmbeddedTimeLapse` (``split`` "train" or "val", settings from ``embedded``).
+    * ``data=None``: the embedded default, settings from ``embedded``: for "train" in stream mode
+      `mgid.data.stream.StreamingTimeLapse` (new pairs rendered for every sample), otherwise
+      `EmbeddedTimeLapse` (fixed scenes; "val" always).
     * ``data=PATH``: `TimeLapseFolder`. If PATH has a ``train/`` sub-folder (as written by
       `write_synthetic_dataset`), ``PATH/<split>`` is read; otherwise PATH itself is the training
       set and ``split="val"`` raises ``FileNotFoundError``.
@@ -611,7 +706,14 @@ def make_dataset(data: PathLike | None, split: str = "train", crop_size: int | S
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     flip = (split == "train") if flip is None else flip
     if data is None:
-        return EmbeddedTimeLapse(split, config=embedded, crop_size=crop_size, seed=seed, flip=flip)
+        cfg = embedded or EmbeddedDataConfig()
+        if cfg.mode == "stream" and split == "train":
+            from .stream import StreamingTimeLapse  # imports this module
+
+            if crop_size is None:
+                raise ValueError("the streamed embedded data set renders crops: give a crop_size")
+            return StreamingTimeLapse(config=cfg, crop_size=crop_size, seed=seed)
+        return EmbeddedTimeLapse(split, config=cfg, crop_size=crop_size, seed=seed, flip=flip)
     root = Path(data)
     if not root.exists():
         raise FileNotFoundError(f"time-lapse data folder not found: {root}; check the path (or leave the data "

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mgid.models.decoder import Decoder
+from mgid.models.decoder import UPSAMPLE_MODES, Decoder
 from mgid.models.encoder import DOWNSAMPLE, Encoder
 from mgid.models.memory import MemoryModule
 
@@ -31,6 +31,8 @@ class ModelConfig:
             detaches them: False).
         update_max_over_assigned: memory update normalises by the max over each item's assigned
             queries (the paper) rather than over all queries (public code: False).
+        upsample: the decoder's 2x upsampling, "transpose" (the paper's ConvTranspose2d) or
+            "resize_conv" (nearest resize + conv3x3: no checkerboard texture, same parameter count).
         pad_mode: how inputs whose H or W is not a multiple of 8 are padded (bottom/right) before
             the network and cropped back after: "reflect" (falls back to "replicate" where the
             image is too small to reflect) or "replicate".
@@ -43,6 +45,7 @@ class ModelConfig:
     grad_through_weights: bool = False
     update_max_over_assigned: bool = False
     pad_mode: str = "reflect"
+    upsample: str = "transpose"
 
     def __post_init__(self) -> None:
         if self.image_channels < 1 or self.channels < 1:
@@ -50,6 +53,8 @@ class ModelConfig:
                              f"{self.channels}")
         if self.memory_items < 2:
             raise ValueError(f"memory_items must be >= 2 (separateness needs two items), got {self.memory_items}")
+        if self.upsample not in UPSAMPLE_MODES:
+            raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {self.upsample!r}")
         if self.pad_mode not in PAD_MODES:
             raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {self.pad_mode!r}")
 
@@ -119,7 +124,7 @@ class MGIDNet(nn.Module):
             update_max_over_assigned=cfg.update_max_over_assigned,
             generator=generator,
         )
-        self.decoder = Decoder(cfg.channels, cfg.image_channels)
+        self.decoder = Decoder(cfg.channels, cfg.image_channels, cfg.upsample)
 
     def _check_image(self, image: torch.Tensor) -> None:
         if not isinstance(image, torch.Tensor):

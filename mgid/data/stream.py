@@ -1,0 +1,132 @@
+"""Time-lapse training pairs rendered on the fly: a fresh background and two fresh rain frames per sample.
+
+`StreamingTimeLapse` is the embedded default's training set (``EmbeddedDataConfig.mode = "stream"``).
+Sample ``i`` of epoch ``e`` is made from a NumPy generator seeded with ``(seed, e, i)`` alone:
+
+1. a background of ``crop x crop`` pixels (`sample_background`): with probability
+   ``procedural_probability`` a dead-leaves scene (`mgid.data.procedural`), otherwise a random
+   region of a training photo (random zoom, position, horizontal flip, 90-degree turn and colour
+   jitter), so no two samples share a background crop;
+2. two rainy frames of it, each with its own rain (streak positions, density, angle, length,
+   width, brightness, blur, layers; heavy rain with ``rain.heavy_probability``) and a mild
+   illumination change centred on the clean background (`mgid.data.synthetic_rain.add_rain`),
+   quantised to uint8 as a camera would store them.
+
+No state is kept between samples, so any number of DataLoader workers gives the same samples, a
+resumed run sees exactly the pairs an uninterrupted run would, and the data never repeats (every
+epoch draws new ones). ``len()`` is ``pairs_per_epoch``: it only sets how often an epoch ends
+(validation, new epoch seed). The clean backgrounds never reach the loss; `render` returns them
+for tests and pictures.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .imageio import to_tensor
+from .photos import load_photo
+from .procedural import dead_leaves
+from .synthetic_rain import add_rain
+from .timelapse import EmbeddedDataConfig, _float01, _PairDataset, _uint8, index_rng, split_photos
+
+#: Photos a training background may come from (the training split of `split_photos`).
+_TRAIN = "train"
+
+
+def jitter_colours(img: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """Colour jitter of an (H, W, 3) float image in [0, 1]: per-channel gain, saturation and contrast.
+
+    Every factor is drawn in ``1 +- strength`` (saturation ``1 +- 2 strength``); ``strength = 0``
+    returns the image unchanged (but still draws the numbers, to keep the stream fixed).
+    """
+    gains = rng.uniform(1.0 - strength, 1.0 + strength, 3).astype(np.float32)
+    sat = np.float32(rng.uniform(1.0 - 2 * strength, 1.0 + 2 * strength))
+    contrast = np.float32(rng.uniform(1.0 - strength, 1.0 + strength))
+    if strength == 0:
+        return img
+    out = img * gains
+    grey = out.mean(axis=2, keepdims=True)
+    out = grey + sat * (out - grey)
+    mean = out.mean()
+    return np.clip(mean + contrast * (out - mean), 0.0, 1.0).astype(np.float32)
+
+
+def photo_background(photo: np.ndarray, hw: tuple[int, int], rng: np.random.Generator,
+                     config: EmbeddedDataConfig) -> np.ndarray:
+    """A random region of ``photo`` (H, W, 3 uint8) at ``hw``: zoom, crop, flip, 90-degree turn, jitter.
+
+    The zoom (output pixels per photo pixel) is drawn log-uniformly in ``config.zoom_range`` and
+    raised where the photo is too small for the region. Returns (h, w, 3) float32 in [0, 1].
+    """
+    h, w = hw
+    turn = int(rng.integers(0, 4)) if config.rotate90 else 0
+    # a quarter turn swaps the sides, so cut the region in the turned orientation
+    rh, rw = (w, h) if turn % 2 else (h, w)
+    lo, hi = config.zoom_range
+    zoom = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    ph, pw = photo.shape[:2]
+    zoom = max(zoom, rh / ph, rw / pw)
+    sh, sw = min(ph, max(1, round(rh / zoom))), min(pw, max(1, round(rw / zoom)))
+    top, left = int(rng.integers(0, ph - sh + 1)), int(rng.integers(0, pw - sw + 1))
+    region = np.ascontiguousarray(photo[top:top + sh, left:left + sw])
+    interp = cv2.INTER_AREA if sh > rh else cv2.INTER_CUBIC
+    img = _float01(cv2.resize(region, (rw, rh), interpolation=interp))
+    if rng.random() < 0.5:
+        img = img[:, ::-1]
+    img = np.ascontiguousarray(np.rot90(img, turn))
+    return jitter_colours(np.clip(img, 0.0, 1.0), rng, config.colour_jitter)
+
+
+def sample_background(hw: tuple[int, int], rng: np.random.Generator, config: EmbeddedDataConfig,
+                      photos: tuple[str, ...]) -> tuple[np.ndarray, str]:
+    """A clean background (h, w, 3) float32 in [0, 1] and where it came from ("dead-leaves" or a photo name)."""
+    if not photos or rng.random() < config.procedural_probability:
+        return dead_leaves(hw, rng, config.dead_leaves), "dead-leaves"
+    name = photos[int(rng.integers(0, len(photos)))]
+    return photo_background(load_photo(name), hw, rng, config), name
+
+
+class StreamingTimeLapse(_PairDataset):
+    """Endless time-lapse pairs: every sample is a new background with two new rain frames.
+
+    Returns ``{"frame1", "frame2"}`` (3, h, w) float32 in [-1, 1] and ``"scene"`` (the background's
+    source and the sample index). Samples depend only on ``(seed, epoch, index)``: call
+    ``set_epoch`` for new ones.
+
+    Args:
+        config: the embedded data settings (``pairs_per_epoch``, backgrounds, ``rain``).
+        crop_size: side (or (h, w)) of the rendered frames.
+        seed: fixes every sample (with the epoch and the index).
+    """
+
+    def __init__(self, *, config: EmbeddedDataConfig | None = None, crop_size: int | tuple[int, int] = 128,
+                 seed: int = 0) -> None:
+        super().__init__(crop_size, seed, flip=False)  # flips are part of the background sampling
+        if self.crop is None:
+            raise ValueError("StreamingTimeLapse needs a crop_size (the side of the rendered frames)")
+        self.config = config or EmbeddedDataConfig()
+        self.photos = split_photos(self.config)[_TRAIN]
+        self.split = _TRAIN
+
+    def __len__(self) -> int:
+        return self.config.pairs_per_epoch
+
+    def render(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+        """Sample ``index`` of the current epoch as uint8 (h, w, 3): (frame1, frame2, clean, source)."""
+        rng = index_rng(self.seed, self.epoch, index)
+        clean, source = sample_background(self.crop, rng, self.config, self.photos)
+        frames = [_uint8(add_rain(clean, rng, self.config.rain)[0]) for _ in range(2)]
+        return frames[0], frames[1], _uint8(clean), source
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for StreamingTimeLapse of length {n}")
+        index %= n
+        a, b, _, source = self.render(index)
+        return {"frame1": to_tensor(a), "frame2": to_tensor(b), "scene": f"{source}#{self.epoch}.{index}"}
+
+
+__all__ = ["StreamingTimeLapse", "jitter_colours", "photo_background", "sample_background"]

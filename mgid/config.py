@@ -30,17 +30,18 @@ from typing import Any, Mapping
 import yaml
 
 from mgid.data import EmbeddedDataConfig
-from mgid.data.timelapse import LAYOUTS
+from mgid.data.timelapse import EMBEDDED_MODES, LAYOUTS
 from mgid.losses import LossWeights
 from mgid.losses.mgid_loss import COMPACTNESS_MODES
 from mgid.models import ModelConfig
+from mgid.models.decoder import UPSAMPLE_MODES
 from mgid.models.mgid import PAD_MODES
 from mgid.ops._dispatch import MODES as OPS_MODES
 
 DEVICES = ("auto", "cpu", "cuda")
 DATA_LAYOUTS = ("auto",) + tuple(LAYOUTS)
 SCHEDULES = ("constant", "cosine")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DIST_BACKENDS = ("auto", "nccl", "gloo")
 YAML_SUFFIXES = (".yaml", ".yml")
 #: Prefix of the argparse ``dest`` of generated options, so they never clash with other options.
@@ -150,13 +151,16 @@ class TrainConfig:
     """Paired images used for validation; unset = all (embedded: embedded.paired_count)."""
     sample_rows: int = 4
     """Rows (rainy | de-rained | clean) of OUT/samples/compare.png written at the end."""
-    precision: str = "fp32"
-    """Training arithmetic: fp32, bf16 (autocast) or fp16 (autocast + gradient scaling). The memory items,
-    the weights and the loss stay fp32; the memory/whitening ops accumulate in fp32."""
+    precision: str = "auto"
+    """Training arithmetic: fp32, bf16 (autocast) or fp16 (autocast + gradient scaling); auto = bf16 on a CPU
+    with native bf16 instructions (AVX512-BF16 or AMX: 2.2x faster per step, the same loss curve, see
+    benchmarks/bench_train.py) and fp32 elsewhere (GPUs: unmeasured). The memory items, the weights and the
+    loss stay fp32; the memory/whitening ops accumulate in fp32."""
     compile: bool = False
     """torch.compile the network (default inductor backend); the first steps are slower while it compiles."""
-    channels_last: bool = False
-    """Keep the network and its inputs in channels_last memory format (faster convolutions on CPU under bf16)."""
+    channels_last: bool | None = None
+    """Keep the network and its inputs in channels_last memory format (faster CPU convolutions under bf16);
+    unset = on exactly when training in bf16 on a CPU."""
     dist: DistConfig = field(default_factory=DistConfig)
     """Multi-process (DDP) settings."""
 
@@ -460,7 +464,8 @@ def field_docs(cls: type) -> dict[str, str]:
 CHOICES: dict[str, tuple[str, ...]] = {
     "device": DEVICES, "ops": OPS_MODES, "layout": DATA_LAYOUTS, "optim.schedule": SCHEDULES,
     "model.pad_mode": PAD_MODES, "loss.compactness_mode": COMPACTNESS_MODES,
-    "precision": PRECISIONS, "dist.backend": DIST_BACKENDS,
+    "precision": PRECISIONS, "dist.backend": DIST_BACKENDS, "model.upsample": UPSAMPLE_MODES,
+    "embedded.mode": EMBEDDED_MODES,
 }
 #: Metavars of path fields in --help.
 METAVARS: dict[str, str] = {"data": "DIR", "val_data": "DIR", "out": "DIR"}
@@ -535,7 +540,7 @@ def _add_option(parser: argparse._ActionsContainer, spec: OptionSpec) -> None:
         kwargs["type"] = parse_bool if elem is bool else elem
         kwargs["metavar"] = elem.__name__.upper()
     elif tp is bool:
-        kwargs.update(nargs="?", const=True, type=parse_bool, metavar="BOOL")
+        kwargs.update(nargs="?", const=True, type=_nullable(parse_bool) if optional else parse_bool, metavar="BOOL")
     else:
         parse = tp if tp in (int, float, str) else str
         kwargs["type"] = _nullable(parse) if optional else parse

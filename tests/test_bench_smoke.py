@@ -52,3 +52,29 @@ def test_bench_ops_quick_writes_rows(tmp_path: Path) -> None:
     memory = next(chk for chk in result["checks"] if chk["what"] == "memory")
     assert isinstance(memory["loop_vs_reference"], dict), memory
     assert max(memory["loop_vs_reference"].values()) < 1e-4, memory
+
+
+def test_bench_train_quick_writes_baseline(tmp_path: Path) -> None:
+    """benchmarks/bench_train.py --quick (one thread, as above): exit 0, a JSON whose baseline case ran
+    (images/s > 0) and a markdown report with the step table."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_train.py"), "--quick", "--threads", "1",
+         "--out", str(tmp_path)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    files = sorted(tmp_path.glob("bench_train_cpu_*.json"))
+    assert len(files) == 1, list(tmp_path.iterdir())
+    result = json.loads(files[0].read_text())
+    cases = {c["id"]: c for c in result["cases"]}
+    assert cases["baseline"]["status"] == "ok", cases["baseline"]
+    assert cases["baseline"]["images_per_s"] > 0
+    assert all(c["status"] == "skipped" for c in result["cases"] if c["compile"])  # --quick: no compile
+    assert result["data_loading"] and result["curve"]["status"] == "ok", result["curve"]
+    md = files[0].with_suffix(".md")
+    assert md.exists()
+    text = md.read_text()
+    assert "| case | precision |" in text and "| baseline |" in text

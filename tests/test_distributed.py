@@ -24,8 +24,10 @@ from mgid.training import train_step as _REAL_TRAIN_STEP  # noqa: E402
 
 # Tiny data and network (as tests/test_train.py). Global batch 4 = 2 pairs per rank. BSW weight 0: the
 # BSW loss's k-means mask is taken per rank (not a mean over samples), so it is the one term a 2-rank
-# step does not share with a 1-process step on the union of the batches (docs/SCALING.md).
+# step does not share with a 1-process step on the union of the batches (docs/SCALING.md). fp32: the
+# equivalence bounds below are for fp32 rounding (bf16, the CPU default, rounds 2^16 times coarser).
 TINY = {
+    "precision": "fp32",
     "embedded": {"size": 32, "frames_per_scene": 2, "train_scenes_per_photo": 1, "val_scenes_per_photo": 1,
                  "paired_count": 2},
     "model": {"channels": 8, "memory_items": 4},

@@ -46,6 +46,36 @@ def test_bf16_is_close_to_fp32_on_the_first_step(tmp_path):
     assert abs(a.history[0]["total"] - b.history[0]["total"]) < 0.05 * abs(a.history[0]["total"]) + 1e-3
 
 
+def test_fast_path_loss_curve_matches_fp32(tmp_path):
+    """bf16 autocast + channels_last (the CPU default) follows the fp32 eager loss curve within noise: same
+    seed, same batches, 40 steps; the curves' mean gap over the second half is a small fraction of the loss."""
+    steps = 40
+    _, a = run(tmp_path / "fp32", steps=steps, precision="fp32", channels_last=False)
+    _, b = run(tmp_path / "fast", steps=steps, precision="bf16", channels_last=True)
+    fa = [h["total"] for h in a.history][steps // 2:]
+    fb = [h["total"] for h in b.history][steps // 2:]
+    gap = sum(abs(x - y) for x, y in zip(fa, fb)) / len(fa)
+    mean = sum(abs(x) for x in fa) / len(fa)
+    assert gap < 0.1 * mean, (gap, mean)
+    # both learn: the second half is lower than the first steps
+    assert sum(fb) / len(fb) < b.history[0]["total"] and sum(fa) / len(fa) < a.history[0]["total"]
+
+
+def test_auto_precision_and_memory_format(tmp_path, monkeypatch):
+    from mgid import training
+
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: True)
+    trainer, _ = run(tmp_path / "auto", steps=1)
+    assert (trainer.precision, trainer.channels_last) == ("bf16", True)
+    conv = next(m for m in trainer.net.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: False)
+    trainer, _ = run(tmp_path / "plain", steps=1)
+    assert (trainer.precision, trainer.channels_last) == ("fp32", False)
+    trainer, _ = run(tmp_path / "forced", steps=1, precision="fp32", channels_last=True)
+    assert (trainer.precision, trainer.channels_last) == ("fp32", True)
+
+
 def test_precision_is_checked():
     with pytest.raises(ConfigError, match="precision"):
         resolve_config(None, {"precision": "fp8"})

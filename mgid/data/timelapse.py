@@ -392,6 +392,8 @@ HELDOUT_RAIN: dict[str, Any] = {
 HELDOUT_SETS = tuple(HELDOUT_RAIN)
 #: Stream id of each held-out set (each set draws its own rain).
 _HELDOUT_STREAM = {"streaks": 0, "perspective": 1, "heavy": 2}
+#: Stream of the extra frames of a held-out scene (`EmbeddedPairedSet.rainy_frames`).
+_EXTRA_FRAME_STREAM = 13
 
 
 class EmbeddedPairedSet(Dataset):
@@ -444,6 +446,18 @@ class EmbeddedPairedSet(Dataset):
             stream.append(_HELDOUT_STREAM[self.rain])
         rainy = HELDOUT_RAIN[self.rain](_float01(clean), np.random.default_rng(stream))
         return _uint8(rainy), clean
+
+    def rainy_frames(self, index: int, count: int) -> np.ndarray:
+        """``count`` rainy frames of pair ``index``'s scene, (count, size, size, 3) uint8: frame 0 is the
+        set's rainy image, the others have their own rain of the same renderer (a static camera's
+        frames, for multi-frame references such as the temporal median)."""
+        rainy, clean = self.images(index)
+        frames = [rainy]
+        for k in range(1, count):
+            stream = [self.seed & 0xFFFFFFFF, _STREAM_IDS["paired"], _FRAME_STREAM, index,
+                      _HELDOUT_STREAM[self.rain], _EXTRA_FRAME_STREAM, k]
+            frames.append(_uint8(HELDOUT_RAIN[self.rain](_float01(clean), np.random.default_rng(stream))))
+        return np.stack(frames)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not -self.n <= index < self.n:

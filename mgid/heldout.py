@@ -1,0 +1,122 @@
+"""The project's held-out evaluation: every embedded held-out set, the rainy input, two baselines and models.
+
+For each held-out paired set (`mgid.data.timelapse.HELDOUT_SETS`: ``streaks``, the training renderer
+at the original rain density; ``perspective``, a second renderer the model never trains on;
+``heavy``, heavy rain) the table holds, per method, the mean Y-channel PSNR / SSIM against the clean
+images (paper convention, `mgid.metrics`) and the mean brightness shift (mean Y of the output minus
+mean Y of the clean image, in grey levels; a veil or tone change shows here). Methods:
+
+* ``rainy input``: the rainy image itself;
+* ``median 3x3``: a 3x3 median filter of the rainy image (single-frame baseline);
+* ``temporal median 8``: the per-pixel median of 8 rainy frames of the same scene, each with its own
+  rain of the set's renderer (a multi-frame reference: what a static camera could do with 8 frames);
+* each model given: ``name -> function(HxWx3 uint8 RGB) -> HxWx3 uint8 RGB``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+import cv2
+import numpy as np
+
+from mgid.data import EmbeddedDataConfig, EmbeddedPairedSet
+from mgid.data.timelapse import HELDOUT_SETS
+from mgid.metrics import rgb_to_y, score
+
+#: A de-raining function on one image: HxWx3 uint8 RGB in, HxWx3 uint8 RGB out.
+DerainFn = Callable[[np.ndarray], np.ndarray]
+RAINY, MEDIAN3, TEMPORAL = "rainy input", "median 3x3", "temporal median 8"
+#: Frames the temporal-median reference sees per scene.
+TEMPORAL_FRAMES = 8
+
+
+@dataclass
+class MethodScore:
+    """Means over one held-out set: Y PSNR (dB), SSIM, brightness shift (grey levels), image count."""
+
+    psnr: float
+    ssim: float
+    brightness_shift: float
+    count: int
+
+
+def median3x3(rainy: np.ndarray) -> np.ndarray:
+    """3x3 median filter of an HxWx3 uint8 image, per channel."""
+    return cv2.medianBlur(np.ascontiguousarray(rainy), 3)
+
+
+def temporal_median(frames: np.ndarray) -> np.ndarray:
+    """Per-pixel median of (T, H, W, 3) uint8 frames of one static scene -> HxWx3 uint8."""
+    return np.median(frames, axis=0).round().astype(np.uint8)
+
+
+def _score(outputs: Iterable[np.ndarray], cleans: list[np.ndarray]) -> MethodScore:
+    rows = []
+    for out, clean in zip(outputs, cleans):
+        p, s = score(out, clean)
+        shift = float(rgb_to_y(out, rounded=False).mean() - rgb_to_y(clean, rounded=False).mean())
+        rows.append((p, s, shift))
+    p, s, b = (float(np.mean(c)) for c in zip(*rows))
+    return MethodScore(p, s, b, len(rows))
+
+
+def evaluate_heldout(models: Mapping[str, DerainFn], *, sets: Iterable[str] = HELDOUT_SETS,
+                     count: int | None = None, config: EmbeddedDataConfig | None = None,
+                     baselines: bool = True) -> dict[str, dict[str, MethodScore]]:
+    """``{set: {method: MethodScore}}`` for the rainy input, the baselines (optional) and ``models``."""
+    table: dict[str, dict[str, MethodScore]] = {}
+    for kind in sets:
+        paired = EmbeddedPairedSet(count, config=config, rain=kind)
+        pairs = [paired.images(i) for i in range(len(paired))]
+        rainy, clean = [p[0] for p in pairs], [p[1] for p in pairs]
+        row = {RAINY: _score(rainy, clean)}
+        if baselines:
+            row[MEDIAN3] = _score(map(median3x3, rainy), clean)
+            row[TEMPORAL] = _score((temporal_median(paired.rainy_frames(i, TEMPORAL_FRAMES)) for i in range(len(paired))),
+                                   clean)
+        for name, fn in models.items():
+            row[name] = _score(map(fn, rainy), clean)
+        table[kind] = row
+    return table
+
+
+def format_table(table: Mapping[str, Mapping[str, MethodScore]]) -> str:
+    """A markdown table: one row per method, PSNR / SSIM / brightness shift per held-out set."""
+    sets = list(table)
+    methods = list(dict.fromkeys(m for row in table.values() for m in row))
+    head = "| method | " + " | ".join(f"{s}: PSNR / SSIM / shift" for s in sets) + " |"
+    lines = [head, "|---" * (len(sets) + 1) + "|"]
+    for m in methods:
+        cells = []
+        for s in sets:
+            r = table[s].get(m)
+            gain = "" if r is None or m == RAINY else f" ({r.psnr - table[s][RAINY].psnr:+.2f})"
+            cells.append("n/a" if r is None else f"{r.psnr:.2f}{gain} / {r.ssim:.4f} / {r.brightness_shift:+.1f}")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_json(table: Mapping[str, Mapping[str, MethodScore]], path: str | Path, **extra: object) -> Path:
+    """The table (and ``extra`` fields) as JSON at ``path``, written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {**extra, "sets": {s: {m: asdict(r) for m, r in row.items()} for s, row in table.items()}}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def comparison_rows(models: Mapping[str, DerainFn], *, per_set: int = 2, sets: Iterable[str] = HELDOUT_SETS,
+                    config: EmbeddedDataConfig | None = None) -> tuple[list[list[np.ndarray]], list[str]]:
+    """Rows (rainy | each model | clean) of ``per_set`` images of every held-out set, and the headers."""
+    rows = []
+    for kind in sets:
+        paired = EmbeddedPairedSet(config=config, rain=kind)
+        for i in range(min(per_set, len(paired))):
+            rainy, clean = paired.images(i)
+            rows.append([rainy, *(fn(rainy) for fn in models.values()), clean])
+    return rows, ["rainy", *models, "clean"]

@@ -203,17 +203,19 @@ class TrainConfig:
 #: Overrides applied on top of `TrainConfig`'s defaults. ``paper`` is the defaults themselves.
 NAMED_CONFIGS: dict[str, dict[str, Any]] = {
     "paper": {"out": "runs/paper"},
-    # The CPU recipe of the shipped weights: pairs rendered on the fly (never repeating), a quarter of the
-    # frames heavy rain, single tanh (the double tanh bounds the rain layer below bright streaks), the
-    # checkerboard-free resize-conv decoder, bf16 autocast + channels_last, warm-up + cosine. The objective
-    # is the paper's; see MODEL_CARD.md for the measurements behind each choice.
+    # The CPU recipe of the shipped weights: pairs rendered on the fly (never repeating), single tanh (the
+    # double tanh bounds the rain layer below bright streaks), the checkerboard-free resize-conv decoder,
+    # bf16 autocast + channels_last, warm-up + cosine. No heavy-rain frames: with a quarter of the frames
+    # heavy (embedded.rain.heavy_probability 0.25) held-out PSNR on moderate rain fell to -2.1 dB below the
+    # rainy input by step 1,000 (dense rain is not sparse per pixel across two frames, which the
+    # time-lapse objective assumes). The objective is the paper's; MODEL_CARD.md has the measurements.
     "cpu": {
         "out": "runs/cpu",
         "model": {"double_tanh": False, "upsample": "resize_conv"},
-        "embedded": {"mode": "stream", "pairs_per_epoch": 2000, "rain": {"heavy_probability": 0.25}},
+        "embedded": {"mode": "stream", "pairs_per_epoch": 2000},
         "batch_size": 8,
         "crop_size": 96,
-        "max_steps": 4000,
+        "max_steps": 3600,
         "optim": {"lr": 3e-4, "schedule": "cosine", "warmup_steps": 200, "min_lr": 1e-5},
         "precision": "bf16",
         "channels_last": True,
@@ -228,7 +230,7 @@ NAMED_CONFIGS: dict[str, dict[str, Any]] = {
     "quick": {
         "out": "runs/quick",
         "model": {"double_tanh": False, "upsample": "resize_conv"},
-        "embedded": {"mode": "stream", "pairs_per_epoch": 400, "rain": {"heavy_probability": 0.25}},
+        "embedded": {"mode": "stream", "pairs_per_epoch": 400},
         "batch_size": 4,
         "crop_size": 64,
         "max_steps": 500,

@@ -233,7 +233,7 @@ NAMED_CONFIGS: dict[str, dict[str, Any]] = {
         "embedded": {"mode": "stream", "pairs_per_epoch": 400},
         "batch_size": 4,
         "crop_size": 64,
-        "max_steps": 500,
+        "max_steps": 800,
         "optim": {"lr": 3e-4, "schedule": "cosine", "warmup_steps": 50, "min_lr": 1e-5},
         "precision": "bf16",
         "channels_last": True,

@@ -104,6 +104,8 @@ def main() -> int:
     parser.add_argument("--title", default="MGID on the embedded default: held-out PSNR during training")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    while args.watch and not (args.run / "checkpoints").is_dir():  # the run may not have saved yet
+        time.sleep(args.poll)
     if not (args.run / "checkpoints").is_dir():
         parser.error(f"{args.run} has no checkpoints/ folder: is it a training output folder?")
     while True:

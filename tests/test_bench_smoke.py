@@ -78,3 +78,26 @@ def test_bench_train_quick_writes_baseline(tmp_path: Path) -> None:
     assert md.exists()
     text = md.read_text()
     assert "| case | precision |" in text and "| baseline |" in text
+
+
+def test_learning_curve_scores_step_checkpoints_and_plots(tmp_path: Path) -> None:
+    """benchmarks/learning_curve.py on a 2-step tiny run with step checkpoints: a cached score per step for
+    every held-out set, a rerun that scores nothing new, and the PNG."""
+    from mgid.config import resolve_config
+    from mgid.training import Trainer
+
+    cfg = resolve_config("quick", {
+        "out": str(tmp_path / "run"), "max_steps": 2, "checkpoint_every": 1, "keep_step_checkpoints": True,
+        "model": {"channels": 8, "memory_items": 4}, "crop_size": 16, "batch_size": 2, "val_every": 0,
+        "image_every": 0, "val_count": 1, "sample_rows": 1, "device": "cpu"})
+    Trainer(cfg, log=lambda s: None).run()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, str(REPO / "benchmarks" / "learning_curve.py"), "--run", str(tmp_path / "run"),
+           "--count", "1", "--plot", str(tmp_path / "curve.png")]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    data = json.loads((tmp_path / "run" / "learning_curve.json").read_text())
+    assert sorted(data["steps"]) == ["1", "2"] and set(data["steps"]["2"]) == set(data["rainy"])
+    assert (tmp_path / "curve.png").stat().st_size > 0
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert again.returncode == 0 and "step 1:" not in again.stdout  # cached: nothing scored twice

@@ -22,9 +22,11 @@ namespace mgid {
 namespace {
 
 constexpr int kThreads = kQueryTile;
+// Most threads of the per-item kernels (one per channel, rounded up to a warp).
+constexpr int kCombineThreads = 256;
 
 template <typename T, typename A>
-__global__ void read_forward_kernel(const T* __restrict__ q, const A* __restrict__ items_t, T* __restrict__ out,
+__global__ void __launch_bounds__(kThreads) read_forward_kernel(const T* __restrict__ q, const A* __restrict__ items_t, T* __restrict__ out,
                                     int64_t N, int64_t HW, int64_t C, int M) {
   const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (n >= N) return;
@@ -35,7 +37,7 @@ __global__ void read_forward_kernel(const T* __restrict__ q, const A* __restrict
 }
 
 template <typename T, typename A>
-__global__ void read_backward_kernel(const T* __restrict__ g, const T* __restrict__ q, const A* __restrict__ items_t,
+__global__ void __launch_bounds__(kThreads) read_backward_kernel(const T* __restrict__ g, const T* __restrict__ q, const A* __restrict__ items_t,
                                      T* __restrict__ dq, int64_t N, int64_t HW, int64_t C, int M,
                                      bool grad_through_weights) {
   const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -53,7 +55,7 @@ size_t update_tile_shared_bytes(int M) {
 }
 
 template <typename T, typename A>
-__global__ void update_tile_kernel(const T* __restrict__ q, const A* __restrict__ items_t, A* __restrict__ part_max,
+__global__ void __launch_bounds__(kThreads) update_tile_kernel(const T* __restrict__ q, const A* __restrict__ items_t, A* __restrict__ part_max,
                                    A* __restrict__ part_sum, int64_t N, int64_t HW, int64_t C, int M,
                                    bool over_assigned) {
   A* scores = shared_base<A>();
@@ -87,7 +89,7 @@ __global__ void update_tile_kernel(const T* __restrict__ q, const A* __restrict_
 
 // Block m combines item m over all tiles; thread c owns channel c.
 template <typename A>
-__global__ void update_combine_kernel(const A* __restrict__ part_max, const A* __restrict__ part_sum, int64_t T, int M,
+__global__ void __launch_bounds__(kCombineThreads) update_combine_kernel(const A* __restrict__ part_max, const A* __restrict__ part_sum, int64_t T, int M,
                                       int64_t C, A* __restrict__ col_max, A* __restrict__ sum) {
   const int m = blockIdx.x;
   const A g = combine_item_max(m, T, part_max, M);
@@ -98,7 +100,7 @@ __global__ void update_combine_kernel(const A* __restrict__ part_max, const A* _
 
 // Block m writes the new item m; thread 0 computes the norm (one owner, no reduction order issue).
 template <typename A>
-__global__ void update_finish_kernel(const A* __restrict__ items, const A* __restrict__ sum, int64_t C,
+__global__ void __launch_bounds__(kCombineThreads) update_finish_kernel(const A* __restrict__ items, const A* __restrict__ sum, int64_t C,
                                      A* __restrict__ out) {
   __shared__ A inv;
   const int m = blockIdx.x;
@@ -108,7 +110,7 @@ __global__ void update_finish_kernel(const A* __restrict__ items, const A* __res
 }
 
 template <typename T, typename A>
-__global__ void losses_tile_kernel(const T* __restrict__ q, const A* __restrict__ items_t, A* __restrict__ parts,
+__global__ void __launch_bounds__(kThreads) losses_tile_kernel(const T* __restrict__ q, const A* __restrict__ items_t, A* __restrict__ parts,
                                    int64_t N, int64_t HW, int64_t C, int M) {
   __shared__ A comp[kQueryTile];
   __shared__ A trip[kQueryTile];
@@ -152,7 +154,7 @@ __global__ void losses_combine_kernel(const A* __restrict__ parts, int64_t T, A 
 }
 
 template <typename T, typename A>
-__global__ void losses_backward_kernel(const A* __restrict__ grads, const T* __restrict__ q,
+__global__ void __launch_bounds__(kThreads) losses_backward_kernel(const A* __restrict__ grads, const T* __restrict__ q,
                                        const A* __restrict__ items_t, T* __restrict__ dq, int64_t N, int64_t HW,
                                        int64_t C, int M) {
   const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -213,7 +215,7 @@ std::tuple<at::Tensor, at::Tensor> memory_update_stats_cuda(const at::Tensor& qu
         in.query.data_ptr<scalar_t>(), in.items_t.data_ptr<A>(), part_max.data_ptr<A>(), part_sum.data_ptr<A>(),
         in.N, in.HW, in.C, in.M, max_over_assigned);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    const int threads = static_cast<int>(std::min<int64_t>(256, ceil_div(in.C, 32) * 32));
+    const int threads = static_cast<int>(std::min<int64_t>(kCombineThreads, ceil_div(in.C, 32) * 32));
     update_combine_kernel<A><<<in.M, threads, 0, stream>>>(part_max.data_ptr<A>(), part_sum.data_ptr<A>(), T, in.M,
                                                            in.C, col_max.data_ptr<A>(), sum.data_ptr<A>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -228,7 +230,7 @@ at::Tensor memory_update_cuda(const at::Tensor& query, const at::Tensor& items, 
   const at::Tensor p = items.detach().to(sum.scalar_type()).contiguous();
   at::Tensor out = at::empty_like(p);
   const int64_t C = p.size(1);
-  const int threads = static_cast<int>(std::min<int64_t>(256, ceil_div(C, 32) * 32));
+  const int threads = static_cast<int>(std::min<int64_t>(kCombineThreads, ceil_div(C, 32) * 32));
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(sum.scalar_type(), "mgid::memory_update(cuda)", [&] {
     update_finish_kernel<scalar_t><<<p.size(0), threads, 0, stream>>>(p.data_ptr<scalar_t>(),

@@ -17,10 +17,13 @@
 namespace mgid {
 namespace {
 
+// Threads per block of the BSW backward (one element each).
+constexpr int kBswBackwardThreads = 256;
+
 // One block of kKmeansThreads threads. Stage 1: thread t owns grid cells g = l+1+t, l+1+t+blockDim,
 // ... of each layer; the two D rows ping-pong in shared memory, a sync between layers. Stage 2:
 // thread 0 backtracks; thread j owns cluster j (its centre) and boundary j (after it).
-__global__ void kmeans_kernel(const double* __restrict__ x, const double* __restrict__ p1,
+__global__ void __launch_bounds__(kKmeansThreads) kmeans_kernel(const double* __restrict__ x, const double* __restrict__ p1,
                               const double* __restrict__ p2, const double* __restrict__ mu_ptr, int64_t n, int64_t G,
                               int k, int32_t* __restrict__ arg, int64_t* __restrict__ pos, double* __restrict__ q1,
                               double* __restrict__ q2, double* __restrict__ threshold) {
@@ -86,7 +89,7 @@ at::Tensor bsw_threshold_cuda(const at::Tensor& values, int64_t k_requested) {
 }
 
 template <typename T, typename A>
-__global__ void bsw_tile_kernel(const T* __restrict__ cov1, const T* __restrict__ cov2, const bool* __restrict__ mask,
+__global__ void __launch_bounds__(kElementLanes) bsw_tile_kernel(const T* __restrict__ cov1, const T* __restrict__ cov2, const bool* __restrict__ mask,
                                 int64_t n, A* __restrict__ parts) {
   __shared__ A lane_total[kElementLanes];
   __shared__ A lane_count[kElementLanes];
@@ -120,7 +123,7 @@ __global__ void bsw_combine_kernel(const A* __restrict__ parts, int64_t T, int64
 }
 
 template <typename T, typename A>
-__global__ void bsw_backward_kernel(const A* __restrict__ grad_count, const T* __restrict__ cov1,
+__global__ void __launch_bounds__(kBswBackwardThreads) bsw_backward_kernel(const A* __restrict__ grad_count, const T* __restrict__ cov1,
                                     const T* __restrict__ cov2, const bool* __restrict__ mask, int64_t n, int64_t batch,
                                     T* __restrict__ g1, T* __restrict__ g2) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -168,7 +171,7 @@ std::tuple<at::Tensor, at::Tensor> bsw_loss_masked_backward_cuda(const at::Tenso
   const auto stream = c10::cuda::getCurrentCUDAStream();
   MGID_DISPATCH(cov1.scalar_type(), "mgid::bsw_loss_masked_backward(cuda)", [&] {
     using A = at::opmath_type<scalar_t>;
-    bsw_backward_kernel<scalar_t, A><<<ceil_div(n, 256), 256, 0, stream>>>(
+    bsw_backward_kernel<scalar_t, A><<<ceil_div(n, kBswBackwardThreads), kBswBackwardThreads, 0, stream>>>(
         gc.data_ptr<A>(), cov1.data_ptr<scalar_t>(), cov2.data_ptr<scalar_t>(), mask.data_ptr<bool>(), n,
         cov1.size(0), g1.data_ptr<scalar_t>(), g2.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -149,6 +149,10 @@ class TrainConfig:
     """Validate on the paired set every this many epochs (and always at the end); 0 = only at the end."""
     val_count: int | None = None
     """Paired images used for validation; unset = all (embedded: embedded.paired_count)."""
+    bn_recalibration_batches: int = 0
+    """After the last step, re-estimate the BatchNorm running statistics of the final weights as a plain
+    average over this many training batches (weights and memory items unchanged; `mgid.bn_recalibration`):
+    the running averages lag behind the final weights. 0 = keep them as trained."""
     sample_rows: int = 4
     """Rows (rainy | de-rained | clean) of OUT/samples/compare.png written at the end."""
     precision: str = "auto"
@@ -175,6 +179,7 @@ class TrainConfig:
         positive = {"batch_size": self.batch_size, "crop_size": self.crop_size, "epochs": self.epochs,
                     "log_every": self.log_every, "sample_rows": self.sample_rows}
         non_negative = {"num_workers": self.num_workers, "checkpoint_every": self.checkpoint_every,
+                        "bn_recalibration_batches": self.bn_recalibration_batches,
                         "image_every": self.image_every, "val_every": self.val_every}
         for name, value in positive.items():
             if value < 1:
@@ -224,6 +229,7 @@ NAMED_CONFIGS: dict[str, dict[str, Any]] = {
         "image_every": 250,
         "val_every": 1,
         "val_count": 16,
+        "bn_recalibration_batches": 100,
     },
     # A CPU demo that finishes in a few minutes on two cores: the cpu recipe's data and model, small
     # crops, few steps.
@@ -242,6 +248,7 @@ NAMED_CONFIGS: dict[str, dict[str, Any]] = {
         "image_every": 100,
         "val_every": 5,
         "val_count": 8,
+        "bn_recalibration_batches": 50,
     },
 }
 

@@ -46,6 +46,7 @@ from tqdm import tqdm
 
 from mgid import distributed as mdist
 from mgid import ops
+from mgid.bn_recalibration import recalibrate_batchnorm
 from mgid.checkpoint import CheckpointError, checkpoint_paths, load_checkpoint, read_meta, save_checkpoint, set_rng_state
 from mgid.config import (
     NAMED_CONFIGS,
@@ -76,6 +77,8 @@ LAST = "last"
 RUN_OUTPUTS = (CHECKPOINT_DIR, TB_DIR, SAMPLES_DIR, VALIDATION_LOG)
 #: Seed stream of the batch order, kept apart from the data set's per-index streams.
 _ORDER_STREAM = 101
+#: Epoch of the training data that BatchNorm recalibration draws its batches from (never trained on).
+RECALIBRATION_EPOCH = 1_000_000
 #: Images shown per TensorBoard grid.
 TB_GRID_ROWS = 4
 #: Exit code of a run stopped by a signal after writing its checkpoint: 128 + signal number.
@@ -474,6 +477,8 @@ class Trainer:
         self.step = 0
         self.last_validation: ValidationResult | None = None
         self.last_validations: dict[str, ValidationResult] = {}
+        # [step, batches] of the last BatchNorm recalibration (None: the statistics are as trained)
+        self.bn_recalibrated: list[int] | None = None
         self._last_val_step = self._last_ckpt_step = -1
         if resume:
             self._load(load_checkpoint(self.ckpt_dir, LAST, device="cpu"))
@@ -536,6 +541,7 @@ class Trainer:
         for group in self.optimizer.param_groups:  # the config's hyper-parameters win over the saved ones
             group.update(betas=self.cfg.optim.betas, eps=self.cfg.optim.eps, weight_decay=self.cfg.optim.weight_decay)
         self.step = int(meta["step"])
+        self.bn_recalibrated = meta.get("bn_recalibrated")
         saved_spe = meta.get("steps_per_epoch")
         if saved_spe is not None and saved_spe != self.steps_per_epoch:
             self.log(f"warning: the checkpoint had {saved_spe} steps per epoch, the data now gives "
@@ -567,9 +573,33 @@ class Trainer:
                 "ops_path": self.ops_path, "device": str(self.device), "world_size": self.dist.world_size,
                 "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "validation": self.last_validation.to_dict() if self.last_validation else None,
-                "validation_sets": {k: v.to_dict() for k, v in self.last_validations.items()}}
+                "validation_sets": {k: v.to_dict() for k, v in self.last_validations.items()},
+                "bn_recalibrated": self.bn_recalibrated}
         paths = save_checkpoint(self.ckpt_dir, self.net, self.optimizer, meta, names)
         return paths["model"]
+
+    def recalibration_batches(self) -> Iterator[torch.Tensor]:
+        """``cfg.bn_recalibration_batches`` batches of training frames (both frames of each pair), this rank's
+        slice, from an epoch of their own (`RECALIBRATION_EPOCH`): the same batches whenever it runs."""
+        cfg, per = self.cfg, self.sampler.per_rank_batch
+        self.train_set.set_epoch(RECALIBRATION_EPOCH)
+        n = len(self.train_set)
+        for b in range(cfg.bn_recalibration_batches):
+            first = b * cfg.batch_size + self.dist.rank * per
+            items = [self.train_set[(first + i) % n] for i in range(per)]
+            for key in ("frame1", "frame2"):
+                yield torch.stack([it[key] for it in items]).to(self.device, memory_format=self.memory_format)
+
+    def recalibrate_batchnorm(self) -> None:
+        """Re-estimate the BatchNorm running statistics for the final weights (`mgid.bn_recalibration`);
+        validation and the checkpoint that follow see them. Every rank calls it."""
+        used = recalibrate_batchnorm(self.net, self.recalibration_batches(),
+                                     autocast_context(self.device, self.precision))
+        self._sync_for_output()
+        self.bn_recalibrated = [self.step, self.cfg.bn_recalibration_batches]
+        self._last_val_step = self._last_ckpt_step = -1  # validate and save the recalibrated network
+        self.log(f"[step {self.step}] BatchNorm statistics re-estimated for the final weights over {used} batches "
+                 f"of training frames")
 
     def run_validation(self) -> ValidationResult | None:
         """Validate on rank 0 (every rank must call it: BN statistics are synchronised first)."""
@@ -709,6 +739,8 @@ class Trainer:
             self.log(str(exc))
             raise exc
 
+        if cfg.bn_recalibration_batches and self.bn_recalibrated != [self.step, cfg.bn_recalibration_batches]:
+            self.recalibrate_batchnorm()
         if self._last_val_step != self.step:
             self.run_validation()
         if self._last_ckpt_step != self.step:
@@ -786,7 +818,7 @@ def config_from_args(args: argparse.Namespace, log: Callable[[str], None] = prin
     if model_changes:
         raise ConfigError(f"--resume cannot change the model ({', '.join(model_changes)}); the checkpoint's "
                           f"weights would not fit. Drop those options or start a new run with another --out")
-    harmless = ("max_steps", "epochs", "checkpoint_every", "keep_step_checkpoints", "log_every", "image_every",
+    harmless = ("max_steps", "epochs", "bn_recalibration_batches", "checkpoint_every", "keep_step_checkpoints", "log_every", "image_every",
                 "val_every", "num_workers", "device", "ops", "sample_rows", "compile", "dist.backend")
     notable = {k: v for k, v in changes.items() if k not in harmless}
     if notable:

@@ -78,11 +78,12 @@ def test_named_configs():
     quick, cpu = named_config("quick"), named_config("cpu")
     assert quick.max_steps is not None and quick.crop_size <= 128 and quick.embedded.mode == "stream"
     for recipe in (quick, cpu):
-        assert recipe.loss == paper.loss  # the objective stays MGID's
-        # the architecture differs from the paper's only by the two documented switches
-        assert set(diff(TrainConfig(model=recipe.model), TrainConfig())) == {"model.double_tanh", "model.upsample"}
+        assert recipe.model == paper.model and recipe.loss == paper.loss  # the paper's network and objective
         assert recipe.optim.warmup_steps > 0 and recipe.optim.schedule == "cosine"
-    assert quick.model == cpu.model  # the demo trains the network that ships
+        assert recipe.bn_recalibration_batches > 0
+    assert set(diff(quick, cpu)) <= {"out", "max_steps", "embedded.pairs_per_epoch", "optim.warmup_steps",
+                                     "checkpoint_every", "image_every", "val_every", "val_count",
+                                     "bn_recalibration_batches"}  # the demo trains the recipe that ships
     for name in NAMED_CONFIGS:
         assert isinstance(named_config(name), TrainConfig)
     with pytest.raises(ConfigError, match="unknown config"):

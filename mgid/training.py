@@ -598,8 +598,8 @@ class Trainer:
         self._sync_for_output()
         self.bn_recalibrated = [self.step, self.cfg.bn_recalibration_batches]
         self._last_val_step = self._last_ckpt_step = -1  # validate and save the recalibrated network
-        self.log(f"[step {self.step}] BatchNorm statistics re-estimated for the final weights over {used} batches "
-                 f"of training frames")
+        self.log(f"[step {self.step}] BatchNorm statistics re-estimated for the final weights over {used // 2} "
+                 f"training batches (both frames of each pair)")
 
     def run_validation(self) -> ValidationResult | None:
         """Validate on rank 0 (every rank must call it: BN statistics are synchronised first)."""

@@ -163,7 +163,9 @@ std::tuple<at::Tensor, at::Tensor> bsw_loss_masked_backward_cuda(const at::Tenso
   check_covariances(cov1_in, cov2_in);
   check_mask(mask_in, cov1_in);
   const c10::cuda::CUDAGuard guard(cov1_in.device());
-  const at::Tensor cov1 = cov1_in.contiguous(), cov2 = cov2_in.contiguous(), mask = mask_in.contiguous();
+  // cov2 in cov1's dtype, as the forward computes it; its gradient goes back in cov2's own dtype
+  const at::Tensor cov1 = cov1_in.contiguous(), cov2 = cov2_in.to(cov1_in.scalar_type()).contiguous();
+  const at::Tensor mask = mask_in.contiguous();
   at::Tensor g1 = at::empty_like(cov1), g2 = at::empty_like(cov2);
   const auto acc = acc_dtype(cov1.scalar_type());
   const at::Tensor gc = at::stack({grad.reshape({}).to(acc), count.reshape({}).to(acc)}).to(cov1.device());
@@ -176,7 +178,7 @@ std::tuple<at::Tensor, at::Tensor> bsw_loss_masked_backward_cuda(const at::Tenso
         cov1.size(0), g1.data_ptr<scalar_t>(), g2.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {g1, g2};
+  return {g1, g2.to(cov2_in.scalar_type())};
 }
 
 }  // namespace

@@ -214,6 +214,28 @@ def test_half_precision_query_with_fp32_items(device, dtype):
     torch.testing.assert_close(new.norm(dim=1), torch.ones(8, device=device))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_bsw_loss_of_covariances_of_two_dtypes(device):
+    """cov2 of another dtype than cov1: the forward computes in cov1's dtype, and so must the backward
+    (it used to read cov2's float64 storage as float32); each gradient comes back in its input's dtype."""
+    from mgid.ops import reference
+
+    g = torch.Generator().manual_seed(5)
+    c1 = torch.randn(2, 6, 6, generator=g).to(device).requires_grad_(True)
+    c2 = torch.randn(2, 6, 6, generator=g, dtype=torch.float64).to(device).requires_grad_(True)
+    mask = (torch.rand(2, 6, 6, generator=g) < 0.5).to(device)
+    loss, _ = torch.ops.mgid.bsw_loss_masked(c1, c2, mask)
+    loss.backward()
+    r1 = c1.detach().clone().requires_grad_(True)
+    r2 = c2.detach().float().clone().requires_grad_(True)
+    ref = reference.bsw_loss_masked(r1, r2, mask)
+    ref.backward()
+    torch.testing.assert_close(loss, ref.to(loss.dtype))
+    assert c1.grad.dtype == torch.float32 and c2.grad.dtype == torch.float64
+    torch.testing.assert_close(c1.grad, r1.grad)
+    torch.testing.assert_close(c2.grad, r2.grad.double())
+
+
 # ---- gradcheck (float64) ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -46,10 +46,10 @@ def recalibrate_batchnorm(net: MGIDNet, batches: Iterable[torch.Tensor],
     net.train()
     count = 0
     try:
-        for images in batches:
-            with autocast or contextlib.nullcontext():
+        with autocast or contextlib.nullcontext():
+            for images in batches:
                 net(images, update_memory=False, memory_losses=False)
-            count += 1
+                count += 1
     finally:
         net.train(was_training)
         for m, (momentum, mean, var, tracked) in zip(layers, saved):

@@ -262,14 +262,18 @@ def _derain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_device_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where to run [default: auto = cuda when available]")
+
+
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     from mgid.inference import DEFAULT_OVERLAP
 
     p.add_argument("--weights", metavar="FILE.safetensors",
                    help="checkpoint to use (NAME.safetensors with NAME.json beside it, or a `mgid train` output "
                         "folder) [default: the shipped weights mgid/weights/mgid_embedded.safetensors]")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="where to run [default: auto = cuda when available]")
+    _add_device_argument(p)
     p.add_argument("--tile", type=int, default=None, metavar="SIZE",
                    help="de-rain in SIZE x SIZE tiles (multiple of 8; e.g. 512) so large photos fit in memory "
                         "[default: whole images]")
@@ -414,7 +418,7 @@ def register_heldout(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", nargs="+", metavar="FILE.safetensors",
                    help="weights to score (several allowed) [default: the shipped weights]")
     p.add_argument("--names", nargs="+", metavar="NAME", help="a column name per --weights file")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the network runs")
+    _add_device_argument(p)
     p.add_argument("--count", type=int, default=None, metavar="N", help="images per set [default: all, 24]")
     p.add_argument("--out", default="eval_heldout", metavar="DIR", help="output folder [default: eval_heldout]")
     p.add_argument("--no-baselines", action="store_true", help="skip the median and temporal-median baselines")

@@ -108,7 +108,6 @@ class StreamingTimeLapse(_PairDataset):
             raise ValueError("StreamingTimeLapse needs a crop_size (the side of the rendered frames)")
         self.config = config or EmbeddedDataConfig()
         self.photos = split_photos(self.config)[_TRAIN]
-        self.split = _TRAIN
 
     def __len__(self) -> int:
         return self.config.pairs_per_epoch

@@ -438,26 +438,25 @@ class EmbeddedPairedSet(Dataset):
     def name(self, index: int) -> str:
         return f"{index + 1:03d}"
 
+    def _rainy(self, clean: np.ndarray, index: int, *extra: int) -> np.ndarray:
+        """``clean`` (uint8) with this set's rain drawn from the stream of pair ``index`` (+ ``extra`` ids)."""
+        stream = [self.seed & 0xFFFFFFFF, _STREAM_IDS["paired"], _FRAME_STREAM, index]
+        if self.rain != "streaks" or extra:  # the "streaks" set keeps the original paired set's stream
+            stream.append(_HELDOUT_STREAM[self.rain])
+        rng = np.random.default_rng([*stream, *extra])
+        return _uint8(HELDOUT_RAIN[self.rain](_float01(clean), rng))
+
     def images(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(rainy, clean) as size x size x 3 uint8 RGB."""
         clean = _scene_background(self.scenes[index], self.size)
-        stream = [self.seed & 0xFFFFFFFF, _STREAM_IDS["paired"], _FRAME_STREAM, index]
-        if self.rain != "streaks":  # the "streaks" set keeps the original paired set's stream
-            stream.append(_HELDOUT_STREAM[self.rain])
-        rainy = HELDOUT_RAIN[self.rain](_float01(clean), np.random.default_rng(stream))
-        return _uint8(rainy), clean
+        return self._rainy(clean, index), clean
 
     def rainy_frames(self, index: int, count: int) -> np.ndarray:
         """``count`` rainy frames of pair ``index``'s scene, (count, size, size, 3) uint8: frame 0 is the
         set's rainy image, the others have their own rain of the same renderer (a static camera's
         frames, for multi-frame references such as the temporal median)."""
         rainy, clean = self.images(index)
-        frames = [rainy]
-        for k in range(1, count):
-            stream = [self.seed & 0xFFFFFFFF, _STREAM_IDS["paired"], _FRAME_STREAM, index,
-                      _HELDOUT_STREAM[self.rain], _EXTRA_FRAME_STREAM, k]
-            frames.append(_uint8(HELDOUT_RAIN[self.rain](_float01(clean), np.random.default_rng(stream))))
-        return np.stack(frames)
+        return np.stack([rainy, *(self._rainy(clean, index, _EXTRA_FRAME_STREAM, k) for k in range(1, count))])
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not -self.n <= index < self.n:

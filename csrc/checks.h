@@ -93,6 +93,14 @@ inline at::Tensor checked_read_grad(const at::Tensor& grad_out, const MemoryInpu
   return grad_out.to(in.query.scalar_type()).contiguous();
 }
 
+// dL/dcompactness and dL/dseparateness (0-dim, any float dtype and device) as two values in the
+// accumulation dtype on the query's device, where the kernels read them (no host synchronisation).
+inline at::Tensor stacked_loss_grads(const at::Tensor& grad_compact, const at::Tensor& grad_separate,
+                                     const MemoryInputs& in) {
+  const auto acc = in.items_t.scalar_type();
+  return at::stack({grad_compact.reshape({}).to(acc), grad_separate.reshape({}).to(acc)}).to(in.query.device());
+}
+
 // Separateness needs the two best items of every query.
 inline void check_loss_items(const at::Tensor& items) {
   TORCH_CHECK(items.dim() == 2 && items.size(0) >= 2,

@@ -14,6 +14,8 @@
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
 
+#include <limits>
+
 #include "checks.h"
 #include "cuda_utils.cuh"
 #include "memory_math.h"
@@ -54,6 +56,30 @@ size_t update_tile_shared_bytes(int M) {
   return sizeof(A) * (static_cast<size_t>(kQueryTile) * M + kQueryTile + M) + sizeof(int) * kQueryTile;
 }
 
+// Second half of an update tile, once every thread's scores row, assignment and 1/||q|| (``weight``)
+// are in shared memory and synchronised: the tile's column maxima, the update weights and the
+// per-(item, channel) sums, written to row t of part_max / part_sum.
+template <typename T, typename A>
+__device__ __forceinline__ void update_tile_finish(const T* __restrict__ q, const A* scores, A* weight, A* tile_max,
+                                                   const int* assign, A* __restrict__ part_max,
+                                                   A* __restrict__ part_sum, int64_t t, int K, int64_t HW, int64_t C,
+                                                   int M, bool over_assigned) {
+  const int k = threadIdx.x;
+  const int64_t n0 = t * kQueryTile;
+  for (int m = k; m < M; m += blockDim.x) {
+    tile_max[m] = tile_item_max(m, K, scores, assign, M, over_assigned);
+    part_max[t * M + m] = tile_max[m];
+  }
+  __syncthreads();  // tile_max complete
+  if (k < K) weight[k] = tile_query_weight(scores[k * M + assign[k]], tile_max[assign[k]], weight[k]);
+  __syncthreads();  // weights complete
+  for (int64_t j = k; j < static_cast<int64_t>(M) * C; j += blockDim.x) {  // thread owns (m, c) pairs
+    const int m = static_cast<int>(j / C);
+    const int64_t c = j % C;
+    part_sum[(t * M + m) * C + c] = tile_item_channel_sum(m, c, K, n0, q, HW, C, assign, weight);
+  }
+}
+
 template <typename T, typename A>
 __global__ void __launch_bounds__(kThreads) update_tile_kernel(const T* __restrict__ q, const A* __restrict__ items_t, A* __restrict__ part_max,
                                    A* __restrict__ part_sum, int64_t N, int64_t HW, int64_t C, int M,
@@ -73,18 +99,85 @@ __global__ void __launch_bounds__(kThreads) update_tile_kernel(const T* __restri
     assign[k] = lane_argmax<1>(scores + k * M, M, 0);
   }
   __syncthreads();  // all scores and assignments of the tile are written
-  for (int m = k; m < M; m += blockDim.x) {
-    tile_max[m] = tile_item_max(m, K, scores, assign, M, over_assigned);
-    part_max[t * M + m] = tile_max[m];
+  update_tile_finish(q, scores, weight, tile_max, assign, part_max, part_sum, t, K, HW, C, M, over_assigned);
+}
+
+// Shared memory of one memory-step tile: the loss terms (2 x K), then an update tile's when updating.
+template <typename A>
+size_t step_tile_shared_bytes(int M, bool with_update) {
+  return sizeof(A) * 2 * kQueryTile + (with_update ? update_tile_shared_bytes<A>(M) : 0);
+}
+
+// One tile of the memory step (block t; thread k owns query n0 + k): its read output, its loss
+// terms and, with ``with_update``, the update partials, all from one score vector per query. The
+// same math in the same order as read_forward_kernel, losses_tile_kernel and update_tile_kernel.
+template <typename T, typename A>
+__global__ void __launch_bounds__(kThreads) step_tile_kernel(const T* __restrict__ q, const A* __restrict__ items_t,
+                                                             T* __restrict__ out, A* __restrict__ parts,
+                                                             A* __restrict__ part_max, A* __restrict__ part_sum,
+                                                             int64_t N, int64_t HW, int64_t C, int M,
+                                                             bool over_assigned, bool with_losses, bool with_update) {
+  A* comp = shared_base<A>();
+  A* trip = comp + kQueryTile;
+  A* scores = trip + kQueryTile;  // the update tile's arrays, with_update only
+  A* weight = scores + kQueryTile * M;
+  A* tile_max = weight + kQueryTile;
+  int* assign = reinterpret_cast<int*>(tile_max + M);
+  const int64_t t = blockIdx.x, n0 = t * kQueryTile;
+  const int K = static_cast<int>(N - n0 < kQueryTile ? N - n0 : kQueryTile);
+  const int k = threadIdx.x;
+  if (k < K) {
+    A s[kMaxItems];
+    const int64_t n = n0 + k;
+    const T* qk = q + query_offset(n, HW, C);
+    A norm, inv;
+    lanes_inv_norm<1>(qk, HW, C, &norm, &inv);
+    lanes_scores<1>(qk, HW, C, items_t, M, &inv, s);
+    if (with_losses) {
+      LossLanes<1, A> lt;
+      loss_terms_from_scores_lanes<1>(qk, HW, C, items_t, M, &inv, s, &lt);
+      comp[k] = lt.compact[0];
+      trip[k] = lt.triplet[0];
+    }
+    if (with_update) {
+      weight[k] = inv;
+      for (int m = 0; m < M; ++m) scores[k * M + m] = s[m];
+      assign[k] = lane_argmax<1>(s, M, 0);
+    }
+    T* ob = out + (n / HW) * 2 * C * HW + n % HW;
+    read_from_scores_lanes<1>(qk, ob, ob + C * HW, HW, C, items_t, M, &inv, s);  // overwrites s
   }
-  __syncthreads();  // tile_max complete
-  if (k < K) weight[k] = tile_query_weight(scores[k * M + assign[k]], tile_max[assign[k]], weight[k]);
-  __syncthreads();  // weights complete
-  for (int64_t j = k; j < static_cast<int64_t>(M) * C; j += blockDim.x) {  // thread owns (m, c) pairs
-    const int m = static_cast<int>(j / C);
-    const int64_t c = j % C;
-    part_sum[(t * M + m) * C + c] = tile_item_channel_sum(m, c, K, n0, q, HW, C, assign, weight);
+  __syncthreads();  // the tile's loss terms, scores and assignments are written
+  if (k == 0) {     // one owner sums the loss terms in query order, as losses_tile_kernel
+    A a = 0, b = 0;
+    if (with_losses)
+      for (int i = 0; i < K; ++i) {
+        a += comp[i];
+        b += trip[i];
+      }
+    parts[2 * t] = a;
+    parts[2 * t + 1] = b;
   }
+  if (with_update)  // a kernel argument: the same branch for the whole block, so its syncs are safe
+    update_tile_finish(q, scores, weight, tile_max, assign, part_max, part_sum, t, K, HW, C, M, over_assigned);
+}
+
+// The query gradient of the step's read and losses, one thread per query (step_backward_lanes).
+template <typename T, typename A>
+__global__ void __launch_bounds__(kThreads) step_backward_kernel(const A* __restrict__ grads, const T* __restrict__ g,
+                                                                 const T* __restrict__ q,
+                                                                 const A* __restrict__ items_t, T* __restrict__ dq,
+                                                                 int64_t N, int64_t HW, int64_t C, int M,
+                                                                 bool grad_through_weights, bool with_losses) {
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (n >= N) return;
+  A s[kMaxItems], w[kMaxItems], ds[kMaxItems];
+  A gc, gs;
+  mean_loss_grads(grads, N, C, &gc, &gs);
+  const int64_t off = query_offset(n, HW, C);
+  const T* gb = g + (n / HW) * 2 * C * HW + n % HW;
+  step_backward_lanes<1>(q + off, gb, gb + C * HW, dq + off, HW, C, items_t, M, grad_through_weights, with_losses, gc,
+                         gs, s, w, ds);
 }
 
 // Block m combines item m over all tiles; thread c owns channel c.
@@ -160,7 +253,8 @@ __global__ void __launch_bounds__(kThreads) losses_backward_kernel(const A* __re
   const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (n >= N) return;
   A s[kMaxItems];
-  const A gc = grads[0] / static_cast<A>(N * C), gs = grads[1] / static_cast<A>(N);
+  A gc, gs;
+  mean_loss_grads(grads, N, C, &gc, &gs);
   const int64_t off = query_offset(n, HW, C);
   losses_backward_lanes<1>(q + off, dq + off, HW, C, items_t, M, gc, gs, s);
 }
@@ -267,9 +361,7 @@ at::Tensor memory_losses_backward_cuda(const at::Tensor& grad_compact, const at:
                                        const at::Tensor& query, const at::Tensor& items) {
   const c10::cuda::CUDAGuard guard(query.device());
   const MemoryInputs in = prepare_memory_inputs(query, items);
-  const auto acc = in.items_t.scalar_type();
-  const at::Tensor grads =
-      at::stack({grad_compact.reshape({}).to(acc), grad_separate.reshape({}).to(acc)}).to(query.device());
+  const at::Tensor grads = stacked_loss_grads(grad_compact, grad_separate, in);
   at::Tensor dq = at::empty_like(in.query);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   MGID_DISPATCH(in.query.scalar_type(), "mgid::memory_losses_backward(cuda)", [&] {
@@ -277,6 +369,64 @@ at::Tensor memory_losses_backward_cuda(const at::Tensor& grad_compact, const at:
     losses_backward_kernel<scalar_t, A><<<ceil_div(in.N, kThreads), kThreads, 0, stream>>>(
         grads.data_ptr<A>(), in.query.data_ptr<scalar_t>(), in.items_t.data_ptr<A>(), dq.data_ptr<scalar_t>(), in.N,
         in.HW, in.C, in.M);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return dq;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_step_cuda(
+    const at::Tensor& query, const at::Tensor& items, bool /*grad_through_weights*/, bool max_over_assigned,
+    bool with_losses, bool with_update) {
+  if (with_losses) check_loss_items(items);
+  const c10::cuda::CUDAGuard guard(query.device());
+  const MemoryInputs in = prepare_memory_inputs(query, items);
+  const int64_t T = num_query_tiles(in.N);
+  const auto acc_opts = in.items_t.options();
+  at::Tensor out = at::empty({in.B, 2 * in.C, in.H, in.W}, in.query.options());
+  at::Tensor parts = at::empty({T, 2}, acc_opts);
+  at::Tensor part_max = at::empty({with_update ? T : 0, in.M}, acc_opts);
+  at::Tensor part_sum = at::empty({with_update ? T : 0, in.M, in.C}, acc_opts);
+  at::Tensor col_max = with_update ? at::empty({in.M}, acc_opts)
+                                   : at::full({in.M}, -std::numeric_limits<double>::infinity(), acc_opts);
+  at::Tensor sum = with_update ? at::empty({in.M, in.C}, acc_opts) : at::zeros({in.M, in.C}, acc_opts);
+  at::Tensor compact = at::empty({}, acc_opts), separate = at::empty({}, acc_opts);  // must not alias
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  MGID_DISPATCH(in.query.scalar_type(), "mgid::memory_step(cuda)", [&] {
+    using A = at::opmath_type<scalar_t>;
+    const size_t smem = step_tile_shared_bytes<A>(in.M, with_update);
+    allow_shared_memory(step_tile_kernel<scalar_t, A>, smem, "memory_step");
+    step_tile_kernel<scalar_t, A><<<T, kThreads, smem, stream>>>(
+        in.query.data_ptr<scalar_t>(), in.items_t.data_ptr<A>(), out.data_ptr<scalar_t>(), parts.data_ptr<A>(),
+        part_max.data_ptr<A>(), part_sum.data_ptr<A>(), in.N, in.HW, in.C, in.M, max_over_assigned, with_losses,
+        with_update);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    losses_combine_kernel<A><<<1, 1, 0, stream>>>(parts.data_ptr<A>(), T, static_cast<A>(in.N * in.C),
+                                                   static_cast<A>(in.N), compact.data_ptr<A>(), separate.data_ptr<A>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (with_update) {
+      const int threads = static_cast<int>(std::min<int64_t>(kCombineThreads, ceil_div(in.C, 32) * 32));
+      update_combine_kernel<A><<<in.M, threads, 0, stream>>>(part_max.data_ptr<A>(), part_sum.data_ptr<A>(), T,
+                                                             in.M, in.C, col_max.data_ptr<A>(), sum.data_ptr<A>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  return {out, compact.to(query.scalar_type()), separate.to(query.scalar_type()), col_max, sum};
+}
+
+at::Tensor memory_step_backward_cuda(const at::Tensor& grad_read, const at::Tensor& grad_compact,
+                                     const at::Tensor& grad_separate, const at::Tensor& query, const at::Tensor& items,
+                                     bool grad_through_weights, bool with_losses) {
+  const c10::cuda::CUDAGuard guard(query.device());
+  const MemoryInputs in = prepare_memory_inputs(query, items);
+  const at::Tensor g = checked_read_grad(grad_read, in);
+  const at::Tensor grads = stacked_loss_grads(grad_compact, grad_separate, in);
+  at::Tensor dq = at::empty_like(in.query);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  MGID_DISPATCH(in.query.scalar_type(), "mgid::memory_step_backward(cuda)", [&] {
+    using A = at::opmath_type<scalar_t>;
+    step_backward_kernel<scalar_t, A><<<ceil_div(in.N, kThreads), kThreads, 0, stream>>>(
+        grads.data_ptr<A>(), g.data_ptr<scalar_t>(), in.query.data_ptr<scalar_t>(), in.items_t.data_ptr<A>(),
+        dq.data_ptr<scalar_t>(), in.N, in.HW, in.C, in.M, grad_through_weights, with_losses);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return dq;
@@ -291,6 +441,8 @@ TORCH_LIBRARY_IMPL(mgid, CUDA, m) {
   m.impl("memory_update", &memory_update_cuda);
   m.impl("memory_losses", &memory_losses_cuda);
   m.impl("memory_losses_backward", &memory_losses_backward_cuda);
+  m.impl("memory_step", &memory_step_cuda);
+  m.impl("memory_step_backward", &memory_step_backward_cuda);
 }
 
 }  // namespace mgid

@@ -97,12 +97,10 @@ MGID_HD void lanes_softmax(A* s, int M) {
 
 // Memory read of L queries: out_qhat[c] = q_hat_c, out_read[c] = sum_m softmax(s)_m P[m, c].
 // ``s`` is scratch of M*L entries.
+// Second half of the read, given each lane's 1/||q|| and raw scores ``s`` (overwritten by the weights).
 template <int L, typename T, typename A>
-MGID_HD void read_forward_lanes(const T* q, T* out_qhat, T* out_read, int64_t stride, int64_t C, const A* items,
-                                int M, A* s) {
-  A norm[L], inv[L];
-  lanes_inv_norm<L>(q, stride, C, norm, inv);
-  lanes_scores<L>(q, stride, C, items, M, inv, s);
+MGID_HD void read_from_scores_lanes(const T* q, T* out_qhat, T* out_read, int64_t stride, int64_t C, const A* items,
+                                    int M, const A* inv, A* s) {
   lanes_softmax<L>(s, M);
   for (int64_t c = 0; c < C; ++c) {
     A r[L];
@@ -117,6 +115,15 @@ MGID_HD void read_forward_lanes(const T* q, T* out_qhat, T* out_read, int64_t st
       out_read[c * stride + l] = static_cast<T>(r[l]);
     }
   }
+}
+
+template <int L, typename T, typename A>
+MGID_HD void read_forward_lanes(const T* q, T* out_qhat, T* out_read, int64_t stride, int64_t C, const A* items,
+                                int M, A* s) {
+  A norm[L], inv[L];
+  lanes_inv_norm<L>(q, stride, C, norm, inv);
+  lanes_scores<L>(q, stride, C, items, M, inv, s);
+  read_from_scores_lanes<L>(q, out_qhat, out_read, stride, C, items, M, inv, s);
 }
 
 // Backward of y = x / max(||x||, eps) for L queries, given the gradient on y as a functor
@@ -143,48 +150,30 @@ MGID_HD void normalize_backward_lanes(const T* q, T* dq, int64_t stride, int64_t
   }
 }
 
-// Backward of the read for L queries. g_qhat / g_read: the gradient on the two output halves.
-// Without grad_through_weights the read half is detached (public MNAD) and only g_qhat flows.
-// With it, ds_m = w_m (g_read.P[m] - sum_j w_j g_read.P[j]) and q_hat gets sum_m ds_m P[m].
-// ``w`` and ``ds`` are scratch of M*L entries.
+// Gradient of the read half W P on the scores, through the softmax weights ``w`` (M*L, read only):
+// ds_m = w_m (g_read.P[m] - sum_j w_j g_read.P[j]), into ``ds`` (M*L).
 template <int L, typename T, typename A>
-MGID_HD void read_backward_lanes(const T* q, const T* g_qhat, const T* g_read, T* dq, int64_t stride, int64_t C,
-                                 const A* items, int M, bool grad_through_weights, A* w, A* ds) {
-  A norm[L], inv[L];
-  lanes_inv_norm<L>(q, stride, C, norm, inv);
-  if (grad_through_weights) {
-    lanes_scores<L>(q, stride, C, items, M, inv, w);
-    lanes_softmax<L>(w, M);
-    for (int i = 0; i < M * L; ++i) ds[i] = 0;
-    for (int64_t c = 0; c < C; ++c)
-      for (int m = 0; m < M; ++m) {
-        const A p = items[c * M + m];
-        A* dsm = ds + m * L;
-        for (int l = 0; l < L; ++l) dsm[l] += static_cast<A>(g_read[c * stride + l]) * p;
-      }
-    A wsum[L];
-    for (int l = 0; l < L; ++l) wsum[l] = 0;
+MGID_HD void read_score_grad_lanes(const T* g_read, int64_t stride, int64_t C, const A* items, int M, const A* w,
+                                   A* ds) {
+  for (int i = 0; i < M * L; ++i) ds[i] = 0;
+  for (int64_t c = 0; c < C; ++c)
     for (int m = 0; m < M; ++m) {
-      const A* wm = w + m * L;
-      const A* dsm = ds + m * L;
-      for (int l = 0; l < L; ++l) wsum[l] += wm[l] * dsm[l];
-    }
-    for (int m = 0; m < M; ++m) {
-      const A* wm = w + m * L;
+      const A p = items[c * M + m];
       A* dsm = ds + m * L;
-      for (int l = 0; l < L; ++l) dsm[l] = wm[l] * (dsm[l] - wsum[l]);
+      for (int l = 0; l < L; ++l) dsm[l] += static_cast<A>(g_read[c * stride + l]) * p;
     }
+  A wsum[L];
+  for (int l = 0; l < L; ++l) wsum[l] = 0;
+  for (int m = 0; m < M; ++m) {
+    const A* wm = w + m * L;
+    const A* dsm = ds + m * L;
+    for (int l = 0; l < L; ++l) wsum[l] += wm[l] * dsm[l];
   }
-  auto grad = [&](int64_t c, A* g) {
-    for (int l = 0; l < L; ++l) g[l] = static_cast<A>(g_qhat[c * stride + l]);
-    if (grad_through_weights)
-      for (int m = 0; m < M; ++m) {
-        const A p = items[c * M + m];
-        const A* dsm = ds + m * L;
-        for (int l = 0; l < L; ++l) g[l] += dsm[l] * p;
-      }
-  };
-  normalize_backward_lanes<L>(q, dq, stride, C, norm, inv, grad);
+  for (int m = 0; m < M; ++m) {
+    const A* wm = w + m * L;
+    A* dsm = ds + m * L;
+    for (int l = 0; l < L; ++l) dsm[l] = wm[l] * (dsm[l] - wsum[l]);
+  }
 }
 
 // Per-lane terms of the memory losses before averaging: compactness sum_c (q_hat_c - P[top1, c])^2
@@ -199,10 +188,10 @@ struct LossLanes {
   int top2[L];
 };
 
+// The loss terms from each lane's raw scores ``s`` (read only).
 template <int L, typename T, typename A>
-MGID_HD void loss_terms_lanes(const T* q, int64_t stride, int64_t C, const A* items, int M, const A* inv, A* s,
-                              LossLanes<L, A>* t) {
-  lanes_scores<L>(q, stride, C, items, M, inv, s);
+MGID_HD void loss_terms_from_scores_lanes(const T* q, int64_t stride, int64_t C, const A* items, int M,
+                                          const A* inv, const A* s, LossLanes<L, A>* t) {
   A dp2[L], dn2[L];
   for (int l = 0; l < L; ++l) {
     t->top1[l] = lane_argmax<L>(s, M, l);
@@ -229,30 +218,90 @@ MGID_HD void loss_terms_lanes(const T* q, int64_t stride, int64_t C, const A* it
   }
 }
 
-// Backward of the losses for L queries. gc = dL/dcompactness / (N*C), gs = dL/dseparateness / N.
+template <int L, typename T, typename A>
+MGID_HD void loss_terms_lanes(const T* q, int64_t stride, int64_t C, const A* items, int M, const A* inv, A* s,
+                              LossLanes<L, A>* t) {
+  lanes_scores<L>(q, stride, C, items, M, inv, s);
+  loss_terms_from_scores_lanes<L>(q, stride, C, items, M, inv, s, t);
+}
+
+// ---- The memory step: read, losses and the update's per-query part from one set of scores. ----
+
+// dL/d(one query's term) of the two loss means, from dL/dcompactness and dL/dseparateness
+// (``grads``, 2 values): compactness averages N*C terms, separateness N.
+template <typename A>
+MGID_HD void mean_loss_grads(const A* grads, int64_t N, int64_t C, A* gc, A* gs) {
+  *gc = grads[0] / static_cast<A>(N * C);
+  *gs = grads[1] / static_cast<A>(N);
+}
+
+// Backward of the memory step for L queries, through one normalisation: the read's gradient
+// (g_qhat on the q_hat half, null for none; g_read on the W P half, used only with
+// grad_through_weights: the public code detaches W) plus, with ``with_losses``, the losses'
+// (gc, gs from mean_loss_grads). With grad_through_weights, ds_m = w_m (g_read.P[m] - sum_j w_j
+// g_read.P[j]) and q_hat gets sum_m ds_m P[m]. ``s``, ``w`` and ``ds`` are scratch of M*L entries
+// each; ``s`` may be ``w`` when with_losses is false.
+template <int L, typename T, typename A>
+MGID_HD void step_backward_lanes(const T* q, const T* g_qhat, const T* g_read, T* dq, int64_t stride, int64_t C,
+                                 const A* items, int M, bool grad_through_weights, bool with_losses, A gc, A gs,
+                                 A* s, A* w, A* ds) {
+  A norm[L], inv[L];
+  lanes_inv_norm<L>(q, stride, C, norm, inv);
+  if (grad_through_weights || with_losses) lanes_scores<L>(q, stride, C, items, M, inv, s);
+  LossLanes<L, A> t;
+  A wp[L], wn[L];
+  for (int l = 0; l < L; ++l) {
+    t.top1[l] = t.top2[l] = 0;
+    wp[l] = wn[l] = A(0);
+  }
+  if (with_losses) {
+    loss_terms_from_scores_lanes<L>(q, stride, C, items, M, inv, s, &t);
+    for (int l = 0; l < L; ++l) {
+      // clamp_min passes the gradient where its input is >= the bound (torch's convention).
+      const bool active = t.d_pos[l] - t.d_neg[l] + A(kTripletMargin) >= A(0);
+      wp[l] = (active && t.d_pos[l] > A(0)) ? gs / t.d_pos[l] : A(0);
+      wn[l] = (active && t.d_neg[l] > A(0)) ? gs / t.d_neg[l] : A(0);
+    }
+  }
+  if (grad_through_weights) {
+    if (w != s)
+      for (int i = 0; i < M * L; ++i) w[i] = s[i];
+    lanes_softmax<L>(w, M);
+    read_score_grad_lanes<L>(g_read, stride, C, items, M, w, ds);
+  }
+  auto grad = [&](int64_t c, A* g) {
+    for (int l = 0; l < L; ++l) g[l] = g_qhat ? static_cast<A>(g_qhat[c * stride + l]) : A(0);
+    if (grad_through_weights)
+      for (int m = 0; m < M; ++m) {
+        const A p = items[c * M + m];
+        const A* dsm = ds + m * L;
+        for (int l = 0; l < L; ++l) g[l] += dsm[l] * p;
+      }
+    if (with_losses)
+      for (int l = 0; l < L; ++l) {
+        const A y = static_cast<A>(q[c * stride + l]) * inv[l];
+        const A dp = y - items[c * M + t.top1[l]];
+        const A dn = y - items[c * M + t.top2[l]];
+        g[l] += A(2) * gc * dp + wp[l] * (dp + A(kTripletEps)) - wn[l] * (dn + A(kTripletEps));
+      }
+  };
+  normalize_backward_lanes<L>(q, dq, stride, C, norm, inv, grad);
+}
+
+// Backward of the read alone (the step's backward without losses). ``w`` and ``ds``: M*L scratch.
+template <int L, typename T, typename A>
+MGID_HD void read_backward_lanes(const T* q, const T* g_qhat, const T* g_read, T* dq, int64_t stride, int64_t C,
+                                 const A* items, int M, bool grad_through_weights, A* w, A* ds) {
+  step_backward_lanes<L>(q, g_qhat, g_read, dq, stride, C, items, M, grad_through_weights, false, A(0), A(0), w, w,
+                         ds);
+}
+
+// Backward of the losses alone (the step's backward with no read gradient). ``s``: M*L scratch.
 template <int L, typename T, typename A>
 MGID_HD void losses_backward_lanes(const T* q, T* dq, int64_t stride, int64_t C, const A* items, int M, A gc, A gs,
                                    A* s) {
-  A norm[L], inv[L];
-  lanes_inv_norm<L>(q, stride, C, norm, inv);
-  LossLanes<L, A> t;
-  loss_terms_lanes<L>(q, stride, C, items, M, inv, s, &t);
-  A wp[L], wn[L];
-  for (int l = 0; l < L; ++l) {
-    // clamp_min passes the gradient where its input is >= the bound (torch's convention).
-    const bool active = t.d_pos[l] - t.d_neg[l] + A(kTripletMargin) >= A(0);
-    wp[l] = (active && t.d_pos[l] > A(0)) ? gs / t.d_pos[l] : A(0);
-    wn[l] = (active && t.d_neg[l] > A(0)) ? gs / t.d_neg[l] : A(0);
-  }
-  auto grad = [&](int64_t c, A* g) {
-    for (int l = 0; l < L; ++l) {
-      const A y = static_cast<A>(q[c * stride + l]) * inv[l];
-      const A dp = y - items[c * M + t.top1[l]];
-      const A dn = y - items[c * M + t.top2[l]];
-      g[l] = A(2) * gc * dp + wp[l] * (dp + A(kTripletEps)) - wn[l] * (dn + A(kTripletEps));
-    }
-  };
-  normalize_backward_lanes<L>(q, dq, stride, C, norm, inv, grad);
+  step_backward_lanes<L>(q, static_cast<const T*>(nullptr), static_cast<const T*>(nullptr), dq, stride, C, items, M,
+                         false, true, gc, gs, s, s, s);
 }
 
 // ---- Memory update: per-tile partials, combined over tiles in a fixed order. ----

@@ -11,7 +11,7 @@ Launch with ``torchrun`` (``env://`` rendezvous: ``RANK``, ``WORLD_SIZE``, ``LOC
   the N slices for every loss term that is a mean over samples. The BSW loss is not: its k-means
   mask and its normaliser are computed over the rank's own slice (see ``docs/SCALING.md``).
 * The memory items are kept identical on every rank: each update computes the per-rank statistics
-  of :func:`mgid.ops.memory_update_stats` and combines them with one all-reduce (max) of the
+  (``mgid.ops.memory_step(..., update="stats")``, as :func:`mgid.ops.memory_update_stats`) and combines them with one all-reduce (max) of the
   column maxima and one all-reduce (sum) of the rescaled weighted sums; the result equals the update
   over all ranks' queries up to float rounding. DDP runs with ``broadcast_buffers=False`` (its
   default would overwrite every rank's items with rank 0's at each forward).
@@ -118,18 +118,17 @@ def rank_device(device: torch.device, ctx: DistContext) -> torch.device:
 # memory items
 
 
-def all_reduce_memory_update(query: torch.Tensor, items: torch.Tensor, max_over_assigned: bool = False,
-                             group: Optional[dist.ProcessGroup] = None) -> torch.Tensor:
-    """The MNAD update of ``items`` (M, C) by the queries of ALL ranks; every rank gets the same result.
+def all_reduce_update_stats(stats: ops.UpdateStats, items: torch.Tensor,
+                            group: Optional[dist.ProcessGroup] = None) -> torch.Tensor:
+    """The new items (M, C) from every rank's update statistics (:class:`mgid.ops.UpdateStats`).
 
-    Per rank: (col_max, weighted_sum) = memory_update_stats(local queries). Across ranks:
     G = all-reduce-max(col_max); sum = all-reduce-sum(weighted_sum * exp(col_max - G)) (0 where
     col_max is -inf: no local query for that item); new items = normalize(P + sum). Since
     exp(S - col_max) * exp(col_max - G) = exp(S - G), this is the single-process update over the
     union of the queries, up to float rounding. Two small all-reduces (M and M*C floats).
     """
     with torch.no_grad():
-        col_max, weighted_sum = ops.memory_update_stats(query, items, max_over_assigned)
+        col_max, weighted_sum = stats
         global_max = col_max.clone()
         dist.all_reduce(global_max, op=dist.ReduceOp.MAX, group=group)
         scale = torch.where(torch.isfinite(col_max), torch.exp(col_max - global_max), torch.zeros_like(col_max))
@@ -138,12 +137,19 @@ def all_reduce_memory_update(query: torch.Tensor, items: torch.Tensor, max_over_
         return F.normalize(items.detach().to(total.dtype) + total, dim=1, eps=NORM_EPS).to(items.dtype)
 
 
-def _distributed_update(query: torch.Tensor, items: torch.Tensor, max_over_assigned: bool) -> torch.Tensor:
-    return all_reduce_memory_update(query, items, max_over_assigned)
+def all_reduce_memory_update(query: torch.Tensor, items: torch.Tensor, max_over_assigned: bool = False,
+                             group: Optional[dist.ProcessGroup] = None) -> torch.Tensor:
+    """The MNAD update of ``items`` (M, C) by the queries of ALL ranks; every rank gets the same result.
+
+    :func:`all_reduce_update_stats` of this rank's :func:`mgid.ops.memory_update_stats`.
+    """
+    with torch.no_grad():
+        stats = ops.UpdateStats(*ops.memory_update_stats(query, items, max_over_assigned))
+        return all_reduce_update_stats(stats, items, group)
 
 
 # torch.compile: the collectives run eagerly (one graph break per memory update under DDP only).
-_distributed_update = torch._dynamo.disable(_distributed_update)
+_distributed_stats_reducer = torch._dynamo.disable(all_reduce_update_stats)
 
 
 def attach_memory_sync(net: nn.Module, ctx: DistContext) -> None:
@@ -152,7 +158,7 @@ def attach_memory_sync(net: nn.Module, ctx: DistContext) -> None:
 
     for module in net.modules():
         if isinstance(module, MemoryModule):
-            module.update_fn = _distributed_update if ctx.enabled else None
+            module.stats_reducer = _distributed_stats_reducer if ctx.enabled else None
 
 
 @torch.no_grad()

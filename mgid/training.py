@@ -302,8 +302,8 @@ def train_step(net: nn.Module, criterion: MGIDLoss, optimizer: torch.optim.Optim
     """Forward both frames of a batch (B, 3, H, W) and compute the loss; the memory items move here.
 
     Frame 1 reads the items P and updates them to P'; frame 2 reads P' and leaves P''. This is the
-    one place the memory changes during training (a distributed run all-reduces the update in
-    `mgid.models.MemoryModule.update_items`, see `mgid.distributed`). ``pair`` (a `PairForward`,
+    one place the memory changes during training (a distributed run all-reduces the update
+    statistics of `mgid.ops.memory_step` in `mgid.models.MemoryModule`, see `mgid.distributed`). ``pair`` (a `PairForward`,
     possibly DDP-wrapped or compiled) runs both frames in one call; default ``net`` twice. Under
     ``precision`` bf16/fp16 the forward runs in autocast and the loss in fp32; ``scaler`` (fp16)
     scales the loss. Returns the total loss, the detached terms, frame 1's output (for image logs)

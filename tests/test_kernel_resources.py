@@ -44,7 +44,8 @@ def launch_threads() -> dict[str, int]:
     query = constant("kThreads")
     return {
         "read_forward_kernel": query, "read_backward_kernel": query, "update_tile_kernel": query,
-        "losses_tile_kernel": query, "losses_backward_kernel": query,
+        "losses_tile_kernel": query, "losses_backward_kernel": query, "step_tile_kernel": query,
+        "step_backward_kernel": query,
         "update_combine_kernel": constant("kCombineThreads"), "update_finish_kernel": constant("kCombineThreads"),
         "losses_combine_kernel": 1, "bsw_combine_kernel": 1,
         "kmeans_kernel": constant("kKmeansThreads"), "bsw_tile_kernel": constant("kElementLanes"),

@@ -67,9 +67,10 @@ class MemoryModule(nn.Module):
         self.grad_through_weights = grad_through_weights
         self.update_max_over_assigned = update_max_over_assigned
         self.register_buffer("items", random_unit_items(num_items, channels, generator))
-        #: Replaces :func:`mgid.ops.memory_update` when set: ``fn(query, items, max_over_assigned) -> new items``.
-        #: Distributed training sets it to an all-reducing update (`mgid.distributed.attach_memory_sync`).
-        self.update_fn: Optional[Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor]] = None
+        #: Turns this process's update statistics into the new items when set:
+        #: ``fn(stats, items) -> new items``. Distributed training sets it to an all-reduce across ranks
+        #: (`mgid.distributed.attach_memory_sync`); unset, the items are :func:`mgid.ops.finish_update`.
+        self.stats_reducer: Optional[Callable[[ops.UpdateStats, torch.Tensor], torch.Tensor]] = None
 
     def extra_repr(self) -> str:
         return (f"num_items={self.num_items}, channels={self.channels}, "
@@ -96,25 +97,32 @@ class MemoryModule(nn.Module):
         # with a new tensor rather than writing it in place, so the saved one stays valid (eager and
         # torch.compile: an in-place write would bump the version of the tensor the compiled graph saved).
         items = self.items
-        features = ops.memory_read(query, items, grad_through_weights=self.grad_through_weights)
-        compactness = separateness = None
-        if with_losses:
-            compactness, separateness = ops.memory_losses(query, items)
+        if not update and not with_losses:
+            return MemoryOutput(ops.memory_read(query, items, grad_through_weights=self.grad_through_weights))
+        # One pass for the read, the losses and the update statistics (ops.memory_step).
+        step = ops.memory_step(query, items, grad_through_weights=self.grad_through_weights,
+                               max_over_assigned=self.update_max_over_assigned, with_losses=with_losses,
+                               update="stats" if update else "none")
         if update:
-            self.update_items(query.detach(), items)
-        return MemoryOutput(features, compactness, separateness)
+            self._store(step.items, items)
+        return MemoryOutput(step.read, step.compactness, step.separateness)
 
     @torch.no_grad()
     def update_items(self, query: torch.Tensor, items: torch.Tensor) -> None:
-        """Store the MNAD update of ``items`` (M, C) by ``query`` (B, C, h, w) into the buffer.
+        """Store the MNAD update of ``items`` (M, C) by ``query`` (B, C, h, w) into the buffer (no read)."""
+        stats = ops.UpdateStats(*ops.memory_update_stats(query, items, self.update_max_over_assigned))
+        self._store(stats, items)
 
-        The one place the items change. A distributed run sets ``update_fn``
-        (`mgid.distributed.all_reduce_memory_update`: all-reduce of :func:`mgid.ops.memory_update_stats`
-        across ranks) so that every rank stores the same items. The query may be fp16/bf16 (autocast):
-        the ops accumulate in fp32 and the items stay in their own dtype (fp32).
+    @torch.no_grad()
+    def _store(self, stats: ops.UpdateStats, items: torch.Tensor) -> None:
+        """The one place the items change: the new items from the update statistics of ``items``.
+
+        A distributed run sets ``stats_reducer`` (`mgid.distributed.all_reduce_update_stats`) so that
+        every rank stores the update over all ranks' queries. The statistics are fp32 even for an
+        fp16/bf16 query (autocast); the items stay in their own dtype (fp32).
         """
-        if self.update_fn is None:
-            new_items = ops.memory_update(query, items, max_over_assigned=self.update_max_over_assigned)
+        if self.stats_reducer is None:
+            new_items = ops.finish_update(items, stats)
         else:
-            new_items = self.update_fn(query, items, self.update_max_over_assigned)
+            new_items = self.stats_reducer(stats, items)
         self.items = new_items.to(self.items.dtype).detach()

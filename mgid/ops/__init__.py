@@ -7,11 +7,15 @@ arithmetic) and to the pure-PyTorch reference where the extension is absent or w
 """
 from mgid.ops._dispatch import ops_mode, set_ops_mode, use_reference, fused_available, op_path
 from mgid.ops._build import build_info
-from mgid.ops.memory import memory_read, memory_update, memory_update_stats, memory_losses
+from mgid.ops.memory import (
+    MemoryStep, UpdateStats, finish_update, memory_losses, memory_read, memory_step, memory_update,
+    memory_update_stats,
+)
 from mgid.ops.whitening import feature_covariance, bsw_mask, bsw_loss
 
 __all__ = [
-    "memory_read", "memory_update", "memory_update_stats", "memory_losses",
+    "memory_read", "memory_update", "memory_update_stats", "memory_losses", "memory_step", "MemoryStep",
+    "UpdateStats", "finish_update",
     "feature_covariance", "bsw_mask", "bsw_loss",
     "build_info", "ops_mode", "set_ops_mode", "use_reference", "fused_available", "op_path",
 ]

@@ -51,6 +51,19 @@ def _(grad_compactness, grad_separateness, query, items):
     return torch.empty_like(query, memory_format=torch.contiguous_format)
 
 
+@lib.register_fake("mgid::memory_step")
+def _(query, items, grad_through_weights=False, max_over_assigned=False, with_losses=True, with_update=True):
+    b, c, h, w = query.shape
+    acc = _acc_dtype(query.dtype)
+    return (query.new_empty((b, 2 * c, h, w)), query.new_empty(()), query.new_empty(()),
+            items.new_empty((items.shape[0],), dtype=acc), items.new_empty(items.shape, dtype=acc))
+
+
+@lib.register_fake("mgid::memory_step_backward")
+def _(grad_read, grad_compactness, grad_separateness, query, items, grad_through_weights, with_losses):
+    return torch.empty_like(query, memory_format=torch.contiguous_format)
+
+
 @lib.register_fake("mgid::bsw_threshold")
 def _(values, k):
     return values.new_empty((), dtype=torch.float64)
@@ -116,6 +129,32 @@ def _losses_backward(ctx, grad_compactness, grad_separateness):
 
 
 lib.register_autograd("mgid::memory_losses", _losses_backward, setup_context=_losses_setup)
+
+
+def _step_setup(ctx, inputs, output):
+    query, items, grad_through_weights, _, with_losses, _ = inputs
+    ctx.save_for_backward(query, items)
+    ctx.grad_through_weights = grad_through_weights
+    ctx.with_losses = with_losses
+    ctx.mark_non_differentiable(output[3], output[4])  # the update statistics
+
+
+def _step_backward(ctx, grad_read, grad_compactness, grad_separateness, _grad_col_max, _grad_sum):
+    query, items = ctx.saved_tensors
+    if not ctx.needs_input_grad[0]:
+        return None, None, None, None, None, None
+    b, c, h, w = query.shape
+    if grad_read is None:  # only the losses were used
+        grad_read = query.new_zeros((b, 2 * c, h, w))
+    zero = query.new_zeros((), dtype=_acc_dtype(query.dtype))
+    gc = zero if grad_compactness is None else grad_compactness
+    gs = zero if grad_separateness is None else grad_separateness
+    grad_query = torch.ops.mgid.memory_step_backward(grad_read, gc, gs, query, items, ctx.grad_through_weights,
+                                                     ctx.with_losses)
+    return grad_query, None, None, None, None, None
+
+
+lib.register_autograd("mgid::memory_step", _step_backward, setup_context=_step_setup)
 
 
 def _covariance_setup(ctx, inputs, output):

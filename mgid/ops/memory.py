@@ -1,9 +1,11 @@
-"""Public memory ops: MNAD read, top-1 update and the compactness/separateness losses.
+"""Public memory ops: MNAD read, top-1 update, the compactness/separateness losses, and all three in one step.
 
 Each validates its inputs, then runs the compiled kernel of the tensor's device (see
 :mod:`mgid.ops._dispatch`) or the PyTorch reference.
 """
 from __future__ import annotations
+
+from typing import Literal, NamedTuple, Optional, Union
 
 import torch
 
@@ -69,3 +71,78 @@ def memory_losses(query: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tenso
     if use_fused(query.device):
         return torch.ops.mgid.memory_losses(query, items.detach())
     return reference.memory_losses(query, items)
+
+
+class UpdateStats(NamedTuple):
+    """What the MNAD update reduces over queries (and ranks): col_max (M,), weighted_sum (M, C).
+
+    See :func:`memory_update_stats`; :func:`finish_update` turns them into the new items.
+    """
+
+    col_max: torch.Tensor
+    weighted_sum: torch.Tensor
+
+
+class MemoryStep(NamedTuple):
+    """Result of :func:`memory_step`.
+
+    read: (B, 2C, H, W), as :func:`memory_read`. items: the updated items (M, C) (``update="items"``),
+    the :class:`UpdateStats` (``update="stats"``) or None (``update="none"``). compactness,
+    separateness: 0-dim, as :func:`memory_losses`, or None without ``with_losses``.
+    """
+
+    read: torch.Tensor
+    items: Union[torch.Tensor, UpdateStats, None]
+    compactness: Optional[torch.Tensor]
+    separateness: Optional[torch.Tensor]
+
+
+UPDATE_MODES = ("items", "stats", "none")
+
+
+def finish_update(items: torch.Tensor, stats: UpdateStats) -> torch.Tensor:
+    """New unit-norm items (M, C) = normalize(P + weighted_sum), in the items' dtype; no gradient."""
+    with torch.no_grad():
+        return reference.memory_update_finish(items, stats.weighted_sum)
+
+
+def memory_step(
+    query: torch.Tensor,
+    items: torch.Tensor,
+    *,
+    grad_through_weights: bool = False,
+    max_over_assigned: bool = False,
+    with_losses: bool = True,
+    update: Literal["items", "stats", "none"] = "items",
+) -> MemoryStep:
+    """Read, losses and update of the memory in one pass: query (B, C, H, W), items (M, C).
+
+    Equal to :func:`memory_read`, :func:`memory_losses` and :func:`memory_update` (or
+    :func:`memory_update_stats` with ``update="stats"``, what a multi-process update all-reduces)
+    called separately on the same inputs, but the compiled kernels normalise each query and score
+    it against the items once for all three, and one backward pass returns the query's gradient
+    of the read and both losses. The read and the losses are differentiable in ``query``; items
+    get no gradient; the update statistics carry none.
+    """
+    check_query_items(query, items)
+    if update not in UPDATE_MODES:
+        raise ValueError(f"memory_step: update must be one of {UPDATE_MODES}, got {update!r}")
+    if with_losses and items.shape[0] < 2:
+        raise ValueError(f"memory_step with losses needs at least 2 memory items (separateness uses the top two), "
+                         f"got items of shape {tuple(items.shape)}")
+    with_update = update != "none"
+    if use_fused(query.device):
+        read, compactness, separateness, col_max, weighted_sum = torch.ops.mgid.memory_step(
+            query, items.detach(), grad_through_weights, max_over_assigned, with_losses, with_update)
+    else:
+        read, compactness, separateness, col_max, weighted_sum = reference.memory_step(
+            query, items, grad_through_weights, max_over_assigned, with_losses, with_update)
+    stats = UpdateStats(col_max.detach(), weighted_sum.detach())
+    new_items: Union[torch.Tensor, UpdateStats, None] = None
+    if update == "items":
+        new_items = finish_update(items, stats)
+    elif update == "stats":
+        new_items = stats
+    if not with_losses:
+        compactness = separateness = None
+    return MemoryStep(read, new_items, compactness, separateness)

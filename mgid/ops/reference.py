@@ -119,6 +119,31 @@ def memory_losses(query: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tenso
     return compactness, separateness
 
 
+def memory_step(
+    query: torch.Tensor, items: torch.Tensor, grad_through_weights: bool = False, max_over_assigned: bool = False,
+    with_losses: bool = True, with_update: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One training step of the memory: ``(read, compactness, separateness, col_max, weighted_sum)``.
+
+    The ops above, each on the same query and items: :func:`memory_read` (B, 2C, H, W),
+    :func:`memory_losses` (two 0-dim; 0 without ``with_losses``) and :func:`memory_update_stats`
+    ((M,), (M, C); -inf and 0 without ``with_update``), computed independently: the oracle of the
+    fused kernel, which gets all of them from one set of scores.
+    """
+    read = memory_read(query, items, grad_through_weights)
+    if with_losses:
+        compactness, separateness = memory_losses(query, items)
+    else:
+        compactness = separateness = (flatten_queries(query) * 0).sum()
+    if with_update:
+        col_max, weighted_sum = memory_update_stats(query, items, max_over_assigned)
+    else:
+        acc = torch.float64 if query.dtype == torch.float64 else torch.float32
+        col_max = torch.full((items.shape[0],), float("-inf"), dtype=acc, device=items.device)
+        weighted_sum = torch.zeros(items.shape, dtype=acc, device=items.device)
+    return read, compactness, separateness, col_max, weighted_sum
+
+
 def feature_covariance(features: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, C): f f^T / (HW - 1) + 1e-5 I, f = features as (B, C, HW).
 

@@ -1,6 +1,5 @@
-// C++ CPU kernels of the memory ops. The per-query and per-tile math is memory_math.h, shared with
-// the CUDA kernels; this file only schedules it: queries in parallel, tiles of kQueryTile queries
-// as the unit of every reduction (fixed, so results do not depend on the thread count).
+// C++ CPU kernels of the memory ops (memory_cpu_kernels.h), baseline ISA copy, and their
+// registration: each op runs the AVX2 copy (memory_cpu_avx2.cpp) where the CPU has AVX2, else this one.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -12,369 +11,61 @@
 #include <vector>
 
 #include "checks.h"
+#include "cpu_isa.h"
+#include "memory_cpu_entries.h"
 #include "memory_math.h"
+
+#define MGID_CPU_ISA_NS isa_baseline
+#include "memory_cpu_kernels.h"
+#undef MGID_CPU_ISA_NS
 
 namespace mgid {
 namespace {
 
-template <int L>
-using Lanes = std::integral_constant<int, L>;
+// The copy of a kernel to run: the two have the same signature and compute the same floats.
+#define MGID_BY_ISA(name, ...) (cpu_isa_is_avx2() ? isa_avx2::name(__VA_ARGS__) : isa_baseline::name(__VA_ARGS__))
 
-// Calls body(Lanes<kCpuLanes>{}, n) for groups of kCpuLanes neighbouring pixels of one image and
-// body(Lanes<1>{}, n) for the queries left over, covering [begin, end) in order.
-template <typename Body>
-void for_query_groups(int64_t begin, int64_t end, int64_t hw, const Body& body) {
-  int64_t n = begin;
-  while (n < end) {
-    if (n + kCpuLanes <= end && n % hw + kCpuLanes <= hw) {
-      body(Lanes<kCpuLanes>{}, n);
-      n += kCpuLanes;
-    } else {
-      body(Lanes<1>{}, n);
-      n += 1;
-    }
-  }
+at::Tensor memory_read(const at::Tensor& query, const at::Tensor& items, bool gtw) {
+  return MGID_BY_ISA(memory_read_cpu, query, items, gtw);
+}
+at::Tensor memory_read_backward(const at::Tensor& g, const at::Tensor& query, const at::Tensor& items, bool gtw) {
+  return MGID_BY_ISA(memory_read_backward_cpu, g, query, items, gtw);
+}
+std::tuple<at::Tensor, at::Tensor> memory_update_stats(const at::Tensor& query, const at::Tensor& items, bool moa) {
+  return MGID_BY_ISA(memory_update_stats_cpu, query, items, moa);
+}
+at::Tensor memory_update(const at::Tensor& query, const at::Tensor& items, bool moa) {
+  return MGID_BY_ISA(memory_update_cpu, query, items, moa);
+}
+std::tuple<at::Tensor, at::Tensor> memory_losses(const at::Tensor& query, const at::Tensor& items) {
+  return MGID_BY_ISA(memory_losses_cpu, query, items);
+}
+at::Tensor memory_losses_backward(const at::Tensor& gc, const at::Tensor& gs, const at::Tensor& query,
+                                  const at::Tensor& items) {
+  return MGID_BY_ISA(memory_losses_backward_cpu, gc, gs, query, items);
+}
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_step(
+    const at::Tensor& query, const at::Tensor& items, bool gtw, bool moa, bool with_losses, bool with_update) {
+  return MGID_BY_ISA(memory_step_cpu, query, items, gtw, moa, with_losses, with_update);
+}
+at::Tensor memory_step_backward(const at::Tensor& g, const at::Tensor& gc, const at::Tensor& gs,
+                                const at::Tensor& query, const at::Tensor& items, bool gtw, bool with_losses) {
+  return MGID_BY_ISA(memory_step_backward_cpu, g, gc, gs, query, items, gtw, with_losses);
 }
 
-at::Tensor memory_read_cpu(const at::Tensor& query, const at::Tensor& items, bool /*grad_through_weights*/) {
-  const MemoryInputs in = prepare_memory_inputs(query, items);
-  at::Tensor out = at::empty({in.B, 2 * in.C, in.H, in.W}, in.query.options());
-  MGID_DISPATCH(in.query.scalar_type(), "mgid::memory_read(cpu)", [&] {
-    using A = at::opmath_type<scalar_t>;
-    const scalar_t* q = in.query.data_ptr<scalar_t>();
-    const A* it = in.items_t.data_ptr<A>();
-    scalar_t* o = out.data_ptr<scalar_t>();
-    at::parallel_for(0, in.N, kQueryTile, [&](int64_t begin, int64_t end) {
-      A s[kMaxItems * kCpuLanes];
-      for_query_groups(begin, end, in.HW, [&](auto lanes, int64_t n) {
-        constexpr int L = decltype(lanes)::value;
-        const int64_t b = n / in.HW, p = n % in.HW;
-        scalar_t* ob = o + b * 2 * in.C * in.HW + p;
-        read_forward_lanes<L>(q + query_offset(n, in.HW, in.C), ob, ob + in.C * in.HW, in.HW, in.C, it, in.M, s);
-      });
-    });
-  });
-  return out;
-}
-
-at::Tensor memory_read_backward_cpu(const at::Tensor& grad_out, const at::Tensor& query, const at::Tensor& items,
-                                    bool grad_through_weights) {
-  const MemoryInputs in = prepare_memory_inputs(query, items);
-  const at::Tensor g = checked_read_grad(grad_out, in);
-  at::Tensor dq = at::empty_like(in.query);
-  MGID_DISPATCH(in.query.scalar_type(), "mgid::memory_read_backward(cpu)", [&] {
-    using A = at::opmath_type<scalar_t>;
-    const scalar_t* q = in.query.data_ptr<scalar_t>();
-    const scalar_t* gp = g.data_ptr<scalar_t>();
-    const A* it = in.items_t.data_ptr<A>();
-    scalar_t* d = dq.data_ptr<scalar_t>();
-    at::parallel_for(0, in.N, kQueryTile, [&](int64_t begin, int64_t end) {
-      A w[kMaxItems * kCpuLanes], ds[kMaxItems * kCpuLanes];
-      for_query_groups(begin, end, in.HW, [&](auto lanes, int64_t n) {
-        constexpr int L = decltype(lanes)::value;
-        const int64_t b = n / in.HW, p = n % in.HW;
-        const scalar_t* gb = gp + b * 2 * in.C * in.HW + p;
-        const int64_t off = query_offset(n, in.HW, in.C);
-        read_backward_lanes<L>(q + off, gb, gb + in.C * in.HW, d + off, in.HW, in.C, it, in.M, grad_through_weights,
-                               w, ds);
-      });
-    });
-  });
-  return dq;
-}
-
-// The update's partials of tile t, from its K queries' scores (k*M + m), assignments and 1/||q||
-// (``weight``, overwritten by the update weights): pmax row t and psum rows (t, m) (zeroed on entry).
-template <typename T, typename A>
-void update_tile_partials(int64_t t, int K, const T* q, int64_t HW, int64_t C, int M, bool max_over_assigned,
-                          const A* scores, const int* assign, A* weight, A* pmax, A* psum) {
-  const int64_t n0 = t * kQueryTile;
-  for (int m = 0; m < M; ++m) pmax[t * M + m] = tile_item_max(m, K, scores, assign, M, max_over_assigned);
-  for (int k = 0; k < K; ++k) weight[k] = tile_query_weight(scores[k * M + assign[k]], pmax[t * M + assign[k]], weight[k]);
-  // Same terms, same ascending-k order per (m, c) as tile_item_channel_sum on the GPU; the loops are
-  // turned around so that each channel row of the tile is read contiguously.
-  for (int64_t c = 0; c < C; ++c)
-    for (int k = 0; k < K; ++k)
-      psum[(t * M + assign[k]) * C + c] += weight[k] * static_cast<A>(q[query_offset(n0 + k, HW, C) + c * HW]);
-}
-
-// col_max (M,) and sum (M, C) from the T tiles' partials, in tile order.
-template <typename A>
-void combine_update_partials(int64_t T, int M, int64_t C, const A* pmax, const A* psum, A* cm, A* sm) {
-  at::parallel_for(0, M, 1, [&](int64_t m_begin, int64_t m_end) {
-    for (int64_t m = m_begin; m < m_end; ++m) {
-      const A g = combine_item_max(static_cast<int>(m), T, pmax, M);
-      cm[m] = g;
-      for (int64_t c = 0; c < C; ++c)
-        sm[m * C + c] = combine_item_channel_sum(static_cast<int>(m), c, T, pmax, psum, M, C, g);
-    }
-  });
-}
-
-// (compactness, separateness) from the T tiles' (sum of compactness terms, sum of hinges), summed
-// in tile order; two separate 0-dim outputs (they must not alias: the schema says so), in ``dtype``.
-std::tuple<at::Tensor, at::Tensor> combine_loss_partials(const at::Tensor& parts, const MemoryInputs& in,
-                                                         at::ScalarType dtype) {
-  const int64_t T = parts.size(0);
-  at::Tensor compact, separate;
-  AT_DISPATCH_FLOATING_TYPES(parts.scalar_type(), "mgid::memory_losses_combine(cpu)", [&] {
-    const scalar_t* pp = parts.data_ptr<scalar_t>();
-    scalar_t a = 0, b = 0;
-    for (int64_t t = 0; t < T; ++t) {
-      a += pp[2 * t];
-      b += pp[2 * t + 1];
-    }
-    compact = at::scalar_tensor(a / static_cast<scalar_t>(in.N * in.C), parts.options());
-    separate = at::scalar_tensor(b / static_cast<scalar_t>(in.N), parts.options());
-  });
-  return {compact.to(dtype), separate.to(dtype)};
-}
-
-// Per-item column max (M,) and weighted sum (M, C) of the MNAD update, in the accumulation dtype.
-std::tuple<at::Tensor, at::Tensor> memory_update_stats_cpu(const at::Tensor& query, const at::Tensor& items,
-                                                           bool max_over_assigned) {
-  const MemoryInputs in = prepare_memory_inputs(query, items);
-  const int64_t T = num_query_tiles(in.N);
-  const auto acc_opts = in.items_t.options();
-  at::Tensor part_max = at::empty({T, in.M}, acc_opts);
-  at::Tensor part_sum = at::zeros({T, in.M, in.C}, acc_opts);
-  at::Tensor col_max = at::empty({in.M}, acc_opts);
-  at::Tensor sum = at::empty({in.M, in.C}, acc_opts);
-  MGID_DISPATCH(in.query.scalar_type(), "mgid::memory_update_stats(cpu)", [&] {
-    using A = at::opmath_type<scalar_t>;
-    const scalar_t* q = in.query.data_ptr<scalar_t>();
-    const A* it = in.items_t.data_ptr<A>();
-    A* pmax = part_max.data_ptr<A>();
-    A* psum = part_sum.data_ptr<A>();
-    const int M = in.M;
-    const int64_t C = in.C, HW = in.HW;
-    at::parallel_for(0, T, 1, [&](int64_t t_begin, int64_t t_end) {
-      std::vector<A> scores(static_cast<size_t>(kQueryTile) * M);
-      std::vector<A> weight(kQueryTile);
-      std::vector<int> assign(kQueryTile);
-      std::vector<A> lane_scores(static_cast<size_t>(kCpuLanes) * M);
-      for (int64_t t = t_begin; t < t_end; ++t) {
-        const int64_t n0 = t * kQueryTile;
-        const int K = static_cast<int>(std::min<int64_t>(kQueryTile, in.N - n0));
-        // Scores in lanes, then stored per query (k*M + m) as the GPU block keeps them.
-        for_query_groups(n0, n0 + K, HW, [&](auto lanes, int64_t n) {
-          constexpr int L = decltype(lanes)::value;
-          const int k0 = static_cast<int>(n - n0);
-          A norm[L];
-          const scalar_t* qn = q + query_offset(n, HW, C);
-          lanes_inv_norm<L>(qn, HW, C, norm, &weight[k0]);
-          lanes_scores<L>(qn, HW, C, it, M, &weight[k0], lane_scores.data());
-          for (int l = 0; l < L; ++l) {
-            for (int m = 0; m < M; ++m) scores[(k0 + l) * M + m] = lane_scores[m * L + l];
-            assign[k0 + l] = lane_argmax<L>(lane_scores.data(), M, l);
-          }
-        });
-        update_tile_partials(t, K, q, HW, C, M, max_over_assigned, scores.data(), assign.data(), weight.data(), pmax,
-                             psum);
-      }
-    });
-    combine_update_partials(T, M, C, pmax, psum, col_max.data_ptr<A>(), sum.data_ptr<A>());
-  });
-  return {col_max, sum};
-}
-
-at::Tensor memory_update_cpu(const at::Tensor& query, const at::Tensor& items, bool max_over_assigned) {
-  auto stats = memory_update_stats_cpu(query, items, max_over_assigned);
-  const at::Tensor& sum = std::get<1>(stats);
-  const at::Tensor p = items.detach().to(sum.scalar_type()).contiguous();
-  at::Tensor out = at::empty_like(p);
-  AT_DISPATCH_FLOATING_TYPES(sum.scalar_type(), "mgid::memory_update(cpu)", [&] {
-    const int64_t M = p.size(0), C = p.size(1);
-    const scalar_t* pp = p.data_ptr<scalar_t>();
-    const scalar_t* sp = sum.data_ptr<scalar_t>();
-    scalar_t* op = out.data_ptr<scalar_t>();
-    for (int64_t m = 0; m < M; ++m) {
-      const scalar_t inv = updated_item_inv_norm(static_cast<int>(m), C, pp, sp);
-      for (int64_t c = 0; c < C; ++c) op[m * C + c] = (pp[m * C + c] + sp[m * C + c]) * inv;
-    }
-  });
-  return out.to(items.scalar_type());
-}
-
-// (compactness, separateness), 0-dim, in the accumulation dtype.
-std::tuple<at::Tensor, at::Tensor> memory_losses_cpu(const at::Tensor& query, const at::Tensor& items) {
-  check_loss_items(items);
-  const MemoryInputs in = prepare_memory_inputs(query, items);
-  const int64_t T = num_query_tiles(in.N);
-  const auto acc_opts = in.items_t.options();
-  at::Tensor parts = at::empty({T, 2}, acc_opts);
-  MGID_DISPATCH(in.query.scalar_type(), "mgid::memory_losses(cpu)", [&] {
-    using A = at::opmath_type<scalar_t>;
-    const scalar_t* q = in.query.data_ptr<scalar_t>();
-    const A* it = in.items_t.data_ptr<A>();
-    A* pp = parts.data_ptr<A>();
-    at::parallel_for(0, T, 1, [&](int64_t t_begin, int64_t t_end) {
-      A s[kMaxItems * kCpuLanes];
-      for (int64_t t = t_begin; t < t_end; ++t) {
-        const int64_t n0 = t * kQueryTile, n1 = std::min<int64_t>(n0 + kQueryTile, in.N);
-        A comp = 0, trip = 0;  // summed in query order, as the GPU block's single owner does
-        for_query_groups(n0, n1, in.HW, [&](auto lanes, int64_t n) {
-          constexpr int L = decltype(lanes)::value;
-          const scalar_t* qn = q + query_offset(n, in.HW, in.C);
-          A norm[L], inv[L];
-          lanes_inv_norm<L>(qn, in.HW, in.C, norm, inv);
-          LossLanes<L, A> lt;
-          loss_terms_lanes<L>(qn, in.HW, in.C, it, in.M, inv, s, &lt);
-          for (int l = 0; l < L; ++l) {
-            comp += lt.compact[l];
-            trip += lt.triplet[l];
-          }
-        });
-        pp[2 * t] = comp;
-        pp[2 * t + 1] = trip;
-      }
-    });
-  });
-  return combine_loss_partials(parts, in, query.scalar_type());
-}
-
-at::Tensor memory_losses_backward_cpu(const at::Tensor& grad_compact, const at::Tensor& grad_separate,
-                                      const at::Tensor& query, const at::Tensor& items) {
-  const MemoryInputs in = prepare_memory_inputs(query, items);
-  at::Tensor dq = at::empty_like(in.query);
-  const at::Tensor gcs = stacked_loss_grads(grad_compact, grad_separate, in);
-  MGID_DISPATCH(in.query.scalar_type(), "mgid::memory_losses_backward(cpu)", [&] {
-    using A = at::opmath_type<scalar_t>;
-    A gc, gs;
-    mean_loss_grads(gcs.data_ptr<A>(), in.N, in.C, &gc, &gs);
-    const scalar_t* q = in.query.data_ptr<scalar_t>();
-    const A* it = in.items_t.data_ptr<A>();
-    scalar_t* d = dq.data_ptr<scalar_t>();
-    at::parallel_for(0, in.N, kQueryTile, [&](int64_t begin, int64_t end) {
-      A s[kMaxItems * kCpuLanes];
-      for_query_groups(begin, end, in.HW, [&](auto lanes, int64_t n) {
-        constexpr int L = decltype(lanes)::value;
-        const int64_t off = query_offset(n, in.HW, in.C);
-        losses_backward_lanes<L>(q + off, d + off, in.HW, in.C, it, in.M, gc, gs, s);
-      });
-    });
-  });
-  return dq;
-}
-
-// The memory step: read, losses and the update's statistics from one pass over the queries. Each
-// output equals its separate op's bit for bit (the same math in the same order, from the same
-// scores). Returns (read, compactness, separateness, col_max, weighted_sum); an output not asked
-// for is 0 (losses) or -inf / 0 (statistics).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_step_cpu(
-    const at::Tensor& query, const at::Tensor& items, bool /*grad_through_weights*/, bool max_over_assigned,
-    bool with_losses, bool with_update) {
-  if (with_losses) check_loss_items(items);
-  const MemoryInputs in = prepare_memory_inputs(query, items);
-  const int64_t T = num_query_tiles(in.N);
-  const auto acc_opts = in.items_t.options();
-  at::Tensor out = at::empty({in.B, 2 * in.C, in.H, in.W}, in.query.options());
-  at::Tensor parts = at::zeros({T, 2}, acc_opts);
-  at::Tensor part_max = at::empty({with_update ? T : 0, in.M}, acc_opts);
-  at::Tensor part_sum = at::zeros({with_update ? T : 0, in.M, in.C}, acc_opts);
-  at::Tensor col_max = at::full({in.M}, -std::numeric_limits<double>::infinity(), acc_opts);
-  at::Tensor sum = at::zeros({in.M, in.C}, acc_opts);
-  MGID_DISPATCH(in.query.scalar_type(), "mgid::memory_step(cpu)", [&] {
-    using A = at::opmath_type<scalar_t>;
-    const scalar_t* q = in.query.data_ptr<scalar_t>();
-    const A* it = in.items_t.data_ptr<A>();
-    scalar_t* o = out.data_ptr<scalar_t>();
-    A* pp = parts.data_ptr<A>();
-    A* pmax = part_max.data_ptr<A>();
-    A* psum = part_sum.data_ptr<A>();
-    const int M = in.M;
-    const int64_t C = in.C, HW = in.HW;
-    at::parallel_for(0, T, 1, [&](int64_t t_begin, int64_t t_end) {
-      std::vector<A> scores(with_update ? static_cast<size_t>(kQueryTile) * M : 0);
-      std::vector<A> weight(kQueryTile);
-      std::vector<int> assign(kQueryTile);
-      // On the stack, as in memory_read/memory_losses: the compiler then knows it aliases nothing
-      // and vectorises the lanes loops (a heap buffer measured 2x slower).
-      A ls[kMaxItems * kCpuLanes];
-      for (int64_t t = t_begin; t < t_end; ++t) {
-        const int64_t n0 = t * kQueryTile;
-        const int K = static_cast<int>(std::min<int64_t>(kQueryTile, in.N - n0));
-        A comp = 0, trip = 0;  // summed in query order, as memory_losses
-        for_query_groups(n0, n0 + K, HW, [&](auto lanes, int64_t n) {
-          constexpr int L = decltype(lanes)::value;
-          const int k0 = static_cast<int>(n - n0);
-          const scalar_t* qn = q + query_offset(n, HW, C);
-          A norm[L], inv[L];
-          lanes_inv_norm<L>(qn, HW, C, norm, inv);
-          lanes_scores<L>(qn, HW, C, it, M, inv, ls);
-          if (with_losses) {
-            LossLanes<L, A> lt;
-            loss_terms_from_scores_lanes<L>(qn, HW, C, it, M, inv, ls, &lt);
-            for (int l = 0; l < L; ++l) {
-              comp += lt.compact[l];
-              trip += lt.triplet[l];
-            }
-          }
-          if (with_update)
-            for (int l = 0; l < L; ++l) {
-              weight[k0 + l] = inv[l];
-              for (int m = 0; m < M; ++m) scores[(k0 + l) * M + m] = ls[m * L + l];
-              assign[k0 + l] = lane_argmax<L>(ls, M, l);
-            }
-          const int64_t b = n / HW, p = n % HW;
-          scalar_t* ob = o + b * 2 * C * HW + p;
-          read_from_scores_lanes<L>(qn, ob, ob + C * HW, HW, C, it, M, inv, ls);  // overwrites ls
-        });
-        pp[2 * t] = comp;
-        pp[2 * t + 1] = trip;
-        if (with_update)
-          update_tile_partials(t, K, q, HW, C, M, max_over_assigned, scores.data(), assign.data(), weight.data(),
-                               pmax, psum);
-      }
-    });
-    if (with_update) combine_update_partials(T, M, C, pmax, psum, col_max.data_ptr<A>(), sum.data_ptr<A>());
-  });
-  auto [compact, separate] = combine_loss_partials(parts, in, query.scalar_type());
-  return {out, compact, separate, col_max, sum};
-}
-
-// Gradient on the query of the step's read and (with ``with_losses``) losses, in one pass.
-at::Tensor memory_step_backward_cpu(const at::Tensor& grad_read, const at::Tensor& grad_compact,
-                                    const at::Tensor& grad_separate, const at::Tensor& query, const at::Tensor& items,
-                                    bool grad_through_weights, bool with_losses) {
-  const MemoryInputs in = prepare_memory_inputs(query, items);
-  const at::Tensor g = checked_read_grad(grad_read, in);
-  at::Tensor dq = at::empty_like(in.query);
-  const at::Tensor gcs = stacked_loss_grads(grad_compact, grad_separate, in);
-  MGID_DISPATCH(in.query.scalar_type(), "mgid::memory_step_backward(cpu)", [&] {
-    using A = at::opmath_type<scalar_t>;
-    A gc, gs;
-    mean_loss_grads(gcs.data_ptr<A>(), in.N, in.C, &gc, &gs);
-    const scalar_t* q = in.query.data_ptr<scalar_t>();
-    const scalar_t* gp = g.data_ptr<scalar_t>();
-    const A* it = in.items_t.data_ptr<A>();
-    scalar_t* d = dq.data_ptr<scalar_t>();
-    at::parallel_for(0, in.N, kQueryTile, [&](int64_t begin, int64_t end) {
-      A s[kMaxItems * kCpuLanes], w[kMaxItems * kCpuLanes], ds[kMaxItems * kCpuLanes];
-      for_query_groups(begin, end, in.HW, [&](auto lanes, int64_t n) {
-        constexpr int L = decltype(lanes)::value;
-        const int64_t b = n / in.HW, p = n % in.HW;
-        const scalar_t* gb = gp + b * 2 * in.C * in.HW + p;
-        const int64_t off = query_offset(n, in.HW, in.C);
-        step_backward_lanes<L>(q + off, gb, gb + in.C * in.HW, d + off, in.HW, in.C, it, in.M, grad_through_weights,
-                               with_losses, gc, gs, s, w, ds);
-      });
-    });
-  });
-  return dq;
-}
+#undef MGID_BY_ISA
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mgid, CPU, m) {
-  m.impl("memory_read", &memory_read_cpu);
-  m.impl("memory_read_backward", &memory_read_backward_cpu);
-  m.impl("memory_update_stats", &memory_update_stats_cpu);
-  m.impl("memory_update", &memory_update_cpu);
-  m.impl("memory_losses", &memory_losses_cpu);
-  m.impl("memory_losses_backward", &memory_losses_backward_cpu);
-  m.impl("memory_step", &memory_step_cpu);
-  m.impl("memory_step_backward", &memory_step_backward_cpu);
+  m.impl("memory_read", &memory_read);
+  m.impl("memory_read_backward", &memory_read_backward);
+  m.impl("memory_update_stats", &memory_update_stats);
+  m.impl("memory_update", &memory_update);
+  m.impl("memory_losses", &memory_losses);
+  m.impl("memory_losses_backward", &memory_losses_backward);
+  m.impl("memory_step", &memory_step);
+  m.impl("memory_step_backward", &memory_step_backward);
 }
 
 }  // namespace mgid

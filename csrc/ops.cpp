@@ -8,6 +8,7 @@
 #include <string>
 
 #include "checks.h"
+#include "cpu_isa.h"
 
 namespace mgid {
 namespace {
@@ -63,6 +64,7 @@ TORCH_LIBRARY(mgid, m) {
   m.def("built_with_cuda() -> bool", &built_with_cuda);
   m.def("built_torch_version() -> str", &built_torch_version);
   m.def("built_cuda_arch_list() -> str", &built_cuda_arch_list);
+  m.def("cpu_isa() -> str", &cpu_isa);
 
   m.def("memory_read(Tensor query, Tensor items, bool grad_through_weights=False) -> Tensor");
   m.def("memory_read_backward(Tensor grad_out, Tensor query, Tensor items, bool grad_through_weights) -> Tensor");

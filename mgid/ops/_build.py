@@ -19,7 +19,8 @@ def build_info() -> dict:
     """How the extension was built: ``{"extension": bool, "cuda": bool, "torch": str, "cuda_arch_list": str|None, ...}``.
 
     ``cuda`` is True when the CUDA kernels were compiled in; ``torch`` is the torch version it was
-    built against.
+    built against; ``cpu_isa`` the copy of the CPU memory kernels that runs here (``avx2`` where the
+    CPU has it, else ``baseline``; ``MGID_CPU_ISA=baseline`` forces the latter).
     """
     if _C is None:
         return {"extension": False, "cuda": False, "torch": torch.__version__, "cuda_arch_list": None,
@@ -30,6 +31,7 @@ def build_info() -> dict:
         "torch": str(torch.ops.mgid.built_torch_version()),
         "cuda_arch_list": str(torch.ops.mgid.built_cuda_arch_list()) or None,
         "runtime_torch": torch.__version__,
+        "cpu_isa": str(torch.ops.mgid.cpu_isa()),
     }
 
 if _C is not None:

@@ -295,6 +295,38 @@ def _quantile(values: Sequence[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
+def mgid_op_share(step: Any) -> dict[str, Any]:
+    """Run ``step()`` once under the profiler; the share of its wall time in the compiled mgid ops.
+
+    Counts each outermost ``mgid::`` operator call (forward and backward; a call nested in another,
+    e.g. bsw_threshold inside bsw_mask, is part of its parent), grouped into the memory ops
+    (``mgid::memory_*``) and the whitening ops (covariance, BSW mask and loss). The profiler's own
+    overhead is in the wall time, so the shares are slight underestimates.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        step()
+        wall_us = (time.perf_counter() - t0) * 1e6
+    per_op: dict[str, float] = {}
+    for evt in prof.events():
+        if not evt.name.startswith("mgid::"):
+            continue
+        parent, nested = evt.cpu_parent, False
+        while parent is not None:
+            if parent.name.startswith("mgid::"):
+                nested = True
+                break
+            parent = parent.cpu_parent
+        if not nested:
+            per_op[evt.name] = per_op.get(evt.name, 0.0) + evt.cpu_time_total
+    memory = sum(v for k, v in per_op.items() if k.startswith("mgid::memory_"))
+    whitening = sum(per_op.values()) - memory
+    return {"profiled_step_s": wall_us / 1e6, "memory_share": memory / wall_us, "whitening_share": whitening / wall_us,
+            "per_op_s": {k: round(v / 1e6, 5) for k, v in sorted(per_op.items(), key=lambda kv: -kv[1])}}
+
+
 def run_case(case: Case, cfg: TrainConfig, batches: list[tuple[torch.Tensor, torch.Tensor]], warmup: int,
              steps: int, seed: int) -> dict[str, Any]:
     """Time ``steps`` training steps of ``case`` after ``warmup`` ones; the row of the report.
@@ -331,6 +363,14 @@ def run_case(case: Case, cfg: TrainConfig, batches: list[tuple[torch.Tensor, tor
                 raise FloatingPointError(f"non-finite loss {value} at step {i + 1}")
             apply()
             times.append(time.perf_counter() - t0)
+        if case.ops == "fused" and not case.compile:
+            def one_step() -> None:
+                f1, f2 = batches[0]
+                _total, _t, _o, step_apply = train_step(
+                    net, criterion, optimizer, f1.contiguous(memory_format=fmt), f2.contiguous(memory_format=fmt),
+                    pair=pair, precision=case.precision)
+                step_apply()
+            row["op_share"] = mgid_op_share(one_step)
         warm, timed = times[:warmup], times[warmup:]
         median = statistics.median(timed) if timed else (warm[-1] if warm else float("nan"))
         batch = batches[0][0].shape[0]
@@ -601,6 +641,25 @@ def markdown_report(result: dict[str, Any]) -> str:
         "\"workers to keep up\": the fewest DataLoader workers whose pairs/s (below, measured alone) is at "
         "least the pairs/s the step consumes.",
         "",
+    ]
+    shares = [r for r in result["cases"] if r.get("op_share")]
+    if shares:
+        lines += [
+            "## Share of the step in the mgid ops (fused, eager)",
+            "",
+            "One extra step per case under `torch.profiler`: the outermost `mgid::` operator calls, forward and "
+            "backward, as a share of that step's wall time (profiler overhead included in the wall time).",
+            "",
+            "| case | profiled step s | memory ops | whitening ops (covariance, BSW mask, loss) | largest ops |",
+            "|---|---|---|---|---|",
+        ]
+        for r in shares:
+            sh = r["op_share"]
+            top = ", ".join(f"{k.removeprefix('mgid::')} {v * 1e3:.1f} ms" for k, v in list(sh["per_op_s"].items())[:4])
+            lines.append(f"| {r['label']} | {sh['profiled_step_s']:.3f} | {sh['memory_share']:.1%} | "
+                         f"{sh['whitening_share']:.1%} | {top} |")
+        lines.append("")
+    lines += [
         "## Data loading",
         "",
         f"`make_dataset(None, \"train\", {s['crop']}, seed, embedded=cfg.embedded)` "

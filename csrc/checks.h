@@ -101,6 +101,16 @@ inline at::Tensor stacked_loss_grads(const at::Tensor& grad_compact, const at::T
   return at::stack({grad_compact.reshape({}).to(acc), grad_separate.reshape({}).to(acc)}).to(in.query.device());
 }
 
+// The step's saved nearest items (N, 2) int32 (in.N rows with the losses, none without), contiguous.
+inline at::Tensor checked_step_top(const at::Tensor& top, const MemoryInputs& in, bool with_losses) {
+  TORCH_CHECK(top.scalar_type() == at::kInt && top.dim() == 2 && top.size(1) == 2 &&
+                  top.size(0) == (with_losses ? in.N : 0),
+              "mgid: top must be the int32 (N, 2) = (", with_losses ? in.N : 0, ", 2) nearest items memory_step "
+              "returned, got ", top.scalar_type(), " ", top.sizes());
+  TORCH_CHECK(top.device() == in.query.device(), "mgid: top must be on ", in.query.device(), ", got ", top.device());
+  return top.contiguous();
+}
+
 // Separateness needs the two best items of every query.
 inline void check_loss_items(const at::Tensor& items) {
   TORCH_CHECK(items.dim() == 2 && items.size(0) >= 2,

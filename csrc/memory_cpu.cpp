@@ -44,13 +44,14 @@ at::Tensor memory_losses_backward(const at::Tensor& gc, const at::Tensor& gs, co
                                   const at::Tensor& items) {
   return MGID_BY_ISA(memory_losses_backward_cpu, gc, gs, query, items);
 }
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_step(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_step(
     const at::Tensor& query, const at::Tensor& items, bool gtw, bool moa, bool with_losses, bool with_update) {
   return MGID_BY_ISA(memory_step_cpu, query, items, gtw, moa, with_losses, with_update);
 }
 at::Tensor memory_step_backward(const at::Tensor& g, const at::Tensor& gc, const at::Tensor& gs,
-                                const at::Tensor& query, const at::Tensor& items, bool gtw, bool with_losses) {
-  return MGID_BY_ISA(memory_step_backward_cpu, g, gc, gs, query, items, gtw, with_losses);
+                                const at::Tensor& query, const at::Tensor& items, const at::Tensor& top, bool gtw,
+                                bool with_losses) {
+  return MGID_BY_ISA(memory_step_backward_cpu, g, gc, gs, query, items, top, gtw, with_losses);
 }
 
 #undef MGID_BY_ISA

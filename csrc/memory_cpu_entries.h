@@ -17,12 +17,13 @@
   std::tuple<at::Tensor, at::Tensor> memory_losses_cpu(const at::Tensor& query, const at::Tensor& items);    \
   at::Tensor memory_losses_backward_cpu(const at::Tensor& grad_compact, const at::Tensor& grad_separate,     \
                                         const at::Tensor& query, const at::Tensor& items);                   \
-  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_step_cpu(                    \
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_step_cpu(        \
       const at::Tensor& query, const at::Tensor& items, bool grad_through_weights, bool max_over_assigned,   \
       bool with_losses, bool with_update);                                                                   \
   at::Tensor memory_step_backward_cpu(const at::Tensor& grad_read, const at::Tensor& grad_compact,           \
                                       const at::Tensor& grad_separate, const at::Tensor& query,              \
-                                      const at::Tensor& items, bool grad_through_weights, bool with_losses); \
+                                      const at::Tensor& items, const at::Tensor& top,                        \
+                                      bool grad_through_weights, bool with_losses);                          \
   }                                                                                                          \
   }
 

@@ -43,9 +43,12 @@ void update_tile_partials(int64_t t, int K, const T* q, int64_t HW, int64_t C, i
   for (int k = 0; k < K; ++k) weight[k] = tile_query_weight(scores[k * M + assign[k]], pmax[t * M + assign[k]], weight[k]);
   // Same terms, same ascending-k order per (m, c) as tile_item_channel_sum on the GPU; the loops are
   // turned around so that each channel row of the tile is read contiguously.
+  // Each query's offset once (query_offset divides): not once per channel.
+  int64_t offset[kQueryTile];
+  for (int k = 0; k < K; ++k) offset[k] = query_offset(n0 + k, HW, C);
   for (int64_t c = 0; c < C; ++c)
     for (int k = 0; k < K; ++k)
-      psum[(t * M + assign[k]) * C + c] += weight[k] * static_cast<A>(q[query_offset(n0 + k, HW, C) + c * HW]);
+      psum[(t * M + assign[k]) * C + c] += weight[k] * static_cast<A>(q[offset[k] + c * HW]);
 }
 
 // col_max (M,) and sum (M, C) from the T tiles' partials, in tile order.
@@ -260,7 +263,7 @@ at::Tensor memory_losses_backward_cpu(const at::Tensor& grad_compact, const at::
 // output equals its separate op's bit for bit (the same math in the same order, from the same
 // scores). Returns (read, compactness, separateness, col_max, weighted_sum); an output not asked
 // for is 0 (losses) or -inf / 0 (statistics).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_step_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_step_cpu(
     const at::Tensor& query, const at::Tensor& items, bool /*grad_through_weights*/, bool max_over_assigned,
     bool with_losses, bool with_update) {
   if (with_losses) check_loss_items(items);
@@ -273,7 +276,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_st
   at::Tensor part_sum = at::zeros({with_update ? T : 0, in.M, in.C}, acc_opts);
   at::Tensor col_max = at::full({in.M}, -std::numeric_limits<double>::infinity(), acc_opts);
   at::Tensor sum = at::zeros({in.M, in.C}, acc_opts);
+  at::Tensor top = at::empty({with_losses ? in.N : 0, 2}, in.query.options().dtype(at::kInt));
   MGID_DISPATCH(in.query.scalar_type(), "mgid::memory_step(cpu)", [&] {
+    int32_t* tp = top.data_ptr<int32_t>();
     using A = at::opmath_type<scalar_t>;
     const scalar_t* q = in.query.data_ptr<scalar_t>();
     const A* it = in.items_t.data_ptr<A>();
@@ -307,6 +312,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_st
             for (int l = 0; l < L; ++l) {
               comp += lt.compact[l];
               trip += lt.triplet[l];
+              tp[2 * (n + l)] = lt.top1[l];
+              tp[2 * (n + l) + 1] = lt.top2[l];
             }
           }
           if (with_update)
@@ -329,14 +336,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_st
     if (with_update) combine_update_partials(T, M, C, pmax, psum, col_max.data_ptr<A>(), sum.data_ptr<A>());
   });
   auto [compact, separate] = combine_loss_partials(parts, in, query.scalar_type());
-  return {out, compact, separate, col_max, sum};
+  return {out, compact, separate, col_max, sum, top};
 }
 
 // Gradient on the query of the step's read and (with ``with_losses``) losses, in one pass.
 at::Tensor memory_step_backward_cpu(const at::Tensor& grad_read, const at::Tensor& grad_compact,
                                     const at::Tensor& grad_separate, const at::Tensor& query, const at::Tensor& items,
-                                    bool grad_through_weights, bool with_losses) {
+                                    const at::Tensor& top, bool grad_through_weights, bool with_losses) {
   const MemoryInputs in = prepare_memory_inputs(query, items);
+  const at::Tensor top_c = checked_step_top(top, in, with_losses);
   const at::Tensor g = checked_read_grad(grad_read, in);
   at::Tensor dq = at::empty_like(in.query);
   const at::Tensor gcs = stacked_loss_grads(grad_compact, grad_separate, in);
@@ -348,6 +356,7 @@ at::Tensor memory_step_backward_cpu(const at::Tensor& grad_read, const at::Tenso
     const scalar_t* gp = g.data_ptr<scalar_t>();
     const A* it = in.items_t.data_ptr<A>();
     scalar_t* d = dq.data_ptr<scalar_t>();
+    const int32_t* tp = top_c.data_ptr<int32_t>();
     at::parallel_for(0, in.N, kQueryTile, [&](int64_t begin, int64_t end) {
       A s[kMaxItems * kCpuLanes], w[kMaxItems * kCpuLanes], ds[kMaxItems * kCpuLanes];
       for_query_groups(begin, end, in.HW, [&](auto lanes, int64_t n) {
@@ -356,7 +365,7 @@ at::Tensor memory_step_backward_cpu(const at::Tensor& grad_read, const at::Tenso
         const scalar_t* gb = gp + b * 2 * in.C * in.HW + p;
         const int64_t off = query_offset(n, in.HW, in.C);
         step_backward_lanes<L>(q + off, gb, gb + in.C * in.HW, d + off, in.HW, in.C, it, in.M, grad_through_weights,
-                               with_losses, gc, gs, s, w, ds);
+                               with_losses, gc, gs, with_losses ? tp + 2 * n : nullptr, s, w, ds);
       });
     });
   });

@@ -115,8 +115,9 @@ template <typename T, typename A>
 __global__ void __launch_bounds__(kThreads) step_tile_kernel(const T* __restrict__ q, const A* __restrict__ items_t,
                                                              T* __restrict__ out, A* __restrict__ parts,
                                                              A* __restrict__ part_max, A* __restrict__ part_sum,
-                                                             int64_t N, int64_t HW, int64_t C, int M,
-                                                             bool over_assigned, bool with_losses, bool with_update) {
+                                                             int32_t* __restrict__ top, int64_t N, int64_t HW,
+                                                             int64_t C, int M, bool over_assigned, bool with_losses,
+                                                             bool with_update) {
   A* comp = shared_base<A>();
   A* trip = comp + kQueryTile;
   A* scores = trip + kQueryTile;  // the update tile's arrays, with_update only
@@ -138,6 +139,8 @@ __global__ void __launch_bounds__(kThreads) step_tile_kernel(const T* __restrict
       loss_terms_from_scores_lanes<1>(qk, HW, C, items_t, M, &inv, s, &lt);
       comp[k] = lt.compact[0];
       trip[k] = lt.triplet[0];
+      top[2 * n] = lt.top1[0];
+      top[2 * n + 1] = lt.top2[0];
     }
     if (with_update) {
       weight[k] = inv;
@@ -166,7 +169,8 @@ __global__ void __launch_bounds__(kThreads) step_tile_kernel(const T* __restrict
 template <typename T, typename A>
 __global__ void __launch_bounds__(kThreads) step_backward_kernel(const A* __restrict__ grads, const T* __restrict__ g,
                                                                  const T* __restrict__ q,
-                                                                 const A* __restrict__ items_t, T* __restrict__ dq,
+                                                                 const A* __restrict__ items_t,
+                                                                 const int32_t* __restrict__ top, T* __restrict__ dq,
                                                                  int64_t N, int64_t HW, int64_t C, int M,
                                                                  bool grad_through_weights, bool with_losses) {
   const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -177,7 +181,7 @@ __global__ void __launch_bounds__(kThreads) step_backward_kernel(const A* __rest
   const int64_t off = query_offset(n, HW, C);
   const T* gb = g + (n / HW) * 2 * C * HW + n % HW;
   step_backward_lanes<1>(q + off, gb, gb + C * HW, dq + off, HW, C, items_t, M, grad_through_weights, with_losses, gc,
-                         gs, s, w, ds);
+                         gs, with_losses ? top + 2 * n : nullptr, s, w, ds);
 }
 
 // Block m combines item m over all tiles; thread c owns channel c.
@@ -374,7 +378,7 @@ at::Tensor memory_losses_backward_cuda(const at::Tensor& grad_compact, const at:
   return dq;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_step_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_step_cuda(
     const at::Tensor& query, const at::Tensor& items, bool /*grad_through_weights*/, bool max_over_assigned,
     bool with_losses, bool with_update) {
   if (with_losses) check_loss_items(items);
@@ -390,6 +394,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_st
                                    : at::full({in.M}, -std::numeric_limits<double>::infinity(), acc_opts);
   at::Tensor sum = with_update ? at::empty({in.M, in.C}, acc_opts) : at::zeros({in.M, in.C}, acc_opts);
   at::Tensor compact = at::empty({}, acc_opts), separate = at::empty({}, acc_opts);  // must not alias
+  at::Tensor top = at::empty({with_losses ? in.N : 0, 2}, in.query.options().dtype(at::kInt));
   const auto stream = c10::cuda::getCurrentCUDAStream();
   MGID_DISPATCH(in.query.scalar_type(), "mgid::memory_step(cuda)", [&] {
     using A = at::opmath_type<scalar_t>;
@@ -397,8 +402,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_st
     allow_shared_memory(step_tile_kernel<scalar_t, A>, smem, "memory_step");
     step_tile_kernel<scalar_t, A><<<T, kThreads, smem, stream>>>(
         in.query.data_ptr<scalar_t>(), in.items_t.data_ptr<A>(), out.data_ptr<scalar_t>(), parts.data_ptr<A>(),
-        part_max.data_ptr<A>(), part_sum.data_ptr<A>(), in.N, in.HW, in.C, in.M, max_over_assigned, with_losses,
-        with_update);
+        part_max.data_ptr<A>(), part_sum.data_ptr<A>(), top.data_ptr<int32_t>(), in.N, in.HW, in.C, in.M,
+        max_over_assigned, with_losses, with_update);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     losses_combine_kernel<A><<<1, 1, 0, stream>>>(parts.data_ptr<A>(), T, static_cast<A>(in.N * in.C),
                                                    static_cast<A>(in.N), compact.data_ptr<A>(), separate.data_ptr<A>());
@@ -410,14 +415,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_st
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
-  return {out, compact.to(query.scalar_type()), separate.to(query.scalar_type()), col_max, sum};
+  return {out, compact.to(query.scalar_type()), separate.to(query.scalar_type()), col_max, sum, top};
 }
 
 at::Tensor memory_step_backward_cuda(const at::Tensor& grad_read, const at::Tensor& grad_compact,
                                      const at::Tensor& grad_separate, const at::Tensor& query, const at::Tensor& items,
-                                     bool grad_through_weights, bool with_losses) {
+                                     const at::Tensor& top, bool grad_through_weights, bool with_losses) {
   const c10::cuda::CUDAGuard guard(query.device());
   const MemoryInputs in = prepare_memory_inputs(query, items);
+  const at::Tensor top_c = checked_step_top(top, in, with_losses);
   const at::Tensor g = checked_read_grad(grad_read, in);
   const at::Tensor grads = stacked_loss_grads(grad_compact, grad_separate, in);
   at::Tensor dq = at::empty_like(in.query);
@@ -426,7 +432,8 @@ at::Tensor memory_step_backward_cuda(const at::Tensor& grad_read, const at::Tens
     using A = at::opmath_type<scalar_t>;
     step_backward_kernel<scalar_t, A><<<ceil_div(in.N, kThreads), kThreads, 0, stream>>>(
         grads.data_ptr<A>(), g.data_ptr<scalar_t>(), in.query.data_ptr<scalar_t>(), in.items_t.data_ptr<A>(),
-        dq.data_ptr<scalar_t>(), in.N, in.HW, in.C, in.M, grad_through_weights, with_losses);
+        top_c.data_ptr<int32_t>(), dq.data_ptr<scalar_t>(), in.N, in.HW, in.C, in.M, grad_through_weights,
+        with_losses);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return dq;

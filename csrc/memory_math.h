@@ -190,12 +190,25 @@ struct LossLanes {
 
 // The loss terms from each lane's raw scores ``s`` (read only).
 template <int L, typename T, typename A>
+MGID_HD void loss_terms_from_top_lanes(const T* q, int64_t stride, int64_t C, const A* items, int M, const A* inv,
+                                       LossLanes<L, A>* t);
+
+template <int L, typename T, typename A>
 MGID_HD void loss_terms_from_scores_lanes(const T* q, int64_t stride, int64_t C, const A* items, int M,
                                           const A* inv, const A* s, LossLanes<L, A>* t) {
-  A dp2[L], dn2[L];
   for (int l = 0; l < L; ++l) {
     t->top1[l] = lane_argmax<L>(s, M, l);
     t->top2[l] = lane_argmax_second<L>(s, M, l, t->top1[l]);
+  }
+  loss_terms_from_top_lanes<L>(q, stride, C, items, M, inv, t);
+}
+
+// The loss terms of L queries whose two nearest items t->top1, t->top2 are known.
+template <int L, typename T, typename A>
+MGID_HD void loss_terms_from_top_lanes(const T* q, int64_t stride, int64_t C, const A* items, int M, const A* inv,
+                                       LossLanes<L, A>* t) {
+  A dp2[L], dn2[L];
+  for (int l = 0; l < L; ++l) {
     t->compact[l] = 0;
     dp2[l] = 0;
     dn2[l] = 0;
@@ -241,13 +254,16 @@ MGID_HD void mean_loss_grads(const A* grads, int64_t N, int64_t C, A* gc, A* gs)
 // (gc, gs from mean_loss_grads). With grad_through_weights, ds_m = w_m (g_read.P[m] - sum_j w_j
 // g_read.P[j]) and q_hat gets sum_m ds_m P[m]. ``s``, ``w`` and ``ds`` are scratch of M*L entries
 // each; ``s`` may be ``w`` when with_losses is false.
+//
+// ``top``: null, or the two nearest items of each lane as the forward found them (top[2l], top[2l+1]);
+// given, the losses need no scores (they are the forward's, so the result is the same).
 template <int L, typename T, typename A>
 MGID_HD void step_backward_lanes(const T* q, const T* g_qhat, const T* g_read, T* dq, int64_t stride, int64_t C,
                                  const A* items, int M, bool grad_through_weights, bool with_losses, A gc, A gs,
-                                 A* s, A* w, A* ds) {
+                                 const int32_t* top, A* s, A* w, A* ds) {
   A norm[L], inv[L];
   lanes_inv_norm<L>(q, stride, C, norm, inv);
-  if (grad_through_weights || with_losses) lanes_scores<L>(q, stride, C, items, M, inv, s);
+  if (grad_through_weights || (with_losses && top == nullptr)) lanes_scores<L>(q, stride, C, items, M, inv, s);
   LossLanes<L, A> t;
   A wp[L], wn[L];
   for (int l = 0; l < L; ++l) {
@@ -255,7 +271,15 @@ MGID_HD void step_backward_lanes(const T* q, const T* g_qhat, const T* g_read, T
     wp[l] = wn[l] = A(0);
   }
   if (with_losses) {
-    loss_terms_from_scores_lanes<L>(q, stride, C, items, M, inv, s, &t);
+    if (top != nullptr) {
+      for (int l = 0; l < L; ++l) {
+        t.top1[l] = top[2 * l];
+        t.top2[l] = top[2 * l + 1];
+      }
+      loss_terms_from_top_lanes<L>(q, stride, C, items, M, inv, &t);
+    } else {
+      loss_terms_from_scores_lanes<L>(q, stride, C, items, M, inv, s, &t);
+    }
     for (int l = 0; l < L; ++l) {
       // clamp_min passes the gradient where its input is >= the bound (torch's convention).
       const bool active = t.d_pos[l] - t.d_neg[l] + A(kTripletMargin) >= A(0);
@@ -292,8 +316,8 @@ MGID_HD void step_backward_lanes(const T* q, const T* g_qhat, const T* g_read, T
 template <int L, typename T, typename A>
 MGID_HD void read_backward_lanes(const T* q, const T* g_qhat, const T* g_read, T* dq, int64_t stride, int64_t C,
                                  const A* items, int M, bool grad_through_weights, A* w, A* ds) {
-  step_backward_lanes<L>(q, g_qhat, g_read, dq, stride, C, items, M, grad_through_weights, false, A(0), A(0), w, w,
-                         ds);
+  step_backward_lanes<L>(q, g_qhat, g_read, dq, stride, C, items, M, grad_through_weights, false, A(0), A(0),
+                         static_cast<const int32_t*>(nullptr), w, w, ds);
 }
 
 // Backward of the losses alone (the step's backward with no read gradient). ``s``: M*L scratch.
@@ -301,7 +325,7 @@ template <int L, typename T, typename A>
 MGID_HD void losses_backward_lanes(const T* q, T* dq, int64_t stride, int64_t C, const A* items, int M, A gc, A gs,
                                    A* s) {
   step_backward_lanes<L>(q, static_cast<const T*>(nullptr), static_cast<const T*>(nullptr), dq, stride, C, items, M,
-                         false, true, gc, gs, s, s, s);
+                         false, true, gc, gs, static_cast<const int32_t*>(nullptr), s, s, s);
 }
 
 // ---- Memory update: per-tile partials, combined over tiles in a fixed order. ----

@@ -74,9 +74,9 @@ TORCH_LIBRARY(mgid, m) {
   m.def("memory_losses_backward(Tensor grad_compactness, Tensor grad_separateness, Tensor query, "
         "Tensor items) -> Tensor");
   m.def("memory_step(Tensor query, Tensor items, bool grad_through_weights=False, bool max_over_assigned=False, "
-        "bool with_losses=True, bool with_update=True) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+        "bool with_losses=True, bool with_update=True) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("memory_step_backward(Tensor grad_read, Tensor grad_compactness, Tensor grad_separateness, Tensor query, "
-        "Tensor items, bool grad_through_weights, bool with_losses) -> Tensor");
+        "Tensor items, Tensor top, bool grad_through_weights, bool with_losses) -> Tensor");
 
   m.def("feature_covariance(Tensor features) -> Tensor");
   m.def("bsw_threshold(Tensor values, int k) -> Tensor");

@@ -92,6 +92,15 @@ def test_step_backward_equals_the_separate_backwards(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_saved_nearest_items_are_the_top_two(device):
+    """The forward hands its top-1/top-2 to the backward; they must be the scores' two largest."""
+    query, items = make_inputs(2, 16, 9, 15, 10, torch.float64, device, seed=4)
+    top = torch.ops.mgid.memory_step(query, items, False, False, True, True)[5]
+    scores = F.normalize(query.permute(0, 2, 3, 1).reshape(-1, 16), dim=1) @ items.t()
+    assert torch.equal(top.long(), scores.topk(2, dim=1).indices)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_outputs_not_asked_for(device):
     query, items = make_inputs(1, 8, 5, 7, 4, torch.float32, device, seed=9)
     read_only = ops.memory_step(query, items, with_losses=False, update="none")
@@ -145,7 +154,8 @@ def test_opcheck(device):
     grad_read = torch.randn(2, 16, 3, 5, device=device)
     one, half = torch.tensor(1.0, device=device), torch.tensor(0.5, device=device)
     for gtw, with_losses in [(False, True), (True, True), (True, False)]:
-        opcheck(torch.ops.mgid.memory_step_backward, (grad_read, one, half, query, items, gtw, with_losses))
+        top = step(query, items, False, False, with_losses, False)[5]
+        opcheck(torch.ops.mgid.memory_step_backward, (grad_read, one, half, query, items, top, gtw, with_losses))
 
 
 def test_torch_compile_fullgraph_matches_eager():
@@ -243,9 +253,14 @@ def test_bad_inputs_raise_clear_errors():
         ops.memory_step(query.long(), items)
     with pytest.raises((ValueError, RuntimeError), match="at most 256"):
         ops.memory_step(query, F.normalize(torch.randn(257, 8), dim=1))
+    top = torch.ops.mgid.memory_step(query, items, False, False, True, False)[5]
+    assert top.dtype == torch.int32 and top.shape == (9, 2)
     with pytest.raises(RuntimeError, match=r"grad_out must have shape"):
         torch.ops.mgid.memory_step_backward(torch.zeros(1, 8, 3, 3), torch.tensor(1.0), torch.tensor(1.0), query,
-                                            items, False, True)
+                                            items, top, False, True)
+    with pytest.raises(RuntimeError, match=r"top must be the int32 \(N, 2\)"):
+        torch.ops.mgid.memory_step_backward(torch.zeros(1, 16, 3, 3), torch.tensor(1.0), torch.tensor(1.0), query,
+                                            items, top[:4], False, True)
     with pytest.raises(RuntimeError, match="at least 2 memory items"):
         torch.ops.mgid.memory_step(query, items[:1], False, False, True, True)
 

@@ -56,11 +56,12 @@ def _(query, items, grad_through_weights=False, max_over_assigned=False, with_lo
     b, c, h, w = query.shape
     acc = _acc_dtype(query.dtype)
     return (query.new_empty((b, 2 * c, h, w)), query.new_empty(()), query.new_empty(()),
-            items.new_empty((items.shape[0],), dtype=acc), items.new_empty(items.shape, dtype=acc))
+            items.new_empty((items.shape[0],), dtype=acc), items.new_empty(items.shape, dtype=acc),
+            query.new_empty((b * h * w if with_losses else 0, 2), dtype=torch.int32))
 
 
 @lib.register_fake("mgid::memory_step_backward")
-def _(grad_read, grad_compactness, grad_separateness, query, items, grad_through_weights, with_losses):
+def _(grad_read, grad_compactness, grad_separateness, query, items, top, grad_through_weights, with_losses):
     return torch.empty_like(query, memory_format=torch.contiguous_format)
 
 
@@ -133,14 +134,15 @@ lib.register_autograd("mgid::memory_losses", _losses_backward, setup_context=_lo
 
 def _step_setup(ctx, inputs, output):
     query, items, grad_through_weights, _, with_losses, _ = inputs
-    ctx.save_for_backward(query, items)
+    # The two nearest items of every query (output 5): the backward of the losses needs no scores.
+    ctx.save_for_backward(query, items, output[5])
     ctx.grad_through_weights = grad_through_weights
     ctx.with_losses = with_losses
-    ctx.mark_non_differentiable(output[3], output[4])  # the update statistics
+    ctx.mark_non_differentiable(output[3], output[4], output[5])  # update statistics, nearest items
 
 
-def _step_backward(ctx, grad_read, grad_compactness, grad_separateness, _grad_col_max, _grad_sum):
-    query, items = ctx.saved_tensors
+def _step_backward(ctx, grad_read, grad_compactness, grad_separateness, _grad_col_max, _grad_sum, _grad_top):
+    query, items, top = ctx.saved_tensors
     if not ctx.needs_input_grad[0]:
         return None, None, None, None, None, None
     b, c, h, w = query.shape
@@ -149,7 +151,7 @@ def _step_backward(ctx, grad_read, grad_compactness, grad_separateness, _grad_co
     zero = query.new_zeros((), dtype=_acc_dtype(query.dtype))
     gc = zero if grad_compactness is None else grad_compactness
     gs = zero if grad_separateness is None else grad_separateness
-    grad_query = torch.ops.mgid.memory_step_backward(grad_read, gc, gs, query, items, ctx.grad_through_weights,
+    grad_query = torch.ops.mgid.memory_step_backward(grad_read, gc, gs, query, items, top, ctx.grad_through_weights,
                                                      ctx.with_losses)
     return grad_query, None, None, None, None, None
 

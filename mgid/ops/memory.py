@@ -132,7 +132,7 @@ def memory_step(
                          f"got items of shape {tuple(items.shape)}")
     with_update = update != "none"
     if use_fused(query.device):
-        read, compactness, separateness, col_max, weighted_sum = torch.ops.mgid.memory_step(
+        read, compactness, separateness, col_max, weighted_sum, _nearest = torch.ops.mgid.memory_step(
             query, items.detach(), grad_through_weights, max_over_assigned, with_losses, with_update)
     else:
         read, compactness, separateness, col_max, weighted_sum = reference.memory_step(

@@ -166,10 +166,10 @@ std::tuple<at::Tensor, at::Tensor> memory_update_stats_cpu(const at::Tensor& que
           const scalar_t* qn = q + query_offset(n, HW, C);
           lanes_inv_norm<L>(qn, HW, C, norm, &weight[k0]);
           lanes_scores<L>(qn, HW, C, it, M, &weight[k0], lane_scores.data());
-          for (int l = 0; l < L; ++l) {
+          A best[L];
+          lanes_argmax<L>(lane_scores.data(), M, best, &assign[k0]);
+          for (int l = 0; l < L; ++l)
             for (int m = 0; m < M; ++m) scores[(k0 + l) * M + m] = lane_scores[m * L + l];
-            assign[k0 + l] = lane_argmax<L>(lane_scores.data(), M, l);
-          }
         });
         update_tile_partials(t, K, q, HW, C, M, max_over_assigned, scores.data(), assign.data(), weight.data(), pmax,
                              psum);
@@ -306,9 +306,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
           A norm[L], inv[L];
           lanes_inv_norm<L>(qn, HW, C, norm, inv);
           lanes_scores<L>(qn, HW, C, it, M, inv, ls);
+          int top1[L];
           if (with_losses) {
             LossLanes<L, A> lt;
             loss_terms_from_scores_lanes<L>(qn, HW, C, it, M, inv, ls, &lt);
+            for (int l = 0; l < L; ++l) top1[l] = lt.top1[l];
             for (int l = 0; l < L; ++l) {
               comp += lt.compact[l];
               trip += lt.triplet[l];
@@ -316,12 +318,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
               tp[2 * (n + l) + 1] = lt.top2[l];
             }
           }
-          if (with_update)
+          if (with_update) {
+            if (with_losses) {  // the losses' top-1 is the assignment
+              for (int l = 0; l < L; ++l) assign[k0 + l] = top1[l];
+            } else {
+              A best[L];
+              lanes_argmax<L>(ls, M, best, &assign[k0]);
+            }
             for (int l = 0; l < L; ++l) {
               weight[k0 + l] = inv[l];
               for (int m = 0; m < M; ++m) scores[(k0 + l) * M + m] = ls[m * L + l];
-              assign[k0 + l] = lane_argmax<L>(ls, M, l);
             }
+          }
           const int64_t b = n / HW, p = n % HW;
           scalar_t* ob = o + b * 2 * C * HW + p;
           read_from_scores_lanes<L>(qn, ob, ob + C * HW, HW, C, it, M, inv, ls);  // overwrites ls

@@ -96,7 +96,8 @@ __global__ void __launch_bounds__(kThreads) update_tile_kernel(const T* __restri
     A norm;
     lanes_inv_norm<1>(qk, HW, C, &norm, &weight[k]);
     lanes_scores<1>(qk, HW, C, items_t, M, &weight[k], scores + k * M);
-    assign[k] = lane_argmax<1>(scores + k * M, M, 0);
+    A best;
+    lanes_argmax<1>(scores + k * M, M, &best, &assign[k]);
   }
   __syncthreads();  // all scores and assignments of the tile are written
   update_tile_finish(q, scores, weight, tile_max, assign, part_max, part_sum, t, K, HW, C, M, over_assigned);
@@ -134,18 +135,24 @@ __global__ void __launch_bounds__(kThreads) step_tile_kernel(const T* __restrict
     A norm, inv;
     lanes_inv_norm<1>(qk, HW, C, &norm, &inv);
     lanes_scores<1>(qk, HW, C, items_t, M, &inv, s);
+    int top1 = 0;
     if (with_losses) {
       LossLanes<1, A> lt;
       loss_terms_from_scores_lanes<1>(qk, HW, C, items_t, M, &inv, s, &lt);
       comp[k] = lt.compact[0];
       trip[k] = lt.triplet[0];
-      top[2 * n] = lt.top1[0];
+      top[2 * n] = top1 = lt.top1[0];
       top[2 * n + 1] = lt.top2[0];
     }
     if (with_update) {
       weight[k] = inv;
       for (int m = 0; m < M; ++m) scores[k * M + m] = s[m];
-      assign[k] = lane_argmax<1>(s, M, 0);
+      if (with_losses) {  // the losses' top-1 is the assignment
+        assign[k] = top1;
+      } else {
+        A best;
+        lanes_argmax<1>(s, M, &best, &assign[k]);
+      }
     }
     T* ob = out + (n / HW) * 2 * C * HW + n % HW;
     read_from_scores_lanes<1>(qk, ob, ob + C * HW, HW, C, items_t, M, &inv, s);  // overwrites s

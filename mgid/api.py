@@ -4,6 +4,7 @@
     >>> derainer = mgid.load_model()                 # shipped weights, CUDA when available
     >>> clean = derainer.derain(rgb)                 # HxWx3 uint8 RGB in, HxWx3 uint8 RGB out
     >>> clean = derainer.derain(rgb, tile=512)       # bounded memory for large photos
+    >>> mgid.load_model(precision="fp32")            # exact fp32 (default auto: bf16 on CPUs with bf16 units)
 
 Weights are mgid checkpoints (``NAME.safetensors`` + ``NAME.json``, see `mgid.checkpoint`); nothing
 is unpickled.
@@ -19,7 +20,7 @@ import torch
 from mgid.checkpoint import META_SUFFIX, MODEL_SUFFIX, CheckpointError, check_safetensors_file
 from mgid.checkpoint import load_model as _load_net
 from mgid.data import to_tensor, to_uint8
-from mgid.inference import DEFAULT_OVERLAP, predict_rain, tile_geometry
+from mgid.inference import DEFAULT_OVERLAP, predict_rain, resolve_channels_last, resolve_precision, tile_geometry
 from mgid.models import MGIDNet
 
 #: Folder of the weights shipped inside the package.
@@ -92,22 +93,32 @@ class Derainer:
         device: where it runs.
         tile, overlap: default tiling (``tile=None``: whole images); see `mgid.inference`.
         weights: the file the weights came from (None when built from a network).
+        precision: the arithmetic, resolved: ``fp32`` or ``bf16`` (autocast). Given as ``auto``
+            (the default) it is bf16 on a CPU with native bf16 instructions, fp32 elsewhere
+            (`mgid.inference.resolve_precision`).
+        channels_last: whether the network and its inputs use channels_last memory format
+            (given as None, the default: exactly when bf16 runs on a CPU).
     """
 
     def __init__(self, net: MGIDNet, device: str | torch.device | None = None, tile: int | None = None,
-                 overlap: int = DEFAULT_OVERLAP, weights: Path | None = None) -> None:
+                 overlap: int = DEFAULT_OVERLAP, weights: Path | None = None, precision: str = "auto",
+                 channels_last: bool | None = None) -> None:
         self.device = resolve_device(device) if device is not None else next(net.parameters()).device
-        self.net = net.to(self.device).eval()
+        self.precision = resolve_precision(precision, self.device)
+        self.channels_last = resolve_channels_last(channels_last, self.precision, self.device)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.net = net.to(self.device, memory_format=fmt).eval()
         self.tile, self.overlap, self.weights = tile, overlap, weights
 
     def __repr__(self) -> str:
         return (f"Derainer(weights={str(self.weights) if self.weights else None!r}, device={str(self.device)!r}, "
-                f"tile={self.tile}, overlap={self.overlap})")
+                f"tile={self.tile}, overlap={self.overlap}, precision={self.precision!r}, "
+                f"channels_last={self.channels_last})")
 
     def _rain(self, batch: torch.Tensor, tile: int | None | str, overlap: int | None) -> torch.Tensor:
         t = self.tile if tile == "default" else tile
         o = self.overlap if overlap is None else overlap
-        return predict_rain(self.net, batch, t, o)
+        return predict_rain(self.net, batch, t, o, precision=self.precision, channels_last=self.channels_last)
 
     @staticmethod
     def _as_batch(image: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, str]:
@@ -171,11 +182,13 @@ def rain_to_uint8(rain: torch.Tensor) -> np.ndarray:
 
 
 def load_model(weights: str | Path | None = None, device: str | torch.device = "auto", tile: int | None = None,
-               overlap: int = DEFAULT_OVERLAP) -> Derainer:
+               overlap: int = DEFAULT_OVERLAP, precision: str = "auto", channels_last: bool | None = None) -> Derainer:
     """A `Derainer` with weights from ``weights`` (None: the shipped ones) on ``device`` ("auto": CUDA if any).
 
     ``weights``: ``NAME.safetensors`` (with ``NAME.json`` beside it), or a training output folder.
     ``tile``/``overlap``: the default tiling of `Derainer.derain` (None: whole images).
+    ``precision``: ``auto`` (bf16 autocast on a CPU with native bf16 instructions, else fp32), ``fp32``
+    or ``bf16``; ``channels_last``: None = on exactly with bf16 on a CPU (see `Derainer`).
     Raises ``FileNotFoundError`` when the weights are missing (the message says how to get some)
     and `mgid.checkpoint.CheckpointError` for pickled, truncated or inconsistent files.
     """
@@ -183,5 +196,7 @@ def load_model(weights: str | Path | None = None, device: str | torch.device = "
         tile_geometry(tile, overlap)  # bad tiling fails here, not on every image
     path = resolve_weights(weights)
     dev = resolve_device(device)
+    resolve_precision(precision, dev)  # a bad value fails before the weights are read
     net = _load_net(path, dev)
-    return Derainer(net, dev, tile=tile, overlap=overlap, weights=path)
+    return Derainer(net, dev, tile=tile, overlap=overlap, weights=path, precision=precision,
+                    channels_last=channels_last)

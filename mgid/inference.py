@@ -27,22 +27,53 @@ per-channel mean and variance of the pre-norm features over the whole image (eac
 counted once, from the tile whose core holds it), and the second pass normalises every tile with
 those. The result then differs from untiled inference only by the convolutions' border effects.
 ``global_norm=False`` normalises each tile by itself (one pass; the disagreement is larger).
+
+Arithmetic (``precision``, ``channels_last``): ``fp32``, or ``bf16`` = the network under
+``torch.autocast`` (bfloat16 convolutions, fp32 weights and memory items; the rain layer is returned
+in the input's dtype; tiles are blended in fp32), with the input in channels_last memory format when
+``channels_last`` is set. ``auto`` (`resolve_precision`) = bf16 + channels_last on a CPU with native
+bf16 instructions (AVX512-BF16 or AMX, the detection training uses), fp32 elsewhere: measured by
+``benchmarks/bench_derain.py``.
 """
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterator
 
 import torch
 from torch import nn
 
+from mgid import precision as _precision
 from mgid.models import DOWNSAMPLE, MGIDNet, pad_to_multiple
 
 #: Default overlap (pixels) between neighbouring tiles.
 DEFAULT_OVERLAP = 64
 #: Smallest tile side accepted (two query pixels per side).
 MIN_TILE = 2 * DOWNSAMPLE
+#: Inference arithmetic: auto = bf16 autocast on a CPU with native bf16 instructions, else fp32.
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(precision: str, device: str | torch.device) -> str:
+    """Inference's precision: one of :data:`PRECISIONS`; ``auto`` as `mgid.precision.resolve_precision`."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return _precision.resolve_precision(precision, device)
+
+
+def resolve_channels_last(channels_last: bool | None, precision: str, device: str | torch.device) -> bool:
+    """Unset (None) -> channels_last exactly for bf16 on a CPU (as in training); else as given."""
+    return _precision.resolve_channels_last(channels_last, resolve_precision(precision, device), device)
+
+
+def _arithmetic(precision: str, device: torch.device):
+    """The autocast context of a resolved ``precision`` (fp32: none)."""
+    if precision == "fp32":
+        return nullcontext()
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    raise ValueError(f"precision must be fp32 or bf16 here (resolve auto first), got {precision!r}")
 
 
 def _check_image(image: torch.Tensor) -> None:
@@ -111,9 +142,10 @@ class _FixedInstanceNorm(nn.Module):
         self.mean, self.var, self.eps = mean, var, eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = self.mean.to(x).view(x.shape[0], -1, 1, 1)
-        var = self.var.to(x).view(x.shape[0], -1, 1, 1)
-        return (x - mean) / torch.sqrt(var + self.eps)
+        wide = torch.promote_types(x.dtype, torch.float32)  # bf16 features (autocast) are normalised in fp32
+        mean = self.mean.to(x.device, wide).view(x.shape[0], -1, 1, 1)
+        var = self.var.to(x.device, wide).view(x.shape[0], -1, 1, 1)
+        return ((x.to(wide) - mean) / torch.sqrt(var + self.eps)).to(x.dtype)
 
 
 @contextmanager
@@ -133,7 +165,8 @@ def _grid(h: int, w: int, tile: int, overlap: int):
 
 
 @torch.no_grad()
-def _global_query_stats(net: MGIDNet, padded: torch.Tensor, tile: int, overlap: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _global_query_stats(net: MGIDNet, padded: torch.Tensor, tile: int, overlap: int,
+                        fmt: torch.memory_format = torch.contiguous_format) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample, per-channel mean and biased variance (B, C) of the pre-norm query over the whole image."""
     device = next(net.parameters()).device
     b, _, h, w = padded.shape
@@ -147,7 +180,7 @@ def _global_query_stats(net: MGIDNet, padded: torch.Tensor, tile: int, overlap: 
         for y, (ylo, yhi) in zip(ys, ycores):
             for x, (xlo, xhi) in zip(xs, xcores):
                 captured.clear()
-                net.encoder(padded[..., y:y + th, x:x + tw].to(device))
+                net.encoder(padded[..., y:y + th, x:x + tw].to(device).contiguous(memory_format=fmt))
                 f = captured[0][..., (ylo - y) // DOWNSAMPLE:(yhi - y) // DOWNSAMPLE,
                                 (xlo - x) // DOWNSAMPLE:(xhi - x) // DOWNSAMPLE].double().cpu()
                 total += f.sum(dim=(2, 3))
@@ -162,33 +195,40 @@ def _global_query_stats(net: MGIDNet, padded: torch.Tensor, tile: int, overlap: 
 
 @torch.no_grad()
 def predict_rain(net: MGIDNet, image: torch.Tensor, tile: int | None = None, overlap: int = DEFAULT_OVERLAP,
-                 global_norm: bool = True) -> torch.Tensor:
+                 global_norm: bool = True, precision: str = "fp32", channels_last: bool | None = False) -> torch.Tensor:
     """The rain layer R (B, 3, H, W) of ``image`` (B, 3, H, W) in [-1, 1], memory read only.
 
     ``tile=None`` (or an image that fits in one tile) runs the network once. Otherwise tiles of
     ``tile`` px (rounded down to a multiple of 8) overlapping by ``overlap`` px (rounded up) are
     blended as the module doc describes. Tiles run on the network's device; the result is on
-    ``image``'s device. The network's train/eval mode is restored afterwards.
+    ``image``'s device, in its dtype. The network's train/eval mode is restored afterwards.
+    ``precision`` (fp32, bf16 autocast or auto) and ``channels_last`` (None: auto) as the module doc
+    says; the network's own memory format is left as it is (`mgid.api.Derainer` converts it once).
     """
     _check_image(image)
     was_training = net.training
     net.eval()
     try:
         device = next(net.parameters()).device
+        precision = resolve_precision(precision, device)
+        if channels_last is None:
+            channels_last = resolve_channels_last(None, precision, device)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
         h, w = image.shape[-2:]
-        if tile is None or (h <= tile and w <= tile):
-            out = net(image.to(device), update_memory=False, memory_losses=False)
-            return out.rain.to(image.device)
-        tile, overlap = tile_geometry(tile, overlap)
-        padded = pad_to_multiple(image, DOWNSAMPLE, net.config.pad_mode)
-        if padded.shape[-2] <= tile and padded.shape[-1] <= tile:
-            return net(image.to(device), update_memory=False, memory_losses=False).rain.to(image.device)
-        return _predict_tiled(net, padded, tile, overlap, global_norm)[..., :h, :w]
+        with _arithmetic(precision, device):
+            if tile is not None and (h > tile or w > tile):
+                tile, overlap = tile_geometry(tile, overlap)
+                padded = pad_to_multiple(image, DOWNSAMPLE, net.config.pad_mode)
+                if padded.shape[-2] > tile or padded.shape[-1] > tile:
+                    return _predict_tiled(net, padded, tile, overlap, global_norm, fmt)[..., :h, :w]
+            out = net(image.to(device).contiguous(memory_format=fmt), update_memory=False, memory_losses=False)
+            return out.rain.to(image.device, image.dtype)
     finally:
         net.train(was_training)
 
 
-def _predict_tiled(net: MGIDNet, padded: torch.Tensor, tile: int, overlap: int, global_norm: bool) -> torch.Tensor:
+def _predict_tiled(net: MGIDNet, padded: torch.Tensor, tile: int, overlap: int, global_norm: bool,
+                   fmt: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     device = next(net.parameters()).device
     b, c, h, w = padded.shape
     ys, xs, th, tw = _grid(h, w, tile, overlap)
@@ -196,7 +236,7 @@ def _predict_tiled(net: MGIDNet, padded: torch.Tensor, tile: int, overlap: int, 
     weight = torch.zeros(1, 1, h, w, dtype=torch.float32, device=padded.device)
     norm: nn.Module = net.encoder.norm
     if global_norm:
-        mean, var = _global_query_stats(net, padded, tile, overlap)
+        mean, var = _global_query_stats(net, padded, tile, overlap, fmt)
         norm = _FixedInstanceNorm(mean, var, float(getattr(net.encoder.norm, "eps", 1e-5)))
     with _norm_replaced(net, norm):
         for iy, y in enumerate(ys):
@@ -205,7 +245,8 @@ def _predict_tiled(net: MGIDNet, padded: torch.Tensor, tile: int, overlap: int, 
                 wx = _ramp(tw, overlap, rise=ix > 0, fall=ix < len(xs) - 1)
                 win = (wy[:, None] * wx[None, :]).to(padded.device)
                 crop = padded[..., y:y + th, x:x + tw]
-                rain = net(crop.to(device), update_memory=False, memory_losses=False).rain
+                rain = net(crop.to(device).contiguous(memory_format=fmt), update_memory=False,
+                           memory_losses=False).rain
                 acc[..., y:y + th, x:x + tw] += rain.to(padded.device, torch.float32) * win
                 weight[..., y:y + th, x:x + tw] += win
     return (acc / weight).to(padded.dtype)
@@ -213,9 +254,9 @@ def _predict_tiled(net: MGIDNet, padded: torch.Tensor, tile: int, overlap: int, 
 
 @torch.no_grad()
 def derain_tiled(net: MGIDNet, image: torch.Tensor, tile: int | None = None, overlap: int = DEFAULT_OVERLAP,
-                 global_norm: bool = True) -> torch.Tensor:
+                 global_norm: bool = True, precision: str = "fp32", channels_last: bool | None = False) -> torch.Tensor:
     """The de-rained image B = I - R (B, 3, H, W) of ``image`` (B, 3, H, W) in [-1, 1] (not clamped).
 
-    See `predict_rain` for ``tile``, ``overlap`` and ``global_norm``.
+    See `predict_rain` for ``tile``, ``overlap``, ``global_norm``, ``precision`` and ``channels_last``.
     """
-    return image - predict_rain(net, image, tile, overlap, global_norm)
+    return image - predict_rain(net, image, tile, overlap, global_norm, precision, channels_last)

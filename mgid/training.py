@@ -64,6 +64,7 @@ from mgid.data.timelapse import HELDOUT_SETS
 from mgid.losses import MGIDLoss
 from mgid.metrics import psnr, ssim
 from mgid.models import MGIDNet, MGIDOutput
+from mgid.precision import cpu_has_native_bf16, resolve_channels_last, resolve_precision  # noqa: F401  (re-exported)
 from mgid.visualize import image_grid, tensor_rows
 
 CHECKPOINT_DIR = "checkpoints"
@@ -174,27 +175,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device cuda was asked for but torch sees no CUDA GPU; use --device cpu (or auto)")
     return torch.device(name)
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU has bf16 dot-product instructions (AVX512-BF16 or AMX-BF16); Linux /proc/cpuinfo."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> bf16 on a CPU with native bf16 instructions, else fp32; other values unchanged."""
-    if precision != "auto":
-        return precision
-    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
-
-
-def resolve_channels_last(channels_last: bool | None, precision: str, device: torch.device) -> bool:
-    """Unset -> channels_last exactly for bf16 on a CPU (where it measured faster); else as given."""
-    return (precision == "bf16" and device.type == "cpu") if channels_last is None else channels_last
 
 
 def seed_everything(seed: int) -> None:

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+import mgid.precision
 from mgid.config import ConfigError, merge, resolve_config
 from mgid.models import MGIDNet, ModelConfig
 from mgid.training import Trainer
@@ -62,14 +63,12 @@ def test_fast_path_loss_curve_matches_fp32(tmp_path):
 
 
 def test_auto_precision_and_memory_format(tmp_path, monkeypatch):
-    from mgid import training
-
-    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(mgid.precision, "cpu_has_native_bf16", lambda: True)
     trainer, _ = run(tmp_path / "auto", steps=1)
     assert (trainer.precision, trainer.channels_last) == ("bf16", True)
     conv = next(m for m in trainer.net.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
-    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(mgid.precision, "cpu_has_native_bf16", lambda: False)
     trainer, _ = run(tmp_path / "plain", steps=1)
     assert (trainer.precision, trainer.channels_last) == ("fp32", False)
     trainer, _ = run(tmp_path / "forced", steps=1, precision="fp32", channels_last=True)

@@ -1,0 +1,100 @@
+"""`--precision` / `--channels-last` of `mgid derain` (and `mgid.load_model`): parsing, fp32 forcing, auto.
+
+``auto`` is bf16 autocast + channels_last on a CPU with native bf16 instructions and fp32 elsewhere;
+the CPU detection (`mgid.precision.cpu_has_native_bf16`) is monkeypatched both ways. Tiny networks.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import mgid
+import mgid.precision
+from mgid.checkpoint import save_checkpoint
+from mgid.cli import build_parser, main
+from mgid.inference import predict_rain, resolve_channels_last, resolve_precision
+from mgid.models import MGIDNet, ModelConfig
+
+TINY = ModelConfig(channels=8, memory_items=4)
+
+
+@pytest.fixture
+def weights(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path / "w", MGIDNet(TINY), None, {"config": {"model": TINY.to_dict()}},
+                           names=("tiny",))["model"]
+
+
+@pytest.fixture(params=[True, False], ids=["cpu-with-bf16", "cpu-without-bf16"])
+def bf16_cpu(request, monkeypatch) -> bool:
+    monkeypatch.setattr(mgid.precision, "cpu_has_native_bf16", lambda: request.param)
+    return request.param
+
+
+def _conv_weights_channels_last(net: torch.nn.Module) -> bool:
+    conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    return conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+
+
+def test_options_parse():
+    parser = build_parser()
+    for command in (["derain", "in", "out"], ["evaluate", "--data", "d"], ["heldout"]):
+        args = parser.parse_args(command)
+        assert (args.precision, args.channels_last) == ("auto", "auto")
+    args = parser.parse_args(["derain", "in", "out", "--precision", "fp32", "--channels-last", "on"])
+    assert (args.precision, args.channels_last) == ("fp32", "on")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["derain", "in", "out", "--precision", "fp16"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["derain", "in", "out", "--channels-last", "yes"])
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("fp16", "cpu")
+
+
+def test_auto_is_bf16_channels_last_only_on_a_cpu_with_bf16(bf16_cpu):
+    assert resolve_precision("auto", "cpu") == ("bf16" if bf16_cpu else "fp32")
+    assert resolve_channels_last(None, "auto", "cpu") is bf16_cpu
+    assert resolve_precision("auto", "cuda") == "fp32" and resolve_channels_last(None, "auto", "cuda") is False
+    assert resolve_precision("bf16", "cpu") == "bf16" and resolve_channels_last(False, "bf16", "cpu") is False
+
+
+def test_load_model_auto_and_fp32(weights, bf16_cpu):
+    auto = mgid.load_model(weights, "cpu")
+    assert auto.precision == ("bf16" if bf16_cpu else "fp32") and auto.channels_last is bf16_cpu
+    assert _conv_weights_channels_last(auto.net) is bf16_cpu
+    forced = mgid.load_model(weights, "cpu", precision="fp32")
+    assert forced.precision == "fp32" and forced.channels_last is False
+    assert not _conv_weights_channels_last(forced.net)
+    x = torch.rand(1, 3, 40, 48) * 2 - 1
+    fp32 = predict_rain(mgid.load_model(weights, "cpu", precision="fp32").net, x)
+    assert torch.equal(forced.rain_layer(x), fp32)  # fp32 forced: exactly the fp32 arithmetic
+
+
+def test_bf16_output_close_to_fp32_untiled_and_tiled(weights):
+    fast = mgid.load_model(weights, "cpu", precision="bf16", channels_last=True)
+    ref = mgid.load_model(weights, "cpu", precision="fp32")
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    for tile in (None, 32):
+        a, b = fast.derain(rgb, tile=tile, overlap=16), ref.derain(rgb, tile=tile, overlap=16)
+        assert a.dtype == np.uint8 and a.shape == rgb.shape
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 3
+    x = torch.rand(1, 3, 40, 56) * 2 - 1
+    assert fast.rain_layer(x).dtype == torch.float32  # the rain layer comes back in the input's dtype
+
+
+def test_derain_command_says_and_uses_the_arithmetic(tmp_path, weights, bf16_cpu, capsys):
+    image = tmp_path / "in.png"
+    cv2.imwrite(str(image), np.random.default_rng(1).integers(0, 256, (24, 32, 3), dtype=np.uint8))
+    assert main(["derain", str(image), str(tmp_path / "auto"), "--weights", str(weights), "--device", "cpu",
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert ("on cpu, bf16 autocast + channels_last" if bf16_cpu else "on cpu, fp32") in out
+    assert main(["derain", str(image), str(tmp_path / "fp32"), "--weights", str(weights), "--device", "cpu",
+                 "--precision", "fp32", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "on cpu, fp32\n" in out or out.rstrip().endswith("on cpu, fp32")
+    assert (tmp_path / "fp32" / "in.png").is_file()

@@ -336,13 +336,7 @@ def _agreement(shape, k, seeds):
     return res
 
 
-# MEASURED (torch of /tmp/venv, CPU, these inputs; selected set = {Vr <= threshold} over all B*C*C):
-#   n 2048 (B 2, C 32, 8x8), 20 trials: k 5: identical 80%, mean Jaccard 0.9996 (min 0.9969);
-#     k 10: 65%, 0.9985 (min 0.9883); k 50: 90%, 0.9993 (min 0.9925); mean set sizes within 0.1%.
-#   n 32768 (B 8, C 64, 32x32), k 50, 12 trials: identical 42%, mean Jaccard 0.9979 (min 0.9889),
-#     mean |fast| 5580 vs |exact| 5574; k 10, 5 trials: 20%, 0.9976 (min 0.9891). The lead
-#     measured 0.993 (min 0.978), identical 20%, on its own draws.
-#   (The old quantile-seeded Lloyd: mean Jaccard 0.36 at n 512, k 50.)
+# Measured agreement of fast and exact on these inputs: docs/OPS.md ("The BSW mask's k-means").
 # The seeds are fixed, so the asserted runs reproduce these exact numbers (n 2048, k 10, seeds 0-7:
 # 0.9994, min 0.9976; n 32768, k 50, seeds 0-2: 0.9994, min 0.9982). The floors sit below every
 # trial measured so far (lowest single trial 0.978) with margin for other inputs, and well above

@@ -9,7 +9,7 @@ import torch
 from mgid import ops
 from mgid.models import DOWNSAMPLE, Decoder, Encoder, MemoryModule, MGIDNet, ModelConfig, pad_to_multiple
 
-# The public architecture (ALGORITHM.md "Network"); pinned so it cannot drift.
+# The public architecture (docs/ALGORITHM.md "Network"); pinned so it cannot drift.
 PARAMS_TOTAL = 817_987
 PARAMS_ENCODER = 261_184
 PARAMS_DECODER = 556_803

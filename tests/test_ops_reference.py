@@ -1,7 +1,7 @@
 """The pure-PyTorch reference (``mgid.ops.reference``) against naive transcriptions of the equations.
 
 The reference is the oracle of every kernel test, so it is itself checked here against code written
-straight from shared/design/ALGORITHM.md: explicit Python loops over queries and items on tiny inputs
+straight from docs/ALGORITHM.md: explicit Python loops over queries and items on tiny inputs
 (B 2, C 5, 3x4, M 4), plain Python floats, no vectorisation shared with the reference. Where the
 reference uses an identity (e.g. V[k,m] / max_k' V[k',m] = exp(S[k,m] - max_k' S[k',m])), the
 transcription computes the literal form (the full column softmax) so the identity is checked too.

@@ -1,7 +1,7 @@
 """Pure-PyTorch reference of every mgid op.
 
 Plain, vectorised PyTorch (no Python loop over items or queries), written to be read next to
-``shared/design/ALGORITHM.md``. It is the oracle of every test, the fallback where the compiled
+``docs/ALGORITHM.md``. It is the oracle of every test, the fallback where the compiled
 extension is absent, and what ``MGID_OPS=reference`` selects. Autograd flows through it natively,
 with the detach points of the public MNAD/MGID code.
 

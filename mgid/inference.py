@@ -22,10 +22,11 @@ per-channel affine map, so both are tile-independent; the 3x3 convolutions see z
 tile borders (their receptive field reaches ~85 px from a pixel), which the blending fades out. The encoder's
 ``InstanceNorm2d`` on the query is *not* local: its mean and variance are taken over the whole input.
 Per-tile statistics would shift each tile's features (visible as tiles of different rain strength),
-so by default (``global_norm=True``) a first pass runs the encoder alone over the tiles, gathers the
-per-channel mean and variance of the pre-norm features over the whole image (each 1/8-res pixel
-counted once, from the tile whose core holds it), and the second pass normalises every tile with
-those. The result then differs from untiled inference only by the convolutions' border effects.
+so by default (``global_norm=True``) a first pass runs the encoder alone over the tiles
+(`MGIDNet.pre_norm_query`), gathers the per-channel mean and variance of the pre-norm features over
+the whole image (each 1/8-res pixel counted once, from the tile whose core holds it), and the second
+pass normalises every tile with those (``net(tile, norm_stats=(mean, var))``, each (B, C, 1, 1)).
+Only that public API of the network is used: no hooks, no module swapping, no submodule names. The result then differs from untiled inference only by the convolutions' border effects.
 ``global_norm=False`` normalises each tile by itself (one pass; the disagreement is larger).
 
 Arithmetic (``precision``, ``channels_last``): ``fp32``, or ``bf16`` = the network under
@@ -38,14 +39,13 @@ bf16 instructions (AVX512-BF16 or AMX, the detection training uses), fp32 elsewh
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager, nullcontext
-from typing import Iterator
+from contextlib import nullcontext
 
 import torch
-from torch import nn
 
 from mgid import precision as _precision
 from mgid.models import DOWNSAMPLE, MGIDNet, pad_to_multiple
+from mgid.models.encoder import NormStats
 
 #: Default overlap (pixels) between neighbouring tiles.
 DEFAULT_OVERLAP = 64
@@ -134,30 +134,6 @@ def _cores(starts: list[int], size: int, tile: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-class _FixedInstanceNorm(nn.Module):
-    """InstanceNorm2d(affine=False) with given per-channel mean/variance (C,) instead of per-sample ones."""
-
-    def __init__(self, mean: torch.Tensor, var: torch.Tensor, eps: float) -> None:
-        super().__init__()
-        self.mean, self.var, self.eps = mean, var, eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        wide = torch.promote_types(x.dtype, torch.float32)  # bf16 features (autocast) are normalised in fp32
-        mean = self.mean.to(x.device, wide).view(x.shape[0], -1, 1, 1)
-        var = self.var.to(x.device, wide).view(x.shape[0], -1, 1, 1)
-        return ((x.to(wide) - mean) / torch.sqrt(var + self.eps)).to(x.dtype)
-
-
-@contextmanager
-def _norm_replaced(net: MGIDNet, module: nn.Module) -> Iterator[None]:
-    original = net.encoder.norm
-    net.encoder.norm = module
-    try:
-        yield
-    finally:
-        net.encoder.norm = original
-
-
 def _grid(h: int, w: int, tile: int, overlap: int):
     ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
     th, tw = min(tile, h), min(tile, w)
@@ -166,31 +142,27 @@ def _grid(h: int, w: int, tile: int, overlap: int):
 
 @torch.no_grad()
 def _global_query_stats(net: MGIDNet, padded: torch.Tensor, tile: int, overlap: int,
-                        fmt: torch.memory_format = torch.contiguous_format) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample, per-channel mean and biased variance (B, C) of the pre-norm query over the whole image."""
+                        fmt: torch.memory_format = torch.contiguous_format) -> NormStats:
+    """Per-sample, per-channel mean and biased variance (B, C, 1, 1) of the pre-norm query over the whole
+    (padded) image, from the tiles' `MGIDNet.pre_norm_query`, each 1/8-res pixel counted once."""
     device = next(net.parameters()).device
-    b, _, h, w = padded.shape
+    h, w = padded.shape[-2:]
     ys, xs, th, tw = _grid(h, w, tile, overlap)
     ycores, xcores = _cores(ys, th, tile), _cores(xs, tw, tile)
-    captured: list[torch.Tensor] = []
-    hook = net.encoder.stage4.register_forward_hook(lambda m, i, o: captured.append(o))
-    total = torch.zeros(b, net.config.channels, dtype=torch.float64)
-    total_sq = torch.zeros_like(total)
-    try:
-        for y, (ylo, yhi) in zip(ys, ycores):
-            for x, (xlo, xhi) in zip(xs, xcores):
-                captured.clear()
-                net.encoder(padded[..., y:y + th, x:x + tw].to(device).contiguous(memory_format=fmt))
-                f = captured[0][..., (ylo - y) // DOWNSAMPLE:(yhi - y) // DOWNSAMPLE,
-                                (xlo - x) // DOWNSAMPLE:(xhi - x) // DOWNSAMPLE].double().cpu()
-                total += f.sum(dim=(2, 3))
-                total_sq += (f * f).sum(dim=(2, 3))
-    finally:
-        hook.remove()
+    total: torch.Tensor | None = None
+    total_sq: torch.Tensor | None = None
+    for y, (ylo, yhi) in zip(ys, ycores):
+        for x, (xlo, xhi) in zip(xs, xcores):
+            q = net.pre_norm_query(padded[..., y:y + th, x:x + tw].to(device).contiguous(memory_format=fmt))
+            f = q[..., (ylo - y) // DOWNSAMPLE:(yhi - y) // DOWNSAMPLE,
+                  (xlo - x) // DOWNSAMPLE:(xhi - x) // DOWNSAMPLE].double().cpu()
+            s, s2 = f.sum(dim=(2, 3), keepdim=True), (f * f).sum(dim=(2, 3), keepdim=True)
+            total = s if total is None else total + s
+            total_sq = s2 if total_sq is None else total_sq + s2
     n = (h // DOWNSAMPLE) * (w // DOWNSAMPLE)
     mean = total / n
     var = (total_sq / n - mean * mean).clamp_min(0)
-    return mean.float(), var.float()
+    return NormStats(mean.float(), var.float())
 
 
 @torch.no_grad()
@@ -234,21 +206,17 @@ def _predict_tiled(net: MGIDNet, padded: torch.Tensor, tile: int, overlap: int, 
     ys, xs, th, tw = _grid(h, w, tile, overlap)
     acc = torch.zeros(b, c, h, w, dtype=torch.float32, device=padded.device)
     weight = torch.zeros(1, 1, h, w, dtype=torch.float32, device=padded.device)
-    norm: nn.Module = net.encoder.norm
-    if global_norm:
-        mean, var = _global_query_stats(net, padded, tile, overlap, fmt)
-        norm = _FixedInstanceNorm(mean, var, float(getattr(net.encoder.norm, "eps", 1e-5)))
-    with _norm_replaced(net, norm):
-        for iy, y in enumerate(ys):
-            wy = _ramp(th, overlap, rise=iy > 0, fall=iy < len(ys) - 1)
-            for ix, x in enumerate(xs):
-                wx = _ramp(tw, overlap, rise=ix > 0, fall=ix < len(xs) - 1)
-                win = (wy[:, None] * wx[None, :]).to(padded.device)
-                crop = padded[..., y:y + th, x:x + tw]
-                rain = net(crop.to(device).contiguous(memory_format=fmt), update_memory=False,
-                           memory_losses=False).rain
-                acc[..., y:y + th, x:x + tw] += rain.to(padded.device, torch.float32) * win
-                weight[..., y:y + th, x:x + tw] += win
+    stats = _global_query_stats(net, padded, tile, overlap, fmt) if global_norm else None
+    for iy, y in enumerate(ys):
+        wy = _ramp(th, overlap, rise=iy > 0, fall=iy < len(ys) - 1)
+        for ix, x in enumerate(xs):
+            wx = _ramp(tw, overlap, rise=ix > 0, fall=ix < len(xs) - 1)
+            win = (wy[:, None] * wx[None, :]).to(padded.device)
+            crop = padded[..., y:y + th, x:x + tw]
+            rain = net(crop.to(device).contiguous(memory_format=fmt), update_memory=False,
+                       memory_losses=False, norm_stats=stats).rain
+            acc[..., y:y + th, x:x + tw] += rain.to(padded.device, torch.float32) * win
+            weight[..., y:y + th, x:x + tw] += win
     return (acc / weight).to(padded.dtype)
 
 

@@ -4,6 +4,13 @@ Three stages of (conv3x3-BN-ReLU) x2 + 2x2 max-pool, a fourth stage conv3x3-BN-R
 resolution, then ``InstanceNorm2d(C, affine=False)``. The instance-normalised output is both the
 memory query and the feature whose covariance the BSW loss whitens; the pre-pool outputs of
 stages 1-3 are the decoder's skip connections.
+
+The instance norm is the one non-local layer: its statistics are taken over the whole input. To
+normalise a crop (a tile) with the statistics of a larger image, the encoder exposes the pieces:
+`Encoder.pre_norm_features` (the query before normalisation, plus the skips),
+`Encoder.norm_statistics` (the :class:`NormStats` the instance norm would use) and
+``Encoder.forward(image, norm_stats=...)`` / `Encoder.normalise` (normalise with given statistics).
+`mgid.inference` builds tiled inference on these alone.
 """
 from __future__ import annotations
 
@@ -30,6 +37,26 @@ def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
 def double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
     """Two :func:`conv_bn_relu` layers, (B, in, H, W) -> (B, out, H, W); MNAD's ``Basic`` block."""
     return nn.Sequential(conv_bn_relu(in_channels, out_channels), conv_bn_relu(out_channels, out_channels))
+
+
+class NormStats(NamedTuple):
+    """Per-sample, per-channel statistics of the pre-norm query, as the instance norm uses them.
+
+    mean: (B, C, 1, 1); var: (B, C, 1, 1), the biased variance (divided by the pixel count), >= 0.
+    Normalised query = (features - mean) / sqrt(var + eps), eps = `Encoder.norm_eps`.
+    """
+
+    mean: torch.Tensor
+    var: torch.Tensor
+
+    @classmethod
+    def of(cls, features: torch.Tensor) -> NormStats:
+        """The statistics of pre-norm ``features`` (B, C, h, w) over h x w (what InstanceNorm2d computes)."""
+        if not isinstance(features, torch.Tensor) or features.dim() != 4:
+            shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
+            raise ValueError(f"features must have shape (B, C, h, w), got {shape}")
+        return cls(features.mean(dim=(2, 3), keepdim=True),
+                   features.var(dim=(2, 3), unbiased=False, keepdim=True))
 
 
 class EncoderFeatures(NamedTuple):
@@ -63,9 +90,64 @@ class Encoder(nn.Module):
         self.pool = nn.MaxPool2d(kernel_size=2, stride=2)
         self.norm = nn.InstanceNorm2d(channels, affine=False)
 
-    def forward(self, image: torch.Tensor) -> EncoderFeatures:
+    @property
+    def channels(self) -> int:
+        """C, the query's channel count."""
+        return self.norm.num_features
+
+    @property
+    def norm_eps(self) -> float:
+        """The instance norm's epsilon (added to the variance)."""
+        return float(self.norm.eps)
+
+    def pre_norm_features(self, image: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """(query before the instance norm (B, C, H/8, W/8), skips as in :class:`EncoderFeatures`)."""
         s1 = self.stage1(image)
         s2 = self.stage2(self.pool(s1))
         s3 = self.stage3(self.pool(s2))
-        query = self.norm(self.stage4(self.pool(s3)))
-        return EncoderFeatures(query, (s1, s2, s3))
+        return self.stage4(self.pool(s3)), (s1, s2, s3)
+
+    def norm_statistics(self, image: torch.Tensor) -> NormStats:
+        """The :class:`NormStats` (mean, var: (B, C, 1, 1)) the instance norm takes over ``image``'s query."""
+        return NormStats.of(self.pre_norm_features(image)[0])
+
+    def check_norm_stats(self, norm_stats: NormStats | tuple[torch.Tensor, torch.Tensor], batch: int) -> NormStats:
+        """``norm_stats`` as :class:`NormStats` after checking it: (mean, var), each (batch, C, 1, 1).
+
+        Raises TypeError for anything but a pair of floating tensors, ValueError for a wrong shape.
+        """
+        c = self.channels
+        if not isinstance(norm_stats, tuple) or len(norm_stats) != 2:
+            raise TypeError(f"norm_stats must be a pair (mean, var) of tensors of shape (B, C, 1, 1) = "
+                            f"({batch}, {c}, 1, 1), got {type(norm_stats).__name__}")
+        for name, t in zip(NormStats._fields, norm_stats):
+            if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+                raise TypeError(f"norm_stats.{name} must be a floating tensor of shape (B, C, 1, 1) = "
+                                f"({batch}, {c}, 1, 1), got {type(t).__name__}"
+                                + (f" of dtype {t.dtype}" if isinstance(t, torch.Tensor) else ""))
+            if tuple(t.shape) != (batch, c, 1, 1):
+                raise ValueError(f"norm_stats.{name} must have shape (B, C, 1, 1) = ({batch}, {c}, 1, 1) "
+                                 f"(per sample and channel of the pre-norm query), got {tuple(t.shape)}")
+        return NormStats(*norm_stats)
+
+    def normalise(self, features: torch.Tensor,
+                  norm_stats: NormStats | tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Instance-normalise pre-norm ``features`` (B, C, h, w): by their own statistics (None), or by
+        ``norm_stats`` (mean, var), each (B, C, 1, 1), e.g. those of a larger image the features are a crop of.
+
+        Given statistics are applied in at least float32 (bf16 features under autocast are normalised in
+        fp32 and returned in their dtype).
+        """
+        if norm_stats is None:
+            return self.norm(features)
+        mean, var = self.check_norm_stats(norm_stats, features.shape[0])
+        wide = torch.promote_types(features.dtype, torch.float32)
+        mean, var = mean.to(features.device, wide), var.to(features.device, wide)
+        return ((features.to(wide) - mean) / torch.sqrt(var + self.norm_eps)).to(features.dtype)
+
+    def forward(self, image: torch.Tensor,
+                norm_stats: NormStats | tuple[torch.Tensor, torch.Tensor] | None = None) -> EncoderFeatures:
+        """:class:`EncoderFeatures` of ``image`` (B, in_channels, H, W); the query is normalised by its own
+        statistics, or by ``norm_stats`` (mean, var), each (B, C, 1, 1), when given (see `normalise`)."""
+        query, skips = self.pre_norm_features(image)
+        return EncoderFeatures(self.normalise(query, norm_stats), skips)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mgid.models.decoder import UPSAMPLE_MODES, Decoder
-from mgid.models.encoder import DOWNSAMPLE, Encoder
+from mgid.models.encoder import DOWNSAMPLE, Encoder, NormStats
 from mgid.models.memory import MemoryModule
 
 PAD_MODES = ("reflect", "replicate")
@@ -148,6 +148,7 @@ class MGIDNet(nn.Module):
         image: torch.Tensor,
         update_memory: Optional[bool] = None,
         memory_losses: Optional[bool] = None,
+        norm_stats: NormStats | tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> MGIDOutput:
         """De-rain ``image`` (B, 3, H, W) in [-1, 1].
 
@@ -155,13 +156,17 @@ class MGIDNet(nn.Module):
             update_memory: read and then update the memory items; defaults to ``self.training``.
             memory_losses: compute compactness/separateness; defaults to ``update_memory``
                 (ask for them explicitly to get a validation loss in eval mode).
+            norm_stats: None: the encoder's instance norm uses the query's own statistics. Else
+                (mean, var) (a :class:`~mgid.models.encoder.NormStats`), each (B, C, 1, 1), to
+                normalise the pre-norm query with instead, e.g. those of the whole image ``image`` is
+                a tile of (see `pre_norm_query`); a wrong shape raises ValueError.
         """
         self._check_image(image)
         if update_memory is None:
             update_memory = self.training
         h, w = image.shape[-2:]
         padded = pad_to_multiple(image, DOWNSAMPLE, self.config.pad_mode)
-        features = self.encoder(padded)
+        features = self.encoder(padded, norm_stats)
         mem = self.memory(features.query, update=update_memory, with_losses=memory_losses)
         rain = self.decoder(mem.features, features.skips)[..., :h, :w]
         if self.config.double_tanh:
@@ -173,6 +178,18 @@ class MGIDNet(nn.Module):
             compactness=mem.compactness,
             separateness=mem.separateness,
         )
+
+    def pre_norm_query(self, image: torch.Tensor) -> torch.Tensor:
+        """The encoder's query before the instance norm, (B, C, H'/8, W'/8) for ``image`` (B, 3, H, W)
+        padded as `forward` pads it (H', W' the padded size). Its per-sample, per-channel mean and
+        biased variance over H'/8 x W'/8 are the statistics `forward` normalises with by default."""
+        self._check_image(image)
+        return self.encoder.pre_norm_features(pad_to_multiple(image, DOWNSAMPLE, self.config.pad_mode))[0]
+
+    def norm_statistics(self, image: torch.Tensor) -> NormStats:
+        """The instance-norm statistics (mean, var), each (B, C, 1, 1), of ``image``'s pre-norm query:
+        ``forward(image, norm_stats=net.norm_statistics(image))`` equals ``forward(image)`` to rounding."""
+        return NormStats.of(self.pre_norm_query(image))
 
     @torch.no_grad()
     def derain(self, image: torch.Tensor) -> torch.Tensor:

@@ -37,22 +37,20 @@ the package installed: ``python benchmarks/bench_derain.py`` (about 25 min on 2 
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
 import math
-import os
-import platform
 import re
 import statistics
-import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
+import harness
 import numpy as np
 import torch
+from harness import OtherLoad, log
 
 from mgid.api import DEFAULT_WEIGHTS, Derainer, load_model
 from mgid.data import EmbeddedPairedSet
@@ -61,8 +59,7 @@ from mgid.heldout import evaluate_heldout
 from mgid.inference import DEFAULT_OVERLAP, resolve_channels_last, resolve_precision, tile_geometry
 from mgid.metrics import psnr
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = REPO / "benchmarks" / "results"
+DEFAULT_OUT = harness.RESULTS
 DEFAULT_SIZES = ("1707x1280", "1024x1024", "512x512")
 #: Settings of --quick (each can still be given explicitly).
 QUICK = {"sizes": ["64x48"], "threads": [1], "repeats": 1, "warmup": 1, "heldout_count": 1, "tile": 32,
@@ -89,96 +86,12 @@ REFERENCE = "fp32"
 # environment
 
 
-def _git(*cmd: str) -> str | None:
-    try:
-        r = subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return r.stdout.strip() if r.returncode == 0 else None
-
-
-def cpu_info() -> dict[str, Any]:
-    """CPU model and the instruction-set flags that decide the bf16 speed (Linux /proc/cpuinfo)."""
-    model, flags, ids = None, set(), {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key = line.split(":", 1)[0].strip()
-            if key == "model name" and model is None:
-                model = line.split(":", 1)[1].strip()
-            elif key in ("cpu family", "model") and key not in ids:
-                ids[key] = line.split(":", 1)[1].strip()
-            elif key == "flags" and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        usable = os.cpu_count()
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni")
-    return {"model": model or platform.processor() or platform.machine(), "family": ids.get("cpu family"),
-            "model_number": ids.get("model"), "cpu_count": os.cpu_count(), "usable_cpus": usable,
-            "flags": {f: f in flags for f in wanted}}
-
-
-def loadavg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:  # pragma: no cover - not Unix
-        return None
-
-
-class OtherLoad:
-    """Share of the machine's CPU time used by other processes since creation (Linux /proc/stat)."""
-
-    def __init__(self) -> None:
-        self.start = self._snapshot()
-
-    @staticmethod
-    def _snapshot() -> tuple[float, float, float, int] | None:
-        try:
-            lines = Path("/proc/stat").read_text().splitlines()
-            fields = [int(x) for x in lines[0].split()[1:]]
-            ncpu = sum(1 for line in lines if re.match(r"cpu\d+ ", line))
-        except (OSError, ValueError, IndexError):
-            return None
-        user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-        busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-        t = os.times()
-        return time.perf_counter(), busy, t.user + t.system + t.children_user + t.children_system, ncpu
-
-    def fraction(self) -> float | None:
-        end = self._snapshot()
-        if self.start is None or end is None or end[3] == 0:
-            return None
-        wall = end[0] - self.start[0]
-        others = (end[1] - self.start[1]) - (end[2] - self.start[2])
-        return round(max(0.0, others / (wall * end[3])), 3) if wall > 0 else None
-
-
 def environment(weights: Path) -> dict[str, Any]:
-    status = _git("status", "--porcelain")
-    try:
-        capability: Any = torch.backends.cpu.get_cpu_capability()
-    except Exception as err:  # noqa: BLE001 - a probe must not stop the run
-        capability = f"error: {err}"
-    return {
-        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "host": platform.node(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu_capability": capability,
-        "mkldnn": torch.backends.mkldnn.is_available(),
-        "cpu": cpu_info(),
-        "torch_threads_at_start": torch.get_num_threads(),
-        "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
-        "git": {"commit": _git("rev-parse", "--short", "HEAD") or "unknown",
-                "dirty": None if status is None else bool(status)},
-        "weights": str(weights),
-        "auto_precision": resolve_precision("auto", "cpu"),
-        "auto_channels_last": resolve_channels_last(None, "auto", "cpu"),
-        "loadavg_start": loadavg(),
-    }
+    """The harness's record (CPU, flags, torch, git, build_info, load) plus the weights and what
+    ``precision=auto`` / ``channels_last=auto`` resolve to here."""
+    return {**harness.environment(), "weights": str(weights),
+            "auto_precision": resolve_precision("auto", "cpu"),
+            "auto_channels_last": resolve_channels_last(None, "auto", "cpu")}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -302,7 +215,7 @@ def _fmt_psnr(x: float | None, identical: bool = False) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     env, cfg = report["environment"], report["settings"]
-    lines = [f"# De-raining speed on the CPU: fp32 vs bf16 autocast, contiguous vs channels_last",
+    lines = ["# De-raining speed on the CPU: fp32 vs bf16 autocast, contiguous vs channels_last",
              "",
              f"`{report['command']}`",
              "",
@@ -409,10 +322,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure everything; the report as a dict (also what the JSON holds)."""
     weights = Path(args.weights) if args.weights else DEFAULT_WEIGHTS
@@ -471,24 +380,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup,
                          "quick": args.quick},
             "environment": env, "rows": rows, "heldout": heldout, "decision": decide(rows, heldout, env),
-            "loadavg_end": loadavg()}
-
-
-def write_report(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    base = out / f"bench_derain_cpu_{stamp}"
-    text = markdown(report)
-    base.with_suffix(".json").write_text(json.dumps({**report, "markdown": text}, indent=2) + "\n", encoding="utf-8")
-    base.with_suffix(".md").write_text(text, encoding="utf-8")
-    return base.with_suffix(".json"), base.with_suffix(".md")
+            "loadavg_end": harness.loadavg()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     report = run(args)
-    json_path, md_path = write_report(report, Path(args.out))
-    print(report["markdown"] if "markdown" in report else markdown(report))
+    text = markdown(report)
+    json_path, md_path = harness.write_report(harness.report_base(args.out, "bench_derain_cpu"), report, text)
+    print(text)
     log(f"wrote {json_path} and {md_path}")
     return 0
 

@@ -26,71 +26,36 @@ JSON) / median time. Speed-ups are peer time / fused time (> 1: fused is faster)
 Writes ``bench_ops_<device kind>_<date>.md`` and ``.json`` under ``--out`` and prints the table.
 On a machine without CUDA it times the CPU paths and says that the CUDA rows were not measured.
 
-Run from the repository root: ``python benchmarks/bench_ops.py --quick``.
+The op families live one a file: ``bench_memory.py`` (memory step, read, update, losses) and
+``bench_whitening.py`` (covariance, BSW mask, covariance + BSW loss); the timer, environment
+capture and report files are ``harness.py``'s. This file is the entry that runs both.
+
+Run from the repository root with the package installed (``pip install -e .``) or on
+``PYTHONPATH``: ``python benchmarks/bench_ops.py --quick``. Run as a file, Python puts
+``benchmarks/`` first on ``sys.path``, so the siblings import by name.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as _dt
 import json
 import math
 import os
-import platform
 import re
-import subprocess
 import sys
 import time
 import traceback
-import warnings
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-for _p in (str(REPO), str(HERE)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+import harness
+import torch
+from bench_memory import Compiled, memory_cases, memory_checks, memory_targets
+from bench_whitening import bsw_cases, bsw_checks, bsw_targets
+from harness import BUSY_SHARE, SHAPES, Case, Shape
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import mgid.ops as ops
 
-import mgid.ops as ops  # noqa: E402
-from mgid.ops import reference  # noqa: E402
-import public_loop  # noqa: E402
-
-# --------------------------------------------------------------------------------------------
-# Shapes
-# --------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Shape:
-    """A benchmark shape: query (B, C, H, W) at 1/8 resolution, M memory items."""
-
-    name: str
-    b: int
-    c: int
-    h: int
-    w: int
-    m: int
-    note: str
-
-    @property
-    def n(self) -> int:
-        """Number of queries N = B*H*W."""
-        return self.b * self.h * self.w
-
-    def describe(self) -> str:
-        return f"B{self.b} C{self.c} {self.h}x{self.w} M{self.m} (N {self.n:,})"
-
-
-SHAPES: dict[str, Shape] = {
-    "train": Shape("train", 8, 64, 32, 32, 20, "MGID training: batch 8 of 256x256 crops"),
-    "infer1k": Shape("infer1k", 1, 64, 128, 128, 20, "MGID inference at 1024x1024"),
-    "infer4k": Shape("infer4k", 1, 64, 270, 480, 20, "MGID inference at 3840x2160 (4K UHD)"),
-    "mnad_large": Shape("mnad_large", 1, 512, 256, 256, 20, "MNAD's large case: N 65,536, C 512"),
-}
 DEFAULT_SHAPES = {"cpu": "train,infer1k", "cuda": "train,infer1k,infer4k,mnad_large"}
 
 # Columns of the table, in order: (key, header).
@@ -106,519 +71,8 @@ IMPLS: list[tuple[str, str]] = [
 IMPL_KEYS = [k for k, _ in IMPLS]
 
 # Peak memory bandwidth (GB/s) used for the "% of peak" target when --peak-gbps is not given:
-# OPS.md quotes ~3.0 TB/s for the H100; the H200's spec is 4.8 TB/s.
+# Peak HBM bandwidth for the "% of peak" target: H100 3.0 TB/s (the design figure; SXM spec 3.35), H200 4.8 TB/s (spec).
 PEAK_GBPS_BY_NAME = [("H200", 4800.0), ("H100", 3000.0)]
-
-L2_FLUSH_BYTES = 256 * 1024 * 1024
-# Share of the machine's CPU time used by other processes above which a run is flagged as noisy.
-BUSY_SHARE = 0.2
-
-
-# --------------------------------------------------------------------------------------------
-# Timing
-# --------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Timing:
-    """Statistics of one measurement, seconds per call."""
-
-    median_s: float
-    p25_s: float
-    p75_s: float
-    min_s: float
-    max_s: float
-    samples: int
-    calls_per_sample: int
-    first_call_s: float  # the first warm-up call (includes torch.compile's compilation)
-
-    @property
-    def rel_iqr(self) -> float:
-        """Inter-quartile range relative to the median."""
-        return (self.p75_s - self.p25_s) / self.median_s if self.median_s > 0 else float("nan")
-
-
-def _quantile(sorted_values: Sequence[float], q: float) -> float:
-    """Linear-interpolated quantile of already sorted values."""
-    if not sorted_values:
-        return float("nan")
-    pos = q * (len(sorted_values) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
-
-
-class BenchTimer:
-    """Times zero-argument callables with warm-up, an optional L2 flush (CUDA) and early stop.
-
-    The callables of one case are timed *interleaved*: each round takes one sample of every
-    callable in turn, so load from elsewhere on the machine (a shared CPU) hits all of them alike
-    and their ratios stay meaningful.
-
-    CUDA: one call per sample, bracketed by CUDA events after writing a 256 MB buffer (so every
-    sample starts with a cold L2); the stream is synchronised after each sample. CPU: each sample
-    runs enough calls to last ``cpu_sample_s`` and reports the mean per call. Sampling stops
-    after ``repeats`` rounds or once ``max_seconds`` per callable have passed (after at least
-    ``min_samples`` rounds).
-    """
-
-    def __init__(self, device: torch.device, repeats: int, warmup: int, max_seconds: float,
-                 flush_l2: bool, min_samples: int = 3, cpu_sample_s: float = 2e-3) -> None:
-        self.device = device
-        self.repeats = max(1, repeats)
-        self.warmup = max(1, warmup)
-        self.max_seconds = max_seconds
-        self.min_samples = min(min_samples, self.repeats)
-        self.cpu_sample_s = cpu_sample_s
-        self.is_cuda = device.type == "cuda"
-        self._l2: torch.Tensor | None = None
-        if self.is_cuda and flush_l2:
-            self._l2 = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device=device)
-
-    def _sync(self) -> None:
-        if self.is_cuda:
-            torch.cuda.synchronize(self.device)
-
-    def _warm(self, fn: Callable[[], Any]) -> tuple[float, float]:
-        """Warm-up calls; returns (first call's time, last call's time) in seconds."""
-        self._sync()
-        t0 = time.perf_counter()
-        fn()
-        self._sync()
-        first = last = time.perf_counter() - t0
-        for _ in range(self.warmup - 1):
-            if last > self.max_seconds / 4:
-                break
-            t0 = time.perf_counter()
-            fn()
-            self._sync()
-            last = time.perf_counter() - t0
-        return first, last
-
-    def _sample(self, fn: Callable[[], Any], calls: int) -> float:
-        """One sample: seconds per call."""
-        if self.is_cuda:
-            if self._l2 is not None:
-                self._l2.zero_()
-            begin = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            begin.record()
-            fn()
-            end.record()
-            end.synchronize()
-            return begin.elapsed_time(end) / 1e3
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        return (time.perf_counter() - t0) / calls
-
-    def measure_many(self, fns: dict[str, Callable[[], Any]]) -> dict[str, Timing | Exception]:
-        """Time every callable of ``fns``, interleaved; a callable that raises gets its exception."""
-        results: dict[str, Timing | Exception] = {}
-        first: dict[str, float] = {}
-        calls: dict[str, int] = {}
-        for name, fn in fns.items():
-            try:
-                first[name], last = self._warm(fn)
-            except Exception as err:  # noqa: BLE001 - reported per implementation
-                results[name] = err
-                continue
-            calls[name] = 1 if self.is_cuda else max(1, int(self.cpu_sample_s / max(last, 1e-9)))
-        live = [n for n in fns if n in calls]
-        samples: dict[str, list[float]] = {n: [] for n in live}
-        start = time.perf_counter()
-        budget = self.max_seconds * max(1, len(live))
-        for round_ in range(self.repeats):
-            for name in list(live):
-                try:
-                    samples[name].append(self._sample(fns[name], calls[name]))
-                except Exception as err:  # noqa: BLE001
-                    results[name] = err
-                    live.remove(name)
-            if round_ + 1 >= self.min_samples and time.perf_counter() - start > budget:
-                break
-        for name in live:
-            s = sorted(samples[name])
-            results[name] = Timing(median_s=_quantile(s, 0.5), p25_s=_quantile(s, 0.25),
-                                   p75_s=_quantile(s, 0.75), min_s=s[0], max_s=s[-1], samples=len(s),
-                                   calls_per_sample=calls[name], first_call_s=first[name])
-        return results
-
-    def __call__(self, fn: Callable[[], Any]) -> Timing:
-        """Time one callable (raises what it raises)."""
-        res = self.measure_many({"fn": fn})["fn"]
-        if isinstance(res, Exception):
-            raise res
-        return res
-
-
-def count_host_syncs(fn: Callable[[], Any], device: torch.device) -> int | None:
-    """Synchronising CUDA calls made by one call of ``fn`` (``torch.cuda.set_sync_debug_mode``)."""
-    if device.type != "cuda":
-        return None
-    torch.cuda.synchronize(device)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            fn()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    torch.cuda.synchronize(device)
-    return sum("synchroniz" in str(w.message).lower() for w in caught)
-
-
-# --------------------------------------------------------------------------------------------
-# Cases
-# --------------------------------------------------------------------------------------------
-
-Impl = Callable[[], Any] | str  # a callable to time, or the reason it is skipped
-
-
-@dataclasses.dataclass
-class Case:
-    """One (shape, op, pass) row: its implementations and the bytes an ideal fused op moves."""
-
-    shape: str
-    op: str
-    pass_: str  # "fwd" or "fwd+bwd"
-    impls: dict[str, Impl]
-    bytes_ideal: int | None
-    bytes_note: str
-
-
-def _first(x: Any) -> Any:
-    """The op output proper when an op returns (out, extras)."""
-    return x[0] if isinstance(x, (tuple, list)) else x
-
-
-def in_reference_mode(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap ``fn`` so it runs inside ``mgid.ops.use_reference()``."""
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        with ops.use_reference():
-            return fn(*args, **kwargs)
-    return wrapped
-
-
-def step_public(q: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Memory step through the public API (``ops.memory_step``: read, update and both losses in one pass)."""
-    step = ops.memory_step(q, items)
-    return step.read, step.items, step.compactness, step.separateness
-
-
-def step_separate(q: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Memory step as three separate public ops (read, update, losses): what the model ran before memory_step."""
-    out = _first(ops.memory_read(q, items))
-    new_items = ops.memory_update(q, items)
-    compact, separate = ops.memory_losses(q, items)
-    return out, new_items, compact, separate
-
-
-def step_reference(q: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Memory step through ``mgid.ops.reference`` directly (what torch.compile compiles)."""
-    out = reference.memory_read(q, items)
-    new_items = reference.memory_update(q, items)
-    compact, separate = reference.memory_losses(q, items)
-    return out, new_items, compact, separate
-
-
-def read_public(q: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-    return _first(ops.memory_read(q, items))
-
-
-def sdpa_read(q: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-    """The read as attention: SDPA(q_hat, P, P, scale=1), then concat[q_hat, r] in NCHW.
-
-    q_hat enters the attention detached: the read half carries no gradient, as in the op's
-    default (``grad_through_weights=False``).
-    """
-    b, c, h, w = q.shape
-    q_hat = F.normalize(q, dim=1, eps=reference.NORM_EPS)
-    # 4-D (batch 1, 1 head, N, C): the fused SDPA backends take only 4-D inputs.
-    flat = q_hat.detach().permute(0, 2, 3, 1).reshape(1, 1, b * h * w, c)
-    p = items.detach().to(q.dtype)[None, None]
-    r = F.scaled_dot_product_attention(flat, p, p, scale=1.0)
-    return torch.cat([q_hat, r.reshape(b, h, w, c).permute(0, 3, 1, 2)], dim=1)
-
-
-def _configure_compile(in_process: bool) -> None:
-    """Raise dynamo's recompilation limits (every shape and grad mode is its own graph).
-
-    With ``in_process`` inductor compiles in this process (``compile_threads = 1``): its pool of
-    compile workers otherwise starts in the background and, on a machine with few cores, steals
-    CPU from the measurements that follow a compilation.
-    """
-    try:
-        import torch._dynamo as dynamo
-    except Exception:  # pragma: no cover
-        return
-    for name in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit",
-                 "accumulated_recompile_limit"):
-        if hasattr(dynamo.config, name):
-            setattr(dynamo.config, name, max(getattr(dynamo.config, name), 256))
-    if in_process:
-        try:
-            import torch._inductor.config as inductor_config
-            inductor_config.compile_threads = 1
-        except Exception:  # pragma: no cover
-            pass
-
-
-class Compiled:
-    """Lazily ``torch.compile``d reference functions (one compile cache per function)."""
-
-    def __init__(self, mode: str | None) -> None:
-        self.mode = mode
-        self._fns: dict[str, Callable[..., Any]] = {}
-
-    def get(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        if name not in self._fns:
-            kwargs: dict[str, Any] = {"dynamic": False}
-            if self.mode and self.mode != "default":
-                kwargs["mode"] = self.mode
-            self._fns[name] = torch.compile(fn, **kwargs)
-        return self._fns[name]
-
-
-def _make_fwd(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
-    def run() -> Any:
-        with torch.no_grad():
-            return fn(*args)
-    return run
-
-
-def _make_fwd_bwd(fn: Callable[..., Any], leaf: torch.Tensor, others: Sequence[Any],
-                  targets: Callable[[Any], tuple[list[torch.Tensor], list[torch.Tensor]]]) -> Callable[[], Any]:
-    """fwd+bwd of ``fn(leaf, *others)``: backward from ``targets(result)`` = (outputs, their grads)."""
-    def run() -> Any:
-        leaf.grad = None
-        result = fn(leaf, *others)
-        outs, grads = targets(result)
-        torch.autograd.backward(outs, grads)
-        return result
-    return run
-
-
-def memory_cases(shape: Shape, device: torch.device, dtype: torch.dtype, use_compile: bool | str,
-                 compiled: Compiled, seed: int) -> tuple[list[Case], dict[str, torch.Tensor]]:
-    """The memory step, read, update and losses cases of one shape, and their inputs."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    q = torch.randn(shape.b, shape.c, shape.h, shape.w, generator=gen).to(device, dtype)
-    # Items as the model initialises them: uniform random, rows L2-normalised.
-    items = F.normalize(torch.rand(shape.m, shape.c, generator=gen), dim=1).to(device, dtype)
-    q_leaf = q.clone().requires_grad_(True)
-    g_out = torch.randn(shape.b, 2 * shape.c, shape.h, shape.w, generator=gen).to(device, dtype)
-    one = torch.ones((), device=device, dtype=dtype)
-
-    def step_targets(res: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        out, _, compact, separate = res
-        return [out, compact, separate], [g_out, one, one]
-
-    def read_targets(res: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        return [_first(res)], [g_out]
-
-    def losses_targets(res: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        compact, separate = res
-        return [compact, separate], [one, one]
-
-    elt = q.element_size()
-    nc = shape.n * shape.c * elt
-    mc = shape.m * shape.c * elt
-    skip_compile = use_compile if isinstance(use_compile, str) else None
-    no_sdpa = "n/a: SDPA is a read baseline only"
-    no_bmm = "n/a"
-
-    def comp(name: str, fn: Callable[..., Any]) -> Impl:
-        return skip_compile if skip_compile else compiled.get(name, fn)
-
-    cases: list[Case] = []
-    # Memory step -------------------------------------------------------------------------
-    for pass_ in ("fwd", "fwd+bwd"):
-        if pass_ == "fwd":
-            mk: Callable[[Callable[..., Any]], Impl] = lambda f: _make_fwd(f, q, items)  # noqa: E731
-            nbytes, note = 3 * nc + mc, "read q once, write the (B,2C,H,W) output once (update and losses from the same pass)"
-        else:
-            mk = lambda f: _make_fwd_bwd(f, q_leaf, [items], step_targets)  # noqa: E731
-            nbytes, note = 6 * nc + mc, "fwd (3NC) + bwd: read q and the q_hat half of grad_out, write grad_q (3NC)"
-        c_step = comp("step", step_reference)
-        cases.append(Case(shape.name, "memory step", pass_, {
-            "fused": mk(step_public),
-            "reference": mk(in_reference_mode(step_public)),
-            "compile": c_step if isinstance(c_step, str) else mk(c_step),
-            "sdpa": no_sdpa,
-            "loop": mk(public_loop.memory_step),
-            "bmm": no_bmm, "bmm2_fb": no_bmm,
-        }, nbytes, note))
-    # Read ----------------------------------------------------------------------------------
-    for pass_ in ("fwd", "fwd+bwd"):
-        if pass_ == "fwd":
-            mk = lambda f: _make_fwd(f, q, items)  # noqa: E731
-            nbytes, note = 3 * nc + mc, "read q (NC), write the output (2NC)"
-        else:
-            mk = lambda f: _make_fwd_bwd(f, q_leaf, [items], read_targets)  # noqa: E731
-            nbytes, note = 6 * nc + mc, "fwd (3NC) + bwd: read q and the q_hat half of grad_out, write grad_q (3NC)"
-        c_read = comp("read", reference.memory_read)
-        cases.append(Case(shape.name, "read", pass_, {
-            "fused": mk(read_public),
-            "reference": mk(in_reference_mode(read_public)),
-            "compile": c_read if isinstance(c_read, str) else mk(c_read),
-            "sdpa": mk(sdpa_read),
-            "loop": mk(public_loop.memory_read),
-            "bmm": no_bmm, "bmm2_fb": no_bmm,
-        }, nbytes, note))
-    # Update (no gradient) ------------------------------------------------------------------
-    mk = lambda f: _make_fwd(f, q, items)  # noqa: E731
-    c_upd = comp("update", reference.memory_update)
-    cases.append(Case(shape.name, "update", "fwd", {
-        "fused": mk(ops.memory_update),
-        "reference": mk(in_reference_mode(ops.memory_update)),
-        "compile": c_upd if isinstance(c_upd, str) else mk(c_upd),
-        "sdpa": no_sdpa,
-        "loop": mk(public_loop.memory_update),
-        "bmm": no_bmm, "bmm2_fb": no_bmm,
-    }, nc + 2 * mc, "read q once (NC), read and write the items"))
-    # Losses --------------------------------------------------------------------------------
-    for pass_ in ("fwd", "fwd+bwd"):
-        if pass_ == "fwd":
-            mk = lambda f: _make_fwd(f, q, items)  # noqa: E731
-            nbytes, note = nc + mc, "read q once (NC)"
-        else:
-            mk = lambda f: _make_fwd_bwd(f, q_leaf, [items], losses_targets)  # noqa: E731
-            nbytes, note = 3 * nc + mc, "fwd (NC) + bwd: read q, write grad_q (2NC)"
-        c_loss = comp("losses", reference.memory_losses)
-        cases.append(Case(shape.name, "losses", pass_, {
-            "fused": mk(ops.memory_losses),
-            "reference": mk(in_reference_mode(ops.memory_losses)),
-            "compile": c_loss if isinstance(c_loss, str) else mk(c_loss),
-            "sdpa": no_sdpa,
-            "loop": mk(public_loop.memory_losses),
-            "bmm": no_bmm, "bmm2_fb": no_bmm,
-        }, nbytes, note))
-    return cases, {"q": q, "items": items}
-
-
-def instance_normalized_features(shape: Shape, device: torch.device, dtype: torch.dtype,
-                                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two frames' IN features (B, C, h, w) of one scene: a shared background plus different rain."""
-    size = (shape.b, shape.c, shape.h, shape.w)
-    background = torch.randn(size, generator=gen)
-    f1 = F.instance_norm(background + 0.5 * torch.randn(size, generator=gen))
-    f2 = F.instance_norm(background + 0.5 * torch.randn(size, generator=gen))
-    return f1.to(device, dtype), f2.to(device, dtype)
-
-
-def bsw_cases(shape: Shape, device: torch.device, dtype: torch.dtype, k: int, seed: int
-              ) -> tuple[list[Case], dict[str, torch.Tensor]]:
-    """Covariance, mask and covariance + BSW loss cases at one shape, and their inputs."""
-    gen = torch.Generator(device="cpu").manual_seed(seed + 1)
-    f1, f2 = instance_normalized_features(shape, device, dtype, gen)
-    f1_leaf, f2_leaf = f1.clone().requires_grad_(True), f2.clone().requires_grad_(True)
-    b, c, hw = shape.b, shape.c, shape.h * shape.w
-    flat1 = f1.reshape(b, c, hw)
-    flat1_t = flat1.transpose(1, 2)
-    elt = f1.element_size()
-    feat, cov = b * c * hw * elt, b * c * c * elt
-    with torch.no_grad():
-        cov1, cov2 = reference.feature_covariance(f1), reference.feature_covariance(f2)
-
-    def bare_bmm() -> torch.Tensor:
-        return torch.bmm(flat1, flat1_t)
-
-    b1_leaf, b2_leaf = flat1.clone().requires_grad_(True), f2.reshape(b, c, hw).clone().requires_grad_(True)
-    g_cov = torch.randn(b, c, c, generator=gen).to(device, dtype)
-
-    def bmm_pair_fwd_bwd() -> None:
-        b1_leaf.grad = None
-        b2_leaf.grad = None
-        s1 = torch.bmm(b1_leaf, b1_leaf.transpose(1, 2))
-        s2 = torch.bmm(b2_leaf, b2_leaf.transpose(1, 2))
-        torch.autograd.backward([s1, s2], [g_cov, g_cov])
-
-    def loss_fwd_bwd(fn: Callable[..., torch.Tensor]) -> Callable[[], None]:
-        def run() -> None:
-            f1_leaf.grad = None
-            f2_leaf.grad = None
-            fn(f1_leaf, f2_leaf, k).backward()
-        return run
-
-    no_compile = "not timed: the k-means mask has data-dependent control flow"
-    cases = [
-        Case(shape.name, "covariance", "fwd", {
-            "fused": _make_fwd(ops.feature_covariance, f1),
-            "reference": _make_fwd(in_reference_mode(ops.feature_covariance), f1),
-            "compile": no_compile, "sdpa": "n/a", "loop": "n/a",
-            "bmm": bare_bmm, "bmm2_fb": "n/a",
-        }, feat + cov, "read f (BC*HW), write Sigma (BCC)"),
-        Case(shape.name, f"bsw_mask k{k}", "fwd", {
-            "fused": _make_fwd(ops.bsw_mask, cov1, cov2, k),
-            "reference": _make_fwd(in_reference_mode(ops.bsw_mask), cov1, cov2, k),
-            "compile": no_compile, "sdpa": "n/a", "loop": "n/a", "bmm": "n/a", "bmm2_fb": "n/a",
-        }, 2 * cov + b * c * c, "read both Sigma, write the bool mask"),
-        Case(shape.name, f"cov+BSW loss k{k}", "fwd", {
-            "fused": _make_fwd(ops.bsw_loss, f1, f2, k),
-            "reference": _make_fwd(in_reference_mode(ops.bsw_loss), f1, f2, k),
-            "compile": no_compile, "sdpa": "n/a", "loop": "n/a",
-            "bmm": bare_bmm, "bmm2_fb": "n/a",
-        }, 2 * feat, "read both frames' features once (2 BC*HW)"),
-        Case(shape.name, f"cov+BSW loss k{k}", "fwd+bwd", {
-            "fused": loss_fwd_bwd(ops.bsw_loss),
-            "reference": loss_fwd_bwd(in_reference_mode(ops.bsw_loss)),
-            "compile": no_compile, "sdpa": "n/a", "loop": "n/a",
-            "bmm": bare_bmm, "bmm2_fb": bmm_pair_fwd_bwd,
-        }, 6 * feat, "fwd (2 BC*HW) + bwd: read both features, write both grads (4 BC*HW)"),
-    ]
-    return cases, {"f1": f1, "f2": f2, "cov1": cov1, "cov2": cov2}
-
-
-# --------------------------------------------------------------------------------------------
-# Checks (one call each, before timing)
-# --------------------------------------------------------------------------------------------
-
-
-def _maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.detach().double() - b.detach().double()).abs().max())
-
-
-def memory_checks(shape: Shape, q: torch.Tensor, items: torch.Tensor) -> dict[str, Any]:
-    """Max |difference| of fused and per-item loop (each output) and of the SDPA read against the reference."""
-    res: dict[str, Any] = {"shape": shape.name, "what": "memory"}
-    with torch.no_grad():
-        with ops.use_reference():
-            ref = step_public(q, items)
-        for name, fn in (("fused", step_public), ("loop", public_loop.memory_step)):
-            try:
-                got = fn(q, items)
-                res[f"{name}_vs_reference"] = {k: _maxdiff(a, b) for k, a, b in
-                                               zip(("read", "update", "compactness", "separateness"), got, ref)}
-            except Exception as err:  # report, keep going
-                res[f"{name}_vs_reference"] = f"error: {type(err).__name__}: {err}"
-        res["sdpa_read_vs_reference"] = _maxdiff(sdpa_read(q, items), ref[0])
-    return res
-
-
-def bsw_checks(shape: Shape, f1: torch.Tensor, f2: torch.Tensor, k: int) -> dict[str, Any]:
-    """Fused against reference: BSW loss, covariance, and the number of mask elements that differ."""
-    res: dict[str, Any] = {"shape": shape.name, "what": "bsw"}
-    with torch.no_grad():
-        try:
-            with ops.use_reference():
-                ref_loss = ops.bsw_loss(f1, f2, k)
-                c1, c2 = ops.feature_covariance(f1), ops.feature_covariance(f2)
-                ref_mask = ops.bsw_mask(c1, c2, k)
-            fc1, fc2 = ops.feature_covariance(f1), ops.feature_covariance(f2)
-            res["fused_vs_reference"] = {
-                "loss": _maxdiff(ops.bsw_loss(f1, f2, k), ref_loss),
-                "loss_reference_value": float(ref_loss),
-                "covariance": max(_maxdiff(fc1, c1), _maxdiff(fc2, c2)),
-                # the same (reference) covariances in, the mask alone compared
-                "mask_elements_differing_same_input": int((ops.bsw_mask(c1, c2, k) != ref_mask).sum()),
-                # end to end: each path's own covariances (k-means boundaries are sensitive to rounding)
-                "mask_elements_differing_end_to_end": int((ops.bsw_mask(fc1, fc2, k) != ref_mask).sum()),
-                "mask_selected_reference": int(ref_mask.sum()),
-            }
-        except Exception as err:
-            res["fused_vs_reference"] = f"error: {type(err).__name__}: {err}"
-    return res
 
 
 # --------------------------------------------------------------------------------------------
@@ -626,113 +80,28 @@ def bsw_checks(shape: Shape, f1: torch.Tensor, f2: torch.Tensor, k: int) -> dict
 # --------------------------------------------------------------------------------------------
 
 
-def _run(cmd: list[str]) -> str | None:
-    try:
-        r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return r.stdout.strip() if r.returncode == 0 else None
-
-
-def git_info() -> dict[str, Any]:
-    commit = _run(["git", "rev-parse", "HEAD"])
-    status = _run(["git", "status", "--porcelain"])
-    return {"commit": commit or "unknown (git rev-parse HEAD failed: no git, or no commit yet)",
-            "dirty": None if status is None else bool(status)}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def environment(device: torch.device) -> dict[str, Any]:
-    """Everything a reader needs to place the numbers."""
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not on Linux
-        affinity = os.cpu_count()
-    env: dict[str, Any] = {
-        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "host": platform.node(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
+    """Everything a reader needs to place the numbers: the harness's record plus the op paths and CUDA."""
+    env = harness.environment(short_commit=False)
+    env["cpu"]["torch_threads"] = torch.get_num_threads()
+    env.update({
         "torch_cuda": torch.version.cuda,
         "cuda_available": torch.cuda.is_available(),
-        "cpu": {"model": cpu_model(), "cpu_count": os.cpu_count(), "usable_cpus": affinity,
-                "torch_threads": torch.get_num_threads()},
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
-        "git": git_info(),
-        "build_info": _safe(ops.build_info),
-        "ops_mode": _safe(ops.ops_mode),
-        "fused_available": _safe(lambda: ops.fused_available(device)),
-        "op_path": _safe(lambda: ops.op_path(device)),
-        "mgid_ops_env": os.environ.get("MGID_OPS"),
-        "loadavg": _loadavg(),
-    }
+        "ops_mode": harness.safe(ops.ops_mode),
+        "fused_available": harness.safe(lambda: ops.fused_available(device)),
+        "op_path": harness.safe(lambda: ops.op_path(device)),
+        "loadavg": harness.loadavg(),
+    })
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         env["gpu"] = {"name": props.name, "capability": f"{props.major}.{props.minor}",
                       "memory_gib": round(props.total_memory / 2**30, 1),
                       "multiprocessors": props.multi_processor_count,
-                      "driver": _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])}
+                      "driver": harness.run_command(["nvidia-smi", "--query-gpu=driver_version",
+                                                     "--format=csv,noheader"])}
         env["allow_tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
     return env
-
-
-def _loadavg() -> list[float] | None:
-    """1, 5 and 15-minute load averages (other work on the machine skews CPU timings)."""
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:  # pragma: no cover - not on Unix
-        return None
-
-
-class OtherLoad:
-    """Share of the machine's CPU time that other processes used while this one ran (Linux).
-
-    From ``/proc/stat`` (all CPUs, steal included) minus this process's own CPU time and that of
-    its waited-for children (e.g. a compiler that torch.compile started).
-    """
-
-    def __init__(self) -> None:
-        self.start = self._snapshot()
-
-    @staticmethod
-    def _snapshot() -> tuple[float, float, float, int] | None:
-        try:
-            with open("/proc/stat") as fh:
-                lines = fh.read().splitlines()
-            fields = [int(x) for x in lines[0].split()[1:]]
-            ncpu = sum(1 for line in lines if re.match(r"cpu\d+ ", line))
-        except (OSError, ValueError, IndexError):
-            return None
-        tick = os.sysconf("SC_CLK_TCK")
-        user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-        busy = (user + nice + system + irq + softirq + steal) / tick
-        t = os.times()
-        own = t.user + t.system + t.children_user + t.children_system
-        return time.perf_counter(), busy, own, ncpu
-
-    def fraction(self) -> float | None:
-        end = self._snapshot()
-        if self.start is None or end is None or end[3] == 0:
-            return None
-        wall = end[0] - self.start[0]
-        others = (end[1] - self.start[1]) - (end[2] - self.start[2])
-        return max(0.0, others / (wall * end[3])) if wall > 0 else None
-
-
-def _safe(fn: Callable[[], Any]) -> Any:
-    try:
-        return fn()
-    except Exception as err:
-        return f"error: {type(err).__name__}: {err}"
 
 
 def device_kind(device: torch.device) -> str:
@@ -848,7 +217,7 @@ def markdown_report(result: dict[str, Any]) -> str:
     if notes.texts:
         lines += [""] + [f"[{i + 1}] {t}" for i, t in enumerate(notes.texts)]
     if result["targets"]:
-        lines += ["", "## Targets (OPS.md)", ""]
+        lines += ["", "## Targets (docs/OPS.md)", ""]
         if result.get("busy_machine"):
             lines += ["Not reliable: other processes were busy on this machine during the run (see the warning "
                       "above); rerun on an idle machine"
@@ -869,56 +238,10 @@ def markdown_report(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def find_row(result: dict[str, Any], shape: str, op: str, pass_: str, impl: str) -> dict[str, Any] | None:
-    for case in result["cases"]:
-        if case["shape"] == shape and case["op"] == op and case["pass"] == pass_:
-            for r in case["rows"]:
-                if r["impl"] == impl and r["status"] == "ok":
-                    return r
-    return None
-
 
 def evaluate_targets(result: dict[str, Any], peak_gbps: float | None, k: int) -> list[dict[str, Any]]:
-    """The OPS.md / issue targets, evaluated from the measured rows only."""
-    targets: list[dict[str, Any]] = []
-
-    def ratio_target(label: str, shape: str, op: str, pass_: str, peer: str, threshold: float) -> None:
-        f = find_row(result, shape, op, pass_, "fused")
-        p = find_row(result, shape, op, pass_, peer)
-        measured = p["median_s"] / f["median_s"] if f and p else None
-        targets.append({"target": label, "measured": measured, "unit": "x", "threshold": f">= {threshold}x",
-                        "met": None if measured is None else measured >= threshold})
-
-    if result["device"] == "cpu":
-        for pass_ in ("fwd+bwd", "fwd"):
-            ratio_target(f"CPU memory step {pass_} at train: fused vs per-item loop", "train",
-                         "memory step", pass_, "loop", 5.0)
-        ratio_target("CPU memory step fwd+bwd at train: fused vs torch.compile(reference)", "train",
-                     "memory step", "fwd+bwd", "compile", 1.0)
-        return targets
-    ratio_target("memory step fwd+bwd at train: fused vs eager reference", "train", "memory step", "fwd+bwd",
-                 "reference", 10.0)
-    ratio_target("memory step fwd+bwd at train: fused vs torch.compile", "train", "memory step", "fwd+bwd",
-                 "compile", 1.5)
-    f = find_row(result, "train", "memory step", "fwd+bwd", "fused")
-    syncs = f.get("host_syncs") if f else None
-    targets.append({"target": "memory step fwd+bwd at train: host syncs (fused)", "measured": syncs, "unit": "",
-                    "threshold": "0", "met": None if syncs is None else syncs == 0})
-    for shape in ("infer4k", "mnad_large"):
-        for op in ("read", "update"):
-            r = find_row(result, shape, op, "fwd", "fused")
-            frac = r["gbps"] / peak_gbps if r and r.get("gbps") and peak_gbps else None
-            targets.append({"target": f"{op} fwd at {shape}: fraction of peak bandwidth ({peak_gbps} GB/s)",
-                            "measured": frac, "unit": "", "threshold": ">= 0.70",
-                            "met": None if frac is None else frac >= 0.70})
-    for pass_ in ("fwd+bwd", "fwd"):
-        f = find_row(result, "train", f"cov+BSW loss k{k}", pass_, "fused")
-        p = find_row(result, "train", f"cov+BSW loss k{k}", pass_, "bmm")
-        measured = f["median_s"] / p["median_s"] if f and p else None
-        targets.append({"target": f"cov+BSW loss {pass_} at train: fused time / bare bmm time",
-                        "measured": measured, "unit": "x", "threshold": "<= 1.2x",
-                        "met": None if measured is None else measured <= 1.2})
-    return targets
+    """The docs/OPS.md / issue targets of both families, evaluated from the measured rows only."""
+    return memory_targets(result, peak_gbps) + bsw_targets(result, k)
 
 
 # --------------------------------------------------------------------------------------------
@@ -964,9 +287,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="do not count host syncs per call on CUDA (torch.cuda.set_sync_debug_mode)")
     p.add_argument("--peak-gbps", type=float, default=None,
                    help="peak memory bandwidth for the bandwidth target; default from the GPU name "
-                        "(H100 3000 as in OPS.md, H200 4800), none otherwise")
+                        "(H100 3000, H200 4800), none otherwise")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: %(default)s)")
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results"),
+    p.add_argument("--out", default=str(harness.RESULTS),
                    help="folder for the markdown and JSON results (default: benchmarks/results in the repository)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: train shape, few samples, no torch.compile (~30 s on 2 CPU cores)")
@@ -1008,8 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     dtype = getattr(torch, args.dtype)
-    timer = BenchTimer(device, repeats, warmup, max_seconds, flush_l2=not args.no_l2_flush)
-    _configure_compile(in_process=kind == "cpu" or (os.cpu_count() or 1) <= 4)
+    timer = harness.BenchTimer(device, repeats, warmup, max_seconds, flush_l2=not args.no_l2_flush)
+    harness.configure_compile(256, in_process=kind == "cpu" or (os.cpu_count() or 1) <= 4)
     compiled = Compiled(args.compile_mode)
 
     path_label, path_short, fused_is_reference = fused_label(device)
@@ -1022,14 +345,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         name = torch.cuda.get_device_name(device)
         peak = next((v for key, v in PEAK_GBPS_BY_NAME if key in name), None)
 
-    print(f"mgid bench_ops on {kind} ({torch.cuda.get_device_name(device) if kind == 'cuda' else cpu_model()}); "
+    print(f"mgid bench_ops on {kind} ({torch.cuda.get_device_name(device) if kind == 'cuda' else harness.cpu_info()['model']}); "
           f"fused path: {path_label}; shapes {shape_names}; torch.compile: {compile_where}", file=sys.stderr)
     if cuda_reason:
         print(f"CUDA rows were not measured: {cuda_reason}", file=sys.stderr)
 
     t_start = time.perf_counter()
-    load_start = _loadavg()
-    other_load = OtherLoad()
+    load_start = harness.loadavg()
+    other_load = harness.OtherLoad()
     all_cases: list[tuple[Case, Shape]] = []
     checks: list[dict[str, Any]] = []
     errors: list[str] = []
@@ -1097,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 row["path"] = path_label
             if not args.no_sync_count and device.type == "cuda":
                 try:
-                    row["host_syncs"] = count_host_syncs(to_time[impl], device)
+                    row["host_syncs"] = harness.count_host_syncs(to_time[impl], device)
                 except Exception as err:  # noqa: BLE001
                     row["host_syncs"] = None
                     row["host_syncs_error"] = f"{type(err).__name__}: {err}"
@@ -1117,7 +440,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         case_results.append({"shape": case.shape, "shape_desc": shape.describe(), "op": case.op, "pass": case.pass_,
                              "bytes_ideal": case.bytes_ideal, "bytes_model": case.bytes_note, "rows": rows})
 
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     result: dict[str, Any] = {
         "schema": 1,
         "benchmark": "mgid bench_ops",
@@ -1148,19 +470,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     result["environment"]["loadavg_start"] = load_start
     frac = other_load.fraction()
-    result["environment"]["other_processes_cpu_share"] = None if frac is None else round(frac, 3)
+    result["environment"]["other_processes_cpu_share"] = frac
     result["busy_machine"] = frac is not None and frac > BUSY_SHARE
     result["targets"] = evaluate_targets(result, peak, args.bsw_k)
     for target in result["targets"]:
         target["reliable"] = not result["busy_machine"]
     result["elapsed_s"] = round(time.perf_counter() - t_start, 1)
     md = markdown_report(result)
-    result["markdown"] = md
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    base = out_dir / f"bench_ops_{result['device_kind']}_{stamp}"
-    base.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    base.with_suffix(".md").write_text(md)
+    base = harness.report_base(args.out, f"bench_ops_{result['device_kind']}")
+    harness.write_report(base, result, md)
     print(md)
     print(f"wrote {base}.md and {base}.json ({result['elapsed_s']} s)", file=sys.stderr)
     return 0

@@ -36,22 +36,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as _dt
-import json
 import math
-import os
-import platform
-import re
 import statistics
-import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
+import harness
 import numpy as np
 import torch
+from harness import BUSY_SHARE, OtherLoad, log, quantile
 from torch.utils.data import DataLoader, Dataset, Subset
 
 import mgid.ops as ops
@@ -61,12 +58,9 @@ from mgid.losses import MGIDLoss
 from mgid.models import MGIDNet
 from mgid.training import PairForward, learning_rate, seed_everything, train_step
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = REPO / "benchmarks" / "results"
+DEFAULT_OUT = harness.RESULTS
 #: Settings of --quick (each can still be overridden by its own option).
 QUICK = {"batch": 2, "crop": 32, "warmup": 1, "steps": 2, "curve_steps": 4, "data_batches": 2}
-#: Share of the machine's CPU time used by other processes above which the numbers are flagged.
-BUSY_SHARE = 0.2
 #: Characters of an error message kept in the table (the JSON keeps the full message).
 ERROR_CHARS = 160
 
@@ -75,125 +69,16 @@ ERROR_CHARS = 160
 # environment
 
 
-def _run(cmd: list[str]) -> str | None:
-    """stdout of ``cmd`` run in the repository, or None if it fails."""
-    try:
-        r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return r.stdout.strip() if r.returncode == 0 else None
-
-
-def cpu_info() -> dict[str, Any]:
-    """CPU model and the instruction-set flags that decide the bf16 speed (from /proc/cpuinfo)."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model == (platform.processor() or platform.machine()):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        usable = os.cpu_count()
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni")
-    return {"model": model, "cpu_count": os.cpu_count(), "usable_cpus": usable,
-            "flags": {f: f in flags for f in wanted}}
-
-
-def _safe(fn: Any) -> Any:
-    try:
-        return fn()
-    except Exception as err:  # noqa: BLE001 - an environment probe must not stop the run
-        return f"error: {type(err).__name__}: {err}"
-
-
 def environment() -> dict[str, Any]:
-    """Everything a reader needs to place the numbers."""
-    status = _run(["git", "status", "--porcelain"])
+    """The harness's record (CPU, flags, torch, git, build_info, load) plus OpenCV's thread count."""
+    env = harness.environment()
     try:
         import cv2
 
-        cv2_threads: Any = cv2.getNumThreads()
+        env["cv2_threads"] = cv2.getNumThreads()
     except Exception:  # noqa: BLE001
-        cv2_threads = None
-    return {
-        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "host": platform.node(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu_capability": _safe(torch.backends.cpu.get_cpu_capability),
-        "mkldnn": torch.backends.mkldnn.is_available(),
-        "cpu": cpu_info(),
-        "torch_threads_at_start": torch.get_num_threads(),
-        "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
-        "cv2_threads": cv2_threads,
-        "git": {"commit": _run(["git", "rev-parse", "--short", "HEAD"]) or "unknown",
-                "dirty": None if status is None else bool(status)},
-        "build_info": _safe(ops.build_info),
-        "mgid_ops_env": os.environ.get("MGID_OPS"),
-        "loadavg_start": _loadavg(),
-    }
-
-
-def _loadavg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:  # pragma: no cover - not Unix
-        return None
-
-
-class OtherLoad:
-    """Share of the machine's CPU time that other processes used between creation and `fraction` (Linux).
-
-    From ``/proc/stat`` (all CPUs) minus this process's CPU time and its children's: on a shared
-    small machine another job's load changes the timings, so every row records it.
-    """
-
-    def __init__(self) -> None:
-        self.start = self._snapshot()
-
-    @staticmethod
-    def _snapshot() -> tuple[float, float, float, int] | None:
-        try:
-            lines = Path("/proc/stat").read_text().splitlines()
-            fields = [int(x) for x in lines[0].split()[1:]]
-            ncpu = sum(1 for line in lines if re.match(r"cpu\d+ ", line))
-        except (OSError, ValueError, IndexError):
-            return None
-        user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-        busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-        t = os.times()
-        return time.perf_counter(), busy, t.user + t.system + t.children_user + t.children_system, ncpu
-
-    def fraction(self) -> float | None:
-        end = self._snapshot()
-        if self.start is None or end is None or end[3] == 0:
-            return None
-        wall = end[0] - self.start[0]
-        others = (end[1] - self.start[1]) - (end[2] - self.start[2])
-        return round(max(0.0, others / (wall * end[3])), 3) if wall > 0 else None
-
-
-def configure_compile() -> None:
-    """Let torch.compile compile in this process and recompile per case.
-
-    ``compile_threads = 1``: inductor's pool of compile workers otherwise keeps running in the
-    background and, on a machine with few cores, steals CPU from the cases timed after it.
-    """
-    try:
-        import torch._dynamo as dynamo
-        import torch._inductor.config as inductor_config
-    except Exception:  # noqa: BLE001 - the compile cases then fail and say why
-        return
-    for name in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit",
-                 "accumulated_recompile_limit"):
-        if hasattr(dynamo.config, name):
-            setattr(dynamo.config, name, max(getattr(dynamo.config, name), 64))
-    inductor_config.compile_threads = 1
+        env["cv2_threads"] = None
+    return env
 
 
 # --------------------------------------------------------------------------------------------------
@@ -288,13 +173,6 @@ def build_training(cfg: TrainConfig, seed: int, channels_last: bool
     return net, MGIDLoss(cfg.loss), optimizer
 
 
-def _quantile(values: Sequence[float], q: float) -> float:
-    s = sorted(values)
-    pos = q * (len(s) - 1)
-    lo, hi = math.floor(pos), min(math.floor(pos) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
-
-
 def mgid_op_share(step: Any) -> dict[str, Any]:
     """Run ``step()`` once under the profiler; the share of its wall time in the compiled mgid ops.
 
@@ -376,8 +254,8 @@ def run_case(case: Case, cfg: TrainConfig, batches: list[tuple[torch.Tensor, tor
         batch = batches[0][0].shape[0]
         row.update(
             warmup_steps=warmup, steps=len(timed), warmup_times_s=warm, step_times_s=timed,
-            median_s=median, p25_s=_quantile(timed, 0.25) if timed else None,
-            p75_s=_quantile(timed, 0.75) if timed else None, min_s=min(timed) if timed else None,
+            median_s=median, p25_s=quantile(timed, 0.25) if timed else None,
+            p75_s=quantile(timed, 0.75) if timed else None, min_s=min(timed) if timed else None,
             first_step_s=times[0] if times else None,
             # compile time: what the first step took beyond a steady one (dynamo + inductor + C++ build)
             compile_s=max(times[0] - median, 0.0) if case.compile and times else None,
@@ -387,7 +265,7 @@ def run_case(case: Case, cfg: TrainConfig, batches: list[tuple[torch.Tensor, tor
         row.update(status="failed", error=short_error(err), error_full="".join(
             traceback.format_exception(type(err), err, err.__traceback__))[-4000:])
         if case.compile:
-            _safe(torch._dynamo.reset)
+            harness.safe(torch._dynamo.reset)
     finally:
         ops.set_ops_mode(None)
     row["other_load_share"] = other.fraction()
@@ -788,17 +666,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.threads is None:
-        usable = cpu_info()["usable_cpus"] or 1
+        usable = harness.cpu_info()["usable_cpus"] or 1
         args.threads = [t for t in (1, 2) if t <= usable]
     if any(t < 1 for t in args.threads):
         p.error("--threads values must be >= 1")
     args.threads = list(dict.fromkeys(args.threads))  # duplicates would make duplicate case ids
     return args
-
-
-def log(msg: str) -> None:
-    """Progress, on stderr (stdout carries the report)."""
-    print(msg, file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -813,7 +686,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if batch < 1 or crop < 8:
         print("error: --batch must be >= 1 and --crop >= 8", file=sys.stderr)
         return 2
-    configure_compile()
+    harness.configure_compile(64)
     errors: list[str] = []
 
     cases = build_cases(args.threads)
@@ -873,9 +746,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # -- loss curves
     curve_threads = args.curve_threads or max(args.threads)
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out_dir = Path(args.out)
-    out_base = out_dir / f"bench_train_cpu_{stamp}"
+    out_base = harness.report_base(args.out, "bench_train_cpu")
     if args.curve_steps == 0:
         curve: dict[str, Any] = {"status": "skipped", "reason": "--curve-steps 0"}
     else:
@@ -928,16 +799,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "data_summary": data_summary,
         "curve": curve,
         "errors": errors,
-        "loadavg_end": _loadavg(),
+        "loadavg_end": harness.loadavg(),
         "other_load_share": frac,
         "busy_machine": frac is not None and frac > BUSY_SHARE,
         "elapsed_s": round(time.perf_counter() - t_start, 1),
     }
     md = markdown_report(result)
-    result["markdown"] = md
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out_base.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    out_base.with_suffix(".md").write_text(md)
+    harness.write_report(out_base, result, md)
     print(md)
     log(f"wrote {out_base}.md and {out_base}.json ({result['elapsed_s']} s)")
     return 0 if base else 1

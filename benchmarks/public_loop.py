@@ -2,7 +2,7 @@
 
 This module mirrors, step by step, what the public MNAD memory module (which MGID reuses) does in
 training, so the benchmarks can time it against :mod:`mgid.ops`. It is written from the
-description in ``shared/design/ALGORITHM.md`` (sections "Memory read", "Memory update",
+description in ``docs/ALGORITHM.md`` (sections "Memory read", "Memory update",
 "Memory losses"); it is deliberately *not* optimised:
 
 * every sub-step recomputes its own score matrix, with both softmaxes, as the public code does;

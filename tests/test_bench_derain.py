@@ -19,16 +19,24 @@ BENCH = REPO / "benchmarks" / "bench_derain.py"
 
 @pytest.fixture(scope="module")
 def bench():
-    """benchmarks/bench_derain.py as a module (importlib's recipe for a file; registered while in use,
-    as dataclasses need)."""
-    spec = importlib.util.spec_from_file_location("bench_derain", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
+    """benchmarks/bench_derain.py as a module, with the sibling it imports by name (benchmarks/harness.py).
+
+    Run as a file, the script finds its siblings on ``sys.path[0]``; here each file is loaded with
+    importlib's recipe and registered under its name while in use (as dataclasses and the script's
+    ``import harness`` need), with no change to ``sys.path``.
+    """
+    loaded = []
     try:
-        spec.loader.exec_module(module)
+        for name in ("harness", "bench_derain"):
+            spec = importlib.util.spec_from_file_location(name, BENCH.with_name(f"{name}.py"))
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            loaded.append(name)
+            spec.loader.exec_module(module)
         yield module
     finally:
-        sys.modules.pop(spec.name, None)
+        for name in loaded:
+            sys.modules.pop(name, None)
 
 
 def test_quick_run_reports_every_variant(bench, tmp_path, capsys):

@@ -5,11 +5,15 @@ each other make a --quick run many times slower.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
+import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,6 +56,31 @@ def test_bench_ops_quick_writes_rows(tmp_path: Path) -> None:
     memory = next(chk for chk in result["checks"] if chk["what"] == "memory")
     assert isinstance(memory["loop_vs_reference"], dict), memory
     assert max(memory["loop_vs_reference"].values()) < 1e-4, memory
+
+
+def test_public_loop_baseline_matches_reference() -> None:
+    """benchmarks/public_loop.py, the per-item loop of the public code that bench_ops times as its
+    baseline, loaded from its file (no sys.path change): it agrees with mgid.ops.reference, output
+    by output and in the gradient of the read and the losses (float64, a small odd shape)."""
+    from mgid.ops import reference
+
+    spec = importlib.util.spec_from_file_location("public_loop", REPO / "benchmarks" / "public_loop.py")
+    loop = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loop)
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 8, 3, 5, generator=gen, dtype=torch.float64)
+    items = F.normalize(torch.rand(6, 8, generator=gen, dtype=torch.float64), dim=1)
+    got = loop.memory_step(q, items)
+    want = (reference.memory_read(q, items), reference.memory_update(q, items), *reference.memory_losses(q, items))
+    for name, a, b in zip(("read", "update", "compactness", "separateness"), got, want):
+        assert torch.allclose(a, b, atol=1e-10), name
+    grads = []
+    for fn in (lambda x: loop.memory_read(x, items).sum() + sum(loop.memory_losses(x, items)),
+               lambda x: reference.memory_read(x, items).sum() + sum(reference.memory_losses(x, items))):
+        leaf = q.clone().requires_grad_(True)
+        fn(leaf).backward()
+        grads.append(leaf.grad)
+    assert torch.allclose(grads[0], grads[1], atol=1e-10)
 
 
 def test_bench_train_quick_writes_baseline(tmp_path: Path) -> None:

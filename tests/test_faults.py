@@ -132,15 +132,17 @@ def test_signal_writes_a_checkpoint_and_exits(tmp_path, sig):
 
 
 def test_injected_inf_stops_naming_step_and_term(tmp_path, monkeypatch, capsys):
-    real = mgid.ops.memory_losses
+    real = mgid.ops.memory_step  # what the model calls: read, losses and update in one op
     calls = {"n": 0}
 
-    def poisoned(query, items):
+    def poisoned(query, items, **kwargs):
         calls["n"] += 1
-        compact, separate = real(query, items)
-        return (compact * float("inf") if calls["n"] == 5 else compact), separate  # step 3, frame 1
+        step = real(query, items, **kwargs)
+        if calls["n"] == 5:  # step 3, frame 1
+            step = step._replace(compactness=step.compactness * float("inf"))
+        return step
 
-    monkeypatch.setattr(mgid.ops, "memory_losses", poisoned)
+    monkeypatch.setattr(mgid.ops, "memory_step", poisoned)
     out = tmp_path / "run"
     assert train_main(TINY + ["--out", str(out), "--max-steps", "6", "--checkpoint_every", "1"]) == 1
     err = capsys.readouterr().err

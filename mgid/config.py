@@ -1,49 +1,69 @@
-"""Training settings as one typed object, named configurations, YAML files and command-line options.
+"""Training settings as one typed object, named recipes (YAML files), YAML files and command-line options.
 
 `TrainConfig` composes the settings of every part (`ModelConfig`, `LossWeights`,
 `EmbeddedDataConfig`, `OptimConfig`) plus the run's own (batch, crops, length, logging, paths). Its
 defaults are the paper's settings. A configuration is resolved in this order, later wins:
 
 1. the dataclass defaults (the paper),
-2. a named configuration (`NAMED_CONFIGS`: ``paper``, ``quick``) or a YAML file (``--config``),
+2. a named recipe (``paper``, ``cpu``, ``quick``: ``mgid/configs/NAME.yaml``, shipped with the package, see
+   `NAMED_CONFIGS`) or a YAML file (``--config``); either may start from a named recipe with ``base: NAME``,
 3. command-line overrides, one option per field (``--batch_size 4``, ``--model.memory_items 30``,
    ``--embedded.rain.density_range 5 20``; top-level fields also spell with dashes: ``--max-steps``).
 
-Options are generated from the dataclass fields (`add_config_arguments`), so ``--help`` lists every
-field with its default and a field added to a dataclass gets an option for free.
+One source for each fact: a field's type, default and help are its annotation, its default and its
+docstring (an attribute docstring or a Google ``Attributes:`` entry); the allowed values of a choice are
+its ``Literal[...]`` type (`mgid.literals`), which YAML/JSON loading, the dataclass itself and ``--help``
+all read.
+
+Libraries and what stays by hand
+--------------------------------
+Field help comes from `docstring_parser` (the docstring reader tyro, jsonargparse and simple-parsing use).
+The command-line layer stays by hand (`add_config_arguments`, `overrides_from_args`, ~80 lines): the
+parsers belong to ``mgid.training`` and ``mgid.cli`` (plain `argparse` parsers with options of their own)
+and the run is resolved in two stages (defaults or a resumed checkpoint's config < ``--config`` <
+*the options actually given*). tyro, simple-parsing and jsonargparse each own the parser and return a
+finished object, not the options given; and their flag styles differ from the documented ones (tyro:
+``--model.memory-items``, ``--model.no-double-tanh``; jsonargparse: no bare ``--model.grad_through_weights``,
+tuples as ``[1,2]``, no ``--max-steps`` spelling). OmegaConf structured configs reject ``Literal`` (enums
+only). Building the dataclasses from nested dicts (`build_dataclass`, ~40 lines) stays by hand too, so a
+bad value is a `ConfigError` that names the dotted field and the expected type or allowed values and an
+unknown key lists the valid ones, and YAML lists become tuples (checked element by element, ints accepted
+as floats) without a second validation library.
 """
 from __future__ import annotations
 
 import argparse
-import ast
 import copy
 import dataclasses
-import inspect
-import re
-import textwrap
+import functools
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, get_args
 
+import docstring_parser
 import yaml
 
 from mgid.data import EmbeddedDataConfig
-from mgid.data.timelapse import EMBEDDED_MODES, LAYOUTS
+from mgid.data.timelapse import Layout
+from mgid.literals import check_choice, check_literals, literal_values
 from mgid.losses import LossWeights
-from mgid.losses.mgid_loss import COMPACTNESS_MODES
 from mgid.models import ModelConfig
-from mgid.models.decoder import UPSAMPLE_MODES
-from mgid.models.mgid import PAD_MODES
-from mgid.ops._dispatch import MODES as OPS_MODES
+from mgid.ops._dispatch import OpsMode
 
-DEVICES = ("auto", "cpu", "cuda")
-DATA_LAYOUTS = ("auto",) + tuple(LAYOUTS)
-SCHEDULES = ("constant", "cosine")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-DIST_BACKENDS = ("auto", "nccl", "gloo")
+Device = Literal["auto", "cpu", "cuda"]
+DataLayout = Literal["auto", Layout]
+Schedule = Literal["constant", "cosine"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+DistBackend = Literal["auto", "nccl", "gloo"]
+DEVICES, DATA_LAYOUTS, SCHEDULES = get_args(Device), get_args(DataLayout), get_args(Schedule)
+PRECISIONS, DIST_BACKENDS, OPS_MODES = get_args(Precision), get_args(DistBackend), get_args(OpsMode)
 YAML_SUFFIXES = (".yaml", ".yml")
+#: Key of a recipe or YAML file naming the recipe it starts from (``base: cpu``).
+BASE_KEY = "base"
 #: Prefix of the argparse ``dest`` of generated options, so they never clash with other options.
 DEST_PREFIX = "cfg:"
 
@@ -64,7 +84,7 @@ class OptimConfig:
     """Adam epsilon."""
     weight_decay: float = 0.0
     """L2 weight decay of Adam."""
-    schedule: str = "constant"
+    schedule: Schedule = "constant"
     """Learning-rate schedule: "constant" (the public code builds a cosine schedule but never steps it) or
     "cosine" (from lr down to min_lr over the run's steps, after the warm-up)."""
     min_lr: float = 0.0
@@ -73,8 +93,7 @@ class OptimConfig:
     """Linear warm-up from lr / warmup_steps to lr over the first warmup_steps steps (0 = none)."""
 
     def __post_init__(self) -> None:
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"optim.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        check_literals(self, ConfigError)
         if self.warmup_steps < 0:
             raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
@@ -87,7 +106,7 @@ class OptimConfig:
 class DistConfig:
     """Multi-process training (launch with torchrun; see docs/SCALING.md). batch_size is the global batch."""
 
-    backend: str = "auto"
+    backend: DistBackend = "auto"
     """torch.distributed backend when WORLD_SIZE > 1: auto (nccl on CUDA, gloo on CPU), nccl or gloo."""
     sync_bn: bool = False
     """Compute BatchNorm statistics over the global batch (SyncBatchNorm on CUDA, an all-reducing BatchNorm
@@ -95,8 +114,7 @@ class DistConfig:
     before validation and checkpoints."""
 
     def __post_init__(self) -> None:
-        if self.backend not in DIST_BACKENDS:
-            raise ConfigError(f"dist.backend must be one of {', '.join(DIST_BACKENDS)}, got {self.backend!r}")
+        check_literals(self, ConfigError)
 
 
 @dataclass
@@ -114,7 +132,7 @@ class TrainConfig:
     data: str | None = None
     """Time-lapse training data folder (MGID pairs, scene folders or flat <scene>_<frame> files; a folder
     with train/ uses train/); unset = the embedded synthetic set (no download)."""
-    layout: str = "auto"
+    layout: DataLayout = "auto"
     """Layout of the data folder: auto, mgid, scenes or flat."""
     val_data: str | None = None
     """Paired (rainy, clean) folder for validation (rain/+norain/ or input/+target/); unset = the embedded
@@ -133,9 +151,9 @@ class TrainConfig:
     """DataLoader worker processes (0 = load in the main process). Any value gives the same batches."""
     seed: int = 0
     """Seeds the weights, the memory items, the data (scenes, rain, crops) and the batch order."""
-    device: str = "auto"
+    device: Device = "auto"
     """auto (CUDA when available), cpu or cuda."""
-    ops: str = "auto"
+    ops: OpsMode = "auto"
     """Memory/whitening op implementation: auto, fused (the compiled kernels, fail if missing) or reference."""
     checkpoint_every: int = 1000
     """Save OUT/checkpoints/last.* every this many steps (and always at the end); 0 = only at the end."""
@@ -155,7 +173,7 @@ class TrainConfig:
     the running averages lag behind the final weights. 0 = keep them as trained."""
     sample_rows: int = 4
     """Rows (rainy | de-rained | clean) of OUT/samples/compare.png written at the end."""
-    precision: str = "auto"
+    precision: Precision = "auto"
     """Training arithmetic: fp32, bf16 (autocast) or fp16 (autocast + gradient scaling); auto = bf16 on a CPU
     with native bf16 instructions (AVX512-BF16 or AMX: 2.2x faster per step, the same loss curve, see
     benchmarks/bench_train.py) and fp32 elsewhere (GPUs: unmeasured). The memory items, the weights and the
@@ -169,13 +187,7 @@ class TrainConfig:
     """Multi-process (DDP) settings."""
 
     def __post_init__(self) -> None:
-        checks = {
-            "precision": (self.precision, PRECISIONS),
-            "device": (self.device, DEVICES), "ops": (self.ops, OPS_MODES), "layout": (self.layout, DATA_LAYOUTS),
-        }
-        for name, (value, allowed) in checks.items():
-            if value not in allowed:
-                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        check_literals(self, ConfigError)
         positive = {"batch_size": self.batch_size, "crop_size": self.crop_size, "epochs": self.epochs,
                     "log_every": self.log_every, "sample_rows": self.sample_rows}
         non_negative = {"num_workers": self.num_workers, "checkpoint_every": self.checkpoint_every,
@@ -197,42 +209,9 @@ class TrainConfig:
         return _plain(dataclasses.asdict(self))
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
         """Build from a (partial) nested dict; missing fields keep their defaults, unknown ones raise."""
         return build_dataclass(cls, values)
-
-
-# --------------------------------------------------------------------------------------------------
-# named configurations: overrides of the defaults (the paper)
-
-#: Overrides applied on top of `TrainConfig`'s defaults. ``paper`` is the defaults themselves.
-NAMED_CONFIGS: dict[str, dict[str, Any]] = {
-    "paper": {"out": "runs/paper"},
-    # The CPU recipe of the shipped weights: the paper's network and objective; pairs rendered on the fly
-    # (never repeating) from photo regions at the held-out sets' scale (zoom 0.5-1) and a few dead-leaves
-    # scenes, no illumination change, no heavy frames; 64x64 crops, batch 4, bf16 + channels_last, warm-up +
-    # cosine, BatchNorm recalibrated at the end. Each choice is measured in MODEL_CARD.md: a first recipe
-    # (96x96 crops, zoom 0.3-1.5, 35 % dead leaves, illumination change, resize-conv decoder, single tanh)
-    # removed grass texture with the rain and stayed below +2 dB on the moderate held-out sets.
-    "cpu": {
-        "out": "runs/cpu",
-        "embedded": {"mode": "stream", "pairs_per_epoch": 1000, "zoom_range": (0.5, 1.0), "rotate90": False,
-                     "procedural_probability": 0.1, "colour_jitter": 0.05,
-                     "rain": {"gain_range": (1.0, 1.0), "offset_range": (0.0, 0.0)}},
-        "batch_size": 4,
-        "crop_size": 64,
-        "max_steps": 4000,
-        "optim": {"lr": 2e-4, "schedule": "cosine", "warmup_steps": 100, "min_lr": 1e-5},
-        "precision": "bf16",
-        "channels_last": True,
-        "checkpoint_every": 250,
-        "log_every": 10,
-        "image_every": 250,
-        "val_every": 1,
-        "val_count": 16,
-        "bn_recalibration_batches": 100,
-    },
-}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -282,6 +261,10 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             return None
         raise ConfigError(f"{path} cannot be null (expected {_type_name(tp)})")
     tp = inner
+    allowed = literal_values(tp)
+    if allowed is not None:
+        check_choice(value, allowed, path, ConfigError)
+        return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{path} must be a mapping of {tp.__name__} fields, got {value!r}")
@@ -315,8 +298,9 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
 def build_dataclass(cls: type, values: Mapping[str, Any], path: str = "") -> Any:
     """An instance of dataclass ``cls`` from a (partial) nested mapping, types checked.
 
-    Unknown keys raise `ConfigError` listing the valid ones; the dataclass's own checks
-    (``__post_init__``) run too, and their ``ValueError`` is re-raised as `ConfigError`.
+    Unknown keys raise `ConfigError` listing the valid ones; ``Literal`` fields must hold one of their
+    values; the dataclass's own checks (``__post_init__``) run too, and their ``ValueError`` is
+    re-raised as `ConfigError`.
     """
     hints = _hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
@@ -345,40 +329,63 @@ def merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-# A CPU demo that finishes in a few minutes on two cores: the cpu recipe, 800 steps (so the demo trains the
-# recipe that ships, by construction).
-NAMED_CONFIGS["quick"] = merge(NAMED_CONFIGS["cpu"], {
-    "out": "runs/quick",
-    "embedded": {"pairs_per_epoch": 400},
-    "max_steps": 800,
-    "optim": {"warmup_steps": 50},
-    "checkpoint_every": 100,
-    "image_every": 100,
-    "val_every": 5,
-    "val_count": 8,
-    "bn_recalibration_batches": 50,
-})
-
-
 # --------------------------------------------------------------------------------------------------
-# named configs and YAML files
+# named recipes (mgid/configs/*.yaml) and YAML files
+
+#: The folder of the named recipes, shipped inside the package.
+RECIPE_DIR = resources.files("mgid") / "configs"
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """The mapping in a YAML config file (empty file = no overrides)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
+def _parse_yaml(text: str, where: Any) -> dict[str, Any]:
     try:
-        values = yaml.safe_load(p.read_text(encoding="utf-8"))
+        values = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"{where} is not valid YAML: {exc}") from exc
     if values is None:
         return {}
     if not isinstance(values, dict):
-        raise ConfigError(f"{p} must hold a mapping of settings (like `mgid train --print-config` writes), "
+        raise ConfigError(f"{where} must hold a mapping of settings (like `mgid train --print-config` writes), "
                           f"got {type(values).__name__}")
     return values
+
+
+def _expand_base(values: dict[str, Any], where: Any, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``values`` on top of the recipe its ``base:`` names (recursively); without ``base:`` unchanged."""
+    if BASE_KEY not in values:
+        return values
+    values = dict(values)
+    base = values.pop(BASE_KEY)
+    names = _recipe_names()
+    if base not in names:
+        raise ConfigError(f"{where}: {BASE_KEY}: {base!r} is not a named config; available: {', '.join(names)}")
+    if base in seen:
+        raise ConfigError(f"{where}: {BASE_KEY}: {base!r} leads back to itself ({' -> '.join(seen + (base,))})")
+    return merge(_recipe(base, seen + (base,)), values)
+
+
+@functools.cache
+def _recipe_names() -> tuple[str, ...]:
+    names = [p.name[: -len(".yaml")] for p in RECIPE_DIR.iterdir() if p.name.endswith(".yaml")]
+    return tuple(sorted(names, key=lambda n: (n != "paper", n)))  # the paper (the defaults) first
+
+
+def _recipe(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    res = RECIPE_DIR / f"{name}.yaml"
+    return _expand_base(_parse_yaml(res.read_text(encoding="utf-8"), f"mgid/configs/{name}.yaml"),
+                        f"mgid/configs/{name}.yaml", seen or (name,))
+
+
+#: Each named recipe (``mgid/configs/NAME.yaml``, ``base:`` expanded): overrides applied on top of
+#: `TrainConfig`'s defaults. ``paper`` is the defaults themselves (and its own output folder).
+NAMED_CONFIGS: dict[str, dict[str, Any]] = {name: _recipe(name) for name in _recipe_names()}
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML config file (empty file = no overrides; ``base: NAME`` expanded)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    return _expand_base(_parse_yaml(p.read_text(encoding="utf-8"), p), p)
 
 
 def config_overrides(name_or_path: str | None) -> dict[str, Any]:
@@ -430,49 +437,19 @@ def diff(a: TrainConfig, b: TrainConfig) -> dict[str, tuple[Any, Any]]:
 
 
 # --------------------------------------------------------------------------------------------------
-# field documentation (for --help)
+# command-line options generated from the fields
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """One-line documentation of each field of dataclass ``cls``.
-
-    Read from attribute docstrings (a string literal right after the field) and from a Google-style
-    ``Attributes:`` section of the class docstring, whichever the class uses.
-    """
-    docs: dict[str, str] = {}
-    text = inspect.getdoc(cls) or ""
-    match = re.search(r"^Attributes:\n((?:[ \t]+.*\n?|\n)*)", text, flags=re.M)
-    if match:
-        current = None
-        for line in match.group(1).splitlines():
-            m = re.match(r"^\s{2,8}(\w+):\s*(.*)$", line)
-            if m and m.group(1) in {f.name for f in dataclasses.fields(cls)}:
-                current = m.group(1)
-                docs[current] = m.group(2)
-            elif current and line.strip():
-                docs[current] += " " + line.strip()
+    """One-line documentation of each field of dataclass ``cls`` (attribute docstrings or ``Attributes:``)."""
     try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+        parsed = docstring_parser.parse_from_object(cls)
     except (OSError, TypeError, SyntaxError):  # no source (frozen app): fall back to names only
-        return docs
-    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
-    for node, nxt in zip(body, body[1:]):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr)
-                and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
-            docs[node.target.id] = " ".join(nxt.value.value.split())
-    return docs
+        return {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {p.arg_name: " ".join((p.description or "").split()) for p in parsed.params if p.arg_name in names}
 
 
-# --------------------------------------------------------------------------------------------------
-# command-line options generated from the fields
-
-#: Choices shown in --help and checked by argparse, by dotted field path.
-CHOICES: dict[str, tuple[str, ...]] = {
-    "device": DEVICES, "ops": OPS_MODES, "layout": DATA_LAYOUTS, "optim.schedule": SCHEDULES,
-    "model.pad_mode": PAD_MODES, "loss.compactness_mode": COMPACTNESS_MODES,
-    "precision": PRECISIONS, "dist.backend": DIST_BACKENDS, "model.upsample": UPSAMPLE_MODES,
-    "embedded.mode": EMBEDDED_MODES,
-}
 #: Metavars of path fields in --help.
 METAVARS: dict[str, str] = {"data": "DIR", "val_data": "DIR", "out": "DIR"}
 _TRUE = ("1", "true", "yes", "on")
@@ -538,7 +515,10 @@ def _add_option(parser: argparse._ActionsContainer, spec: OptionSpec) -> None:
         flags.append(dashed)
     optional, tp = _is_optional(spec.type)
     kwargs: dict[str, Any] = {"dest": DEST_PREFIX + path, "default": argparse.SUPPRESS}
-    if typing.get_origin(tp) is tuple:
+    choices = literal_values(tp)
+    if choices is not None:  # a Literal: argparse checks the value and --help lists the choices
+        kwargs.update(type=str, choices=choices, metavar="{" + ",".join(choices) + "}")
+    elif typing.get_origin(tp) is tuple:
         args = typing.get_args(tp)
         variadic = len(args) == 2 and args[1] is Ellipsis
         elem = args[0]
@@ -553,10 +533,6 @@ def _add_option(parser: argparse._ActionsContainer, spec: OptionSpec) -> None:
         kwargs["metavar"] = tp.__name__.upper() if tp in (int, float, str) else "VALUE"
     if path in METAVARS:
         kwargs["metavar"] = METAVARS[path]
-    choices = CHOICES.get(path)
-    if choices:
-        kwargs["choices"] = choices
-        kwargs["metavar"] = "{" + ",".join(choices) + "}"
     help_text = spec.doc.replace("%", "%%")
     extra = " (null/none to unset)" if optional else ""
     kwargs["help"] = f"{help_text} [default: {_format_default(spec.default)}]{extra}".strip()

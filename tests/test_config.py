@@ -1,13 +1,16 @@
 """TrainConfig: named configs, YAML files, command-line overrides and --help listing every field."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
 
 import pytest
 import yaml
 
+from mgid.checkpoint import read_meta
 from mgid.cli import build_parser as cli_parser
 from mgid.config import (
     NAMED_CONFIGS,
@@ -21,6 +24,7 @@ from mgid.config import (
     to_yaml,
 )
 from mgid.data import EmbeddedDataConfig
+from mgid.literals import literal_values
 from mgid.training import build_parser, main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,3 +148,86 @@ def test_nullable_and_bool_options():
     args = build_parser().parse_args(["--max-steps", "none", "--keep-step-checkpoints", "--data", "/d"])
     values = overrides_from_args(args)
     assert values == {"max_steps": None, "keep_step_checkpoints": True, "data": "/d"}
+
+
+# --------------------------------------------------------------------------------------------------
+# recipes as YAML files in the package, choices as Literal types, configs written before
+
+RECIPES_V0 = REPO / "tests" / "config_recipes_v0.json"  # the recipes as the in-code NAMED_CONFIGS built them
+
+
+def test_yaml_recipes_equal_the_in_code_recipes_field_by_field():
+    before = json.loads(RECIPES_V0.read_text())
+    assert set(NAMED_CONFIGS) == {"paper", "cpu", "quick"}
+    for name in NAMED_CONFIGS:
+        now = named_config(name)
+        assert now.to_dict() == before[name], name
+        assert diff(TrainConfig.from_dict(before[name]), now) == {}, name
+
+
+def test_recipes_ship_with_the_package():
+    folder = resources.files("mgid") / "configs"
+    for name in NAMED_CONFIGS:
+        assert (folder / f"{name}.yaml").is_file(), name
+    assert '"configs/*.yaml"' in (REPO / "pyproject.toml").read_text()  # [tool.setuptools.package-data]
+    assert yaml.safe_load((folder / "quick.yaml").read_text())["base"] == "cpu"  # quick = cpu + its overrides
+
+
+def test_configs_written_before_still_load():
+    """A checkpoint's config (OUT/checkpoints/last.json "config") in the format of earlier versions loads."""
+    for name, values in json.loads(RECIPES_V0.read_text()).items():
+        if not name.startswith("_"):
+            assert TrainConfig.from_dict(values).to_dict() == values, name
+    shipped = read_meta(REPO / "mgid" / "weights" / "mgid_embedded.json")["config"]  # written by an earlier mgid
+    assert set(diff(named_config("cpu"), TrainConfig.from_dict(shipped))) <= {"out", "keep_step_checkpoints"}
+    written_out = resolve_config(str(REPO / "configs" / "mgid_embedded.yaml"))  # README: "cpu, written out"
+    assert set(diff(named_config("cpu"), written_out)) == {"out", "keep_step_checkpoints"}
+
+
+def test_choices_come_from_literal_types(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  pad_mode: zeros\n")
+    with pytest.raises(ConfigError, match=r"model\.pad_mode must be one of reflect, replicate, got 'zeros'"):
+        resolve_config(str(bad))
+    with pytest.raises(ConfigError, match=r"^device must be one of auto, cpu, cuda, got 'tpu'"):
+        resolve_config(None, {"device": "tpu"})
+    with pytest.raises(ConfigError, match=r"embedded\.mode must be one of stream, scenes"):
+        resolve_config(None, {"embedded": {"mode": "video"}})
+    with pytest.raises(ConfigError, match=r"optim\.schedule must be one of constant, cosine"):
+        resolve_config(None, {"optim": {"schedule": 3}})
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        TrainConfig(precision="fp8")  # built directly: the same check, from the same type
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--loss.compactness_mode", "first"])
+    err = capsys.readouterr().err
+    assert "--loss.compactness_mode" in err and "'mean', 'last'" in err
+    text = _help(build_parser())
+    specs = [s for s in iter_fields(TrainConfig, TrainConfig()) if literal_values(s.type)]
+    assert {s.path for s in specs} >= {"device", "ops", "layout", "precision", "optim.schedule", "dist.backend",
+                                       "model.pad_mode", "model.upsample", "loss.compactness_mode", "embedded.mode"}
+    for spec in specs:
+        assert f"--{spec.path} {{{','.join(literal_values(spec.type))}}}" in text, spec.path
+
+
+def test_yaml_file_may_start_from_a_named_recipe(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("base: quick\nmax_steps: 12\nmodel:\n  memory_items: 9\n")
+    cfg = resolve_config(str(path))
+    assert diff(named_config("quick"), cfg) == {"max_steps": (800, 12), "model.memory_items": (20, 9)}
+    path.write_text("base: nope\n")
+    with pytest.raises(ConfigError, match="base: 'nope' is not a named config; available: paper, cpu, quick"):
+        resolve_config(str(path))
+
+
+def test_readme_and_makefile_flags_parse():
+    args = build_parser().parse_args(["--config", "quick", "--out", "/tmp/x", "--overwrite", "--embedded.mode", "scenes",
+                                      "--model.grad_through_weights", "--model.double_tanh", "--batch_size", "32",
+                                      "--dist.sync_bn", "true", "--precision", "bf16", "--compile",
+                                      "--loss.compactness_mode", "last", "--optim.schedule", "cosine",
+                                      "--model.update_max_over_assigned", "--embedded.rain.density_range", "5", "20"])
+    cfg = resolve_config(args.config, overrides_from_args(args))
+    assert args.overwrite and cfg.out == "/tmp/x" and cfg.embedded.mode == "scenes" and cfg.batch_size == 32
+    assert cfg.model.grad_through_weights and cfg.model.double_tanh and cfg.model.update_max_over_assigned
+    assert cfg.dist.sync_bn and cfg.precision == "bf16" and cfg.compile and cfg.loss.compactness_mode == "last"
+    assert cfg.embedded.rain.density_range == (5.0, 20.0) and cfg.optim.schedule == "cosine"

@@ -26,11 +26,13 @@ import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence, get_args
 
 import cv2
 import numpy as np
 from torch.utils.data import Dataset
+
+from mgid.literals import check_literals
 
 from .imageio import IMAGE_SUFFIXES, PathLike, image_size, list_images, read_image, to_tensor, write_image
 from .photos import PHOTO_GROUPS, list_photos, load_photo
@@ -40,7 +42,8 @@ from .synthetic_rain import RainConfig, add_rain
 SPLITS = ("train", "val")
 #: How the embedded default makes training pairs: "stream" renders every pair afresh
 #: (`mgid.data.stream.StreamingTimeLapse`), "scenes" cuts a fixed set of scenes (`EmbeddedTimeLapse`).
-EMBEDDED_MODES = ("stream", "scenes")
+EmbeddedMode = Literal["stream", "scenes"]
+EMBEDDED_MODES = get_args(EmbeddedMode)
 _SUFFIX_LIST = ", ".join(s[1:] for s in IMAGE_SUFFIXES)
 # Separate random streams per use, so e.g. the paired set never repeats a val frame's rain.
 _STREAM_IDS = {"train": 1, "val": 2, "paired": 3}
@@ -158,7 +161,7 @@ class EmbeddedDataConfig:
     (`HELDOUT_RAIN`), not ``rain``, so their numbers compare across training recipes.
     """
 
-    mode: str = "stream"
+    mode: EmbeddedMode = "stream"
     """Training pairs: "stream" (a new background and two new rain frames for every sample, never
     repeating) or "scenes" (a fixed set of scenes cut from the photos, frames_per_scene frames each)."""
     pairs_per_epoch: int = 2000
@@ -198,6 +201,7 @@ class EmbeddedDataConfig:
     """The rain renderer's settings."""
 
     def __post_init__(self) -> None:
+        check_literals(self)  # mode: from its Literal type
         if self.size < 8:
             raise ValueError(f"EmbeddedDataConfig.size must be >= 8, got {self.size}")
         if self.frames_per_scene < 2:
@@ -207,8 +211,6 @@ class EmbeddedDataConfig:
         lo, hi = self.scale_range
         if not 0 < lo <= hi:
             raise ValueError(f"EmbeddedDataConfig.scale_range must satisfy 0 < low <= high, got {self.scale_range}")
-        if self.mode not in EMBEDDED_MODES:
-            raise ValueError(f"EmbeddedDataConfig.mode must be one of {EMBEDDED_MODES}, got {self.mode!r}")
         if self.pairs_per_epoch < 1:
             raise ValueError(f"EmbeddedDataConfig.pairs_per_epoch must be >= 1, got {self.pairs_per_epoch}")
         if not 0.0 <= self.procedural_probability <= 1.0:
@@ -523,7 +525,8 @@ def write_synthetic_dataset(out_dir: PathLike, *, config: EmbeddedDataConfig | N
 # --------------------------------------------------------------------------------------------------
 # real time-lapse data on disk
 
-LAYOUTS = ("mgid", "scenes", "flat")
+Layout = Literal["mgid", "scenes", "flat"]
+LAYOUTS = get_args(Layout)
 #: In "auto" mode a flat folder whose first image is at least this much wider than tall is read as
 #: MGID side-by-side pairs (their images are 512x256); a flat <scene>_<frame> set is read otherwise.
 MGID_MIN_ASPECT = 1.5

@@ -9,17 +9,19 @@ background must give that frame back; the memory and whitening terms shape the q
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Optional
+from typing import Literal, Optional, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mgid import ops
+from mgid.literals import check_literals
 from mgid.losses.ssim import DATA_RANGE, SSIMConfig, ssim
 from mgid.models.mgid import MGIDOutput
 
-COMPACTNESS_MODES = ("mean", "last")
+CompactnessMode = Literal["mean", "last"]
+COMPACTNESS_MODES = get_args(CompactnessMode)
 L1_TERMS = ("l1_bg", "l1_bg1_i2", "l1_i1_bg2", "l1_recon1", "l1_recon2")
 
 
@@ -54,12 +56,11 @@ class LossWeights:
     bsw: float = 0.01
     ssim: float = 0.5
     bsw_k: int = 50
-    compactness_mode: str = "mean"
+    compactness_mode: CompactnessMode = "mean"
     ssim_data_range: float = DATA_RANGE
 
     def __post_init__(self) -> None:
-        if self.compactness_mode not in COMPACTNESS_MODES:
-            raise ValueError(f"compactness_mode must be one of {COMPACTNESS_MODES}, got {self.compactness_mode!r}")
+        check_literals(self)  # compactness_mode: from its Literal type
         if isinstance(self.bsw_k, bool) or not isinstance(self.bsw_k, int) or self.bsw_k < 1:
             raise ValueError(f"bsw_k must be a positive int, got {self.bsw_k!r}")
 

@@ -6,6 +6,8 @@ conv-BN-ReLU (2C -> C), conv-BN-ReLU (C -> C), conv (C -> out), tanh.
 """
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import nn
 
@@ -13,7 +15,8 @@ from mgid.models.encoder import KERNEL_SIZE, PADDING, conv_bn_relu, double_conv
 
 
 #: Ways to double the resolution in the decoder (`ModelConfig.upsample`).
-UPSAMPLE_MODES = ("transpose", "resize_conv")
+UpsampleMode = Literal["transpose", "resize_conv"]
+UPSAMPLE_MODES = get_args(UpsampleMode)
 
 
 def upsample(channels: int, mode: str = "transpose") -> nn.Sequential:

@@ -2,17 +2,19 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Optional
+from typing import Any, Literal, Optional, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mgid.models.decoder import UPSAMPLE_MODES, Decoder
+from mgid.literals import check_literals
+from mgid.models.decoder import UPSAMPLE_MODES, Decoder, UpsampleMode  # noqa: F401  (UPSAMPLE_MODES re-exported)
 from mgid.models.encoder import DOWNSAMPLE, Encoder, NormStats
 from mgid.models.memory import MemoryModule
 
-PAD_MODES = ("reflect", "replicate")
+PadMode = Literal["reflect", "replicate"]
+PAD_MODES = get_args(PadMode)
 
 
 @dataclass
@@ -44,8 +46,8 @@ class ModelConfig:
     double_tanh: bool = True
     grad_through_weights: bool = False
     update_max_over_assigned: bool = False
-    pad_mode: str = "reflect"
-    upsample: str = "transpose"
+    pad_mode: PadMode = "reflect"
+    upsample: UpsampleMode = "transpose"
 
     def __post_init__(self) -> None:
         if self.image_channels < 1 or self.channels < 1:
@@ -53,10 +55,7 @@ class ModelConfig:
                              f"{self.channels}")
         if self.memory_items < 2:
             raise ValueError(f"memory_items must be >= 2 (separateness needs two items), got {self.memory_items}")
-        if self.upsample not in UPSAMPLE_MODES:
-            raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {self.upsample!r}")
-        if self.pad_mode not in PAD_MODES:
-            raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {self.pad_mode!r}")
+        check_literals(self)  # upsample, pad_mode: from their Literal types
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

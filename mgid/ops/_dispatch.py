@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator
+from typing import Iterator, Literal, get_args
 
 import torch
 
 from mgid.ops._build import EXTENSION_ERROR, extension_loaded
 
-MODES = ("auto", "fused", "reference")
+OpsMode = Literal["auto", "fused", "reference"]
+MODES = get_args(OpsMode)
 _mode_override: str | None = None
 
 

@@ -6,8 +6,8 @@
     >>> clean = derainer.derain(rgb, tile=512)       # bounded memory for large photos
     >>> mgid.load_model(precision="fp32")            # exact fp32 (default auto: bf16 on CPUs with bf16 units)
 
-Weights are mgid checkpoints (``NAME.safetensors`` + ``NAME.json``, see `mgid.checkpoint`); nothing
-is unpickled.
+Weights are mgid checkpoints (``NAME.safetensors`` + ``NAME.json``, see `mgid.checkpoint`, which
+stores and reads the files; the network is built here, `load_network`); nothing is unpickled.
 """
 from __future__ import annotations
 
@@ -17,34 +17,30 @@ from typing import overload
 import numpy as np
 import torch
 
-from mgid.checkpoint import META_SUFFIX, MODEL_SUFFIX, CheckpointError, check_safetensors_file
-from mgid.checkpoint import load_model as _load_net
+from mgid.checkpoint import (
+    MODEL_SUFFIX,
+    TRAINING_CHECKPOINT_DIR,
+    CheckpointError,
+    check_safetensors_file,
+    checkpoint_paths,
+    load_checkpoint,
+    locate_checkpoint,
+)
 from mgid.data import to_tensor, to_uint8
+from mgid.devices import resolve_device
 from mgid.inference import DEFAULT_OVERLAP, predict_rain, resolve_channels_last, resolve_precision, tile_geometry
-from mgid.models import MGIDNet
+from mgid.models import MGIDNet, ModelConfig
 
 #: Folder of the weights shipped inside the package.
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: The shipped weights (trained on the embedded synthetic time-lapse set), with their JSON beside.
-DEFAULT_WEIGHTS = WEIGHTS_DIR / f"mgid_embedded{MODEL_SUFFIX}"
+DEFAULT_WEIGHTS = checkpoint_paths(WEIGHTS_DIR, "mgid_embedded")["model"]
 
 _NO_WEIGHTS = ("no shipped weights at {path}: this copy of mgid was installed without them. Either reinstall a "
                "release that includes mgid/weights/mgid_embedded.safetensors (+ .json), or train your own "
                "(`mgid train --out runs/mine`, or on your data `mgid train --data DIR --out runs/mine`) and pass "
                "the checkpoint: mgid.load_model('runs/mine/checkpoints/last.safetensors') / "
                "`--weights runs/mine/checkpoints/last.safetensors`")
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; asking for CUDA without a GPU raises with what to do."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} was asked for but torch sees no CUDA GPU; use device='cpu' "
-                           f"(--device cpu) or 'auto'")
-    return torch.device(device)
 
 
 def resolve_weights(weights: str | Path | None = None) -> Path:
@@ -62,27 +58,39 @@ def resolve_weights(weights: str | Path | None = None) -> Path:
     else:
         path = Path(weights).expanduser()
         if path.is_dir():
-            for candidate in (path / f"last{MODEL_SUFFIX}", path / "checkpoints" / f"last{MODEL_SUFFIX}"):
-                if candidate.is_file():
-                    path = candidate
-                    break
-            else:
-                raise FileNotFoundError(f"{path} is a folder without last{MODEL_SUFFIX} (nor checkpoints/last"
-                                        f"{MODEL_SUFFIX}); pass the .safetensors file of the checkpoint to use")
-        elif path.suffix == META_SUFFIX:
-            path = path.with_suffix(MODEL_SUFFIX)
+            candidates = [checkpoint_paths(folder)["model"] for folder in (path, path / TRAINING_CHECKPOINT_DIR)]
+            path = next((c for c in candidates if c.is_file()), None)
+            if path is None:
+                raise FileNotFoundError(f"{candidates[0].parent} is a folder without {candidates[0].name} (nor "
+                                        f"{TRAINING_CHECKPOINT_DIR}/{candidates[1].name}); pass the {MODEL_SUFFIX} "
+                                        f"file of the checkpoint to use")
+        else:
+            try:
+                path = checkpoint_paths(*locate_checkpoint(path))["model"]  # NAME.json -> NAME.safetensors
+            except CheckpointError:
+                pass  # refused below, after the pickle check (which says more)
         if not path.exists():
             raise FileNotFoundError(f"weights file not found: {path} (pass a NAME.safetensors written by "
                                     f"`mgid train`, with NAME.json beside it)")
     check_safetensors_file(path)  # pickles, empty and truncated files get their own messages
-    if not path.name.endswith(MODEL_SUFFIX):
-        raise CheckpointError(f"{path}: mgid loads weights only from .safetensors files (with the .json written "
-                              f"beside them); rename it to NAME.safetensors if it is one")
-    meta = path.with_name(path.name[: -len(MODEL_SUFFIX)] + META_SUFFIX)
+    meta = checkpoint_paths(*locate_checkpoint(path))["meta"]  # refuses names other than NAME.safetensors
     if not meta.is_file():
         raise FileNotFoundError(f"{path} has no {meta.name} beside it: mgid needs the checkpoint's JSON record "
                                 f"(model config and hashes) written with it by `mgid train` / save_checkpoint")
     return path
+
+
+def load_network(path: str | Path, device: str | torch.device = "cpu") -> MGIDNet:
+    """An `MGIDNet` in eval mode from checkpoint file ``path`` (``NAME.safetensors`` or ``NAME.json``): the
+    network of the JSON's ``config.model``, with the weights verified against the JSON's hashes."""
+    folder, name = locate_checkpoint(path)
+    ckpt = load_checkpoint(folder, name, with_optimizer=False, device="cpu")
+    model_cfg = ckpt.meta.get("config", {}).get("model")
+    if model_cfg is None:
+        raise CheckpointError(f"{ckpt.paths['meta']} has no config.model section; cannot build the network")
+    net = MGIDNet(ModelConfig.from_dict(model_cfg))
+    net.load_state_dict(ckpt.model_state)
+    return net.to(resolve_device(device)).eval()
 
 
 class Derainer:
@@ -197,6 +205,6 @@ def load_model(weights: str | Path | None = None, device: str | torch.device = "
     path = resolve_weights(weights)
     dev = resolve_device(device)
     resolve_precision(precision, dev)  # a bad value fails before the weights are read
-    net = _load_net(path, dev)
+    net = load_network(path, dev)
     return Derainer(net, dev, tile=tile, overlap=overlap, weights=path, precision=precision,
                     channels_last=channels_last)

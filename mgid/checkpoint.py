@@ -22,6 +22,7 @@ refused with a message saying what was expected.
 from __future__ import annotations
 
 import base64
+import glob
 import hashlib
 import json
 import os
@@ -41,6 +42,8 @@ FORMAT_VERSION = 1
 MODEL_SUFFIX = ".safetensors"
 OPTIM_SUFFIX = ".optim.safetensors"
 META_SUFFIX = ".json"
+#: The folder of a `mgid train` output (``OUT``) that holds its checkpoints (``OUT/checkpoints/last.*``).
+TRAINING_CHECKPOINT_DIR = "checkpoints"
 #: The first 8 bytes of a safetensors file are the little-endian length of its JSON header; a larger
 #: value than this cannot be a real header (it guards against reading a pickle as safetensors).
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -54,19 +57,6 @@ class CheckpointError(ValueError):
 
 # --------------------------------------------------------------------------------------------------
 # atomic writes
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, ``os.replace``."""
-    path = Path(path)
-    tmp = _write_temp(path, data)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
 
 
 def _write_temp(path: Path, data: bytes) -> Path:
@@ -98,24 +88,6 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def atomic_write_set(files: Mapping[Path, bytes]) -> None:
-    """Write several files so that a failure before the moves changes none of them.
-
-    Every temporary file is written (and fsynced) first; then they are moved in the given order.
-    """
-    temps: list[tuple[Path, Path]] = []
-    try:
-        for path, data in files.items():
-            temps.append((_write_temp(Path(path), data), Path(path)))
-        for tmp, path in temps:
-            os.replace(tmp, path)
-    finally:
-        for tmp, _ in temps:
-            tmp.unlink(missing_ok=True)  # no-op for the ones already moved
-    for directory in {p.parent for p in files}:
-        _fsync_dir(Path(directory))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -300,6 +272,18 @@ def checkpoint_paths(directory: str | Path, name: str = "last") -> dict[str, Pat
     return {"model": d / f"{name}{MODEL_SUFFIX}", "optim": d / f"{name}{OPTIM_SUFFIX}", "meta": d / f"{name}{META_SUFFIX}"}
 
 
+def locate_checkpoint(path: str | Path) -> tuple[Path, str]:
+    """(folder, NAME) of the checkpoint a file belongs to: ``NAME.safetensors`` (its weights) or ``NAME.json``
+    (its record); `CheckpointError` for any other file name (``checkpoint_paths(*locate_checkpoint(p))``
+    gives all its files)."""
+    p = Path(path)
+    for suffix in (MODEL_SUFFIX, META_SUFFIX):
+        if p.name.endswith(suffix) and len(p.name) > len(suffix):
+            return p.parent, p.name[: -len(suffix)]
+    raise CheckpointError(f"{p}: mgid loads weights only from .safetensors files (NAME.safetensors, with the "
+                          f"NAME.json written beside it); rename it to NAME.safetensors if it is one")
+
+
 def versions() -> dict[str, str]:
     """Versions of the software that wrote a checkpoint (for the JSON)."""
     import safetensors
@@ -390,13 +374,7 @@ def load_checkpoint(directory: str | Path, name: str = "last", *, with_optimizer
 
 def _pending_files(path: Path) -> list[Path]:
     """Temporaries `_write_temp` left beside ``path`` (a save in progress, or one a crash interrupted)."""
-    return sorted(path.parent.glob(f".{glob_escape(path.name)}.*.tmp"))
-
-
-def glob_escape(text: str) -> str:
-    import glob
-
-    return glob.escape(text)
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
 
 
 def _matching_file(path: Path, sha: str, meta_name: str) -> Path:
@@ -481,18 +459,7 @@ def _commit_set(tensor_files: Mapping[Path, bytes], meta_path: Path, meta_bytes:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """An `MGIDNet` in eval mode from ``NAME.safetensors`` (its ``NAME.json`` gives the model config)."""
-    from mgid.models import MGIDNet, ModelConfig
+    """Old location of `mgid.api.load_network` (building the network is the API's job); kept for old imports."""
+    from mgid.api import load_network
 
-    p = Path(path)
-    if p.suffix == ".json" or p.name.endswith(MODEL_SUFFIX):
-        stem = p.name[: -len(MODEL_SUFFIX)] if p.name.endswith(MODEL_SUFFIX) else p.stem
-    else:
-        raise CheckpointError(f"{p}: expected a .safetensors weights file (with its .json beside it)")
-    ckpt = load_checkpoint(p.parent, stem, with_optimizer=False, device="cpu")
-    model_cfg = ckpt.meta.get("config", {}).get("model")
-    if model_cfg is None:
-        raise CheckpointError(f"{ckpt.paths['meta']} has no config.model section; cannot build the network")
-    net = MGIDNet(ModelConfig.from_dict(model_cfg))
-    net.load_state_dict(ckpt.model_state)
-    return net.to(device).eval()
+    return load_network(path, device)

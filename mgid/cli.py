@@ -194,7 +194,7 @@ def check_jobs(jobs: list[_Job], input_files: list[Path], overwrite: bool) -> st
     return None
 
 
-def _derain(args: argparse.Namespace) -> int:
+def _derain_command(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
@@ -264,7 +264,9 @@ def _derain(args: argparse.Namespace) -> int:
 
 
 def _add_device_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+    from mgid.config import DEVICES  # the values training's --device takes; mgid.devices resolves them
+
+    p.add_argument("--device", default="auto", choices=list(DEVICES),
                    help="where to run [default: auto = cuda when available]")
 
 
@@ -332,7 +334,7 @@ def register_derain(sub: argparse._SubParsersAction) -> None:
                    help="also write <name>_compare.png: input | de-rained | rain layer side by side")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (never inputs)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_derain)
+    p.set_defaults(func=_derain_command)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,13 +1,19 @@
-"""Scoring de-rained images against clean ones: per-image PSNR/SSIM, a CSV and a JSON summary.
+"""Scoring de-rained images against clean ones: the one scoring loop, its result types, CSV and JSON.
 
-Two ways in (both used by ``mgid evaluate``):
+`score_pairs` is the loop every evaluation runs: for each (rainy, clean) pair it de-rains the rainy
+image with a given function (or scores it as it is), scores the output against the clean image
+(PSNR/SSIM, `mgid.metrics`), optionally the rainy input too and the brightness shift, and returns
+one `ImageScore` per pair; `Scores` holds their means. Callers:
 
-* `evaluate_folders` (``--pred DIR --gt DIR``): predictions already on disk. Files are paired by
-  `mgid.data.find_pairs`: same stem first, then the ``rain``/``norain`` key, so a prediction that kept
-  the rainy name (``rain-12.png``) pairs with ``norain-12.png``.
-* `evaluate_model` (``--data DIR``): a paired set (``rain/`` + ``norain/``, or ``input/`` +
-  ``target/``) is de-rained by a `mgid.api.Derainer`, then scored; the rainy input is scored too, so
-  the report shows what de-raining gained.
+* `evaluate_folders` (``mgid evaluate --pred DIR --gt DIR``): predictions already on disk. Files
+  are paired by `mgid.data.find_pairs`: same stem first, then the ``rain``/``norain`` key, so a
+  prediction that kept the rainy name (``rain-12.png``) pairs with ``norain-12.png``.
+* `evaluate_model` (``mgid evaluate --data DIR``): a paired set (``rain/`` + ``norain/``, or
+  ``input/`` + ``target/``) is de-rained by a `mgid.api.Derainer`, then scored; the rainy input is
+  scored too, so the report shows what de-raining gained.
+* `score_paired_set`: an in-memory paired set (`mgid.data.EmbeddedPairedSet`, `mgid.data.PairedFolder`),
+  the validation during training (`mgid.training.validate`).
+* `mgid.heldout.evaluate_heldout` (``mgid heldout``): the held-out sets, baselines and models.
 
 Metrics follow `mgid.metrics` (Y channel of BT.601 by default, ``channel="rgb"`` for RGB).
 Files without a partner are listed in the report; pairs that cannot be read (or differ in size)
@@ -18,30 +24,170 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any
 
 import numpy as np
+import torch
 
-from mgid.data import find_pairs, read_image, write_image
+from mgid.data import find_pairs, read_image, to_tensor, to_uint8, write_image
 from mgid.data.paired import PAIRED_LAYOUTS, detect_paired_layout
-from mgid.metrics import SSIM_MIN_SIDE, Channel, score
+from mgid.metrics import SSIM_MIN_SIDE, Channel, rgb_to_y, score
 
 CSV_NAME = "metrics.csv"
 JSON_NAME = "metrics.json"
+#: A de-raining function on one image: HxWx3 uint8 RGB in, HxWx3 uint8 RGB out.
+DerainFn = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass
 class ImageScore:
-    """Scores of one pair; ``psnr_input``/``ssim_input`` (rainy input vs clean) only with `evaluate_model`."""
+    """Scores of one pair: the output against the clean image; ``psnr_input``/``ssim_input`` (rainy input
+    vs clean) when the input was scored; ``brightness_shift`` (mean Y of the output minus mean Y of
+    the clean image, grey levels, unrounded Y) when asked for."""
 
     name: str
     target: str
     psnr: float
     ssim: float
-    psnr_input: Optional[float] = None
-    ssim_input: Optional[float] = None
+    psnr_input: float | None = None
+    ssim_input: float | None = None
+    brightness_shift: float | None = None
+
+
+@dataclass
+class Scores:
+    """Means over ``count`` scored pairs (`mean_scores`): PSNR (dB) / SSIM of the output, of the rainy
+    input (None when not scored) and the brightness shift (None when not measured)."""
+
+    psnr: float
+    ssim: float
+    count: int
+    psnr_input: float | None = None
+    ssim_input: float | None = None
+    brightness_shift: float | None = None
+
+    def describe(self) -> str:
+        """One line: the output's scores, and (when scored) the rainy input's and the gain."""
+        text = f"de-rained {self.psnr:.2f} dB / {self.ssim:.4f}"
+        if self.psnr_input is not None:
+            text = (f"rainy input {self.psnr_input:.2f} dB / {self.ssim_input:.4f} -> {text} "
+                    f"({self.psnr - self.psnr_input:+.2f} dB)")
+        if self.brightness_shift is not None:
+            text += f", brightness shift {self.brightness_shift:+.1f}"
+        return f"{text} on {self.count} held-out pairs (Y-channel PSNR / SSIM)"
+
+    def to_dict(self) -> dict[str, float]:
+        """The fields that were measured: psnr, ssim, [psnr_input, ssim_input], [brightness_shift], count."""
+        keys = ("psnr", "ssim", "psnr_input", "ssim_input", "brightness_shift", "count")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+
+def mean_scores(rows: Sequence[ImageScore]) -> Scores:
+    """The means of ``rows`` (``nan`` when empty); the optional fields when the first row has them."""
+    def mean(key: str) -> float:
+        values = [getattr(r, key) for r in rows]
+        return float(np.mean(values)) if values else math.nan
+
+    first = rows[0] if rows else ImageScore("", "", math.nan, math.nan)
+    optional = {k: mean(k) if getattr(first, k) is not None else None
+                for k in ("psnr_input", "ssim_input", "brightness_shift")}
+    return Scores(mean("psnr"), mean("ssim"), len(rows), **optional)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One pair to score: names for the report, ``load() -> (rainy, clean)`` HxWx3 uint8 RGB, and the
+    ``source`` a skipped pair is reported under (the rainy / prediction file)."""
+
+    name: str
+    target: str
+    load: Callable[[], tuple[np.ndarray, np.ndarray]]
+    source: Any = None
+
+
+def check_pair(image: np.ndarray, clean: np.ndarray) -> None:
+    """``ValueError`` when two images cannot be scored together (sizes differ, smaller than the SSIM window)."""
+    if image.shape != clean.shape:
+        raise ValueError(f"size {image.shape[1]}x{image.shape[0]} differs from the target's "
+                         f"{clean.shape[1]}x{clean.shape[0]}")
+    if min(clean.shape[:2]) < SSIM_MIN_SIDE:
+        raise ValueError(f"smaller than the {SSIM_MIN_SIDE}x{SSIM_MIN_SIDE} SSIM window")
+
+
+def brightness_shift(image: np.ndarray, clean: np.ndarray) -> float:
+    """Mean Y (unrounded) of ``image`` minus mean Y of ``clean``, in grey levels."""
+    return float(rgb_to_y(image, rounded=False).mean() - rgb_to_y(clean, rounded=False).mean())
+
+
+def score_pairs(pairs: Iterable[Pair], derain: DerainFn | None = None, *, channel: Channel = "y",
+                with_input: bool = False, brightness: bool = False,
+                skipped: list[tuple[Any, str]] | None = None,
+                on_output: Callable[[Pair, np.ndarray], None] | None = None) -> list[ImageScore]:
+    """The evaluation loop: score ``derain(rainy)`` (``derain`` None: the image as loaded) against clean.
+
+    ``with_input``: score the rainy image too; ``brightness``: measure the brightness shift.
+    A pair that cannot be loaded or scored (``OSError``/``ValueError`` before de-raining) is added
+    to ``skipped`` as ``(pair.source, reason)``, or raised when ``skipped`` is None. ``on_output``
+    sees each output before it is scored (to save it).
+    """
+    rows: list[ImageScore] = []
+    for pair in pairs:
+        psnr_in = ssim_in = scored = None
+        try:
+            rainy, clean = pair.load()
+            check_pair(rainy, clean)
+            if with_input:
+                psnr_in, ssim_in = score(rainy, clean, channel)
+            if derain is None:  # the image is the output: its scores are part of reading the pair
+                scored = (psnr_in, ssim_in) if with_input else score(rainy, clean, channel)
+        except (OSError, ValueError) as exc:
+            if skipped is None:
+                raise
+            skipped.append((pair.source, str(exc)))
+            continue
+        out = rainy if derain is None else derain(rainy)
+        if on_output is not None:
+            on_output(pair, out)
+        if scored is None:
+            check_pair(out, clean)
+            scored = score(out, clean, channel)
+        p, s = scored
+        shift = brightness_shift(out, clean) if brightness else None
+        rows.append(ImageScore(pair.name, pair.target, p, s, psnr_in, ssim_in, shift))
+    return rows
+
+
+def memory_pairs(images: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[Pair]:
+    """`Pair`s of in-memory (rainy, clean) uint8 images, named ``0``, ``1``, ..."""
+    return [Pair(str(i), str(i), (lambda im=im: im)) for i, im in enumerate(images)]
+
+
+def dataset_pairs(paired: Any) -> list[Pair]:
+    """`Pair`s of a paired dataset whose items are ``{"rainy", "clean"}`` (3, H, W) tensors in [-1, 1]."""
+    def load(i: int) -> tuple[np.ndarray, np.ndarray]:
+        item = paired[i]
+        return to_uint8(item["rainy"]), to_uint8(item["clean"])
+
+    return [Pair(str(i), str(i), (lambda i=i: load(i))) for i in range(len(paired))]
+
+
+def net_derain_fn(net: torch.nn.Module, device: torch.device) -> DerainFn:
+    """HxWx3 uint8 -> HxWx3 uint8 through a bare network's ``derain`` (fp32, whole image, memory read only,
+    no gradients): the de-raining of training validation and its comparison picture."""
+    @torch.no_grad()
+    def run(rainy: np.ndarray) -> np.ndarray:
+        return to_uint8(net.derain(to_tensor(rainy)[None].to(device))[0])
+
+    return run
+
+
+def score_paired_set(paired: Any, derain: DerainFn, channel: Channel = "y") -> Scores:
+    """Mean scores of ``derain``'s output and of the rainy input against the clean images of an in-memory
+    paired set (items ``{"rainy", "clean"}`` tensors in [-1, 1]); errors are raised, not skipped."""
+    return mean_scores(score_pairs(dataset_pairs(paired), derain, channel=channel, with_input=True))
 
 
 @dataclass
@@ -55,22 +201,22 @@ class EvaluationReport:
     unmatched_predictions: list[Path] = field(default_factory=list)
     unmatched_targets: list[Path] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
-    weights: Optional[str] = None
+    weights: str | None = None
 
     @property
     def with_input(self) -> bool:
         return bool(self.scores) and self.scores[0].psnr_input is not None
 
+    def means(self) -> Scores:
+        """The mean scores over the scored pairs (`mean_scores`)."""
+        return mean_scores(self.scores)
+
     def summary(self) -> dict[str, Any]:
         """Means over the scored pairs (``nan`` when none) and the counts; JSON-ready except non-finite floats."""
-        def mean(key: str) -> float:
-            values = [getattr(s, key) for s in self.scores]
-            return float(np.mean(values)) if values else math.nan
-
-        out: dict[str, Any] = {"channel": self.channel, "count": len(self.scores),
-                               "psnr": mean("psnr"), "ssim": mean("ssim")}
+        means = self.means()
+        out: dict[str, Any] = {"channel": self.channel, "count": means.count, "psnr": means.psnr, "ssim": means.ssim}
         if self.with_input:
-            out.update(psnr_input=mean("psnr_input"), ssim_input=mean("ssim_input"))
+            out.update(psnr_input=means.psnr_input, ssim_input=means.ssim_input)
             out["psnr_gain"] = out["psnr"] - out["psnr_input"]
         out.update(predictions=self.predictions, targets=self.targets, weights=self.weights,
                    unmatched_predictions=[str(p) for p in self.unmatched_predictions],
@@ -125,20 +271,16 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _score_pair(pred: np.ndarray, gt: np.ndarray, channel: Channel) -> tuple[float, float]:
-    if pred.shape != gt.shape:
-        raise ValueError(f"size {pred.shape[1]}x{pred.shape[0]} differs from the target's {gt.shape[1]}x{gt.shape[0]}")
-    if min(gt.shape[:2]) < SSIM_MIN_SIDE:
-        raise ValueError(f"smaller than the {SSIM_MIN_SIDE}x{SSIM_MIN_SIDE} SSIM window")
-    return score(pred, gt, channel)
-
-
 def _progress(items: list, desc: str, enabled: bool) -> Iterable:
     if not enabled:
         return items
     from tqdm import tqdm
 
     return tqdm(items, desc=desc, unit="img")
+
+
+def _file_pair(image_path: Path, clean_path: Path) -> Pair:
+    return Pair(image_path.name, clean_path.name, lambda: (read_image(image_path), read_image(clean_path)), image_path)
 
 
 def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, channel: Channel = "y",
@@ -148,13 +290,8 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, channel: Channel 
     report = EvaluationReport(channel, str(pred_dir), str(gt_dir),
                               unmatched_predictions=pairing.unmatched_inputs,
                               unmatched_targets=pairing.unmatched_targets)
-    for pred_path, gt_path in _progress(pairing.pairs, "scoring", progress):
-        try:
-            p, s = _score_pair(read_image(pred_path), read_image(gt_path), channel)
-        except (OSError, ValueError) as exc:
-            report.skipped.append((pred_path, str(exc)))
-            continue
-        report.scores.append(ImageScore(pred_path.name, gt_path.name, p, s))
+    pairs = [_file_pair(p, g) for p, g in pairing.pairs]
+    report.scores = score_pairs(_progress(pairs, "scoring", progress), channel=channel, skipped=report.skipped)
     return report
 
 
@@ -178,20 +315,16 @@ def evaluate_model(derainer: Any, data_dir: str | Path, channel: Channel = "y", 
     report = EvaluationReport(channel, str(rainy_dir), str(clean_dir), weights=str(weights) if weights else None,
                               unmatched_predictions=pairing.unmatched_inputs,
                               unmatched_targets=pairing.unmatched_targets)
-    for rainy_path, clean_path in _progress(pairing.pairs, "de-raining", progress):
-        try:
-            rainy, clean = read_image(rainy_path), read_image(clean_path)
-            psnr_in, ssim_in = _score_pair(rainy, clean, channel)
-        except (OSError, ValueError) as exc:
-            report.skipped.append((rainy_path, str(exc)))
-            continue
-        out = run(rainy)
-        if save_dir is not None:
-            write_image(Path(save_dir) / rainy_path.name, out)
-        p, s = _score_pair(out, clean, channel)
-        report.scores.append(ImageScore(rainy_path.name, clean_path.name, p, s, psnr_in, ssim_in))
+
+    def save(pair: Pair, out: np.ndarray) -> None:
+        write_image(Path(save_dir) / pair.name, out)
+
+    pairs = [_file_pair(r, c) for r, c in pairing.pairs]
+    report.scores = score_pairs(_progress(pairs, "de-raining", progress), run, channel=channel, with_input=True,
+                                skipped=report.skipped, on_output=save if save_dir is not None else None)
     return report
 
 
-__all__ = ["CSV_NAME", "JSON_NAME", "EvaluationReport", "ImageScore", "PAIRED_LAYOUTS", "evaluate_folders",
-           "evaluate_model", "paired_folders"]
+__all__ = ["CSV_NAME", "JSON_NAME", "DerainFn", "EvaluationReport", "ImageScore", "PAIRED_LAYOUTS", "Pair", "Scores",
+           "brightness_shift", "check_pair", "dataset_pairs", "evaluate_folders", "evaluate_model", "mean_scores",
+           "memory_pairs", "net_derain_fn", "paired_folders", "score_pairs", "score_paired_set"]

@@ -11,36 +11,28 @@ mean Y of the clean image, in grey levels; a veil or tone change shows here). Me
 * ``temporal median 8``: the per-pixel median of 8 rainy frames of the same scene, each with its own
   rain of the set's renderer (a multi-frame reference: what a static camera could do with 8 frames);
 * each model given: ``name -> function(HxWx3 uint8 RGB) -> HxWx3 uint8 RGB``.
+
+Scores come from `mgid.evaluation.score_pairs` (the loop of ``mgid evaluate`` and of training
+validation) as `mgid.evaluation.Scores` (``MethodScore`` is that type under its old name).
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
 
 import cv2
 import numpy as np
 
 from mgid.data import EmbeddedDataConfig, EmbeddedPairedSet
 from mgid.data.timelapse import HELDOUT_SETS
-from mgid.metrics import rgb_to_y, score
+from mgid.evaluation import DerainFn, Scores, mean_scores, memory_pairs, score_pairs
 
-#: A de-raining function on one image: HxWx3 uint8 RGB in, HxWx3 uint8 RGB out.
-DerainFn = Callable[[np.ndarray], np.ndarray]
+#: One method's means over one held-out set (psnr, ssim, brightness_shift, count): `mgid.evaluation.Scores`.
+MethodScore = Scores
 RAINY, MEDIAN3, TEMPORAL = "rainy input", "median 3x3", "temporal median 8"
 #: Frames the temporal-median reference sees per scene.
 TEMPORAL_FRAMES = 8
-
-
-@dataclass
-class MethodScore:
-    """Means over one held-out set: Y PSNR (dB), SSIM, brightness shift (grey levels), image count."""
-
-    psnr: float
-    ssim: float
-    brightness_shift: float
-    count: int
 
 
 def median3x3(rainy: np.ndarray) -> np.ndarray:
@@ -53,37 +45,32 @@ def temporal_median(frames: np.ndarray) -> np.ndarray:
     return np.median(frames, axis=0).round().astype(np.uint8)
 
 
-def _score(outputs: Iterable[np.ndarray], cleans: list[np.ndarray]) -> MethodScore:
-    rows = []
-    for out, clean in zip(outputs, cleans):
-        p, s = score(out, clean)
-        shift = float(rgb_to_y(out, rounded=False).mean() - rgb_to_y(clean, rounded=False).mean())
-        rows.append((p, s, shift))
-    p, s, b = (float(np.mean(c)) for c in zip(*rows))
-    return MethodScore(p, s, b, len(rows))
+def _score(pairs: list[tuple[np.ndarray, np.ndarray]], derain: DerainFn | None = None) -> Scores:
+    """Means of ``derain(rainy)`` (None: the rainy image itself) against clean: Y PSNR / SSIM, brightness shift."""
+    return mean_scores(score_pairs(memory_pairs(pairs), derain, brightness=True))
 
 
 def evaluate_heldout(models: Mapping[str, DerainFn], *, sets: Iterable[str] = HELDOUT_SETS,
                      count: int | None = None, config: EmbeddedDataConfig | None = None,
-                     baselines: bool = True) -> dict[str, dict[str, MethodScore]]:
-    """``{set: {method: MethodScore}}`` for the rainy input, the baselines (optional) and ``models``."""
-    table: dict[str, dict[str, MethodScore]] = {}
+                     baselines: bool = True) -> dict[str, dict[str, Scores]]:
+    """``{set: {method: Scores}}`` for the rainy input, the baselines (optional) and ``models``."""
+    table: dict[str, dict[str, Scores]] = {}
     for kind in sets:
         paired = EmbeddedPairedSet(count, config=config, rain=kind)
         pairs = [paired.images(i) for i in range(len(paired))]
-        rainy, clean = [p[0] for p in pairs], [p[1] for p in pairs]
-        row = {RAINY: _score(rainy, clean)}
+        row = {RAINY: _score(pairs)}
         if baselines:
-            row[MEDIAN3] = _score(map(median3x3, rainy), clean)
-            row[TEMPORAL] = _score((temporal_median(paired.rainy_frames(i, TEMPORAL_FRAMES)) for i in range(len(paired))),
-                                   clean)
+            row[MEDIAN3] = _score(pairs, median3x3)
+            temporal = [(temporal_median(paired.rainy_frames(i, TEMPORAL_FRAMES)), clean)
+                        for i, (_, clean) in enumerate(pairs)]
+            row[TEMPORAL] = _score(temporal)
         for name, fn in models.items():
-            row[name] = _score(map(fn, rainy), clean)
+            row[name] = _score(pairs, fn)
         table[kind] = row
     return table
 
 
-def format_table(table: Mapping[str, Mapping[str, MethodScore]]) -> str:
+def format_table(table: Mapping[str, Mapping[str, Scores]]) -> str:
     """A markdown table: one row per method, PSNR / SSIM / brightness shift per held-out set."""
     sets = list(table)
     methods = list(dict.fromkeys(m for row in table.values() for m in row))
@@ -99,11 +86,11 @@ def format_table(table: Mapping[str, Mapping[str, MethodScore]]) -> str:
     return "\n".join(lines)
 
 
-def write_json(table: Mapping[str, Mapping[str, MethodScore]], path: str | Path, **extra: object) -> Path:
+def write_json(table: Mapping[str, Mapping[str, Scores]], path: str | Path, **extra: object) -> Path:
     """The table (and ``extra`` fields) as JSON at ``path``, written atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = {**extra, "sets": {s: {m: asdict(r) for m, r in row.items()} for s, row in table.items()}}
+    data = {**extra, "sets": {s: {m: r.to_dict() for m, r in row.items()} for s, row in table.items()}}
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     tmp.replace(path)

@@ -61,8 +61,9 @@ from mgid.config import (
 )
 from mgid.data import EmbeddedPairedSet, PairedFolder, make_dataset, to_uint8, write_image
 from mgid.data.timelapse import HELDOUT_SETS
+from mgid.devices import resolve_device
+from mgid.evaluation import Scores, net_derain_fn, score_paired_set
 from mgid.losses import MGIDLoss
-from mgid.metrics import psnr, ssim
 from mgid.models import MGIDNet, MGIDOutput
 from mgid.precision import cpu_has_native_bf16, resolve_channels_last, resolve_precision  # noqa: F401  (re-exported)
 from mgid.visualize import image_grid, tensor_rows
@@ -166,15 +167,6 @@ class PairForward(nn.Module):
 
 # --------------------------------------------------------------------------------------------------
 # pieces
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU raises with what to do."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device cuda was asked for but torch sees no CUDA GPU; use --device cpu (or auto)")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -318,24 +310,9 @@ def train_step(net: nn.Module, criterion: MGIDLoss, optimizer: torch.optim.Optim
 # validation and samples
 
 
-@dataclass
-class ValidationResult:
-    """Mean Y-channel PSNR (dB) / SSIM over ``count`` pairs of the de-rained output and of the rainy input."""
-
-    psnr: float
-    ssim: float
-    psnr_input: float
-    ssim_input: float
-    count: int
-
-    def describe(self) -> str:
-        gain = self.psnr - self.psnr_input
-        return (f"rainy input {self.psnr_input:.2f} dB / {self.ssim_input:.4f} -> de-rained {self.psnr:.2f} dB / "
-                f"{self.ssim:.4f} ({gain:+.2f} dB) on {self.count} held-out pairs (Y-channel PSNR / SSIM)")
-
-    def to_dict(self) -> dict[str, float]:
-        return {"psnr": self.psnr, "ssim": self.ssim, "psnr_input": self.psnr_input, "ssim_input": self.ssim_input,
-                "count": self.count}
+#: Mean Y-channel PSNR (dB) / SSIM over ``count`` pairs of the de-rained output and of the rainy input:
+#: the evaluations' one result type, `mgid.evaluation.Scores`.
+ValidationResult = Scores
 
 
 def build_paired_sets(cfg: TrainConfig) -> dict[str, Dataset]:
@@ -350,22 +327,10 @@ def build_paired_sets(cfg: TrainConfig) -> dict[str, Dataset]:
     return {kind: EmbeddedPairedSet(cfg.val_count, config=cfg.embedded, rain=kind) for kind in HELDOUT_SETS}
 
 
-@torch.no_grad()
-def derain_uint8(net: MGIDNet, rainy: torch.Tensor, device: torch.device) -> np.ndarray:
-    """De-rain one image (3, H, W) in [-1, 1] (memory read only) -> HxWx3 uint8 RGB."""
-    return to_uint8(net.derain(rainy[None].to(device))[0])
-
-
 def validate(net: MGIDNet, paired: Dataset, device: torch.device) -> ValidationResult:
-    """Mean PSNR/SSIM of ``net``'s output and of the rainy input against the clean images of ``paired``."""
-    scores = []
-    for i in range(len(paired)):
-        item = paired[i]
-        rainy, clean = to_uint8(item["rainy"]), to_uint8(item["clean"])
-        out = derain_uint8(net, item["rainy"], device)
-        scores.append((psnr(out, clean), ssim(out, clean), psnr(rainy, clean), ssim(rainy, clean)))
-    means = [float(np.mean([s[k] for s in scores])) for k in range(4)]
-    return ValidationResult(*means, count=len(scores))
+    """Mean PSNR/SSIM of ``net``'s output and of the rainy input against the clean images of ``paired``
+    (`mgid.evaluation.score_paired_set`, the loop of ``mgid evaluate`` and ``mgid heldout``)."""
+    return score_paired_set(paired, net_derain_fn(net, device))
 
 
 def write_comparison(net: MGIDNet, paired: Dataset, device: torch.device, path: Path, rows: int) -> Path:
@@ -374,6 +339,7 @@ def write_comparison(net: MGIDNet, paired: Dataset, device: torch.device, path: 
     Images of a size other than the first one's are skipped (a grid needs one size).
     """
     grid_rows: list[list[np.ndarray]] = []
+    derain = net_derain_fn(net, device)
     for i in range(len(paired)):
         if len(grid_rows) == rows:
             break
@@ -381,7 +347,7 @@ def write_comparison(net: MGIDNet, paired: Dataset, device: torch.device, path: 
         rainy, clean = to_uint8(item["rainy"]), to_uint8(item["clean"])
         if grid_rows and rainy.shape != grid_rows[0][0].shape:
             continue
-        grid_rows.append([rainy, derain_uint8(net, item["rainy"], device), clean])
+        grid_rows.append([rainy, derain(rainy), clean])
     return write_image(path, image_grid(grid_rows, headers=("rainy", "de-rained", "clean")))
 
 

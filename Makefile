@@ -32,7 +32,9 @@ demo: install
 	$(PY) -m mgid heldout --weights mgid/weights/mgid_embedded.safetensors $(DEMO_OUT)/checkpoints/last.safetensors \
 		--names "shipped weights" "quick model (just trained)" --picture --out $(DEMO_OUT)/heldout
 
+# Lint first (ruff, configured in pyproject.toml), then the suite.
 test: install
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 bench: install

@@ -5,8 +5,8 @@ not None), a CPU-only extension is built otherwise. ``MGID_FORCE_CUDA=1`` makes 
 toolchain an error instead; ``MGID_FORCE_CPU=1`` skips the CUDA sources.
 """
 import glob
-import re
 import os
+import re
 import shutil
 
 # torch derives the toolkit root from the nvcc on PATH; here that is a wrapper script in another
@@ -22,7 +22,7 @@ os.environ.setdefault("MAX_JOBS", str(min(os.cpu_count() or 2, 8)))
 
 import torch  # noqa: E402
 from setuptools import setup  # noqa: E402
-from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension, CUDA_HOME  # noqa: E402
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -65,6 +65,8 @@ PACKAGES: tuple[Package, ...] = (
     Package("kmeans1d", "kmeans1d", "0.5.0", "0.4.0",
             "bsw_mask(method='exact') (mgid.ops.reference.kmeans1d_exact_threshold) and its tests in "
             "tests/test_ops_reference.py and tests/test_kmeans1d.py"),
+    Package("docstring-parser", "docstring_parser", "0.18.0", None,
+            "mgid.config (the config dataclasses' field help): every mgid import that reaches the config"),
 )
 
 #: Dependencies (pyproject.toml: dependencies and optional extras) that the lent machine's image
@@ -82,6 +84,7 @@ ON_DEVICE: dict[str, str] = {
     "hypothesis": "image",
     "nvidia-cuda-cuobjdump": "the CUDA toolkit's own cuobjdump is on the image (tests/test_kernel_resources.py finds either)",
     "matplotlib": "image",
+    "ruff": "not needed there: the lint runs in `make test` here and in CI, not in gpu_check.sh",
 }
 
 

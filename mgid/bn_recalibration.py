@@ -11,7 +11,7 @@ and nothing is back-propagated. Uses training data only.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn

@@ -26,7 +26,6 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -46,7 +45,7 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    backend: Optional[str] = None
+    backend: str | None = None
     owns_group: bool = False  # this module created the process group (and destroys it in `cleanup`)
 
     @property
@@ -119,7 +118,7 @@ def rank_device(device: torch.device, ctx: DistContext) -> torch.device:
 
 
 def all_reduce_update_stats(stats: ops.UpdateStats, items: torch.Tensor,
-                            group: Optional[dist.ProcessGroup] = None) -> torch.Tensor:
+                            group: dist.ProcessGroup | None = None) -> torch.Tensor:
     """The new items (M, C) from every rank's update statistics (:class:`mgid.ops.UpdateStats`).
 
     G = all-reduce-max(col_max); sum = all-reduce-sum(weighted_sum * exp(col_max - G)) (0 where
@@ -138,7 +137,7 @@ def all_reduce_update_stats(stats: ops.UpdateStats, items: torch.Tensor,
 
 
 def all_reduce_memory_update(query: torch.Tensor, items: torch.Tensor, max_over_assigned: bool = False,
-                             group: Optional[dist.ProcessGroup] = None) -> torch.Tensor:
+                             group: dist.ProcessGroup | None = None) -> torch.Tensor:
     """The MNAD update of ``items`` (M, C) by the queries of ALL ranks; every rank gets the same result.
 
     :func:`all_reduce_update_stats` of this rank's :func:`mgid.ops.memory_update_stats`.

@@ -34,9 +34,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,7 +48,14 @@ from tqdm import tqdm
 from mgid import distributed as mdist
 from mgid import ops
 from mgid.bn_recalibration import recalibrate_batchnorm
-from mgid.checkpoint import CheckpointError, checkpoint_paths, load_checkpoint, read_meta, save_checkpoint, set_rng_state
+from mgid.checkpoint import (
+    CheckpointError,
+    checkpoint_paths,
+    load_checkpoint,
+    read_meta,
+    save_checkpoint,
+    set_rng_state,
+)
 from mgid.config import (
     NAMED_CONFIGS,
     ConfigError,
@@ -135,7 +143,7 @@ class StopRequest:
             return
         self.signum = signum
 
-    def install(self) -> "StopRequest":
+    def install(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self._saved[sig] = signal.signal(sig, self._handle)

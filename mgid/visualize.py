@@ -1,7 +1,7 @@
 """Image grids for TensorBoard and for the before/after comparison written at the end of training."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np

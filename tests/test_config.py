@@ -25,7 +25,8 @@ from mgid.config import (
 )
 from mgid.data import EmbeddedDataConfig
 from mgid.literals import literal_values
-from mgid.training import build_parser, main as train_main
+from mgid.training import build_parser
+from mgid.training import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,8 @@ import torch
 
 import mgid.ops
 from mgid import checkpoint as ck
-from mgid.training import EXIT_INTERRUPTED, NonFiniteLossError, Trainer, main as train_main
+from mgid.training import EXIT_INTERRUPTED, NonFiniteLossError, Trainer
+from mgid.training import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--embedded.size", "32", "--embedded.frames_per_scene", "2", "--embedded.train_scenes_per_photo", "1",
@@ -153,8 +154,8 @@ def test_injected_inf_stops_naming_step_and_term(tmp_path, monkeypatch, capsys):
 def test_nan_raises_with_step_and_terms(tmp_path, monkeypatch):
     real = mgid.ops.bsw_loss
     monkeypatch.setattr(mgid.ops, "bsw_loss", lambda *a, **k: real(*a, **k) * float("nan"))
-    from mgid.training import build_parser
     from mgid.config import overrides_from_args, resolve_config
+    from mgid.training import build_parser
 
     cfg = resolve_config(None, overrides_from_args(build_parser().parse_args(TINY + ["--out", str(tmp_path)])))
     cfg.max_steps = 3

@@ -16,7 +16,8 @@ from mgid.config import ConfigError, TrainConfig, resolve_config
 from mgid.data import EmbeddedDataConfig, write_synthetic_dataset
 from mgid.metrics import psnr, ssim
 from mgid.models import MGIDNet, ModelConfig
-from mgid.training import EpochBatchSampler, NonFiniteLossError, Trainer, learning_rate, main as train_main
+from mgid.training import EpochBatchSampler, NonFiniteLossError, Trainer, learning_rate
+from mgid.training import main as train_main
 
 # Tiny data: 32-px scenes, one scene of two frames per photo (~20 pairs), two paired test images.
 TINY_EMBEDDED = ["--embedded.size", "32", "--embedded.frames_per_scene", "2", "--embedded.train_scenes_per_photo",
@@ -28,8 +29,8 @@ TINY = TINY_EMBEDDED + ["--model.channels", "16", "--model.memory_items", "4", "
 
 
 def tiny_config(out: Path, **overrides) -> TrainConfig:
-    from mgid.training import build_parser
     from mgid.config import overrides_from_args
+    from mgid.training import build_parser
 
     args = build_parser().parse_args(TINY + ["--out", str(out)])
     values = overrides_from_args(args)

@@ -24,9 +24,10 @@ from __future__ import annotations
 import dataclasses
 import warnings
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence, get_args
+from typing import Any, Literal, get_args
 
 import cv2
 import numpy as np

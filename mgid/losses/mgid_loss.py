@@ -9,7 +9,7 @@ background must give that frame back; the memory and whitening terms shape the q
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Literal, Optional, get_args
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -79,7 +79,7 @@ class MGIDLoss(nn.Module):
     is not already part of the graph) but does not enter the total.
     """
 
-    def __init__(self, weights: Optional[LossWeights] = None) -> None:
+    def __init__(self, weights: LossWeights | None = None) -> None:
         super().__init__()
         self.weights = weights if weights is not None else LossWeights()
         self.ssim_config = SSIMConfig(data_range=self.weights.ssim_data_range)
@@ -87,7 +87,7 @@ class MGIDLoss(nn.Module):
     def extra_repr(self) -> str:
         return str(self.weights)
 
-    def _combine(self, first: Optional[torch.Tensor], second: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    def _combine(self, first: torch.Tensor | None, second: torch.Tensor | None) -> torch.Tensor | None:
         """The two frames' memory loss as ``compactness_mode`` says; None where one needed is missing."""
         if self.weights.compactness_mode == "last":
             return second

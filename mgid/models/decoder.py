@@ -13,7 +13,6 @@ from torch import nn
 
 from mgid.models.encoder import KERNEL_SIZE, PADDING, conv_bn_relu, double_conv
 
-
 #: Ways to double the resolution in the decoder (`ModelConfig.upsample`).
 UpsampleMode = Literal["transpose", "resize_conv"]
 UPSAMPLE_MODES = get_args(UpsampleMode)

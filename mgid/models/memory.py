@@ -5,8 +5,8 @@ never given a gradient), carried from step to step. All arithmetic is in :mod:`m
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -24,12 +24,12 @@ class MemoryOutput:
     """
 
     features: torch.Tensor
-    compactness: Optional[torch.Tensor] = None
-    separateness: Optional[torch.Tensor] = None
+    compactness: torch.Tensor | None = None
+    separateness: torch.Tensor | None = None
 
 
 def random_unit_items(
-    num_items: int, channels: int, generator: Optional[torch.Generator] = None
+    num_items: int, channels: int, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """(M, C) float32 on the CPU: uniform [0, 1) then L2-normalised per row (MNAD's initialisation)."""
     return F.normalize(torch.rand(num_items, channels, generator=generator), dim=1)
@@ -56,7 +56,7 @@ class MemoryModule(nn.Module):
         channels: int = 64,
         grad_through_weights: bool = False,
         update_max_over_assigned: bool = False,
-        generator: Optional[torch.Generator] = None,
+        generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
         if num_items < 2:
@@ -70,7 +70,7 @@ class MemoryModule(nn.Module):
         #: Turns this process's update statistics into the new items when set:
         #: ``fn(stats, items) -> new items``. Distributed training sets it to an all-reduce across ranks
         #: (`mgid.distributed.attach_memory_sync`); unset, the items are :func:`mgid.ops.finish_update`.
-        self.stats_reducer: Optional[Callable[[ops.UpdateStats, torch.Tensor], torch.Tensor]] = None
+        self.stats_reducer: Callable[[ops.UpdateStats, torch.Tensor], torch.Tensor] | None = None
 
     def extra_repr(self) -> str:
         return (f"num_items={self.num_items}, channels={self.channels}, "
@@ -78,11 +78,11 @@ class MemoryModule(nn.Module):
                 f"update_max_over_assigned={self.update_max_over_assigned}")
 
     @torch.no_grad()
-    def reset_items(self, generator: Optional[torch.Generator] = None) -> None:
+    def reset_items(self, generator: torch.Generator | None = None) -> None:
         """Re-draw the items (uniform, then unit rows), in place on the buffer's device and dtype."""
         self.items.copy_(random_unit_items(self.num_items, self.channels, generator))
 
-    def forward(self, query: torch.Tensor, update: bool, with_losses: Optional[bool] = None) -> MemoryOutput:
+    def forward(self, query: torch.Tensor, update: bool, with_losses: bool | None = None) -> MemoryOutput:
         """Read the memory with ``query`` (B, C, h, w); with ``update``, then move the items.
 
         The read and the losses use the items as they were on entry; the update (if any) is

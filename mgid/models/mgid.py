@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, Optional, get_args
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +61,7 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
         return cls(**values)
 
 
@@ -80,8 +80,8 @@ class MGIDOutput:
     rain: torch.Tensor
     background: torch.Tensor
     query: torch.Tensor
-    compactness: Optional[torch.Tensor] = None
-    separateness: Optional[torch.Tensor] = None
+    compactness: torch.Tensor | None = None
+    separateness: torch.Tensor | None = None
 
 
 def pad_to_multiple(image: torch.Tensor, multiple: int, mode: str = "reflect") -> torch.Tensor:
@@ -112,7 +112,7 @@ class MGIDNet(nn.Module):
             ``nn.Module`` does).
     """
 
-    def __init__(self, config: Optional[ModelConfig] = None, generator: Optional[torch.Generator] = None) -> None:
+    def __init__(self, config: ModelConfig | None = None, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.config = config if config is not None else ModelConfig()
         cfg = self.config
@@ -145,8 +145,8 @@ class MGIDNet(nn.Module):
     def forward(
         self,
         image: torch.Tensor,
-        update_memory: Optional[bool] = None,
-        memory_losses: Optional[bool] = None,
+        update_memory: bool | None = None,
+        memory_losses: bool | None = None,
         norm_stats: NormStats | tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> MGIDOutput:
         """De-rain ``image`` (B, 3, H, W) in [-1, 1].

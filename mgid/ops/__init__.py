@@ -5,13 +5,19 @@ compiled kernel for the tensor's device (CUDA kernel, or the C++ CPU kernel that
 arithmetic) and to the pure-PyTorch reference where the extension is absent or where
 ``MGID_OPS=reference`` / :func:`use_reference` asks for it.
 """
-from mgid.ops._dispatch import ops_mode, set_ops_mode, use_reference, fused_available, op_path
 from mgid.ops._build import build_info
+from mgid.ops._dispatch import fused_available, op_path, ops_mode, set_ops_mode, use_reference
 from mgid.ops.memory import (
-    MemoryStep, UpdateStats, finish_update, memory_losses, memory_read, memory_step, memory_update,
+    MemoryStep,
+    UpdateStats,
+    finish_update,
+    memory_losses,
+    memory_read,
+    memory_step,
+    memory_update,
     memory_update_stats,
 )
-from mgid.ops.whitening import feature_covariance, bsw_mask, bsw_loss
+from mgid.ops.whitening import bsw_loss, bsw_mask, feature_covariance
 
 __all__ = [
     "memory_read", "memory_update", "memory_update_stats", "memory_losses", "memory_step", "MemoryStep",

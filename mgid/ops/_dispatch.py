@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator, Literal, get_args
+from collections.abc import Iterator
+from typing import Literal, get_args
 
 import torch
 

@@ -5,7 +5,7 @@ Each validates its inputs, then runs the compiled kernel of the tensor's device 
 """
 from __future__ import annotations
 
-from typing import Literal, NamedTuple, Optional, Union
+from typing import Literal, NamedTuple
 
 import torch
 
@@ -92,9 +92,9 @@ class MemoryStep(NamedTuple):
     """
 
     read: torch.Tensor
-    items: Union[torch.Tensor, UpdateStats, None]
-    compactness: Optional[torch.Tensor]
-    separateness: Optional[torch.Tensor]
+    items: torch.Tensor | UpdateStats | None
+    compactness: torch.Tensor | None
+    separateness: torch.Tensor | None
 
 
 UPDATE_MODES = ("items", "stats", "none")
@@ -138,7 +138,7 @@ def memory_step(
         read, compactness, separateness, col_max, weighted_sum = reference.memory_step(
             query, items, grad_through_weights, max_over_assigned, with_losses, with_update)
     stats = UpdateStats(col_max.detach(), weighted_sum.detach())
-    new_items: Union[torch.Tensor, UpdateStats, None] = None
+    new_items: torch.Tensor | UpdateStats | None = None
     if update == "items":
         new_items = finish_update(items, stats)
     elif update == "stats":

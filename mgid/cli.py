@@ -2,17 +2,17 @@
 
 Each command is a ``register(subparsers)`` function in `COMMANDS` that adds its parser and sets
 ``func`` (called with the parsed arguments, returns the exit code); a new command (derain,
-evaluate, bench, ...) is one more function in that list.
+evaluate, bench, ...) is one more function in that list. The commands only parse arguments, call
+the library (`mgid.derain_files` for derain, `mgid.evaluation`, `mgid.heldout`, `mgid.data`,
+`mgid.training`) and print its results and exit codes.
 """
 from __future__ import annotations
 
 import argparse
-import glob
-import os
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from mgid import __version__
@@ -79,21 +79,6 @@ def register_data(sub: argparse._SubParsersAction) -> None:
 
 #: Exit codes of derain / evaluate: done; done but some files were skipped; nothing done (bad arguments).
 EXIT_OK, EXIT_SKIPPED, EXIT_USAGE = 0, 1, 2
-RAIN_TAG, COMPARE_TAG = "_rain", "_compare"
-_GLOB_MAGIC = set("*?[")
-
-
-@dataclass
-class _Job:
-    """One input file and where its outputs go (``rain``/``compare`` only when asked for)."""
-
-    source: Path
-    output: Path
-    rain: Path | None = None
-    compare: Path | None = None
-
-    def outputs(self) -> list[Path]:
-        return [p for p in (self.output, self.rain, self.compare) if p is not None]
 
 
 def _err(prog: str, message: str) -> int:
@@ -101,164 +86,36 @@ def _err(prog: str, message: str) -> int:
     return EXIT_USAGE
 
 
-def _is_hidden(rel: Path) -> bool:
-    return any(part.startswith(".") for part in rel.parts)
+def _print_skip(path: Path, reason: str) -> None:
+    from tqdm import tqdm
 
-
-def _within(path: Path, folder: Path) -> bool:
-    try:
-        path.resolve().relative_to(folder.resolve())
-        return True
-    except ValueError:
-        return False
-
-
-def _strictly_inside(folder: Path, root: Path) -> bool:
-    """True when ``folder`` lies below ``root`` (not ``root`` itself)."""
-    return folder.resolve() != root.resolve() and _within(folder, root)
-
-
-def collect_inputs(spec: str, output: Path) -> tuple[list[tuple[Path, Path]], list[Path], int]:
-    """Files named by INPUT: ``([(file, path relative to the input root)], every file seen, files ignored)``.
-
-    A file gives itself; a folder every non-hidden file below it (recursively; files under
-    ``output`` are ignored when OUTPUT lies inside INPUT); a glob (``*``, ``?``, ``[``; ``**`` recurses)
-    its matching files, relative to the pattern's folder part (files under ``output`` are skipped when
-    OUTPUT lies below that folder). Non-image files are included here
-    (they are reported and skipped later). Raises ``FileNotFoundError`` when nothing matches.
-    """
-    path = Path(spec).expanduser()
-    if path.is_file():
-        return [(path, Path(path.name))], [path], 0
-    if path.is_dir():
-        files, ignored = [], 0
-        skip_output = _strictly_inside(output, path)
-        for p in sorted(path.rglob("*")):
-            if not p.is_file() or _is_hidden(p.relative_to(path)):
-                continue
-            if skip_output and _within(p, output):
-                ignored += 1
-                continue
-            files.append((p, p.relative_to(path)))
-        return files, [p for p, _ in files], ignored
-    if _GLOB_MAGIC & set(spec):
-        parts = Path(spec).parts
-        k = next(i for i, part in enumerate(parts) if _GLOB_MAGIC & set(part))
-        base = Path(*parts[:k]) if k else Path(".")
-        matches = sorted(Path(m) for m in glob.glob(os.path.expanduser(spec), recursive=True))
-        skip_output = _strictly_inside(output, base)
-        files = [(m, m.relative_to(base)) for m in matches
-                 if m.is_file() and not (skip_output and _within(m, output))]
-        if not files:
-            raise FileNotFoundError(f"no files match {spec!r}")
-        return files, [m for m, _ in files], 0
-    raise FileNotFoundError(f"input not found: {spec} (give an image file, a folder or a quoted glob like "
-                            f"'photos/*.jpg')")
-
-
-def plan_jobs(inputs: list[tuple[Path, Path]], output: Path, save_rain: bool, compare: bool,
-              single_file_output: bool = False) -> list[_Job]:
-    """Where each input's outputs go: ``OUTPUT/<relative path>`` (same name and format), plus
-    ``<stem>_rain.png`` and ``<stem>_compare.png`` beside it when asked for.
-    With ``single_file_output``, ``output`` is the result file itself."""
-    jobs = []
-    for source, rel in inputs:
-        out = output if single_file_output else output / rel
-        rain = out.with_name(out.stem + RAIN_TAG + ".png") if save_rain else None
-        comp = out.with_name(out.stem + COMPARE_TAG + ".png") if compare else None
-        jobs.append(_Job(source, out, rain, comp))
-    return jobs
-
-
-def check_jobs(jobs: list[_Job], input_files: list[Path], overwrite: bool) -> str | None:
-    """Why the plan is unsafe (an output that is an input, two outputs on one path, existing outputs
-    without ``overwrite``), or None when it is safe."""
-    inputs = {p.resolve(): p for p in input_files}
-    seen: dict[Path, Path] = {}
-    existing = []
-    for job in jobs:
-        for out in job.outputs():
-            key = out.resolve()
-            if key in inputs:
-                return (f"{out} would overwrite the input {inputs[key]}; mgid never writes over its inputs: choose an "
-                        f"OUTPUT folder that is not the input folder")
-            if key in seen:
-                return (f"{seen[key]} and {job.source} would both write {out}; rename one of them or leave out "
-                        f"--save-rain/--compare")
-            seen[key] = job.source
-            if out.exists():
-                existing.append(out)
-    if existing and not overwrite:
-        shown = ", ".join(str(p) for p in existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
-        return f"{shown} already exist(s); pass --overwrite to replace outputs (inputs are never overwritten)"
-    return None
+    tqdm.write(f"skipped {path}: {reason}", file=sys.stderr)
 
 
 def _derain_command(args: argparse.Namespace) -> int:
-    import torch
-    from tqdm import tqdm
-
     from mgid.api import load_model
     from mgid.checkpoint import CheckpointError
-    from mgid.data import IMAGE_SUFFIXES, read_image, write_image
-    from mgid.visualize import image_grid
+    from mgid.derain_files import PlanError, derain_files, plan_derain
 
     prog = "mgid derain"
-    output = Path(args.output).expanduser()
-    single = (Path(args.input).is_file() and output.suffix.lower() in IMAGE_SUFFIXES and not output.is_dir())
-    if output.exists() and not output.is_dir() and not single:
-        return _err(prog, f"OUTPUT {output} is a file; give a folder (it is created)")
     try:
-        inputs, all_files, ignored = collect_inputs(args.input, output)
-    except FileNotFoundError as exc:
+        plan = plan_derain(args.input, args.output, args.save_rain, args.compare, args.overwrite)
+    except (FileNotFoundError, PlanError) as exc:
         return _err(prog, str(exc))
-    if single and output.suffix.lower() != Path(args.input).suffix.lower():
-        return _err(prog, f"{output} changes the format of {args.input}; keep the suffix "
-                          f"{Path(args.input).suffix} or give a folder")
-    jobs = plan_jobs(inputs, output, args.save_rain, args.compare, single_file_output=single)
-    problem = check_jobs(jobs, all_files, args.overwrite)
-    if problem:
-        return _err(prog, problem)
-    if ignored:
-        print(f"{prog}: ignoring {ignored} file(s) under the OUTPUT folder {output}", file=sys.stderr)
+    if plan.ignored:
+        print(f"{prog}: ignoring {plan.ignored} file(s) under the OUTPUT folder {plan.output_folder}",
+              file=sys.stderr)
     try:
         derainer = load_model(args.weights, args.device, tile=args.tile, overlap=args.tile_overlap,
                               **_precision_kwargs(args))
     except (FileNotFoundError, CheckpointError, RuntimeError, ValueError) as exc:
         return _err(prog, str(exc))
-
-    skipped: list[tuple[Path, str]] = []
-    done = 0
-    bar = tqdm(jobs, desc="de-raining", unit="img", disable=args.quiet or None, file=sys.stderr)
-    for job in bar:
-        if job.source.suffix.lower() not in IMAGE_SUFFIXES:
-            skipped.append((job.source, f"not an image file (suffix {job.source.suffix or 'none'!r}; images are "
-                                        f"{', '.join(IMAGE_SUFFIXES)})"))
-            tqdm.write(f"skipped {job.source}: {skipped[-1][1]}", file=sys.stderr)
-            continue
-        try:
-            rgb = read_image(job.source)
-            clean, rain = derainer.derain_with_rain(rgb)
-            write_image(job.output, clean)
-            if job.rain is not None:
-                write_image(job.rain, rain)
-            if job.compare is not None:
-                write_image(job.compare, image_grid([[rgb, clean, rain]], headers=["input", "de-rained", "rain"]))
-        except torch.OutOfMemoryError:
-            skipped.append((job.source, f"out of memory for a {rgb.shape[1]}x{rgb.shape[0]} image; use tiles, e.g. "
-                                        f"--tile 512 (smaller tiles use less memory)"))
-        except (OSError, ValueError) as exc:
-            skipped.append((job.source, str(exc)))
-        else:
-            done += 1
-            continue
-        tqdm.write(f"skipped {job.source}: {skipped[-1][1]}", file=sys.stderr)
-    bar.close()
-    where = output if not single else output.parent
-    print(f"de-rained {done} image(s) into {where} on {derainer.device}, {_arithmetic(derainer)}"
-          + (f" ({len(skipped)} skipped)" if skipped else ""))
-    if skipped:
-        print(f"{prog}: {len(skipped)} file(s) skipped: " + ", ".join(str(p) for p, _ in skipped), file=sys.stderr)
+    report = derain_files(derainer, plan.jobs, progress=not args.quiet, on_skip=_print_skip)
+    print(f"de-rained {report.done} image(s) into {plan.output_folder} on {derainer.device}, "
+          f"{_arithmetic(derainer)}" + (f" ({len(report.skipped)} skipped)" if report.skipped else ""))
+    if report.skipped:
+        print(f"{prog}: {len(report.skipped)} file(s) skipped: " + ", ".join(str(p) for p, _ in report.skipped),
+              file=sys.stderr)
         return EXIT_SKIPPED
     return EXIT_OK
 

@@ -16,6 +16,9 @@ unreadable one.
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -27,6 +30,16 @@ import torch
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 PathLike = str | Path
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+#: Permissions of written images: what a plain ``open(path, 'wb')`` gives (mkstemp alone gives 0600).
+_FILE_MODE = _umask_mode()
 
 
 def is_image_file(path: PathLike) -> bool:
@@ -112,7 +125,10 @@ def image_size(path: PathLike) -> tuple[int, int]:
 def write_image(path: PathLike, rgb: np.ndarray) -> Path:
     """Write an HxWx3 (or HxW) uint8 RGB image; the format follows the suffix of ``path``.
 
-    Parent folders are created. Returns the path written.
+    Parent folders are created. The file is written atomically: the encoded bytes go to a hidden
+    temporary file beside ``path`` that is then renamed over it, so a failed write (disk full, an
+    interrupted run) leaves no partial image under the final name (and an existing file intact).
+    Returns the path written.
     """
     p = Path(path)
     if p.suffix.lower() not in IMAGE_SUFFIXES:
@@ -128,7 +144,16 @@ def write_image(path: PathLike, rgb: np.ndarray) -> Path:
     if not ok:
         raise ValueError(f"OpenCV could not encode {p}")
     p.parent.mkdir(parents=True, exist_ok=True)
-    buf.tofile(str(p))
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(buf.tobytes())
+        os.chmod(tmp, _FILE_MODE)
+        os.replace(tmp, p)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     return p
 
 

@@ -1,0 +1,261 @@
+"""De-raining image files on disk: which files an INPUT names, where their results go, the loop.
+
+The library behind ``mgid derain`` (the command only parses arguments and prints):
+
+* `plan_derain` turns INPUT (a file, a folder searched recursively, or a glob) and OUTPUT (a folder,
+  or with a single file INPUT a file name with the same suffix) into a checked `DerainPlan`: one
+  `Job` per input file, no output on an input, no two outputs on one path, no existing output
+  without ``overwrite``. Its parts are `collect_inputs`, `plan_jobs` and `check_jobs`.
+* `derain_files` de-rains the jobs with a `mgid.inference.Derainer`, writes each result (and the
+  rain layer / comparison picture when asked for) through `mgid.data.write_image`, which writes
+  atomically, and returns a `DerainReport`: files done, files skipped with the reason (not an image,
+  unreadable, out of memory, not writable). One bad file never stops the others.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mgid.data.imageio import IMAGE_SUFFIXES, read_image, write_image
+
+#: Suffixes of the extra outputs beside ``<stem>.<ext>``: the rain layer and the comparison picture.
+RAIN_TAG, COMPARE_TAG = "_rain", "_compare"
+_GLOB_MAGIC = set("*?[")
+
+
+class PlanError(ValueError):
+    """INPUT / OUTPUT cannot be de-rained as given (nothing was written); the message says why."""
+
+
+@dataclass
+class Job:
+    """One input file and where its outputs go (``rain``/``compare`` only when asked for)."""
+
+    source: Path
+    output: Path
+    rain: Path | None = None
+    compare: Path | None = None
+
+    def outputs(self) -> list[Path]:
+        """The paths this job writes: the result first, then the rain layer and comparison if any."""
+        return [p for p in (self.output, self.rain, self.compare) if p is not None]
+
+
+@dataclass
+class DerainPlan:
+    """What `plan_derain` decided: the jobs, the input files seen, and how results are laid out."""
+
+    jobs: list[Job]
+    #: Every input file named by INPUT (images or not).
+    input_files: list[Path]
+    #: Files below INPUT left out because they lie in the OUTPUT folder (earlier results).
+    ignored: int
+    #: True when OUTPUT is the result file of a single input file rather than a folder.
+    single_file_output: bool
+    #: Folder the results go to (OUTPUT, or its parent with ``single_file_output``).
+    output_folder: Path
+
+
+@dataclass
+class DerainReport:
+    """What `derain_files` did: the number of images written and the files skipped, with reasons."""
+
+    done: int = 0
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when no file was skipped."""
+        return not self.skipped
+
+
+def _is_hidden(rel: Path) -> bool:
+    return any(part.startswith(".") for part in rel.parts)
+
+
+def _within(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _strictly_inside(folder: Path, root: Path) -> bool:
+    """True when ``folder`` lies below ``root`` (not ``root`` itself)."""
+    return folder.resolve() != root.resolve() and _within(folder, root)
+
+
+def collect_inputs(spec: str, output: Path) -> tuple[list[tuple[Path, Path]], list[Path], int]:
+    """Files named by INPUT: ``([(file, path relative to the input root)], every file seen, files ignored)``.
+
+    A file gives itself; a folder every non-hidden file below it (recursively; files under
+    ``output`` are ignored when OUTPUT lies inside INPUT); a glob (``*``, ``?``, ``[``; ``**`` recurses)
+    its matching files, relative to the pattern's folder part (files under ``output`` are skipped when
+    OUTPUT lies below that folder). Non-image files are included here
+    (they are reported and skipped later). Raises ``FileNotFoundError`` when nothing matches.
+    """
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return [(path, Path(path.name))], [path], 0
+    if path.is_dir():
+        files, ignored = [], 0
+        skip_output = _strictly_inside(output, path)
+        for p in sorted(path.rglob("*")):
+            if not p.is_file() or _is_hidden(p.relative_to(path)):
+                continue
+            if skip_output and _within(p, output):
+                ignored += 1
+                continue
+            files.append((p, p.relative_to(path)))
+        return files, [p for p, _ in files], ignored
+    if _GLOB_MAGIC & set(spec):
+        parts = Path(spec).parts
+        k = next(i for i, part in enumerate(parts) if _GLOB_MAGIC & set(part))
+        base = Path(*parts[:k]) if k else Path(".")
+        matches = sorted(Path(m) for m in glob.glob(os.path.expanduser(spec), recursive=True))
+        skip_output = _strictly_inside(output, base)
+        files = [(m, m.relative_to(base)) for m in matches
+                 if m.is_file() and not (skip_output and _within(m, output))]
+        if not files:
+            raise FileNotFoundError(f"no files match {spec!r}")
+        return files, [m for m, _ in files], 0
+    raise FileNotFoundError(f"input not found: {spec} (give an image file, a folder or a quoted glob like "
+                            f"'photos/*.jpg')")
+
+
+def plan_jobs(inputs: list[tuple[Path, Path]], output: Path, save_rain: bool, compare: bool,
+              single_file_output: bool = False) -> list[Job]:
+    """Where each input's outputs go: ``OUTPUT/<relative path>`` (same name and format), plus
+    ``<stem>_rain.png`` and ``<stem>_compare.png`` beside it when asked for.
+    With ``single_file_output``, ``output`` is the result file itself."""
+    jobs = []
+    for source, rel in inputs:
+        out = output if single_file_output else output / rel
+        rain = out.with_name(out.stem + RAIN_TAG + ".png") if save_rain else None
+        comp = out.with_name(out.stem + COMPARE_TAG + ".png") if compare else None
+        jobs.append(Job(source, out, rain, comp))
+    return jobs
+
+
+def check_jobs(jobs: list[Job], input_files: list[Path], overwrite: bool) -> str | None:
+    """Why the plan is unsafe (an output that is an input, two outputs on one path, existing outputs
+    without ``overwrite``), or None when it is safe."""
+    inputs = {p.resolve(): p for p in input_files}
+    seen: dict[Path, Path] = {}
+    existing = []
+    for job in jobs:
+        for out in job.outputs():
+            key = out.resolve()
+            if key in inputs:
+                return (f"{out} would overwrite the input {inputs[key]}; mgid never writes over its inputs: choose an "
+                        f"OUTPUT folder that is not the input folder")
+            if key in seen:
+                return (f"{seen[key]} and {job.source} would both write {out}; rename one of them or leave out "
+                        f"--save-rain/--compare")
+            seen[key] = job.source
+            if out.exists():
+                existing.append(out)
+    if existing and not overwrite:
+        shown = ", ".join(str(p) for p in existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+        return f"{shown} already exist(s); pass --overwrite to replace outputs (inputs are never overwritten)"
+    return None
+
+
+def plan_derain(input_spec: str, output: str | Path, save_rain: bool = False, compare: bool = False,
+                overwrite: bool = False) -> DerainPlan:
+    """The checked jobs of de-raining INPUT into OUTPUT (see the module docstring); writes nothing.
+
+    OUTPUT is a result file name exactly when INPUT is one file and OUTPUT has an image suffix and is
+    not an existing folder; it must then keep INPUT's suffix. Raises `PlanError` (an existing file as
+    OUTPUT folder, a format change, an unsafe plan: see `check_jobs`) or ``FileNotFoundError``
+    (INPUT names nothing), with a message for the user.
+    """
+    output = Path(output).expanduser()
+    single = Path(input_spec).is_file() and output.suffix.lower() in IMAGE_SUFFIXES and not output.is_dir()
+    if output.exists() and not output.is_dir() and not single:
+        raise PlanError(f"OUTPUT {output} is a file; give a folder (it is created)")
+    inputs, all_files, ignored = collect_inputs(input_spec, output)
+    if single and output.suffix.lower() != Path(input_spec).suffix.lower():
+        raise PlanError(f"{output} changes the format of {input_spec}; keep the suffix "
+                        f"{Path(input_spec).suffix} or give a folder")
+    jobs = plan_jobs(inputs, output, save_rain, compare, single_file_output=single)
+    problem = check_jobs(jobs, all_files, overwrite)
+    if problem:
+        raise PlanError(problem)
+    return DerainPlan(jobs, all_files, ignored, single, output.parent if single else output)
+
+
+def _not_an_image(path: Path) -> str | None:
+    """Why ``path`` is not de-rained for its suffix, or None when the suffix is an image's."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return None
+    return (f"not an image file (suffix {path.suffix or 'none'!r}; images are "
+            f"{', '.join(IMAGE_SUFFIXES)})")
+
+
+def derain_one(derainer, job: Job) -> None:
+    """De-rain ``job.source`` and write its outputs (each atomically: a failed write leaves no partial
+    file under the final name). Raises ``OSError``/``ValueError`` for a file that cannot be read or
+    written and ``torch.OutOfMemoryError`` when the image does not fit."""
+    rgb = read_image(job.source)
+    clean, rain = derainer.derain_with_rain(rgb)
+    write_image(job.output, clean)
+    if job.rain is not None:
+        write_image(job.rain, rain)
+    if job.compare is not None:
+        from mgid.visualize import image_grid
+
+        write_image(job.compare, image_grid([[rgb, clean, rain]], headers=["input", "de-rained", "rain"]))
+
+
+def derain_files(derainer, jobs: Sequence[Job], progress: bool = True,
+                 on_skip: Callable[[Path, str], None] | None = None) -> DerainReport:
+    """De-rain every job with ``derainer`` (a `mgid.inference.Derainer`); never stops at a bad file.
+
+    A file without an image suffix, one that cannot be read or written (``OSError``/``ValueError``)
+    and an image too large for the device's memory are skipped with their reason, and
+    ``on_skip(path, reason)`` is called at once (e.g. to print it above the progress bar, with
+    ``tqdm.write``). ``progress`` shows a tqdm bar on stderr (and only on a terminal).
+    """
+    import torch
+    from tqdm import tqdm
+
+    report = DerainReport()
+    bar = tqdm(jobs, desc="de-raining", unit="img", disable=(not progress) or None, file=sys.stderr)
+    try:
+        for job in bar:
+            reason = _not_an_image(job.source)
+            if reason is None:
+                try:
+                    derain_one(derainer, job)
+                except torch.OutOfMemoryError:
+                    size = _size_text(job.source)
+                    reason = (f"out of memory for a {size} image; use tiles, e.g. --tile 512 (smaller tiles use "
+                              f"less memory)")
+                except (OSError, ValueError) as exc:
+                    reason = str(exc)
+                else:
+                    report.done += 1
+                    continue
+            report.skipped.append((job.source, reason))
+            if on_skip is not None:
+                on_skip(job.source, reason)
+    finally:
+        bar.close()
+    return report
+
+
+def _size_text(path: Path) -> str:
+    """``"WxH"`` of an image file for messages (``"?x?"`` when even the header cannot be read)."""
+    from mgid.data.imageio import image_size
+
+    try:
+        h, w = image_size(path)
+    except (OSError, ValueError):
+        return "?x?"
+    return f"{w}x{h}"

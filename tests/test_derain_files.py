@@ -1,0 +1,148 @@
+"""`mgid.derain_files`: which files an INPUT names, the plan checks, the de-rain loop, atomic writes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import mgid.data.imageio as imageio
+from mgid.data import read_image, write_image
+from mgid.derain_files import (
+    DerainReport,
+    Job,
+    PlanError,
+    collect_inputs,
+    derain_files,
+    plan_derain,
+)
+
+
+class FakeDerainer:
+    """Stands in for `mgid.inference.Derainer`: the "clean" image is the inverted input."""
+
+    def __init__(self, oom_for: str | None = None):
+        self.oom_for = oom_for
+
+    def derain_with_rain(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.oom_for is not None and rgb.shape[0] == 7:
+            raise torch.OutOfMemoryError("fake")
+        return 255 - rgb, np.zeros_like(rgb)
+
+
+@pytest.fixture()
+def photos(tmp_path: Path) -> Path:
+    """photos/a.png, photos/b.jpg, photos/sub/c.png, photos/.hidden/d.png, photos/notes.txt."""
+    root = tmp_path / "photos"
+    rng = np.random.default_rng(0)
+    for rel in ("a.png", "b.jpg", "sub/c.png", ".hidden/d.png"):
+        write_image(root / rel, rng.integers(0, 256, (8, 12, 3), dtype=np.uint8))
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def _rel(files: list[tuple[Path, Path]]) -> list[str]:
+    return [str(rel) for _, rel in files]
+
+
+def test_collect_folder_file_and_glob(photos, tmp_path):
+    files, seen, ignored = collect_inputs(str(photos), tmp_path / "out")
+    assert _rel(files) == ["a.png", "b.jpg", "notes.txt", "sub/c.png"]  # hidden skipped, non-images kept
+    assert seen == [p for p, _ in files] and ignored == 0
+    files, _, _ = collect_inputs(str(photos / "sub" / "c.png"), tmp_path / "out")
+    assert _rel(files) == ["c.png"]
+    files, _, _ = collect_inputs(str(photos / "**" / "*.png"), tmp_path / "out")
+    assert _rel(files) == ["a.png", "sub/c.png"]  # relative to the glob's folder part
+    with pytest.raises(FileNotFoundError, match="no files match"):
+        collect_inputs(str(photos / "*.gif"), tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="input not found"):
+        collect_inputs(str(tmp_path / "nothing"), tmp_path / "out")
+
+
+def test_collect_skips_the_output_folder_inside_the_input(photos):
+    write_image(photos / "derained" / "a.png", np.zeros((8, 8, 3), np.uint8))  # an earlier result
+    files, _, ignored = collect_inputs(str(photos), photos / "derained")
+    assert "derained/a.png" not in _rel(files) and ignored == 1
+    files, _, _ = collect_inputs(str(photos / "**" / "*.png"), photos / "derained")
+    assert "derained/a.png" not in _rel(files)
+    files, _, ignored = collect_inputs(str(photos), photos)  # OUTPUT == INPUT: nothing is ignored ...
+    assert ignored == 0 and "derained/a.png" in _rel(files)
+
+
+def test_plan_layout_and_refusals(photos, tmp_path):
+    plan = plan_derain(str(photos), tmp_path / "out", save_rain=True, compare=True)
+    job = next(j for j in plan.jobs if j.source.name == "c.png")
+    assert job.outputs() == [tmp_path / "out/sub/c.png", tmp_path / "out/sub/c_rain.png",
+                             tmp_path / "out/sub/c_compare.png"]
+    assert not plan.single_file_output and plan.output_folder == tmp_path / "out"
+    single = plan_derain(str(photos / "a.png"), tmp_path / "one" / "clean.png")
+    assert single.single_file_output and [j.output for j in single.jobs] == [tmp_path / "one" / "clean.png"]
+    assert single.output_folder == tmp_path / "one"
+    with pytest.raises(PlanError, match="changes the format"):
+        plan_derain(str(photos / "a.png"), tmp_path / "clean.jpg")
+    with pytest.raises(PlanError, match="never writes over its inputs"):
+        plan_derain(str(photos), photos, overwrite=True)
+    with pytest.raises(PlanError, match="is a file"):
+        plan_derain(str(photos), photos / "notes.txt")
+    write_image(photos / "a_rain.png", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(PlanError, match="would both write"):
+        plan_derain(str(photos), tmp_path / "out", save_rain=True)
+    write_image(tmp_path / "out" / "b.jpg", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(PlanError, match="already exist"):
+        plan_derain(str(photos), tmp_path / "out")
+    assert plan_derain(str(photos), tmp_path / "out", overwrite=True).jobs  # allowed with overwrite
+
+
+def test_derain_files_writes_results_and_skips_bad_files_with_reasons(photos, tmp_path):
+    (photos / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    plan = plan_derain(str(photos), tmp_path / "out", save_rain=True)
+    seen: list[tuple[Path, str]] = []
+    report = derain_files(FakeDerainer(), plan.jobs, progress=False, on_skip=lambda p, r: seen.append((p, r)))
+    assert isinstance(report, DerainReport) and not report.ok
+    assert report.done == 3 and seen == report.skipped
+    reasons = {p.name: r for p, r in report.skipped}
+    assert set(reasons) == {"broken.png", "notes.txt"}
+    assert "not a readable image" in reasons["broken.png"] and "not an image file (suffix '.txt'" in reasons["notes.txt"]
+    np.testing.assert_array_equal(read_image(tmp_path / "out" / "a.png"), 255 - read_image(photos / "a.png"))
+    assert (tmp_path / "out" / "sub" / "c_rain.png").is_file()
+    assert not (tmp_path / "out" / "broken.png").exists() and not (tmp_path / "out" / "notes.txt").exists()
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.name.startswith(".")]  # no temporary files left
+
+
+def test_out_of_memory_is_skipped_with_advice(tmp_path):
+    write_image(tmp_path / "big.png", np.zeros((7, 9, 3), np.uint8))
+    write_image(tmp_path / "small.png", np.zeros((4, 4, 3), np.uint8))
+    jobs = [Job(tmp_path / n, tmp_path / "out" / n) for n in ("big.png", "small.png")]
+    report = derain_files(FakeDerainer(oom_for="big"), jobs, progress=False)
+    assert report.done == 1 and len(report.skipped) == 1
+    path, reason = report.skipped[0]
+    assert path.name == "big.png" and "out of memory for a 9x7 image" in reason and "--tile" in reason
+
+
+def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    write_image(tmp_path / "in" / "a.png", np.full((8, 8, 3), 10, np.uint8))
+    final = tmp_path / "out" / "a.png"
+    write_image(final, np.full((8, 8, 3), 99, np.uint8))  # an earlier result, replaced only when complete
+    before = final.read_bytes()
+
+    def failing_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(imageio.os, "replace", failing_replace)
+    report = derain_files(FakeDerainer(), [Job(tmp_path / "in" / "a.png", final)], progress=False)
+    assert report.done == 0 and "No space left" in report.skipped[0][1]
+    assert final.read_bytes() == before  # the old file is intact ...
+    assert sorted(p.name for p in final.parent.iterdir()) == ["a.png"]  # ... and no temporary file is left
+    monkeypatch.undo()
+    (tmp_path / "out2").mkdir()
+    report = derain_files(FakeDerainer(), [Job(tmp_path / "in" / "a.png", tmp_path / "out2" / "a.png")],
+                          progress=False)
+    assert report.ok and report.done == 1
+
+
+def test_write_image_keeps_normal_permissions(tmp_path):
+    p = write_image(tmp_path / "x.png", np.zeros((4, 4, 3), np.uint8))
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")
+    assert p.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777

@@ -72,6 +72,11 @@ class ConfigError(ValueError):
     """A setting is unknown, of the wrong type or out of range; the message says which and how to fix it."""
 
 
+#: Field metadata of a setting that ``--resume`` may change without the run differing from an uninterrupted one
+#: (run length, logging, checkpointing, devices); `resume_may_change` lists the marked fields.
+RESUME_MAY_CHANGE: Mapping[str, str] = {"resume": "may change"}
+
+
 @dataclass
 class OptimConfig:
     """Optimiser and learning-rate schedule (Adam, as the public code)."""
@@ -106,7 +111,7 @@ class OptimConfig:
 class DistConfig:
     """Multi-process training (launch with torchrun; see docs/SCALING.md). batch_size is the global batch."""
 
-    backend: DistBackend = "auto"
+    backend: DistBackend = field(default="auto", metadata=RESUME_MAY_CHANGE)
     """torch.distributed backend when WORLD_SIZE > 1: auto (nccl on CUDA, gloo on CPU), nccl or gloo."""
     sync_bn: bool = False
     """Compute BatchNorm statistics over the global batch (SyncBatchNorm on CUDA, an all-reducing BatchNorm
@@ -143,42 +148,42 @@ class TrainConfig:
     """Pairs per step (the paper: 8)."""
     crop_size: int = 256
     """Side of the random square crop cut from both frames of a pair (the paper: 256)."""
-    epochs: int = 200
+    epochs: int = field(default=200, metadata=RESUME_MAY_CHANGE)
     """Passes over the training pairs (the paper: 200); ignored when max_steps is set."""
-    max_steps: int | None = None
+    max_steps: int | None = field(default=None, metadata=RESUME_MAY_CHANGE)
     """Stop after this many optimiser steps in all (overrides epochs); unset = epochs x steps per epoch."""
-    num_workers: int = 0
+    num_workers: int = field(default=0, metadata=RESUME_MAY_CHANGE)
     """DataLoader worker processes (0 = load in the main process). Any value gives the same batches."""
     seed: int = 0
     """Seeds the weights, the memory items, the data (scenes, rain, crops) and the batch order."""
-    device: Device = "auto"
+    device: Device = field(default="auto", metadata=RESUME_MAY_CHANGE)
     """auto (CUDA when available), cpu or cuda."""
-    ops: OpsMode = "auto"
+    ops: OpsMode = field(default="auto", metadata=RESUME_MAY_CHANGE)
     """Memory/whitening op implementation: auto, fused (the compiled kernels, fail if missing) or reference."""
-    checkpoint_every: int = 1000
+    checkpoint_every: int = field(default=1000, metadata=RESUME_MAY_CHANGE)
     """Save OUT/checkpoints/last.* every this many steps (and always at the end); 0 = only at the end."""
-    keep_step_checkpoints: bool = False
+    keep_step_checkpoints: bool = field(default=False, metadata=RESUME_MAY_CHANGE)
     """Also keep a step_XXXXXX.* copy of every checkpoint."""
-    log_every: int = 10
+    log_every: int = field(default=10, metadata=RESUME_MAY_CHANGE)
     """Write loss terms, lr and throughput to TensorBoard every this many steps."""
-    image_every: int = 500
+    image_every: int = field(default=500, metadata=RESUME_MAY_CHANGE)
     """Write sample image grids (input / de-rained / rain layer) to TensorBoard every this many steps; 0 = never."""
-    val_every: int = 1
+    val_every: int = field(default=1, metadata=RESUME_MAY_CHANGE)
     """Validate on the paired set every this many epochs (and always at the end); 0 = only at the end."""
     val_count: int | None = None
     """Paired images used for validation; unset = all (embedded: embedded.paired_count)."""
-    bn_recalibration_batches: int = 0
+    bn_recalibration_batches: int = field(default=0, metadata=RESUME_MAY_CHANGE)
     """After the last step, re-estimate the BatchNorm running statistics of the final weights as a plain
     average over this many training batches (weights and memory items unchanged; `mgid.bn_recalibration`):
     the running averages lag behind the final weights. 0 = keep them as trained."""
-    sample_rows: int = 4
+    sample_rows: int = field(default=4, metadata=RESUME_MAY_CHANGE)
     """Rows (rainy | de-rained | clean) of OUT/samples/compare.png written at the end."""
     precision: Precision = "auto"
     """Training arithmetic: fp32, bf16 (autocast) or fp16 (autocast + gradient scaling); auto = bf16 on a CPU
     with native bf16 instructions (AVX512-BF16 or AMX: 2.2x faster per step, the same loss curve, see
     benchmarks/bench_train.py) and fp32 elsewhere (GPUs: unmeasured). The memory items, the weights and the
     loss stay fp32; the memory/whitening ops accumulate in fp32."""
-    compile: bool = False
+    compile: bool = field(default=False, metadata=RESUME_MAY_CHANGE)
     """torch.compile the network (default inductor backend); the first steps are slower while it compiles."""
     channels_last: bool | None = None
     """Keep the network and its inputs in channels_last memory format (faster CPU convolutions under bf16);
@@ -212,6 +217,19 @@ class TrainConfig:
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
         """Build from a (partial) nested dict; missing fields keep their defaults, unknown ones raise."""
         return build_dataclass(cls, values)
+
+
+def resume_may_change(cls: type | None = None, prefix: str = "") -> frozenset[str]:
+    """Dotted paths of the fields (of `TrainConfig` by default, nested ones included) marked `RESUME_MAY_CHANGE`."""
+    cls = TrainConfig if cls is None else cls
+    hints = _hints(cls)
+    paths: set[str] = set()
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            paths |= resume_may_change(hints[f.name], f"{prefix}{f.name}.")
+        elif f.metadata.get("resume") == RESUME_MAY_CHANGE["resume"]:
+            paths.add(f"{prefix}{f.name}")
+    return frozenset(paths)
 
 
 # --------------------------------------------------------------------------------------------------

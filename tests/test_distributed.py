@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from mgid.training import train_step as _REAL_TRAIN_STEP  # noqa: E402
+from mgid.train.step import compute_loss as _REAL_TRAIN_STEP  # noqa: E402
 
 # Tiny data and network (as tests/test_train.py). Global batch 4 = 2 pairs per rank. BSW weight 0: the
 # BSW loss's k-means mask is taken per rank (not a mean over samples), so it is the one term a 2-rank
@@ -46,7 +46,7 @@ def _config(out: Path, steps: int, **extra):
 
 def _record_items(trainer) -> list[np.ndarray]:
     """Wrap the trainer's step so the memory items after each step's forward (P'') are recorded."""
-    import mgid.training as tr
+    import mgid.train.step as tr
 
     seen: list[np.ndarray] = []
     real = _REAL_TRAIN_STEP
@@ -56,7 +56,7 @@ def _record_items(trainer) -> list[np.ndarray]:
         seen.append(trainer.net.memory.items.detach().cpu().numpy().copy())
         return result
 
-    tr.train_step = recording
+    tr.compute_loss = recording
     return seen
 
 
@@ -146,9 +146,9 @@ def launch(out: Path, steps: int, world: int = 2, resume: bool = False, sync_bn:
 @pytest.fixture(autouse=True)
 def _restore_train_step():
     yield
-    import mgid.training as tr
+    import mgid.train.step as tr
 
-    tr.train_step = _REAL_TRAIN_STEP  # undo _record_items' wrapper
+    tr.compute_loss = _REAL_TRAIN_STEP  # undo _record_items' wrapper
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,70 @@
+"""The training objective: the network on both frames of a pair and the loss, as one module.
+
+`MGIDObjective` is what the loop calls once per step and what DDP (and, for the network inside it,
+``torch.compile``) wraps: one forward per backward, as DDP expects. Frame 1 reads the memory items P
+and updates them to P'; frame 2 reads P' and leaves P'' (carried to the next step). This is the one
+place the memory changes during training (a distributed run all-reduces the update statistics of
+`mgid.ops.memory_step` in `mgid.models.MemoryModule`, see `mgid.distributed`). Under bf16/fp16 the
+network runs in autocast and the loss in fp32.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import torch
+from torch import nn
+
+from mgid.losses import MGIDLoss
+from mgid.models import MGIDOutput
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for bf16/fp16 on ``device``'s type; a no-op for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[precision])
+
+
+def _as_float(out: MGIDOutput) -> MGIDOutput:
+    """``out`` with every floating tensor in fp32 (the loss is computed in fp32 under mixed precision)."""
+    return dataclasses.replace(out, **{
+        f.name: getattr(out, f.name).float() for f in dataclasses.fields(out)
+        if isinstance(getattr(out, f.name), torch.Tensor) and getattr(out, f.name).is_floating_point()})
+
+
+class MGIDObjective(nn.Module):
+    """``net`` on both frames and ``criterion`` on the outputs: ``forward(frame1, frame2)`` returns
+    ``(total, terms, out1)`` -- the total loss, the detached named terms and frame 1's output (image logs).
+
+    ``net`` is the network as the loop runs it (the plain `mgid.models.MGIDNet` or ``torch.compile`` of
+    it); ``precision`` (fp32, bf16, fp16) selects autocast for the network, the loss stays fp32.
+    """
+
+    def __init__(self, net: nn.Module, criterion: MGIDLoss, precision: str = "fp32") -> None:
+        super().__init__()
+        self.net, self.criterion, self.precision = net, criterion, precision
+
+    def forward(self, frame1: torch.Tensor, frame2: torch.Tensor,
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor], MGIDOutput]:
+        with autocast_context(frame1.device, self.precision):
+            out1 = self.net(frame1)
+            out2 = self.net(frame2)
+        if self.precision != "fp32":
+            out1, out2 = _as_float(out1), _as_float(out2)
+        total, terms = self.criterion(out1, out2, frame1, frame2)
+        return total, terms, out1
+
+
+class PairForward(nn.Module):
+    """Both frames of a step in one forward call, without the loss (kept for `train_step` and the benchmarks;
+    the loop uses `MGIDObjective`)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, frame1: torch.Tensor, frame2: torch.Tensor) -> tuple[MGIDOutput, MGIDOutput]:
+        return self.net(frame1), self.net(frame2)

@@ -1,0 +1,138 @@
+"""The fixed held-out paired evaluation sets: their rain (`HELDOUT_RAIN`, `HELDOUT_SETS`) and `EmbeddedPairedSet`.
+
+Each held-out set pairs clean crops of the held-out (``val``) photos with a rainy version made by a
+renderer fixed here, not taken from the training config, so that numbers compare across runs and
+recipes: ``streaks`` (the training renderer), ``perspective`` (the independent renderer of
+`mgid.data.perspective_rain`) and ``heavy``. `EmbeddedPairedSet.rainy_frames` gives extra rainy
+frames of a pair's scene for multi-frame references; `heldout_folder` names each set's folder on disk.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from .embedded import (
+    _FRAME_STREAM,
+    _STREAM_IDS,
+    EmbeddedDataConfig,
+    _float01,
+    _make_scenes,
+    _scene_background,
+    _uint8,
+    split_photos,
+)
+from .imageio import to_tensor
+from .synthetic_rain import RainConfig, add_rain
+
+
+def _render_streaks(rain: RainConfig) -> Any:
+    def render(clean01: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return add_rain(clean01, rng, rain, illumination=False, veil=False)[0]
+    return render
+
+
+def _render_perspective(heavy: bool) -> Any:
+    def render(clean01: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        from .perspective_rain import PERSPECTIVE_HEAVY_RAIN, PERSPECTIVE_RAIN, add_perspective_rain
+
+        return add_perspective_rain(clean01, rng, PERSPECTIVE_HEAVY_RAIN if heavy else PERSPECTIVE_RAIN)[0]
+    return render
+
+
+#: The heavy rain of the training renderer's held-out set: long, wide, dense, blurred streaks.
+HEAVY_RAIN = RainConfig(density_range=(30.0, 50.0), length_range=(30.0, 60.0), width_range=(2.0, 4.0),
+                        blur_range=(5.0, 12.0), intensity_range=(0.6, 1.0))
+
+#: The held-out rain of each paired set, fixed here (not taken from the training config) so that
+#: numbers compare across runs and recipes. "streaks": the training renderer at the rain density of
+#: the original paired set, no veil; "perspective": a second, independent renderer
+#: (`mgid.data.perspective_rain`: Gaussian streak profiles, perspective, refraction-like brightening)
+#: the model never trains on; "heavy": the training renderer's heavy rain.
+HELDOUT_RAIN: dict[str, Any] = {
+    "streaks": _render_streaks(RainConfig()),
+    "perspective": _render_perspective(heavy=False),
+    "heavy": _render_streaks(HEAVY_RAIN),
+}
+#: The held-out sets reported by validation, `mgid evaluate --heldout` and the model card.
+HELDOUT_SETS = tuple(HELDOUT_RAIN)
+#: Stream id of each held-out set (each set draws its own rain).
+_HELDOUT_STREAM = {"streaks": 0, "perspective": 1, "heavy": 2}
+#: Stream of the extra frames of a held-out scene (`EmbeddedPairedSet.rainy_frames`).
+_EXTRA_FRAME_STREAM = 13
+
+
+class EmbeddedPairedSet(Dataset):
+    """Held-out paired evaluation set: (rainy, clean) from the held-out photos with fixed rain.
+
+    Clean images are size x size crops of the ``val`` photos (their own scene stream, so different
+    crops from `EmbeddedTimeLapse` "val"); rainy = clean + rain of kind ``rain`` (`HELDOUT_RAIN`)
+    without any illumination change or veil, so the clean image is the exact ground truth. Returns
+    ``{"rainy", "clean"}`` (3, size, size) float in [-1, 1] and ``"name"`` ("001", "002", ...).
+
+    Args:
+        n: number of pairs (default ``config.paired_count``).
+        seed: fixes the crops and the rain (default ``config.heldout_seed``).
+        size: side of the images (default ``config.paired_size``).
+        rain: which held-out rain, one of `HELDOUT_SETS`.
+    """
+
+    def __init__(self, n: int | None = None, *, seed: int | None = None, size: int | None = None,
+                 config: EmbeddedDataConfig | None = None, rain: str = "streaks") -> None:
+        cfg = config or EmbeddedDataConfig()
+        if rain not in HELDOUT_RAIN:
+            raise ValueError(f"unknown held-out rain {rain!r}; choose one of {', '.join(HELDOUT_SETS)}")
+        self.rain = rain
+        self.size = int(cfg.paired_size if size is None else size)
+        if self.size < 8:
+            raise ValueError(f"EmbeddedPairedSet needs size >= 8, got {self.size}")
+        self.config = cfg
+        self.n = cfg.paired_count if n is None else int(n)
+        if self.n < 1:
+            raise ValueError(f"EmbeddedPairedSet needs n >= 1, got {self.n}")
+        self.seed = int(cfg.heldout_seed if seed is None else seed)
+        photos = split_photos(cfg)["val"]
+        per_photo = -(-self.n // len(photos))  # ceil
+        scenes = _make_scenes(photos, per_photo, self.size, cfg, self.seed, "paired")
+        # interleave photos so a small n still covers every held-out photo
+        order = [k * per_photo + s for s in range(per_photo) for k in range(len(photos))]
+        self.scenes = [scenes[k] for k in order[: self.n]]
+
+    def __len__(self) -> int:
+        return self.n
+
+    def name(self, index: int) -> str:
+        return f"{index + 1:03d}"
+
+    def _rainy(self, clean: np.ndarray, index: int, *extra: int) -> np.ndarray:
+        """``clean`` (uint8) with this set's rain drawn from the stream of pair ``index`` (+ ``extra`` ids)."""
+        stream = [self.seed & 0xFFFFFFFF, _STREAM_IDS["paired"], _FRAME_STREAM, index]
+        if self.rain != "streaks" or extra:  # the "streaks" set keeps the original paired set's stream
+            stream.append(_HELDOUT_STREAM[self.rain])
+        rng = np.random.default_rng([*stream, *extra])
+        return _uint8(HELDOUT_RAIN[self.rain](_float01(clean), rng))
+
+    def images(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rainy, clean) as size x size x 3 uint8 RGB."""
+        clean = _scene_background(self.scenes[index], self.size)
+        return self._rainy(clean, index), clean
+
+    def rainy_frames(self, index: int, count: int) -> np.ndarray:
+        """``count`` rainy frames of pair ``index``'s scene, (count, size, size, 3) uint8: frame 0 is the
+        set's rainy image, the others have their own rain of the same renderer (a static camera's
+        frames, for multi-frame references such as the temporal median)."""
+        rainy, clean = self.images(index)
+        return np.stack([rainy, *(self._rainy(clean, index, _EXTRA_FRAME_STREAM, k) for k in range(1, count))])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not -self.n <= index < self.n:
+            raise IndexError(f"index {index} out of range for EmbeddedPairedSet of length {self.n}")
+        index %= self.n
+        rainy, clean = self.images(index)
+        return {"rainy": to_tensor(rainy), "clean": to_tensor(clean), "name": self.name(index)}
+
+
+def heldout_folder(kind: str) -> str:
+    """Folder name of held-out set ``kind`` in `write_synthetic_dataset`'s output: paired, paired_<kind>."""
+    return "paired" if kind == "streaks" else f"paired_{kind}"

@@ -1,0 +1,66 @@
+"""Writing the embedded synthetic data set to disk (`write_synthetic_dataset`).
+
+The training and validation scenes of `EmbeddedTimeLapse` go to scene folders readable by
+`TimeLapseFolder`, and every held-out paired set of `EmbeddedPairedSet` to ``rain/`` + ``norain/``
+folders with Rain100L naming, holding exactly the frames the in-memory data sets produce for the
+same config and seed.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from .embedded import EmbeddedDataConfig, EmbeddedTimeLapse
+from .heldout_sets import HELDOUT_SETS, EmbeddedPairedSet, heldout_folder
+from .imageio import PathLike, write_image
+from .pair_sampling import SPLITS
+
+
+def write_synthetic_dataset(out_dir: PathLike, *, config: EmbeddedDataConfig | None = None, seed: int = 0,
+                            paired_count: int | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Write the embedded default data set to disk.
+
+    Layout::
+
+        OUT/train/<scene>/<frame>.png      scene folders (readable by TimeLapseFolder)
+        OUT/val/<scene>/<frame>.png
+        OUT/paired/rain/rain-001.png       held-out paired set "streaks", Rain100L naming
+        OUT/paired/norain/norain-001.png
+        OUT/paired_perspective/...         held-out set "perspective" (the second renderer)
+        OUT/paired_heavy/...               held-out set "heavy"
+
+    The files hold exactly the frames `EmbeddedTimeLapse` / `EmbeddedPairedSet` produce for the same
+    config and seed. Refuses to write into an ``OUT`` that already has ``train/``, ``val/`` or
+    ``paired/`` unless ``overwrite=True``. Returns a summary dict (counts and paths).
+    """
+    cfg = config or EmbeddedDataConfig()
+    if paired_count is not None:
+        cfg = dataclasses.replace(cfg, paired_count=int(paired_count))
+    out = Path(out_dir)
+    existing = [d for d in ("train", "val", *map(heldout_folder, HELDOUT_SETS)) if (out / d).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{out} already contains {', '.join(existing)}/; choose an empty folder "
+                              f"or pass overwrite=True")
+    summary: dict[str, Any] = {"root": str(out), "seed": int(seed), "size": cfg.size,
+                               "frames_per_scene": cfg.frames_per_scene}
+    files = 0
+    for split in SPLITS:
+        ds = EmbeddedTimeLapse(split, config=cfg, seed=seed)
+        for k, spec in enumerate(ds.scenes):
+            for f in range(cfg.frames_per_scene):
+                write_image(out / split / spec.name / f"{f:03d}.png", ds.render_frame(k, f)[0])
+                files += 1
+        summary[f"{split}_scenes"] = len(ds.scenes)
+        summary[f"{split}_photos"] = list(ds.photos)
+    for kind in HELDOUT_SETS:
+        paired = EmbeddedPairedSet(config=cfg, rain=kind)
+        folder = out / heldout_folder(kind)
+        for i in range(len(paired)):
+            rainy, clean = paired.images(i)
+            write_image(folder / "rain" / f"rain-{paired.name(i)}.png", rainy)
+            write_image(folder / "norain" / f"norain-{paired.name(i)}.png", clean)
+            files += 2
+        summary[heldout_folder(kind)] = len(paired)
+    summary["files"] = files
+    return summary

@@ -6,7 +6,9 @@
   returning ``(total, terms, out1)`` (what DDP wraps; ``--compile`` compiles the network inside it);
 * `mgid.train.step` -- the optimisation step (`compute_loss`, `optimizer_step`; `train_step` for the benchmarks);
 * `mgid.train.validation` -- validation on the held-out paired sets and the comparison picture;
-* `mgid.train.trainer` -- `Trainer`, the loop, checkpoints and logs;
+* `mgid.train.trainer` -- `Trainer`, the loop and logs;
+* `mgid.train.checkpointing` -- the `Trainer`'s checkpoint save and resume (`CheckpointingMixin`);
+* `mgid.train.recalibration` -- the `Trainer`'s BatchNorm recalibration of the final weights;
 * `mgid.train.cli` -- the command line of ``train.py`` / ``mgid train`` and the resume policy (the config
   fields marked ``RESUME_MAY_CHANGE`` in `mgid.config`).
 

@@ -4,8 +4,9 @@
 The loop feeds batches in an order fixed by ``(seed, epoch)`` (`mgid.train.sampler`), runs the
 objective (`mgid.train.objective.MGIDObjective`, DDP-wrapped under torchrun), checks the loss is
 finite every step (`mgid.train.stopping`), logs to TensorBoard (``OUT/tb``), validates on held-out
-paired sets (`mgid.train.validation`), saves ``OUT/checkpoints/last.*`` atomically (`mgid.checkpoint`)
-and, at the end, writes ``OUT/samples/compare.png`` (rainy | de-rained | clean).
+paired sets (`mgid.train.validation`), saves ``OUT/checkpoints/last.*`` atomically
+(`mgid.train.checkpointing`, `mgid.checkpoint`), re-estimates the BatchNorm statistics on request
+(`mgid.train.recalibration`) and, at the end, writes ``OUT/samples/compare.png`` (rainy | de-rained | clean).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import json
 import shutil
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,39 +26,29 @@ from tqdm import tqdm
 
 from mgid import distributed as mdist
 from mgid import ops
-from mgid.bn_recalibration import recalibrate_batchnorm
-from mgid.checkpoint import (
-    CheckpointError,
-    checkpoint_paths,
-    load_checkpoint,
-    read_meta,
-    save_checkpoint,
-    set_rng_state,
-)
-from mgid.config import ConfigError, TrainConfig, to_yaml
+from mgid.checkpoint import checkpoint_paths, load_checkpoint
+from mgid.config import TrainConfig, to_yaml
 from mgid.data import make_dataset
 from mgid.devices import resolve_device
 from mgid.losses import MGIDLoss
 from mgid.models import MGIDNet, MGIDOutput
 from mgid.precision import resolve_channels_last, resolve_precision
 from mgid.train import step as _step
-from mgid.train.objective import MGIDObjective, autocast_context
+from mgid.train.checkpointing import CHECKPOINT_DIR, LAST, CheckpointingMixin
+from mgid.train.objective import MGIDObjective
+from mgid.train.recalibration import RECALIBRATION_EPOCH, BNRecalibrationMixin  # noqa: F401  (re-exported)
 from mgid.train.sampler import EpochBatchSampler, learning_rate, seed_everything
 from mgid.train.stopping import StopRequest, TrainingInterrupted, nonfinite_error
 from mgid.train.validation import ValidationResult, build_paired_sets, validate, write_comparison
 from mgid.visualize import image_grid, tensor_rows
 
-CHECKPOINT_DIR = "checkpoints"
 TB_DIR = "tb"
 SAMPLES_DIR = "samples"
 COMPARE_FILE = "compare.png"
 #: JSON lines of every validation (step and the scores of each held-out set) in OUT.
 VALIDATION_LOG = "validation.jsonl"
-LAST = "last"
 #: Where an --overwrite run clears the previous run's outputs (nothing else in OUT is touched).
 RUN_OUTPUTS = (CHECKPOINT_DIR, TB_DIR, SAMPLES_DIR, VALIDATION_LOG)
-#: Epoch of the training data that BatchNorm recalibration draws its batches from (never trained on).
-RECALIBRATION_EPOCH = 1_000_000
 #: Images shown per TensorBoard grid.
 TB_GRID_ROWS = 4
 
@@ -91,8 +82,11 @@ class _Progress:
     window_images: int = 0
 
 
-class Trainer:
+class Trainer(CheckpointingMixin, BNRecalibrationMixin):
     """Sets up a run from a `TrainConfig` (fresh, or resumed from ``OUT/checkpoints/last.*``) and runs it.
+
+    Checking ``OUT``, resuming and saving are `mgid.train.checkpointing`'s; BatchNorm recalibration is
+    `mgid.train.recalibration`'s.
 
     Args:
         cfg: the resolved settings.
@@ -212,93 +206,11 @@ class Trainer:
         else:
             self.writer = _NullWriter()
 
-    # ---- setup helpers
-    def _check_out(self, resume: bool, overwrite: bool) -> None:
-        existing = checkpoint_paths(self.ckpt_dir, LAST)["meta"]
-        if resume:
-            if not existing.is_file():
-                raise CheckpointError(f"--resume: no checkpoint to continue in {self.ckpt_dir} ({existing.name} "
-                                      f"missing); run without --resume to start, or point --out at the run")
-            return
-        if existing.is_file() and not overwrite:
-            try:
-                step = read_meta(existing).get("step", "?")
-            except CheckpointError:
-                step = "?"
-            raise ConfigError(f"{self.out} already holds a run (checkpoint at step {step}); pass --resume to "
-                              f"continue it, --overwrite to start afresh there, or choose another --out")
-
-    def _load(self, ckpt: Any) -> None:
-        meta = ckpt.meta
-        try:
-            self.net.load_state_dict(ckpt.model_state)
-        except RuntimeError as exc:
-            raise CheckpointError(f"{ckpt.paths['model']} does not fit the configured model: {exc}") from exc
-        if ckpt.optimizer_state is None:
-            raise CheckpointError(f"{ckpt.paths['optim']} is missing: cannot resume the optimiser exactly")
-        self.optimizer.load_state_dict(ckpt.optimizer_state)
-        for group in self.optimizer.param_groups:  # the config's hyper-parameters win over the saved ones
-            group.update(betas=self.cfg.optim.betas, eps=self.cfg.optim.eps, weight_decay=self.cfg.optim.weight_decay)
-        self.step = int(meta["step"])
-        self.bn_recalibrated = meta.get("bn_recalibrated")
-        saved_spe = meta.get("steps_per_epoch")
-        if saved_spe is not None and saved_spe != self.steps_per_epoch:
-            self.log(f"warning: the checkpoint had {saved_spe} steps per epoch, the data now gives "
-                     f"{self.steps_per_epoch}: the batch order will differ from an uninterrupted run")
-        set_rng_state(meta["rng"])
-        if self.scaler is not None and meta.get("grad_scaler"):
-            self.scaler.load_state_dict(meta["grad_scaler"])
-        self._last_ckpt_step = self.step
-        self.log(f"resumed {self.ckpt_dir / LAST}.* at step {self.step} (epoch {self.step // self.steps_per_epoch})")
-
     # ---- outputs
     def _sync_for_output(self) -> None:
         """Collective (every rank calls it): make the BN running statistics equal before they are used."""
         if self.dist.enabled and not self.cfg.dist.sync_bn:
             mdist.average_bn_running_stats(self.net, self.dist)
-
-    def save(self) -> Path | None:
-        """Write ``OUT/checkpoints/last.*`` (and a ``step_XXXXXX.*`` copy if configured); rank 0 only.
-
-        Every rank must call it (BN statistics are averaged first); ranks other than 0 return None.
-        """
-        self._sync_for_output()
-        self._last_ckpt_step = self.step
-        if not self.is_main:
-            return None
-        names = [LAST] + ([f"step_{self.step:06d}"] if self.cfg.keep_step_checkpoints else [])
-        meta = {"config": self.cfg.to_dict(), "step": self.step, "epoch": self.step // self.steps_per_epoch,
-                "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
-                "ops_path": self.ops_path, "device": str(self.device), "world_size": self.dist.world_size,
-                "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                "validation": self.last_validation.to_dict() if self.last_validation else None,
-                "validation_sets": {k: v.to_dict() for k, v in self.last_validations.items()},
-                "bn_recalibrated": self.bn_recalibrated}
-        paths = save_checkpoint(self.ckpt_dir, self.net, self.optimizer, meta, names)
-        return paths["model"]
-
-    def recalibration_batches(self) -> Iterator[torch.Tensor]:
-        """``cfg.bn_recalibration_batches`` batches of training frames (both frames of each pair), this rank's
-        slice, from an epoch of their own (`RECALIBRATION_EPOCH`): the same batches whenever it runs."""
-        cfg, per = self.cfg, self.sampler.per_rank_batch
-        self.train_set.set_epoch(RECALIBRATION_EPOCH)
-        n = len(self.train_set)
-        for b in range(cfg.bn_recalibration_batches):
-            first = b * cfg.batch_size + self.dist.rank * per
-            items = [self.train_set[(first + i) % n] for i in range(per)]
-            for key in ("frame1", "frame2"):
-                yield torch.stack([it[key] for it in items]).to(self.device, memory_format=self.memory_format)
-
-    def recalibrate_batchnorm(self) -> None:
-        """Re-estimate the BatchNorm running statistics for the final weights (`mgid.bn_recalibration`);
-        validation and the checkpoint that follow see them. Every rank calls it."""
-        used = recalibrate_batchnorm(self.net, self.recalibration_batches(),
-                                     autocast_context(self.device, self.precision))
-        self._sync_for_output()
-        self.bn_recalibrated = [self.step, self.cfg.bn_recalibration_batches]
-        self._last_val_step = self._last_ckpt_step = -1  # validate and save the recalibrated network
-        self.log(f"[step {self.step}] BatchNorm statistics re-estimated for the final weights over {used // 2} "
-                 f"training batches (both frames of each pair)")
 
     def run_validation(self) -> ValidationResult | None:
         """Validate on rank 0 (every rank must call it: BN statistics are synchronised first)."""

@@ -1,6 +1,9 @@
 #!/usr/bin/env python
 """Benchmark of mgid's memory and whitening ops against their peers.
 
+Over ~400 lines on purpose: one script, the op benchmark's command line, run and report; its op cases
+already live in bench_memory.py and bench_whitening.py, its timer and report files in harness.py.
+
 Per shape, for the memory step (read + update + losses) and for read, update and losses alone,
 forward and forward+backward, it times:
 

@@ -1,5 +1,8 @@
 """The small harness the benchmarks share: timer, environment capture, report files.
 
+Over ~400 lines on purpose: the benchmarks import it by name as their one shared sibling (tests load it by file
+with importlib, without benchmarks/ on sys.path), so its parts cannot move to a module it would import.
+
 * Timing: `BenchTimer` (warm-up, interleaved samples, median and inter-quartile range, a
   ``max_seconds`` budget; on CUDA one call a sample between CUDA events after an L2 flush),
   `quantile`, `count_host_syncs`, `configure_compile`.

@@ -1,5 +1,8 @@
 """Checkpoints as safetensors + JSON, written atomically, read without pickle.
 
+Over ~400 lines on purpose: one concept, the checkpoint file format with its atomic writes, recovery and
+validation, whose parts share private helpers (_write_temp, _fsync_dir, _sha256, _commit_set).
+
 One checkpoint named ``NAME`` in a folder is three files::
 
     NAME.safetensors        the model state dict, memory items (``memory.items``) included

@@ -461,9 +461,3 @@ def _commit_set(tensor_files: Mapping[Path, bytes], meta_path: Path, meta_bytes:
                 tmp.unlink(missing_ok=True)
     _fsync_dir(meta_path.parent)
 
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Old location of `mgid.api.load_network` (building the network is the API's job); kept for old imports."""
-    from mgid.api import load_network
-
-    return load_network(path, device)

@@ -268,7 +268,9 @@ def test_loading_refuses_pickles_and_truncated_files(tmp_path, monkeypatch):
 def test_load_model_from_a_training_checkpoint(tmp_path):
     out = tmp_path / "run"
     Trainer(tiny_config(out, max_steps=1), log=lambda s: None).run()
-    net = ck.load_model(out / "checkpoints" / "last.safetensors")
+    from mgid.api import load_network
+
+    net = load_network(out / "checkpoints" / "last.safetensors")
     assert not net.training and net.config.channels == 16
     assert torch.equal(net.memory.items, state_of(out).model_state["memory.items"])
 

@@ -10,10 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mgid.checkpoint import CheckpointError, checkpoint_paths, read_meta, save_checkpoint, set_rng_state
+from mgid.checkpoint import (
+    TRAINING_CHECKPOINT_DIR,
+    CheckpointError,
+    checkpoint_paths,
+    read_meta,
+    save_checkpoint,
+    set_rng_state,
+)
 from mgid.config import ConfigError
 
-CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_DIR = TRAINING_CHECKPOINT_DIR  # the run folder's checkpoint subfolder (checkpoint owns the path rules)
 LAST = "last"
 
 

@@ -56,6 +56,20 @@ size_t update_tile_shared_bytes(int M) {
   return sizeof(A) * (static_cast<size_t>(kQueryTile) * M + kQueryTile + M) + sizeof(int) * kQueryTile;
 }
 
+// The arrays of one update tile, carved from ``base`` in the order update_tile_shared_bytes counts.
+template <typename A>
+struct UpdateTileShared {
+  A* scores;
+  A* weight;
+  A* tile_max;
+  int* assign;
+  __device__ UpdateTileShared(A* base, int M)
+      : scores(base),
+        weight(base + kQueryTile * M),
+        tile_max(weight + kQueryTile),
+        assign(reinterpret_cast<int*>(tile_max + M)) {}
+};
+
 // Second half of an update tile, once every thread's scores row, assignment and 1/||q|| (``weight``)
 // are in shared memory and synchronised: the tile's column maxima, the update weights and the
 // per-(item, channel) sums, written to row t of part_max / part_sum.
@@ -84,10 +98,9 @@ template <typename T, typename A>
 __global__ void __launch_bounds__(kThreads) update_tile_kernel(const T* __restrict__ q, const A* __restrict__ items_t, A* __restrict__ part_max,
                                    A* __restrict__ part_sum, int64_t N, int64_t HW, int64_t C, int M,
                                    bool over_assigned) {
-  A* scores = shared_base<A>();
-  A* weight = scores + kQueryTile * M;
-  A* tile_max = weight + kQueryTile;
-  int* assign = reinterpret_cast<int*>(tile_max + M);
+  const UpdateTileShared<A> u(shared_base<A>(), M);
+  A *scores = u.scores, *weight = u.weight, *tile_max = u.tile_max;
+  int* assign = u.assign;
   const int64_t t = blockIdx.x, n0 = t * kQueryTile;
   const int K = static_cast<int>(N - n0 < kQueryTile ? N - n0 : kQueryTile);
   const int k = threadIdx.x;
@@ -121,10 +134,9 @@ __global__ void __launch_bounds__(kThreads) step_tile_kernel(const T* __restrict
                                                              bool with_update) {
   A* comp = shared_base<A>();
   A* trip = comp + kQueryTile;
-  A* scores = trip + kQueryTile;  // the update tile's arrays, with_update only
-  A* weight = scores + kQueryTile * M;
-  A* tile_max = weight + kQueryTile;
-  int* assign = reinterpret_cast<int*>(tile_max + M);
+  const UpdateTileShared<A> u(trip + kQueryTile, M);  // with_update only
+  A *scores = u.scores, *weight = u.weight, *tile_max = u.tile_max;
+  int* assign = u.assign;
   const int64_t t = blockIdx.x, n0 = t * kQueryTile;
   const int K = static_cast<int>(N - n0 < kQueryTile ? N - n0 : kQueryTile);
   const int k = threadIdx.x;

@@ -42,25 +42,35 @@ def step_loss(step: ops.MemoryStep, grad_read: torch.Tensor, wc: float = 1.0, ws
     return loss
 
 
+def check_step_against_reference(query, items, loss_tol_factor: float = 1.0, **kwargs) -> None:
+    """memory_step on the fused path against the reference: every output it returns and the query's gradient.
+
+    The update is compared in float64 only: float32 argmax ties may flip under rounding.
+    """
+    qf, qr = query.detach().clone().requires_grad_(True), query.detach().clone().requires_grad_(True)
+    fused, refd = ops.memory_step(qf, items, **kwargs), reference_step(qr, items, **kwargs)
+    tol = TOL[query.dtype]
+    torch.testing.assert_close(fused.read, refd.read, atol=tol, rtol=tol)
+    if kwargs.get("with_losses", True):
+        ltol = tol * loss_tol_factor
+        torch.testing.assert_close(fused.compactness, refd.compactness, atol=ltol, rtol=ltol)
+        torch.testing.assert_close(fused.separateness, refd.separateness, atol=ltol, rtol=ltol)
+    if query.dtype == torch.float64 and kwargs.get("update", "items") != "none":
+        torch.testing.assert_close(fused.items, refd.items, atol=1e-10, rtol=1e-10)
+    grad_read = torch.randn_like(fused.read)
+    step_loss(fused, grad_read).backward()
+    step_loss(refd, grad_read).backward()
+    torch.testing.assert_close(qf.grad, qr.grad, atol=tol * 20, rtol=tol * 20)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("grad_through_weights", [False, True])
 @pytest.mark.parametrize("max_over_assigned", [False, True])
 def test_step_matches_reference(device, dtype, grad_through_weights, max_over_assigned):
     query, items = make_inputs(2, 16, 9, 15, 10, dtype, device, seed=3)  # 270 queries: three tiles, one partial
-    kwargs = dict(grad_through_weights=grad_through_weights, max_over_assigned=max_over_assigned)
-    qf, qr = query.clone().requires_grad_(True), query.clone().requires_grad_(True)
-    fused, refd = ops.memory_step(qf, items, **kwargs), reference_step(qr, items, **kwargs)
-    tol = TOL[dtype]
-    torch.testing.assert_close(fused.read, refd.read, atol=tol, rtol=tol)
-    torch.testing.assert_close(fused.compactness, refd.compactness, atol=tol, rtol=tol)
-    torch.testing.assert_close(fused.separateness, refd.separateness, atol=tol, rtol=tol)
-    if dtype == torch.float64:  # float32 argmax ties may flip under rounding: the update is checked in float64
-        torch.testing.assert_close(fused.items, refd.items, atol=1e-10, rtol=1e-10)
-    grad_read = torch.randn_like(fused.read)
-    step_loss(fused, grad_read).backward()
-    step_loss(refd, grad_read).backward()
-    torch.testing.assert_close(qf.grad, qr.grad, atol=tol * 20, rtol=tol * 20)
+    check_step_against_reference(query, items, grad_through_weights=grad_through_weights,
+                                 max_over_assigned=max_over_assigned)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -188,19 +198,7 @@ def test_fuzz_against_reference(device):
                 torch.cat([query, query], dim=3)[..., ::2]
         kwargs = dict(grad_through_weights=rng.random() < 0.5, max_over_assigned=rng.random() < 0.5,
                       with_losses=rng.random() < 0.8, update=rng.choice(["items", "stats", "none"]))
-        qf, qr = query.detach().clone().requires_grad_(True), query.detach().clone().requires_grad_(True)
-        fused, refd = ops.memory_step(qf, items, **kwargs), reference_step(qr, items, **kwargs)
-        tol = TOL[dtype]
-        torch.testing.assert_close(fused.read, refd.read, atol=tol, rtol=tol)
-        if kwargs["with_losses"]:
-            torch.testing.assert_close(fused.compactness, refd.compactness, atol=tol * 10, rtol=tol * 10)
-            torch.testing.assert_close(fused.separateness, refd.separateness, atol=tol * 10, rtol=tol * 10)
-        if dtype == torch.float64 and kwargs["update"] != "none":
-            torch.testing.assert_close(fused.items, refd.items, atol=1e-10, rtol=1e-10)
-        grad_read = torch.randn_like(fused.read)
-        step_loss(fused, grad_read).backward()
-        step_loss(refd, grad_read).backward()
-        torch.testing.assert_close(qf.grad, qr.grad, atol=tol * 20, rtol=tol * 20)
+        check_step_against_reference(query, items, loss_tol_factor=10, **kwargs)
 
 
 @pytest.mark.parametrize("device", DEVICES)

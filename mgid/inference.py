@@ -1,7 +1,7 @@
 """Inference on images of any size: whole, or in overlapping tiles blended smoothly.
 
 `predict_rain` returns the rain layer R (B, 3, H, W) of an image (B, 3, H, W) in [-1, 1]; the
-de-rained image is ``image - R`` (`derain_tiled`). With ``tile=None``, or when the image fits in one
+de-rained image is ``image - R`` (`mgid.api.Derainer.derain`). With ``tile=None``, or when the image fits in one
 tile, the network runs once on the whole image (padded to multiples of 8 by the model).
 
 Tiled inference keeps memory bounded by the tile size (a 4000x3000 photo with ``tile=512`` needs
@@ -218,13 +218,3 @@ def _predict_tiled(net: MGIDNet, padded: torch.Tensor, tile: int, overlap: int, 
             acc[..., y:y + th, x:x + tw] += rain.to(padded.device, torch.float32) * win
             weight[..., y:y + th, x:x + tw] += win
     return (acc / weight).to(padded.dtype)
-
-
-@torch.no_grad()
-def derain_tiled(net: MGIDNet, image: torch.Tensor, tile: int | None = None, overlap: int = DEFAULT_OVERLAP,
-                 global_norm: bool = True, precision: str = "fp32", channels_last: bool | None = False) -> torch.Tensor:
-    """The de-rained image B = I - R (B, 3, H, W) of ``image`` (B, 3, H, W) in [-1, 1] (not clamped).
-
-    See `predict_rain` for ``tile``, ``overlap``, ``global_norm``, ``precision`` and ``channels_last``.
-    """
-    return image - predict_rain(net, image, tile, overlap, global_norm, precision, channels_last)

@@ -1,5 +1,8 @@
 """1-D k-means of the BSW mask: the grid-DP + Lloyd solver, the exact solver, and their agreement.
 
+Over 400 lines because it is one concept (the BSW threshold solver) checked three ways;
+splitting the brute-force oracle from the tests that use it would only scatter it.
+
 ``kmeans1d_exact_threshold`` (the ``kmeans1d`` package, the public code's choice) must be optimal:
 it is checked against a brute-force dynamic programme written here (O(k n^2) over sorted values,
 itself checked against exhaustive enumeration on tiny inputs).

@@ -1,5 +1,8 @@
 """The pure-PyTorch reference (``mgid.ops.reference``) against naive transcriptions of the equations.
 
+Over 400 lines because each equation's naive transcription sits beside its test, one section
+per op; moving the transcriptions elsewhere would separate the oracle from what it checks.
+
 The reference is the oracle of every kernel test, so it is itself checked here against code written
 straight from docs/ALGORITHM.md: explicit Python loops over queries and items on tiny inputs
 (B 2, C 5, 3x4, M 4), plain Python floats, no vectorisation shared with the reference. Where the

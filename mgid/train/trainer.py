@@ -183,7 +183,8 @@ class Trainer(CheckpointingMixin, BNRecalibrationMixin):
 
     def _build_objective(self) -> None:
         """What the loop calls: `MGIDObjective` (both frames and the loss in one forward) over the network,
-        compiled (the network) and/or DDP-wrapped (the objective) on request."""
+        compiled (the network) and/or DDP-wrapped (the objective) on request. Only the network is compiled:
+        the loss's BSW mask takes a data-dependent k-means threshold, which would break the graph."""
         model: nn.Module = torch.compile(self.net) if self.cfg.compile else self.net
         objective: nn.Module = MGIDObjective(model, self.criterion, self.precision)
         if self.dist.enabled:

@@ -1,4 +1,5 @@
-"""The ``mgid`` command line: ``mgid train``, ``mgid data synth``, ``mgid derain``, ``mgid evaluate``, ``mgid bench``.
+"""The ``mgid`` command line: ``mgid train``, ``mgid finetune``, ``mgid data synth``, ``mgid derain``,
+``mgid evaluate``, ``mgid heldout``, ``mgid bench``.
 
 Each command is a ``register(subparsers)`` function in `COMMANDS` that adds its parser and sets
 ``func`` (called with the parsed arguments, returns the exit code); a new command (derain,
@@ -32,6 +33,46 @@ def register_train(sub: argparse._SubParsersAction) -> None:
                                    "defaults (the paper) < --config NAME|FILE.yaml < the options below.")
     add_train_arguments(p)
     p.set_defaults(func=_train)
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from mgid.finetune import ClipOptions, finetune_config
+    from mgid.training import run_from_args
+    from mgid.video import VideoError
+
+    clips = ClipOptions(args.video, args.weights, args.frames_per_clip, args.max_shift, args.fps)
+    return run_from_args(args, "mgid finetune", prepare=lambda cfg: finetune_config(cfg, clips),
+                         errors=(VideoError,))
+
+
+def register_finetune(sub: argparse._SubParsersAction) -> None:
+    from mgid.finetune import FINETUNE_RECIPE, ClipOptions
+    from mgid.training import add_train_arguments
+
+    defaults = ClipOptions(videos=())
+    p = sub.add_parser(
+        "finetune", help="fine-tune the weights on your own static camera's rainy clips (no clean frames needed)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Fine-tune MGID on footage of one fixed camera: each clip (a video file or a folder of frames) "
+                    "is a time-lapse scene;\nframes sampled evenly over it are checked to be of a static camera "
+                    "(phase correlation) and written to OUT/frames/,\nthen pairs of two frames, random crops and the "
+                    "MGID objective train the network from --weights.\nThe result is OUT/checkpoints/"
+                    "last.safetensors (for mgid derain --weights). Settings: the defaults < --config\n"
+                    f"(default: the recipe {FINETUNE_RECIPE!r}) < the options below; --resume continues a run.",
+        epilog="example:\n  mgid finetune --video cam1.mp4 cam1_later.mp4 --out runs/cam1 --max-steps 600\n"
+               "  mgid derain rainy.mp4 clean.mp4 --weights runs/cam1/checkpoints/last.safetensors")
+    p.add_argument("--video", nargs="+", required=True, metavar="CLIP",
+                   help="static-camera clips: video files or folders of frames")
+    p.add_argument("--weights", metavar="FILE.safetensors",
+                   help="the weights to start from [default: the shipped weights]")
+    p.add_argument("--frames-per-clip", type=int, default=defaults.frames_per_clip, metavar="N",
+                   help="frames sampled evenly over each clip [default: %(default)s]")
+    p.add_argument("--max-shift", type=float, default=defaults.max_shift, metavar="PX",
+                   help="largest camera shift against the first sampled frame, in pixels, still taken as a static "
+                        "camera [default: %(default)s]")
+    p.add_argument("--fps", type=float, default=None, help="frame rate of a folder of frames (for messages)")
+    add_train_arguments(p)
+    p.set_defaults(func=_finetune, config=FINETUNE_RECIPE)
 
 
 def _data_synth(args: argparse.Namespace) -> int:
@@ -98,6 +139,10 @@ def _derain_command(args: argparse.Namespace) -> int:
     from mgid.derain_files import PlanError, derain_files, plan_derain
 
     prog = "mgid derain"
+    from mgid.derain_video import is_video_job
+
+    if is_video_job(args.input, args.output, args.temporal_median):
+        return _derain_video_command(args, prog)
     try:
         plan = plan_derain(args.input, args.output, args.save_rain, args.compare, args.overwrite)
     except (FileNotFoundError, PlanError) as exc:
@@ -117,6 +162,35 @@ def _derain_command(args: argparse.Namespace) -> int:
         print(f"{prog}: {len(report.skipped)} file(s) skipped: " + ", ".join(str(p) for p, _ in report.skipped),
               file=sys.stderr)
         return EXIT_SKIPPED
+    return EXIT_OK
+
+
+def _derain_video_command(args: argparse.Namespace, prog: str) -> int:
+    """``mgid derain`` of a video (file or folder of frames): the network frame by frame, or --temporal-median."""
+    from mgid.api import load_model
+    from mgid.checkpoint import CheckpointError
+    from mgid.derain_video import derain_video, median_video
+    from mgid.video import VideoError
+
+    if args.save_rain or args.compare:
+        return _err(prog, "--save-rain/--compare apply to images; a video is written de-rained only")
+    try:
+        if args.temporal_median is not None:
+            if args.weights is not None or args.tile is not None:
+                return _err(prog, "--temporal-median uses no network; drop --weights/--tile")
+            report = median_video(args.input, args.output, args.temporal_median, fps=args.fps,
+                                  overwrite=args.overwrite, progress=not args.quiet)
+            how = f"temporal median of {args.temporal_median} frames"
+        else:
+            derainer = load_model(args.weights, args.device, tile=args.tile, overlap=args.tile_overlap,
+                                  **_precision_kwargs(args))
+            report = derain_video(derainer, args.input, args.output, batch_size=args.batch_size, fps=args.fps,
+                                  overwrite=args.overwrite, progress=not args.quiet)
+            how = f"on {derainer.device}, {_arithmetic(derainer)}"
+    except (VideoError, FileNotFoundError, CheckpointError, RuntimeError, ValueError) as exc:
+        return _err(prog, str(exc))
+    print(f"wrote {report.frames} frames to {report.output} ({report.fps:.2f} frames/s, {how}"
+          + (", audio kept" if report.audio else "") + ")")
     return EXIT_OK
 
 
@@ -173,8 +247,10 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def register_derain(sub: argparse._SubParsersAction) -> None:
+    from mgid.video import VIDEO_SUFFIXES
+
     p = sub.add_parser(
-        "derain", help="de-rain images (a file, a folder or a glob) into an output folder",
+        "derain", help="de-rain images (a file, a folder or a glob) into an output folder, or a video",
         description="De-rain INPUT (an image file, a folder searched recursively, or a quoted glob such as "
                     "'photos/**/*.jpg') into the folder OUTPUT (created). Each result keeps its input's path "
                     "relative to INPUT (or to the glob's folder part), its name and its format. With a single "
@@ -183,9 +259,22 @@ def register_derain(sub: argparse._SubParsersAction) -> None:
                     "--compare writes <name>_compare.png: input | de-rained | rain layer. Files that are not "
                     "images or cannot be read are skipped with a message, and the exit code is then 1. "
                     "Inputs are never overwritten; existing outputs only with --overwrite.")
-    p.add_argument("input", metavar="INPUT", help="image file, folder or glob (quote it)")
-    p.add_argument("output", metavar="OUTPUT", help="output folder (created)")
+    p.add_argument("input", metavar="INPUT", help="image file, folder or glob (quote it), or a video")
+    p.add_argument("output", metavar="OUTPUT", help="output folder (created), or a video file")
     _add_model_arguments(p)
+    video = p.add_argument_group(
+        "videos", "A video job when INPUT is a video file, OUTPUT names one, or --temporal-median is given: "
+                  "frames are de-rained one by one (memory read only) and written with the input's size, frame "
+                  "rate, frame count and audio; the container and codec come from OUTPUT's suffix ("
+                  + ", ".join(VIDEO_SUFFIXES) + "; no suffix: a folder of PNG frames). A folder INPUT is then a "
+                  "sequence of frames in name order. Read and written with PyAV (FFmpeg).")
+    video.add_argument("--temporal-median", type=int, default=None, metavar="N",
+                       help="instead of the network: the per-pixel median of a sliding window of N frames "
+                            "(a classical baseline for a static camera)")
+    video.add_argument("--batch-size", type=int, default=None, metavar="B",
+                       help="frames per network call [default: 8 on a GPU, 1 on a CPU]")
+    video.add_argument("--fps", type=float, default=None,
+                       help="frame rate of a folder of frames [default: 25]")
     p.add_argument("--save-rain", action="store_true", help="also write the rain layer as <name>_rain.png")
     p.add_argument("--compare", action="store_true",
                    help="also write <name>_compare.png: input | de-rained | rain layer side by side")
@@ -345,8 +434,9 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
 
 
 #: The subcommands, in --help order.
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [register_train, register_data, register_derain,
-                                                                register_evaluate, register_heldout, register_bench]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [register_train, register_finetune, register_data,
+                                                                register_derain, register_evaluate, register_heldout,
+                                                                register_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -155,6 +155,10 @@ class TrainConfig:
     val_data: str | None = None
     """Paired (rainy, clean) folder for validation (rain/+norain/ or input/+target/); unset = the embedded
     held-out paired set."""
+    init_weights: str | None = None
+    """Start from the network and memory items of this checkpoint (NAME.safetensors with NAME.json beside
+    it), i.e. fine-tune it (`mgid finetune` sets it to --weights); its network must be `model`. Unset = a
+    freshly initialised network."""
     out: str = "runs/mgid"
     """Output folder: checkpoints/, tb/ (TensorBoard), samples/."""
     batch_size: int = 8

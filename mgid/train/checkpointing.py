@@ -3,17 +3,23 @@
 `CheckpointingMixin` holds the `Trainer` methods that read and write ``OUT/checkpoints/last.*`` (and the
 ``step_XXXXXX.*`` copies) through `mgid.checkpoint`: what a checkpoint's meta carries (the config, the step,
 the run length, the gradient scaler, the last validations, the BatchNorm recalibration, the RNG states
-saved by `mgid.checkpoint.save_checkpoint`) and how a resume puts it back (`set_rng_state`).
+saved by `mgid.checkpoint.save_checkpoint`) and how a resume puts it back (`set_rng_state`); and
+`initial_state`, the weights a fine-tuning run starts from.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from mgid.checkpoint import (
     TRAINING_CHECKPOINT_DIR,
     CheckpointError,
     checkpoint_paths,
+    load_checkpoint,
+    locate_checkpoint,
     read_meta,
     save_checkpoint,
     set_rng_state,
@@ -84,3 +90,20 @@ class CheckpointingMixin:
                 "bn_recalibrated": self.bn_recalibrated}
         paths = save_checkpoint(self.ckpt_dir, self.net, self.optimizer, meta, names)
         return paths["model"]
+
+
+def initial_state(path: str | Path, model: Any) -> dict[str, torch.Tensor]:
+    """The network state (weights, BatchNorm statistics, memory items) of checkpoint file ``path`` to start a
+    run from (`TrainConfig.init_weights`), checked to be of the network ``model`` (a `ModelConfig`)."""
+    folder, name = locate_checkpoint(path)
+    ckpt = load_checkpoint(folder, name, with_optimizer=False, device="cpu")
+    saved = ckpt.meta.get("config", {}).get("model")
+    if saved is None:
+        raise CheckpointError(f"{ckpt.paths['meta']} has no config.model section; cannot check its network")
+    theirs = type(model).from_dict(saved)
+    if theirs != model:
+        changed = [f"{k}: {v!r} there, {getattr(model, k)!r} here" for k, v in dataclasses.asdict(theirs).items()
+                   if v != getattr(model, k)]
+        raise ConfigError(f"init_weights {path} holds another network (model.{'; model.'.join(changed)}); "
+                          f"set the model options to the checkpoint's or start from other weights")
+    return ckpt.model_state

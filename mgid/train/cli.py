@@ -81,19 +81,26 @@ def config_from_args(args: argparse.Namespace, log: Callable[[str], None] = prin
     return resumed
 
 
-def run_from_args(args: argparse.Namespace, prog: str = "train.py") -> int:
+def run_from_args(args: argparse.Namespace, prog: str = "train.py",
+                  prepare: Callable[[TrainConfig], TrainConfig] | None = None,
+                  errors: tuple[type[Exception], ...] = ()) -> int:
     """Run what parsed ``args`` ask for; returns the exit code (errors are printed, not raised).
 
+    ``prepare`` turns the resolved config into the one to run (``mgid finetune``: its data and initial
+    weights), and ``errors`` are its exceptions to report as bad settings.
     Exit codes: 0 done; 1 non-finite loss (the last good checkpoint is kept); 2 bad settings or
     checkpoint; 128 + signal (143 SIGTERM, 130 SIGINT) stopped by a signal after writing a checkpoint.
     """
     try:
         cfg = config_from_args(args)
+        if prepare is not None:
+            cfg = prepare(cfg)
         if args.print_config:
             print(to_yaml(cfg), end="")
             return 0
         trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
-    except (ConfigError, CheckpointError, FileNotFoundError, NotADirectoryError, ValueError, RuntimeError) as exc:
+    except (ConfigError, CheckpointError, FileNotFoundError, NotADirectoryError, ValueError, RuntimeError,
+            *errors) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     try:

@@ -34,7 +34,7 @@ from mgid.losses import MGIDLoss
 from mgid.models import MGIDNet, MGIDOutput
 from mgid.precision import resolve_channels_last, resolve_precision
 from mgid.train import step as _step
-from mgid.train.checkpointing import CHECKPOINT_DIR, LAST, CheckpointingMixin
+from mgid.train.checkpointing import CHECKPOINT_DIR, LAST, CheckpointingMixin, initial_state
 from mgid.train.objective import MGIDObjective
 from mgid.train.recalibration import RECALIBRATION_EPOCH, BNRecalibrationMixin  # noqa: F401  (re-exported)
 from mgid.train.sampler import EpochBatchSampler, learning_rate, seed_everything
@@ -128,6 +128,8 @@ class Trainer(CheckpointingMixin, BNRecalibrationMixin):
         cfg = self.cfg
         seed_everything(cfg.seed)
         net = MGIDNet(cfg.model, generator=torch.Generator().manual_seed(cfg.seed))
+        if cfg.init_weights is not None:
+            net.load_state_dict(initial_state(cfg.init_weights, cfg.model))
         if cfg.dist.sync_bn and self.dist.enabled:
             net = mdist.convert_sync_batchnorm(net, self.device)
         self.precision = resolve_precision(cfg.precision, self.device)

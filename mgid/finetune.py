@@ -1,0 +1,59 @@
+"""Fine-tuning on a user's own static camera: the library behind ``mgid finetune --video CLIP ...``.
+
+A fixed camera's rainy footage is MGID's training data as it is: each clip becomes one time-lapse scene
+(`mgid.data.video_scenes.extract_scenes`: frames sampled evenly over the clip, the static-camera check,
+one scene folder per clip under ``OUT/frames``), and the run is an ordinary training run
+(`mgid.train.Trainer`: pairs of two frames of a scene, random crops, the MGID objective and nothing else,
+progress, checkpoints, ``--resume``) that starts from the given weights (`TrainConfig.init_weights`,
+the shipped ones by default) with the recipe ``finetune`` (`mgid/configs/finetune.yaml`). The result,
+``OUT/checkpoints/last.safetensors``, is what ``mgid derain --weights`` takes.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+from mgid.checkpoint import checkpoint_paths, locate_checkpoint, read_meta
+from mgid.config import ConfigError, TrainConfig
+from mgid.models import ModelConfig
+
+#: The recipe `mgid finetune` uses unless --config names another.
+FINETUNE_RECIPE = "finetune"
+#: Where the clips' sampled frames go, inside the run folder.
+FRAMES_DIR = "frames"
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipOptions:
+    """How clips become scenes (the options of ``mgid finetune`` beyond the training config)."""
+
+    videos: Sequence[str]
+    """Static-camera clips: video files or folders of frames."""
+    weights: str | None = None
+    """The weights to start from (None: the shipped ones)."""
+    frames_per_clip: int = 64
+    """Frames sampled evenly over each clip."""
+    max_shift: float = 1.0
+    """Largest camera shift (pixels, phase correlation against the first sampled frame) still taken as static."""
+    fps: float | None = None
+    """Frame rate of a folder of frames (only used in messages)."""
+
+
+def finetune_config(cfg: TrainConfig, clips: ClipOptions, log=print) -> TrainConfig:
+    """``cfg`` (the resolved recipe and options) made a fine-tuning run: the clips' frames (extracted to
+    ``OUT/frames`` unless already there) as its scenes and the network of ``clips.weights`` as its start."""
+    from mgid.api import resolve_weights
+    from mgid.data.video_scenes import extract_scenes
+
+    weights = resolve_weights(clips.weights)
+    saved = read_meta(checkpoint_paths(*locate_checkpoint(weights))["meta"]).get("config", {}).get("model")
+    if saved is None:
+        raise ConfigError(f"{weights}: its record has no config.model; cannot fine-tune it")
+    root = Path(cfg.out) / FRAMES_DIR
+    scenes = extract_scenes(clips.videos, root, clips.frames_per_clip, clips.max_shift, clips.fps)
+    for s in scenes:
+        log(f"scene {s.folder}: {len(s.frames)} frames of {s.clip} (frames {s.frames[0]}-{s.frames[-1]}), "
+            f"camera shift at most {s.max_shift:.2f} px")
+    return dataclasses.replace(cfg, data=str(root), layout="scenes", init_weights=str(weights),
+                               model=ModelConfig.from_dict(saved))

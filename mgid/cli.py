@@ -41,7 +41,8 @@ def _finetune(args: argparse.Namespace) -> int:
     from mgid.video import VideoError
 
     clips = ClipOptions(args.video, args.weights, args.frames_per_clip, args.max_shift, args.fps)
-    return run_from_args(args, "mgid finetune", prepare=lambda cfg: finetune_config(cfg, clips),
+    return run_from_args(args, "mgid finetune", prepare=lambda cfg: finetune_config(cfg, clips,
+                                                                                  extract=not args.print_config),
                          errors=(VideoError,))
 
 

@@ -40,9 +40,10 @@ class ClipOptions:
     """Frame rate of a folder of frames (only used in messages)."""
 
 
-def finetune_config(cfg: TrainConfig, clips: ClipOptions, log=print) -> TrainConfig:
+def finetune_config(cfg: TrainConfig, clips: ClipOptions, log=print, extract: bool = True) -> TrainConfig:
     """``cfg`` (the resolved recipe and options) made a fine-tuning run: the clips' frames (extracted to
-    ``OUT/frames`` unless already there) as its scenes and the network of ``clips.weights`` as its start."""
+    ``OUT/frames`` unless already there; not at all with ``extract=False``, for --print-config) as its
+    scenes and the network of ``clips.weights`` as its start."""
     from mgid.api import resolve_weights
     from mgid.data.video_scenes import extract_scenes
 
@@ -51,7 +52,7 @@ def finetune_config(cfg: TrainConfig, clips: ClipOptions, log=print) -> TrainCon
     if saved is None:
         raise ConfigError(f"{weights}: its record has no config.model; cannot fine-tune it")
     root = Path(cfg.out) / FRAMES_DIR
-    scenes = extract_scenes(clips.videos, root, clips.frames_per_clip, clips.max_shift, clips.fps)
+    scenes = extract_scenes(clips.videos, root, clips.frames_per_clip, clips.max_shift, clips.fps) if extract else []
     for s in scenes:
         log(f"scene {s.folder}: {len(s.frames)} frames of {s.clip} (frames {s.frames[0]}-{s.frames[-1]}), "
             f"camera shift at most {s.max_shift:.2f} px")

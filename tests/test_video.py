@@ -148,6 +148,29 @@ def test_temporal_median_is_the_median_of_the_window():
         list(temporal_median_stream(iter(frames), 0))
 
 
+def test_frames_are_streamed_not_collected(weights):
+    """Memory stays bounded on a long video: each stage pulls only what it needs from the one before."""
+    read = []
+
+    def endless():
+        rng = np.random.default_rng(0)
+        while True:
+            read.append(1)
+            yield rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+
+    median = temporal_median_stream(endless(), 5)
+    next(median)
+    assert len(read) == 3  # frame 0's window: frames 0-2
+    for _ in range(10):
+        next(median)
+    assert len(read) == 13  # one frame read per frame written, never more than the window ahead
+    read.clear()
+    derained = derain_frames(load_model(weights, device="cpu"), endless(), 4)
+    for _ in range(5):
+        next(derained)
+    assert len(read) == 8  # two batches of 4
+
+
 def test_temporal_median_removes_rain_of_a_static_camera(clip, tmp_path):
     out = tmp_path / "median.mp4"
     assert cli.main(["derain", str(clip), str(out), "--temporal-median", "5", "--quiet"]) == 0
@@ -300,3 +323,11 @@ def test_finetune_refuses_a_moving_camera(tmp_path, weights, capsys):
     err = capsys.readouterr().err
     assert "camera is not static" in err and "px" in err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_finetune_print_config_shows_the_run_and_writes_nothing(clip, weights, tmp_path, capsys):
+    assert cli.main(["finetune", "--video", str(clip), "--weights", str(weights), "--out", str(tmp_path / "run"),
+                     "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert f"init_weights: {weights}" in out and "layout: scenes" in out and "max_steps: 1000" in out
+    assert not (tmp_path / "run").exists()

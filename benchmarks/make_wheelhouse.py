@@ -85,6 +85,11 @@ ON_DEVICE: dict[str, str] = {
     "nvidia-cuda-cuobjdump": "the CUDA toolkit's own cuobjdump is on the image (tests/test_kernel_resources.py finds either)",
     "matplotlib": "image",
     "ruff": "not needed there: the lint runs in `make test` here and in CI, not in gpu_check.sh",
+    "onnx": "image",
+    "onnxruntime": "image",
+    "onnxscript": "image",
+    "flask": "not needed there: only mgid web imports it (lazily) and gpu_check.sh does not serve the page",
+    "playwright": "not needed there: the browser test (tests/test_web.py) runs in CI, not in gpu_check.sh",
     "av": "not needed there: only the video commands import it (lazily) and gpu_check.sh runs none; its wheel "
           "(36 MB, FFmpeg inside) would not fit the carry budget",
 }

@@ -1,11 +1,14 @@
 """The ``mgid`` command line: ``mgid train``, ``mgid finetune``, ``mgid data synth``, ``mgid derain``,
-``mgid evaluate``, ``mgid heldout``, ``mgid bench``.
+``mgid export``, ``mgid evaluate``, ``mgid heldout``, ``mgid web``, ``mgid bench``.
+
+Over 400 lines because it is the one place that parses arguments, for nine commands that share their
+model, device, precision and tiling options; each command's library lives elsewhere.
 
 Each command is a ``register(subparsers)`` function in `COMMANDS` that adds its parser and sets
 ``func`` (called with the parsed arguments, returns the exit code); a new command (derain,
 evaluate, bench, ...) is one more function in that list. The commands only parse arguments, call
-the library (`mgid.derain_files` for derain, `mgid.evaluation`, `mgid.heldout`, `mgid.data`,
-`mgid.training`) and print its results and exit codes.
+the library (`mgid.derain_files` and `mgid.derain_video` for derain, `mgid.finetune`, `mgid.export`,
+`mgid.web`, `mgid.evaluation`, `mgid.heldout`, `mgid.data`, `mgid.training`) and print its results and exit codes.
 """
 from __future__ import annotations
 
@@ -135,7 +138,6 @@ def _print_skip(path: Path, reason: str) -> None:
 
 
 def _derain_command(args: argparse.Namespace) -> int:
-    from mgid.api import load_model
     from mgid.checkpoint import CheckpointError
     from mgid.derain_files import PlanError, derain_files, plan_derain
 
@@ -152,9 +154,8 @@ def _derain_command(args: argparse.Namespace) -> int:
         print(f"{prog}: ignoring {plan.ignored} file(s) under the OUTPUT folder {plan.output_folder}",
               file=sys.stderr)
     try:
-        derainer = load_model(args.weights, args.device, tile=args.tile, overlap=args.tile_overlap,
-                              **_precision_kwargs(args))
-    except (FileNotFoundError, CheckpointError, RuntimeError, ValueError) as exc:
+        derainer = _load_derainer(args)
+    except (FileNotFoundError, CheckpointError, ModuleNotFoundError, RuntimeError, ValueError) as exc:
         return _err(prog, str(exc))
     report = derain_files(derainer, plan.jobs, progress=not args.quiet, on_skip=_print_skip)
     print(f"de-rained {report.done} image(s) into {plan.output_folder} on {derainer.device}, "
@@ -166,9 +167,22 @@ def _derain_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _load_derainer(args: argparse.Namespace):
+    """The derainer of ``mgid derain``'s options: `mgid.load_model`, or an ONNX file in onnxruntime."""
+    if args.backend == "onnxruntime":
+        from mgid.onnx_backend import load_onnx_derainer
+
+        if args.weights is None:
+            raise ValueError("--backend onnxruntime needs --weights FILE.onnx (write one with mgid export --onnx)")
+        return load_onnx_derainer(args.weights, tile=args.tile, overlap=args.tile_overlap, device=args.device,
+                                  **_precision_kwargs(args))
+    from mgid.api import load_model
+
+    return load_model(args.weights, args.device, tile=args.tile, overlap=args.tile_overlap, **_precision_kwargs(args))
+
+
 def _derain_video_command(args: argparse.Namespace, prog: str) -> int:
     """``mgid derain`` of a video (file or folder of frames): the network frame by frame, or --temporal-median."""
-    from mgid.api import load_model
     from mgid.checkpoint import CheckpointError
     from mgid.derain_video import derain_video, median_video
     from mgid.video import VideoError
@@ -183,12 +197,11 @@ def _derain_video_command(args: argparse.Namespace, prog: str) -> int:
                                   overwrite=args.overwrite, progress=not args.quiet)
             how = f"temporal median of {args.temporal_median} frames"
         else:
-            derainer = load_model(args.weights, args.device, tile=args.tile, overlap=args.tile_overlap,
-                                  **_precision_kwargs(args))
+            derainer = _load_derainer(args)
             report = derain_video(derainer, args.input, args.output, batch_size=args.batch_size, fps=args.fps,
                                   overwrite=args.overwrite, progress=not args.quiet)
             how = f"on {derainer.device}, {_arithmetic(derainer)}"
-    except (VideoError, FileNotFoundError, CheckpointError, RuntimeError, ValueError) as exc:
+    except (VideoError, FileNotFoundError, CheckpointError, ModuleNotFoundError, RuntimeError, ValueError) as exc:
         return _err(prog, str(exc))
     print(f"wrote {report.frames} frames to {report.output} ({report.fps:.2f} frames/s, {how}"
           + (", audio kept" if report.audio else "") + ")")
@@ -276,12 +289,106 @@ def register_derain(sub: argparse._SubParsersAction) -> None:
                        help="frames per network call [default: 8 on a GPU, 1 on a CPU]")
     video.add_argument("--fps", type=float, default=None,
                        help="frame rate of a folder of frames [default: 25]")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
+                   help="run the network in PyTorch, or an exported ONNX file (mgid export --onnx) in onnxruntime "
+                        "on the CPU (then --weights names the .onnx file) [default: torch]")
     p.add_argument("--save-rain", action="store_true", help="also write the rain layer as <name>_rain.png")
     p.add_argument("--compare", action="store_true",
                    help="also write <name>_compare.png: input | de-rained | rain layer side by side")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (never inputs)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_derain_command)
+
+
+# --------------------------------------------------------------------------------------------------
+# mgid export
+
+
+def _export_command(args: argparse.Namespace) -> int:
+    from mgid.checkpoint import CheckpointError
+    from mgid.export import export_onnx
+
+    prog = "mgid export"
+    try:
+        result = export_onnx(args.weights, args.onnx, args.opset)
+    except (FileNotFoundError, IsADirectoryError, CheckpointError, ModuleNotFoundError, RuntimeError,
+            ValueError) as exc:
+        return _err(prog, str(exc))
+    print(result.describe())
+    return EXIT_OK
+
+
+def register_export(sub: argparse._SubParsersAction) -> None:
+    """``mgid export --onnx OUT.onnx [--weights W] [--opset N]``."""
+    p = sub.add_parser(
+        "export", help="export the network to ONNX (runs in stock onnxruntime, no mgid needed)",
+        description="Export the inference network (memory read only, trained items baked in) to an ONNX file "
+                    "that stock onnxruntime runs: input image (B,3,H,W) in [-1,1] with H, W multiples of 8 (the "
+                    "padding stays in Python), output the rain layer R (de-rained = image - R); batch, height and "
+                    "width are dynamic. Run it with `mgid derain --backend onnxruntime --weights OUT.onnx`; "
+                    "mgid.export documents the graph's inputs.")
+    p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the ONNX file to write (replaced atomically)")
+    p.add_argument("--weights", default=None, metavar="W",
+                   help="checkpoint to export: NAME.safetensors (+ NAME.json) or a training folder "
+                        "(default: the shipped weights)")
+    p.add_argument("--opset", type=int, default=None, metavar="N",
+                   help="ONNX opset (default: the exporter's; the dynamo exporter needs >= 18)")
+    p.set_defaults(func=_export_command)
+
+
+# --------------------------------------------------------------------------------------------------
+# mgid web
+
+
+def _web_command(args: argparse.Namespace) -> int:
+    from mgid.checkpoint import CheckpointError
+    from mgid.web import is_loopback, serve
+
+    prog = "mgid web"
+    if not is_loopback(args.host):
+        print(f"{prog}: warning: --host {args.host} makes the page reachable from other machines, and it has no "
+              f"authentication: anyone who can reach port {args.port} can use this computer's CPU/GPU",
+              file=sys.stderr)
+    if args.max_upload_mb <= 0:
+        print(f"{prog}: error: --max-upload-mb must be positive, got {args.max_upload_mb}", file=sys.stderr)
+        return 2
+    try:
+        serve(args.host, args.port, args.weights, args.device, args.max_upload_mb, args.precision)
+    except ImportError as exc:  # Flask missing
+        print(f"{prog}: error: {exc} (install it: pip install flask)", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, CheckpointError, ValueError, RuntimeError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # port in use, address not available
+        print(f"{prog}: error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def register_web(sub: argparse._SubParsersAction) -> None:
+    """``mgid web``: serve the try-it page (`mgid.web`)."""
+    from mgid.inference import PRECISIONS
+    from mgid.web import DEFAULT_HOST, DEFAULT_MAX_UPLOAD_MB, DEFAULT_PORT
+
+    p = sub.add_parser(
+        "web", help="a web page to try the model in a browser (http://127.0.0.1:7860)",
+        description="Serve a page where you upload a photo and see it rainy | de-rained | rain layer, with a "
+                    "before/after slider and a download of the de-rained PNG. Uploads are processed in "
+                    "memory and never stored. Listens on this machine only unless --host says otherwise "
+                    "(there is no authentication). Needs Flask (pip install flask).")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on [default: %(default)s]")
+    p.add_argument("--host", default=DEFAULT_HOST,
+                   help="address to bind; 0.0.0.0 exposes the page to the network [default: %(default)s]")
+    p.add_argument("--weights", metavar="FILE.safetensors",
+                   help="checkpoint to use (NAME.safetensors with NAME.json beside it, or a `mgid train` output "
+                        "folder) [default: the shipped weights]")
+    _add_device_argument(p)
+    p.add_argument("--precision", default="auto", choices=list(PRECISIONS),
+                   help="arithmetic of the network (see `mgid derain --help`) [default: auto]")
+    p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, metavar="MB",
+                   help="largest upload accepted [default: %(default)s]")
+    p.set_defaults(func=_web_command)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -436,8 +543,8 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
 
 #: The subcommands, in --help order.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [register_train, register_finetune, register_data,
-                                                                register_derain, register_evaluate, register_heldout,
-                                                                register_bench]
+                                                                register_derain, register_export, register_evaluate,
+                                                                register_heldout, register_web, register_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,6 +28,8 @@ the whole image (each 1/8-res pixel counted once, from the tile whose core holds
 pass normalises every tile with those (``net(tile, norm_stats=(mean, var))``, each (B, C, 1, 1)).
 Only that public API of the network is used: no hooks, no module swapping, no submodule names. The result then differs from untiled inference only by the convolutions' border effects.
 ``global_norm=False`` normalises each tile by itself (one pass; the disagreement is larger).
+The tiling itself (`tiled_rain`) reaches the network only through two callables (run a tile, the pre-norm
+query of a tile), so another runtime of the same network (`mgid.onnx_backend`) tiles identically.
 
 Arithmetic (``precision``, ``channels_last``): ``fp32``, or ``bf16`` = the network under
 ``torch.autocast`` (bfloat16 convolutions, fp32 weights and memory items; the rain layer is returned
@@ -39,6 +41,7 @@ bf16 instructions (AVX512-BF16 or AMX, the detection training uses), fp32 elsewh
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
@@ -140,12 +143,17 @@ def _grid(h: int, w: int, tile: int, overlap: int):
     return ys, xs, th, tw
 
 
+#: Runs the network on one tile: ``(tile (B, 3, th, tw), norm_stats or None) -> rain (B, 3, th, tw)``. The tile is a
+#: crop of the padded image on that image's device; the rain may be on any device and in any float dtype.
+TileFn = Callable[[torch.Tensor, NormStats | None], torch.Tensor]
+#: The pre-norm query (B, C, th/8, tw/8) of one tile (B, 3, th, tw) (`MGIDNet.pre_norm_query`), any device.
+QueryFn = Callable[[torch.Tensor], torch.Tensor]
+
+
 @torch.no_grad()
-def _global_query_stats(net: MGIDNet, padded: torch.Tensor, tile: int, overlap: int,
-                        fmt: torch.memory_format = torch.contiguous_format) -> NormStats:
+def _global_query_stats(pre_norm_query: QueryFn, padded: torch.Tensor, tile: int, overlap: int) -> NormStats:
     """Per-sample, per-channel mean and biased variance (B, C, 1, 1) of the pre-norm query over the whole
-    (padded) image, from the tiles' `MGIDNet.pre_norm_query`, each 1/8-res pixel counted once."""
-    device = next(net.parameters()).device
+    (padded) image, from the tiles' ``pre_norm_query`` (`MGIDNet.pre_norm_query`), each 1/8-res pixel counted once."""
     h, w = padded.shape[-2:]
     ys, xs, th, tw = _grid(h, w, tile, overlap)
     ycores, xcores = _cores(ys, th, tile), _cores(xs, tw, tile)
@@ -153,7 +161,7 @@ def _global_query_stats(net: MGIDNet, padded: torch.Tensor, tile: int, overlap: 
     total_sq: torch.Tensor | None = None
     for y, (ylo, yhi) in zip(ys, ycores):
         for x, (xlo, xhi) in zip(xs, xcores):
-            q = net.pre_norm_query(padded[..., y:y + th, x:x + tw].to(device).contiguous(memory_format=fmt))
+            q = pre_norm_query(padded[..., y:y + th, x:x + tw])
             f = q[..., (ylo - y) // DOWNSAMPLE:(yhi - y) // DOWNSAMPLE,
                   (xlo - x) // DOWNSAMPLE:(xhi - x) // DOWNSAMPLE].double().cpu()
             s, s2 = f.sum(dim=(2, 3), keepdim=True), (f * f).sum(dim=(2, 3), keepdim=True)
@@ -199,22 +207,43 @@ def predict_rain(net: MGIDNet, image: torch.Tensor, tile: int | None = None, ove
         net.train(was_training)
 
 
-def _predict_tiled(net: MGIDNet, padded: torch.Tensor, tile: int, overlap: int, global_norm: bool,
-                   fmt: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
-    device = next(net.parameters()).device
+@torch.no_grad()
+def tiled_rain(padded: torch.Tensor, tile: int, overlap: int, run_tile: TileFn,
+               pre_norm_query: QueryFn | None = None) -> torch.Tensor:
+    """The blended rain layer (B, 3, H, W) of ``padded`` (B, 3, H, W), H and W multiples of 8, in ``padded``'s dtype
+    and on its device, from tiles run by ``run_tile`` (the module doc's steps 2-3).
+
+    ``tile``/``overlap`` as `tile_geometry` returns them. With ``pre_norm_query`` (global normalisation) a first
+    pass gathers the whole image's instance-norm statistics from it and every tile is run with them; without
+    it, ``run_tile(crop, None)`` normalises each tile by itself. The network is reached only through the two
+    callables, so other runtimes (`mgid.onnx_backend`) tile exactly as `predict_rain` does.
+    """
     b, c, h, w = padded.shape
     ys, xs, th, tw = _grid(h, w, tile, overlap)
     acc = torch.zeros(b, c, h, w, dtype=torch.float32, device=padded.device)
     weight = torch.zeros(1, 1, h, w, dtype=torch.float32, device=padded.device)
-    stats = _global_query_stats(net, padded, tile, overlap, fmt) if global_norm else None
+    stats = _global_query_stats(pre_norm_query, padded, tile, overlap) if pre_norm_query is not None else None
     for iy, y in enumerate(ys):
         wy = _ramp(th, overlap, rise=iy > 0, fall=iy < len(ys) - 1)
         for ix, x in enumerate(xs):
             wx = _ramp(tw, overlap, rise=ix > 0, fall=ix < len(xs) - 1)
             win = (wy[:, None] * wx[None, :]).to(padded.device)
-            crop = padded[..., y:y + th, x:x + tw]
-            rain = net(crop.to(device).contiguous(memory_format=fmt), update_memory=False,
-                       memory_losses=False, norm_stats=stats).rain
+            rain = run_tile(padded[..., y:y + th, x:x + tw], stats)
             acc[..., y:y + th, x:x + tw] += rain.to(padded.device, torch.float32) * win
             weight[..., y:y + th, x:x + tw] += win
     return (acc / weight).to(padded.dtype)
+
+
+def _predict_tiled(net: MGIDNet, padded: torch.Tensor, tile: int, overlap: int, global_norm: bool,
+                   fmt: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """`tiled_rain` with ``net`` on its device, inputs in memory format ``fmt``."""
+    device = next(net.parameters()).device
+
+    def run_tile(crop: torch.Tensor, stats: NormStats | None) -> torch.Tensor:
+        return net(crop.to(device).contiguous(memory_format=fmt), update_memory=False, memory_losses=False,
+                   norm_stats=stats).rain
+
+    def query(crop: torch.Tensor) -> torch.Tensor:
+        return net.pre_norm_query(crop.to(device).contiguous(memory_format=fmt))
+
+    return tiled_rain(padded, tile, overlap, run_tile, query if global_norm else None)

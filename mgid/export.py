@@ -1,0 +1,349 @@
+"""ONNX export of the inference network, for stock onnxruntime (``mgid export --onnx model.onnx``).
+
+`export_onnx` writes the eval-mode network (memory read only: ``update_memory=False, memory_losses=False``)
+as one ONNX graph that runs with no mgid code: the custom memory op is exported through its plain-PyTorch
+reference decomposition (the export runs under `mgid.ops.use_reference`, so the fused kernels never enter the
+trace), leaving only standard ``ai.onnx`` operators (Conv, MatMul, Softmax, ...); the export checks that.
+
+The graph (`ONNX_INPUTS` -> `ONNX_OUTPUTS`; B, H, W dynamic, C the network width):
+
+* ``image`` (B, 3, H, W) float32 in [-1, 1], **H and W multiples of 8**;
+* ``norm_mean``, ``norm_var`` (B, C, 1, 1) float32 and ``use_norm_stats`` (1,) bool: when true the
+  encoder's instance norm uses these statistics (those of a whole image a tile is cut from, as
+  ``MGIDNet.forward(norm_stats=...)``), when false the query's own (the untiled network; the two
+  statistics inputs are then ignored, feed zeros);
+* -> ``rain`` (B, 3, H, W): the rain layer R. The output is R rather than the background I - R because
+  tiled inference blends R (`mgid.inference`); the background is ``image - rain``;
+* -> ``pre_norm_query`` (B, C, H/8, W/8): the query before the instance norm (`MGIDNet.pre_norm_query`),
+  from which tiled inference gathers the whole image's statistics (`mgid.onnx_backend` runs the extracted
+  subgraph image -> pre_norm_query for it: onnxruntime runs the whole graph for any fetch).
+
+Padding stays in Python: `MGIDNet.forward` pads H and W to multiples of 8 with `mgid.models.pad_to_multiple`,
+whose choice (none / reflect / replicate when the image is too small to reflect) depends on the size. Under
+the dynamo exporter such a size-dependent branch cannot become one graph for every size (it would specialise
+to the example's size), so the exported H and W are declared as multiples of 8 (``8 * Dim``), the padding is
+then provably a no-op and drops out, and the caller pads (`mgid.onnx_backend.OnnxDerainer` pads with the
+model's ``pad_mode`` and crops back, as the torch path does).
+
+Exporter: ``torch.onnx.export(dynamo=True)`` (torch.export + onnxscript; needs ``onnxscript``), which was
+measured to work for this network (torch 2.14, onnxscript 0.7: the exported graph has the encoder once, its
+optimiser merging the encoder that `pre_norm_query` and the forward pass share). If it fails (or with
+``exporter="torchscript"``) the TorchScript exporter (``dynamo=False``, ``dynamic_axes``) is used, with a
+warning; which one wrote the file is recorded in the metadata (``mgid.exporter``) and in `ExportResult`.
+
+The file is written atomically (a temporary name in the target's folder, fsync, then ``os.replace``), so a
+failed export never leaves a partial file nor touches an existing one. ``metadata_props`` record the mgid
+version (``mgid.version``), the model config as JSON (``mgid.model_config``), the source weights' sha256
+(``mgid.weights_sha256``, when known) and the graph's contract (see `METADATA_KEYS`).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from mgid import __version__
+from mgid import ops as mgid_ops
+from mgid.models import DOWNSAMPLE, MGIDNet
+
+#: Graph input names, in order: image (B, 3, H, W), norm_mean / norm_var (B, C, 1, 1), use_norm_stats (1,) bool.
+ONNX_INPUTS = ("image", "norm_mean", "norm_var", "use_norm_stats")
+#: Graph output names: rain (B, 3, H, W), pre_norm_query (B, C, H/8, W/8).
+ONNX_OUTPUTS = ("rain", "pre_norm_query")
+#: Version of the graph contract above (inputs, outputs, metadata keys); readers check it.
+GRAPH_FORMAT = "1"
+#: The metadata_props an export writes.
+METADATA_KEYS = ("mgid.graph_format", "mgid.version", "mgid.model_config", "mgid.weights_sha256", "mgid.weights_file",
+                 "mgid.output", "mgid.input_multiple", "mgid.exporter", "mgid.torch_version")
+#: ONNX operator domains allowed in the exported graph (the standard ones; no ``mgid`` custom ops).
+STANDARD_DOMAINS = ("", "ai.onnx")
+#: Largest |onnxruntime - PyTorch| (on the [-1, 1] scale; 1/8 of a grey level) `export_onnx` accepts when it
+#: verifies the file: measured ~1e-5 for small and ~1e-7 for the shipped network; a broken graph is off by O(0.1).
+VERIFY_TOLERANCE = 1e-3
+Exporter = Literal["auto", "dynamo", "torchscript"]
+#: Side of the example input the export traces with (a multiple of 8; batch 2 so the batch is not specialised).
+EXAMPLE_SIZE = 64
+
+_NEED_ONNX = "ONNX export needs the onnx package{extra}: pip install onnx onnxscript (and onnxruntime to run the file)"
+
+
+class InferenceGraph(nn.Module):
+    """What is exported: `MGIDNet` in eval mode, memory read only, returning tensors (see the module doc).
+
+    ``forward(image (B, 3, H, W), norm_mean (B, C, 1, 1), norm_var (B, C, 1, 1), use_norm_stats (1,) bool)``
+    -> ``(rain (B, 3, H, W), pre_norm_query (B, C, H/8, W/8))``; H and W multiples of 8.
+    Only the network's public API is used (`MGIDNet.pre_norm_query`, ``forward(norm_stats=...)``).
+    """
+
+    def __init__(self, net: MGIDNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor, norm_mean: torch.Tensor, norm_var: torch.Tensor,
+                use_norm_stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        query = self.net.pre_norm_query(image)
+        # The query's own statistics, as InstanceNorm2d takes them (biased variance); a select rather than
+        # an If node keeps one straight graph, and the reductions cost little next to the convolutions.
+        own_mean = query.mean(dim=(2, 3), keepdim=True)
+        own_var = query.var(dim=(2, 3), unbiased=False, keepdim=True)
+        mean = torch.where(use_norm_stats, norm_mean, own_mean)
+        var = torch.where(use_norm_stats, norm_var, own_var)
+        out = self.net(image, update_memory=False, memory_losses=False, norm_stats=(mean, var))
+        return out.rain, query
+
+
+@dataclass
+class ExportResult:
+    """What `export_onnx` wrote.
+
+    path: the ONNX file. exporter: ``dynamo`` or ``torchscript``. opset: the ai.onnx opset of the file.
+    bytes: its size. weights, weights_sha256: the source checkpoint (None when a network was passed
+    without them). max_abs_error: largest |onnxruntime - PyTorch reference| on the verification input
+    (None when not verified). fallback_reason: why the dynamo exporter was not used (None when it was).
+    metadata: the metadata_props written.
+    """
+
+    path: Path
+    exporter: str
+    opset: int
+    bytes: int
+    weights: Path | None
+    weights_sha256: str | None
+    max_abs_error: float | None
+    fallback_reason: str | None
+    metadata: dict[str, str]
+
+    def describe(self) -> str:
+        """One line for the command line."""
+        src = f"weights {self.weights} (sha256 {self.weights_sha256[:12]}...)" if self.weights_sha256 else "a network"
+        check = (f"; onnxruntime matches PyTorch to {self.max_abs_error:.2e}" if self.max_abs_error is not None
+                 else "; not verified (onnxruntime not installed)")
+        fallback = f" (dynamo exporter failed: {self.fallback_reason})" if self.fallback_reason else ""
+        return (f"wrote {self.path} ({self.bytes / 1e6:.1f} MB, ONNX opset {self.opset}, {self.exporter} "
+                f"exporter{fallback}) from {src}{check}")
+
+
+def _import_onnx() -> Any:
+    try:
+        import onnx
+    except ImportError as err:
+        raise ModuleNotFoundError(_NEED_ONNX.format(extra="")) from err
+    return onnx
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _resolve_net(net_or_weights: MGIDNet | str | Path | None) -> tuple[MGIDNet, Path | None, str | None]:
+    """(a CPU fp32 contiguous eval-mode copy of the network, weights file, its sha256)."""
+    if isinstance(net_or_weights, MGIDNet):
+        # A copy: the caller's network keeps its device, dtype, memory format and train/eval mode.
+        net = copy.deepcopy(net_or_weights)
+        path, sha = None, None
+    elif net_or_weights is None or isinstance(net_or_weights, (str, Path)):
+        from mgid.api import load_network, resolve_weights
+
+        path = resolve_weights(net_or_weights)
+        sha = file_sha256(path)
+        net = load_network(path, "cpu")
+    else:
+        raise TypeError(f"export_onnx takes an MGIDNet, a weights path or None (the shipped weights), got "
+                        f"{type(net_or_weights).__name__}")
+    net = net.to("cpu", torch.float32, memory_format=torch.contiguous_format).eval()
+    return net, path, sha
+
+
+def _example_inputs(net: MGIDNet, batch: int = 2, size: int = EXAMPLE_SIZE) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(0)
+    c = net.config.channels
+    image = torch.rand(batch, net.config.image_channels, size, size, generator=g) * 2 - 1
+    return image, torch.zeros(batch, c, 1, 1), torch.ones(batch, c, 1, 1), torch.tensor([False])
+
+
+def _export_dynamo(graph: InferenceGraph, example: tuple[torch.Tensor, ...], opset: int | None) -> Any:
+    """The ModelProto from ``torch.onnx.export(dynamo=True)``, B dynamic, H and W dynamic multiples of 8."""
+    try:
+        import onnxscript  # noqa: F401  (the dynamo exporter's dependency: fail early with a clear message)
+    except ImportError as err:
+        raise ModuleNotFoundError(_NEED_ONNX.format(extra=" and onnxscript (for the dynamo exporter)")) from err
+    from torch.export import Dim
+
+    batch = Dim("batch")
+    # H = 8 * h8: the model's pad-to-a-multiple-of-8 is then provably a no-op and leaves no size branch.
+    h8, w8 = Dim("height_div8"), Dim("width_div8")
+    dynamic_shapes = {"image": {0: batch, 2: DOWNSAMPLE * h8, 3: DOWNSAMPLE * w8},
+                      "norm_mean": {0: batch}, "norm_var": {0: batch}, "use_norm_stats": None}
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping torchvision::nms", ...
+    try:
+        with warnings.catch_warnings():
+            # "The axis name: batch will not be used, since it shares the same shape constraints with another
+            # axis": the three inputs' batch axes are one Dim on purpose.
+            warnings.filterwarnings("ignore", message=r".*axis name.*will not be used")
+            program = torch.onnx.export(graph, example, None, dynamo=True, dynamic_shapes=dynamic_shapes,
+                                        input_names=list(ONNX_INPUTS), output_names=list(ONNX_OUTPUTS),
+                                        opset_version=opset, optimize=True, external_data=False, verbose=False)
+    finally:
+        registration.setLevel(level)
+    return program.model_proto
+
+
+def _export_torchscript(graph: InferenceGraph, example: tuple[torch.Tensor, ...], opset: int | None) -> Any:
+    """The ModelProto from the TorchScript exporter (``dynamo=False``) with dynamic B, H, W."""
+    onnx = _import_onnx()
+    axes = {"image": {0: "batch", 2: "height", 3: "width"}, "norm_mean": {0: "batch"}, "norm_var": {0: "batch"},
+            "rain": {0: "batch", 2: "height", 3: "width"},
+            "pre_norm_query": {0: "batch", 2: "height_div8", 3: "width_div8"}}
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # The tracer warns at every shape check of the model (they hold for any multiple of 8) and the
+        # exporter at its own deprecation; neither concerns the user of the file.
+        warnings.simplefilter("ignore")
+        kwargs: dict[str, Any] = {} if opset is None else {"opset_version": opset}
+        torch.onnx.export(graph, example, buffer, dynamo=False, input_names=list(ONNX_INPUTS),
+                          output_names=list(ONNX_OUTPUTS), dynamic_axes=axes, **kwargs)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def custom_domains(model: Any) -> set[str]:
+    """The non-standard operator domains used by the nodes (or local functions) of ModelProto ``model``."""
+    domains = {n.domain for n in model.graph.node} | {f.domain for f in model.functions}
+    for f in model.functions:
+        domains |= {n.domain for n in f.node}
+    return domains - set(STANDARD_DOMAINS)
+
+
+def _ai_onnx_opset(model: Any) -> int:
+    return next(int(o.version) for o in model.opset_import if o.domain in STANDARD_DOMAINS)
+
+
+def _verify(data: bytes, graph: InferenceGraph, example: tuple[torch.Tensor, ...]) -> float | None:
+    """Largest |onnxruntime - PyTorch| of the exported bytes on ``example`` at a second size (None: no onnxruntime)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, torch.get_num_threads())
+    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    # Another size and batch than the traced one: a size baked in by the trace would show here.
+    image = example[0][:1, :, : EXAMPLE_SIZE - 16, : EXAMPLE_SIZE - 8].contiguous()
+    c = graph.net.config.channels
+    feeds = {"image": image.numpy(), "norm_mean": torch.zeros(1, c, 1, 1).numpy(),
+             "norm_var": torch.ones(1, c, 1, 1).numpy(), "use_norm_stats": torch.tensor([False]).numpy()}
+    rain = torch.from_numpy(session.run(["rain"], feeds)[0])
+    with torch.no_grad(), mgid_ops.use_reference():
+        ref = graph.net(image, update_memory=False, memory_losses=False).rain
+    if rain.shape != ref.shape:
+        raise RuntimeError(f"the exported graph gives a rain layer of shape {tuple(rain.shape)} for an input of "
+                           f"{tuple(image.shape)}: its sizes are not dynamic")
+    return float((rain - ref).abs().max())
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in its folder and ``os.replace``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def export_onnx(net_or_weights: MGIDNet | str | Path | None, path: str | Path, opset: int | None = None, *,
+                exporter: Exporter = "auto", weights_sha256: str | None = None, verify: bool = True) -> ExportResult:
+    """Export the inference network to ONNX file ``path`` (the graph of the module doc); returns what was written.
+
+    Args:
+        net_or_weights: an `MGIDNet` (exported from a CPU fp32 copy; the original is left as it is), a
+            checkpoint (``NAME.safetensors`` / ``NAME.json`` / a training folder, as `mgid.api.resolve_weights`
+            takes) or None for the shipped weights.
+        path: the ``.onnx`` file to write (its folder is created); replaced atomically.
+        opset: the ai.onnx opset (None: the exporter's default; the dynamo exporter needs >= 18 and falls back
+            to TorchScript below that).
+        exporter: ``auto`` (dynamo, falling back to TorchScript with a warning), ``dynamo`` or ``torchscript``.
+        weights_sha256: recorded when a network is passed (for a weights file it is computed).
+        verify: run the written graph in onnxruntime (when installed) on an input of another size than the
+            traced one and compare with PyTorch's reference ops; raises RuntimeError beyond `VERIFY_TOLERANCE`.
+
+    The export runs with the mgid ops in reference mode (restored afterwards), so the graph holds only
+    standard operators; RuntimeError if a custom-domain op remains. Raises ModuleNotFoundError when onnx
+    (or, for the dynamo exporter alone, onnxscript) is missing, FileNotFoundError / CheckpointError for bad weights.
+    """
+    if exporter not in ("auto", "dynamo", "torchscript"):
+        raise ValueError(f"exporter must be auto, dynamo or torchscript, got {exporter!r}")
+    onnx = _import_onnx()
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; pass the .onnx file to write, e.g. {path / 'mgid.onnx'}")
+    net, weights, sha = _resolve_net(net_or_weights)
+    sha = sha or weights_sha256
+    graph = InferenceGraph(net).eval()
+    example = _example_inputs(net)
+    fallback_reason = None
+    with torch.no_grad(), mgid_ops.use_reference():
+        if exporter in ("auto", "dynamo"):
+            try:
+                model, used = _export_dynamo(graph, example, opset), "dynamo"
+            except Exception as err:  # noqa: BLE001  (any failure of the new exporter: try the old one)
+                if exporter == "dynamo":
+                    raise
+                fallback_reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
+                warnings.warn(f"the dynamo ONNX exporter failed ({fallback_reason}); using the TorchScript exporter",
+                              RuntimeWarning, stacklevel=2)
+        if exporter == "torchscript" or fallback_reason is not None:
+            model, used = _export_torchscript(graph, example, opset), "torchscript"
+    leftover = custom_domains(model)
+    if leftover:
+        raise RuntimeError(f"the exported graph uses non-standard operator domains {sorted(leftover)}: it would not "
+                           f"run in stock onnxruntime (the mgid ops should have exported through their reference)")
+    metadata = {
+        "mgid.graph_format": GRAPH_FORMAT,
+        "mgid.version": __version__,
+        "mgid.model_config": json.dumps(net.config.to_dict(), sort_keys=True),
+        "mgid.weights_sha256": sha or "",
+        "mgid.weights_file": weights.name if weights is not None else "",
+        "mgid.output": "rain",
+        "mgid.input_multiple": str(DOWNSAMPLE),
+        "mgid.exporter": used,
+        "mgid.torch_version": torch.__version__,
+    }
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
+    model.producer_name, model.producer_version = "mgid", __version__
+    model.doc_string = ("MGID de-raining network (memory read only). Inputs: image (B,3,H,W) float32 in [-1,1], H and "
+                        "W multiples of 8 (pad first); norm_mean, norm_var (B,C,1,1) and use_norm_stats (1,) bool "
+                        "(false: the image's own instance-norm statistics). Outputs: rain (B,3,H,W), the rain layer "
+                        "R (de-rained = image - rain); pre_norm_query (B,C,H/8,W/8).")
+    onnx.checker.check_model(model)
+    data = model.SerializeToString()
+    max_err = _verify(data, graph, example) if verify else None
+    if max_err is not None and not max_err <= VERIFY_TOLERANCE:
+        raise RuntimeError(f"the exported graph differs from PyTorch by {max_err:.3g} (> {VERIFY_TOLERANCE}) in "
+                           f"onnxruntime; nothing was written to {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, data)
+    return ExportResult(path, used, _ai_onnx_opset(model), len(data), weights, sha or None, max_err,
+                        fallback_reason, metadata)

@@ -1,0 +1,305 @@
+"""The try-it web page (`mgid.web`): Flask test-client tests, then the page in a real headless Chromium.
+
+The API tests use a tiny untrained network (fast; only sizes and messages are checked). The browser test
+uses the shipped weights on a 96x96 synthetic rainy photo, so "the result differs from the input where
+the rain was" is a real check of the whole chain: upload, decode, network, PNG data URL, page.
+
+The browser test skips without Playwright or Chromium (``MGID_WEB_REQUIRE_BROWSER=1``: fails instead).
+``MGID_WEB_SCREENSHOT=1`` makes the browser test also write ``docs/images/web_demo.png`` (a 256x256 rainy
+photo, after the page has shown its result); otherwise its screenshot goes to ``tmp_path``.
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import inspect
+import io
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import mgid
+from tests.test_inference import tiny_weights
+
+pytest.importorskip("flask", reason="mgid.web needs Flask (pip install flask)")
+
+from mgid import cli, web  # noqa: E402 - after the Flask check, so a missing Flask skips instead of erroring
+from mgid.data.photos import load_photo  # noqa: E402
+from mgid.data.synthetic_rain import add_rain  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SCREENSHOT = REPO / "docs" / "images" / "web_demo.png"
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """HxWx3 RGB (or HxW grey, HxWx4 RGBA) uint8 -> PNG file bytes."""
+    conv = {3: cv2.COLOR_RGB2BGR, 4: cv2.COLOR_RGBA2BGRA}
+    arr = rgb if rgb.ndim == 2 else cv2.cvtColor(rgb, conv[rgb.shape[2]])
+    ok, buf = cv2.imencode(".png", arr)
+    assert ok
+    return buf.tobytes()
+
+
+def decode_data_url(url: str) -> np.ndarray:
+    """``data:image/png;base64,...`` -> HxWx3 uint8 RGB."""
+    prefix = "data:image/png;base64,"
+    assert url.startswith(prefix), url[:40]
+    bgr = cv2.imdecode(np.frombuffer(base64.b64decode(url[len(prefix):]), np.uint8), cv2.IMREAD_COLOR)
+    assert bgr is not None
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def rainy_photo(size: int, name: str = "chelsea", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(rainy HxWx3 uint8, rain layer HxW float in [0, 1]): a crop of a bundled photo with synthetic streaks.
+
+    No illumination change and no veil: those alter every pixel, and the test needs pixels without rain
+    that the network should leave alone.
+    """
+    photo = load_photo(name)
+    y, x = (photo.shape[0] - size) // 2, (photo.shape[1] - size) // 2
+    clean = photo[y:y + size, x:x + size].astype(np.float32) / 255.0
+    rainy, rain = add_rain(clean, np.random.default_rng(seed), illumination=False, veil=False)
+    return (rainy * 255.0 + 0.5).astype(np.uint8), rain
+
+
+@pytest.fixture(scope="module")
+def tiny_derainer(tmp_path_factory: pytest.TempPathFactory) -> mgid.Derainer:
+    return mgid.load_model(tiny_weights(tmp_path_factory.mktemp("tiny")), device="cpu", precision="fp32")
+
+
+@pytest.fixture()
+def client(tiny_derainer: mgid.Derainer):
+    return web.create_app(tiny_derainer, max_upload_mb=0.05).test_client()  # 52 KB: "too large" is cheap to send
+
+
+def post_image(client, data: bytes, filename: str, tile: str = "none"):
+    return client.post("/api/derain", data={"image": (io.BytesIO(data), filename), "tile": tile},
+                       content_type="multipart/form-data")
+
+
+# ------------------------------------------------------------------------------------------- API
+
+
+@pytest.mark.parametrize("tile", ["none", "256"])
+def test_upload_png_returns_three_images_of_the_input_size(client, tile: str) -> None:
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    resp = post_image(client, png_bytes(rgb), "street photo.png", tile)
+    assert resp.status_code == 200, resp.get_json()
+    body = resp.get_json()
+    assert (body["width"], body["height"]) == (56, 40)
+    assert body["tile"] == (None if tile == "none" else 256)
+    assert body["filename"] == "street_photo_derained.png"
+    for key in ("rainy", "derained", "rain"):
+        assert decode_data_url(body[key]).shape == (40, 56, 3), key
+    np.testing.assert_array_equal(decode_data_url(body["rainy"]), rgb)  # lossless round trip of the input
+
+
+def test_grey_and_rgba_uploads_become_rgb(client) -> None:
+    grey = np.full((24, 32), 90, np.uint8)
+    body = post_image(client, png_bytes(grey), "grey.png").get_json()
+    assert (decode_data_url(body["rainy"]) == 90).all()
+    rgba = np.zeros((24, 32, 4), np.uint8)
+    rgba[..., 0] = 200  # red, half of it fully transparent: composited over white
+    rgba[:, :16, 3] = 255
+    shown = decode_data_url(post_image(client, png_bytes(rgba), "rgba.png").get_json()["rainy"])
+    assert (shown[:, :16] == (200, 0, 0)).all() and (shown[:, 16:] == 255).all()
+
+
+def test_non_image_is_refused_with_a_message(client) -> None:
+    resp = post_image(client, b"shopping list: milk, eggs\n", "notes.txt")
+    assert resp.status_code == 400
+    assert resp.get_json()["error"] == ("not an image: could not decode 'notes.txt' "
+                                        "(JPEG, PNG, BMP, TIFF and WebP are read)")
+    assert "is empty" in post_image(client, b"", "empty.png").get_json()["error"]
+    resp = client.post("/api/derain", data={}, content_type="multipart/form-data")
+    assert resp.status_code == 400 and "no image uploaded" in resp.get_json()["error"]
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    resp = post_image(client, png_bytes(rgb), "a.png", tile="100")
+    assert resp.status_code == 400 and "tile must be" in resp.get_json()["error"]
+
+
+def test_too_large_upload_is_413_with_a_message(client) -> None:
+    resp = post_image(client, os.urandom(80_000), "huge.jpg")  # over the fixture's 0.05 MB
+    assert resp.status_code == 413
+    assert resp.get_json()["error"].startswith("upload too large: the limit is 0.05 MB")
+
+
+def test_too_many_pixels_is_413(tiny_derainer: mgid.Derainer) -> None:
+    # A few hundred bytes of PNG that would decode to a large blank image (a decompression bomb).
+    app = web.create_app(tiny_derainer, max_pixels=10_000)
+    resp = post_image(app.test_client(), png_bytes(np.zeros((200, 300, 3), np.uint8)), "bomb.png")
+    assert resp.status_code == 413
+    assert "300 x 200" in resp.get_json()["error"]
+
+
+def test_page_and_health(client, tiny_derainer: mgid.Derainer) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    html = page.get_data(as_text=True)
+    for needle in ('type="file"', 'type="range"', 'value="256"', 'value="512"', "download"):
+        assert needle in html
+    assert "__MAX" not in html and "http://" not in html and "https://" not in html  # filled in; no outside assets
+    assert "default-src 'none'" in page.headers["Content-Security-Policy"]
+    health = client.get("/health").get_json()
+    assert health["status"] == "ok" and health["device"] == "cpu"
+    assert health["weights"] == str(tiny_derainer.weights)
+
+
+def test_server_binds_localhost_by_default(tiny_derainer: mgid.Derainer) -> None:
+    assert inspect.signature(web.serve).parameters["host"].default == "127.0.0.1"
+    assert inspect.signature(web.serve).parameters["port"].default == 7860
+    server = web.make_web_server(web.create_app(tiny_derainer), port=0)
+    try:
+        assert server.server_address[0] == "127.0.0.1" and server.port > 0
+    finally:
+        server.server_close()
+
+
+def test_cli_subcommand(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="mgid")
+    cli.register_web(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["web"])
+    assert (args.host, args.port, args.weights, args.device, args.max_upload_mb) == ("127.0.0.1", 7860, None,
+                                                                                     "auto", 20.0)
+    calls = []
+    monkeypatch.setattr(web, "serve", lambda *a: calls.append(a))
+    args = parser.parse_args(["web", "--host", "0.0.0.0", "--port", "8000", "--weights", "w.safetensors",
+                              "--device", "cpu", "--max-upload-mb", "5"])
+    assert args.func(args) == 0
+    assert calls == [("0.0.0.0", 8000, "w.safetensors", "cpu", 5.0, "auto")]
+    assert "reachable from other machines" in capsys.readouterr().err
+    assert args.func(parser.parse_args(["web", "--host", "localhost"])) == 0
+    assert capsys.readouterr().err == ""
+    assert web.is_loopback("::1") and web.is_loopback("127.0.0.2") and not web.is_loopback("example.org")
+
+
+# --------------------------------------------------------------------------------------- browser
+
+
+def chromium_path() -> str | None:
+    if Path("/usr/bin/chromium").is_file():
+        return "/usr/bin/chromium"
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@contextlib.contextmanager
+def live_server(derainer: mgid.Derainer, **app_kwargs) -> Iterator[str]:
+    """The app served by werkzeug's threaded server on a free localhost port, in a thread; yields its URL."""
+    server = web.make_web_server(web.create_app(derainer, **app_kwargs), port=0)
+    thread = threading.Thread(target=server.serve_forever, name="mgid-web-test", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.port}/"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        server.server_close()
+
+
+def upload_and_wait(page, path: Path) -> None:
+    """Choose ``path`` in the page's file input, press De-rain, wait for the status line to settle."""
+    page.set_input_files("#file", str(path))
+    page.click("#go")
+    page.wait_for_function("() => !document.getElementById('go').disabled"
+                           " && document.getElementById('status').textContent !== ''", timeout=60_000)
+
+
+def browser_missing(reason: str) -> None:
+    """Skip, or fail where ``MGID_WEB_REQUIRE_BROWSER=1`` (CI, which installs the browser: a skip would hide
+    a broken installation)."""
+    if os.environ.get("MGID_WEB_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"MGID_WEB_REQUIRE_BROWSER=1 but {reason}")
+    pytest.skip(reason)
+
+
+def test_page_in_headless_chromium(tmp_path: Path) -> None:
+    try:
+        from playwright import sync_api
+    except ImportError:
+        browser_missing("playwright is not installed (pip install playwright)")
+    exe = chromium_path()
+    if exe is None:
+        browser_missing("no Chromium (/usr/bin/chromium); on Debian: apt-get install -y --no-install-recommends "
+                        "chromium")
+    derainer = mgid.load_model(None, device="cpu")
+    rainy, rain = rainy_photo(96)
+    image = tmp_path / "rainy.png"
+    image.write_bytes(png_bytes(rainy))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a photo\n")
+    big = tmp_path / "big.jpg"
+    big.write_bytes(os.urandom(1_200_000))  # over the 1 MB limit below: refused by the page before sending
+
+    with live_server(derainer, max_upload_mb=1) as url, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=exe, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            failed: list[str] = []
+            page.on("requestfailed", lambda r: failed.append(r.url))
+            page.goto(url)
+            assert page.title() == "MGID de-raining"
+
+            upload_and_wait(page, image)
+            assert page.is_visible("#result"), page.text_content("#status")
+            assert "done: rainy.png (96 x 96)" in page.text_content("#status")
+            out = decode_data_url(page.evaluate("document.getElementById('img-derained').src"))
+            assert out.shape == rainy.shape
+            size = page.evaluate("(() => { const i = document.getElementById('img-derained');"
+                                 " return [i.naturalWidth, i.naturalHeight]; })()")
+            assert size == [96, 96]
+            diff = np.abs(out.astype(np.float32) - rainy.astype(np.float32)).mean(axis=2)
+            on_rain, off_rain = diff[rain > 0.1].mean(), diff[rain < 0.01].mean()
+            assert on_rain > 10.0 and on_rain > 5 * off_rain, (on_rain, off_rain)
+            assert decode_data_url(page.get_attribute("#download", "href")).shape == rainy.shape
+            assert page.get_attribute("#download", "download") == "rainy_derained.png"
+
+            # The slider moves the rainy overlay's clip: at 20 only the left 20% shows rainy.
+            page.fill("#slider", "20")
+            assert "80%" in page.evaluate("document.getElementById('cmp-rainy').style.clipPath")
+
+            upload_and_wait(page, notes)
+            assert page.get_attribute("#status", "class") == "error"
+            assert "not an image: could not decode 'notes.txt'" in page.text_content("#status")
+
+            page.set_input_files("#file", str(big))
+            page.click("#go")
+            page.wait_for_selector("#status.error")
+            assert "upload too large: big.jpg is 1.1 MB, the limit is 1 MB" in page.text_content("#status")
+            # The server's own 413 (a client that skips the page's check) reaches the browser as JSON.
+            status, text = page.evaluate("""async () => {
+                const body = new FormData();
+                body.append('image', new Blob([new Uint8Array(2 * 1048576)]), 'big.jpg');
+                const r = await fetch('api/derain', {method: 'POST', body});
+                return [r.status, (await r.json()).error]; }""")
+            assert status == 413 and text.startswith("upload too large: the limit is 1 MB")
+            assert failed == []
+            page.screenshot(path=str(tmp_path / "web_demo.png"), full_page=True)
+
+            if os.environ.get("MGID_WEB_SCREENSHOT") == "1":
+                write_screenshot(browser, derainer, tmp_path)
+        finally:
+            browser.close()
+
+
+def write_screenshot(browser, derainer: mgid.Derainer, tmp_path: Path) -> None:
+    """docs/images/web_demo.png: the page (default limits) after de-raining a 256x256 rainy photo, slider at 40%."""
+    rainy, _ = rainy_photo(256, "coffee", seed=3)
+    path = tmp_path / "rainy_coffee.png"
+    path.write_bytes(png_bytes(rainy))
+    with live_server(derainer) as url:
+        page = browser.new_page(viewport={"width": 1000, "height": 900})
+        page.goto(url)
+        upload_and_wait(page, path)
+        assert page.is_visible("#result"), page.text_content("#status")
+        page.fill("#slider", "40")
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        page.close()

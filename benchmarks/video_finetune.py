@@ -28,7 +28,7 @@ from mgid.api import load_model
 from mgid.data.imageio import write_image
 from mgid.data.synthetic_video import StaticCamera, clean_frames, write_clip
 from mgid.derain_video import derain_frames, derain_video, temporal_median_stream
-from mgid.evaluation import mean_scores, memory_pairs, score_pairs
+from mgid.evaluation import score_images
 from mgid.video import open_frames
 from mgid.visualize import image_grid
 
@@ -41,7 +41,7 @@ def decoded(path: Path) -> list[np.ndarray]:
 
 
 def scores(outputs: list[np.ndarray], clean: list[np.ndarray]) -> dict[str, float]:
-    s = mean_scores(score_pairs(memory_pairs(list(zip(outputs, clean))), brightness=True))
+    s = score_images(list(zip(outputs, clean)))
     return {"psnr": s.psnr, "ssim": s.ssim, "shift": s.brightness_shift, "frames": s.count}
 
 

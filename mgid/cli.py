@@ -140,10 +140,9 @@ def _print_skip(path: Path, reason: str) -> None:
 def _derain_command(args: argparse.Namespace) -> int:
     from mgid.checkpoint import CheckpointError
     from mgid.derain_files import PlanError, derain_files, plan_derain
-
-    prog = "mgid derain"
     from mgid.derain_video import is_video_job
 
+    prog = "mgid derain"
     if is_video_job(args.input, args.output, args.temporal_median):
         return _derain_video_command(args, prog)
     try:
@@ -350,20 +349,16 @@ def _web_command(args: argparse.Namespace) -> int:
               f"authentication: anyone who can reach port {args.port} can use this computer's CPU/GPU",
               file=sys.stderr)
     if args.max_upload_mb <= 0:
-        print(f"{prog}: error: --max-upload-mb must be positive, got {args.max_upload_mb}", file=sys.stderr)
-        return 2
+        return _err(prog, f"--max-upload-mb must be positive, got {args.max_upload_mb}")
     try:
         serve(args.host, args.port, args.weights, args.device, args.max_upload_mb, args.precision)
     except ImportError as exc:  # Flask missing
-        print(f"{prog}: error: {exc} (install it: pip install flask)", file=sys.stderr)
-        return 2
+        return _err(prog, f"{exc} (install it: pip install flask)")
     except (FileNotFoundError, CheckpointError, ValueError, RuntimeError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
+        return _err(prog, str(exc))
     except OSError as exc:  # port in use, address not available
-        print(f"{prog}: error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return _err(prog, f"cannot listen on {args.host}:{args.port}: {exc}")
+    return EXIT_OK
 
 
 def register_web(sub: argparse._SubParsersAction) -> None:

@@ -149,9 +149,14 @@ def temporal_median_stream(frames: Iterable[np.ndarray], window: int) -> Iterato
         t += 1
 
 
+def temporal_median(frames: np.ndarray) -> np.ndarray:
+    """Per-pixel median of (T, H, W, 3) uint8 frames of one static scene -> HxWx3 uint8 (an even T's median is
+    the mean of the middle two, rounded)."""
+    return np.median(frames, axis=0).round().astype(np.uint8)
+
+
 def _median(buffer: deque[np.ndarray], lo: int, hi: int) -> np.ndarray:
-    stack = np.stack([buffer[i] for i in range(lo, hi)])
-    return np.median(stack, axis=0).round().astype(np.uint8)
+    return temporal_median(np.stack([buffer[i] for i in range(lo, hi)]))
 
 
 def median_video(src: str | Path, dst: str | Path, window: int, *, fps: float | Fraction | None = None,

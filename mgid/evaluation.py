@@ -165,6 +165,12 @@ def memory_pairs(images: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[Pair]:
     return [Pair(str(i), str(i), (lambda im=im: im)) for i, im in enumerate(images)]
 
 
+def score_images(images: Sequence[tuple[np.ndarray, np.ndarray]], derain: DerainFn | None = None) -> Scores:
+    """Means over in-memory (rainy, clean) uint8 pairs of ``derain(rainy)`` (None: the rainy image itself)
+    against clean: Y PSNR / SSIM and the brightness shift (`mgid heldout`, the video benchmark)."""
+    return mean_scores(score_pairs(memory_pairs(images), derain, brightness=True))
+
+
 def dataset_pairs(paired: Any) -> list[Pair]:
     """`Pair`s of a paired dataset whose items are ``{"rainy", "clean"}`` (3, H, W) tensors in [-1, 1]."""
     def load(i: int) -> tuple[np.ndarray, np.ndarray]:

@@ -26,7 +26,8 @@ import numpy as np
 
 from mgid.data import EmbeddedDataConfig, EmbeddedPairedSet
 from mgid.data.timelapse import HELDOUT_SETS
-from mgid.evaluation import DerainFn, Scores, mean_scores, memory_pairs, score_pairs
+from mgid.derain_video import temporal_median  # noqa: F401  (the baseline here; re-exported)
+from mgid.evaluation import DerainFn, Scores, score_images
 
 #: One method's means over one held-out set (psnr, ssim, brightness_shift, count): `mgid.evaluation.Scores`.
 MethodScore = Scores
@@ -40,16 +41,6 @@ def median3x3(rainy: np.ndarray) -> np.ndarray:
     return cv2.medianBlur(np.ascontiguousarray(rainy), 3)
 
 
-def temporal_median(frames: np.ndarray) -> np.ndarray:
-    """Per-pixel median of (T, H, W, 3) uint8 frames of one static scene -> HxWx3 uint8."""
-    return np.median(frames, axis=0).round().astype(np.uint8)
-
-
-def _score(pairs: list[tuple[np.ndarray, np.ndarray]], derain: DerainFn | None = None) -> Scores:
-    """Means of ``derain(rainy)`` (None: the rainy image itself) against clean: Y PSNR / SSIM, brightness shift."""
-    return mean_scores(score_pairs(memory_pairs(pairs), derain, brightness=True))
-
-
 def evaluate_heldout(models: Mapping[str, DerainFn], *, sets: Iterable[str] = HELDOUT_SETS,
                      count: int | None = None, config: EmbeddedDataConfig | None = None,
                      baselines: bool = True) -> dict[str, dict[str, Scores]]:
@@ -58,14 +49,14 @@ def evaluate_heldout(models: Mapping[str, DerainFn], *, sets: Iterable[str] = HE
     for kind in sets:
         paired = EmbeddedPairedSet(count, config=config, rain=kind)
         pairs = [paired.images(i) for i in range(len(paired))]
-        row = {RAINY: _score(pairs)}
+        row = {RAINY: score_images(pairs)}
         if baselines:
-            row[MEDIAN3] = _score(pairs, median3x3)
+            row[MEDIAN3] = score_images(pairs, median3x3)
             temporal = [(temporal_median(paired.rainy_frames(i, TEMPORAL_FRAMES)), clean)
                         for i, (_, clean) in enumerate(pairs)]
-            row[TEMPORAL] = _score(temporal)
+            row[TEMPORAL] = score_images(temporal)
         for name, fn in models.items():
-            row[name] = _score(pairs, fn)
+            row[name] = score_images(pairs, fn)
         table[kind] = row
     return table
 

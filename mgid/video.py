@@ -137,7 +137,6 @@ class FrameSource:
             raise VideoError(f"{self.path}: the frame rate is not stored; pass it (--fps)")
         self.info = VideoInfo(self.path, video.codec_context.width, video.codec_context.height, Fraction(rate),
                               video.frames or None, audio.codec_context.name if audio is not None else None)
-        self._audio_time_base = audio.time_base if audio is not None else None
 
     @property
     def audio_stream(self) -> Any:

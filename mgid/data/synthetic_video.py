@@ -78,27 +78,36 @@ def _gain(camera: StaticCamera, t: int, phase: float) -> float:
     return 1.0 + camera.drift * math.sin(2 * math.pi * t / max(camera.frames, 1) + phase)
 
 
-def clip_frames(camera: StaticCamera, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """``(rainy, clean)`` HxWx3 uint8 RGB for each frame of the clip recorded with ``seed``."""
+def _to_uint8(img01: np.ndarray) -> np.ndarray:
+    return np.clip(img01 * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _clean01(camera: StaticCamera, seed: int) -> Iterator[tuple[np.ndarray, np.random.Generator]]:
+    """Each clean frame (HxWx3 float32 in [0, 1]) of the clip recorded with ``seed``, with the generator the
+    rest of that frame (rain, noise) is drawn from: the drift's phase is its first draw, so the clean frames
+    need no rain rendered."""
     rng = np.random.default_rng(seed)
     phase = float(rng.uniform(0, 2 * math.pi))
     view = scene(camera)
     h, w = camera.size
     for t in range(camera.frames):
-        x = camera.pan_px_per_frame * t
-        shift = np.float32([[1, 0, -x], [0, 1, 0]])
+        shift = np.float32([[1, 0, -camera.pan_px_per_frame * t], [0, 1, 0]])
         frame = cv2.warpAffine(view, shift, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-        clean = np.clip(frame * np.float32(_gain(camera, t, phase)), 0.0, 1.0)
+        yield np.clip(frame * np.float32(_gain(camera, t, phase)), 0.0, 1.0), rng
+
+
+def clip_frames(camera: StaticCamera, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(rainy, clean)`` HxWx3 uint8 RGB for each frame of the clip recorded with ``seed``."""
+    for clean, rng in _clean01(camera, seed):
         rainy, _ = add_rain(clean, rng, camera.rain, illumination=False, veil=False)
         rainy = rainy + rng.normal(0.0, camera.noise_sigma / 255.0, rainy.shape).astype(np.float32)
-        yield (np.clip(rainy * 255.0 + 0.5, 0, 255).astype(np.uint8),
-               np.clip(clean * 255.0 + 0.5, 0, 255).astype(np.uint8))
+        yield _to_uint8(rainy), _to_uint8(clean)
 
 
 def clean_frames(camera: StaticCamera, seed: int) -> Iterator[np.ndarray]:
     """The clean frames of the clip recorded with ``seed`` (the targets of its rainy frames)."""
-    for _, clean in clip_frames(camera, seed):
-        yield clean
+    for clean, _ in _clean01(camera, seed):
+        yield _to_uint8(clean)
 
 
 def write_clip(path: str | Path, camera: StaticCamera, seed: int, crf: int = 12) -> Path:

@@ -91,18 +91,19 @@ def _scene_name(i: int, clip: Path) -> str:
 
 
 def _extract_one(clip: Path, folder: Path, count: int, max_shift: float, fps: float | None) -> ClipScene:
-    with open_frames(clip, fps) as source:
-        total = source.info.frames
-    if total is None:  # the container stores no count (Matroska/WebM): decode once to count
-        with open_frames(clip, fps) as source:
+    source = open_frames(clip, fps)
+    if source.info.frames is None:  # the container stores no count (Matroska/WebM): decode once to count
+        with source:
             total = sum(1 for _ in source.frames())
-    wanted = sample_indices(total, count)
-    wanted_set = set(wanted)
+        source = open_frames(clip, fps)
+    else:
+        total = source.info.frames
+    wanted_set = set(sample_indices(total, count))
     folder.mkdir(parents=True)
     reference: np.ndarray | None = None
     worst, worst_at, worst_shift = 0.0, 0, (0.0, 0.0)
     taken: list[int] = []
-    with open_frames(clip, fps) as source:
+    with source:
         rate = float(source.info.fps)
         for i, frame in enumerate(source.frames()):
             if i not in wanted_set:

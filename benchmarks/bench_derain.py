@@ -219,11 +219,7 @@ def markdown(report: dict[str, Any]) -> str:
              "",
              f"`{report['command']}`",
              "",
-             f"{env['cpu']['model']} ("
-             + (f"family {env['cpu']['family']}, model {env['cpu']['model_number']}; " if env['cpu'].get('family') else "")
-             + f"{env['cpu']['usable_cpus']} usable CPUs; avx512_bf16 "
-             f"{env['cpu']['flags']['avx512_bf16']}, amx_bf16 {env['cpu']['flags']['amx_bf16']}), torch "
-             f"{env['torch']} ({env['cpu_capability']}), commit {env['git']['commit']}"
+             f"CPU: {env['cpu']['line']}; torch {env['torch']}, commit {env['git']['commit']}"
              f"{' (dirty tree)' if env['git']['dirty'] else ''}, {env['date_utc']}; load average at start "
              f"{env['loadavg_start']}, at end {report['loadavg_end']}. Weights: `{Path(env['weights']).name}`. "
              f"Best of {cfg['repeats']} runs after {cfg['warmup']} warm-up(s); `mgid.load_model(...)."
@@ -330,7 +326,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     derainers = {name: load_model(weights, "cpu", precision=VARIANTS[name].precision,
                                   channels_last=VARIANTS[name].channels_last) for name in args.variants}
     tiled = [v for v in args.tiled_variants if v in derainers] if args.tile else []
-    log(f"bench_derain: {env['cpu']['model']}, torch {env['torch']}, variants {args.variants}, tiled "
+    log(f"bench_derain: {env['cpu']['line']}, torch {env['torch']}, variants {args.variants}, tiled "
         f"{tiled or 'none'}, sizes {args.sizes}, threads {args.threads}, load {env['loadavg_start']}")
     rows: list[dict[str, Any]] = []
     try:

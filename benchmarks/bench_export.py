@@ -81,7 +81,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
         f"Weights {meta['weights']}; {meta['threads']} intra-op thread(s); fp32, batch 1, untiled; onnxruntime "
         f"{meta['onnxruntime']} ({meta['exporter']} export, opset {meta['opset']}, {meta['export_s']:.1f} s); "
-        f"torch {torch.__version__}; other load {meta['other_load']}.",
+        f"torch {torch.__version__}; other load {meta['other_load']}; CPU: {meta['cpu']}.",
         "",
         "| size | variant | ops | s/image (median) | images/s | vs torch reference | max abs diff vs reference |",
         "|---|---|---|---:|---:|---:|---:|",
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
     other = load.fraction()
     meta = {"weights": str(weights), "threads": args.threads, "onnxruntime": ort.__version__, "exporter": exporter,
-            "opset": opset, "export_s": export_s, "other_load": other,
+            "opset": opset, "export_s": export_s, "other_load": other, "cpu": harness.cpu_info()["line"],
             "noisy": other is not None and other > harness.BUSY_SHARE}
     text = markdown(rows, meta)
     report = {"benchmark": "bench_export", "environment": {**harness.environment(), "onnxruntime": ort.__version__},

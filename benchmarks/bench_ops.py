@@ -172,7 +172,7 @@ def cell(row: dict[str, Any], notes: Notes, fused: bool) -> str:
 def markdown_report(result: dict[str, Any]) -> str:
     env = result["environment"]
     lines = [f"# mgid ops benchmark: {result['device_kind']}, {env['date_utc']}", ""]
-    dev = env.get("gpu", {}).get("name") if result["device"] == "cuda" else f"CPU: {env['cpu']['model']}"
+    dev = env.get("gpu", {}).get("name") if result["device"] == "cuda" else f"CPU: {env['cpu']['line']}"
     lines += [
         f"- device: {dev}; CPUs {env['cpu']['usable_cpus']} usable, torch threads {env['cpu']['torch_threads']}",
         f"- torch {env['torch']}, CUDA (torch build) {env['torch_cuda']}, python {env['python']}",
@@ -348,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         name = torch.cuda.get_device_name(device)
         peak = next((v for key, v in PEAK_GBPS_BY_NAME if key in name), None)
 
-    print(f"mgid bench_ops on {kind} ({torch.cuda.get_device_name(device) if kind == 'cuda' else harness.cpu_info()['model']}); "
+    print(f"mgid bench_ops on {kind} ({torch.cuda.get_device_name(device) if kind == 'cuda' else harness.cpu_info()['line']}); "
           f"fused path: {path_label}; shapes {shape_names}; torch.compile: {compile_where}", file=sys.stderr)
     if cuda_reason:
         print(f"CUDA rows were not measured: {cuda_reason}", file=sys.stderr)

@@ -13,8 +13,10 @@ the first ``--threads`` value):
 * mgid ops: fused kernels vs the PyTorch reference (``mgid.ops.set_ops_mode``);
 * intra-op threads (``torch.set_num_threads``): the other ``--threads`` values;
 
-plus the recipe's combination (bf16 + channels_last + fused, eager) and that combination
-compiled, each at every ``--threads`` value. The full cross product is left out: it would take
+plus bf16 + channels_last together, and ``auto`` (what training resolves on this CPU,
+`mgid.precision.resolve_arithmetic`: bf16 + channels_last with native bf16, fp32 elsewhere) eager and
+compiled at every ``--threads`` value; the report says whether ``auto`` is the fastest eager
+combination measured (section "Is auto the fastest?"). The full cross product is left out: it would take
 hours on a small CPU and one-factor rows already say what each setting buys.
 
 Data loading is timed apart: pairs per second that the training set (`mgid.data.make_dataset`,
@@ -49,7 +51,7 @@ from typing import Any
 import harness
 import torch
 from harness import BUSY_SHARE, OtherLoad, log
-from train_cases import build_cases, run_case, short_error
+from train_cases import auto_verdict, build_cases, run_case, short_error
 from train_curve import curve_stats, plot_curves, train_curve
 from train_data import add_data_verdicts, measure_loader, render_batches, to_float_batch
 from train_report import markdown_report
@@ -112,7 +114,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, help="timed steps per case; the median is reported (default: 5; --quick: 2)")
     p.add_argument("--threads", type=_int_list, default=None,
                    help="torch intra-op thread counts, comma-separated: the first is the baseline's, the others are "
-                        "one-factor cases, and the recipe cases run at each (default: 1,2, capped to the usable CPUs)")
+                        "one-factor cases, and the auto cases run at each (default: 1,2, capped to the usable CPUs)")
     p.add_argument("--workers", type=_int_list, default=[0, 1, 2],
                    help="DataLoader worker counts for the data-loading measurement (default: 0,1,2)")
     p.add_argument("--data-batches", type=int,
@@ -121,7 +123,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="run the torch.compile cases (default: yes, except with --quick); --no-compile skips them")
     p.add_argument("--cases", default=None,
                    help="comma-separated case ids to run (baseline, bf16, channels_last, reference_ops, threads_T, "
-                        "recipe_Tt, compiled, recipe_compiled_Tt); the others are listed as not run "
+                        "bf16_channels_last, auto_Tt, compiled, auto_compiled_Tt); the others are listed as not run "
                         "(default: all). Speed-ups need the baseline.")
     p.add_argument("--curve-steps", type=int,
                    help="steps of the fp32-vs-fast-path loss-curve check; 0 skips it (default: 200; --quick: 4)")
@@ -185,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: unknown --cases {sorted(wanted - {c.id for c in cases})}; ids here: "
               f"{[c.id for c in cases]}", file=sys.stderr)
         return 2
-    log(f"mgid bench_train: {env['cpu']['model']}, torch {env['torch']}, config {args.config}, batch {batch}, "
+    log(f"mgid bench_train: {env['cpu']['line']}, torch {env['torch']}, config {args.config}, batch {batch}, "
         f"crop {crop}, threads {args.threads}, {len(cases)} cases" + (" (--quick)" if args.quick else ""))
 
     ds = make_dataset(None, "train", crop, args.seed, embedded=cfg.embedded)
@@ -288,6 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "data_loading": loading,
         "data_summary": data_summary,
         "curve": curve,
+        "auto": auto_verdict(rows),
         "errors": errors,
         "loadavg_end": harness.loadavg(),
         "other_load_share": frac,

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 import mgid.ops as ops
+from mgid import precision
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -48,8 +49,6 @@ RESULTS = REPO / "benchmarks" / "results"
 #: Share of the machine's CPU time used by other processes above which a run is flagged as noisy.
 BUSY_SHARE = 0.2
 L2_FLUSH_BYTES = 256 * 1024 * 1024
-#: CPU flags that decide the bf16 speed.
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni")
 
 
 def log(message: str) -> None:
@@ -267,26 +266,18 @@ def git_info(short: bool = True) -> dict[str, Any]:
 
 
 def cpu_info() -> dict[str, Any]:
-    """CPU model, family/model numbers, CPU counts and the `CPU_FLAGS` present (Linux /proc/cpuinfo)."""
-    model, flags, ids = None, set(), {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key = line.split(":", 1)[0].strip()
-            if key == "model name" and model is None:
-                model = line.split(":", 1)[1].strip()
-            elif key in ("cpu family", "model") and key not in ids:
-                ids[key] = line.split(":", 1)[1].strip()
-            elif key == "flags" and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    """The CPU every benchmark record names, from one place (`mgid.precision.cpu_info`, what ``auto`` reads).
+
+    Keys: ``model``; ``flags`` (those of avx2, avx512f, avx512_bf16, amx_bf16 the CPU has); ``aten_capability``
+    and ``dnnl_max_isa`` (torch's vector caps, lowered by ATEN_CPU_CAPABILITY / DNNL_MAX_CPU_ISA);
+    ``native_bf16``; ``cores`` / ``usable_cpus``; ``line``: the one-line form every report prints.
+    """
+    info = precision.cpu_info()
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         usable = os.cpu_count()
-    return {"model": model or platform.processor() or platform.machine(), "family": ids.get("cpu family"),
-            "model_number": ids.get("model"), "cpu_count": os.cpu_count(), "usable_cpus": usable,
-            "flags": {f: f in flags for f in CPU_FLAGS}}
+    return {**info.to_dict(), "usable_cpus": usable, "line": f"{info.describe()}, {usable} usable CPUs"}
 
 
 def loadavg() -> list[float] | None:

@@ -22,6 +22,7 @@ import mgid.ops as ops
 from mgid.config import TrainConfig
 from mgid.losses import MGIDLoss
 from mgid.models import MGIDNet
+from mgid.precision import resolve_arithmetic
 from mgid.training import PairForward, seed_everything, train_step
 
 
@@ -42,24 +43,49 @@ class Case:
 
 
 def build_cases(threads: Sequence[int]) -> list[Case]:
-    """Baseline, one factor at a time, then the recipe (eager and compiled) at every thread count.
+    """Baseline, one factor at a time, bf16 + channels_last, then ``auto`` (what training resolves on this
+    CPU, `mgid.precision.resolve_arithmetic`) eager and compiled at every thread count.
 
     The compiled cases come last so that no eager number is taken right after a compilation.
     """
     t0 = threads[0]
+    auto = resolve_arithmetic("auto", None, "cpu")
     cases = [
         Case("baseline", "baseline", threads=t0),
         Case("bf16", "bf16 autocast", precision="bf16", threads=t0),
         Case("channels_last", "channels_last", channels_last=True, threads=t0),
+        Case("bf16_channels_last", "bf16 + channels_last", precision="bf16", channels_last=True, threads=t0),
         Case("reference_ops", "reference ops", ops="reference", threads=t0),
     ]
     cases += [Case(f"threads_{t}", f"{t} threads", threads=t) for t in threads[1:]]
-    cases += [Case(f"recipe_{t}t", f"recipe, {t} thread{'s' if t > 1 else ''}", precision="bf16",
-                   channels_last=True, threads=t) for t in threads]
+    cases += [Case(f"auto_{t}t", f"auto, {t} thread{'s' if t > 1 else ''}", precision=auto.precision,
+                   channels_last=auto.channels_last, threads=t) for t in threads]
     cases.append(Case("compiled", "torch.compile", compile=True, threads=t0))
-    cases += [Case(f"recipe_compiled_{t}t", f"recipe compiled, {t} thread{'s' if t > 1 else ''}",
-                   precision="bf16", channels_last=True, compile=True, threads=t) for t in threads]
+    cases += [Case(f"auto_compiled_{t}t", f"auto compiled, {t} thread{'s' if t > 1 else ''}",
+                   precision=auto.precision, channels_last=auto.channels_last, compile=True, threads=t)
+              for t in threads]
     return cases
+
+
+def auto_verdict(cases: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Whether ``auto`` (eager, fused, at its thread count) is the fastest eager combination measured.
+
+    Compares each ``auto_{t}t`` row with every eager row at the same thread count (fp32 vs bf16,
+    channels_last or not, fused vs reference ops); compiled rows are reported beside it, since compile
+    time (tens of seconds) is not in a steady step.
+    """
+    auto = resolve_arithmetic("auto", None, "cpu")
+    ok = [r for r in cases if r["status"] == "ok"]
+    rows = []
+    for a in (r for r in ok if r["id"].startswith("auto_") and not r["compile"]):
+        peers = [r for r in ok if not r["compile"] and r["threads"] == a["threads"]]
+        best = min(peers, key=lambda r: r["median_s"])
+        compiled = next((r for r in ok if r["id"] == f"auto_compiled_{a['threads']}t"), None)
+        rows.append({"threads": a["threads"], "auto_s": a["median_s"], "fastest_eager": best["label"],
+                     "fastest_eager_s": best["median_s"], "auto_within": a["median_s"] / best["median_s"],
+                     "compiled_s": compiled["median_s"] if compiled else None})
+    return {"resolved": auto.describe(), "precision": auto.precision, "channels_last": auto.channels_last,
+            "rows": rows}
 
 
 def short_error(err: BaseException) -> str:

@@ -18,12 +18,10 @@ def markdown_report(result: dict[str, Any]) -> str:
     """The report: environment, the step table, the data-loading table, the loss-curve check."""
     env, s = result["environment"], result["settings"]
     cpu = env["cpu"]
-    flags = ", ".join(f for f, on in cpu["flags"].items() if on) or "none of " + ", ".join(cpu["flags"])
     lines = [
         f"# MGID training throughput on the CPU ({env['date_utc']})",
         "",
-        f"- CPU: {cpu['model']} ({cpu['usable_cpus']} usable of {cpu['cpu_count']} CPUs; flags: {flags}; "
-        f"torch CPU capability {env['cpu_capability']})",
+        f"- CPU: {cpu['line']}",
         f"- torch {env['torch']}, Python {env['python']}, git {env['git']['commit']}"
         + (" (uncommitted changes)" if env["git"]["dirty"] else "")
         + f", mgid ops build: {env['build_info']}",
@@ -64,13 +62,24 @@ def markdown_report(result: dict[str, Any]) -> str:
         "",
         "images/s = 2 x batch / median seconds per step (two frames per pair). A step: inputs to the memory "
         "format, `train_step` (both frames, the loss), the finiteness check, backward and Adam; batches are "
-        "rendered before timing. \"recipe\" = bf16 autocast + channels_last + fused ops (the `cpu` config). "
+        "rendered before timing. \"auto\" = what training resolves on this CPU (`mgid.precision`): "
+        f"{result['auto']['resolved']}. "
         "Compile s = first step minus a steady one (inductor's on-disk caches can shorten it on later cases "
         "and runs). \"img/s incl. loading, 0 workers\": loading in the main process between steps; "
         "\"workers to keep up\": the fewest DataLoader workers whose pairs/s (below, measured alone) is at "
         "least the pairs/s the step consumes.",
         "",
     ]
+    verdict = result["auto"]["rows"]
+    if verdict:
+        lines += ["## Is auto the fastest?", "",
+                  "`auto` (eager, fused ops) against the fastest eager combination measured at the same thread count "
+                  "(fp32 / bf16, contiguous / channels_last, fused / reference ops), and compiled:", "",
+                  "| threads | auto s/step | fastest eager | its s/step | auto / fastest | auto compiled s/step |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {v['threads']} | {v['auto_s']:.3f} | {v['fastest_eager']} | {v['fastest_eager_s']:.3f} | "
+                  f"{v['auto_within']:.2f} | {_f(v['compiled_s'], '.3f')} |" for v in verdict]
+        lines.append("")
     shares = [r for r in result["cases"] if r.get("op_share")]
     if shares:
         lines += [

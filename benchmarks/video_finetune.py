@@ -123,7 +123,7 @@ def main() -> int:
         f"(`{' '.join(cmd[2:])}`). De-raining on the CPU: {report.fps:.1f} frames/s "
         f"at {camera.size[1]}x{camera.size[0]} and {hd.fps:.2f} frames/s at 1280x720 ({shipped.precision}, "
         f"{torch.get_num_threads()} threads, `mgid derain clip.mp4 out.mp4`, decoding and encoding included).", "",
-        f"Environment: {result['environment'].get('cpu', {}).get('model', '?')}, "
+        f"Environment: CPU {result['environment']['cpu']['line']}, "
         f"commit {result['environment'].get('git', {}).get('commit', '?')}.",
     ]
     markdown = "\n".join(lines) + "\n"

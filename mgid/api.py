@@ -28,8 +28,9 @@ from mgid.checkpoint import (
 )
 from mgid.data import to_tensor, to_uint8
 from mgid.devices import resolve_device
-from mgid.inference import DEFAULT_OVERLAP, predict_rain, resolve_channels_last, resolve_precision, tile_geometry
+from mgid.inference import DEFAULT_OVERLAP, predict_rain, resolve_precision, tile_geometry
 from mgid.models import MGIDNet, ModelConfig
+from mgid.precision import resolve_arithmetic
 
 #: Folder of the weights shipped inside the package.
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -106,14 +107,16 @@ class Derainer:
             (`mgid.inference.resolve_precision`).
         channels_last: whether the network and its inputs use channels_last memory format
             (given as None, the default: exactly when bf16 runs on a CPU).
+        arithmetic: the two above and why they were chosen (`mgid.precision.Arithmetic`).
     """
 
     def __init__(self, net: MGIDNet, device: str | torch.device | None = None, tile: int | None = None,
                  overlap: int = DEFAULT_OVERLAP, weights: Path | None = None, precision: str = "auto",
                  channels_last: bool | None = None) -> None:
         self.device = resolve_device(device) if device is not None else next(net.parameters()).device
-        self.precision = resolve_precision(precision, self.device)
-        self.channels_last = resolve_channels_last(channels_last, self.precision, self.device)
+        resolve_precision(precision, self.device)  # checks the name (inference's choices)
+        self.arithmetic = resolve_arithmetic(precision, channels_last, self.device)
+        self.precision, self.channels_last = self.arithmetic.precision, self.arithmetic.channels_last
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.net = net.to(self.device, memory_format=fmt).eval()
         self.tile, self.overlap, self.weights = tile, overlap, weights

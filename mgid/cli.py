@@ -214,33 +214,30 @@ def _add_device_argument(p: argparse.ArgumentParser) -> None:
                    help="where to run [default: auto = cuda when available]")
 
 
-#: --channels-last values -> `mgid.load_model`'s ``channels_last`` (None: auto).
-_CHANNELS_LAST = {"auto": None, "on": True, "off": False}
-
-
 def _add_precision_arguments(p: argparse.ArgumentParser) -> None:
     from mgid.inference import PRECISIONS
+    from mgid.precision import CHANNELS_LAST_SETTINGS
 
     p.add_argument("--precision", default="auto", choices=list(PRECISIONS),
                    help="arithmetic of the network: fp32, or bf16 = bfloat16 autocast (fp32 weights and memory "
-                        "items); auto = bf16 on a CPU with native bf16 instructions (AVX512-BF16 or AMX), fp32 "
-                        "elsewhere (GPUs included). Measured on 2 EPYC cores with AVX512-BF16 "
-                        "(benchmarks/bench_derain.py): bf16 + channels_last de-rains 2.8-3.3x faster than fp32 "
-                        "and moves the held-out PSNR by 0.013 dB at most [default: auto]")
-    p.add_argument("--channels-last", default="auto", choices=list(_CHANNELS_LAST),
+                        "items); auto = bf16 on a CPU whose native bf16 instructions (AVX512-BF16 or AMX) torch can "
+                        "use, fp32 elsewhere (GPUs included); the command prints what auto chose and why. "
+                        "Measured on both CPU kinds by benchmarks/bench_derain.py (README) [default: auto]")
+    p.add_argument("--channels-last", default="auto", choices=list(CHANNELS_LAST_SETTINGS),
                    help="channels_last memory format for the network and its inputs; auto = on exactly with bf16 "
                         "on a CPU [default: auto]")
 
 
 def _precision_kwargs(args: argparse.Namespace) -> dict:
     """`mgid.load_model` keyword arguments of --precision / --channels-last."""
-    return {"precision": args.precision, "channels_last": _CHANNELS_LAST[args.channels_last]}
+    from mgid.precision import CHANNELS_LAST_SETTINGS
+
+    return {"precision": args.precision, "channels_last": CHANNELS_LAST_SETTINGS[args.channels_last]}
 
 
 def _arithmetic(derainer) -> str:
-    """How a `Derainer` computes, for messages: "fp32", "bf16 autocast + channels_last", ..."""
-    name = "bf16 autocast" if derainer.precision == "bf16" else derainer.precision
-    return name + (" + channels_last" if derainer.channels_last else "")
+    """How a `Derainer` computes and why, for messages: "fp32 (auto precision ...: CPU ... has no native bf16 ...)"."""
+    return derainer.arithmetic.describe()
 
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -406,6 +403,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             paired_folders(args.data)  # a wrong folder is reported before the weights are loaded
             derainer = load_model(args.weights, args.device, tile=args.tile, overlap=args.tile_overlap,
                                   **_precision_kwargs(args))
+            print(f"{prog}: on {derainer.device}, {_arithmetic(derainer)}", file=sys.stderr)
             report = evaluate_model(derainer, args.data, channel, save_dir=out / "derained", progress=not args.quiet)
         except (FileNotFoundError, CheckpointError, RuntimeError, ValueError) as exc:
             return _err(prog, str(exc))
@@ -474,9 +472,12 @@ def _heldout(args: argparse.Namespace) -> int:
     if len(set(names)) != len(names):
         return _err(prog, f"two models share a name ({', '.join(names)}); name them apart with --names")
     try:
-        models = {n: load_model(w, args.device, **_precision_kwargs(args)).derain for n, w in zip(names, weights)}
+        derainers = {n: load_model(w, args.device, **_precision_kwargs(args)) for n, w in zip(names, weights)}
     except (FileNotFoundError, CheckpointError, RuntimeError, ValueError) as exc:
         return _err(prog, str(exc))
+    first = next(iter(derainers.values()))
+    print(f"{prog}: on {first.device}, {_arithmetic(first)}", file=sys.stderr)
+    models = {n: d.derain for n, d in derainers.items()}
     table = evaluate_heldout(models, count=args.count, baselines=not args.no_baselines)
     print(format_table(table))
     out = Path(args.out)

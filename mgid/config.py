@@ -74,6 +74,7 @@ from mgid.literals import check_literals
 from mgid.losses import LossWeights
 from mgid.models import ModelConfig
 from mgid.ops._dispatch import OpsMode
+from mgid.precision import ChannelsLast
 
 Device = Literal["auto", "cpu", "cuda"]
 DataLayout = Literal["auto", Layout]
@@ -197,14 +198,15 @@ class TrainConfig:
     """Rows (rainy | de-rained | clean) of OUT/samples/compare.png written at the end."""
     precision: Precision = "auto"
     """Training arithmetic: fp32, bf16 (autocast) or fp16 (autocast + gradient scaling); auto = bf16 on a CPU
-    with native bf16 instructions (AVX512-BF16 or AMX: 2.2x faster per step, the same loss curve, see
-    benchmarks/bench_train.py) and fp32 elsewhere (GPUs: unmeasured). The memory items, the weights and the
-    loss stay fp32; the memory/whitening ops accumulate in fp32."""
+    whose bf16 instructions torch can use (AVX512-BF16 or AMX; `mgid.precision`), fp32 elsewhere (GPUs
+    included). Measured by benchmarks/bench_train.py on both CPU kinds: with native bf16 about 2x fp32 per
+    step with the same loss curve; without it bf16 is emulated and about 10x slower. The memory items,
+    the weights and the loss stay fp32; the memory/whitening ops accumulate in fp32. Recipes leave it auto."""
     compile: bool = field(default=False, metadata=RESUME_MAY_CHANGE)
     """torch.compile the network (default inductor backend); the first steps are slower while it compiles."""
-    channels_last: bool | None = None
-    """Keep the network and its inputs in channels_last memory format (faster CPU convolutions under bf16);
-    unset = on exactly when training in bf16 on a CPU."""
+    channels_last: ChannelsLast = "auto"
+    """channels_last memory format for the network and its inputs: on, off, or auto = on exactly when
+    training in bf16 on a CPU (faster there; no gain in fp32). Recipes leave it auto."""
     dist: DistConfig = field(default_factory=DistConfig)
     """Multi-process (DDP) settings."""
 
@@ -232,7 +234,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
-        """Build from a (partial) nested dict; missing fields keep their defaults, unknown ones raise."""
+        """Build from a (partial) nested dict; missing fields keep their defaults, unknown ones raise.
+
+        Checkpoints written before the memory format became a setting of its own stored ``channels_last``
+        as true / false / null (auto); those values are read as on / off / auto, so such runs resume."""
+        if "channels_last" in values and values["channels_last"] in (True, False, None):
+            values = {**values, "channels_last": {True: "on", False: "off", None: "auto"}[values["channels_last"]]}
         return build_dataclass(cls, values)
 
 

@@ -29,6 +29,7 @@ from mgid.api import Derainer
 from mgid.export import GRAPH_FORMAT, ONNX_INPUTS, ONNX_OUTPUTS
 from mgid.inference import DEFAULT_OVERLAP, tile_geometry, tiled_rain
 from mgid.models import DOWNSAMPLE, ModelConfig, NormStats, pad_to_multiple
+from mgid.precision import Arithmetic
 
 _NO_ORT = "the onnxruntime backend needs onnxruntime, which is not installed: pip install onnxruntime"
 
@@ -141,6 +142,7 @@ class OnnxDerainer(Derainer):
         self.net = None
         self.device = torch.device("cpu")
         self.precision, self.channels_last = "fp32", False
+        self.arithmetic = Arithmetic("fp32", False, "onnxruntime CPUExecutionProvider computes in fp32")
         self.tile, self.overlap, self.weights = tile, overlap, Path(path).expanduser()
         self._encoder_session = _encoder_session(self.weights, threads)
 

@@ -1,34 +1,171 @@
-"""Which arithmetic runs: ``auto`` precision and memory format, resolved for a device.
+"""Which arithmetic runs: precision and memory format, ``auto`` resolved from the machine, and why.
 
-One place for training and inference: ``auto`` = bf16 autocast + channels_last on a CPU with native
-bf16 instructions (AVX512-BF16 or AMX-BF16), where both measured faster (``benchmarks/bench_train.py``,
-``benchmarks/bench_derain.py``), fp32 and the default memory format elsewhere. Imports only torch.
+One place for training, inference and the benchmarks. ``auto`` = bf16 autocast + channels_last on a CPU
+whose bf16 dot products are native (AVX512-BF16 or AMX-BF16) and usable by torch (neither
+``ATEN_CPU_CAPABILITY`` nor ``DNNL_MAX_CPU_ISA`` caps it below them), fp32 and the default memory format
+elsewhere, GPUs included. Measured on both CPU kinds (``benchmarks/bench_train.py``,
+``benchmarks/bench_derain.py``): with native bf16 the fast path is about 2x fp32; without it autocast bf16
+is emulated and about 10x slower than fp32, and channels_last in fp32 is no faster.
+
+`CpuInfo` (model and the flags that decide this) is what every benchmark record and every printed speed
+names. Imports only torch.
 """
 from __future__ import annotations
 
+import functools
+import os
+import platform
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
+#: A memory-format setting: ``auto`` (channels_last exactly when bf16 runs on a CPU), ``on`` or ``off``.
+ChannelsLast = Literal["auto", "on", "off"]
+#: ``ChannelsLast`` -> the ``channels_last`` argument of the resolvers (None = auto).
+CHANNELS_LAST_SETTINGS: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
+#: /proc/cpuinfo flags that decide the arithmetic, in the order they are reported.
+REPORTED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+#: oneDNN ISA caps (DNNL_MAX_CPU_ISA) that still include native bf16 dot products.
+_DNNL_BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512", "AVX10_1_512_AMX",
+                   "AVX10_1_512_AMX_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16", "ALL")
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    """This CPU as the arithmetic choice sees it.
+
+    Attributes:
+        model: the model name (/proc/cpuinfo ``model name``, else `platform.processor`).
+        flags: those of :data:`REPORTED_FLAGS` the CPU has.
+        aten_capability: torch's vector capability (``torch.backends.cpu.get_cpu_capability()``:
+            AVX512, AVX2, DEFAULT, ...; lowered by ``ATEN_CPU_CAPABILITY``).
+        dnnl_max_isa: ``DNNL_MAX_CPU_ISA`` / ``ONEDNN_MAX_CPU_ISA`` when set, else None.
+    """
+
+    model: str
+    flags: tuple[str, ...]
+    aten_capability: str
+    dnnl_max_isa: str | None
+
+    @property
+    def has_bf16_instructions(self) -> bool:
+        return "avx512_bf16" in self.flags or "amx_bf16" in self.flags
+
+    @property
+    def capped_below_bf16(self) -> str | None:
+        """Why torch cannot use the bf16 instructions although the CPU has them (an env cap), else None."""
+        if self.aten_capability.upper() not in ("AVX512", "AVX512_BF16", "AMX"):
+            return f"ATen capability {self.aten_capability}"
+        if self.dnnl_max_isa is not None and self.dnnl_max_isa.upper() not in _DNNL_BF16_ISAS:
+            return f"DNNL_MAX_CPU_ISA={self.dnnl_max_isa}"
+        return None
+
+    @property
+    def native_bf16(self) -> bool:
+        return self.has_bf16_instructions and self.capped_below_bf16 is None
+
+    def describe(self) -> str:
+        """``"AMD EPYC 9B14 (avx2 avx512f avx512_bf16; ATen AVX512)"``: the model, its flags, torch's caps."""
+        caps = f"ATen {self.aten_capability}" + (f", DNNL_MAX_CPU_ISA={self.dnnl_max_isa}" if self.dnnl_max_isa else "")
+        return f"{self.model} ({' '.join(self.flags) or 'none of ' + '/'.join(REPORTED_FLAGS)}; {caps})"
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready record (benchmark reports)."""
+        return {"model": self.model, "flags": list(self.flags), "aten_capability": self.aten_capability,
+                "dnnl_max_isa": self.dnnl_max_isa, "native_bf16": self.native_bf16, "cores": os.cpu_count()}
+
+
+def _read_cpuinfo() -> tuple[str, set[str]]:
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return platform.processor() or platform.machine() or "unknown CPU", set()
+    model, flags = "", set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and not model:
+            model = value.strip()
+        elif key in ("flags", "Features") and not flags:
+            flags = set(value.split())
+    return model or platform.processor() or platform.machine() or "unknown CPU", flags
+
+
+@functools.cache
+def cpu_info() -> CpuInfo:
+    """This machine's `CpuInfo` (read once per process)."""
+    model, flags = _read_cpuinfo()
+    dnnl = os.environ.get("DNNL_MAX_CPU_ISA") or os.environ.get("ONEDNN_MAX_CPU_ISA") or None
+    return CpuInfo(model=model, flags=tuple(f for f in REPORTED_FLAGS if f in flags),
+                   aten_capability=torch.backends.cpu.get_cpu_capability(), dnnl_max_isa=dnnl)
+
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU has bf16 dot-product instructions (AVX512-BF16 or AMX-BF16); Linux /proc/cpuinfo."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    """Whether torch can run bf16 dot products natively on this CPU (`CpuInfo.native_bf16`)."""
+    return cpu_info().native_bf16
 
 
 def resolve_precision(precision: str, device: str | torch.device) -> str:
-    """``auto`` -> ``bf16`` on a CPU with native bf16 instructions, else ``fp32``; other values unchanged."""
+    """``auto`` -> ``bf16`` on a CPU with native bf16 (`cpu_has_native_bf16`), else ``fp32``; others unchanged."""
     if precision != "auto":
         return precision
     return "bf16" if torch.device(device).type == "cpu" and cpu_has_native_bf16() else "fp32"
 
 
 def resolve_channels_last(channels_last: bool | None, precision: str, device: str | torch.device) -> bool:
-    """Unset (None) -> channels_last exactly for bf16 on a CPU (where it measured faster); else as given."""
+    """Unset (None, auto) -> channels_last exactly for bf16 on a CPU (where it measured faster); else as given."""
     if channels_last is not None:
         return bool(channels_last)
     return resolve_precision(precision, device) == "bf16" and torch.device(device).type == "cpu"
+
+
+@dataclass(frozen=True)
+class Arithmetic:
+    """A resolved choice of arithmetic and the reason for it, for logs and messages.
+
+    Attributes:
+        precision: ``fp32``, ``bf16`` (autocast) or ``fp16`` (autocast + gradient scaling).
+        channels_last: whether the network and its inputs are channels_last.
+        reason: why: what ``auto`` saw (the CPU and its flags), or that a setting forced it.
+    """
+
+    precision: str
+    channels_last: bool
+    reason: str
+
+    def describe(self) -> str:
+        """``"bf16 autocast + channels_last (auto: ...)"``."""
+        name = {"bf16": "bf16 autocast", "fp16": "fp16 autocast"}.get(self.precision, self.precision)
+        return f"{name}{' + channels_last' if self.channels_last else ''} ({self.reason})"
+
+
+def resolve_arithmetic(precision: str, channels_last: bool | None, device: str | torch.device) -> Arithmetic:
+    """Resolve ``precision`` (auto/fp32/bf16/fp16) and ``channels_last`` (None = auto) for ``device``, with why."""
+    device = torch.device(device)
+    resolved = resolve_precision(precision, device)
+    cl = resolve_channels_last(channels_last, resolved, device)
+    if device.type != "cpu":
+        why = f"on {device.type}: fp32, bf16 not measured on GPUs"
+    else:
+        info = cpu_info()
+        if cpu_has_native_bf16():
+            why = f"CPU {info.describe()} has native bf16"
+        elif info.has_bf16_instructions:
+            why = f"CPU {info.describe()}: its bf16 instructions are capped by {info.capped_below_bf16}"
+        else:
+            why = f"CPU {info.describe()} has no native bf16, so bf16 would be emulated"
+    if precision == "auto":
+        parts = [f"auto precision{' and memory format' if channels_last is None else ''}: {why}"]
+    else:
+        parts = ["precision set explicitly"]
+        if channels_last is None:
+            parts.append(f"auto memory format: channels_last {'on' if cl else 'off'} for {resolved} on {device.type}")
+    if channels_last is not None:
+        parts.append("memory format set explicitly")
+    if precision != "auto" and device.type == "cpu":
+        parts.append(f"CPU {cpu_info().describe()}")
+        if resolved == "bf16" and not cpu_has_native_bf16():
+            parts.append("warning: without native bf16 instructions bf16 runs about 10x slower than fp32")
+    return Arithmetic(resolved, cl, "; ".join(parts))

@@ -278,7 +278,8 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, weights: str | Pat
         derainer = load_model(weights, device, precision=precision)
     server = make_web_server(create_app(derainer, max_upload_mb=max_upload_mb, max_pixels=max_pixels), host, port)
     shown = f"[{host}]" if ":" in host else host
-    print(f"mgid web: {derainer} on http://{shown}:{server.port}/ (Ctrl-C stops)", flush=True)
+    print(f"mgid web: {derainer} on http://{shown}:{server.port}/ (Ctrl-C stops); arithmetic: "
+          f"{derainer.arithmetic.describe()}", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -51,8 +51,8 @@ def test_fast_path_loss_curve_matches_fp32(tmp_path):
     """bf16 autocast + channels_last (the CPU default) follows the fp32 eager loss curve within noise: same
     seed, same batches, 40 steps; the curves' mean gap over the second half is a small fraction of the loss."""
     steps = 40
-    _, a = run(tmp_path / "fp32", steps=steps, precision="fp32", channels_last=False)
-    _, b = run(tmp_path / "fast", steps=steps, precision="bf16", channels_last=True)
+    _, a = run(tmp_path / "fp32", steps=steps, precision="fp32", channels_last="off")
+    _, b = run(tmp_path / "fast", steps=steps, precision="bf16", channels_last="on")
     fa = [h["total"] for h in a.history][steps // 2:]
     fb = [h["total"] for h in b.history][steps // 2:]
     gap = sum(abs(x - y) for x, y in zip(fa, fb)) / len(fa)
@@ -71,8 +71,21 @@ def test_auto_precision_and_memory_format(tmp_path, monkeypatch):
     monkeypatch.setattr(mgid.precision, "cpu_has_native_bf16", lambda: False)
     trainer, _ = run(tmp_path / "plain", steps=1)
     assert (trainer.precision, trainer.channels_last) == ("fp32", False)
-    trainer, _ = run(tmp_path / "forced", steps=1, precision="fp32", channels_last=True)
+    trainer, _ = run(tmp_path / "forced", steps=1, precision="fp32", channels_last="on")
     assert (trainer.precision, trainer.channels_last) == ("fp32", True)
+
+
+def test_the_log_says_what_auto_chose_and_why(tmp_path):
+    """Training prints the resolved arithmetic with the CPU and the flags it saw (issue 17)."""
+    lines = []
+    cfg = resolve_config(None, merge(TINY, {"out": str(tmp_path / "run"), "max_steps": 1}))
+    Trainer(cfg, log=lines.append).run()
+    header = next(line for line in "\n".join(lines).splitlines() if line.startswith("arithmetic: "))
+    info = mgid.precision.cpu_info()
+    assert info.model in header and "auto precision and memory format" in header
+    assert ("bf16 autocast + channels_last" in header) == info.native_bf16, header
+    for flag in info.flags:
+        assert flag in header
 
 
 def test_precision_is_checked():
@@ -134,3 +147,93 @@ def test_inductor_compiled_steps_backward_twice():
         a, b = pair(torch.rand(2, 3, 16, 16) * 2 - 1, torch.rand(2, 3, 16, 16) * 2 - 1)
         (a.rain.mean() + b.rain.mean() + a.compactness + b.compactness).backward()
     assert not torch.equal(before, net.memory.items)
+
+
+# --------------------------------------------------------------------------------------------------
+# auto, resolved from the machine
+
+
+def fake_cpu(monkeypatch, flags, capability="AVX512", dnnl=None):
+    info = mgid.precision.CpuInfo("Test CPU 9000", tuple(flags), capability, dnnl)
+    monkeypatch.setattr(mgid.precision, "cpu_info", lambda: info)
+    return info
+
+
+@pytest.mark.parametrize(("flags", "capability", "dnnl", "native"), [
+    (("avx2", "avx512f", "avx512_bf16"), "AVX512", None, True),
+    (("avx2", "avx512f", "avx512_bf16", "amx_bf16"), "AVX512", "AVX512_CORE_AMX", True),
+    (("avx2", "avx512f"), "AVX512", None, False),  # AVX512 without bf16 dot products
+    (("avx2",), "AVX2", None, False),
+    (("avx2", "avx512f", "avx512_bf16"), "AVX2", None, False),  # ATEN_CPU_CAPABILITY=avx2
+    (("avx2", "avx512f", "avx512_bf16"), "AVX512", "AVX2", False),  # DNNL_MAX_CPU_ISA=AVX2
+    ((), "DEFAULT", None, False),
+])
+def test_auto_follows_the_cpu_and_its_caps(monkeypatch, flags, capability, dnnl, native):
+    fake_cpu(monkeypatch, flags, capability, dnnl)
+    assert mgid.precision.cpu_has_native_bf16() is native
+    auto = mgid.precision.resolve_arithmetic("auto", None, "cpu")
+    assert (auto.precision, auto.channels_last) == (("bf16", True) if native else ("fp32", False))
+    assert "Test CPU 9000" in auto.reason and all(f in auto.reason for f in flags)
+    if not native and "avx512_bf16" in flags:
+        assert "capped" in auto.reason
+    forced = mgid.precision.resolve_arithmetic("bf16", True, "cpu")
+    assert (forced.precision, forced.channels_last) == ("bf16", True) and "set explicitly" in forced.reason
+    assert ("10x slower" in forced.reason) is (not native)
+    gpu = mgid.precision.resolve_arithmetic("auto", None, "cuda")
+    assert (gpu.precision, gpu.channels_last) == ("fp32", False)
+
+
+def test_cpu_info_of_this_machine():
+    info = mgid.precision.cpu_info()
+    assert info.model and set(info.flags) <= set(mgid.precision.REPORTED_FLAGS)
+    assert info.aten_capability == torch.backends.cpu.get_cpu_capability()
+    record = info.to_dict()
+    assert record["model"] == info.model and record["native_bf16"] == info.native_bf16
+    assert info.model in info.describe()
+
+
+def _recipe_step_seconds(precision: str, channels_last: bool, steps: int = 3) -> float:
+    """Median seconds of a training step of the quick recipe's network and objective (its batch and crop)."""
+    import time
+
+    from mgid.config import named_config
+    from mgid.losses import MGIDLoss
+    from mgid.train.objective import MGIDObjective
+    from mgid.train.step import optimizer_step
+
+    cfg = named_config("quick")
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    net = MGIDNet(cfg.model, torch.Generator().manual_seed(0)).to(memory_format=fmt).train()
+    objective = MGIDObjective(net, MGIDLoss(cfg.loss), precision)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(1)
+    shape = (cfg.batch_size, 3, cfg.crop_size, cfg.crop_size)
+    a = (torch.rand(shape, generator=g) * 2 - 1).contiguous(memory_format=fmt)
+    b = (torch.rand(shape, generator=g) * 2 - 1).contiguous(memory_format=fmt)
+    times = []
+    for i in range(steps + 1):
+        start = time.perf_counter()
+        total, _, _ = objective(a, b)
+        optimizer_step(optimizer, total)
+        if i:  # the first step warms up
+            times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def test_quick_recipe_is_never_slower_than_fp32_on_this_cpu():
+    """What the quick recipe runs here (its arithmetic resolved on this CPU) is not slower than plain fp32:
+    a forced bf16 on a CPU without native bf16 was about 10x slower (issue 17). Timed at the recipe's own
+    network and shape, one thread, the faster of two tries each; a 1.5x margin for a shared machine's noise."""
+    from mgid.config import named_config
+
+    cfg = named_config("quick")
+    auto = mgid.precision.resolve_arithmetic(cfg.precision, mgid.precision.CHANNELS_LAST_SETTINGS[cfg.channels_last],
+                                             "cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fast = min(_recipe_step_seconds(auto.precision, auto.channels_last) for _ in range(2))
+        plain = min(_recipe_step_seconds("fp32", False) for _ in range(2))
+    finally:
+        torch.set_num_threads(threads)
+    assert fast <= 1.5 * plain, f"{auto.describe()}: {fast:.3f} s per step vs fp32 {plain:.3f} s"

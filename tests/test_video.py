@@ -298,7 +298,7 @@ def test_moving_camera_is_refused_with_what_was_measured(tmp_path):
 def _finetune(tmp_path: Path, weights: Path, *extra: str) -> int:
     return cli.main(["finetune", "--video", *extra, "--weights", str(weights), "--out", str(tmp_path / "run"),
                      "--device", "cpu", "--crop-size", "32", "--batch-size", "2", "--max-steps", "2",
-                     "--bn-recalibration-batches", "1", "--precision", "fp32", "--channels-last", "false",
+                     "--bn-recalibration-batches", "1", "--precision", "fp32", "--channels-last", "off",
                      "--val-count", "1", "--embedded.paired_size", "32", "--checkpoint-every", "1"])
 
 

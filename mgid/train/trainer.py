@@ -32,7 +32,7 @@ from mgid.data import make_dataset
 from mgid.devices import resolve_device
 from mgid.losses import MGIDLoss
 from mgid.models import MGIDNet, MGIDOutput
-from mgid.precision import resolve_channels_last, resolve_precision
+from mgid.precision import CHANNELS_LAST_SETTINGS, resolve_arithmetic
 from mgid.train import step as _step
 from mgid.train.checkpointing import CHECKPOINT_DIR, LAST, CheckpointingMixin, initial_state
 from mgid.train.objective import MGIDObjective
@@ -132,8 +132,8 @@ class Trainer(CheckpointingMixin, BNRecalibrationMixin):
             net.load_state_dict(initial_state(cfg.init_weights, cfg.model))
         if cfg.dist.sync_bn and self.dist.enabled:
             net = mdist.convert_sync_batchnorm(net, self.device)
-        self.precision = resolve_precision(cfg.precision, self.device)
-        self.channels_last = resolve_channels_last(cfg.channels_last, self.precision, self.device)
+        self.arithmetic = resolve_arithmetic(cfg.precision, CHANNELS_LAST_SETTINGS[cfg.channels_last], self.device)
+        self.precision, self.channels_last = self.arithmetic.precision, self.arithmetic.channels_last
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         # the plain module: checkpoints, validation, samples
         self.net = net.to(self.device, memory_format=self.memory_format).train()
@@ -248,11 +248,11 @@ class Trainer(CheckpointingMixin, BNRecalibrationMixin):
         data = cfg.data if cfg.data is not None else "embedded synthetic time-lapse set"
         n_params = sum(p.numel() for p in self.net.parameters() if p.requires_grad)
         return "\n".join([
-            f"mgid training: device {self.device}, ops: {self.ops_path}, precision {self.precision}"
-            + (", channels_last" if self.channels_last else "")
+            f"mgid training: device {self.device}, ops: {self.ops_path}"
             + (", compiled" if cfg.compile else "")
             + (f", {self.dist.world_size} processes ({self.dist.backend}, {self.sampler.per_rank_batch} pairs per "
                f"rank, sync_bn {cfg.dist.sync_bn})" if self.dist.enabled else ""),
+            f"arithmetic: {self.arithmetic.describe()}",
             f"data: {data} ({len(self.train_set)} pairs, {self.steps_per_epoch} steps/epoch of batch "
             f"{cfg.batch_size}); validation: " + ", ".join(f"{k} ({len(v)} pairs)" for k, v in self.paired_sets.items()),
             f"model: {n_params:,} trainable parameters, {cfg.model.memory_items} memory items; "

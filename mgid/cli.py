@@ -224,8 +224,8 @@ def _add_precision_arguments(p: argparse.ArgumentParser) -> None:
                         "use, fp32 elsewhere (GPUs included); the command prints what auto chose and why. "
                         "Measured on both CPU kinds by benchmarks/bench_derain.py (README) [default: auto]")
     p.add_argument("--channels-last", default="auto", choices=list(CHANNELS_LAST_SETTINGS),
-                   help="channels_last memory format for the network and its inputs; auto = on exactly with bf16 "
-                        "on a CPU [default: auto]")
+                   help="channels_last memory format for the network and its inputs; auto = on on a CPU (faster "
+                        "there in fp32 and bf16), off elsewhere [default: auto]")
 
 
 def _precision_kwargs(args: argparse.Namespace) -> dict:

@@ -34,9 +34,9 @@ query of a tile), so another runtime of the same network (`mgid.onnx_backend`) t
 Arithmetic (``precision``, ``channels_last``): ``fp32``, or ``bf16`` = the network under
 ``torch.autocast`` (bfloat16 convolutions, fp32 weights and memory items; the rain layer is returned
 in the input's dtype; tiles are blended in fp32), with the input in channels_last memory format when
-``channels_last`` is set. ``auto`` (`resolve_precision`) = bf16 + channels_last on a CPU with native
-bf16 instructions (AVX512-BF16 or AMX, the detection training uses), fp32 elsewhere: measured by
-``benchmarks/bench_derain.py``.
+``channels_last`` is set. ``auto`` (`resolve_precision`) = bf16 on a CPU with native bf16 instructions
+(AVX512-BF16 or AMX, the detection training uses), fp32 elsewhere; channels_last on every CPU (1.4x in fp32
+on AVX2, 4-5x with bf16 on AVX512-BF16/AMX): measured by ``benchmarks/bench_derain.py`` on both kinds.
 """
 from __future__ import annotations
 
@@ -66,8 +66,8 @@ def resolve_precision(precision: str, device: str | torch.device) -> str:
 
 
 def resolve_channels_last(channels_last: bool | None, precision: str, device: str | torch.device) -> bool:
-    """Unset (None) -> channels_last exactly for bf16 on a CPU (as in training); else as given."""
-    return _precision.resolve_channels_last(channels_last, resolve_precision(precision, device), device)
+    """Unset (None) -> channels_last on a CPU (faster for inference in fp32 and bf16); else as given."""
+    return _precision.resolve_channels_last(channels_last, resolve_precision(precision, device), device, "inference")
 
 
 def _arithmetic(precision: str, device: torch.device):

@@ -1,6 +1,6 @@
 """`--precision` / `--channels-last` of `mgid derain` (and `mgid.load_model`): parsing, fp32 forcing, auto.
 
-``auto`` is bf16 autocast + channels_last on a CPU with native bf16 instructions and fp32 elsewhere;
+``auto`` is bf16 autocast on a CPU with native bf16 instructions and fp32 elsewhere, channels_last on any CPU;
 the CPU detection (`mgid.precision.cpu_has_native_bf16`) is monkeypatched both ways. Tiny networks.
 """
 from __future__ import annotations
@@ -57,20 +57,22 @@ def test_options_parse():
 
 def test_auto_is_bf16_channels_last_only_on_a_cpu_with_bf16(bf16_cpu):
     assert resolve_precision("auto", "cpu") == ("bf16" if bf16_cpu else "fp32")
-    assert resolve_channels_last(None, "auto", "cpu") is bf16_cpu
+    # inference takes channels_last on every CPU: faster in fp32 too (bench_derain: 1.4x on AVX2)
+    assert resolve_channels_last(None, "auto", "cpu") is True and resolve_channels_last(None, "fp32", "cpu") is True
     assert resolve_precision("auto", "cuda") == "fp32" and resolve_channels_last(None, "auto", "cuda") is False
     assert resolve_precision("bf16", "cpu") == "bf16" and resolve_channels_last(False, "bf16", "cpu") is False
 
 
 def test_load_model_auto_and_fp32(weights, bf16_cpu):
     auto = mgid.load_model(weights, "cpu")
-    assert auto.precision == ("bf16" if bf16_cpu else "fp32") and auto.channels_last is bf16_cpu
-    assert _conv_weights_channels_last(auto.net) is bf16_cpu
-    forced = mgid.load_model(weights, "cpu", precision="fp32")
+    assert auto.precision == ("bf16" if bf16_cpu else "fp32") and auto.channels_last is True
+    assert _conv_weights_channels_last(auto.net)
+    forced = mgid.load_model(weights, "cpu", precision="fp32", channels_last=False)
     assert forced.precision == "fp32" and forced.channels_last is False
     assert not _conv_weights_channels_last(forced.net)
     x = torch.rand(1, 3, 40, 48) * 2 - 1
-    fp32 = predict_rain(mgid.load_model(weights, "cpu", precision="fp32").net, x)
+    fp32 = predict_rain(mgid.load_model(weights, "cpu", precision="fp32", channels_last=False).net, x,
+                        channels_last=False)
     assert torch.equal(forced.rain_layer(x), fp32)  # fp32 forced: exactly the fp32 arithmetic
 
 
@@ -96,5 +98,5 @@ def test_derain_command_says_and_uses_the_arithmetic(tmp_path, weights, bf16_cpu
     assert main(["derain", str(image), str(tmp_path / "fp32"), "--weights", str(weights), "--device", "cpu",
                  "--precision", "fp32", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "on cpu, fp32 (precision set explicitly; auto memory format: channels_last off for fp32 on cpu" in out
+    assert "on cpu, fp32 + channels_last (precision set explicitly; auto memory format: channels_last on for inference in fp32 on cpu" in out
     assert (tmp_path / "fp32" / "in.png").is_file()

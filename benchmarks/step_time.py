@@ -1,0 +1,104 @@
+#!/usr/bin/env python
+"""Seconds per training step of whichever ``mgid`` is importable, for comparing checkouts on one machine.
+
+Times ``mgid.training.train_step`` (both frames forward, the loss, backward, Adam; the entry point every
+version since the first benchmarks has) with `TrainConfig`'s default network and objective (the paper's) at
+``--batch`` pairs of ``--crop`` x ``--crop`` random frames, for each ``--variant`` (``fp32``, ``bf16``,
+``fp32+cl``, ``bf16+cl``, ``auto`` when this mgid has `mgid.precision.resolve_arithmetic`), and prints one
+JSON line per variant with the CPU (`harness.cpu_info`). To time an older commit, build it in a worktree and
+put it first on the path::
+
+    git worktree add /tmp/old 48c4aba && (cd /tmp/old && MGID_FORCE_CPU=1 python setup.py build_ext --inplace)
+    PYTHONPATH=/tmp/old python benchmarks/step_time.py --variant fp32
+    python benchmarks/step_time.py --variant auto
+
+Batches are made before timing (no data loading); the median of ``--steps`` steps after ``--warmup``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+import mgid
+from mgid.config import TrainConfig
+from mgid.losses import MGIDLoss
+from mgid.models import MGIDNet
+from mgid.training import train_step
+
+
+def cpu_line() -> str:
+    """`harness.cpu_info`'s line; for an mgid older than `mgid.precision` (which the harness reads), that
+    module of this checkout, loaded by path (it imports only torch)."""
+    try:
+        import harness
+
+        return harness.cpu_info()["line"]
+    except ImportError:
+        import importlib.util
+        from pathlib import Path
+
+        path = Path(__file__).resolve().parents[1] / "mgid" / "precision.py"
+        spec = importlib.util.spec_from_file_location("mgid_precision_of_this_checkout", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.cpu_info().describe()
+
+
+def variant_arithmetic(name: str) -> tuple[str, bool, str]:
+    """(precision, channels_last, label) of a variant name."""
+    if name == "auto":
+        from mgid.precision import resolve_arithmetic
+
+        a = resolve_arithmetic("auto", None, "cpu")
+        return a.precision, a.channels_last, f"auto = {a.precision}{' + channels_last' if a.channels_last else ''}"
+    precision, _, cl = name.partition("+")
+    return precision, cl == "cl", name
+
+
+def time_variant(name: str, batch: int, crop: int, warmup: int, steps: int, seed: int) -> dict:
+    precision, channels_last, label = variant_arithmetic(name)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    cfg = TrainConfig()
+    torch.manual_seed(seed)
+    net = MGIDNet(cfg.model, generator=torch.Generator().manual_seed(seed)).to(memory_format=fmt).train()
+    criterion = MGIDLoss(cfg.loss)
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.optim.lr)
+    g = torch.Generator().manual_seed(seed + 1)
+    frames = [((torch.rand(batch, 3, crop, crop, generator=g) * 2 - 1).contiguous(memory_format=fmt),
+               (torch.rand(batch, 3, crop, crop, generator=g) * 2 - 1).contiguous(memory_format=fmt))
+              for _ in range(2)]
+    times = []
+    for i in range(warmup + steps):
+        a, b = frames[i % 2]
+        start = time.perf_counter()
+        total, _, _, apply = train_step(net, criterion, optimizer, a, b, precision=precision)
+        if not torch.isfinite(total):
+            raise RuntimeError(f"{name}: non-finite loss at step {i}")
+        apply()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    return {"variant": name, "label": label, "batch": batch, "crop": crop, "threads": torch.get_num_threads(),
+            "median_s": round(median, 4), "images_per_s": round(2 * batch / median, 2),
+            "steps": steps, "mgid": mgid.__file__, "cpu": cpu_line()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--variant", nargs="+", default=["fp32"], help="fp32, bf16, fp32+cl, bf16+cl, auto [fp32]")
+    p.add_argument("--batch", type=int, default=8, help="pairs per step [8]")
+    p.add_argument("--crop", type=int, default=128, help="crop side [128]")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps [2]")
+    p.add_argument("--steps", type=int, default=5, help="timed steps; the median is reported [5]")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    for name in args.variant:
+        print(json.dumps(time_variant(name, args.batch, args.crop, args.warmup, args.steps, args.seed)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,10 +1,15 @@
-"""The whitening op family of ``bench_ops.py``: feature covariance, the BSW mask and the
-covariance + BSW loss (forward and forward+backward) at a shape's (B, C, h, w), their checks
-and targets.
+"""The whitening op family of ``bench_ops.py``: feature covariance, the BSW mask's 1-D k-means
+threshold alone, the BSW mask and the covariance + BSW loss (forward and forward+backward) at a
+shape's (B, C, h, w), their checks and targets.
 
 Peers: the same ops in ``use_reference()`` mode, a bare ``torch.bmm`` of the covariance's shape,
 (B, C, HW) x (B, HW, C), and the GEMM floor of the whole pass (both frames' bmm, forward and
-backward). Run through ``python benchmarks/bench_ops.py``.
+backward). The k-means threshold row times ``torch.ops.mgid.bsw_threshold`` on the n = B*C*C
+variances against its reference (the full O(k G^2) dynamic programme in PyTorch); its target, on the
+CPU with ``--threads 1``, is at most 2x the time of the two covariances it starts from (the
+covariance row, twice); before the kernel ran each layer of the programme by divide and conquer it
+took ~38 ms at the train shape on one thread of an AVX-512 Xeon, ~24x the two covariances. Run
+through ``python benchmarks/bench_ops.py`` (``--threads 1`` for that target).
 """
 from __future__ import annotations
 
@@ -42,6 +47,12 @@ def bsw_cases(shape: Shape, device: torch.device, dtype: torch.dtype, k: int, se
     feat, cov = b * c * hw * elt, b * c * c * elt
     with torch.no_grad():
         cov1, cov2 = reference.feature_covariance(f1), reference.feature_covariance(f2)
+        variances = reference.cross_frame_variance(cov1, cov2).to(torch.float64).reshape(-1)
+
+    def threshold(values: torch.Tensor, k_: int) -> torch.Tensor:
+        if ops.op_path(values.device) != "PyTorch reference":  # what the mask op would run
+            return torch.ops.mgid.bsw_threshold(values, k_)
+        return reference.kmeans1d_fast_threshold(values, k_)
 
     def bare_bmm() -> torch.Tensor:
         return torch.bmm(flat1, flat1_t)
@@ -71,6 +82,11 @@ def bsw_cases(shape: Shape, device: torch.device, dtype: torch.dtype, k: int, se
             "reference": make_fwd(in_reference_mode(ops.feature_covariance), f1),
             **na, "bmm": bare_bmm, "bmm2_fb": "n/a",
         }, feat + cov, "read f (BC*HW), write Sigma (BCC)"),
+        Case(shape.name, f"bsw_threshold k{k}", "fwd", {
+            "fused": make_fwd(threshold, variances, k),
+            "reference": make_fwd(reference.kmeans1d_fast_threshold, variances, k),
+            **na, "bmm": "n/a", "bmm2_fb": "n/a",
+        }, variances.numel() * variances.element_size(), "read the B*C*C variances (float64)"),
         Case(shape.name, f"bsw_mask k{k}", "fwd", {
             "fused": make_fwd(ops.bsw_mask, cov1, cov2, k),
             "reference": make_fwd(in_reference_mode(ops.bsw_mask), cov1, cov2, k),
@@ -116,9 +132,10 @@ def bsw_checks(shape: Shape, f1: torch.Tensor, f2: torch.Tensor, k: int) -> dict
 
 
 def bsw_targets(result: dict[str, Any], k: int) -> list[dict[str, Any]]:
-    """The docs/OPS.md target of the BSW loss (CUDA only): fused time / bare bmm time."""
+    """The docs/OPS.md target of the BSW loss (CUDA only): fused time / bare bmm time; and on the CPU
+    with one thread, the k-means threshold's time / the two covariances' time (issue 17)."""
     if result["device"] == "cpu":
-        return []
+        return [threshold_target(result, k)]
     targets: list[dict[str, Any]] = []
     for pass_ in ("fwd+bwd", "fwd"):
         f = find_row(result, "train", f"cov+BSW loss k{k}", pass_, "fused")
@@ -128,3 +145,16 @@ def bsw_targets(result: dict[str, Any], k: int) -> list[dict[str, Any]]:
                         "measured": measured, "unit": "x", "threshold": "<= 1.2x",
                         "met": None if measured is None else measured <= 1.2})
     return targets
+
+
+def threshold_target(result: dict[str, Any], k: int) -> dict[str, Any]:
+    """bsw_threshold at train / two covariances at train (fused medians), <= 2x with one torch thread;
+    not evaluated (met None) with more threads."""
+    t = find_row(result, "train", f"bsw_threshold k{k}", "fwd", "fused")
+    c = find_row(result, "train", "covariance", "fwd", "fused")
+    measured = t["median_s"] / (2 * c["median_s"]) if t and c else None
+    threads = result.get("environment", {}).get("cpu", {}).get("torch_threads")
+    met = None if measured is None or threads != 1 else measured <= 2.0
+    return {"target": f"bsw_threshold k{k} at train: fused time / two covariances' fused time (--threads 1; "
+                      f"ran with {threads})",
+            "measured": measured, "unit": "x", "threshold": "<= 2x", "met": met}

@@ -129,15 +129,20 @@ struct KmeansInputs {
   at::Tensor x, mu, p1, p2;
 };
 
-inline KmeansInputs kmeans_inputs(const at::Tensor& values) {
+// From values already sorted (float64, 1-D, contiguous): the same ATen calls on every device.
+inline KmeansInputs kmeans_inputs_from_sorted(const at::Tensor& sorted) {
   KmeansInputs in;
-  in.x = std::get<0>(at::sort(values.detach().reshape({-1}).to(at::kDouble))).contiguous();
+  in.x = sorted;
   in.mu = in.x.mean();
   const at::Tensor y = in.x - in.mu;
   const at::Tensor zero = at::zeros({1}, in.x.options());
   in.p1 = at::cat({zero, at::cumsum(y, 0)}).contiguous();
   in.p2 = at::cat({zero, at::cumsum(y * y, 0)}).contiguous();
   return in;
+}
+
+inline KmeansInputs kmeans_inputs(const at::Tensor& values) {
+  return kmeans_inputs_from_sorted(std::get<0>(at::sort(values.detach().reshape({-1}).to(at::kDouble))).contiguous());
 }
 
 // The accumulation dtype of an input dtype: float64 stays, everything else accumulates in float32.

@@ -35,20 +35,48 @@ void for_query_groups(int64_t begin, int64_t end, int64_t hw, const Body& body) 
 
 // The update's partials of tile t, from its K queries' scores (k*M + m), assignments and 1/||q||
 // (``weight``, overwritten by the update weights): pmax row t and psum rows (t, m) (zeroed on entry).
-template <typename T, typename A>
-void update_tile_partials(int64_t t, int K, const T* q, int64_t HW, int64_t C, int M, bool max_over_assigned,
+// ``qt``: the tile's queries transposed, qt[k*C + c] = query k's channel c (as A), see
+// transpose_query_lanes.
+template <typename A>
+void update_tile_partials(int64_t t, int K, const A* qt, int64_t C, int M, bool max_over_assigned,
                           const A* scores, const int* assign, A* weight, A* pmax, A* psum) {
-  const int64_t n0 = t * kQueryTile;
   for (int m = 0; m < M; ++m) pmax[t * M + m] = tile_item_max(m, K, scores, assign, M, max_over_assigned);
   for (int k = 0; k < K; ++k) weight[k] = tile_query_weight(scores[k * M + assign[k]], pmax[t * M + assign[k]], weight[k]);
   // Same terms, same ascending-k order per (m, c) as tile_item_channel_sum on the GPU; the loops are
-  // turned around so that each channel row of the tile is read contiguously.
-  // Each query's offset once (query_offset divides): not once per channel.
-  int64_t offset[kQueryTile];
-  for (int k = 0; k < K; ++k) offset[k] = query_offset(n0 + k, HW, C);
+  // turned around (k outer, c inner) so that each query adds to its item's row with vector
+  // instructions, from the transposed copy of the tile.
+  for (int k = 0; k < K; ++k) {
+    A* row = psum + (t * M + assign[k]) * C;
+    const A* qk = qt + k * C;
+    const A wk = weight[k];
+    for (int64_t c = 0; c < C; ++c) row[c] += wk * qk[c];
+  }
+}
+
+// Copies of a group's channel rows, L values each, between the NCHW tensors (row stride ``stride``)
+// and a contiguous (C, L) buffer. The NCHW rows of one group are HW floats apart (4 KiB at 32x32), so
+// they all fall in the same few L1 sets and evict each other between the passes over them; the
+// kernels copy each group once into the buffer and run the lanes math on it (stride L): the same
+// values, so the same floats.
+template <int L, typename T>
+void gather_lanes(const T* src, int64_t stride, int64_t C, T* dst) {
   for (int64_t c = 0; c < C; ++c)
-    for (int k = 0; k < K; ++k)
-      psum[(t * M + assign[k]) * C + c] += weight[k] * static_cast<A>(q[offset[k] + c * HW]);
+    for (int l = 0; l < L; ++l) dst[c * L + l] = src[c * stride + l];
+}
+template <int L, typename T>
+void scatter_lanes(const T* src, int64_t C, T* dst, int64_t stride) {
+  for (int64_t c = 0; c < C; ++c)
+    for (int l = 0; l < L; ++l) dst[c * stride + l] = src[c * L + l];
+}
+
+// The L queries at ``q`` (channel stride ``stride``) into rows k0.. of the tile's transposed copy.
+template <int L, typename T, typename A>
+void transpose_query_lanes(const T* q, int64_t stride, int64_t C, int k0, A* qt) {
+  for (int l = 0; l < L; ++l) {
+    A* row = qt + (static_cast<int64_t>(k0) + l) * C;
+    const T* ql = q + l;
+    for (int64_t c = 0; c < C; ++c) row[c] = static_cast<A>(ql[c * stride]);
+  }
 }
 
 // col_max (M,) and sum (M, C) from the T tiles' partials, in tile order.
@@ -58,8 +86,17 @@ void combine_update_partials(int64_t T, int M, int64_t C, const A* pmax, const A
     for (int64_t m = m_begin; m < m_end; ++m) {
       const A g = combine_item_max(static_cast<int>(m), T, pmax, M);
       cm[m] = g;
-      for (int64_t c = 0; c < C; ++c)
-        sm[m * C + c] = combine_item_channel_sum(static_cast<int>(m), c, T, pmax, psum, M, C, g);
+      // combine_item_channel_sum for every c at once: each tile's scale once (not once per
+      // channel), the same terms added in the same tile order, a channel row at a time.
+      A* out = sm + m * C;
+      for (int64_t c = 0; c < C; ++c) out[c] = 0;
+      for (int64_t t = 0; t < T; ++t) {
+        const A mx = pmax[t * M + m];
+        if (!(mx > neg_inf<A>())) continue;  // no query of this tile counts for item m
+        const A scale = combine_tile_scale(mx, g);
+        const A* part = psum + (t * M + m) * C;
+        for (int64_t c = 0; c < C; ++c) out[c] += part[c] * scale;
+      }
     }
   });
 }
@@ -155,6 +192,7 @@ std::tuple<at::Tensor, at::Tensor> memory_update_stats_cpu(const at::Tensor& que
       std::vector<A> weight(kQueryTile);
       std::vector<int> assign(kQueryTile);
       std::vector<A> lane_scores(static_cast<size_t>(kCpuLanes) * M);
+      std::vector<A> qt(static_cast<size_t>(kQueryTile) * C);
       for (int64_t t = t_begin; t < t_end; ++t) {
         const int64_t n0 = t * kQueryTile;
         const int K = static_cast<int>(std::min<int64_t>(kQueryTile, in.N - n0));
@@ -170,9 +208,10 @@ std::tuple<at::Tensor, at::Tensor> memory_update_stats_cpu(const at::Tensor& que
           lanes_argmax<L>(lane_scores.data(), M, best, &assign[k0]);
           for (int l = 0; l < L; ++l)
             for (int m = 0; m < M; ++m) scores[(k0 + l) * M + m] = lane_scores[m * L + l];
+          transpose_query_lanes<L>(qn, HW, C, k0, qt.data());
         });
-        update_tile_partials(t, K, q, HW, C, M, max_over_assigned, scores.data(), assign.data(), weight.data(), pmax,
-                             psum);
+        update_tile_partials(t, K, qt.data(), C, M, max_over_assigned, scores.data(), assign.data(), weight.data(),
+                             pmax, psum);
       }
     });
     combine_update_partials(T, M, C, pmax, psum, col_max.data_ptr<A>(), sum.data_ptr<A>());
@@ -290,6 +329,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const int64_t C = in.C, HW = in.HW;
     at::parallel_for(0, T, 1, [&](int64_t t_begin, int64_t t_end) {
       std::vector<A> scores(with_update ? static_cast<size_t>(kQueryTile) * M : 0);
+      std::vector<A> qt(with_update ? static_cast<size_t>(kQueryTile) * C : 0);
+      std::vector<scalar_t> qbuf(static_cast<size_t>(kCpuLanes) * C), obuf(static_cast<size_t>(2 * kCpuLanes) * C);
       std::vector<A> weight(kQueryTile);
       std::vector<int> assign(kQueryTile);
       // On the stack, as in memory_read/memory_losses: the compiler then knows it aliases nothing
@@ -302,14 +343,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
         for_query_groups(n0, n0 + K, HW, [&](auto lanes, int64_t n) {
           constexpr int L = decltype(lanes)::value;
           const int k0 = static_cast<int>(n - n0);
-          const scalar_t* qn = q + query_offset(n, HW, C);
+          // The group's queries and outputs in contiguous (C, L) buffers (gather_lanes): stride L.
+          gather_lanes<L>(q + query_offset(n, HW, C), HW, C, qbuf.data());
+          const scalar_t* qn = qbuf.data();
+          constexpr int64_t S = L;
           A norm[L], inv[L];
-          lanes_inv_norm<L>(qn, HW, C, norm, inv);
-          lanes_scores<L>(qn, HW, C, it, M, inv, ls);
+          lanes_inv_norm<L>(qn, S, C, norm, inv);
+          lanes_scores<L>(qn, S, C, it, M, inv, ls);
           int top1[L];
           if (with_losses) {
             LossLanes<L, A> lt;
-            loss_terms_from_scores_lanes<L>(qn, HW, C, it, M, inv, ls, &lt);
+            loss_terms_from_scores_lanes<L>(qn, S, C, it, M, inv, ls, &lt);
             for (int l = 0; l < L; ++l) top1[l] = lt.top1[l];
             for (int l = 0; l < L; ++l) {
               comp += lt.compact[l];
@@ -329,15 +373,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
               weight[k0 + l] = inv[l];
               for (int m = 0; m < M; ++m) scores[(k0 + l) * M + m] = ls[m * L + l];
             }
+            transpose_query_lanes<L>(qn, S, C, k0, qt.data());
           }
           const int64_t b = n / HW, p = n % HW;
           scalar_t* ob = o + b * 2 * C * HW + p;
-          read_from_scores_lanes<L>(qn, ob, ob + C * HW, HW, C, it, M, inv, ls);  // overwrites ls
+          read_from_scores_lanes<L>(qn, obuf.data(), obuf.data() + C * L, S, C, it, M, inv, ls);  // overwrites ls
+          scatter_lanes<L>(obuf.data(), C, ob, HW);
+          scatter_lanes<L>(obuf.data() + C * L, C, ob + C * HW, HW);
         });
         pp[2 * t] = comp;
         pp[2 * t + 1] = trip;
         if (with_update)
-          update_tile_partials(t, K, q, HW, C, M, max_over_assigned, scores.data(), assign.data(), weight.data(),
+          update_tile_partials(t, K, qt.data(), C, M, max_over_assigned, scores.data(), assign.data(), weight.data(),
                                pmax, psum);
       }
     });
@@ -367,13 +414,24 @@ at::Tensor memory_step_backward_cpu(const at::Tensor& grad_read, const at::Tenso
     const int32_t* tp = top_c.data_ptr<int32_t>();
     at::parallel_for(0, in.N, kQueryTile, [&](int64_t begin, int64_t end) {
       A s[kMaxItems * kCpuLanes], w[kMaxItems * kCpuLanes], ds[kMaxItems * kCpuLanes];
+      std::vector<A> gbuf(static_cast<size_t>(3 * in.C) * kCpuLanes);  // step_backward_lanes' gbuf
+      const size_t cl = static_cast<size_t>(in.C) * kCpuLanes;
+      // The group's rows in contiguous (C, L) buffers, as memory_step's forward (gather_lanes).
+      std::vector<scalar_t> qb(cl), gqb(cl), grb(grad_through_weights ? cl : 0), db(cl);
       for_query_groups(begin, end, in.HW, [&](auto lanes, int64_t n) {
         constexpr int L = decltype(lanes)::value;
+        constexpr int64_t S = L;
         const int64_t b = n / in.HW, p = n % in.HW;
         const scalar_t* gb = gp + b * 2 * in.C * in.HW + p;
         const int64_t off = query_offset(n, in.HW, in.C);
-        step_backward_lanes<L>(q + off, gb, gb + in.C * in.HW, d + off, in.HW, in.C, it, in.M, grad_through_weights,
-                               with_losses, gc, gs, with_losses ? tp + 2 * n : nullptr, s, w, ds);
+        gather_lanes<L>(q + off, in.HW, in.C, qb.data());
+        gather_lanes<L>(gb, in.HW, in.C, gqb.data());
+        // Without grad_through_weights the read half's gradient is never read.
+        if (grad_through_weights) gather_lanes<L>(gb + in.C * in.HW, in.HW, in.C, grb.data());
+        const scalar_t* gr = grad_through_weights ? grb.data() : gqb.data();
+        step_backward_lanes<L>(qb.data(), gqb.data(), gr, db.data(), S, in.C, it, in.M, grad_through_weights,
+                               with_losses, gc, gs, with_losses ? tp + 2 * n : nullptr, s, w, ds, gbuf.data());
+        scatter_lanes<L>(db.data(), in.C, d + off, in.HW);
       });
     });
   });

@@ -123,16 +123,18 @@ MGID_HD void read_from_scores_lanes(const T* q, T* out_qhat, T* out_read, int64_
   lanes_softmax<L>(s, M);
   for (int64_t c = 0; c < C; ++c) {
     A r[L];
-    for (int l = 0; l < L; ++l) r[l] = 0;
-    for (int m = 0; m < M; ++m) {
+    // The first item's term added to 0 as its own loop, not after zeroing r: GCC turned the zeroing
+    // into a memset (rep stos) per channel, which profiled at a quarter of the CPU forward. The same
+    // operations (0 + w_0 p_0, then the next items in order), so the same floats.
+    const A p0 = M > 0 ? items[c * M] : A(0);
+    for (int l = 0; l < L; ++l) r[l] = A(0) + (M > 0 ? s[l] * p0 : A(0));
+    for (int m = 1; m < M; ++m) {
       const A p = items[c * M + m];
       const A* sm = s + m * L;
       for (int l = 0; l < L; ++l) r[l] += sm[l] * p;
     }
-    for (int l = 0; l < L; ++l) {
-      out_qhat[c * stride + l] = static_cast<T>(static_cast<A>(q[c * stride + l]) * inv[l]);
-      out_read[c * stride + l] = static_cast<T>(r[l]);
-    }
+    for (int l = 0; l < L; ++l) out_read[c * stride + l] = static_cast<T>(r[l]);
+    for (int l = 0; l < L; ++l) out_qhat[c * stride + l] = static_cast<T>(static_cast<A>(q[c * stride + l]) * inv[l]);
   }
 }
 
@@ -210,7 +212,7 @@ struct LossLanes {
 // The loss terms from each lane's raw scores ``s`` (read only).
 template <int L, typename T, typename A>
 MGID_HD void loss_terms_from_top_lanes(const T* q, int64_t stride, int64_t C, const A* items, int M, const A* inv,
-                                       LossLanes<L, A>* t);
+                                       LossLanes<L, A>* t, A* gathered = nullptr);
 
 template <int L, typename T, typename A>
 MGID_HD void loss_terms_from_scores_lanes(const T* q, int64_t stride, int64_t C, const A* items, int M,
@@ -221,27 +223,46 @@ MGID_HD void loss_terms_from_scores_lanes(const T* q, int64_t stride, int64_t C,
   loss_terms_from_top_lanes<L>(q, stride, C, items, M, inv, t);
 }
 
-// The loss terms of L queries whose two nearest items t->top1, t->top2 are known.
+// The loss terms of L queries whose two nearest items t->top1, t->top2 are known. ``gathered``: null,
+// or 2*C*L scratch that receives each lane's two items, channel by channel (P[top1] rows c*L + l,
+// then P[top2] rows C*L + c*L + l), for step_backward_lanes to reuse.
 template <int L, typename T, typename A>
 MGID_HD void loss_terms_from_top_lanes(const T* q, int64_t stride, int64_t C, const A* items, int M, const A* inv,
-                                       LossLanes<L, A>* t) {
-  A dp2[L], dn2[L];
+                                       LossLanes<L, A>* t, A* gathered) {
+  // Local accumulators and the two items' channel gathered per lane first: the CPU then vectorises
+  // the lane loop (stores through ``t`` could alias ``items`` and kept it scalar).
+  A cp[L], dp2[L], dn2[L];
+  int top1[L], top2[L];
   for (int l = 0; l < L; ++l) {
-    t->compact[l] = 0;
+    cp[l] = 0;
     dp2[l] = 0;
     dn2[l] = 0;
+    top1[l] = t->top1[l];
+    top2[l] = t->top2[l];
   }
-  for (int64_t c = 0; c < C; ++c)
+  for (int64_t c = 0; c < C; ++c) {
+    A p1[L], p2[L];
+    for (int l = 0; l < L; ++l) {
+      p1[l] = items[c * M + top1[l]];
+      p2[l] = items[c * M + top2[l]];
+    }
+    if (gathered != nullptr)
+      for (int l = 0; l < L; ++l) {
+        gathered[c * L + l] = p1[l];
+        gathered[(C + c) * L + l] = p2[l];
+      }
     for (int l = 0; l < L; ++l) {
       const A y = static_cast<A>(q[c * stride + l]) * inv[l];
-      const A dp = y - items[c * M + t->top1[l]];
+      const A dp = y - p1[l];
       const A ep = dp + A(kTripletEps);
-      const A en = y - items[c * M + t->top2[l]] + A(kTripletEps);
-      t->compact[l] += dp * dp;
+      const A en = y - p2[l] + A(kTripletEps);
+      cp[l] += dp * dp;
       dp2[l] += ep * ep;
       dn2[l] += en * en;
     }
+  }
   for (int l = 0; l < L; ++l) {
+    t->compact[l] = cp[l];
     t->d_pos[l] = msqrt(dp2[l]);
     t->d_neg[l] = msqrt(dn2[l]);
     const A hinge = t->d_pos[l] - t->d_neg[l] + A(kTripletMargin);
@@ -275,10 +296,13 @@ MGID_HD void mean_loss_grads(const A* grads, int64_t N, int64_t C, A* gc, A* gs)
 //
 // ``top``: null, or the two nearest items of each lane as the forward found them (top[2l], top[2l+1]);
 // given, the losses need no scores (they are the forward's, so the result is the same).
+// ``gbuf``: null, or 3*C*L scratch that keeps the gradient on q_hat between the two passes over the
+// channels and the two nearest items' channels (the CPU); null recomputes them (the GPU, where they
+// would be local memory).
 template <int L, typename T, typename A>
 MGID_HD void step_backward_lanes(const T* q, const T* g_qhat, const T* g_read, T* dq, int64_t stride, int64_t C,
                                  const A* items, int M, bool grad_through_weights, bool with_losses, A gc, A gs,
-                                 const int32_t* top, A* s, A* w, A* ds) {
+                                 const int32_t* top, A* s, A* w, A* ds, A* gbuf = nullptr) {
   A norm[L], inv[L];
   lanes_inv_norm<L>(q, stride, C, norm, inv);
   if (grad_through_weights || (with_losses && top == nullptr)) lanes_scores<L>(q, stride, C, items, M, inv, s);
@@ -294,7 +318,8 @@ MGID_HD void step_backward_lanes(const T* q, const T* g_qhat, const T* g_read, T
         t.top1[l] = top[2 * l];
         t.top2[l] = top[2 * l + 1];
       }
-      loss_terms_from_top_lanes<L>(q, stride, C, items, M, inv, &t);
+      // With gbuf (C*L for the gradient, then 2*C*L), the two items' channels are gathered once.
+      loss_terms_from_top_lanes<L>(q, stride, C, items, M, inv, &t, gbuf != nullptr ? gbuf + C * L : nullptr);
     } else {
       loss_terms_from_scores_lanes<L>(q, stride, C, items, M, inv, s, &t);
     }
@@ -311,23 +336,47 @@ MGID_HD void step_backward_lanes(const T* q, const T* g_qhat, const T* g_read, T
     lanes_softmax<L>(w, M);
     read_score_grad_lanes<L>(g_read, stride, C, items, M, w, ds);
   }
+  const bool gathered_top = with_losses && top != nullptr && gbuf != nullptr;
   auto grad = [&](int64_t c, A* g) {
-    for (int l = 0; l < L; ++l) g[l] = g_qhat ? static_cast<A>(g_qhat[c * stride + l]) : A(0);
+    A gl[L];  // local until the end: stores through ``g`` could alias the inputs and block vectorisation
+    for (int l = 0; l < L; ++l) gl[l] = g_qhat ? static_cast<A>(g_qhat[c * stride + l]) : A(0);
     if (grad_through_weights)
       for (int m = 0; m < M; ++m) {
         const A p = items[c * M + m];
         const A* dsm = ds + m * L;
-        for (int l = 0; l < L; ++l) g[l] += dsm[l] * p;
+        for (int l = 0; l < L; ++l) gl[l] += dsm[l] * p;
       }
-    if (with_losses)
+    if (with_losses) {
+      A p1[L], p2[L];
+      if (gathered_top)
+        for (int l = 0; l < L; ++l) {
+          p1[l] = gbuf[(C + c) * L + l];
+          p2[l] = gbuf[(2 * C + c) * L + l];
+        }
+      else
+        for (int l = 0; l < L; ++l) {
+          p1[l] = items[c * M + t.top1[l]];
+          p2[l] = items[c * M + t.top2[l]];
+        }
       for (int l = 0; l < L; ++l) {
         const A y = static_cast<A>(q[c * stride + l]) * inv[l];
-        const A dp = y - items[c * M + t.top1[l]];
-        const A dn = y - items[c * M + t.top2[l]];
-        g[l] += A(2) * gc * dp + wp[l] * (dp + A(kTripletEps)) - wn[l] * (dn + A(kTripletEps));
+        const A dp = y - p1[l];
+        const A dn = y - p2[l];
+        gl[l] += A(2) * gc * dp + wp[l] * (dp + A(kTripletEps)) - wn[l] * (dn + A(kTripletEps));
       }
+    }
+    for (int l = 0; l < L; ++l) g[l] = gl[l];
   };
-  normalize_backward_lanes<L>(q, dq, stride, C, norm, inv, grad);
+  if (gbuf != nullptr) {
+    // The CPU computes each channel's gradient once into ``gbuf`` (C*L) for both passes of the
+    // normalisation's backward; the GPU (null) computes it twice. The same floats either way.
+    for (int64_t c = 0; c < C; ++c) grad(c, gbuf + c * L);
+    normalize_backward_lanes<L>(q, dq, stride, C, norm, inv, [&](int64_t c, A* g) {
+      for (int l = 0; l < L; ++l) g[l] = gbuf[c * L + l];
+    });
+  } else {
+    normalize_backward_lanes<L>(q, dq, stride, C, norm, inv, grad);
+  }
 }
 
 // Backward of the read alone (the step's backward without losses). ``w`` and ``ds``: M*L scratch.
@@ -400,6 +449,12 @@ MGID_HD A combine_item_max(int m, int64_t T, const A* part_max, int M) {
   return g;
 }
 
+// The factor of a tile's partial sum for an item whose tile max is ``mx`` and global max ``g``.
+template <typename A>
+MGID_HD A combine_tile_scale(A mx, A g) {
+  return mexp(mx - g);
+}
+
 // sum[m][c] over T tiles (part_sum is T x M x C), rescaled to the global max ``g``.
 template <typename A>
 MGID_HD A combine_item_channel_sum(int m, int64_t c, int64_t T, const A* part_max, const A* part_sum, int M,
@@ -408,7 +463,7 @@ MGID_HD A combine_item_channel_sum(int m, int64_t c, int64_t T, const A* part_ma
   for (int64_t t = 0; t < T; ++t) {
     const A mx = part_max[t * M + m];
     if (!(mx > neg_inf<A>())) continue;  // no query of this tile counts for item m
-    acc += part_sum[(t * M + m) * C + c] * mexp(mx - g);
+    acc += part_sum[(t * M + m) * C + c] * combine_tile_scale(mx, g);
   }
   return acc;
 }

@@ -6,6 +6,11 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <utility>
 #include <vector>
 
 #include "checks.h"
@@ -14,29 +19,105 @@
 namespace mgid {
 namespace {
 
-// The k-means of whitening_math.h, the grid cells of each layer in parallel and the Lloyd stage one
-// cluster after another: the CUDA kernel runs the same steps with one thread per cell / cluster.
+// Radix-sort keys of doubles: unsigned order = numeric order (-0.0 just below +0.0); every NaN last,
+// as at::sort puts them.
+inline uint64_t radix_key(double v) {
+  uint64_t b;
+  std::memcpy(&b, &v, sizeof b);
+  if (std::isnan(v)) return ~uint64_t(0);
+  return (b >> 63) ? ~b : (b | (uint64_t(1) << 63));
+}
+
+inline double radix_value(uint64_t key, double nan) {
+  if (key == ~uint64_t(0)) return nan;
+  const uint64_t b = (key >> 63) ? (key & ~(uint64_t(1) << 63)) : ~key;
+  double v;
+  std::memcpy(&v, &b, sizeof v);
+  return v;
+}
+
+// The values sorted ascending into ``out`` (n of them): an LSD radix sort, 11 bits a pass, passes
+// where every key has the same digit skipped. The same numbers as at::sort (which also sorts the
+// indices and measured 5x slower at the training shape); a NaN comes back as a quiet NaN.
+void sort_values(const double* values, int64_t n, double* out) {
+  constexpr int kBits = 11, kBuckets = 1 << kBits, kPasses = (64 + kBits - 1) / kBits;
+  std::vector<uint64_t> a(n), b(n);
+  std::vector<int64_t> count(static_cast<size_t>(kPasses) * kBuckets, 0);
+  for (int64_t i = 0; i < n; ++i) {
+    const uint64_t key = radix_key(values[i]);
+    a[i] = key;
+    for (int p = 0; p < kPasses; ++p) ++count[p * kBuckets + ((key >> (p * kBits)) & (kBuckets - 1))];
+  }
+  for (int p = 0; p < kPasses; ++p) {
+    int64_t* c = &count[p * kBuckets];
+    bool trivial = false;
+    int64_t start = 0;
+    for (int d = 0; d < kBuckets; ++d) {
+      const int64_t m = c[d];
+      trivial = trivial || m == n;
+      c[d] = start;
+      start += m;
+    }
+    if (trivial) continue;
+    for (int64_t i = 0; i < n; ++i) b[c[(a[i] >> (p * kBits)) & (kBuckets - 1)]++] = a[i];
+    a.swap(b);
+  }
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  for (int64_t i = 0; i < n; ++i) out[i] = radix_value(a[i], nan);
+}
+
+// kmeans_inputs (checks.h) on the CPU: the sort by sort_values, then kmeans_inputs_from_sorted, so the
+// mean and the prefix sums are those of the reference, bit for bit.
+KmeansInputs kmeans_inputs_cpu(const at::Tensor& values) {
+  const at::Tensor v = values.detach().reshape({-1}).to(at::kDouble).contiguous();
+  at::Tensor sorted = at::empty_like(v);
+  sort_values(v.data_ptr<double>(), v.numel(), sorted.data_ptr<double>());
+  return kmeans_inputs_from_sorted(sorted);
+}
+
+// The k-means of whitening_math.h: each layer of the programme by the certified divide and conquer,
+// tree level after tree level, the nodes of a level in parallel; the Lloyd stage one cluster after
+// another. The CUDA kernel runs the same nodes a level at a time (it finds node i of level t by
+// descending along the bits of i, kmeans_dc_node; here each level's list is made from its parents'),
+// and one thread per cluster. Neither the order of a level's nodes nor the thread count changes a
+// bit of the result.
 at::Tensor bsw_threshold_cpu(const at::Tensor& values, int64_t k_requested) {
   TORCH_CHECK(values.numel() > 0, "mgid: bsw_threshold needs at least one value");
   TORCH_CHECK(k_requested >= 1, "mgid: k must be >= 1, got ", k_requested);
-  const KmeansInputs in = kmeans_inputs(values);
+  const KmeansInputs in = kmeans_inputs_cpu(values);
   const int64_t n = in.x.numel(), G = kmeans_grid_size(n);
   const int k = static_cast<int>(std::min<int64_t>(k_requested, G));
   const double* x = in.x.data_ptr<double>();
   const double* p1 = in.p1.data_ptr<double>();
   const double* p2 = in.p2.data_ptr<double>();
   const double mu = in.mu.item<double>();
+  const KmeansTolerance tol = kmeans_dc_tolerance(x, p1, p2, n, mu);
   std::vector<int64_t> pos(G + 1);
-  std::vector<double> q1(G + 1), q2(G + 1), d_prev(G + 1), d_cur(G + 1);
+  std::vector<double> q1(G + 1), q2(G + 1), d_prev(G + 1), d_cur(G + 1), lam(G + 1), rho(G + 1);
   std::vector<int32_t> arg(static_cast<size_t>(k) * (G + 1), 0);
   for (int64_t g = 0; g <= G; ++g) kmeans_grid_entry(g, n, G, p1, p2, pos.data(), q1.data(), q2.data());
   for (int64_t g = 0; g <= G; ++g) d_prev[g] = segment_sse(p1, p2, 0, pos[g]);
+  // The nodes [lo, hi] of one tree level, in any order (a node reads only its ancestors' cells).
+  std::vector<std::pair<int64_t, int64_t>> level, children;
+  level.reserve(G + 1);
+  children.reserve(G + 1);
   for (int l = 1; l < k; ++l) {
-    at::parallel_for(l + 1, G + 1, 64, [&](int64_t g0, int64_t g1) {
-      for (int64_t g = g0; g < g1; ++g)
-        d_cur[g] = kmeans_dp_cell(l, g, d_prev.data(), pos.data(), q1.data(), q2.data(),
-                                  &arg[static_cast<size_t>(l) * (G + 1) + g]);
-    });
+    int32_t* arg_l = &arg[static_cast<size_t>(l) * (G + 1)];
+    level.assign(1, {l + 1, G});
+    while (!level.empty()) {
+      at::parallel_for(0, static_cast<int64_t>(level.size()), 64, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i)
+          kmeans_dc_cell(l, level[i].first, level[i].second, G, d_prev.data(), pos.data(), q1.data(), q2.data(), x, mu,
+                         tol, d_cur.data(), arg_l, lam.data(), rho.data());
+      });
+      children.clear();
+      for (const auto& [lo, hi] : level) {
+        const int64_t mid = kmeans_dc_mid(lo, hi);
+        if (lo < mid) children.emplace_back(lo, mid - 1);
+        if (mid < hi) children.emplace_back(mid + 1, hi);
+      }
+      level.swap(children);
+    }
     d_prev.swap(d_cur);
   }
   std::vector<int64_t> bounds(std::max(k - 1, 0)), next(std::max(k - 1, 0));

@@ -1,7 +1,8 @@
 // CUDA kernels of the whitening ops; the arithmetic is whitening_math.h, shared with the C++ CPU
 // kernels. Invariants:
-// - kmeans_kernel: one block (see its comment); syncs separate the layers of the dynamic
-//   programme, and "read the centres" from "write the centres" in every Lloyd iteration.
+// - kmeans_kernel: one block (see its comment); syncs separate the tree levels (and so the layers)
+//   of the dynamic programme and the steps of each level's reduction, and "read the centres" from
+//   "write the centres" in every Lloyd iteration; every loop around a sync has a block-uniform count.
 // - bsw tile kernel: block t owns elements [t*kElementTile, ...); lane (thread) l sums its run in
 //   order, thread 0 adds the lane totals in lane order; a single thread adds the tiles in order.
 // - No host synchronisation and no float atomics.
@@ -20,31 +21,119 @@ namespace {
 // Threads per block of the BSW backward (one element each).
 constexpr int kBswBackwardThreads = 256;
 
-// One block of kKmeansThreads threads. Stage 1: thread t owns grid cells g = l+1+t, l+1+t+blockDim,
-// ... of each layer; the two D rows ping-pong in shared memory, a sync between layers. Stage 2:
-// thread 0 backtracks; thread j owns cluster j (its centre) and boundary j (after it).
+// Partial minima of the k-means programme's cooperative scans, one per thread.
+struct KmeansReduction {
+  double v[kKmeansThreads], left[kKmeansThreads], right[kKmeansThreads];
+  int32_t h[kKmeansThreads];
+};
+
+// The minimum over each group of W consecutive threads (W a power of two, uniform over the block:
+// every thread calls this, it syncs log2(W) times) of their partial minima, returned to the
+// group's lane 0 (the other lanes get an intermediate). The caller syncs before ``red`` is reused.
+__device__ KmeansMin group_min(KmeansMin m, int lane, int W, KmeansReduction* red) {
+  const int tid = threadIdx.x;
+  red->v[tid] = m.v;
+  red->left[tid] = m.left;
+  red->right[tid] = m.right;
+  red->h[tid] = static_cast<int32_t>(m.h);
+  for (int s = W / 2; s > 0; s /= 2) {
+    __syncthreads();  // the previous step's partial minima written
+    if (lane < s) {
+      KmeansMin a{red->v[tid], red->left[tid], red->right[tid], red->h[tid]};
+      kmeans_min_combine(&a, KmeansMin{red->v[tid + s], red->left[tid + s], red->right[tid + s], red->h[tid + s]});
+      red->v[tid] = a.v;
+      red->left[tid] = a.left;
+      red->right[tid] = a.right;
+      red->h[tid] = static_cast<int32_t>(a.h);
+    }
+  }
+  return KmeansMin{red->v[tid], red->left[tid], red->right[tid], red->h[tid]};
+}
+
+// One block of kKmeansThreads threads. Stage 1, the programme: layer after layer, each layer's cells
+// by the certified divide and conquer of whitening_math.h, tree level t after tree level t - 1 with
+// a sync between them (a level reads the minimisers and margins of earlier levels: arg, lam, rho,
+// written by one thread per cell). Level t has 2^t node slots. While 2^t < kKmeansThreads, a group
+// of W = kKmeansThreads >> t consecutive threads shares slot tid / W: each thread scans candidates
+// lane, lane + W, ... of the node's range, a shared-memory tree reduction (kmeans_min_combine: value,
+// then index) leaves the minimum with lane 0, which checks the certificate; if any group's fails,
+// every group runs a second scan and reduction, over [l, g) where it failed and over nothing where
+// it did not (so the syncs stay uniform), before lane 0 stores. From W = 1 on, thread tid owns slots
+// tid, tid + kKmeansThreads, ... (kmeans_dc_cell). W, the level count and the fallback decision
+// (__syncthreads_or) are uniform over the block, so every thread reaches every sync. The two D rows
+// ping-pong in shared memory. Stage 2: thread 0 backtracks; thread j owns cluster j (its centre) and
+// boundary j (after it). The reduction scratch and the Lloyd arrays share their shared memory (never
+// live at the same time).
 __global__ void __launch_bounds__(kKmeansThreads) kmeans_kernel(const double* __restrict__ x, const double* __restrict__ p1,
                               const double* __restrict__ p2, const double* __restrict__ mu_ptr, int64_t n, int64_t G,
                               int k, int32_t* __restrict__ arg, int64_t* __restrict__ pos, double* __restrict__ q1,
-                              double* __restrict__ q2, double* __restrict__ threshold) {
+                              double* __restrict__ q2, double* __restrict__ lam, double* __restrict__ rho,
+                              double* __restrict__ threshold) {
   __shared__ double d[2][kKmeansGrid + 1];
-  __shared__ double centers[kKmeansThreads];
-  __shared__ int64_t bounds[kKmeansThreads];
-  __shared__ int64_t next[kKmeansThreads];
+  __shared__ union {
+    KmeansReduction red;  // stage 1: one partial minimum per thread
+    struct {
+      double centers[kKmeansThreads];
+      int64_t bounds[kKmeansThreads];
+      int64_t next[kKmeansThreads];
+    } lloyd;  // stage 2
+  } scratch;
+  __shared__ bool full_scan[kKmeansThreads / 2];  // per group: its certificate failed
   __shared__ int moved;
+  double* const centers = scratch.lloyd.centers;
+  int64_t* const bounds = scratch.lloyd.bounds;
+  int64_t* const next = scratch.lloyd.next;
   const int tid = threadIdx.x;
   const double mu = *mu_ptr;
-  for (int64_t g = tid; g <= G; g += blockDim.x) {
+  const KmeansTolerance tol = kmeans_dc_tolerance(x, p1, p2, n, mu);
+  for (int64_t g = tid; g <= G; g += kKmeansThreads) {
     kmeans_grid_entry(g, n, G, p1, p2, pos, q1, q2);
     d[0][g] = segment_sse(p1, p2, 0, pos[g]);
   }
   __syncthreads();  // grid and layer 0 complete
   int cur = 0;
   for (int l = 1; l < k; ++l) {
-    for (int64_t g = l + 1 + tid; g <= G; g += blockDim.x)
-      d[1 - cur][g] = kmeans_dp_cell(l, g, d[cur], pos, q1, q2, &arg[static_cast<int64_t>(l) * (G + 1) + g]);
-    __syncthreads();  // layer l complete before layer l + 1 reads it
-    cur = 1 - cur;
+    const double* d_prev = d[cur];
+    double* d_cur = d[1 - cur];
+    int32_t* arg_l = arg + static_cast<int64_t>(l) * (G + 1);
+    const int levels = kmeans_dc_levels(G - l);  // cells l + 1 .. G
+    for (int t = 0; t < levels; ++t) {
+      const int64_t slots = int64_t(1) << t;
+      if (slots < kKmeansThreads) {
+        const int W = kKmeansThreads >> t;  // threads per node, a power of two >= 2
+        const int lane = tid & (W - 1);
+        int64_t lo, hi, hlo = 0, hhi = -1;
+        const bool valid = kmeans_dc_node(l + 1, G, t, tid / W, &lo, &hi);
+        const int64_t g = valid ? kmeans_dc_mid(lo, hi) : 0;
+        if (valid) kmeans_dc_range(l, lo, hi, G, arg_l, &hlo, &hhi);
+        KmeansMin m = group_min(kmeans_dp_scan(g, hlo + lane, hhi, W, d_prev, pos, q1, q2), lane, W, &scratch.red);
+        bool fails = false;
+        if (valid && lane == 0) {
+          const double v_lo = hlo <= hhi ? kmeans_dp_value(hlo, g, d_prev, pos, q1, q2) : 0.0;
+          const double v_hi = hlo <= hhi ? kmeans_dp_value(hhi, g, d_prev, pos, q1, q2) : 0.0;
+          fails = !kmeans_dc_certify(l, lo, hi, hlo, hhi, v_lo, v_hi, pos, lam, rho, x, mu, tol, &m);
+          full_scan[tid / W] = fails;
+        }
+        if (__syncthreads_or(fails)) {  // uniform; full_scan written before it
+          const bool full = valid && full_scan[tid / W];
+          KmeansMin f = group_min(kmeans_dp_scan(g, full ? l + lane : 0, full ? g - 1 : -1, W, d_prev, pos, q1, q2),
+                                  lane, W, &scratch.red);
+          if (full && lane == 0) {
+            kmeans_min_margins(&f);
+            m = f;
+          }
+        }
+        if (valid && lane == 0) kmeans_dp_store(g, m, d_cur, arg_l, lam, rho);
+      } else {
+        for (int64_t i = tid; i < slots; i += kKmeansThreads) {
+          int64_t lo, hi;
+          if (kmeans_dc_node(l + 1, G, t, i, &lo, &hi))
+            kmeans_dc_cell(l, lo, hi, G, d_prev, pos, q1, q2, x, mu, tol, d_cur, arg_l, lam, rho);
+        }
+      }
+      __syncthreads();  // level t's cells (arg, lam, rho, D) written before level t + 1 reads them
+    }
+    cur = 1 - cur;  // layer l complete (its last level's sync) before layer l + 1 reads it
   }
   if (tid == 0) kmeans_backtrack(arg, k, G, pos, bounds);
   __syncthreads();  // boundaries of the programme's partition
@@ -79,11 +168,12 @@ at::Tensor bsw_threshold_cuda(const at::Tensor& values, int64_t k_requested) {
   at::Tensor arg = at::zeros({k, G + 1}, in.x.options().dtype(at::kInt));
   at::Tensor pos = at::empty({G + 1}, in.x.options().dtype(at::kLong));
   at::Tensor grid = at::empty({2, G + 1}, in.x.options());
+  at::Tensor margins = at::empty({2, G + 1}, in.x.options());
   at::Tensor thr = at::empty({}, in.x.options());
   kmeans_kernel<<<1, kKmeansThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       in.x.data_ptr<double>(), in.p1.data_ptr<double>(), in.p2.data_ptr<double>(), in.mu.data_ptr<double>(), n, G, k,
       arg.data_ptr<int32_t>(), pos.data_ptr<int64_t>(), grid.data_ptr<double>(), grid.data_ptr<double>() + (G + 1),
-      thr.data_ptr<double>());
+      margins.data_ptr<double>(), margins.data_ptr<double>() + (G + 1), thr.data_ptr<double>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return thr;
 }

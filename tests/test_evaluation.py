@@ -104,7 +104,7 @@ def test_unreadable_and_mismatched_pairs_are_skipped(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("layout", [("rain", "norain"), ("input", "target")])
-def test_data_mode_derains_and_scores_inputs(tmp_path, weights, layout, monkeypatch):
+def test_data_mode_derains_and_scores_inputs(tmp_path, weights, layout, monkeypatch, capsys):
     data = tmp_path / "set"
     rainy_name, clean_name = ("rain-{}.png", "norain-{}.png") if layout[0] == "rain" else ("{}.png", "{}.png")
     for i in (1, 2):
@@ -114,6 +114,7 @@ def test_data_mode_derains_and_scores_inputs(tmp_path, weights, layout, monkeypa
     out = tmp_path / "eval"
     argv = ["evaluate", "--data", str(data), "--out", str(out), "--device", "cpu", "--quiet"]
     assert cli.main(argv + ["--weights", str(weights), "--tile", "16", "--tile-overlap", "8"]) == 0
+    assert "mgid evaluate: on cpu, " in capsys.readouterr().err  # the arithmetic auto chose, and why
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["count"] == 2 and summary["weights"] == str(weights)
     assert summary["psnr_gain"] == pytest.approx(summary["psnr"] - summary["psnr_input"])

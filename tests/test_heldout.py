@@ -43,8 +43,14 @@ def test_heldout_command(tmp_path, capsys):
     out = tmp_path / "ho"
     assert cli_main(["heldout", "--count", "1", "--out", str(out), "--picture", "--picture-rows", "1",
                      "--device", "cpu"]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "shipped weights" in printed and "temporal median 8" in printed
+    # what auto chose and why (issue 17): the CPU model and its flags
+    import mgid.precision
+
+    info = mgid.precision.cpu_info()
+    assert "mgid heldout: on cpu, " in captured.err and info.model in captured.err and "auto precision" in captured.err
     data = json.loads((out / "heldout.json").read_text())
     assert set(data["sets"]) == set(HELDOUT_SETS)
     assert data["sets"]["heavy"]["shipped weights"]["count"] == 1

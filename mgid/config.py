@@ -74,7 +74,7 @@ from mgid.literals import check_literals
 from mgid.losses import LossWeights
 from mgid.models import ModelConfig
 from mgid.ops._dispatch import OpsMode
-from mgid.precision import ChannelsLast
+from mgid.precision import CHANNELS_LAST_SETTINGS, ChannelsLast
 
 Device = Literal["auto", "cpu", "cuda"]
 DataLayout = Literal["auto", Layout]
@@ -239,7 +239,8 @@ class TrainConfig:
         Checkpoints written before the memory format became a setting of its own stored ``channels_last``
         as true / false / null (auto); those values are read as on / off / auto, so such runs resume."""
         if "channels_last" in values and values["channels_last"] in (True, False, None):
-            values = {**values, "channels_last": {True: "on", False: "off", None: "auto"}[values["channels_last"]]}
+            setting = {flag: name for name, flag in CHANNELS_LAST_SETTINGS.items()}[values["channels_last"]]
+            values = {**values, "channels_last": setting}
         return build_dataclass(cls, values)
 
 

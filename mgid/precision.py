@@ -151,6 +151,18 @@ class Arithmetic:
         return f"{name}{' + channels_last' if self.channels_last else ''} ({self.reason})"
 
 
+def _auto_precision_reason(device: torch.device) -> str:
+    """Why ``auto`` precision resolved as it did on ``device``: the CPU, its flags and torch's caps."""
+    if device.type != "cpu":
+        return f"on {device.type}: fp32, bf16 not measured on GPUs"
+    info = cpu_info()
+    if cpu_has_native_bf16():
+        return f"CPU {info.describe()} has native bf16"
+    if info.has_bf16_instructions:
+        return f"CPU {info.describe()}: its bf16 instructions are capped by {info.capped_below_bf16}"
+    return f"CPU {info.describe()} has no native bf16, so bf16 would be emulated"
+
+
 def resolve_arithmetic(precision: str, channels_last: bool | None, device: str | torch.device,
                        purpose: Purpose = "training") -> Arithmetic:
     """Resolve ``precision`` (auto/fp32/bf16/fp16) and ``channels_last`` (None = auto) for ``device`` and
@@ -158,18 +170,9 @@ def resolve_arithmetic(precision: str, channels_last: bool | None, device: str |
     device = torch.device(device)
     resolved = resolve_precision(precision, device)
     cl = resolve_channels_last(channels_last, resolved, device, purpose)
-    if device.type != "cpu":
-        why = f"on {device.type}: fp32, bf16 not measured on GPUs"
-    else:
-        info = cpu_info()
-        if cpu_has_native_bf16():
-            why = f"CPU {info.describe()} has native bf16"
-        elif info.has_bf16_instructions:
-            why = f"CPU {info.describe()}: its bf16 instructions are capped by {info.capped_below_bf16}"
-        else:
-            why = f"CPU {info.describe()} has no native bf16, so bf16 would be emulated"
     if precision == "auto":
-        parts = [f"auto precision{' and memory format' if channels_last is None else ''} for {purpose}: {why}"]
+        parts = [f"auto precision{' and memory format' if channels_last is None else ''} for {purpose}: "
+                 f"{_auto_precision_reason(device)}"]
     else:
         parts = ["precision set explicitly"]
         if channels_last is None:

@@ -3,7 +3,8 @@
 Each held-out set pairs clean crops of the held-out (``val``) photos with a rainy version made by a
 renderer fixed here, not taken from the training config, so that numbers compare across runs and
 recipes: ``streaks`` (the training renderer), ``perspective`` (the independent renderer of
-`mgid.data.perspective_rain`) and ``heavy``. `EmbeddedPairedSet.rainy_frames` gives extra rainy
+`mgid.data.perspective_rain`), ``heavy`` and ``varied`` (several directions, long streaks, drizzle and
+near-camera streaks). `EmbeddedPairedSet.rainy_frames` gives extra rainy
 frames of a pair's scene for multi-frame references; `heldout_folder` names each set's folder on disk.
 """
 from __future__ import annotations
@@ -45,20 +46,26 @@ def _render_perspective(heavy: bool) -> Any:
 HEAVY_RAIN = RainConfig(density_range=(30.0, 50.0), length_range=(30.0, 60.0), width_range=(2.0, 4.0),
                         blur_range=(5.0, 12.0), intensity_range=(0.6, 1.0))
 
+#: Rain of kinds the first renderer lacked: two or three fall directions per image, long streaks that
+#: cross the image, drizzle and wide, soft near-camera streaks (each kind in half the images).
+VARIED_RAIN = RainConfig(directions_range=(2, 3), long_probability=0.5, drizzle_probability=0.5,
+                         near_probability=0.5)
+
 #: The held-out rain of each paired set, fixed here (not taken from the training config) so that
 #: numbers compare across runs and recipes. "streaks": the training renderer at the rain density of
 #: the original paired set, no veil; "perspective": a second, independent renderer
 #: (`mgid.data.perspective_rain`: Gaussian streak profiles, perspective, refraction-like brightening)
-#: the model never trains on; "heavy": the training renderer's heavy rain.
+#: the model never trains on; "heavy": the training renderer's heavy rain; "varied": `VARIED_RAIN`.
 HELDOUT_RAIN: dict[str, Any] = {
     "streaks": _render_streaks(RainConfig()),
     "perspective": _render_perspective(heavy=False),
     "heavy": _render_streaks(HEAVY_RAIN),
+    "varied": _render_streaks(VARIED_RAIN),
 }
 #: The held-out sets reported by validation, `mgid evaluate --heldout` and the model card.
 HELDOUT_SETS = tuple(HELDOUT_RAIN)
 #: Stream id of each held-out set (each set draws its own rain).
-_HELDOUT_STREAM = {"streaks": 0, "perspective": 1, "heavy": 2}
+_HELDOUT_STREAM = {"streaks": 0, "perspective": 1, "heavy": 2, "varied": 3}
 #: Stream of the extra frames of a held-out scene (`EmbeddedPairedSet.rainy_frames`).
 _EXTRA_FRAME_STREAM = 13
 

@@ -14,12 +14,25 @@ Model of one rainy frame, all values in [0, 1]:
 
 Per frame one fall angle is drawn (degrees from vertical, positive leans right going down) and each
 streak deviates from it by a small jitter; density, length, width, brightness and blur are drawn per
-frame too, so frames of one scene differ in all of them. Everything is drawn from the
+frame too, so frames of one scene differ in all of them.
+
+Optional kinds of rain, each off by default and drawing nothing from the random stream while off (so
+that a configuration without them renders exactly what it rendered before they existed):
+
+- several fall directions in one frame (``directions_range``): the streaks are split among them;
+- long streaks (``long_probability``): fewer streaks, long enough to cross a 128-pixel crop;
+- drizzle (``drizzle_probability``): a dense layer of very short, thin, dim streaks;
+- near-camera streaks (``near_probability``): a few wide, soft (Gaussian-blurred), faint streaks.
+
+Each is screened on top like a depth layer, so rain still only brightens, and the extra layers are
+dim or sparse so that, across two frames, most pixels stay clean in at least one of them (what the
+time-lapse objective needs; `rain_coverage` measures it). Everything is drawn from the
 ``numpy.random.Generator`` passed in, in a fixed order, so a seed reproduces a frame exactly.
 A 256x256 frame takes a few milliseconds.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import cv2
@@ -95,6 +108,36 @@ class RainConfig:
     """Streak width in pixels (nearest layer) of a heavy-rain frame."""
     heavy_blur_range: tuple[float, float] = (4.0, 15.0)
     """Motion-blur length in pixels (nearest layer) of a heavy-rain frame."""
+    directions_range: tuple[int, int] = (1, 1)
+    """Number of fall directions in one frame, drawn per frame (integers, inclusive): the frame's streaks are
+    split evenly among them, the first keeping the frame's angle and each other one drawing its own from
+    ``angle_range``."""
+    long_probability: float = 0.0
+    """Probability that a frame has long streaks: length and density from the ``long_*`` ranges instead."""
+    long_length_range: tuple[float, float] = (80.0, 200.0)
+    """Streak length in pixels (nearest layer) of a long-streak frame."""
+    long_density_range: tuple[float, float] = (1.0, 5.0)
+    """Streaks per 100x100 pixels of a long-streak frame (fewer: each covers more pixels)."""
+    drizzle_probability: float = 0.0
+    """Probability that a frame gets a drizzle layer on top of its streaks."""
+    drizzle_density_range: tuple[float, float] = (80.0, 250.0)
+    """Drizzle streaks per 100x100 pixels."""
+    drizzle_length_range: tuple[float, float] = (1.5, 5.0)
+    """Drizzle streak length in pixels (one width, no motion blur)."""
+    drizzle_intensity_range: tuple[float, float] = (0.15, 0.45)
+    """Drizzle brightness in [0, 1]."""
+    near_probability: float = 0.0
+    """Probability that a frame gets near-camera streaks on top of its others."""
+    near_density_range: tuple[float, float] = (0.3, 1.5)
+    """Near-camera streaks per 100x100 pixels."""
+    near_length_range: tuple[float, float] = (60.0, 200.0)
+    """Near-camera streak length in pixels."""
+    near_width_range: tuple[float, float] = (4.0, 12.0)
+    """Near-camera streak width in pixels, before the Gaussian softening."""
+    near_softness_range: tuple[float, float] = (1.5, 4.0)
+    """Standard deviation in pixels of the Gaussian blur that softens near-camera streaks (out of focus)."""
+    near_intensity_range: tuple[float, float] = (0.1, 0.35)
+    """Near-camera streak brightness in [0, 1] (faint: they are out of focus)."""
 
     def __post_init__(self) -> None:
         _check_range("density_range", self.density_range, lo=0.0)
@@ -111,8 +154,23 @@ class RainConfig:
         _check_range("heavy_length_range", self.heavy_length_range, lo=1.0)
         _check_range("heavy_width_range", self.heavy_width_range, lo=1.0)
         _check_range("heavy_blur_range", self.heavy_blur_range, lo=0.0)
-        if not 0.0 <= self.heavy_probability <= 1.0:
-            raise ValueError(f"RainConfig.heavy_probability must lie in [0, 1], got {self.heavy_probability}")
+        _check_range("long_length_range", self.long_length_range, lo=1.0)
+        _check_range("long_density_range", self.long_density_range, lo=0.0)
+        _check_range("drizzle_density_range", self.drizzle_density_range, lo=0.0)
+        _check_range("drizzle_length_range", self.drizzle_length_range, lo=1.0)
+        _check_range("drizzle_intensity_range", self.drizzle_intensity_range, lo=0.0, hi=1.0)
+        _check_range("near_density_range", self.near_density_range, lo=0.0)
+        _check_range("near_length_range", self.near_length_range, lo=1.0)
+        _check_range("near_width_range", self.near_width_range, lo=1.0)
+        _check_range("near_softness_range", self.near_softness_range, lo=0.0)
+        _check_range("near_intensity_range", self.near_intensity_range, lo=0.0, hi=1.0)
+        for name in ("heavy_probability", "long_probability", "drizzle_probability", "near_probability"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"RainConfig.{name} must lie in [0, 1], got {getattr(self, name)}")
+        lo_dir, hi_dir = self.directions_range
+        if int(lo_dir) != lo_dir or int(hi_dir) != hi_dir or not 1 <= lo_dir <= hi_dir:
+            raise ValueError(f"RainConfig.directions_range must be two whole numbers 1 <= low <= high, "
+                             f"got {self.directions_range}")
         if self.layers < 1:
             raise ValueError(f"RainConfig.layers must be >= 1, got {self.layers}")
         for name in ("angle_jitter", "length_jitter", "intensity_jitter", "far_scale", "far_intensity",
@@ -144,14 +202,18 @@ def sample_frame_rain(rng: np.random.Generator, cfg: RainConfig) -> FrameRain:
 
     With ``cfg.heavy_probability > 0`` a coin is drawn first (only then, so that configurations without
     heavy rain keep their random streams) and a heavy frame takes density, length, width and blur from
-    the ``heavy_*`` ranges.
+    the ``heavy_*`` ranges. Then, likewise only with ``cfg.long_probability > 0``, a second coin makes it
+    a long-streak frame, whose length and density come from the ``long_*`` ranges.
     """
     u = lambda r: float(rng.uniform(r[0], r[1]))  # noqa: E731 - one uniform draw per range
     n = cfg.layers
     heavy = cfg.heavy_probability > 0 and rng.random() < cfg.heavy_probability
+    long = cfg.long_probability > 0 and rng.random() < cfg.long_probability
     density_r, length_r, width_r, blur_r = (
         (cfg.heavy_density_range, cfg.heavy_length_range, cfg.heavy_width_range, cfg.heavy_blur_range) if heavy
         else (cfg.density_range, cfg.length_range, cfg.width_range, cfg.blur_range))
+    if long:
+        density_r, length_r = cfg.long_density_range, cfg.long_length_range
     # t = 0 for the nearest layer, 1 for the farthest; geometry and brightness shrink linearly with t.
     t = np.linspace(0.0, 1.0, n) if n > 1 else np.zeros(1)
     return FrameRain(
@@ -190,8 +252,9 @@ def motion_blur_kernel(length: float, angle_deg: float) -> np.ndarray | None:
 
 
 def _draw_layer(h: int, w: int, rng: np.random.Generator, fr: FrameRain, cfg: RainConfig,
-                density: float, scale: float, brightness: float) -> np.ndarray:
-    """One depth layer: anti-aliased streaks on an HxW canvas, motion-blurred; float32 in [0, 1]."""
+                density: float, scale: float, brightness: float, softness: float = 0.0) -> np.ndarray:
+    """One depth layer: anti-aliased streaks on an HxW canvas, motion-blurred, then (``softness`` > 0)
+    Gaussian-blurred with that standard deviation in pixels; float32 in [0, 1]."""
     length = fr.length * scale
     margin = int(np.ceil(length))  # centres may lie outside so that streaks enter from the borders
     area = (h + 2 * margin) * (w + 2 * margin)
@@ -217,23 +280,65 @@ def _draw_layer(h: int, w: int, rng: np.random.Generator, fr: FrameRain, cfg: Ra
     kern = motion_blur_kernel(fr.blur * scale, fr.angle)
     if kern is not None:
         layer = cv2.filter2D(layer, -1, kern, borderType=cv2.BORDER_REFLECT_101)
+    if softness > 0.0:
+        layer = cv2.GaussianBlur(layer, (0, 0), softness, borderType=cv2.BORDER_REFLECT_101)
     return layer
+
+
+def _depth_layers(h: int, w: int, rng: np.random.Generator, fr: FrameRain, cfg: RainConfig) -> np.ndarray:
+    """``prod_k (1 - R_k)`` over the depth layers of ``fr`` (HxW float32): the density is shared among
+    the layers in proportion to 1 / scale, so far layers hold more (smaller) streaks."""
+    weights = 1.0 / np.asarray(fr.depth_scales)
+    weights = weights / weights.sum()
+    keep = np.ones((h, w), np.float32)
+    for scale, bright, wgt in zip(fr.depth_scales, fr.depth_intensities, weights):
+        keep *= 1.0 - _draw_layer(h, w, rng, fr, cfg, fr.density * float(wgt), scale, bright)
+    return keep
+
+
+def _extra_layer(h: int, w: int, rng: np.random.Generator, cfg: RainConfig, fr: FrameRain, kind: str) -> np.ndarray:
+    """One drizzle or near-camera layer (HxW float32 in [0, 1]) falling along ``fr``'s angle."""
+    u = lambda r: float(rng.uniform(r[0], r[1]))  # noqa: E731 - one uniform draw per range
+    if kind == "drizzle":
+        extra = FrameRain(density=u(cfg.drizzle_density_range), angle=fr.angle, length=u(cfg.drizzle_length_range),
+                          width=1.0, intensity=u(cfg.drizzle_intensity_range), blur=0.0)
+        return _draw_layer(h, w, rng, extra, cfg, extra.density, 1.0, 1.0)
+    extra = FrameRain(density=u(cfg.near_density_range), angle=fr.angle, length=u(cfg.near_length_range),
+                      width=u(cfg.near_width_range), intensity=u(cfg.near_intensity_range), blur=0.0)
+    return _draw_layer(h, w, rng, extra, cfg, extra.density, 1.0, 1.0, softness=u(cfg.near_softness_range))
 
 
 def render_rain_layer(h: int, w: int, rng: np.random.Generator, cfg: RainConfig | None = None) -> np.ndarray:
     """Render one frame's rain layer R: float32 HxW in [0, 1] (0 = no rain).
 
-    Per-frame parameters come from `sample_frame_rain`; the density is shared among the depth layers
-    in proportion to 1 / scale, so far layers hold more (smaller) streaks.
+    Per-frame parameters come from `sample_frame_rain`. With ``cfg.directions_range`` above 1 the
+    streaks are split among that many fall directions; drizzle and near-camera layers are added with
+    their probabilities. All layers are combined by screen blending, ``R = 1 - prod (1 - R_k)``.
     """
     cfg = cfg or RainConfig()
     fr = sample_frame_rain(rng, cfg)
-    weights = 1.0 / np.asarray(fr.depth_scales)
-    weights = weights / weights.sum()
-    keep = np.ones((h, w), np.float32)  # prod_k (1 - R_k): screen blend of the layers
-    for scale, bright, wgt in zip(fr.depth_scales, fr.depth_intensities, weights):
-        keep *= 1.0 - _draw_layer(h, w, rng, fr, cfg, fr.density * float(wgt), scale, bright)
+    lo_dir, hi_dir = cfg.directions_range
+    directions = 1 if hi_dir == 1 else int(rng.integers(lo_dir, hi_dir + 1))
+    if directions == 1:
+        keep = _depth_layers(h, w, rng, fr, cfg)
+    else:
+        keep = np.ones((h, w), np.float32)
+        share = dataclasses.replace(fr, density=fr.density / directions)
+        for i in range(directions):
+            angle = fr.angle if i == 0 else float(rng.uniform(*cfg.angle_range))
+            keep *= _depth_layers(h, w, rng, dataclasses.replace(share, angle=angle), cfg)
+    for kind, probability in (("drizzle", cfg.drizzle_probability), ("near", cfg.near_probability)):
+        if probability > 0 and rng.random() < probability:
+            keep *= 1.0 - _extra_layer(h, w, rng, cfg, fr, kind)
     return np.clip(1.0 - keep, 0.0, 1.0)
+
+
+def rain_coverage(rain: np.ndarray, threshold: float = 0.05) -> float:
+    """Share of pixels whose rain layer ``rain`` (HxW or (N, H, W) in [0, 1]) exceeds ``threshold``
+    (rain brighter than about 13 grey levels over a black background). For N frames of one scene,
+    ``rain_coverage(rain.min(axis=0))`` is the share of pixels rainy in *every* frame: the pixels the
+    time-lapse objective cannot see clean in any of them."""
+    return float((np.asarray(rain) > threshold).mean())
 
 
 def change_illumination(image: np.ndarray, rng: np.random.Generator, cfg: RainConfig) -> np.ndarray:

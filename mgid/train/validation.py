@@ -21,7 +21,7 @@ ValidationResult = Scores
 
 def build_paired_sets(cfg: TrainConfig) -> dict[str, Dataset]:
     """The validation pairs by name: ``{"val": val_data}`` (a paired folder), or the embedded held-out
-    sets (`mgid.data.timelapse.HELDOUT_SETS`: ``streaks``, ``perspective``, ``heavy``). The first is the
+    sets (`mgid.data.timelapse.HELDOUT_SETS`: ``streaks``, ``perspective``, ``heavy``, ``varied``). The first is the
     primary one (progress line, checkpoint summary, comparison picture)."""
     if cfg.val_data is not None:
         paired: Dataset = PairedFolder(cfg.val_data)

@@ -5,12 +5,14 @@
     >>> clean = derainer.derain(rgb)                 # HxWx3 uint8 RGB in, HxWx3 uint8 RGB out
     >>> clean = derainer.derain(rgb, tile=512)       # bounded memory for large photos
     >>> mgid.load_model(precision="fp32")            # exact fp32 (default auto: bf16 on CPUs with bf16 units)
+    >>> clean = derainer.derain(rgb, self_ensemble=True)  # mean over the 8 flips/turns: 8x the time
 
 Weights are mgid checkpoints (``NAME.safetensors`` + ``NAME.json``, see `mgid.checkpoint`, which
 stores and reads the files; the network is built here, `load_network`); nothing is unpickled.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import overload
 
@@ -31,6 +33,7 @@ from mgid.devices import resolve_device
 from mgid.inference import DEFAULT_OVERLAP, predict_rain, resolve_precision, tile_geometry
 from mgid.models import MGIDNet, ModelConfig
 from mgid.precision import resolve_arithmetic
+from mgid.self_ensemble import dihedral_mean
 
 #: Folder of the weights shipped inside the package.
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -81,6 +84,22 @@ def resolve_weights(weights: str | Path | None = None) -> Path:
     return path
 
 
+def name_weights(weights: Sequence[str | Path] | None = None, names: Sequence[str] | None = None) -> dict[str, str]:
+    """``{name: weights file}`` for commands that compare several weights (``--weights W ... --names N ...``).
+
+    ``weights`` None or empty: the shipped weights. ``names`` None or empty: "shipped weights" for the shipped
+    file, else each file's stem. ``ValueError`` when the counts differ or two names are equal.
+    """
+    files = [str(w) for w in weights] if weights else [str(DEFAULT_WEIGHTS)]
+    labels = list(names) if names else [
+        "shipped weights" if Path(w).resolve() == DEFAULT_WEIGHTS.resolve() else Path(w).stem for w in files]
+    if len(labels) != len(files):
+        raise ValueError(f"--names gives {len(labels)} names for {len(files)} --weights files; give one per file")
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"two models share a name ({', '.join(labels)}); name them apart with --names")
+    return dict(zip(labels, files))
+
+
 def load_network(path: str | Path, device: str | torch.device = "cpu") -> MGIDNet:
     """An `MGIDNet` in eval mode from checkpoint file ``path`` (``NAME.safetensors`` or ``NAME.json``): the
     network of the JSON's ``config.model``, with the weights verified against the JSON's hashes."""
@@ -108,11 +127,13 @@ class Derainer:
         channels_last: whether the network and its inputs use channels_last memory format
             (given as None, the default: on a CPU, where it measured faster at both precisions).
         arithmetic: the two above and why they were chosen (`mgid.precision.Arithmetic`).
+        self_ensemble: default of the per-call option: the rain layer is the mean over the 8 flips and
+            quarter turns of the image (`mgid.self_ensemble`; 8 network passes). Off by default.
     """
 
     def __init__(self, net: MGIDNet, device: str | torch.device | None = None, tile: int | None = None,
                  overlap: int = DEFAULT_OVERLAP, weights: Path | None = None, precision: str = "auto",
-                 channels_last: bool | None = None) -> None:
+                 channels_last: bool | None = None, self_ensemble: bool = False) -> None:
         self.device = resolve_device(device) if device is not None else next(net.parameters()).device
         resolve_precision(precision, self.device)  # checks the name (inference's choices)
         self.arithmetic = resolve_arithmetic(precision, channels_last, self.device, "inference")
@@ -120,16 +141,26 @@ class Derainer:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.net = net.to(self.device, memory_format=fmt).eval()
         self.tile, self.overlap, self.weights = tile, overlap, weights
+        self.self_ensemble = check_self_ensemble(self_ensemble)
 
     def __repr__(self) -> str:
         return (f"Derainer(weights={str(self.weights) if self.weights else None!r}, device={str(self.device)!r}, "
                 f"tile={self.tile}, overlap={self.overlap}, precision={self.precision!r}, "
-                f"channels_last={self.channels_last})")
+                f"channels_last={self.channels_last}, self_ensemble={self.self_ensemble})")
 
-    def _rain(self, batch: torch.Tensor, tile: int | None | str, overlap: int | None) -> torch.Tensor:
+    def _predict(self, batch: torch.Tensor, tile: int | None, overlap: int) -> torch.Tensor:
+        """One prediction of the rain layer (B, 3, H, W) of ``batch`` (B, 3, H, W), tiled or whole (`predict_rain`)."""
+        return predict_rain(self.net, batch, tile, overlap, precision=self.precision, channels_last=self.channels_last)
+
+    def _rain(self, batch: torch.Tensor, tile: int | None | str, overlap: int | None,
+              self_ensemble: bool | None) -> torch.Tensor:
+        """The rain layer (B, 3, H, W) with the per-call options, unset ones (``"default"``/None) from the defaults."""
         t = self.tile if tile == "default" else tile
         o = self.overlap if overlap is None else overlap
-        return predict_rain(self.net, batch, t, o, precision=self.precision, channels_last=self.channels_last)
+        ensemble = self.self_ensemble if self_ensemble is None else check_self_ensemble(self_ensemble)
+        if ensemble:  # around the whole (tiled) prediction: each turned image is padded and tiled in its own frame
+            return dihedral_mean(lambda x: self._predict(x, t, o), batch)
+        return self._predict(batch, t, o)
 
     @staticmethod
     def _as_batch(image: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, str]:
@@ -146,44 +177,54 @@ class Derainer:
         raise TypeError(f"expected a NumPy HxWx3 uint8 image or a float tensor, got {type(image).__name__}")
 
     @overload
-    def derain(self, image: np.ndarray, tile: int | None | str = ..., overlap: int | None = ...) -> np.ndarray: ...
+    def derain(self, image: np.ndarray, tile: int | None | str = ..., overlap: int | None = ...,
+               self_ensemble: bool | None = ...) -> np.ndarray: ...
     @overload
-    def derain(self, image: torch.Tensor, tile: int | None | str = ..., overlap: int | None = ...) -> torch.Tensor: ...
+    def derain(self, image: torch.Tensor, tile: int | None | str = ..., overlap: int | None = ...,
+               self_ensemble: bool | None = ...) -> torch.Tensor: ...
 
-    def derain(self, image, tile="default", overlap=None):
+    def derain(self, image, tile="default", overlap=None, self_ensemble=None):
         """The de-rained image B = I - R.
 
         ``image``: HxWx3 uint8 RGB (returns HxWx3 uint8, rounded and clipped) or a float tensor
         (3, H, W) / (B, 3, H, W) in [-1, 1] (returns the same shape, on the input's device, not
-        clamped). Any H, W. ``tile``/``overlap`` override the defaults (``tile=None``: whole image).
+        clamped). Any H, W. ``tile``/``overlap`` override the defaults (``tile=None``: whole image);
+        ``self_ensemble`` (True/False) overrides the default (None: `self_ensemble` of the Derainer).
         """
         batch, kind = self._as_batch(image)
-        background = batch - self._rain(batch, tile, overlap)
+        background = batch - self._rain(batch, tile, overlap, self_ensemble)
         if kind == "numpy":
             return to_uint8(background[0])
         return background[0] if kind == "chw" else background
 
-    def rain_layer(self, image, tile="default", overlap=None):
-        """The rain layer R (what `derain` removes).
+    def rain_layer(self, image, tile="default", overlap=None, self_ensemble=None):
+        """The rain layer R (what `derain` removes; options as `derain`).
 
         NumPy uint8 in: HxWx3 uint8 in pixel units, ``round(clip(R * 127.5, 0, 255))`` (so
         ``derain(img) + rain_layer(img) ~= img`` where R >= 0; negative parts are clipped to 0).
         Tensor in: R itself, same shape as the input, in (-1, 1).
         """
         batch, kind = self._as_batch(image)
-        rain = self._rain(batch, tile, overlap)
+        rain = self._rain(batch, tile, overlap, self_ensemble)
         if kind == "numpy":
             return rain_to_uint8(rain[0])
         return rain[0] if kind == "chw" else rain
 
-    def derain_with_rain(self, image: np.ndarray, tile: int | None | str = "default",
-                         overlap: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(de-rained, rain layer) of an HxWx3 uint8 image in one network pass (see `derain`, `rain_layer`)."""
+    def derain_with_rain(self, image: np.ndarray, tile: int | None | str = "default", overlap: int | None = None,
+                         self_ensemble: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(de-rained, rain layer) of an HxWx3 uint8 image from one prediction (see `derain`, `rain_layer`)."""
         if not isinstance(image, np.ndarray):
             raise TypeError("derain_with_rain takes an HxWx3 uint8 NumPy image")
         batch, _ = self._as_batch(image)
-        rain = self._rain(batch, tile, overlap)
+        rain = self._rain(batch, tile, overlap, self_ensemble)
         return to_uint8((batch - rain)[0]), rain_to_uint8(rain[0])
+
+
+def check_self_ensemble(value: object) -> bool:
+    """``value`` if it is a bool; ``TypeError`` otherwise (a string such as "False" would read as on)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"self_ensemble must be True or False, got {value!r}")
+    return value
 
 
 def rain_to_uint8(rain: torch.Tensor) -> np.ndarray:
@@ -193,21 +234,25 @@ def rain_to_uint8(rain: torch.Tensor) -> np.ndarray:
 
 
 def load_model(weights: str | Path | None = None, device: str | torch.device = "auto", tile: int | None = None,
-               overlap: int = DEFAULT_OVERLAP, precision: str = "auto", channels_last: bool | None = None) -> Derainer:
+               overlap: int = DEFAULT_OVERLAP, precision: str = "auto", channels_last: bool | None = None,
+               self_ensemble: bool = False) -> Derainer:
     """A `Derainer` with weights from ``weights`` (None: the shipped ones) on ``device`` ("auto": CUDA if any).
 
     ``weights``: ``NAME.safetensors`` (with ``NAME.json`` beside it), or a training output folder.
     ``tile``/``overlap``: the default tiling of `Derainer.derain` (None: whole images).
     ``precision``: ``auto`` (bf16 autocast on a CPU with native bf16 instructions, else fp32), ``fp32``
     or ``bf16``; ``channels_last``: None = on exactly with bf16 on a CPU (see `Derainer`).
+    ``self_ensemble``: the default of `Derainer.derain`'s option (mean over the 8 flips and quarter turns,
+    8x the time; off by default).
     Raises ``FileNotFoundError`` when the weights are missing (the message says how to get some)
     and `mgid.checkpoint.CheckpointError` for pickled, truncated or inconsistent files.
     """
     if tile is not None:
         tile_geometry(tile, overlap)  # bad tiling fails here, not on every image
+    check_self_ensemble(self_ensemble)
     path = resolve_weights(weights)
     dev = resolve_device(device)
     resolve_precision(precision, dev)  # a bad value fails before the weights are read
     net = load_network(path, dev)
     return Derainer(net, dev, tile=tile, overlap=overlap, weights=path, precision=precision,
-                    channels_last=channels_last)
+                    channels_last=channels_last, self_ensemble=self_ensemble)

@@ -174,10 +174,11 @@ def _load_derainer(args: argparse.Namespace):
         if args.weights is None:
             raise ValueError("--backend onnxruntime needs --weights FILE.onnx (write one with mgid export --onnx)")
         return load_onnx_derainer(args.weights, tile=args.tile, overlap=args.tile_overlap, device=args.device,
-                                  **_precision_kwargs(args))
+                                  self_ensemble=args.self_ensemble, **_precision_kwargs(args))
     from mgid.api import load_model
 
-    return load_model(args.weights, args.device, tile=args.tile, overlap=args.tile_overlap, **_precision_kwargs(args))
+    return load_model(args.weights, args.device, tile=args.tile, overlap=args.tile_overlap,
+                      self_ensemble=args.self_ensemble, **_precision_kwargs(args))
 
 
 def _derain_video_command(args: argparse.Namespace, prog: str) -> int:
@@ -190,8 +191,8 @@ def _derain_video_command(args: argparse.Namespace, prog: str) -> int:
         return _err(prog, "--save-rain/--compare apply to images; a video is written de-rained only")
     try:
         if args.temporal_median is not None:
-            if args.weights is not None or args.tile is not None:
-                return _err(prog, "--temporal-median uses no network; drop --weights/--tile")
+            if args.weights is not None or args.tile is not None or args.self_ensemble:
+                return _err(prog, "--temporal-median uses no network; drop --weights/--tile/--self-ensemble")
             report = median_video(args.input, args.output, args.temporal_median, fps=args.fps,
                                   overwrite=args.overwrite, progress=not args.quiet)
             how = f"temporal median of {args.temporal_median} frames"
@@ -236,8 +237,15 @@ def _precision_kwargs(args: argparse.Namespace) -> dict:
 
 
 def _arithmetic(derainer) -> str:
-    """How a `Derainer` computes and why, for messages: "fp32 (auto precision ...: CPU ... has no native bf16 ...)"."""
-    return derainer.arithmetic.describe()
+    """How a `Derainer` computes and why, for messages: "fp32 (auto precision ...: CPU ... has no native bf16 ...)",
+    and whether it averages the 8 flips/turns."""
+    return derainer.arithmetic.describe() + (", self-ensemble of 8 flips/turns" if derainer.self_ensemble else "")
+
+
+def _add_self_ensemble_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--self-ensemble", action="store_true",
+                   help="average the rain layer over the 8 flips and quarter turns of each image (geometric "
+                        "self-ensemble): 8x the time, for the gain measured in the README [default: off]")
 
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -254,6 +262,7 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile-overlap", type=int, default=DEFAULT_OVERLAP, metavar="PX",
                    help="overlap of neighbouring tiles, blended smoothly (rounded up to a multiple of 8) "
                         "[default: %(default)s]")
+    _add_self_ensemble_argument(p)
 
 
 def register_derain(sub: argparse._SubParsersAction) -> None:
@@ -402,7 +411,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         try:
             paired_folders(args.data)  # a wrong folder is reported before the weights are loaded
             derainer = load_model(args.weights, args.device, tile=args.tile, overlap=args.tile_overlap,
-                                  **_precision_kwargs(args))
+                                  self_ensemble=args.self_ensemble, **_precision_kwargs(args))
             print(f"{prog}: on {derainer.device}, {_arithmetic(derainer)}", file=sys.stderr)
             report = evaluate_model(derainer, args.data, channel, save_dir=out / "derained", progress=not args.quiet)
         except (FileNotFoundError, CheckpointError, RuntimeError, ValueError) as exc:
@@ -412,8 +421,9 @@ def _evaluate(args: argparse.Namespace) -> int:
             return _err(prog, "give --pred DIR --gt DIR (score predictions against clean images), or --data DIR "
                               "(a paired set with rain/ + norain/ or input/ + target/, de-rained with --weights or "
                               "the shipped weights)")
-        if args.weights is not None or args.tile is not None:
-            return _err(prog, "--weights/--tile apply to --data only (with --pred the images are already de-rained)")
+        if args.weights is not None or args.tile is not None or args.self_ensemble:
+            return _err(prog, "--weights/--tile/--self-ensemble apply to --data only (with --pred the images are "
+                              "already de-rained)")
         out = Path(args.out) if args.out else Path(args.pred)
         try:
             report = evaluate_folders(args.pred, args.gt, channel, progress=not args.quiet)
@@ -457,22 +467,17 @@ def register_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _heldout(args: argparse.Namespace) -> int:
-    from mgid.api import DEFAULT_WEIGHTS, load_model
+    from mgid.api import load_model, name_weights
     from mgid.checkpoint import CheckpointError
     from mgid.data import write_image
     from mgid.heldout import comparison_rows, evaluate_heldout, format_table, write_json
     from mgid.visualize import image_grid
 
     prog = "mgid heldout"
-    weights = args.weights or [str(DEFAULT_WEIGHTS)]
-    names = args.names or [("shipped weights" if Path(w).resolve() == DEFAULT_WEIGHTS.resolve() else Path(w).stem)
-                           for w in weights]
-    if len(names) != len(weights):
-        return _err(prog, f"--names gives {len(names)} names for {len(weights)} --weights files; give one per file")
-    if len(set(names)) != len(names):
-        return _err(prog, f"two models share a name ({', '.join(names)}); name them apart with --names")
     try:
-        derainers = {n: load_model(w, args.device, **_precision_kwargs(args)) for n, w in zip(names, weights)}
+        named = name_weights(args.weights, args.names)
+        derainers = {n: load_model(w, args.device, self_ensemble=args.self_ensemble, **_precision_kwargs(args))
+                     for n, w in named.items()}
     except (FileNotFoundError, CheckpointError, RuntimeError, ValueError) as exc:
         return _err(prog, str(exc))
     first = next(iter(derainers.values()))
@@ -481,7 +486,7 @@ def _heldout(args: argparse.Namespace) -> int:
     table = evaluate_heldout(models, count=args.count, baselines=not args.no_baselines)
     print(format_table(table))
     out = Path(args.out)
-    path = write_json(table, out / "heldout.json", weights=dict(zip(names, weights)))
+    path = write_json(table, out / "heldout.json", weights=named, self_ensemble=args.self_ensemble)
     print(f"scores: {path}")
     if args.picture:
         rows, headers = comparison_rows(models, per_set=args.picture_rows)
@@ -504,6 +509,7 @@ def register_heldout(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--names", nargs="+", metavar="NAME", help="a column name per --weights file")
     _add_device_argument(p)
     _add_precision_arguments(p)
+    _add_self_ensemble_argument(p)
     p.add_argument("--count", type=int, default=None, metavar="N", help="images per set [default: all, 24]")
     p.add_argument("--out", default="eval_heldout", metavar="DIR", help="output folder [default: eval_heldout]")
     p.add_argument("--no-baselines", action="store_true", help="skip the median and temporal-median baselines")

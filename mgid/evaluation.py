@@ -224,6 +224,8 @@ class EvaluationReport:
         if self.with_input:
             out.update(psnr_input=means.psnr_input, ssim_input=means.ssim_input)
             out["psnr_gain"] = out["psnr"] - out["psnr_input"]
+        if means.brightness_shift is not None:
+            out["brightness_shift"] = means.brightness_shift
         out.update(predictions=self.predictions, targets=self.targets, weights=self.weights,
                    unmatched_predictions=[str(p) for p in self.unmatched_predictions],
                    unmatched_targets=[str(p) for p in self.unmatched_targets],
@@ -307,12 +309,14 @@ def paired_folders(data_dir: str | Path) -> tuple[Path, Path]:
 
 
 def evaluate_model(derainer: Any, data_dir: str | Path, channel: Channel = "y", save_dir: str | Path | None = None,
-                   progress: bool = False, derain: Callable[[np.ndarray], np.ndarray] | None = None) -> EvaluationReport:
+                   progress: bool = False, derain: Callable[[np.ndarray], np.ndarray] | None = None,
+                   brightness: bool = False) -> EvaluationReport:
     """De-rain the rainy images of the paired set ``data_dir`` and score them (and the rainy inputs).
 
-    ``derainer``: a `mgid.api.Derainer` (its default tiling applies); ``derain`` overrides how an
-    HxWx3 uint8 image is de-rained. ``save_dir``: also write each de-rained image there under the
-    rainy file's name. Layouts: ``rain/`` + ``norain/`` or ``input/`` + ``target/`` (`PAIRED_LAYOUTS`).
+    ``derainer``: a `mgid.api.Derainer` (its default tiling and self-ensemble apply); ``derain`` overrides
+    how an HxWx3 uint8 image is de-rained. ``save_dir``: also write each de-rained image there under the
+    rainy file's name. ``brightness``: also measure the brightness shift (in the summary).
+    Layouts: ``rain/`` + ``norain/`` or ``input/`` + ``target/`` (`PAIRED_LAYOUTS`).
     """
     rainy_dir, clean_dir = paired_folders(data_dir)
     run = derain if derain is not None else derainer.derain
@@ -327,7 +331,8 @@ def evaluate_model(derainer: Any, data_dir: str | Path, channel: Channel = "y", 
 
     pairs = [_file_pair(r, c) for r, c in pairing.pairs]
     report.scores = score_pairs(_progress(pairs, "de-raining", progress), run, channel=channel, with_input=True,
-                                skipped=report.skipped, on_output=save if save_dir is not None else None)
+                                brightness=brightness, skipped=report.skipped,
+                                on_output=save if save_dir is not None else None)
     return report
 
 

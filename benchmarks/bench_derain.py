@@ -383,9 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     report = run(args)
     text = markdown(report)
-    json_path, md_path = harness.write_report(harness.report_base(args.out, "bench_derain_cpu"), report, text)
-    print(text)
-    log(f"wrote {json_path} and {md_path}")
+    harness.publish(args.out, "bench_derain_cpu", report, text)
     return 0
 
 

@@ -154,9 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(rows, meta)
     report = {"benchmark": "bench_export", "environment": {**harness.environment(), "onnxruntime": ort.__version__},
               "args": {k: v for k, v in vars(args).items()}, "meta": meta, "rows": rows}
-    json_path, md_path = harness.write_report(harness.report_base(args.out, "bench_export_cpu"), report, text)
-    print(text)
-    log(f"wrote {json_path} and {md_path}")
+    harness.publish(args.out, "bench_export_cpu", report, text)
     return 0
 
 

@@ -10,8 +10,8 @@ with importlib, without benchmarks/ on sys.path), so its parts cannot move to a 
   dirty flag, mgid's build_info, load average), `OtherLoad` (the share of the machine's CPU time
   other processes used while a benchmark ran) and `BUSY_SHARE`, the share above which a run is
   flagged as noisy.
-* Report: `report_base` (``<prefix>_<UTC timestamp>`` under the output folder) and
-  `write_report` (the JSON, with the markdown in it, and the markdown).
+* Report: `report_base` (``<prefix>_<UTC timestamp>`` under the output folder),
+  `write_report` (the JSON, with the markdown in it, and the markdown) and `publish` (both, printed).
 * Op cases, shared by the op-family benchmarks (``bench_memory.py``, ``bench_whitening.py``):
   `Shape`, `SHAPES`, `Case`, `make_fwd`, `make_fwd_bwd`, `in_reference_mode`, `maxdiff`, `find_row`.
 
@@ -353,12 +353,24 @@ def report_base(out_dir: str | Path, prefix: str) -> Path:
 
 
 def write_report(base: Path, result: dict[str, Any], markdown: str) -> tuple[Path, Path]:
-    """Write ``base.json`` (``result`` with the markdown under ``"markdown"``) and ``base.md``."""
+    """Write ``base.json`` (``result`` with the markdown under ``"markdown"``) and ``base.md``, each atomically
+    (a temporary file renamed over the name, so an interrupted run leaves no half-written report)."""
     result["markdown"] = markdown
     base.parent.mkdir(parents=True, exist_ok=True)
     json_path, md_path = base.with_suffix(".json"), base.with_suffix(".md")
-    json_path.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
-    md_path.write_text(markdown, encoding="utf-8")
+    for path, text in ((json_path, json.dumps(result, indent=2, default=str) + "\n"), (md_path, markdown)):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    return json_path, md_path
+
+
+def publish(out_dir: str | Path, prefix: str, result: dict[str, Any], markdown: str) -> tuple[Path, Path]:
+    """`write_report` under ``out_dir/<prefix>_<UTC timestamp>``, the markdown printed (stdout carries the
+    report), the two paths logged (stderr); returns them."""
+    json_path, md_path = write_report(report_base(out_dir, prefix), result, markdown)
+    print(markdown)
+    log(f"wrote {json_path} and {md_path}")
     return json_path, md_path
 
 

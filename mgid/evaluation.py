@@ -310,14 +310,17 @@ def paired_folders(data_dir: str | Path) -> tuple[Path, Path]:
 
 def evaluate_model(derainer: Any, data_dir: str | Path, channel: Channel = "y", save_dir: str | Path | None = None,
                    progress: bool = False, derain: Callable[[np.ndarray], np.ndarray] | None = None,
-                   brightness: bool = False) -> EvaluationReport:
+                   brightness: bool = False, limit: int | None = None) -> EvaluationReport:
     """De-rain the rainy images of the paired set ``data_dir`` and score them (and the rainy inputs).
 
     ``derainer``: a `mgid.api.Derainer` (its default tiling and self-ensemble apply); ``derain`` overrides
     how an HxWx3 uint8 image is de-rained. ``save_dir``: also write each de-rained image there under the
-    rainy file's name. ``brightness``: also measure the brightness shift (in the summary).
+    rainy file's name. ``brightness``: also measure the brightness shift (in the summary). ``limit``: score
+    only the first ``limit`` pairs (in `find_pairs`' order, by name).
     Layouts: ``rain/`` + ``norain/`` or ``input/`` + ``target/`` (`PAIRED_LAYOUTS`).
     """
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1 pair, got {limit}")
     rainy_dir, clean_dir = paired_folders(data_dir)
     run = derain if derain is not None else derainer.derain
     pairing = find_pairs(rainy_dir, clean_dir)
@@ -329,7 +332,7 @@ def evaluate_model(derainer: Any, data_dir: str | Path, channel: Channel = "y", 
     def save(pair: Pair, out: np.ndarray) -> None:
         write_image(Path(save_dir) / pair.name, out)
 
-    pairs = [_file_pair(r, c) for r, c in pairing.pairs]
+    pairs = [_file_pair(r, c) for r, c in pairing.pairs][:limit]
     report.scores = score_pairs(_progress(pairs, "de-raining", progress), run, channel=channel, with_input=True,
                                 brightness=brightness, skipped=report.skipped,
                                 on_output=save if save_dir is not None else None)

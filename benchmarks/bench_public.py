@@ -23,8 +23,8 @@ representative image (the pair whose PSNR gain with the first weights is nearest
 downscaled until the file is under `PICTURE_MAX_BYTES`.
 
 Run from the repository root with the package installed: ``python benchmarks/bench_public.py``
-(the three shared sets, 122 pairs of about 480x320: about 1.5 min with the shipped weights in fp32 on one
-thread of the Xeon in the committed reports; 8x that with ``--self-ensemble``).
+(the three shared sets, 122 pairs of about 480x320: about 2 min with the shipped weights in fp32 on one
+thread of the Xeon of the committed reports, 0.75 s an image; 8x that with ``--self-ensemble``).
 """
 from __future__ import annotations
 

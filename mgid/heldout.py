@@ -2,9 +2,10 @@
 
 For each held-out paired set (`mgid.data.timelapse.HELDOUT_SETS`: ``streaks``, the training renderer
 at the original rain density; ``perspective``, a second renderer the model never trains on;
-``heavy``, heavy rain) the table holds, per method, the mean Y-channel PSNR / SSIM against the clean
-images (paper convention, `mgid.metrics`) and the mean brightness shift (mean Y of the output minus
-mean Y of the clean image, in grey levels; a veil or tone change shows here). Methods:
+``heavy``, heavy rain; ``varied``, several directions, long streaks, drizzle and near-camera streaks)
+the table holds, per method, the mean Y-channel PSNR / SSIM against the clean images (paper convention,
+`mgid.metrics`) and the mean brightness shift (mean Y of the output minus mean Y of the clean image, in
+grey levels; a veil or tone change shows here). Methods:
 
 * ``rainy input``: the rainy image itself;
 * ``median 3x3``: a 3x3 median filter of the rainy image (single-frame baseline);

@@ -502,9 +502,10 @@ def register_heldout(sub: argparse._SubParsersAction) -> None:
         description="De-rain the embedded held-out paired sets (streaks: the training renderer at the original rain "
                     "density; perspective: a second renderer never trained on; heavy: heavy rain; varied: several "
                     "directions, long streaks, drizzle, near-camera streaks) with each --weights file and print "
-                    "mean Y-channel PSNR / SSIM (paper convention) and the brightness shift (mean Y of output minus clean, grey levels) beside the rainy input, a 3x3 median filter "
-                    "and the temporal median of 8 rainy frames of the same scene. Writes OUT/heldout.json and, "
-                    "with --picture, OUT/heldout_compare.png.")
+                    "mean Y-channel PSNR / SSIM (paper convention) and the brightness shift (mean Y of output "
+                    "minus clean, grey levels) beside the rainy input, a 3x3 median filter and the temporal "
+                    "median of 8 rainy frames of the same scene. Writes OUT/heldout.json and, with --picture, "
+                    "OUT/heldout_compare.png.")
     p.add_argument("--weights", nargs="+", metavar="FILE.safetensors",
                    help="weights to score (several allowed) [default: the shipped weights]")
     p.add_argument("--names", nargs="+", metavar="NAME", help="a column name per --weights file")

@@ -160,23 +160,40 @@ RECIPES_V0 = REPO / "tests" / "config_recipes_v0.json"  # the recipes as the in-
 #: Fields whose recipe value changed on purpose since the recipes were in code: issue 17 made every recipe
 #: leave the arithmetic to the machine (``auto``), where cpu and quick forced bf16 + channels_last.
 CHANGED_SINCE_V0 = {"precision": "auto", "channels_last": "auto"}
+#: Fields added since, as dotted paths: ``init_weights`` (issue 11) and the renderer's kinds of rain (issue 18).
+ADDED_SINCE_V0 = {"init_weights", *(f"embedded.rain.{k}" for k in (
+    "directions_range", "long_probability", "long_length_range", "long_density_range", "drizzle_probability",
+    "drizzle_density_range", "drizzle_length_range", "drizzle_intensity_range", "near_probability",
+    "near_density_range", "near_length_range", "near_width_range", "near_softness_range",
+    "near_intensity_range"))}
+
+
+def flat(values: dict, prefix: str = "") -> dict:
+    """A nested config dict as ``{"a.b.c": value}``."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def test_yaml_recipes_equal_the_in_code_recipes_field_by_field():
     """The recipes that were in code equal their YAML files field by field, but for the arithmetic (now auto
-    everywhere); fields added since (e.g. ``init_weights``, issue 11) are at their defaults in them, and
-    later recipes (``finetune``) are extra."""
+    everywhere); fields added since (`ADDED_SINCE_V0`) are at their defaults in them, and later recipes
+    (``finetune``, ``long``) are extra."""
     before = json.loads(RECIPES_V0.read_text())
     old = {"paper", "cpu", "quick"}
-    assert old <= set(NAMED_CONFIGS) and "finetune" in NAMED_CONFIGS
-    defaults = TrainConfig().to_dict()
+    assert old <= set(NAMED_CONFIGS) and {"finetune", "long"} <= set(NAMED_CONFIGS)
+    defaults = flat(TrainConfig().to_dict())
     for name in old:
-        now = named_config(name).to_dict()
-        added = set(now) - set(before[name])
-        assert added == {"init_weights"}, name
+        now = flat(named_config(name).to_dict())
+        added = set(now) - set(flat(before[name]))
+        assert added == ADDED_SINCE_V0, name
         assert {k: now.pop(k) for k in added} == {k: defaults[k] for k in added}, name
         assert {k: now.pop(k) for k in CHANGED_SINCE_V0} == CHANGED_SINCE_V0, name
-        assert now == {k: v for k, v in before[name].items() if k not in CHANGED_SINCE_V0}, name
+        assert now == {k: v for k, v in flat(before[name]).items() if k not in CHANGED_SINCE_V0}, name
         assert set(diff(TrainConfig.from_dict(before[name]), named_config(name))) <= set(CHANGED_SINCE_V0), name
 
 
@@ -223,11 +240,12 @@ def test_configs_written_before_still_load():
     """A checkpoint's config (OUT/checkpoints/last.json "config") in the format of earlier versions loads."""
     for name, values in json.loads(RECIPES_V0.read_text()).items():
         if not name.startswith("_"):
-            # the fields added since (init_weights, issue 11) take their defaults; the memory format's
+            # the fields added since (`ADDED_SINCE_V0`) take their defaults; the memory format's
             # true / false / null reads as on / off / auto (issue 17); the rest is as written
             memory_format = {True: "on", False: "off", None: "auto"}[values["channels_last"]]
-            assert TrainConfig.from_dict(values).to_dict() == {**values, "init_weights": None,
-                                                               "channels_last": memory_format}, name
+            defaults = flat(TrainConfig().to_dict())
+            expected = {**flat(values), **{k: defaults[k] for k in ADDED_SINCE_V0}, "channels_last": memory_format}
+            assert flat(TrainConfig.from_dict(values).to_dict()) == expected, name
     shipped = read_meta(REPO / "mgid" / "weights" / "mgid_embedded.json")["config"]  # written by an earlier mgid
     # the shipped weights' record keeps the arithmetic they were trained with (bf16 + channels_last)
     assert set(diff(named_config("cpu"), TrainConfig.from_dict(shipped))) <= {"out", "keep_step_checkpoints",
@@ -269,7 +287,7 @@ def test_yaml_file_may_start_from_a_named_recipe(tmp_path):
     cfg = resolve_config(str(path))
     assert diff(named_config("quick"), cfg) == {"max_steps": (800, 12), "model.memory_items": (20, 9)}
     path.write_text("base: nope\n")
-    with pytest.raises(ConfigError, match="base: 'nope' is not a named config; available: paper, cpu, finetune, quick"):
+    with pytest.raises(ConfigError, match="base: 'nope' is not a named config; available: paper, cpu, finetune, long, quick"):
         resolve_config(str(path))
 
 
@@ -284,3 +302,13 @@ def test_readme_and_makefile_flags_parse():
     assert cfg.model.grad_through_weights and cfg.model.double_tanh and cfg.model.update_max_over_assigned
     assert cfg.dist.sync_bn and cfg.precision == "bf16" and cfg.compile and cfg.loss.compactness_mode == "last"
     assert cfg.embedded.rain.density_range == (5.0, 20.0) and cfg.optim.schedule == "cosine"
+
+
+def test_long_recipe_is_the_cpu_recipe_continued_on_the_widened_renderer():
+    """Issue 18's second stage: from the cpu recipe's weights, with every new kind of rain, 128x128 crops."""
+    changed = diff(named_config("cpu"), named_config("long"))
+    assert set(changed) == {"out", "init_weights", "crop_size", "max_steps", "optim.warmup_steps",
+                            "embedded.rain.directions_range", "embedded.rain.long_probability",
+                            "embedded.rain.drizzle_probability", "embedded.rain.near_probability"}
+    assert changed["init_weights"] == (None, "runs/cpu/checkpoints/last.safetensors")
+    assert changed["crop_size"] == (64, 128)

@@ -4,9 +4,11 @@ Scores each ``RUN/checkpoints/step_XXXXXX.safetensors`` (written with ``--keep_s
 on the embedded held-out sets (`mgid.heldout`; the same sets and metrics as ``mgid heldout``) and keeps
 the results in ``RUN/learning_curve.json``, so a rerun scores only new checkpoints. ``--watch`` keeps
 polling while the run trains (run it with ``nice`` beside the training job); ``--plot`` draws held-out
-PSNR against steps, one line per set, with the rainy input as a dashed line.
+PSNR against steps, one line per set, with the rainy input as a dashed line; ``--previous`` draws the
+curve of the run this one started from (its ``learning_curve.json``) first, and this run's steps after it.
 
     python benchmarks/learning_curve.py --run runs/cpu --plot docs/images/learning_curve.png
+    python benchmarks/learning_curve.py --run runs/long --previous runs/cpu/learning_curve.json --plot curve.png
 """
 from __future__ import annotations
 
@@ -65,20 +67,32 @@ def score_new(run: Path, count: int | None, device: str) -> dict:
     return data
 
 
-def plot(data: dict, out: Path, title: str) -> Path:
-    """Held-out PSNR against steps for every set; the rainy input dashed in the same colour."""
+def plot(data: dict, out: Path, title: str, previous: dict | None = None) -> Path:
+    """Held-out PSNR against steps for every set; the rainy input dashed in the same colour.
+
+    ``previous``: the curve of the run ``data``'s run started from (same layout), drawn first with thin
+    lines for the sets it has; ``data``'s steps are then counted from its last step.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     steps = sorted(int(s) for s in data["steps"])
+    before = sorted(int(s) for s in previous["steps"]) if previous else []
+    offset = before[-1] if before else 0
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     for i, name in enumerate(data["rainy"]):
         colour = f"C{i}"
-        ax.plot(steps, [data["steps"][str(s)][name]["psnr"] for s in steps], "-o", ms=3, color=colour,
-                label=f"{name}: de-rained")
+        if before and name in previous["rainy"]:
+            ax.plot(before, [previous["steps"][str(s)][name]["psnr"] for s in before], "-", lw=1, color=colour)
+        ax.plot([offset + s for s in steps], [data["steps"][str(s)][name]["psnr"] for s in steps], "-o", ms=3,
+                color=colour, label=f"{name}: de-rained")
         ax.axhline(data["rainy"][name]["psnr"], ls="--", lw=1, color=colour, label=f"{name}: rainy input")
+    if before:
+        ax.axvline(offset, color="grey", lw=1, ls=":")
+        ax.annotate("next stage starts", (offset, ax.get_ylim()[1]), fontsize=7, color="grey",
+                    xytext=(3, -10), textcoords="offset points")
     ax.set_xlabel("training step")
     ax.set_ylabel("held-out PSNR, Y channel (dB)")
     ax.set_title(title, fontsize=10)
@@ -102,6 +116,8 @@ def main() -> int:
     parser.add_argument("--poll", type=float, default=60.0, help="with --watch: seconds between looks [60]")
     parser.add_argument("--plot", type=Path, default=None, help="write the learning-curve picture here (PNG)")
     parser.add_argument("--title", default="MGID on the embedded default: held-out PSNR during training")
+    parser.add_argument("--previous", type=Path, default=None,
+                        help="learning_curve.json of the run this one started from, drawn before it")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     while args.watch and not (args.run / "checkpoints").is_dir():  # the run may not have saved yet
@@ -117,7 +133,8 @@ def main() -> int:
     if args.plot:
         if not data["steps"]:
             parser.error(f"no step checkpoints in {args.run / 'checkpoints'} (train with --keep_step_checkpoints true)")
-        print(f"learning curve: {plot(data, args.plot, args.title)}")
+        previous = load_cache(args.previous) if args.previous else None
+        print(f"learning curve: {plot(data, args.plot, args.title, previous)}")
     return 0
 
 

@@ -130,3 +130,9 @@ def test_learning_curve_scores_step_checkpoints_and_plots(tmp_path: Path) -> Non
     assert (tmp_path / "curve.png").stat().st_size > 0
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert again.returncode == 0 and "step 1:" not in again.stdout  # cached: nothing scored twice
+    # a second stage drawn after the run it started from (here: the same curve twice)
+    staged = subprocess.run([*cmd[:-1], str(tmp_path / "staged.png"), "--previous",
+                             str(tmp_path / "run" / "learning_curve.json")],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert staged.returncode == 0, staged.stderr[-4000:]
+    assert (tmp_path / "staged.png").stat().st_size > (tmp_path / "curve.png").stat().st_size // 2

@@ -316,10 +316,11 @@ def _export_command(args: argparse.Namespace) -> int:
 
     prog = "mgid export"
     try:
-        result = export_onnx(args.weights, args.onnx, args.opset)
-    except (FileNotFoundError, IsADirectoryError, CheckpointError, ModuleNotFoundError, RuntimeError,
-            ValueError) as exc:
+        result = export_onnx(args.weights, args.onnx, args.opset, overwrite=args.overwrite)
+    except (FileNotFoundError, CheckpointError, ModuleNotFoundError, RuntimeError, ValueError) as exc:
         return _err(prog, str(exc))
+    except OSError as exc:  # the write itself failed (disk full, the folder went away): nothing was written
+        return _err(prog, f"could not write {args.onnx}: {exc.strerror or exc}")
     print(result.describe())
     return EXIT_OK
 
@@ -333,7 +334,9 @@ def register_export(sub: argparse._SubParsersAction) -> None:
                     "padding stays in Python), output the rain layer R (de-rained = image - R); batch, height and "
                     "width are dynamic. Run it with `mgid derain --backend onnxruntime --weights OUT.onnx`; "
                     "mgid.export documents the graph's inputs.")
-    p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the ONNX file to write (replaced atomically)")
+    p.add_argument("--onnx", required=True, metavar="OUT.onnx",
+                   help="the ONNX file to write (checked before the export starts; written atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT.onnx")
     p.add_argument("--weights", default=None, metavar="W",
                    help="checkpoint to export: NAME.safetensors (+ NAME.json) or a training folder "
                         "(default: the shipped weights)")

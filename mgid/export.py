@@ -31,8 +31,10 @@ optimiser merging the encoder that `pre_norm_query` and the forward pass share).
 ``exporter="torchscript"``) the TorchScript exporter (``dynamo=False``, ``dynamic_axes``) is used, with a
 warning; which one wrote the file is recorded in the metadata (``mgid.exporter``) and in `ExportResult`.
 
-The file is written atomically (a temporary name in the target's folder, fsync, then ``os.replace``), so a
-failed export never leaves a partial file nor touches an existing one. ``metadata_props`` record the mgid
+The output path is checked before the export starts (suffix ``.onnx``, a folder that can be written, and no
+existing file unless ``overwrite``: `mgid.output_paths.check_output_file`), so a wrong path costs nothing. The
+file is written atomically (a temporary name in the target's folder, fsync, then ``os.replace``), so a failed
+export never leaves a partial file nor touches an existing one. ``metadata_props`` record the mgid
 version (``mgid.version``), the model config as JSON (``mgid.model_config``), the source weights' sha256
 (``mgid.weights_sha256``, when known) and the graph's contract (see `METADATA_KEYS`).
 """
@@ -55,6 +57,7 @@ from torch import nn
 from mgid import __version__
 from mgid import ops as mgid_ops
 from mgid.models import DOWNSAMPLE, MGIDNet
+from mgid.output_paths import check_output_file
 
 #: Graph input names, in order: image (B, 3, H, W), norm_mean / norm_var (B, C, 1, 1), use_norm_stats (1,) bool.
 ONNX_INPUTS = ("image", "norm_mean", "norm_var", "use_norm_stats")
@@ -71,6 +74,8 @@ STANDARD_DOMAINS = ("", "ai.onnx")
 #: verifies the file: measured ~1e-5 for small and ~1e-7 for the shipped network; a broken graph is off by O(0.1).
 VERIFY_TOLERANCE = 1e-3
 Exporter = Literal["auto", "dynamo", "torchscript"]
+#: The suffix an exported file must have (checked before the export starts).
+ONNX_SUFFIX = ".onnx"
 #: Side of the example input the export traces with (a multiple of 8; batch 2 so the batch is not specialised).
 EXAMPLE_SIZE = 64
 
@@ -272,14 +277,17 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def export_onnx(net_or_weights: MGIDNet | str | Path | None, path: str | Path, opset: int | None = None, *,
-                exporter: Exporter = "auto", weights_sha256: str | None = None, verify: bool = True) -> ExportResult:
+                exporter: Exporter = "auto", weights_sha256: str | None = None, verify: bool = True,
+                overwrite: bool = False) -> ExportResult:
     """Export the inference network to ONNX file ``path`` (the graph of the module doc); returns what was written.
 
     Args:
         net_or_weights: an `MGIDNet` (exported from a CPU fp32 copy; the original is left as it is), a
             checkpoint (``NAME.safetensors`` / ``NAME.json`` / a training folder, as `mgid.api.resolve_weights`
             takes) or None for the shipped weights.
-        path: the ``.onnx`` file to write (its folder is created); replaced atomically.
+        path: the ``.onnx`` file to write (its folder is created), checked before any work
+            (`mgid.output_paths.check_output_file`: suffix ``.onnx``, writable, not a folder); written atomically.
+        overwrite: replace an existing file (otherwise `OutputPathError`, before any work).
         opset: the ai.onnx opset (None: the exporter's default; the dynamo exporter needs >= 18 and falls back
             to TorchScript below that).
         exporter: ``auto`` (dynamo, falling back to TorchScript with a warning), ``dynamo`` or ``torchscript``.
@@ -293,10 +301,8 @@ def export_onnx(net_or_weights: MGIDNet | str | Path | None, path: str | Path, o
     """
     if exporter not in ("auto", "dynamo", "torchscript"):
         raise ValueError(f"exporter must be auto, dynamo or torchscript, got {exporter!r}")
+    path = check_output_file(path, overwrite=overwrite, suffixes=(ONNX_SUFFIX,), what="ONNX file")
     onnx = _import_onnx()
-    path = Path(path).expanduser()
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder; pass the .onnx file to write, e.g. {path / 'mgid.onnx'}")
     net, weights, sha = _resolve_net(net_or_weights)
     sha = sha or weights_sha256
     graph = InferenceGraph(net).eval()

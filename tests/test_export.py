@@ -25,6 +25,7 @@ from mgid.data.imageio import read_image, write_image
 from mgid.inference import predict_rain
 from mgid.models import MGIDNet
 from mgid.onnx_backend import OnnxDerainer, OnnxModelError, load_onnx_derainer
+from mgid.output_paths import OutputPathError
 from tests.test_inference import TINY, _calibrated, _smooth_image, tiny_weights
 
 pytest.importorskip("onnx")
@@ -302,7 +303,7 @@ def test_bad_images_and_options(derainers, exported):
 def test_export_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="weights file not found"):
         export.export_onnx(tmp_path / "nope.safetensors", tmp_path / "x.onnx")
-    with pytest.raises(IsADirectoryError):
+    with pytest.raises(OutputPathError, match="is a folder"):
         export.export_onnx(None, tmp_path)
     with pytest.raises(TypeError, match="MGIDNet"):
         export.export_onnx(42, tmp_path / "x.onnx")
@@ -322,7 +323,7 @@ def test_write_is_atomic(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr(export.os, "replace", crash)
     with pytest.raises(OSError, match="simulated"):
-        export.export_onnx(tiny[1], target, exporter="torchscript", verify=False)
+        export.export_onnx(tiny[1], target, exporter="torchscript", verify=False, overwrite=True)
     assert target.read_bytes() == b"previous contents"
     assert sorted(os.listdir(tmp_path)) == ["model.onnx"]  # no temporary file left
     monkeypatch.undo()
@@ -336,7 +337,7 @@ def test_write_is_atomic(tiny, tmp_path, monkeypatch):
 def test_export_command(tiny, tmp_path, capsys, monkeypatch):
     # The TorchScript exporter keeps the test fast; the command itself takes export_onnx's default (auto).
     real = export.export_onnx
-    monkeypatch.setattr(export, "export_onnx", lambda w, p, o: real(w, p, o, exporter="torchscript"))
+    monkeypatch.setattr(export, "export_onnx", lambda w, p, o, **kw: real(w, p, o, exporter="torchscript", **kw))
     out = tmp_path / "sub" / "cli.onnx"
     assert cli.main(["export", "--onnx", str(out), "--weights", str(tiny[0]), "--opset", "18"]) == 0
     printed = capsys.readouterr().out
@@ -354,6 +355,45 @@ def test_export_command(tiny, tmp_path, capsys, monkeypatch):
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
     assert cli.main(["derain", str(tmp_path / "in"), str(tmp_path / "x"), "--backend", "onnxruntime"]) == 2
     assert "needs --weights FILE.onnx" in capsys.readouterr().err
+
+
+def test_output_path_is_checked_before_any_work(tmp_path, monkeypatch, capsys):
+    """A photo is never replaced by ONNX bytes, and a path that cannot be written is refused at once with one
+    line: the network is never loaded (its loader fails the test if called)."""
+    def no_work(*_args):
+        raise AssertionError("the export started before its path was checked")
+
+    monkeypatch.setattr(export, "_resolve_net", no_work)
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(b"a photo")
+    (tmp_path / "file").write_bytes(b"x")
+    existing = tmp_path / "old.onnx"
+    existing.write_bytes(b"old model")
+    cases = {victim: "must end in .onnx", tmp_path / "file" / "m.onnx": "is a file, not a folder",
+             Path("/proc/mgid-no-such-dir/m.onnx"): "cannot create files in /proc",
+             existing: "already exists; pass --overwrite"}
+    for path, message in cases.items():
+        with pytest.raises(OutputPathError, match=message):
+            export.export_onnx(None, path)
+        assert cli.main(["export", "--onnx", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert victim.read_bytes() == b"a photo" and existing.read_bytes() == b"old model"
+
+
+def test_write_failure_after_the_export_is_one_line(tiny, tmp_path, monkeypatch, capsys):
+    """A write that fails after the work (disk full) is an error line, nothing written, exit 2."""
+    real = export.export_onnx
+    monkeypatch.setattr(export, "export_onnx", lambda w, p, o, **kw: real(w, p, o, exporter="torchscript", **kw))
+
+    def disk_full(*_args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export, "_write_atomic", disk_full)
+    out = tmp_path / "m.onnx"
+    assert cli.main(["export", "--onnx", str(out), "--weights", str(tiny[0])]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "Traceback" not in err and not out.exists()
 
 
 def test_shipped_weights_resolve(tmp_path):

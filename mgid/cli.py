@@ -403,7 +403,7 @@ def register_web(sub: argparse._SubParsersAction) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     from mgid.api import load_model
     from mgid.checkpoint import CheckpointError
-    from mgid.evaluation import evaluate_folders, evaluate_model, paired_folders
+    from mgid.evaluation import check_report_paths, evaluate_folders, evaluate_model, paired_folders
 
     prog = "mgid evaluate"
     channel = "rgb" if args.rgb else "y"
@@ -414,12 +414,15 @@ def _evaluate(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else Path(f"eval_{Path(args.data).resolve().name}")
         try:
             paired_folders(args.data)  # a wrong folder is reported before the weights are loaded
+            check_report_paths(out, args.overwrite, save_dir=out / "derained")  # ... and a wrong --out too
             derainer = load_model(args.weights, args.device, tile=args.tile, overlap=args.tile_overlap,
                                   self_ensemble=args.self_ensemble, **_precision_kwargs(args))
             print(f"{prog}: on {derainer.device}, {_arithmetic(derainer)}", file=sys.stderr)
             report = evaluate_model(derainer, args.data, channel, save_dir=out / "derained", progress=not args.quiet)
         except (FileNotFoundError, CheckpointError, RuntimeError, ValueError) as exc:
             return _err(prog, str(exc))
+        except OSError as exc:  # a de-rained image could not be written (disk full, the folder went away)
+            return _err(prog, f"could not write under {out}: {exc.strerror or exc}")
     else:
         if args.pred is None or args.gt is None:
             return _err(prog, "give --pred DIR --gt DIR (score predictions against clean images), or --data DIR "
@@ -430,16 +433,24 @@ def _evaluate(args: argparse.Namespace) -> int:
                               "already de-rained)")
         out = Path(args.out) if args.out else Path(args.pred)
         try:
+            check_report_paths(out, args.overwrite)
             report = evaluate_folders(args.pred, args.gt, channel, progress=not args.quiet)
         except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
             return _err(prog, str(exc))
     if not report.scores:
         print(report.describe(), file=sys.stderr)
         return _err(prog, f"no pair could be scored between {report.predictions} and {report.targets}")
-    csv_path, json_path = report.write(out)
-    print(report.describe())
+    print(report.describe())  # before writing: a failed write loses no scores
+    try:
+        csv_path, json_path = report.write(out)
+    except OSError as exc:
+        return _err(prog, f"could not write the scores to {out} ({exc.strerror or exc}); they are printed above")
     print(f"per-image scores: {csv_path}; summary: {json_path}"
           + (f"; de-rained images: {out / 'derained'}" if args.data is not None else ""))
+    if report.unmatched and not args.allow_missing:
+        print(f"{prog}: {report.unmatched} file(s) without a partner were not scored (listed above): exit code "
+              f"{EXIT_SKIPPED}; pass --allow-missing to accept a partial set", file=sys.stderr)
+        return EXIT_SKIPPED
     return EXIT_SKIPPED if report.skipped else EXIT_OK
 
 
@@ -452,8 +463,9 @@ def register_evaluate(sub: argparse._SubParsersAction) -> None:
                     "(files paired by name: same stem, or rain-N / norain-N / N), or --data DIR, a paired set "
                     "(rain/ + norain/ as Rain100L/H, or input/ + target/) whose rainy images are de-rained first "
                     "(--weights, default the shipped weights); the rainy inputs are scored too. Writes "
-                    "metrics.csv (per image) and metrics.json (summary) to --out and prints the summary. "
-                    "Files without a partner are listed; unreadable pairs are skipped (exit code 1).")
+                    "metrics.csv (per image) and metrics.json (summary) to --out (never over existing ones "
+                    "without --overwrite) after printing the summary. Files without a partner are listed and make "
+                    "the exit code 1 (unless --allow-missing); unreadable pairs are skipped (exit code 1).")
     p.add_argument("--pred", metavar="DIR", help="de-rained images")
     p.add_argument("--gt", metavar="DIR", help="clean (ground truth) images")
     p.add_argument("--data", metavar="DIR", help="paired set to de-rain and score (rain/+norain/ or input/+target/)")
@@ -461,6 +473,10 @@ def register_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DIR",
                    help="where metrics.csv / metrics.json (and, with --data, derained/) go [default: the --pred "
                         "folder; with --data ./eval_<data folder name>]")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing metrics.csv / metrics.json (and, with --data, de-rained images)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="exit 0 even when some files have no partner (they are still listed and not scored)")
     _add_model_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_evaluate)

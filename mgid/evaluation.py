@@ -22,6 +22,7 @@ are skipped and listed with the reason.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -35,6 +36,7 @@ import torch
 from mgid.data import find_pairs, read_image, to_tensor, to_uint8, write_image
 from mgid.data.paired import PAIRED_LAYOUTS, detect_paired_layout
 from mgid.metrics import SSIM_MIN_SIDE, Channel, rgb_to_y, score
+from mgid.output_paths import OutputPathError, check_output_file, folder_problem, write_atomic
 
 CSV_NAME = "metrics.csv"
 JSON_NAME = "metrics.json"
@@ -249,19 +251,44 @@ class EvaluationReport:
             lines.append(f"skipped {path}: {reason}")
         return "\n".join(lines)
 
+    @property
+    def unmatched(self) -> int:
+        """Files of either side left without a partner (not scored)."""
+        return len(self.unmatched_predictions) + len(self.unmatched_targets)
+
     def write(self, out_dir: str | Path) -> tuple[Path, Path]:
-        """Write ``OUT/metrics.csv`` (one row per pair) and ``OUT/metrics.json`` (the summary); returns both."""
+        """Write ``OUT/metrics.csv`` (one row per pair) and ``OUT/metrics.json`` (the summary), each atomically
+        (`mgid.output_paths.write_atomic`); returns both. Existing files are replaced: check first with
+        `check_report_paths`."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         csv_path, json_path = out / CSV_NAME, out / JSON_NAME
         columns = ["name", "target", "psnr", "ssim"] + (["psnr_input", "ssim_input"] if self.with_input else [])
-        with open(csv_path, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(columns)
-            for s in self.scores:
-                writer.writerow([_cell(getattr(s, c)) for c in columns])
-        json_path.write_text(json.dumps(_json_safe(self.summary()), indent=1) + "\n", encoding="utf-8")
+        text = io.StringIO(newline="")
+        writer = csv.writer(text)
+        writer.writerow(columns)
+        for s in self.scores:
+            writer.writerow([_cell(getattr(s, c)) for c in columns])
+        write_atomic(csv_path, text.getvalue().encode("utf-8"))
+        write_atomic(json_path, (json.dumps(_json_safe(self.summary()), indent=1) + "\n").encode("utf-8"))
         return csv_path, json_path
+
+
+def check_report_paths(out_dir: str | Path, overwrite: bool, save_dir: str | Path | None = None) -> None:
+    """Before any scoring: `EvaluationReport.write` can write ``OUT/metrics.csv`` and ``OUT/metrics.json`` (a
+    folder that can be written, no existing files unless ``overwrite``) and, when de-rained images are saved,
+    ``save_dir`` is a writable folder holding no files yet (unless ``overwrite``). Raises `OutputPathError`."""
+    out = Path(out_dir)
+    for name in (CSV_NAME, JSON_NAME):
+        check_output_file(out / name, overwrite=overwrite, what="score file")
+    if save_dir is None:
+        return
+    save = Path(save_dir)
+    problem = folder_problem(save)
+    if problem is not None:
+        raise OutputPathError(f"cannot write the de-rained images to {save}: {problem}")
+    if not overwrite and save.is_dir() and any(p.is_file() for p in save.iterdir()):
+        raise OutputPathError(f"{save} already holds images; pass --overwrite to replace them, or choose --out")
 
 
 def _cell(value: Any) -> Any:
@@ -340,5 +367,5 @@ def evaluate_model(derainer: Any, data_dir: str | Path, channel: Channel = "y", 
 
 
 __all__ = ["CSV_NAME", "JSON_NAME", "DerainFn", "EvaluationReport", "ImageScore", "PAIRED_LAYOUTS", "Pair", "Scores",
-           "brightness_shift", "check_pair", "dataset_pairs", "evaluate_folders", "evaluate_model", "mean_scores",
+           "brightness_shift", "check_pair", "check_report_paths", "dataset_pairs", "evaluate_folders", "evaluate_model", "mean_scores",
            "memory_pairs", "net_derain_fn", "paired_folders", "score_pairs", "score_paired_set"]

@@ -45,7 +45,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +56,7 @@ from torch import nn
 from mgid import __version__
 from mgid import ops as mgid_ops
 from mgid.models import DOWNSAMPLE, MGIDNet
-from mgid.output_paths import check_output_file
+from mgid.output_paths import check_output_file, write_atomic
 
 #: Graph input names, in order: image (B, 3, H, W), norm_mean / norm_var (B, C, 1, 1), use_norm_stats (1,) bool.
 ONNX_INPUTS = ("image", "norm_mean", "norm_var", "use_norm_stats")
@@ -262,20 +261,6 @@ def _verify(data: bytes, graph: InferenceGraph, example: tuple[torch.Tensor, ...
     return float((rain - ref).abs().max())
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in its folder and ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def export_onnx(net_or_weights: MGIDNet | str | Path | None, path: str | Path, opset: int | None = None, *,
                 exporter: Exporter = "auto", weights_sha256: str | None = None, verify: bool = True,
                 overwrite: bool = False) -> ExportResult:
@@ -350,6 +335,6 @@ def export_onnx(net_or_weights: MGIDNet | str | Path | None, path: str | Path, o
         raise RuntimeError(f"the exported graph differs from PyTorch by {max_err:.3g} (> {VERIFY_TOLERANCE}) in "
                            f"onnxruntime; nothing was written to {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, data)
+    write_atomic(path, data)
     return ExportResult(path, used, _ai_onnx_opset(model), len(data), weights, sha or None, max_err,
                         fallback_reason, metadata)

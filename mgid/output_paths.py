@@ -1,11 +1,14 @@
-"""Output paths checked before any work: a command that will write a file finds out first whether it can.
+"""Output paths checked before any work, and files written atomically.
+
+A command that will write a file finds out first whether it can:
 
 `check_output_file` is called by commands that compute for a while and then write (``mgid export``,
 ``mgid evaluate``), so that a path under a file, in a folder nobody may write, with the wrong suffix, or on an
 existing file without ``--overwrite`` is refused at once with one line, not after the work (or with a
 traceback). Writability is probed by creating and removing a temporary file in the nearest existing folder,
 which is the only test that holds for every user (root passes ``os.access`` everywhere), read-only mounts and
-pseudo file systems (``/proc``).
+pseudo file systems (``/proc``). `write_atomic` writes bytes through a temporary file beside the target and
+``os.replace``, so a failed write leaves no partial file and an existing one intact.
 """
 from __future__ import annotations
 
@@ -67,3 +70,18 @@ def check_output_file(path: str | Path, *, overwrite: bool, suffixes: Sequence[s
     if path.exists() and not overwrite:
         raise OutputPathError(f"{what} {path} already exists; pass --overwrite to replace it")
     return path
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in its folder, fsync, then ``os.replace``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -62,9 +62,13 @@ def test_pred_keeping_rainy_names_pairs_with_norain(tmp_path, capsys):
     assert s12.ssim == pytest.approx(ssim(read_image(pred / "rain-12.png"), clean[12]))
 
     out = tmp_path / "scores"
-    assert cli.main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--out", str(out), "--quiet"]) == 0
-    printed = capsys.readouterr().out
+    argv = ["evaluate", "--pred", str(pred), "--gt", str(gt), "--out", str(out), "--quiet"]
+    assert cli.main(argv) == 1  # two files without a partner: not a complete evaluation
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "Y-channel" in printed and "over 2 image(s)" in printed and "extra.png" in printed
+    assert "2 file(s) without a partner" in captured.err and "--allow-missing" in captured.err
+    assert cli.main(argv + ["--allow-missing", "--overwrite"]) == 0
     rows = _read_csv(out / "metrics.csv")
     assert [r["name"] for r in rows] == ["rain-001.png", "rain-12.png"] and set(rows[0]) == {"name", "target",
                                                                                             "psnr", "ssim"}
@@ -125,7 +129,9 @@ def test_data_mode_derains_and_scores_inputs(tmp_path, weights, layout, monkeypa
     report = evaluate_model(mgid.load_model(weights, "cpu", tile=16, overlap=8), data)
     assert [s.psnr for s in report.scores] == pytest.approx([float(r["psnr"]) for r in rows], abs=1e-5)
     monkeypatch.setattr(api, "DEFAULT_WEIGHTS", weights)
-    assert cli.main(argv) == 0
+    assert cli.main(argv) == 2  # the scores and images of the first run are kept
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert cli.main(argv + ["--overwrite"]) == 0
 
 
 def test_data_mode_errors(tmp_path, weights, capsys):
@@ -134,3 +140,42 @@ def test_data_mode_errors(tmp_path, weights, capsys):
     assert "rain/ + norain/" in capsys.readouterr().err
     assert cli.main(["evaluate", "--data", str(tmp_path), "--pred", str(tmp_path), "--gt", str(tmp_path)]) == 2
     assert cli.main(["evaluate", "--pred", str(tmp_path), "--gt", str(tmp_path), "--weights", str(weights)]) == 2
+
+
+def test_outputs_are_checked_first_and_scores_printed_before_writing(tmp_path, weights, monkeypatch, capsys):
+    """An existing metrics.json is not replaced, an --out that cannot be written is refused before any de-raining,
+    and when the write fails after scoring the scores are on the screen and the error is one line."""
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    a = _img()
+    write_image(gt / "a.png", a)
+    write_image(pred / "a.png", _noisy(a))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.json").write_text("earlier scores")
+    argv = ["evaluate", "--pred", str(pred), "--gt", str(gt), "--quiet"]
+    assert cli.main(argv + ["--out", str(out)]) == 2
+    assert "metrics.json already exists; pass --overwrite" in capsys.readouterr().err
+    assert (out / "metrics.json").read_text() == "earlier scores"
+    (tmp_path / "file").write_text("x")
+    data = tmp_path / "set"
+    write_image(data / "rain" / "rain-1.png", _noisy(a))
+    write_image(data / "norain" / "norain-1.png", a)
+
+    def no_model(*_args, **_kwargs):
+        raise AssertionError("the weights were loaded before --out was checked")
+
+    monkeypatch.setattr(api, "load_model", no_model)
+    for bad in (tmp_path / "file" / "scores", Path("/proc/mgid-no-such-dir")):
+        for extra in (["--pred", str(pred), "--gt", str(gt)], ["--data", str(data), "--weights", str(weights)]):
+            assert cli.main(["evaluate", *extra, "--out", str(bad), "--quiet"]) == 2
+            err = capsys.readouterr().err
+            assert "cannot write" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+    def disk_full(*_args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("mgid.evaluation.write_atomic", disk_full)
+    assert cli.main(argv + ["--out", str(tmp_path / "new")]) == 2
+    captured = capsys.readouterr()
+    assert "over 1 image(s)" in captured.out  # the scores reached the screen
+    assert "No space left on device" in captured.err and "printed above" in captured.err

@@ -321,7 +321,7 @@ def test_write_is_atomic(tiny, tmp_path, monkeypatch):
         assert Path(src).stat().st_size > 0 and Path(src).parent == target.parent  # written beside, in full
         raise OSError("simulated crash before the rename")
 
-    monkeypatch.setattr(export.os, "replace", crash)
+    monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError, match="simulated"):
         export.export_onnx(tiny[1], target, exporter="torchscript", verify=False, overwrite=True)
     assert target.read_bytes() == b"previous contents"
@@ -389,7 +389,7 @@ def test_write_failure_after_the_export_is_one_line(tiny, tmp_path, monkeypatch,
     def disk_full(*_args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(export, "_write_atomic", disk_full)
+    monkeypatch.setattr(export, "write_atomic", disk_full)
     out = tmp_path / "m.onnx"
     assert cli.main(["export", "--onnx", str(out), "--weights", str(tiny[0])]) == 2
     err = capsys.readouterr().err

@@ -100,17 +100,54 @@ def name_weights(weights: Sequence[str | Path] | None = None, names: Sequence[st
     return dict(zip(labels, files))
 
 
+def check_weights(config: ModelConfig, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Raise `CheckpointError` unless ``state`` is exactly the state dict of ``MGIDNet(config)``, same names and
+    shapes, with finite values, checked before any network is built.
+
+    The expected shapes come from the network built on the ``meta`` device (no memory is allocated), so a
+    record asking for 4,096 channels and a million memory items costs nothing here; NaN or infinite weights
+    (which a matching hash does not exclude) would de-rain every image to black.
+    """
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in MGIDNet(config).state_dict().items()}
+    missing, extra = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
+    if missing or extra:
+        raise CheckpointError(f"{source}: the weights do not fit the network of its record ({config}): "
+                              + (f"missing {', '.join(missing[:4])}" if missing else "")
+                              + ("; " if missing and extra else "")
+                              + (f"unexpected {', '.join(extra[:4])}" if extra else ""))
+    for key, shape in expected.items():
+        if tuple(state[key].shape) != shape:
+            raise CheckpointError(f"{source}: {key} has shape {tuple(state[key].shape)} but the record's network "
+                                  f"(channels={config.channels}, memory_items={config.memory_items}) needs {shape}; "
+                                  f"the record and the weights do not belong together")
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{source}: {key} holds NaN or infinite values; these weights are broken (a "
+                                  f"training run that diverged?): use an earlier checkpoint or retrain")
+
+
 def load_network(path: str | Path, device: str | torch.device = "cpu") -> MGIDNet:
     """An `MGIDNet` in eval mode from checkpoint file ``path`` (``NAME.safetensors`` or ``NAME.json``): the
-    network of the JSON's ``config.model``, with the weights verified against the JSON's hashes."""
+    network of the JSON's ``config.model``, with the weights verified against the JSON's hashes and against the
+    network's shapes (`check_weights`) before it is built."""
     folder, name = locate_checkpoint(path)
     ckpt = load_checkpoint(folder, name, with_optimizer=False, device="cpu")
     model_cfg = ckpt.meta.get("config", {}).get("model")
     if model_cfg is None:
         raise CheckpointError(f"{ckpt.paths['meta']} has no config.model section; cannot build the network")
-    net = MGIDNet(ModelConfig.from_dict(model_cfg))
+    try:
+        config = ModelConfig.from_dict(model_cfg)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{ckpt.paths['meta']}: config.model is not a valid network ({exc})") from exc
+    check_weights(config, ckpt.model_state, ckpt.paths["model"])
+    net = MGIDNet(config)
     net.load_state_dict(ckpt.model_state)
     return net.to(resolve_device(device)).eval()
+
+
+class NonFiniteOutputError(RuntimeError):
+    """The network gave NaN or infinite values; the message names the weights."""
 
 
 class Derainer:
@@ -159,8 +196,16 @@ class Derainer:
         o = self.overlap if overlap is None else overlap
         ensemble = self.self_ensemble if self_ensemble is None else check_self_ensemble(self_ensemble)
         if ensemble:  # around the whole (tiled) prediction: each turned image is padded and tiled in its own frame
-            return dihedral_mean(lambda x: self._predict(x, t, o), batch)
-        return self._predict(batch, t, o)
+            rain = dihedral_mean(lambda x: self._predict(x, t, o), batch)
+        else:
+            rain = self._predict(batch, t, o)
+        if not bool(torch.isfinite(rain).all()):
+            raise NonFiniteOutputError(
+                f"the network gave NaN or infinite values with the weights {self.weights or '(a network in memory)'} "
+                f"({self.arithmetic.precision}): they are broken, or overflow in this arithmetic"
+                + (" (try --precision fp32)" if self.precision != "fp32" else "")
+                + "; nothing was written for this image")
+        return rain
 
     @staticmethod
     def _as_batch(image: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, str]:

@@ -156,7 +156,10 @@ def _derain_command(args: argparse.Namespace) -> int:
         derainer = _load_derainer(args)
     except (FileNotFoundError, CheckpointError, ModuleNotFoundError, RuntimeError, ValueError) as exc:
         return _err(prog, str(exc))
-    report = derain_files(derainer, plan.jobs, progress=not args.quiet, on_skip=_print_skip)
+    try:
+        report = derain_files(derainer, plan.jobs, progress=not args.quiet, on_skip=_print_skip)
+    except RuntimeError as exc:  # not one file's problem (those are skipped): e.g. the weights give NaN
+        return _err(prog, str(exc))
     print(f"de-rained {report.done} image(s) into {plan.output_folder} on {derainer.device}, "
           f"{_arithmetic(derainer)}" + (f" ({len(report.skipped)} skipped)" if report.skipped else ""))
     if report.skipped:

@@ -218,12 +218,14 @@ def derain_files(derainer, jobs: Sequence[Job], progress: bool = True,
     """De-rain every job with ``derainer`` (a `mgid.inference.Derainer`); never stops at a bad file.
 
     A file without an image suffix, one that cannot be read or written (``OSError``/``ValueError``)
-    and an image too large for the device's memory are skipped with their reason, and
+    and an image too large for the memory (any allocation failure, `mgid.memory_budget.is_out_of_memory`)
+    are skipped with their reason, and
     ``on_skip(path, reason)`` is called at once (e.g. to print it above the progress bar, with
     ``tqdm.write``). ``progress`` shows a tqdm bar on stderr (and only on a terminal).
     """
-    import torch
     from tqdm import tqdm
+
+    from mgid.memory_budget import is_out_of_memory
 
     report = DerainReport()
     bar = tqdm(jobs, desc="de-raining", unit="img", disable=(not progress) or None, file=sys.stderr)
@@ -233,12 +235,14 @@ def derain_files(derainer, jobs: Sequence[Job], progress: bool = True,
             if reason is None:
                 try:
                     derain_one(derainer, job)
-                except torch.OutOfMemoryError:
-                    size = _size_text(job.source)
-                    reason = (f"out of memory for a {size} image; use tiles, e.g. --tile 512 (smaller tiles use "
-                              f"less memory)")
                 except (OSError, ValueError) as exc:
                     reason = str(exc)
+                except (RuntimeError, MemoryError) as exc:
+                    if not is_out_of_memory(exc):
+                        raise  # a broken network (NonFiniteOutputError, ...) fails every file alike: stop
+                    size = _size_text(job.source)
+                    reason = (f"out of memory for a {size} image; use smaller tiles, e.g. --tile 512, or give "
+                              f"--max-memory what this machine can spare")
                 else:
                     report.done += 1
                     continue

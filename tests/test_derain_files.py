@@ -22,12 +22,12 @@ from mgid.derain_files import (
 class FakeDerainer:
     """Stands in for `mgid.inference.Derainer`: the "clean" image is the inverted input."""
 
-    def __init__(self, oom_for: str | None = None):
-        self.oom_for = oom_for
+    def __init__(self, oom: BaseException | None = None):
+        self.oom = oom
 
     def derain_with_rain(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self.oom_for is not None and rgb.shape[0] == 7:
-            raise torch.OutOfMemoryError("fake")
+        if self.oom is not None and rgb.shape[0] == 7:
+            raise self.oom
         return 255 - rgb, np.zeros_like(rgb)
 
 
@@ -110,14 +110,30 @@ def test_derain_files_writes_results_and_skips_bad_files_with_reasons(photos, tm
     assert not [p for p in (tmp_path / "out").rglob("*") if p.name.startswith(".")]  # no temporary files left
 
 
-def test_out_of_memory_is_skipped_with_advice(tmp_path):
+#: How running out of memory arrives: CUDA, torch's CPU allocator (a plain RuntimeError), NumPy, OpenCV.
+OOM_ERRORS = [torch.OutOfMemoryError("CUDA out of memory"),
+              RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 5754585600 bytes. Error code 12 (Cannot allocate memory)"),
+              MemoryError("Unable to allocate 4.00 GiB"), RuntimeError("cv::OutOfMemoryError Insufficient memory")]
+
+
+@pytest.mark.parametrize("oom", OOM_ERRORS, ids=["cuda", "cpu-allocator", "numpy", "opencv"])
+def test_out_of_memory_is_skipped_with_advice(tmp_path, oom):
     write_image(tmp_path / "big.png", np.zeros((7, 9, 3), np.uint8))
     write_image(tmp_path / "small.png", np.zeros((4, 4, 3), np.uint8))
     jobs = [Job(tmp_path / n, tmp_path / "out" / n) for n in ("big.png", "small.png")]
-    report = derain_files(FakeDerainer(oom_for="big"), jobs, progress=False)
+    report = derain_files(FakeDerainer(oom), jobs, progress=False)
     assert report.done == 1 and len(report.skipped) == 1
     path, reason = report.skipped[0]
     assert path.name == "big.png" and "out of memory for a 9x7 image" in reason and "--tile" in reason
+
+
+def test_other_runtime_errors_stop_the_run(tmp_path):
+    """A failure that is not about memory (a broken network) is not turned into a skipped file."""
+    write_image(tmp_path / "big.png", np.zeros((7, 9, 3), np.uint8))
+    with pytest.raises(RuntimeError, match="NaN"):
+        derain_files(FakeDerainer(RuntimeError("the network gave NaN")), [Job(tmp_path / "big.png", tmp_path / "o.png")],
+                     progress=False)
 
 
 def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):

@@ -28,7 +28,7 @@ from mgid.checkpoint import (
     load_checkpoint,
     locate_checkpoint,
 )
-from mgid.data import to_tensor, to_uint8
+from mgid.data.imageio import to_pixels, to_tensor
 from mgid.devices import resolve_device
 from mgid.inference import DEFAULT_OVERLAP, predict_rain, resolve_precision, tile_geometry
 from mgid.models import MGIDNet, ModelConfig
@@ -210,9 +210,9 @@ class Derainer:
     @staticmethod
     def _as_batch(image: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, str]:
         if isinstance(image, np.ndarray):
-            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-                raise ValueError(f"expected an HxWx3 uint8 RGB image, got {image.dtype} {image.shape} (for a "
-                                 f"greyscale HxW image use np.repeat(img[..., None], 3, axis=2))")
+            if image.dtype not in (np.uint8, np.uint16) or image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(f"expected an HxWx3 uint8 (or uint16) RGB image, got {image.dtype} {image.shape} "
+                                 f"(for a greyscale HxW image use np.repeat(img[..., None], 3, axis=2))")
             return to_tensor(image)[None], "numpy"
         if isinstance(image, torch.Tensor):
             if not image.is_floating_point() or image.dim() not in (3, 4) or image.shape[-3] != 3:
@@ -231,7 +231,7 @@ class Derainer:
     def derain(self, image, tile="default", overlap=None, self_ensemble=None):
         """The de-rained image B = I - R.
 
-        ``image``: HxWx3 uint8 RGB (returns HxWx3 uint8, rounded and clipped) or a float tensor
+        ``image``: HxWx3 uint8 RGB (returns HxWx3 uint8, rounded and clipped; uint16 in, uint16 out) or a float tensor
         (3, H, W) / (B, 3, H, W) in [-1, 1] (returns the same shape, on the input's device, not
         clamped). Any H, W. ``tile``/``overlap`` override the defaults (``tile=None``: whole image);
         ``self_ensemble`` (True/False) overrides the default (None: `self_ensemble` of the Derainer).
@@ -239,7 +239,7 @@ class Derainer:
         batch, kind = self._as_batch(image)
         background = batch - self._rain(batch, tile, overlap, self_ensemble)
         if kind == "numpy":
-            return to_uint8(background[0])
+            return to_pixels(background[0], image.dtype)
         return background[0] if kind == "chw" else background
 
     def rain_layer(self, image, tile="default", overlap=None, self_ensemble=None):
@@ -257,12 +257,13 @@ class Derainer:
 
     def derain_with_rain(self, image: np.ndarray, tile: int | None | str = "default", overlap: int | None = None,
                          self_ensemble: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(de-rained, rain layer) of an HxWx3 uint8 image from one prediction (see `derain`, `rain_layer`)."""
+        """(de-rained, rain layer) of an HxWx3 uint8 (or uint16) image from one prediction (see `derain`,
+        `rain_layer`): the de-rained image in the input's dtype, the rain layer in uint8."""
         if not isinstance(image, np.ndarray):
             raise TypeError("derain_with_rain takes an HxWx3 uint8 NumPy image")
         batch, _ = self._as_batch(image)
         rain = self._rain(batch, tile, overlap, self_ensemble)
-        return to_uint8((batch - rain)[0]), rain_to_uint8(rain[0])
+        return to_pixels((batch - rain)[0], image.dtype), rain_to_uint8(rain[0])
 
 
 def check_self_ensemble(value: object) -> bool:

@@ -143,6 +143,8 @@ def _derain_command(args: argparse.Namespace) -> int:
     from mgid.derain_video import is_video_job
 
     prog = "mgid derain"
+    if args.max_megapixels < 0:
+        return _err(prog, f"--max-megapixels must be >= 0 (0 = no limit), got {args.max_megapixels:g}")
     if is_video_job(args.input, args.output, args.temporal_median):
         return _derain_video_command(args, prog)
     try:
@@ -157,9 +159,12 @@ def _derain_command(args: argparse.Namespace) -> int:
     except (FileNotFoundError, CheckpointError, ModuleNotFoundError, RuntimeError, ValueError) as exc:
         return _err(prog, str(exc))
     try:
-        report = derain_files(derainer, plan.jobs, progress=not args.quiet, on_skip=_print_skip)
+        report = derain_files(derainer, plan.jobs, progress=not args.quiet, on_skip=_print_skip,
+                              max_pixels=_max_pixels(args))
     except RuntimeError as exc:  # not one file's problem (those are skipped): e.g. the weights give NaN
         return _err(prog, str(exc))
+    for path, note in report.notes:
+        print(f"{prog}: note: {path}: {note}", file=sys.stderr)
     print(f"de-rained {report.done} image(s) into {plan.output_folder} on {derainer.device}, "
           f"{_arithmetic(derainer)}" + (f" ({len(report.skipped)} skipped)" if report.skipped else ""))
     if report.skipped:
@@ -269,7 +274,13 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     _add_self_ensemble_argument(p)
 
 
+def _max_pixels(args: argparse.Namespace) -> int | None:
+    """``--max-megapixels`` as a pixel count (None: no limit)."""
+    return int(args.max_megapixels * 1e6) if args.max_megapixels > 0 else None
+
+
 def register_derain(sub: argparse._SubParsersAction) -> None:
+    from mgid.data.image_header import DEFAULT_MAX_PIXELS
     from mgid.video import VIDEO_SUFFIXES
 
     p = sub.add_parser(
@@ -301,6 +312,9 @@ def register_derain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
                    help="run the network in PyTorch, or an exported ONNX file (mgid export --onnx) in onnxruntime "
                         "on the CPU (then --weights names the .onnx file) [default: torch]")
+    p.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_PIXELS / 1e6, metavar="MP",
+                   help="skip images larger than this, judged from the file's header before anything is decoded "
+                        "(a few-kilobyte PNG can claim 400 megapixels); 0 = no limit [default: %(default)g]")
     p.add_argument("--save-rain", action="store_true", help="also write the rain layer as <name>_rain.png")
     p.add_argument("--compare", action="store_true",
                    help="also write <name>_compare.png: input | de-rained | rain layer side by side")

@@ -20,7 +20,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mgid.data.imageio import IMAGE_SUFFIXES, read_image, write_image
+import numpy as np
+
+from mgid.data.imageio import IMAGE_SUFFIXES, SIXTEEN_BIT_SUFFIXES, Photo, read_photo, write_image, write_photo
 
 #: Suffixes of the extra outputs beside ``<stem>.<ext>``: the rain layer and the comparison picture.
 RAIN_TAG, COMPARE_TAG = "_rain", "_compare"
@@ -62,10 +64,12 @@ class DerainPlan:
 
 @dataclass
 class DerainReport:
-    """What `derain_files` did: the number of images written and the files skipped, with reasons."""
+    """What `derain_files` did: the number of images written, the files skipped (with reasons) and the files
+    written with their pixels changed to fit (with notes)."""
 
     done: int = 0
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    notes: list[tuple[Path, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -198,30 +202,51 @@ def _not_an_image(path: Path) -> str | None:
             f"{', '.join(IMAGE_SUFFIXES)})")
 
 
-def derain_one(derainer, job: Job) -> None:
+def _eight_bit(pixels: np.ndarray) -> np.ndarray:
+    """uint16 pixels (any shape) -> uint8, rounded; uint8 unchanged."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    return ((pixels.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def _fit_depth(photo: Photo, output: Path) -> Photo:
+    """``photo`` in a depth ``output``'s format holds: 16 bits only in PNG/TIFF (else 8, with a note)."""
+    if photo.rgb.dtype == np.uint8 or output.suffix.lower() in SIXTEEN_BIT_SUFFIXES:
+        return photo
+    alpha = None if photo.alpha is None else _eight_bit(photo.alpha)
+    return Photo(_eight_bit(photo.rgb), alpha, f"16-bit pixels, written as 8-bit ({output.suffix} holds 8)")
+
+
+def derain_one(derainer, job: Job, max_pixels: int | None = None) -> str | None:
     """De-rain ``job.source`` and write its outputs (each atomically: a failed write leaves no partial
-    file under the final name). Raises ``OSError``/``ValueError`` for a file that cannot be read or
-    written and ``torch.OutOfMemoryError`` when the image does not fit."""
-    rgb = read_image(job.source)
-    clean, rain = derainer.derain_with_rain(rgb)
-    write_image(job.output, clean)
+    file under the final name); returns a note when the pixels were changed to fit (a float image written
+    as 8-bit), else None. The colour is de-rained in the file's depth (8 or 16 bits) and an alpha channel is
+    copied unchanged. Raises ``OSError``/``ValueError`` for a file that cannot be read or written (or is over
+    ``max_pixels``, checked from its header) and an out-of-memory error when the image does not fit."""
+    photo = _fit_depth(read_photo(job.source, max_pixels), job.output)
+    clean, rain = derainer.derain_with_rain(photo.rgb)
+    write_photo(job.output, Photo(clean, photo.alpha))
     if job.rain is not None:
         write_image(job.rain, rain)
     if job.compare is not None:
         from mgid.visualize import image_grid
 
-        write_image(job.compare, image_grid([[rgb, clean, rain]], headers=["input", "de-rained", "rain"]))
+        grid = [[_eight_bit(photo.rgb), _eight_bit(clean), rain]]
+        write_image(job.compare, image_grid(grid, headers=["input", "de-rained", "rain"]))
+    return photo.note
 
 
 def derain_files(derainer, jobs: Sequence[Job], progress: bool = True,
-                 on_skip: Callable[[Path, str], None] | None = None) -> DerainReport:
+                 on_skip: Callable[[Path, str], None] | None = None, max_pixels: int | None = None) -> DerainReport:
     """De-rain every job with ``derainer`` (a `mgid.inference.Derainer`); never stops at a bad file.
 
     A file without an image suffix, one that cannot be read or written (``OSError``/``ValueError``)
     and an image too large for the memory (any allocation failure, `mgid.memory_budget.is_out_of_memory`)
     are skipped with their reason, and
     ``on_skip(path, reason)`` is called at once (e.g. to print it above the progress bar, with
-    ``tqdm.write``). ``progress`` shows a tqdm bar on stderr (and only on a terminal).
+    ``tqdm.write``). ``progress`` shows a tqdm bar on stderr (and only on a terminal). ``max_pixels``: larger
+    images are skipped from their header, before any decode (None: any size). Notes on pixels changed to fit
+    a format (`derain_one`) are collected in the report.
     """
     from tqdm import tqdm
 
@@ -234,7 +259,7 @@ def derain_files(derainer, jobs: Sequence[Job], progress: bool = True,
             reason = _not_an_image(job.source)
             if reason is None:
                 try:
-                    derain_one(derainer, job)
+                    note = derain_one(derainer, job, max_pixels)
                 except (OSError, ValueError) as exc:
                     reason = str(exc)
                 except (RuntimeError, MemoryError) as exc:
@@ -245,6 +270,8 @@ def derain_files(derainer, jobs: Sequence[Job], progress: bool = True,
                               f"--max-memory what this machine can spare")
                 else:
                     report.done += 1
+                    if note is not None:
+                        report.notes.append((job.source, note))
                     continue
             report.skipped.append((job.source, reason))
             if on_skip is not None:

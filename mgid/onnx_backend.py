@@ -28,7 +28,7 @@ import torch
 from mgid.api import Derainer, check_self_ensemble
 from mgid.export import GRAPH_FORMAT, ONNX_INPUTS, ONNX_OUTPUTS
 from mgid.inference import DEFAULT_OVERLAP, tile_geometry, tiled_rain
-from mgid.models import DOWNSAMPLE, ModelConfig, NormStats, pad_to_multiple
+from mgid.models import DOWNSAMPLE, ModelConfig, NormStats, image_size_problem, pad_to_multiple
 from mgid.precision import Arithmetic
 
 _NO_ORT = "the onnxruntime backend needs onnxruntime, which is not installed: pip install onnxruntime"
@@ -182,10 +182,9 @@ class OnnxDerainer(Derainer):
                 or image.shape[1] != ch:
             shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
             raise ValueError(f"expected a float tensor (B, {ch}, H, W) in [-1, 1], got {shape}")
-        h, w = image.shape[-2:]
-        if -(-h // DOWNSAMPLE) * -(-w // DOWNSAMPLE) < 2:
-            raise ValueError(f"image {h}x{w} is too small: the network needs H*W >= {2 * DOWNSAMPLE ** 2} "
-                             f"after padding to multiples of {DOWNSAMPLE} (e.g. 8x16)")
+        problem = image_size_problem(*image.shape[-2:])
+        if problem is not None:
+            raise ValueError(problem)
 
     @torch.no_grad()
     def predict_rain(self, image: torch.Tensor, tile: int | None = None, overlap: int = DEFAULT_OVERLAP,

@@ -28,7 +28,6 @@ deliberate choice (``mgid web`` warns).
 from __future__ import annotations
 
 import base64
-import io
 import ipaddress
 import threading
 import time
@@ -37,6 +36,8 @@ from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+
+from mgid.data.image_header import FORMAT_NAMES, ImageTooLargeError, ImageTooSmallError, check_pixels, read_header
 
 if TYPE_CHECKING:  # Flask and werkzeug are imported where used, so `mgid --help` works without Flask
     from flask import Flask
@@ -53,8 +54,8 @@ DEFAULT_MAX_UPLOAD_MB = 20.0
 DEFAULT_MAX_PIXELS = 40_000_000
 #: Tiling choices on the page: None = whole image (fastest, most memory), else tile size in px.
 TILE_CHOICES: tuple[int | None, ...] = (None, 256, 512)
-#: Formats named in the "not an image" message (what OpenCV's imdecode reads in every build).
-READ_FORMATS = "JPEG, PNG, BMP, TIFF and WebP are read"
+#: Formats named in the "not an image" message (those whose headers are read, `mgid.data.image_header`).
+READ_FORMATS = f"{FORMAT_NAMES} are read"
 
 
 class UploadError(ValueError):
@@ -66,19 +67,6 @@ class UploadError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------ decoding
-
-
-def _header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the image header without decoding the pixels, or None if Pillow cannot tell."""
-    try:
-        from PIL import Image  # comes with scikit-image; parses headers lazily
-    except ImportError:  # pragma: no cover
-        return None
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return int(im.size[0]), int(im.size[1])
-    except Exception:  # noqa: BLE001 - not a format Pillow knows (or a bomb it refuses): OpenCV decides
-        return None
 
 
 def _to_uint8(img: np.ndarray) -> np.ndarray:
@@ -93,16 +81,25 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
 def decode_image(data: bytes, filename: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """The bytes of an image file -> HxWx3 uint8 RGB, decoded in memory with OpenCV.
 
+    The header is read first (`mgid.data.image_header`): data no header parser of the formats read here
+    recognises, and images too small for the network, are refused (400), and images over ``max_pixels`` (413)
+    before a single pixel is decoded, so a few-kilobyte PNG claiming 400 megapixels costs nothing.
     Grey images get 3 equal channels; an alpha channel is composited over white (what a browser shows
     for a transparent PNG; dropping alpha would expose whatever colour the transparent pixels happen
     to store); 16-bit images are reduced to 8 bits; JPEG EXIF orientation is applied. Raises
-    `UploadError` (400) for empty or undecodable data and (413) for images over ``max_pixels``.
+    `UploadError` (400) for empty or undecodable data.
     """
     if not data:
         raise UploadError(f"not an image: {filename!r} is empty")
-    size = _header_size(data)
-    if size is not None and size[0] * size[1] > max_pixels:
-        raise _too_many_pixels(filename, *size, max_pixels)
+    header = read_header(data)
+    if header is None:
+        raise UploadError(f"not an image: could not decode {filename!r} ({READ_FORMATS})")
+    try:
+        check_pixels(header, repr(filename), max_pixels)
+    except ImageTooLargeError as exc:
+        raise UploadError(str(exc), status=413) from exc
+    except ImageTooSmallError as exc:
+        raise UploadError(str(exc)) from exc
     buf = np.frombuffer(data, dtype=np.uint8)
     try:
         img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
@@ -110,8 +107,9 @@ def decode_image(data: bytes, filename: str = "upload", max_pixels: int = DEFAUL
         img = None
     if img is None or img.size == 0:
         raise UploadError(f"not an image: could not decode {filename!r} ({READ_FORMATS})")
-    if img.shape[0] * img.shape[1] > max_pixels:  # formats whose header Pillow could not read
-        raise _too_many_pixels(filename, img.shape[1], img.shape[0], max_pixels)
+    if img.shape[0] * img.shape[1] > max_pixels:  # a header that understated the size
+        raise UploadError(f"image too large: {filename!r} decodes to {img.shape[1]} x {img.shape[0]} pixels",
+                          status=413)
     if img.ndim == 3 and img.shape[2] == 4:
         bgra = _to_uint8(img).astype(np.float32)
         alpha = bgra[..., 3:] / 255.0
@@ -123,11 +121,6 @@ def decode_image(data: bytes, filename: str = "upload", max_pixels: int = DEFAUL
         if bgr is None:
             raise UploadError(f"not an image: could not decode {filename!r} ({READ_FORMATS})")
     return np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-
-
-def _too_many_pixels(filename: str, width: int, height: int, max_pixels: int) -> UploadError:
-    return UploadError(f"image too large: {filename!r} is {width} x {height} = {width * height / 1e6:.1f} "
-                       f"megapixels, the limit is {max_pixels / 1e6:.1f} (resize it first)", status=413)
 
 
 def png_data_url(rgb: np.ndarray) -> str:

@@ -303,3 +303,43 @@ def write_screenshot(browser, derainer: mgid.Derainer, tmp_path: Path) -> None:
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)
         page.close()
+
+
+# ------------------------------------------------------------------------------------------- hostile uploads
+
+
+def test_tiny_image_is_400_not_500(client) -> None:
+    """A 1x1 PNG is refused from its header with the network's size rule (was a 500 and a traceback)."""
+    for h, w in ((1, 1), (8, 8), (3, 5)):
+        resp = post_image(client, png_bytes(np.zeros((h, w, 3), np.uint8)), "dot.png")
+        assert resp.status_code == 400, (h, w, resp.get_json())
+        assert "is too small" in resp.get_json()["error"]
+
+
+def test_bomb_is_413_from_the_header_with_flat_memory(tiny_derainer: mgid.Derainer) -> None:
+    """A 27 KB PNG claiming 15000x15000 (and a 16-bit RGBA one claiming 8000x8000) is refused from its header:
+    Pillow's own check would refuse to say the size above 179 MP, and decoding first would take GBs. In a child
+    process four such uploads grow the RSS by less than 100 MB."""
+    from tests.image_bombs import png_bomb
+    from tests.peak_memory import run_measured
+
+    app = web.create_app(tiny_derainer, max_upload_mb=1)
+    bombs = {"grey.png": png_bomb(15000, 15000), "rgba16.png": png_bomb(8000, 8000, bit_depth=16, colour_type=6)}
+    for name, data in bombs.items():
+        resp = post_image(app.test_client(), data, name)
+        assert resp.status_code == 413, resp.get_json()
+        assert "image too large" in resp.get_json()["error"] and "the limit is 40" in resp.get_json()["error"]
+    run = run_measured(f"""
+import io
+import mgid
+from mgid import web
+from tests.image_bombs import png_bomb
+client = web.create_app(mgid.load_model({str(tiny_derainer.weights)!r}, device="cpu"), max_upload_mb=1).test_client()
+data = png_bomb(15000, 15000)
+mark_baseline()
+for i in range(4):
+    resp = client.post("/api/derain", data={{"image": (io.BytesIO(data), "b.png")}}, content_type="multipart/form-data")
+    print("STATUS", resp.status_code)
+""", limit_bytes=4 << 30)
+    assert run.stdout.count("STATUS 413") == 4, run.stderr[-3000:]
+    assert run.growth < 100 << 20, f"four bombs grew the RSS by {run.growth / 2**20:.0f} MB"

@@ -4,7 +4,11 @@ Conventions used everywhere in `mgid.data`:
 
 * An image on the host is a NumPy array of shape HxWx3, dtype uint8, channel order **RGB**.
   Greyscale files are expanded to 3 equal channels; an alpha channel is dropped; 16-bit files
-  are reduced to 8 bits (OpenCV's ``IMREAD_COLOR`` does all three).
+  are reduced to 8 bits (OpenCV's ``IMREAD_COLOR`` does all three): `read_image`, what training and
+  scoring read.
+* A `Photo` is what ``mgid derain`` de-rains and writes back: the colour as HxWx3 RGB in the file's own depth
+  (uint8, or uint16 for 16-bit PNG/TIFF) and the alpha channel, if any, kept aside (`read_photo`,
+  `write_photo`), so a transparent PNG stays transparent and a 16-bit one stays 16-bit.
 * A network input is a float32 tensor of shape (3, H, W) in [-1, 1], computed as ``x / 127.5 - 1``
   of the RGB uint8 image. The public MGID code fed BGR (as OpenCV reads it); we feed RGB. For a model
   trained from scratch the channel order makes no difference, but weights converted from the public
@@ -12,7 +16,9 @@ Conventions used everywhere in `mgid.data`:
 
 Files are read through ``numpy.fromfile`` + ``cv2.imdecode`` rather than ``cv2.imread`` so that
 paths with non-ASCII characters work on every platform and a missing file can be told apart from an
-unreadable one.
+unreadable one. Before any decode the header is read (`mgid.data.image_header`): a file no header parser
+recognises is refused, and with ``max_pixels`` an image over the limit (a decompression bomb) or too small
+for the network is refused from its header alone.
 """
 from __future__ import annotations
 
@@ -20,16 +26,21 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
+from .image_header import ImageHeader, check_pixels, read_header
+
 #: File suffixes (lower case, with the dot) treated as images; everything else in a folder is ignored.
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 PathLike = str | Path
+#: Suffixes whose files `write_image` can give 16 bits per channel.
+SIXTEEN_BIT_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff")
 
 
 def _umask_mode() -> int:
@@ -75,55 +86,117 @@ def _not_readable(path: Path, why: str = "") -> ValueError:
     )
 
 
-def read_image(path: PathLike) -> np.ndarray:
-    """Read an image file as HxWx3 uint8 RGB.
+def _header(p: Path, max_pixels: int | None) -> ImageHeader:
+    """The checked header of existing file ``p`` (`check_pixels` with ``max_pixels``; None: any size)."""
+    if p.stat().st_size == 0:
+        raise _not_readable(p, "empty file")
+    header = read_header(p)
+    if header is None:
+        raise _not_readable(p, "no image header")
+    if max_pixels is not None:
+        check_pixels(header, str(p), max_pixels)
+    return header
 
-    Raises ``FileNotFoundError`` (naming the path) if the file does not exist and ``ValueError``
-    (naming the file) if it exists but cannot be decoded as an image (corrupt, truncated, not an image).
-    """
+
+def _decode(p: Path, flags: int) -> np.ndarray:
+    """``cv2.imdecode`` of file ``p``; ValueError naming the file when it cannot be decoded."""
+    data = np.fromfile(str(p), dtype=np.uint8)
+    try:
+        img = cv2.imdecode(data, flags)
+    except cv2.error as exc:  # some codecs raise instead of returning None
+        raise _not_readable(p, str(exc).strip().splitlines()[-1]) from exc
+    if img is None or img.size == 0:
+        raise _not_readable(p)
+    return img
+
+
+def _existing(path: PathLike) -> Path:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"image file not found: {p}")
-    data = np.fromfile(str(p), dtype=np.uint8)
-    if data.size == 0:
-        raise _not_readable(p, "empty file")
-    try:
-        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    except cv2.error as exc:  # some codecs raise instead of returning None
-        raise _not_readable(p, str(exc).strip().splitlines()[-1]) from exc
-    if bgr is None or bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.size == 0:
+    return p
+
+
+def read_image(path: PathLike, max_pixels: int | None = None) -> np.ndarray:
+    """Read an image file as HxWx3 uint8 RGB (alpha dropped, 16 bits reduced to 8).
+
+    Raises ``FileNotFoundError`` (naming the path) if the file does not exist and ``ValueError``
+    (naming the file) if it exists but cannot be decoded as an image (corrupt, truncated, not an image).
+    ``max_pixels``: refuse larger images (and images too small for the network) from the header, before
+    decoding (`mgid.data.image_header.check_pixels`); None: any size.
+    """
+    p = _existing(path)
+    _header(p, max_pixels)
+    bgr = _decode(p, cv2.IMREAD_COLOR)
+    if bgr.ndim != 3 or bgr.shape[2] != 3:
         raise _not_readable(p)
     return np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
 
 
-def image_size(path: PathLike) -> tuple[int, int]:
-    """(height, width) of an image file, reading only its header where possible.
+@dataclass
+class Photo:
+    """An image file's pixels as ``mgid derain`` de-rains them: ``rgb`` HxWx3 RGB, uint8 or uint16 (the file's
+    depth); ``alpha`` HxW of the same dtype, or None; ``note``: how the file's pixels were changed to fit
+    (e.g. a float TIFF read as 8-bit), or None."""
 
-    Used to validate large folders at construction time without decoding every pixel. Pillow (a
-    dependency of scikit-image) parses the header lazily; if it is missing, or cannot identify the
-    format, the file is decoded fully with OpenCV instead. Raises like `read_image`.
+    rgb: np.ndarray
+    alpha: np.ndarray | None = None
+    note: str | None = None
+
+
+def _to_depth(img: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """uint8/uint16 pixels unchanged; other depths (float, 32-bit) scaled to uint8, with a note saying so."""
+    if img.dtype in (np.uint8, np.uint16):
+        return img, None
+    if img.dtype.kind == "f":
+        out = (np.clip(img.astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    else:
+        out = (img.astype(np.float64) * 255.0 / np.iinfo(img.dtype).max + 0.5).astype(np.uint8)
+    return out, f"{img.dtype} pixels, de-rained and written as 8-bit"
+
+
+def read_photo(path: PathLike, max_pixels: int | None = None) -> Photo:
+    """Read an image file as a `Photo`: its colour in its own depth (8 or 16 bits; other depths become 8 bits
+    with a note) and its transparency (an alpha channel, or a transparent colour, as an alpha channel).
+
+    Grey files become 3 equal channels; JPEG EXIF orientation is applied. Errors and ``max_pixels`` as
+    `read_image`.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"image file not found: {p}")
-    try:
-        from PIL import Image  # header-only parse: microseconds per file
-    except ImportError:  # pragma: no cover - Pillow comes with scikit-image
-        Image = None  # type: ignore[assignment]
-    if Image is not None:
-        try:
-            with Image.open(p) as im:
-                w, h = im.size
-            if h > 0 and w > 0:
-                return int(h), int(w)
-        except Exception:  # noqa: BLE001 - unknown to Pillow: let OpenCV decide below
-            pass
-    img = read_image(p)
-    return int(img.shape[0]), int(img.shape[1])
+    p = _existing(path)
+    header = _header(p, max_pixels)
+    # IMREAD_UNCHANGED keeps the alpha (OpenCV gives 4 channels for every kind of PNG/TIFF/WebP transparency)
+    # but ignores EXIF orientation, which files with transparency do not use; IMREAD_COLOR | ANYDEPTH turns
+    # photos upright and keeps 16 bits.
+    flags = cv2.IMREAD_UNCHANGED if header.has_alpha else cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH
+    img, note = _to_depth(_decode(p, flags))
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    if img.ndim != 3 or img.shape[2] not in (3, 4):
+        raise _not_readable(p, f"{img.shape[2] if img.ndim == 3 else 1} channels")
+    alpha = np.ascontiguousarray(img[..., 3]) if img.shape[2] == 4 else None
+    rgb = np.ascontiguousarray(cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2RGB))
+    return Photo(rgb, alpha, note)
+
+
+def write_photo(path: PathLike, photo: Photo) -> Path:
+    """Write a `Photo` (its alpha back beside the colour) with `write_image`."""
+    if photo.alpha is None:
+        return write_image(path, photo.rgb)
+    return write_image(path, np.dstack([photo.rgb, photo.alpha.astype(photo.rgb.dtype)]))
+
+
+def image_size(path: PathLike) -> tuple[int, int]:
+    """(height, width) of an image file from its header (`mgid.data.image_header`), decoding nothing.
+
+    Used to validate large folders at construction time without decoding every pixel. Raises like `read_image`.
+    """
+    header = _header(_existing(path), None)
+    return header.height, header.width
 
 
 def write_image(path: PathLike, rgb: np.ndarray) -> Path:
-    """Write an HxWx3 (or HxW) uint8 RGB image; the format follows the suffix of ``path``.
+    """Write an HxWx3 RGB, HxWx4 RGBA or HxW grey image, uint8 or (PNG, TIFF) uint16; the format follows the
+    suffix of ``path``.
 
     Parent folders are created. The file is written atomically: the encoded bytes go to a hidden
     temporary file beside ``path`` that is then renamed over it, so a failed write (disk full, an
@@ -134,12 +207,15 @@ def write_image(path: PathLike, rgb: np.ndarray) -> Path:
     if p.suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"cannot write {p}: unknown image suffix {p.suffix!r} (use one of {IMAGE_SUFFIXES})")
     arr = np.asarray(rgb)
-    if arr.dtype != np.uint8:
-        raise TypeError(f"write_image expects uint8 pixels, got {arr.dtype} (use to_uint8 first)")
-    if arr.ndim == 3 and arr.shape[2] == 3:
-        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
+    if arr.dtype not in (np.uint8, np.uint16):
+        raise TypeError(f"write_image expects uint8 or uint16 pixels, got {arr.dtype} (use to_uint8 first)")
+    if arr.dtype == np.uint16 and p.suffix.lower() not in SIXTEEN_BIT_SUFFIXES:
+        raise ValueError(f"cannot write 16-bit pixels to {p}: {p.suffix} holds 8 bits (use "
+                         f"{' or '.join(SIXTEEN_BIT_SUFFIXES)})")
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):
+        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR if arr.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
     elif arr.ndim != 2:
-        raise ValueError(f"write_image expects HxWx3 or HxW pixels, got shape {arr.shape}")
+        raise ValueError(f"write_image expects HxWx3, HxWx4 or HxW pixels, got shape {arr.shape}")
     ok, buf = cv2.imencode(p.suffix.lower(), arr)
     if not ok:
         raise ValueError(f"OpenCV could not encode {p}")
@@ -157,19 +233,32 @@ def write_image(path: PathLike, rgb: np.ndarray) -> Path:
     return p
 
 
+#: Half the largest value of each pixel depth: ``x / HALF - 1`` maps [0, max] to [-1, 1].
+_HALF = {np.dtype(np.uint8): 127.5, np.dtype(np.uint16): 32767.5}
+
+
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:
-    """HxWx3 uint8 RGB -> float32 tensor (3, H, W) in [-1, 1], computed as ``x / 127.5 - 1``."""
+    """HxWx3 uint8 (or uint16) RGB -> float32 tensor (3, H, W) in [-1, 1], computed as ``x / 127.5 - 1``
+    (``x / 32767.5 - 1`` for 16 bits)."""
     arr = np.asarray(rgb)
-    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"to_tensor expects an HxWx3 uint8 image, got {arr.dtype} {arr.shape}")
+    if arr.dtype not in _HALF or arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"to_tensor expects an HxWx3 uint8 or uint16 image, got {arr.dtype} {arr.shape}")
     t = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).to(torch.float32)
-    return t / 127.5 - 1.0
+    return t.div_(_HALF[arr.dtype]).sub_(1.0)  # in place: one float copy of the image, not three
+
+
+def to_pixels(tensor: torch.Tensor, dtype: np.dtype | type = np.uint8) -> np.ndarray:
+    """Float tensor (3, H, W) in [-1, 1] -> HxWx3 RGB of ``dtype`` (uint8 or uint16): ``(x + 1) * 127.5``
+    (``* 32767.5``), rounded, clipped. Works on one float copy in place (the peak is one float image)."""
+    t = tensor.detach()
+    if t.ndim != 3 or t.shape[0] != 3:
+        raise ValueError(f"to_pixels expects a (3, H, W) tensor, got shape {tuple(t.shape)}")
+    half = _HALF[np.dtype(dtype)]
+    arr = t.to("cpu", torch.float32, copy=True).add_(1.0).mul_(half).round_().clamp_(0, 2 * half)
+    out = torch.uint8 if np.dtype(dtype) == np.uint8 else torch.int32  # torch has no uint16 arithmetic on CPU
+    return arr.to(out).permute(1, 2, 0).contiguous().numpy().astype(dtype, copy=False)
 
 
 def to_uint8(tensor: torch.Tensor) -> np.ndarray:
     """Float tensor (3, H, W) in [-1, 1] -> HxWx3 uint8 RGB: ``(x + 1) * 127.5``, rounded, clipped."""
-    t = tensor.detach()
-    if t.ndim != 3 or t.shape[0] != 3:
-        raise ValueError(f"to_uint8 expects a (3, H, W) tensor, got shape {tuple(t.shape)}")
-    arr = ((t.to(torch.float32).cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return arr.permute(1, 2, 0).contiguous().numpy()
+    return to_pixels(tensor, np.uint8)

@@ -2,9 +2,9 @@
 from mgid.models.decoder import Decoder
 from mgid.models.encoder import DOWNSAMPLE, Encoder, EncoderFeatures, NormStats
 from mgid.models.memory import MemoryModule, MemoryOutput, random_unit_items
-from mgid.models.mgid import MGIDNet, MGIDOutput, ModelConfig, pad_to_multiple
+from mgid.models.mgid import MGIDNet, MGIDOutput, ModelConfig, image_size_problem, pad_to_multiple
 
 __all__ = [
     "DOWNSAMPLE", "Decoder", "Encoder", "EncoderFeatures", "MGIDNet", "MGIDOutput", "MemoryModule",
-    "MemoryOutput", "ModelConfig", "NormStats", "pad_to_multiple", "random_unit_items",
+    "MemoryOutput", "ModelConfig", "NormStats", "image_size_problem", "pad_to_multiple", "random_unit_items",
 ]

@@ -84,6 +84,18 @@ class MGIDOutput:
     separateness: torch.Tensor | None = None
 
 
+def image_size_problem(height: int, width: int) -> str | None:
+    """Why an image of ``height`` x ``width`` is too small for `MGIDNet`, or None when it is not: the instance
+    norm (and the BSW covariance) need at least two query pixels, i.e. H*W >= 128 after padding to multiples
+    of 8. Shared by every check of an input's size (the network, the ONNX backend, image headers)."""
+    # no int(): under torch.export the sizes are symbolic, and int() would fix them to the example's
+    ph, pw = -(-height // DOWNSAMPLE), -(-width // DOWNSAMPLE)  # query size after padding
+    if ph * pw < 2:
+        return (f"image {height}x{width} is too small: the network needs H*W >= {2 * DOWNSAMPLE ** 2} after "
+                f"padding to multiples of {DOWNSAMPLE} (e.g. 8x16)")
+    return None
+
+
 def pad_to_multiple(image: torch.Tensor, multiple: int, mode: str = "reflect") -> torch.Tensor:
     """Pad (B, C, H, W) at the bottom and right so H and W are multiples of ``multiple``.
 
@@ -135,12 +147,9 @@ class MGIDNet(nn.Module):
                              f"{tuple(image.shape)}{hint}")
         if not image.is_floating_point():
             raise TypeError(f"image must be a floating tensor in [-1, 1], got dtype {image.dtype}")
-        h, w = image.shape[-2:]
-        ph, pw = -(-h // DOWNSAMPLE), -(-w // DOWNSAMPLE)  # query size after padding
-        if ph * pw < 2:
-            # Instance norm (and the BSW covariance) need at least two query pixels.
-            raise ValueError(f"image {h}x{w} is too small: the network needs H*W >= {2 * DOWNSAMPLE ** 2} "
-                             f"after padding to multiples of {DOWNSAMPLE} (e.g. 8x16)")
+        problem = image_size_problem(*image.shape[-2:])
+        if problem is not None:
+            raise ValueError(problem)
 
     def forward(
         self,

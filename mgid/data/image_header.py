@@ -1,0 +1,114 @@
+"""An image file's size and kind from its header, before any pixel is decoded, and the pixel limit checked on it.
+
+A PNG of a few kilobytes can hold a 20000x20000 image (zlib compresses a blank image a thousandfold): decoding
+it first and checking after is the attack. `read_header` parses only the header of the formats mgid reads
+(`HEADER_FORMATS`: PNG, JPEG, BMP, TIFF, WebP) with Pillow's format plugins, and `check_pixels` refuses an image
+over a pixel limit (or too small for the network) from those numbers alone.
+
+Pillow's own ``Image.open`` is not used: above ``Image.MAX_IMAGE_PIXELS`` (89 MP warns, 179 MP raises
+``DecompressionBombError``) it refuses to say the size, and changing that limit is a process-wide setting. The
+plugins' header parsers are what ``Image.open`` runs before that check; they read the header only (a WebP file
+is read whole, which the callers' upload or file size bounds).
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+from mgid.models import image_size_problem
+
+#: Pillow format names whose headers `read_header` parses: the formats `mgid.data.imageio` reads.
+HEADER_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
+#: Readable names of `HEADER_FORMATS`, for messages.
+FORMAT_NAMES = "JPEG, PNG, BMP, TIFF and WebP"
+#: ``mgid derain``'s pixel limit unless told otherwise (``--max-megapixels``): above the largest camera sensors
+#: (100-200 MP), below the 400 MP of a 20000x20000 PNG that zlib packs into about a megabyte.
+DEFAULT_MAX_PIXELS = 200_000_000
+
+
+class ImageTooLargeError(ValueError):
+    """An image over the pixel limit (refused from its header, nothing decoded)."""
+
+
+class ImageTooSmallError(ValueError):
+    """An image too small for the network (fewer than two 8x8 cells after padding)."""
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image file's header says: its format (Pillow's name), width, height, Pillow mode (``RGB``,
+    ``RGBA``, ``I;16``, ...) and whether it carries transparency (an alpha channel or a transparent colour)."""
+
+    format: str
+    width: int
+    height: int
+    mode: str
+    has_alpha: bool
+
+    @property
+    def pixels(self) -> int:
+        """width x height."""
+        return self.width * self.height
+
+
+def _plugins() -> list[tuple[str, object, object]]:
+    from PIL import Image
+
+    Image.init()
+    return [(name, *Image.OPEN[name]) for name in HEADER_FORMATS if name in Image.OPEN]
+
+
+def read_header(source: bytes | str | Path) -> ImageHeader | None:
+    """The header of an image file (its bytes, or a path), or None when none of `HEADER_FORMATS` recognises it
+    (not an image, or a format mgid does not read). Decodes no pixels; never raises for bad data.
+    Raises ``OSError`` only when a path cannot be opened."""
+    stream = open(source, "rb") if isinstance(source, (str, Path)) else io.BytesIO(source)  # noqa: SIM115
+    with stream:
+        prefix = stream.read(16)
+        for name, factory, accept in _plugins():
+            if accept is not None and accept(prefix) is not True:
+                continue  # not this format (a str is Pillow's reason why not)
+            stream.seek(0)
+            try:
+                im = factory(stream, "")
+            except Exception:  # noqa: BLE001 - a malformed header: try the next format, then give up
+                header = _tiff_tags(stream, prefix) if name == "TIFF" else None
+                if header is not None:
+                    return header
+                continue
+            width, height = (int(v) for v in im.size)
+            alpha = "A" in im.mode or "a" in im.mode or "transparency" in im.info
+            return ImageHeader(name, width, height, im.mode, alpha)
+    return None
+
+
+#: TIFF tags: ImageWidth, ImageLength, ExtraSamples (an alpha channel, among others).
+_TIFF_WIDTH, _TIFF_HEIGHT, _TIFF_EXTRA_SAMPLES = 256, 257, 338
+
+
+def _tiff_tags(stream, prefix: bytes) -> ImageHeader | None:
+    """The size from a TIFF's first directory of tags, for the pixel formats Pillow has no mode for (float or
+    32-bit colour, which OpenCV reads); None when the tags cannot be read."""
+    from PIL import TiffImagePlugin
+
+    try:
+        tags = TiffImagePlugin.ImageFileDirectory_v2(prefix[:8])
+        stream.seek(tags.next)
+        tags.load(stream)
+        width, height = int(tags[_TIFF_WIDTH]), int(tags[_TIFF_HEIGHT])
+    except Exception:  # noqa: BLE001 - not a readable TIFF directory
+        return None
+    return ImageHeader("TIFF", width, height, "?", _TIFF_EXTRA_SAMPLES in tags)
+
+
+def check_pixels(header: ImageHeader, name: str, max_pixels: int | None) -> None:
+    """Refuse, from the header alone, an image over ``max_pixels`` (`ImageTooLargeError`; None: no limit) or too
+    small for the network (`ImageTooSmallError`). ``name`` (a file name) goes into the messages."""
+    if max_pixels is not None and header.pixels > max_pixels:
+        raise ImageTooLargeError(
+            f"image too large: {name} is {header.width} x {header.height} = {header.pixels / 1e6:.1f} megapixels, "
+            f"the limit is {max_pixels / 1e6:g} (resize it first, or raise the limit)")
+    problem = image_size_problem(header.height, header.width)
+    if problem is not None:
+        raise ImageTooSmallError(f"{name}: {problem}")

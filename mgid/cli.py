@@ -213,6 +213,12 @@ def _derain_video_command(args: argparse.Namespace, prog: str) -> int:
         return _err(prog, str(exc))
     print(f"wrote {report.frames} frames to {report.output} ({report.fps:.2f} frames/s, {how}"
           + (", audio kept" if report.audio else "") + ")")
+    truncation = report.truncation()
+    if truncation is not None:
+        print(f"{prog}: warning: {truncation}"
+              + ("" if args.allow_truncated else f" (exit code {EXIT_SKIPPED}; --allow-truncated accepts it)"),
+              file=sys.stderr)
+        return EXIT_OK if args.allow_truncated else EXIT_SKIPPED
     return EXIT_OK
 
 
@@ -309,6 +315,9 @@ def register_derain(sub: argparse._SubParsersAction) -> None:
                        help="frames per network call [default: 8 on a GPU, 1 on a CPU]")
     video.add_argument("--fps", type=float, default=None,
                        help="frame rate of a folder of frames [default: 25]")
+    video.add_argument("--allow-truncated", action="store_true",
+                       help="exit 0 when the input gives fewer frames than its header announces (a truncated "
+                            "file; the frames read are written either way, with a warning)")
     p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
                    help="run the network in PyTorch, or an exported ONNX file (mgid export --onnx) in onnxruntime "
                         "on the CPU (then --weights names the .onnx file) [default: torch]")

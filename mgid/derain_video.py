@@ -43,6 +43,17 @@ class VideoReport:
         """Frames processed per second of wall time."""
         return self.frames / self.seconds if self.seconds > 0 else float("inf")
 
+    def truncation(self) -> str | None:
+        """A warning when fewer frames were read than the input's header announces (a truncated or damaged
+        file, which FFmpeg decodes up to the damage without an error), else None."""
+        missing, expected = self.source.missing_frames(self.frames)
+        if missing <= 0:
+            return None
+        exact = self.source.frames is not None
+        return (f"{self.source.path} gave {self.frames} of the {expected} frames its header "
+                f"{'announces' if exact else 'implies (duration x frame rate)'}: the file is truncated or damaged, "
+                f"and {self.output} holds only those {self.frames}")
+
 
 def is_video_job(input_path: str | Path, output_path: str | Path, temporal_median: int | None = None) -> bool:
     """Whether ``mgid derain INPUT OUTPUT`` is a video job: INPUT is a video file, OUTPUT names one, or a

@@ -79,7 +79,8 @@ def _import_av() -> Any:
 @dataclass(frozen=True)
 class VideoInfo:
     """What is known of a video before decoding it: ``frames`` is the container's count (None when the
-    container does not store one: Matroska/WebM, folders never lack it); ``audio`` the input's audio codec."""
+    container does not store one: Matroska/WebM, folders never lack it); ``audio`` the input's audio codec;
+    ``duration`` the container's duration in seconds (None when unknown, and for folders)."""
 
     path: Path
     width: int
@@ -87,6 +88,25 @@ class VideoInfo:
     fps: Fraction
     frames: int | None
     audio: str | None
+    duration: float | None = None
+
+    def expected_frames(self) -> tuple[int | None, bool]:
+        """(the frame count the header announces, whether it is exact): the container's count when it stores
+        one (exact), else the duration times the frame rate (an estimate, good to a frame), else (None, False)."""
+        if self.frames is not None:
+            return self.frames, True
+        if self.duration:
+            return round(self.duration * float(self.fps)), False
+        return None, False
+
+    def missing_frames(self, read: int) -> tuple[int, int | None]:
+        """(frames the header announces that were not read, the announced count): > 0 when a video with ``read``
+        frames decoded is truncated or damaged (an estimated count is given one frame of slack)."""
+        expected, exact = self.expected_frames()
+        if expected is None:
+            return 0, None
+        missing = expected - read
+        return (missing if exact or missing > 1 else 0), expected
 
     def describe(self) -> str:
         n = "?" if self.frames is None else str(self.frames)
@@ -135,8 +155,9 @@ class FrameSource:
         if not rate:
             self.close()
             raise VideoError(f"{self.path}: the frame rate is not stored; pass it (--fps)")
+        duration = self._container.duration / 1e6 if self._container.duration else None  # AV_TIME_BASE: microseconds
         self.info = VideoInfo(self.path, video.codec_context.width, video.codec_context.height, Fraction(rate),
-                              video.frames or None, audio.codec_context.name if audio is not None else None)
+                              video.frames or None, audio.codec_context.name if audio is not None else None, duration)
 
     @property
     def audio_stream(self) -> Any:

@@ -203,6 +203,40 @@ def test_truncated_video_leaves_no_output(clip, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.mp4"]
 
 
+def _faststart_mp4(path: Path, frames: int = 24) -> Path:
+    """An MP4 with its index (moov) at the front, as phones and web tools write it: cut short, it still opens."""
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as c:
+        s = c.add_stream("libx264", rate=12)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for _ in range(frames):
+            c.mux(s.encode(av.VideoFrame.from_ndarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8),
+                                                      format="rgb24")))
+        c.mux(s.encode(None))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["mp4-faststart", "mkv"])
+def test_truncated_video_warns_with_the_counts_and_exits_1(tmp_path, weights, capsys, kind):
+    """A cut file that FFmpeg decodes up to the cut without an error: the frames read are written, a warning
+    gives the count read and the count the header announces (MKV stores none: duration x rate), exit code 1
+    unless --allow-truncated."""
+    whole = (_faststart_mp4(tmp_path / "whole.mp4") if kind == "mp4-faststart"
+             else write_clip(tmp_path / "whole.mkv", dataclasses.replace(CAMERA, frames=24), seed=1))
+    cut = tmp_path / f"cut{whole.suffix}"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    out = tmp_path / "out.mp4"
+    assert cli.main(["derain", str(cut), str(out), "--temporal-median", "3", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    n = _streams(out)[0]
+    assert 0 < n < 24 and f"gave {n} of the 24 frames its header" in err and "--allow-truncated" in err
+    assert cli.main(["derain", str(cut), str(tmp_path / "net.mp4"), "--weights", str(weights), "--device", "cpu",
+                     "--allow-truncated", "--quiet"]) == 0
+    assert f"gave {n} of the 24 frames" in capsys.readouterr().err
+    assert cli.main(["derain", str(whole), str(tmp_path / "ok.mp4"), "--temporal-median", "3", "--quiet"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_zero_frames(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from mgid.data.heldout_sets import HELDOUT_SETS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -136,3 +139,23 @@ def test_learning_curve_scores_step_checkpoints_and_plots(tmp_path: Path) -> Non
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert staged.returncode == 0, staged.stderr[-4000:]
     assert (tmp_path / "staged.png").stat().st_size > (tmp_path / "curve.png").stat().st_size // 2
+
+
+def test_recalibrated_score_rescores_checkpoints(tmp_path: Path) -> None:
+    """benchmarks/recalibrated_score.py: a step checkpoint re-scored after BatchNorm recalibration, every set."""
+    from mgid.config import resolve_config
+    from mgid.training import Trainer
+
+    cfg = resolve_config("quick", {
+        "out": str(tmp_path / "run"), "max_steps": 1, "checkpoint_every": 1, "keep_step_checkpoints": True,
+        "model": {"channels": 8, "memory_items": 4}, "crop_size": 16, "batch_size": 2, "val_every": 0,
+        "image_every": 0, "val_count": 1, "sample_rows": 1, "device": "cpu", "bn_recalibration_batches": 0})
+    Trainer(cfg, log=lambda s: None).run()
+    ckpt = tmp_path / "run" / "checkpoints" / "step_000001.safetensors"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "recalibrated_score.py"), str(ckpt), "--batches", "2",
+           "--json", str(tmp_path / "scores.json")]
+    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    scores = json.loads((tmp_path / "scores.json").read_text())["scores"][str(ckpt)]
+    assert set(scores) == set(HELDOUT_SETS) and all(math.isfinite(v["gain"]) for v in scores.values())

@@ -3,7 +3,8 @@
     >>> import mgid
     >>> derainer = mgid.load_model()                 # shipped weights, CUDA when available
     >>> clean = derainer.derain(rgb)                 # HxWx3 uint8 RGB in, HxWx3 uint8 RGB out
-    >>> clean = derainer.derain(rgb, tile=512)       # bounded memory for large photos
+    >>> clean = derainer.derain(rgb, tile=512)       # 512x512 tiles (default "auto": tiles only when the image
+    >>>                                              # would not fit the memory, see mgid.memory_budget)
     >>> mgid.load_model(precision="fp32")            # exact fp32 (default auto: bf16 on CPUs with bf16 units)
     >>> clean = derainer.derain(rgb, self_ensemble=True)  # mean over the 8 flips/turns: 8x the time
 
@@ -12,6 +13,7 @@ stores and reads the files; the network is built here, `load_network`); nothing 
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import overload
@@ -30,8 +32,16 @@ from mgid.checkpoint import (
 )
 from mgid.data.imageio import to_pixels, to_tensor
 from mgid.devices import resolve_device
-from mgid.inference import DEFAULT_OVERLAP, predict_rain, resolve_precision, tile_geometry
-from mgid.models import MGIDNet, ModelConfig
+from mgid.inference import DEFAULT_OVERLAP, TILE_AUTO, predict_rain, resolve_precision, tile_geometry
+from mgid.memory_budget import (
+    AUTO_BUDGET_FRACTION,
+    MemoryCosts,
+    available_memory,
+    choose_tile,
+    format_bytes,
+    load_costs,
+)
+from mgid.models import DOWNSAMPLE, MGIDNet, ModelConfig
 from mgid.precision import resolve_arithmetic
 from mgid.self_ensemble import dihedral_mean
 
@@ -156,7 +166,11 @@ class Derainer:
     Attributes:
         net: the network (eval mode; its memory is only read).
         device: where it runs.
-        tile, overlap: default tiling (``tile=None``: whole images); see `mgid.inference`.
+        tile, overlap: default tiling: ``"auto"`` (`TILE_AUTO`, the default) = the whole image when it fits
+            the memory budget, else the largest tiles that do (`mgid.memory_budget.choose_tile`); ``None`` =
+            whole images; a size = tiles of that size. See `mgid.inference`.
+        max_memory: the budget of ``"auto"`` in bytes (None: `AUTO_BUDGET_FRACTION` of the memory available
+            on the device when each image starts).
         weights: the file the weights came from (None when built from a network).
         precision: the arithmetic, resolved: ``fp32`` or ``bf16`` (autocast). Given as ``auto``
             (the default) it is bf16 on a CPU with native bf16 instructions, fp32 elsewhere
@@ -168,22 +182,54 @@ class Derainer:
             quarter turns of the image (`mgid.self_ensemble`; 8 network passes). Off by default.
     """
 
-    def __init__(self, net: MGIDNet, device: str | torch.device | None = None, tile: int | None = None,
+    def __init__(self, net: MGIDNet, device: str | torch.device | None = None, tile: int | str | None = TILE_AUTO,
                  overlap: int = DEFAULT_OVERLAP, weights: Path | None = None, precision: str = "auto",
-                 channels_last: bool | None = None, self_ensemble: bool = False) -> None:
+                 channels_last: bool | None = None, self_ensemble: bool = False, max_memory: int | None = None) -> None:
         self.device = resolve_device(device) if device is not None else next(net.parameters()).device
         resolve_precision(precision, self.device)  # checks the name (inference's choices)
         self.arithmetic = resolve_arithmetic(precision, channels_last, self.device, "inference")
         self.precision, self.channels_last = self.arithmetic.precision, self.arithmetic.channels_last
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.net = net.to(self.device, memory_format=fmt).eval()
-        self.tile, self.overlap, self.weights = tile, overlap, weights
+        self.tile, self.overlap, self.weights = check_tile(tile, overlap), overlap, weights
+        self.max_memory = check_max_memory(max_memory)
         self.self_ensemble = check_self_ensemble(self_ensemble)
 
     def __repr__(self) -> str:
         return (f"Derainer(weights={str(self.weights) if self.weights else None!r}, device={str(self.device)!r}, "
                 f"tile={self.tile}, overlap={self.overlap}, precision={self.precision!r}, "
                 f"channels_last={self.channels_last}, self_ensemble={self.self_ensemble})")
+
+    def _channels(self) -> int:
+        """The network's width C (what its activations scale with)."""
+        return self.net.config.channels
+
+    @functools.cached_property
+    def memory_costs(self) -> MemoryCosts:
+        """The measured memory of this arithmetic and network width (`mgid.memory_budget.load_costs`)."""
+        return load_costs(self.precision, self.channels_last, self._channels())
+
+    def memory_budget(self) -> float:
+        """Bytes ``tile="auto"`` plans with now: `max_memory`, or `AUTO_BUDGET_FRACTION` of what is available."""
+        if self.max_memory is not None:
+            return float(self.max_memory)
+        return AUTO_BUDGET_FRACTION * available_memory(self.device)
+
+    def describe_tiling(self) -> str:
+        """How the default tiling is chosen, for messages: the tile, or auto's budget and its numbers' source."""
+        if self.tile != TILE_AUTO:
+            return "whole images" if self.tile is None else f"{self.tile}-pixel tiles"
+        budget = (f"--max-memory {format_bytes(self.max_memory)}" if self.max_memory is not None else
+                  f"{AUTO_BUDGET_FRACTION:.0%} of the available {format_bytes(available_memory(self.device))}")
+        return (f"tiles only where needed, from a budget of {budget} and {self.memory_costs.bytes_per_pixel:.0f} "
+                f"bytes per pixel measured by {self.memory_costs.source}")
+
+    def auto_tile(self, batch: int, height: int, width: int, overlap: int | None = None) -> int | None:
+        """The tile of ``tile="auto"`` for ``batch`` images of ``height`` x ``width``: None (whole) when they fit
+        the budget, else the largest fitting size; `mgid.memory_budget.MemoryBudgetError` when nothing fits."""
+        hp, wp = -(-height // DOWNSAMPLE) * DOWNSAMPLE, -(-width // DOWNSAMPLE) * DOWNSAMPLE
+        o = self.overlap if overlap is None else overlap
+        return choose_tile(batch * hp * wp, batch, hp, wp, self.memory_budget(), self.memory_costs, o)
 
     def _predict(self, batch: torch.Tensor, tile: int | None, overlap: int) -> torch.Tensor:
         """One prediction of the rain layer (B, 3, H, W) of ``batch`` (B, 3, H, W), tiled or whole (`predict_rain`)."""
@@ -192,8 +238,11 @@ class Derainer:
     def _rain(self, batch: torch.Tensor, tile: int | None | str, overlap: int | None,
               self_ensemble: bool | None) -> torch.Tensor:
         """The rain layer (B, 3, H, W) with the per-call options, unset ones (``"default"``/None) from the defaults."""
-        t = self.tile if tile == "default" else tile
+        t = self.tile if tile == "default" else check_tile(tile, self.overlap if overlap is None else overlap)
         o = self.overlap if overlap is None else overlap
+        if t == TILE_AUTO:
+            b, _, h, w = batch.shape
+            t = self.auto_tile(b, h, w, o)
         ensemble = self.self_ensemble if self_ensemble is None else check_self_ensemble(self_ensemble)
         if ensemble:  # around the whole (tiled) prediction: each turned image is padded and tiled in its own frame
             rain = dihedral_mean(lambda x: self._predict(x, t, o), batch)
@@ -237,7 +286,7 @@ class Derainer:
         ``self_ensemble`` (True/False) overrides the default (None: `self_ensemble` of the Derainer).
         """
         batch, kind = self._as_batch(image)
-        background = batch - self._rain(batch, tile, overlap, self_ensemble)
+        background = _background(batch, self._rain(batch, tile, overlap, self_ensemble))
         if kind == "numpy":
             return to_pixels(background[0], image.dtype)
         return background[0] if kind == "chw" else background
@@ -263,7 +312,27 @@ class Derainer:
             raise TypeError("derain_with_rain takes an HxWx3 uint8 NumPy image")
         batch, _ = self._as_batch(image)
         rain = self._rain(batch, tile, overlap, self_ensemble)
-        return to_pixels((batch - rain)[0], image.dtype), rain_to_uint8(rain[0])
+        rain_pixels = rain_to_uint8(rain[0])
+        return to_pixels(_background(batch, rain)[0], image.dtype), rain_pixels
+
+
+def check_tile(tile: int | str | None, overlap: int) -> int | str | None:
+    """``tile`` if it is `TILE_AUTO`, None or a valid tile size for ``overlap`` (`mgid.inference.tile_geometry`);
+    ValueError otherwise."""
+    if tile == TILE_AUTO or tile is None:
+        return tile
+    if isinstance(tile, str) or isinstance(tile, bool):
+        raise ValueError(f"tile must be {TILE_AUTO!r}, None (whole images) or a size in pixels, got {tile!r}")
+    tile_geometry(tile, overlap)
+    return tile
+
+
+def check_max_memory(value: int | None) -> int | None:
+    """``value`` if it is None or a positive number of bytes; ValueError otherwise."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise ValueError(f"max_memory must be a positive number of bytes (or None: the available memory), "
+                         f"got {value!r}")
+    return value
 
 
 def check_self_ensemble(value: object) -> bool:
@@ -275,17 +344,24 @@ def check_self_ensemble(value: object) -> bool:
 
 def rain_to_uint8(rain: torch.Tensor) -> np.ndarray:
     """Rain layer (3, H, W) on the [-1, 1] scale -> HxWx3 uint8 in pixel units (negatives clipped to 0)."""
-    arr = (rain.detach().to(torch.float32).cpu() * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return arr.permute(1, 2, 0).contiguous().numpy()
+    return to_pixels(rain, np.uint8, offset=0.0)
 
 
-def load_model(weights: str | Path | None = None, device: str | torch.device = "auto", tile: int | None = None,
-               overlap: int = DEFAULT_OVERLAP, precision: str = "auto", channels_last: bool | None = None,
-               self_ensemble: bool = False) -> Derainer:
+def _background(batch: torch.Tensor, rain: torch.Tensor) -> torch.Tensor:
+    """``batch - rain`` (B, 3, H, W), computed in ``rain``'s memory (a tensor of our own, used up here): an
+    image-sized float buffer less at the end of a large image. ``-rain + batch`` is ``batch - rain`` exactly."""
+    return rain.neg_().add_(batch)
+
+
+def load_model(weights: str | Path | None = None, device: str | torch.device = "auto",
+               tile: int | str | None = TILE_AUTO, overlap: int = DEFAULT_OVERLAP, precision: str = "auto",
+               channels_last: bool | None = None, self_ensemble: bool = False,
+               max_memory: int | None = None) -> Derainer:
     """A `Derainer` with weights from ``weights`` (None: the shipped ones) on ``device`` ("auto": CUDA if any).
 
     ``weights``: ``NAME.safetensors`` (with ``NAME.json`` beside it), or a training output folder.
-    ``tile``/``overlap``: the default tiling of `Derainer.derain` (None: whole images).
+    ``tile``/``overlap``: the default tiling of `Derainer.derain` (``"auto"``: tiles only when the whole image
+    would not fit ``max_memory`` bytes, default a share of the available memory; None: whole images).
     ``precision``: ``auto`` (bf16 autocast on a CPU with native bf16 instructions, else fp32), ``fp32``
     or ``bf16``; ``channels_last``: None = on exactly with bf16 on a CPU (see `Derainer`).
     ``self_ensemble``: the default of `Derainer.derain`'s option (mean over the 8 flips and quarter turns,
@@ -293,12 +369,12 @@ def load_model(weights: str | Path | None = None, device: str | torch.device = "
     Raises ``FileNotFoundError`` when the weights are missing (the message says how to get some)
     and `mgid.checkpoint.CheckpointError` for pickled, truncated or inconsistent files.
     """
-    if tile is not None:
-        tile_geometry(tile, overlap)  # bad tiling fails here, not on every image
+    check_tile(tile, overlap)  # bad tiling fails here, not on every image
+    check_max_memory(max_memory)
     check_self_ensemble(self_ensemble)
     path = resolve_weights(weights)
     dev = resolve_device(device)
     resolve_precision(precision, dev)  # a bad value fails before the weights are read
     net = load_network(path, dev)
     return Derainer(net, dev, tile=tile, overlap=overlap, weights=path, precision=precision,
-                    channels_last=channels_last, self_ensemble=self_ensemble)
+                    channels_last=channels_last, self_ensemble=self_ensemble, max_memory=max_memory)

@@ -158,6 +158,7 @@ def _derain_command(args: argparse.Namespace) -> int:
         derainer = _load_derainer(args)
     except (FileNotFoundError, CheckpointError, ModuleNotFoundError, RuntimeError, ValueError) as exc:
         return _err(prog, str(exc))
+    print(f"{prog}: on {derainer.device}, {_arithmetic(derainer)}; {derainer.describe_tiling()}", file=sys.stderr)
     try:
         report = derain_files(derainer, plan.jobs, progress=not args.quiet, on_skip=_print_skip,
                               max_pixels=_max_pixels(args))
@@ -182,24 +183,26 @@ def _load_derainer(args: argparse.Namespace):
         if args.weights is None:
             raise ValueError("--backend onnxruntime needs --weights FILE.onnx (write one with mgid export --onnx)")
         return load_onnx_derainer(args.weights, tile=args.tile, overlap=args.tile_overlap, device=args.device,
-                                  self_ensemble=args.self_ensemble, **_precision_kwargs(args))
+                                  self_ensemble=args.self_ensemble, max_memory=args.max_memory,
+                                  **_precision_kwargs(args))
     from mgid.api import load_model
 
     return load_model(args.weights, args.device, tile=args.tile, overlap=args.tile_overlap,
-                      self_ensemble=args.self_ensemble, **_precision_kwargs(args))
+                      self_ensemble=args.self_ensemble, max_memory=args.max_memory, **_precision_kwargs(args))
 
 
 def _derain_video_command(args: argparse.Namespace, prog: str) -> int:
     """``mgid derain`` of a video (file or folder of frames): the network frame by frame, or --temporal-median."""
     from mgid.checkpoint import CheckpointError
     from mgid.derain_video import derain_video, median_video
+    from mgid.inference import TILE_AUTO
     from mgid.video import VideoError
 
     if args.save_rain or args.compare:
         return _err(prog, "--save-rain/--compare apply to images; a video is written de-rained only")
     try:
         if args.temporal_median is not None:
-            if args.weights is not None or args.tile is not None or args.self_ensemble:
+            if args.weights is not None or args.tile != TILE_AUTO or args.self_ensemble:
                 return _err(prog, "--temporal-median uses no network; drop --weights/--tile/--self-ensemble")
             report = median_video(args.input, args.output, args.temporal_median, fps=args.fps,
                                   overwrite=args.overwrite, progress=not args.quiet)
@@ -263,20 +266,49 @@ def _add_self_ensemble_argument(p: argparse.ArgumentParser) -> None:
                         "turns make rain horizontal; measured in the README) [default: off]")
 
 
+def _tile_argument(text: str) -> int | str | None:
+    """``--tile``: ``auto``, ``none`` (whole images) or a size in pixels."""
+    from mgid.inference import TILE_AUTO
+
+    if text.lower() in (TILE_AUTO, "none"):
+        return TILE_AUTO if text.lower() == TILE_AUTO else None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto, none or a tile size in pixels, got {text!r}") from None
+
+
+def _bytes_argument(text: str) -> int:
+    """``--max-memory``: a size such as 4G (`mgid.memory_budget.parse_bytes`)."""
+    from mgid.memory_budget import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
-    from mgid.inference import DEFAULT_OVERLAP
+    from mgid.inference import DEFAULT_OVERLAP, TILE_AUTO
+    from mgid.memory_budget import AUTO_BUDGET_FRACTION
 
     p.add_argument("--weights", metavar="FILE.safetensors",
                    help="checkpoint to use (NAME.safetensors with NAME.json beside it, or a `mgid train` output "
                         "folder) [default: the shipped weights mgid/weights/mgid_embedded.safetensors]")
     _add_device_argument(p)
     _add_precision_arguments(p)
-    p.add_argument("--tile", type=int, default=None, metavar="SIZE",
-                   help="de-rain in SIZE x SIZE tiles (multiple of 8; e.g. 512) so large photos fit in memory "
-                        "[default: whole images]")
+    p.add_argument("--tile", type=_tile_argument, default=TILE_AUTO, metavar="auto|none|SIZE",
+                   help="auto: the whole image when it fits the memory budget (--max-memory), else the largest "
+                        "tiles that do, from the measured bytes per pixel of the network (the source is printed); "
+                        "none: whole images; SIZE: SIZE x SIZE tiles (a multiple of 8, e.g. 512). Tiles share "
+                        "the whole image's normalisation statistics [default: auto]")
     p.add_argument("--tile-overlap", type=int, default=DEFAULT_OVERLAP, metavar="PX",
                    help="overlap of neighbouring tiles, blended smoothly (rounded up to a multiple of 8) "
                         "[default: %(default)s]")
+    p.add_argument("--max-memory", type=_bytes_argument, default=None, metavar="SIZE",
+                   help="memory the de-raining of one image may take, e.g. 4G or 512M (--tile auto tiles to stay "
+                        f"under it) [default: {AUTO_BUDGET_FRACTION * 100:.0f}%% of the memory available when each image "
+                        f"starts]")
     _add_self_ensemble_argument(p)
 
 
@@ -386,8 +418,13 @@ def _web_command(args: argparse.Namespace) -> int:
               file=sys.stderr)
     if args.max_upload_mb <= 0:
         return _err(prog, f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    if args.max_megapixels <= 0 or args.job_seconds <= 0 or args.queue < 0:
+        return _err(prog, "--max-megapixels and --job-seconds must be positive and --queue >= 0, got "
+                          f"{args.max_megapixels:g}, {args.job_seconds:g} and {args.queue}")
     try:
-        serve(args.host, args.port, args.weights, args.device, args.max_upload_mb, args.precision)
+        serve(args.host, args.port, args.weights, args.device, args.max_upload_mb, args.precision,
+              max_pixels=int(args.max_megapixels * 1e6), job_seconds=args.job_seconds, max_waiting=args.queue,
+              max_memory=args.max_memory)
     except ImportError as exc:  # Flask missing
         return _err(prog, f"{exc} (install it: pip install flask)")
     except (FileNotFoundError, CheckpointError, ValueError, RuntimeError) as exc:
@@ -400,14 +437,24 @@ def _web_command(args: argparse.Namespace) -> int:
 def register_web(sub: argparse._SubParsersAction) -> None:
     """``mgid web``: serve the try-it page (`mgid.web`)."""
     from mgid.inference import PRECISIONS
-    from mgid.web import DEFAULT_HOST, DEFAULT_MAX_UPLOAD_MB, DEFAULT_PORT
+    from mgid.memory_budget import AUTO_BUDGET_FRACTION
+    from mgid.web import (
+        DEFAULT_HOST,
+        DEFAULT_JOB_SECONDS,
+        DEFAULT_MAX_PIXELS,
+        DEFAULT_MAX_UPLOAD_MB,
+        DEFAULT_MAX_WAITING,
+        DEFAULT_PORT,
+    )
 
     p = sub.add_parser(
         "web", help="a web page to try the model in a browser (http://127.0.0.1:7860)",
         description="Serve a page where you upload a photo and see it rainy | de-rained | rain layer, with a "
                     "before/after slider and a download of the de-rained PNG. Uploads are processed in "
-                    "memory and never stored. Listens on this machine only unless --host says otherwise "
-                    "(there is no authentication). Needs Flask (pip install flask).")
+                    "memory and never written to disk. Limits: upload size, pixels (from the image's header, "
+                    "before decoding), memory (automatic tiling), one photo at a time with a bounded queue "
+                    "(503 + Retry-After beyond it) and a time limit per photo. Listens on this machine only "
+                    "unless --host says otherwise (there is no authentication). Needs Flask (pip install flask).")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on [default: %(default)s]")
     p.add_argument("--host", default=DEFAULT_HOST,
                    help="address to bind; 0.0.0.0 exposes the page to the network [default: %(default)s]")
@@ -419,6 +466,16 @@ def register_web(sub: argparse._SubParsersAction) -> None:
                    help="arithmetic of the network (see `mgid derain --help`) [default: auto]")
     p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, metavar="MB",
                    help="largest upload accepted [default: %(default)s]")
+    p.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_PIXELS / 1e6, metavar="MP",
+                   help="largest image accepted, read from its header before decoding [default: %(default)g]")
+    p.add_argument("--max-memory", type=_bytes_argument, default=None, metavar="SIZE",
+                   help="memory one de-raining may take, e.g. 4G (automatic tiling stays under it) [default: "
+                        f"{AUTO_BUDGET_FRACTION * 100:.0f}%% of the memory available when each photo starts]")
+    p.add_argument("--job-seconds", type=float, default=DEFAULT_JOB_SECONDS, metavar="S",
+                   help="time limit of one photo, checked between tiles (503 past it) [default: %(default)g]")
+    p.add_argument("--queue", type=int, default=DEFAULT_MAX_WAITING, metavar="N",
+                   help="photos that may wait while one is de-rained; more get 503 with Retry-After "
+                        "[default: %(default)s]")
     p.set_defaults(func=_web_command)
 
 
@@ -430,6 +487,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from mgid.api import load_model
     from mgid.checkpoint import CheckpointError
     from mgid.evaluation import check_report_paths, evaluate_folders, evaluate_model, paired_folders
+    from mgid.inference import TILE_AUTO
 
     prog = "mgid evaluate"
     channel = "rgb" if args.rgb else "y"
@@ -442,8 +500,10 @@ def _evaluate(args: argparse.Namespace) -> int:
             paired_folders(args.data)  # a wrong folder is reported before the weights are loaded
             check_report_paths(out, args.overwrite, save_dir=out / "derained")  # ... and a wrong --out too
             derainer = load_model(args.weights, args.device, tile=args.tile, overlap=args.tile_overlap,
-                                  self_ensemble=args.self_ensemble, **_precision_kwargs(args))
-            print(f"{prog}: on {derainer.device}, {_arithmetic(derainer)}", file=sys.stderr)
+                                  self_ensemble=args.self_ensemble, max_memory=args.max_memory,
+                                  **_precision_kwargs(args))
+            print(f"{prog}: on {derainer.device}, {_arithmetic(derainer)}; {derainer.describe_tiling()}",
+                  file=sys.stderr)
             report = evaluate_model(derainer, args.data, channel, save_dir=out / "derained", progress=not args.quiet)
         except (FileNotFoundError, CheckpointError, RuntimeError, ValueError) as exc:
             return _err(prog, str(exc))
@@ -454,9 +514,9 @@ def _evaluate(args: argparse.Namespace) -> int:
             return _err(prog, "give --pred DIR --gt DIR (score predictions against clean images), or --data DIR "
                               "(a paired set with rain/ + norain/ or input/ + target/, de-rained with --weights or "
                               "the shipped weights)")
-        if args.weights is not None or args.tile is not None or args.self_ensemble:
-            return _err(prog, "--weights/--tile/--self-ensemble apply to --data only (with --pred the images are "
-                              "already de-rained)")
+        if args.weights is not None or args.tile != TILE_AUTO or args.self_ensemble or args.max_memory is not None:
+            return _err(prog, "--weights/--tile/--max-memory/--self-ensemble apply to --data only (with --pred the "
+                              "images are already de-rained)")
         out = Path(args.out) if args.out else Path(args.pred)
         try:
             check_report_paths(out, args.overwrite)

@@ -15,7 +15,8 @@ size on the input's device):
    bottom/right edge.
 3. Each tile's rain layer is multiplied by a separable raised-cosine window (rising over the first
    ``overlap`` pixels, flat in the middle, falling over the last ``overlap``; flat at the image
-   border), summed, and divided by the summed windows. Seams fade over the overlap.
+   border), summed, and divided by the summed windows (summed a band of rows at a time, so no image-sized
+   weight is stored). Seams fade over the overlap.
 
 What tiling changes: the memory read is per query pixel and BatchNorm in eval mode is a fixed
 per-channel affine map, so both are tile-independent; the 3x3 convolutions see zero padding at the
@@ -49,13 +50,19 @@ import torch
 from mgid import precision as _precision
 from mgid.models import DOWNSAMPLE, MGIDNet, pad_to_multiple
 from mgid.models.encoder import NormStats
+from mgid.time_limit import check_time_limit
 
 #: Default overlap (pixels) between neighbouring tiles.
 DEFAULT_OVERLAP = 64
+#: The tile setting that picks whole images or tiles from a memory budget (`mgid.api.Derainer`,
+#: `mgid.memory_budget.choose_tile`).
+TILE_AUTO = "auto"
 #: Smallest tile side accepted (two query pixels per side).
 MIN_TILE = 2 * DOWNSAMPLE
 #: Inference arithmetic: auto = bf16 autocast on a CPU with native bf16 instructions, else fp32.
 PRECISIONS = ("auto", "fp32", "bf16")
+#: Rows normalised at a time at the end of tiled inference (bounds its temporary to this many rows).
+_ROWS_PER_CHUNK = 256
 
 
 def resolve_precision(precision: str, device: str | torch.device) -> str:
@@ -161,6 +168,7 @@ def _global_query_stats(pre_norm_query: QueryFn, padded: torch.Tensor, tile: int
     total_sq: torch.Tensor | None = None
     for y, (ylo, yhi) in zip(ys, ycores):
         for x, (xlo, xhi) in zip(xs, xcores):
+            check_time_limit()
             q = pre_norm_query(padded[..., y:y + th, x:x + tw])
             f = q[..., (ylo - y) // DOWNSAMPLE:(yhi - y) // DOWNSAMPLE,
                   (xlo - x) // DOWNSAMPLE:(xhi - x) // DOWNSAMPLE].double().cpu()
@@ -221,17 +229,26 @@ def tiled_rain(padded: torch.Tensor, tile: int, overlap: int, run_tile: TileFn,
     b, c, h, w = padded.shape
     ys, xs, th, tw = _grid(h, w, tile, overlap)
     acc = torch.zeros(b, c, h, w, dtype=torch.float32, device=padded.device)
-    weight = torch.zeros(1, 1, h, w, dtype=torch.float32, device=padded.device)
+    wys = [_ramp(th, overlap, rise=iy > 0, fall=iy < len(ys) - 1).to(padded.device) for iy in range(len(ys))]
+    wxs = [_ramp(tw, overlap, rise=ix > 0, fall=ix < len(xs) - 1).to(padded.device) for ix in range(len(xs))]
     stats = _global_query_stats(pre_norm_query, padded, tile, overlap) if pre_norm_query is not None else None
-    for iy, y in enumerate(ys):
-        wy = _ramp(th, overlap, rise=iy > 0, fall=iy < len(ys) - 1)
-        for ix, x in enumerate(xs):
-            wx = _ramp(tw, overlap, rise=ix > 0, fall=ix < len(xs) - 1)
-            win = (wy[:, None] * wx[None, :]).to(padded.device)
+    for y, wy in zip(ys, wys):
+        for x, wx in zip(xs, wxs):
+            check_time_limit()  # a time limit set around the call (mgid.time_limit) is kept between tiles
             rain = run_tile(padded[..., y:y + th, x:x + tw], stats)
-            acc[..., y:y + th, x:x + tw] += rain.to(padded.device, torch.float32) * win
-            weight[..., y:y + th, x:x + tw] += win
-    return (acc / weight).to(padded.dtype)
+            acc[..., y:y + th, x:x + tw] += rain.to(padded.device, torch.float32) * (wy[:, None] * wx[None, :])
+    # The summed windows, a band of rows at a time (each band adds the tiles' windows in the tiles' order, so
+    # the division is the one an image-sized weight buffer would give, bit for bit), divided in place.
+    for r0 in range(0, h, _ROWS_PER_CHUNK):
+        r1 = min(h, r0 + _ROWS_PER_CHUNK)
+        weight = torch.zeros(r1 - r0, w, dtype=torch.float32, device=padded.device)
+        for y, wy in zip(ys, wys):
+            lo, hi = max(y, r0), min(y + th, r1)
+            if lo < hi:
+                for x, wx in zip(xs, wxs):
+                    weight[lo - r0:hi - r0, x:x + tw] += wy[lo - y:hi - y, None] * wx[None, :]
+        acc[..., r0:r1, :].div_(weight)
+    return acc.to(padded.dtype)
 
 
 def _predict_tiled(net: MGIDNet, padded: torch.Tensor, tile: int, overlap: int, global_norm: bool,

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from mgid.api import Derainer, check_self_ensemble
+from mgid.api import Derainer, check_max_memory, check_self_ensemble, check_tile
 from mgid.export import GRAPH_FORMAT, ONNX_INPUTS, ONNX_OUTPUTS
-from mgid.inference import DEFAULT_OVERLAP, tile_geometry, tiled_rain
+from mgid.inference import DEFAULT_OVERLAP, TILE_AUTO, tile_geometry, tiled_rain
 from mgid.models import DOWNSAMPLE, ModelConfig, NormStats, image_size_problem, pad_to_multiple
 from mgid.precision import Arithmetic
 
@@ -131,8 +131,8 @@ class OnnxDerainer(Derainer):
         weights: the ONNX file.
     """
 
-    def __init__(self, path: str | Path, tile: int | None = None, overlap: int = DEFAULT_OVERLAP,
-                 threads: int | None = None, self_ensemble: bool = False) -> None:
+    def __init__(self, path: str | Path, tile: int | str | None = TILE_AUTO, overlap: int = DEFAULT_OVERLAP,
+                 threads: int | None = None, self_ensemble: bool = False, max_memory: int | None = None) -> None:
         # Derainer.__init__ moves a torch network; nothing of it applies here.
         self.session = open_session(path, threads)
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
@@ -144,9 +144,14 @@ class OnnxDerainer(Derainer):
         self.device = torch.device("cpu")
         self.precision, self.channels_last = "fp32", False
         self.arithmetic = Arithmetic("fp32", False, "onnxruntime CPUExecutionProvider computes in fp32")
-        self.tile, self.overlap, self.weights = tile, overlap, Path(path).expanduser()
+        self.tile, self.overlap, self.weights = check_tile(tile, overlap), overlap, Path(path).expanduser()
+        self.max_memory = check_max_memory(max_memory)
         self.self_ensemble = check_self_ensemble(self_ensemble)
         self._encoder_session = _encoder_session(self.weights, threads)
+
+    def _channels(self) -> int:
+        """The network's width C, from the file's recorded config (`Derainer.memory_costs` scales by it)."""
+        return self.config.channels
 
     def __repr__(self) -> str:
         return (f"OnnxDerainer(weights={str(self.weights)!r}, device='cpu', tile={self.tile}, overlap={self.overlap}, "
@@ -207,13 +212,14 @@ class OnnxDerainer(Derainer):
         return self.predict_rain(batch, tile, overlap)
 
 
-def load_onnx_derainer(path: str | Path, tile: int | None = None, overlap: int = DEFAULT_OVERLAP,
+def load_onnx_derainer(path: str | Path, tile: int | str | None = TILE_AUTO, overlap: int = DEFAULT_OVERLAP,
                        device: str | torch.device | None = None, precision: str = "auto",
                        channels_last: bool | None = None, threads: int | None = None,
-                       self_ensemble: bool = False) -> OnnxDerainer:
+                       self_ensemble: bool = False, max_memory: int | None = None) -> OnnxDerainer:
     """An `OnnxDerainer` of ONNX file ``path`` (``mgid derain --backend onnxruntime --weights model.onnx``).
 
-    ``tile``/``overlap``: default tiling, checked here (as `mgid.load_model`). ``device`` (None, ``auto`` or
+    ``tile``/``overlap``/``max_memory``: default tiling, checked here (as `mgid.load_model`; ``"auto"`` plans with
+    the fp32 memory measured for PyTorch, `mgid.memory_budget`). ``device`` (None, ``auto`` or
     ``cpu``), ``precision`` (``auto`` or ``fp32``) and ``channels_last`` (None or False) are accepted so the
     command line can pass its options through; anything else raises ValueError, as onnxruntime runs fp32 on
     the CPU here. ``threads``: onnxruntime's intra-op threads (None: its default). ``self_ensemble``: the default
@@ -228,6 +234,5 @@ def load_onnx_derainer(path: str | Path, tile: int | None = None, overlap: int =
                          f"for bf16)")
     if channels_last:
         raise ValueError("channels_last applies to the torch backend only")
-    if tile is not None:
-        tile_geometry(tile, overlap)  # bad tiling fails here, not on every image
-    return OnnxDerainer(path, tile=tile, overlap=overlap, threads=threads, self_ensemble=self_ensemble)
+    return OnnxDerainer(path, tile=tile, overlap=overlap, threads=threads, self_ensemble=self_ensemble,
+                        max_memory=max_memory)

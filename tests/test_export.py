@@ -187,7 +187,7 @@ def derainers(tiny, exported) -> tuple[OnnxDerainer, Derainer]:
 def test_derainer_interface(derainers, exported):
     onnx_d, _ = derainers
     assert onnx_d.device == torch.device("cpu") and onnx_d.precision == "fp32" and onnx_d.channels_last is False
-    assert onnx_d.tile is None and onnx_d.overlap == mgid.inference.DEFAULT_OVERLAP
+    assert onnx_d.tile == mgid.inference.TILE_AUTO and onnx_d.overlap == mgid.inference.DEFAULT_OVERLAP
     assert onnx_d.weights == exported.path and onnx_d.net is None and onnx_d.config == TINY
     assert "OnnxDerainer(" in repr(onnx_d)
 

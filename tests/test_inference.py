@@ -230,7 +230,7 @@ class _RenamedEncoder(Encoder):
         s1 = self.blocks[0](image)
         s2 = self.blocks[1](self.down(s1))
         s3 = self.blocks[2](self.down(s2))
-        return self.blocks[3](self.down(s3)), (s1, s2, s3)
+        return self.blocks[3](self.down(s3)), [s1, s2, s3]  # a list: the decoder empties it
 
     def normalise(self, features, norm_stats=None):
         return self.inorm(features) if norm_stats is None else super().normalise(features, norm_stats)
@@ -383,3 +383,19 @@ def test_package_exports():
     first = Path(mgid.__file__).read_text().split("\n")
     code = [line for line in first if line.startswith(("import", "from"))]
     assert code[0].startswith("import torch")
+
+
+def test_time_limit_stops_tiled_inference_between_tiles():
+    """`mgid.time_limit`: past the limit the next tile raises; without a limit (or after the block) nothing."""
+    from mgid.time_limit import TimeLimitExceeded, check_time_limit, time_limit
+
+    net = _pointwise_net()
+    img = _smooth_image(80, 72)
+    with time_limit(1e-9), pytest.raises(TimeLimitExceeded, match="time limit of 1e-09 s"):
+        predict_rain(net, img, tile=48, overlap=16)
+    with time_limit(60):
+        predict_rain(net, img, tile=48, overlap=16)
+    check_time_limit()  # the limit ended with its block
+    with pytest.raises(ValueError, match="positive"):
+        with time_limit(0):
+            pass

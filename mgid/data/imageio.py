@@ -247,16 +247,26 @@ def to_tensor(rgb: np.ndarray) -> torch.Tensor:
     return t.div_(_HALF[arr.dtype]).sub_(1.0)  # in place: one float copy of the image, not three
 
 
-def to_pixels(tensor: torch.Tensor, dtype: np.dtype | type = np.uint8) -> np.ndarray:
-    """Float tensor (3, H, W) in [-1, 1] -> HxWx3 RGB of ``dtype`` (uint8 or uint16): ``(x + 1) * 127.5``
-    (``* 32767.5``), rounded, clipped. Works on one float copy in place (the peak is one float image)."""
+#: Rows converted at a time by `to_pixels` (its float temporary is this many rows, not the image).
+_ROWS_PER_BAND = 64
+
+
+def to_pixels(tensor: torch.Tensor, dtype: np.dtype | type = np.uint8, offset: float = 1.0) -> np.ndarray:
+    """Float tensor (3, H, W) -> HxWx3 RGB of ``dtype`` (uint8 or uint16): ``(x + offset) * 127.5`` (``* 32767.5``
+    for 16 bits), rounded, clipped to the dtype's range. ``offset`` 1 maps an image in [-1, 1]; 0 gives a rain
+    layer in pixel units. Converted a band of rows at a time into the output array, so the only temporary is a
+    band of floats (not an image-sized copy)."""
     t = tensor.detach()
     if t.ndim != 3 or t.shape[0] != 3:
         raise ValueError(f"to_pixels expects a (3, H, W) tensor, got shape {tuple(t.shape)}")
     half = _HALF[np.dtype(dtype)]
-    arr = t.to("cpu", torch.float32, copy=True).add_(1.0).mul_(half).round_().clamp_(0, 2 * half)
-    out = torch.uint8 if np.dtype(dtype) == np.uint8 else torch.int32  # torch has no uint16 arithmetic on CPU
-    return arr.to(out).permute(1, 2, 0).contiguous().numpy().astype(dtype, copy=False)
+    h, w = t.shape[1:]
+    out = np.empty((h, w, 3), dtype)
+    for r0 in range(0, h, _ROWS_PER_BAND):
+        band = t[:, r0:r0 + _ROWS_PER_BAND].to("cpu", torch.float32, copy=True)
+        band.add_(offset).mul_(half).round_().clamp_(0, 2 * half)
+        out[r0:r0 + _ROWS_PER_BAND] = band.permute(1, 2, 0).numpy()  # whole numbers in range: exact
+    return out
 
 
 def to_uint8(tensor: torch.Tensor) -> np.ndarray:

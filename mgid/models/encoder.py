@@ -14,6 +14,7 @@ normalise a crop (a tile) with the statistics of a larger image, the encoder exp
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
@@ -32,6 +33,17 @@ def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     )
+
+
+def sequential_layers(module: nn.Module) -> Iterator[nn.Module]:
+    """The layers of ``module`` in the order it runs them: nested ``nn.Sequential`` containers are expanded,
+    any other module is one layer. Running ``for layer in sequential_layers(m): x = layer(x)`` in the caller's
+    own frame computes ``m(x)`` with every intermediate freed as soon as the next layer has read it."""
+    if isinstance(module, nn.Sequential):
+        for child in module:
+            yield from sequential_layers(child)
+    else:
+        yield module
 
 
 def double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -63,11 +75,12 @@ class EncoderFeatures(NamedTuple):
     """What the encoder hands on.
 
     query: (B, C, H/8, W/8), instance-normalised (zero mean, unit variance per sample and channel).
-    skips: stage 1-3 outputs before pooling, (B, C, H, W), (B, C, H/2, W/2), (B, C, H/4, W/4).
+    skips: stage 1-3 outputs before pooling, [(B, C, H, W), (B, C, H/2, W/2), (B, C, H/4, W/4)]; a list,
+        which the decoder empties as it uses them (`mgid.models.Decoder`), so each is freed once used.
     """
 
     query: torch.Tensor
-    skips: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    skips: list[torch.Tensor]
 
 
 class Encoder(nn.Module):
@@ -100,12 +113,23 @@ class Encoder(nn.Module):
         """The instance norm's epsilon (added to the variance)."""
         return float(self.norm.eps)
 
-    def pre_norm_features(self, image: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """(query before the instance norm (B, C, H/8, W/8), skips as in :class:`EncoderFeatures`)."""
-        s1 = self.stage1(image)
-        s2 = self.stage2(self.pool(s1))
-        s3 = self.stage3(self.pool(s2))
-        return self.stage4(self.pool(s3)), (s1, s2, s3)
+    def pre_norm_features(self, image: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(query before the instance norm (B, C, H/8, W/8), skips as in :class:`EncoderFeatures`).
+
+        The stages run layer by layer (`sequential_layers`) rather than as whole modules, so each activation is
+        freed as soon as the next layer has read it: at most a layer's input and output are alive at once (a
+        stage called as one module keeps its input until its last layer returns).
+        """
+        skips: list[torch.Tensor] = []
+        x = image
+        for stage in (self.stage1, self.stage2, self.stage3):
+            for layer in sequential_layers(stage):
+                x = layer(x)
+            skips.append(x)
+            x = self.pool(x)
+        for layer in sequential_layers(self.stage4):
+            x = layer(x)
+        return x, skips
 
     def norm_statistics(self, image: torch.Tensor) -> NormStats:
         """The :class:`NormStats` (mean, var: (B, C, 1, 1)) the instance norm takes over ``image``'s query."""

@@ -13,24 +13,29 @@ works without internet) uploads a photo to ``POST /api/derain`` and shows rainy 
 side by side, a before/after slider and a download link of the de-rained PNG. Endpoints:
 
 * ``GET /``: the page.
-* ``POST /api/derain``: multipart form with ``image`` (the file) and ``tile`` (``none``, ``256`` or ``512``);
-  answers JSON ``{"width", "height", "tile", "seconds", "filename", "rainy", "derained", "rain"}``, the
-  three images as ``data:image/png;base64,...`` URLs. Errors are JSON ``{"error": message}`` with HTTP 400
-  (not an image, bad form), 413 (upload or image too large) or 500 (the network failed, e.g. out of memory).
-* ``GET /health``: ``{"status": "ok", ...}`` with the weights, device and limits.
+* ``POST /api/derain``: multipart form with ``image`` (the file) and ``tile`` (``auto``, the default, ``512`` or
+  ``256``); answers JSON ``{"width", "height", "tile", "tile_choice", "seconds", "queued_seconds", "filename",
+  "rainy", "derained", "rain"}`` (``tile``: the tile used, null for the whole image; ``seconds``: the
+  de-raining alone, ``queued_seconds``: the wait before it), the three images as ``data:image/png;base64,...``
+  URLs. Errors are JSON ``{"error": message}`` with HTTP 400 (not an image, too small, bad form), 413 (upload,
+  pixels or memory need too large), 503 (the queue is full, with Retry-After; the time limit passed; out of
+  memory) or 500 (the network failed otherwise).
+* ``GET /health``: ``{"status": "ok", ...}`` with the weights, device, limits and the slots taken.
 
-Uploads are decoded in memory (`decode_image`, OpenCV) and never written to disk. One de-raining runs at
-a time (a lock around the network): the network is not re-entrant on one device and two concurrent
-photos would only compete for the same cores or GPU memory. The server is werkzeug's threaded server,
-bound to 127.0.0.1 unless ``--host`` says otherwise: it has no authentication, so exposing it is a
-deliberate choice (``mgid web`` warns).
+Limits, so that anyone who can reach the page cannot knock the server over: the upload size
+(``MAX_CONTENT_LENGTH``); the pixels, read from the image's header before anything is decoded
+(`decode_image`); the memory, by automatic tiling from the measured cost of the network
+(`mgid.memory_budget`); one de-raining at a time, at most ``max_waiting`` waiting, each under a time limit
+checked between tiles (`mgid.web_jobs.JobQueue`). Uploads are read into memory (`InMemoryUploads`: werkzeug
+would spool those over 500 KB to a temporary file) and decoded there; nothing is written to disk. The server is
+werkzeug's threaded server, bound to 127.0.0.1 unless ``--host`` says otherwise: it has no authentication, so
+exposing it is a deliberate choice (``mgid web`` warns).
 """
 from __future__ import annotations
 
 import base64
+import io
 import ipaddress
-import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,6 +43,7 @@ import cv2
 import numpy as np
 
 from mgid.data.image_header import FORMAT_NAMES, ImageTooLargeError, ImageTooSmallError, check_pixels, read_header
+from mgid.inference import TILE_AUTO
 
 if TYPE_CHECKING:  # Flask and werkzeug are imported where used, so `mgid --help` works without Flask
     from flask import Flask
@@ -52,8 +58,17 @@ DEFAULT_MAX_UPLOAD_MB = 20.0
 #: Largest image (width x height) accepted: a decompression bomb (a small PNG of a huge blank image)
 #: would otherwise allocate gigabytes before the network even starts.
 DEFAULT_MAX_PIXELS = 40_000_000
-#: Tiling choices on the page: None = whole image (fastest, most memory), else tile size in px.
-TILE_CHOICES: tuple[int | None, ...] = (None, 256, 512)
+#: Tiling choices on the page: auto (the whole photo when it fits the memory, else tiles; the default), or
+#: tiles of a size in px.
+TILE_CHOICES: tuple[int | str, ...] = (TILE_AUTO, 512, 256)
+#: Largest tile of automatic tiling on the page: the time limit is checked between tiles, so a tile bounds how
+#: far past it a job can run (about 3 s for 1024x1024 in bf16 on the Xeon of the README, 12 s in fp32).
+MAX_WEB_TILE = 1024
+#: Time limit of one de-raining (``--job-seconds``): a 40-megapixel photo takes about 170 s in bf16 on one
+#: core of the Xeon of the README.
+DEFAULT_JOB_SECONDS = 300.0
+#: Photos that may wait while one is de-rained (``--queue``); more are refused with 503 + Retry-After.
+DEFAULT_MAX_WAITING = 4
 #: Formats named in the "not an image" message (those whose headers are read, `mgid.data.image_header`).
 READ_FORMATS = f"{FORMAT_NAMES} are read"
 
@@ -131,47 +146,79 @@ def png_data_url(rgb: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
 
 
-def parse_tile(value: str | None) -> int | None:
-    """The form's ``tile`` field -> None (whole image) or one of `TILE_CHOICES`; UploadError otherwise."""
-    if value in (None, "", "none", "whole"):
-        return None
-    allowed = [t for t in TILE_CHOICES if t is not None]
+def parse_tile(value: str | None) -> int | str:
+    """The form's ``tile`` field -> `TILE_AUTO` (the default) or one of the sizes of `TILE_CHOICES`;
+    UploadError (400) otherwise."""
+    if value in (None, "", TILE_AUTO):
+        return TILE_AUTO
+    sizes = [t for t in TILE_CHOICES if t != TILE_AUTO]
     try:
         tile = int(value)
     except ValueError:
         tile = -1
-    if tile not in allowed:
-        raise UploadError(f"tile must be 'none' (whole image) or one of {', '.join(map(str, allowed))}, "
-                          f"got {value!r}")
+    if tile not in sizes:
+        raise UploadError(f"tile must be {TILE_AUTO!r} (tiles only when the photo needs them) or one of "
+                          f"{', '.join(map(str, sizes))}, got {value!r}")
     return tile
+
+
+def plan_tile(derainer: Derainer, choice: int | str, height: int, width: int) -> int | None:
+    """The tile a job runs with: a chosen size, or for `TILE_AUTO` the derainer's automatic choice (the whole
+    image when it fits the memory budget) capped at `MAX_WEB_TILE`, so the time limit, checked between
+    tiles, is kept to within one tile's time. Raises `mgid.memory_budget.MemoryBudgetError` when the photo
+    does not fit the memory at all."""
+    if choice != TILE_AUTO:
+        return int(choice)
+    tile = derainer.auto_tile(1, height, width)
+    if max(height, width) > MAX_WEB_TILE and (tile is None or tile > MAX_WEB_TILE):
+        return MAX_WEB_TILE
+    return tile
+
+
+class InMemoryUploads:
+    """Mixed into Flask's request class so that uploads stay in memory: werkzeug spools any upload over 500 KB
+    to a temporary file; here every file part is an ``io.BytesIO`` (the body is at most ``MAX_CONTENT_LENGTH``,
+    so memory is bounded anyway)."""
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
+        return io.BytesIO()
 
 
 # ----------------------------------------------------------------------------------------------- app
 
 
 def create_app(derainer: Derainer, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
-               max_pixels: int = DEFAULT_MAX_PIXELS, overlap: int | None = None) -> Flask:
+               max_pixels: int = DEFAULT_MAX_PIXELS, overlap: int | None = None,
+               job_seconds: float | None = DEFAULT_JOB_SECONDS, max_waiting: int = DEFAULT_MAX_WAITING) -> Flask:
     """A Flask app serving the page and the API around ``derainer`` (`mgid.load_model`).
 
     ``max_upload_mb``: largest request body (Flask ``MAX_CONTENT_LENGTH``; larger uploads get a 413 JSON
-    error, and the page refuses them before sending). ``max_pixels``: largest decoded image.
-    ``overlap``: tile overlap in px (None: the derainer's default).
+    error, and the page refuses them before sending). ``max_pixels``: largest image, checked from its header
+    before decoding. ``overlap``: tile overlap in px (None: the derainer's default). ``job_seconds``: time limit
+    of one de-raining (checked between tiles; 503 past it; None: none). ``max_waiting``: photos that may wait
+    while one is de-rained; more get 503 with Retry-After (`mgid.web_jobs.JobQueue`).
     """
-    from flask import Flask, jsonify, request
+    from flask import Flask, Request, jsonify, request
     from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
     from werkzeug.utils import secure_filename
+
+    from mgid.memory_budget import MemoryBudgetError, is_out_of_memory
+    from mgid.time_limit import TimeLimitExceeded
+    from mgid.web_jobs import JobQueue, QueueFull
 
     if max_upload_mb <= 0:
         raise ValueError(f"max_upload_mb must be positive, got {max_upload_mb}")
     app = Flask(__name__)
+    app.request_class = type("InMemoryRequest", (InMemoryUploads, Request), {})
     app.config["MAX_CONTENT_LENGTH"] = int(max_upload_mb * 1024 * 1024)
-    lock = threading.Lock()
+    jobs = JobQueue(max_waiting, job_seconds)
     limit_text = f"{max_upload_mb:g} MB"
     page = (PAGE.replace("__MAX_BYTES__", str(app.config["MAX_CONTENT_LENGTH"]))
-            .replace("__MAX_MB__", limit_text))
+            .replace("__MAX_MB__", limit_text).replace("__MAX_MP__", f"{max_pixels / 1e6:g}"))
 
-    def error(message: str, status: int):
-        return jsonify(error=message), status
+    def error(message: str, status: int, retry_after: int | None = None):
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+        return jsonify(error=message), status, headers
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_exc: RequestEntityTooLarge):
@@ -203,32 +250,47 @@ def create_app(derainer: Derainer, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     def health():
         return jsonify(status="ok", weights=str(derainer.weights) if derainer.weights else None,
                        device=str(derainer.device), precision=derainer.precision,
-                       max_upload_mb=max_upload_mb, max_pixels=max_pixels,
-                       tiles=[t or "none" for t in TILE_CHOICES])
+                       max_upload_mb=max_upload_mb, max_pixels=max_pixels, job_seconds=job_seconds,
+                       max_waiting=max_waiting, busy=jobs.taken, tiles=list(TILE_CHOICES))
 
     @app.post("/api/derain")
     def derain():
+        try:
+            with jobs.slot():  # before the form is read: a full queue costs nothing
+                return derain_upload()
+        except QueueFull as exc:
+            return error(str(exc), 503, exc.retry_after)
+
+    def derain_upload():
         upload = request.files.get("image")  # reading the form enforces MAX_CONTENT_LENGTH (-> too_large)
         if upload is None or not upload.filename:
             return error("no image uploaded: choose a photo (form field 'image')", 400)
         name = upload.filename
         try:
-            tile = parse_tile(request.form.get("tile"))
+            choice = parse_tile(request.form.get("tile"))
             rgb = decode_image(upload.read(), name, max_pixels)
         except UploadError as exc:
             return error(str(exc), exc.status)
-        start = time.perf_counter()
-        try:
-            with lock:
-                derained, rain = derainer.derain_with_rain(rgb, tile=tile, overlap=overlap)
-        except RuntimeError as exc:  # out of memory (CUDA OOM is a RuntimeError too) and other failures
-            hint = " (for large photos pick 512 or 256 px tiles)" if tile is None else ""
-            last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-            return error(f"de-raining failed: {last}{hint}", 500)
-        seconds = time.perf_counter() - start
-        stem = Path(secure_filename(name)).stem or "image"
         h, w = rgb.shape[:2]
-        return jsonify(width=w, height=h, tile=tile, seconds=round(seconds, 3), filename=f"{stem}_derained.png",
+
+        def job():  # planned once the network is ours: the memory available then is what counts
+            tile = plan_tile(derainer, choice, h, w)
+            return tile, derainer.derain_with_rain(rgb, tile=tile, overlap=overlap)
+
+        try:
+            (tile, (derained, rain)), timing = jobs.run(job)
+        except MemoryBudgetError as exc:
+            return error(f"image too large for this server's memory: {exc}", 413)
+        except TimeLimitExceeded as exc:
+            return error(f"{exc} (the server's --job-seconds); try a smaller photo", 503)
+        except (RuntimeError, MemoryError, ValueError) as exc:  # bad input was refused above: these are ours
+            if is_out_of_memory(exc):
+                return error("out of memory while de-raining; try again later or with a smaller photo", 503)
+            last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            return error(f"de-raining failed: {last}", 500)
+        stem = Path(secure_filename(name)).stem or "image"
+        return jsonify(width=w, height=h, tile=tile, tile_choice=choice, seconds=round(timing.seconds, 3),
+                       queued_seconds=round(timing.queued, 3), filename=f"{stem}_derained.png",
                        rainy=png_data_url(rgb), derained=png_data_url(derained), rain=png_data_url(rain))
 
     return app
@@ -259,17 +321,22 @@ def make_web_server(app: Flask, host: str = DEFAULT_HOST, port: int = DEFAULT_PO
 
 def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, weights: str | Path | None = None,
           device: str = "auto", max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, precision: str = "auto",
-          max_pixels: int = DEFAULT_MAX_PIXELS, derainer: Derainer | None = None) -> None:
+          max_pixels: int = DEFAULT_MAX_PIXELS, derainer: Derainer | None = None,
+          job_seconds: float | None = DEFAULT_JOB_SECONDS, max_waiting: int = DEFAULT_MAX_WAITING,
+          max_memory: int | None = None) -> None:
     """Load the weights (None: the shipped ones) on ``device`` and serve the page until Ctrl-C.
 
     ``derainer``: use this one instead of loading ``weights``. Binds ``host`` (default 127.0.0.1: this
-    machine only); the page is at ``http://HOST:PORT/``.
+    machine only); the page is at ``http://HOST:PORT/``. The limits as `create_app`; ``max_memory``: the memory
+    budget of automatic tiling (None: a share of what is available, `mgid.memory_budget`).
     """
     if derainer is None:
         from mgid.api import load_model
 
-        derainer = load_model(weights, device, precision=precision)
-    server = make_web_server(create_app(derainer, max_upload_mb=max_upload_mb, max_pixels=max_pixels), host, port)
+        derainer = load_model(weights, device, precision=precision, max_memory=max_memory)
+    app = create_app(derainer, max_upload_mb=max_upload_mb, max_pixels=max_pixels, job_seconds=job_seconds,
+                     max_waiting=max_waiting)
+    server = make_web_server(app, host, port)
     shown = f"[{host}]" if ":" in host else host
     print(f"mgid web: {derainer} on http://{shown}:{server.port}/ (Ctrl-C stops); arithmetic: "
           f"{derainer.arithmetic.describe()}", flush=True)
@@ -334,19 +401,20 @@ PAGE = """<!doctype html>
 <body>
 <main>
   <h1>MGID: memory-guided image de-raining</h1>
-  <p class="sub">Upload a rainy photo (JPEG, PNG, BMP, TIFF or WebP, up to __MAX_MB__). It is processed in
-    memory on this server and not stored.</p>
+  <p class="sub">Upload a rainy photo (JPEG, PNG, BMP, TIFF or WebP, up to __MAX_MB__ and __MAX_MP__
+    megapixels). It is processed in memory on this server and not stored.</p>
   <form id="form">
     <input id="file" name="image" type="file" accept="image/*" required>
     <fieldset>
       <legend>Tiling</legend>
-      <label><input type="radio" name="tile" value="none" checked> whole image</label>
-      <label><input type="radio" name="tile" value="256"> 256 px tiles</label>
+      <label><input type="radio" name="tile" value="auto" checked> automatic</label>
       <label><input type="radio" name="tile" value="512"> 512 px tiles</label>
+      <label><input type="radio" name="tile" value="256"> 256 px tiles</label>
     </fieldset>
     <button id="go" type="submit">De-rain</button>
-    <div id="hint">Whole image is best for photos up to about 2 megapixels; tiles bound the memory for larger
-      ones (512 px tiles are closer to the whole-image result than 256).</div>
+    <div id="hint">Automatic de-rains the whole photo when it fits this server's memory and in tiles (up to
+      1024 px) otherwise; tiles share the whole photo's statistics, and larger ones are closer to the whole-image
+      result.</div>
   </form>
   <div id="status" role="status" aria-live="polite"></div>
   <section id="result" hidden>
@@ -416,8 +484,11 @@ $("form").addEventListener("submit", async (e) => {
     let data;
     try { data = await response.json(); } catch (_) { data = { error: "HTTP " + response.status }; }
     if (!response.ok) {
-      const message = data.error || ("HTTP " + response.status);
-      say(response.status === 413 && !data.error ? "upload too large: the limit is __MAX_MB__" : message, true);
+      let message = data.error || ("HTTP " + response.status);
+      if (response.status === 413 && !data.error) message = "upload too large: the limit is __MAX_MB__";
+      const retry = response.headers.get("Retry-After");
+      if (retry) message += " (retry in about " + retry + " s)";
+      say(message, true);
       return;
     }
     $("img-rainy").src = data.rainy;
@@ -433,8 +504,9 @@ $("form").addEventListener("submit", async (e) => {
     $("compare").style.width = shown;
     document.querySelector(".slider").style.width = shown;
     const tiling = data.tile ? data.tile + " px tiles" : "whole image";
+    const waited = data.queued_seconds >= 0.5 ? " (after " + data.queued_seconds.toFixed(1) + " s in the queue)" : "";
     $("info").textContent = " " + data.width + " x " + data.height + ", " + tiling + ", " +
-                            data.seconds.toFixed(2) + " s";
+                            data.seconds.toFixed(2) + " s" + waited;
     $("result").hidden = false;
     say("done: " + file.name + " (" + data.width + " x " + data.height + ")");
   } catch (err) {

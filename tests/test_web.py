@@ -17,6 +17,7 @@ import io
 import os
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from tests.test_inference import tiny_weights
 pytest.importorskip("flask", reason="mgid.web needs Flask (pip install flask)")
 
 from mgid import cli, web  # noqa: E402 - after the Flask check, so a missing Flask skips instead of erroring
+from mgid.api import Derainer  # noqa: E402
 from mgid.data.photos import load_photo  # noqa: E402
 from mgid.data.synthetic_rain import add_rain  # noqa: E402
 
@@ -78,7 +80,7 @@ def client(tiny_derainer: mgid.Derainer):
     return web.create_app(tiny_derainer, max_upload_mb=0.05).test_client()  # 52 KB: "too large" is cheap to send
 
 
-def post_image(client, data: bytes, filename: str, tile: str = "none"):
+def post_image(client, data: bytes, filename: str, tile: str = "auto"):
     return client.post("/api/derain", data={"image": (io.BytesIO(data), filename), "tile": tile},
                        content_type="multipart/form-data")
 
@@ -86,14 +88,15 @@ def post_image(client, data: bytes, filename: str, tile: str = "none"):
 # ------------------------------------------------------------------------------------------- API
 
 
-@pytest.mark.parametrize("tile", ["none", "256"])
+@pytest.mark.parametrize("tile", ["auto", "256"])
 def test_upload_png_returns_three_images_of_the_input_size(client, tile: str) -> None:
     rgb = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
     resp = post_image(client, png_bytes(rgb), "street photo.png", tile)
     assert resp.status_code == 200, resp.get_json()
     body = resp.get_json()
     assert (body["width"], body["height"]) == (56, 40)
-    assert body["tile"] == (None if tile == "none" else 256)
+    assert body["tile"] == (None if tile == "auto" else 256)  # auto: a small photo fits whole
+    assert body["tile_choice"] == (tile if tile == "auto" else 256) and body["queued_seconds"] >= 0
     assert body["filename"] == "street_photo_derained.png"
     for key in ("rainy", "derained", "rain"):
         assert decode_data_url(body[key]).shape == (40, 56, 3), key
@@ -170,11 +173,18 @@ def test_cli_subcommand(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.
     assert (args.host, args.port, args.weights, args.device, args.max_upload_mb) == ("127.0.0.1", 7860, None,
                                                                                      "auto", 20.0)
     calls = []
-    monkeypatch.setattr(web, "serve", lambda *a: calls.append(a))
+    monkeypatch.setattr(web, "serve", lambda *a, **k: calls.append((a, k)))
     args = parser.parse_args(["web", "--host", "0.0.0.0", "--port", "8000", "--weights", "w.safetensors",
                               "--device", "cpu", "--max-upload-mb", "5"])
     assert args.func(args) == 0
-    assert calls == [("0.0.0.0", 8000, "w.safetensors", "cpu", 5.0, "auto")]
+    assert calls == [(("0.0.0.0", 8000, "w.safetensors", "cpu", 5.0, "auto"),
+                      {"max_pixels": 40_000_000, "job_seconds": 300.0, "max_waiting": 4, "max_memory": None})]
+    calls.clear()
+    args = parser.parse_args(["web", "--max-megapixels", "12", "--job-seconds", "60", "--queue", "0",
+                              "--max-memory", "2G"])
+    assert args.func(args) == 0
+    assert calls[0][1] == {"max_pixels": 12_000_000, "job_seconds": 60.0, "max_waiting": 0, "max_memory": 2 << 30}
+    assert args.func(parser.parse_args(["web", "--job-seconds", "0"])) == 2
     assert "reachable from other machines" in capsys.readouterr().err
     assert args.func(parser.parse_args(["web", "--host", "localhost"])) == 0
     assert capsys.readouterr().err == ""
@@ -343,3 +353,91 @@ for i in range(4):
 """, limit_bytes=4 << 30)
     assert run.stdout.count("STATUS 413") == 4, run.stderr[-3000:]
     assert run.growth < 100 << 20, f"four bombs grew the RSS by {run.growth / 2**20:.0f} MB"
+
+
+class BlockingDerainer:
+    """The tiny derainer, whose de-raining waits for ``release`` (to hold the network while others queue)."""
+
+    def __init__(self, inner: mgid.Derainer) -> None:
+        self.inner, self.release, self.started = inner, threading.Event(), threading.Event()
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def derain_with_rain(self, rgb, tile=None, overlap=None):
+        self.started.set()
+        assert self.release.wait(timeout=30)
+        return self.inner.derain_with_rain(rgb, tile=tile, overlap=overlap)
+
+
+def _post_in_thread(client, data: bytes, results: list) -> threading.Thread:
+    thread = threading.Thread(target=lambda: results.append(post_image(client, data, "a.png")))
+    thread.start()
+    return thread
+
+
+def test_full_queue_is_503_with_retry_after_and_seconds_exclude_the_wait(tiny_derainer) -> None:
+    """One photo runs, one waits (max_waiting=1): a third is refused at once with 503 + Retry-After. The
+    waiting photo's "seconds" are its own de-raining; the wait is reported apart."""
+    slow = BlockingDerainer(tiny_derainer)
+    app = web.create_app(slow, max_waiting=1)
+    data = png_bytes(np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8))
+    first, second = [], []
+    t1 = _post_in_thread(app.test_client(), data, first)
+    assert slow.started.wait(timeout=30)
+    t2 = _post_in_thread(app.test_client(), data, second)
+    deadline = time.monotonic() + 30
+    while app.test_client().get("/health").get_json()["busy"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    refused = post_image(app.test_client(), data, "third.png")
+    assert refused.status_code == 503 and "busy" in refused.get_json()["error"]
+    assert int(refused.headers["Retry-After"]) >= 1
+    time.sleep(0.5)
+    slow.release.set()
+    t1.join(timeout=30)
+    t2.join(timeout=30)
+    assert first[0].status_code == second[0].status_code == 200
+    body = second[0].get_json()
+    assert body["queued_seconds"] >= 0.4 and body["seconds"] < body["queued_seconds"]
+    assert post_image(app.test_client(), data, "later.png").status_code == 200  # the slots are free again
+
+
+def test_time_limit_is_503(tiny_derainer) -> None:
+    """Past --job-seconds the job stops at the next tile with a 503 naming the limit; the server goes on."""
+    app = web.create_app(tiny_derainer, job_seconds=1e-6)
+    data = png_bytes(np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8))
+    resp = post_image(app.test_client(), data, "a.png", tile="256")
+    assert resp.status_code == 503 and "time limit of 1e-06 s" in resp.get_json()["error"]
+    assert post_image(web.create_app(tiny_derainer).test_client(), data, "a.png", tile="256").status_code == 200
+
+
+def test_memory_budget_is_a_413_and_auto_tiles_large_photos(tiny_derainer, monkeypatch) -> None:
+    """A photo that fits the budget only in tiles is tiled (at most MAX_WEB_TILE); one that fits not even in
+    the smallest tiles is a 413; tile=none is no longer offered (400)."""
+    costs = Derainer(tiny_derainer.net, "cpu", precision="fp32").memory_costs
+    derainer = Derainer(tiny_derainer.net, "cpu", precision="fp32",
+                        max_memory=int(costs.tiled(400 * 600, 256 * 256)) + 1)  # room for 256-pixel tiles
+    client = web.create_app(derainer).test_client()
+    data = png_bytes(np.random.default_rng(0).integers(0, 256, (400, 600, 3), dtype=np.uint8))
+    body = post_image(client, data, "a.png").get_json()
+    assert body["tile"] == 256 and body["tile_choice"] == "auto", body
+    tight = Derainer(tiny_derainer.net, "cpu", precision="fp32", max_memory=1 << 20)
+    resp = post_image(web.create_app(tight).test_client(), data, "a.png")
+    assert resp.status_code == 413 and "memory" in resp.get_json()["error"]
+    assert post_image(client, data, "a.png", tile="none").status_code == 400
+
+
+def test_uploads_never_touch_the_disk(client, tiny_derainer, monkeypatch) -> None:
+    """werkzeug spools uploads over 500 KB to a temporary file; the page keeps them in memory."""
+    import werkzeug.formparser
+
+    def no_disk(*_args, **_kwargs):
+        raise AssertionError("an upload went to a temporary file")
+
+    monkeypatch.setattr(werkzeug.formparser, "SpooledTemporaryFile", no_disk)
+    monkeypatch.setattr(werkzeug.formparser, "TemporaryFile", no_disk, raising=False)
+    noise = np.random.default_rng(0).integers(0, 256, (400, 500, 3), dtype=np.uint8)
+    data = png_bytes(noise)
+    assert len(data) > 500 * 1024
+    resp = post_image(web.create_app(tiny_derainer, max_upload_mb=2).test_client(), data, "big.png")
+    assert resp.status_code == 200, resp.get_json()

@@ -1,0 +1,101 @@
+"""The web page's jobs: one de-raining at a time, a bounded queue, a time limit per job (`mgid.web`).
+
+`JobQueue` is what keeps a page that anyone on the network may use from being knocked over:
+
+* a request first takes a *slot* (`JobQueue.slot`): one running job and at most ``max_waiting`` waiting; a
+  request that finds every slot taken is refused at once with `QueueFull`, whose ``retry_after`` (seconds)
+  estimates when a slot frees (the mean of the recent jobs' times the jobs ahead), for HTTP 503 + Retry-After;
+* `JobQueue.run` waits for the network (a lock: one job at a time, as two would only compete for the same
+  cores or GPU memory), then runs the job under `mgid.time_limit.time_limit` (checked between tiles), and
+  returns its result with the seconds it waited and the seconds it ran, apart.
+"""
+from __future__ import annotations
+
+import collections
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TypeVar
+
+from mgid.time_limit import time_limit
+
+T = TypeVar("T")
+#: Recent job durations kept for the Retry-After estimate.
+_HISTORY = 8
+
+
+class QueueFull(RuntimeError):
+    """Every slot is taken; ``retry_after``: seconds after which one is expected to be free."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class JobTiming:
+    """Seconds a job waited for the network, and seconds it ran."""
+
+    queued: float
+    seconds: float
+
+
+class JobQueue:
+    """One running job, at most ``max_waiting`` waiting, each limited to ``job_seconds`` (None: no limit)."""
+
+    def __init__(self, max_waiting: int, job_seconds: float | None) -> None:
+        if max_waiting < 0:
+            raise ValueError(f"the queue holds >= 0 waiting jobs, got {max_waiting}")
+        if job_seconds is not None and not job_seconds > 0:
+            raise ValueError(f"the time limit of a job must be positive seconds (or None), got {job_seconds}")
+        self.max_waiting, self.job_seconds = max_waiting, job_seconds
+        self._slots = threading.BoundedSemaphore(max_waiting + 1)
+        self._network = threading.Lock()
+        self._guard = threading.Lock()
+        self._taken = 0
+        self._recent: collections.deque[float] = collections.deque(maxlen=_HISTORY)
+
+    @property
+    def taken(self) -> int:
+        """Slots taken now (the running job and the waiting ones)."""
+        return self._taken
+
+    def retry_after(self) -> int:
+        """Seconds until a slot is expected to be free: the jobs holding slots times the mean recent job time
+        (the time limit, or 60 s, before any job has finished); at least 1."""
+        with self._guard:
+            mean = sum(self._recent) / len(self._recent) if self._recent else (self.job_seconds or 60.0)
+            return max(1, math.ceil(mean * max(self._taken, 1)))
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold a slot for the block; `QueueFull` at once when none is free."""
+        if not self._slots.acquire(blocking=False):
+            raise QueueFull(f"the server is busy: {self.max_waiting + 1} photos are being de-rained or waiting; "
+                            f"try again in a moment", self.retry_after())
+        with self._guard:
+            self._taken += 1
+        try:
+            yield
+        finally:
+            with self._guard:
+                self._taken -= 1
+            self._slots.release()
+
+    def run(self, job: Callable[[], T]) -> tuple[T, JobTiming]:
+        """Wait for the network, run ``job`` under the time limit; (its result, how long it waited and ran).
+        Raises what ``job`` raises, `mgid.time_limit.TimeLimitExceeded` among them."""
+        arrived = time.perf_counter()
+        with self._network:
+            start = time.perf_counter()
+            try:
+                with time_limit(self.job_seconds):
+                    result = job()
+            finally:
+                took = time.perf_counter() - start
+                with self._guard:
+                    self._recent.append(took)
+        return result, JobTiming(start - arrived, took)

@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         if args.onnx is None:
             log(f"exporting {weights} to ONNX ...")
-            result = export_onnx(weights, Path(tmp) / "mgid.onnx")
+            result = export_onnx(weights, Path(tmp) / "mgid.onnx", tiling_inputs=True)  # what OnnxDerainer runs
             onnx_path, exporter, opset = result.path, result.exporter, result.opset
         else:
             onnx_path, exporter, opset = Path(args.onnx), "given", "?"

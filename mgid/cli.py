@@ -181,7 +181,8 @@ def _load_derainer(args: argparse.Namespace):
         from mgid.onnx_backend import load_onnx_derainer
 
         if args.weights is None:
-            raise ValueError("--backend onnxruntime needs --weights FILE.onnx (write one with mgid export --onnx)")
+            raise ValueError("--backend onnxruntime needs --weights FILE.onnx (write one with mgid export "
+                             "--tiling-inputs --onnx FILE.onnx)")
         return load_onnx_derainer(args.weights, tile=args.tile, overlap=args.tile_overlap, device=args.device,
                                   self_ensemble=args.self_ensemble, max_memory=args.max_memory,
                                   **_precision_kwargs(args))
@@ -351,8 +352,8 @@ def register_derain(sub: argparse._SubParsersAction) -> None:
                        help="exit 0 when the input gives fewer frames than its header announces (a truncated "
                             "file; the frames read are written either way, with a warning)")
     p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
-                   help="run the network in PyTorch, or an exported ONNX file (mgid export --onnx) in onnxruntime "
-                        "on the CPU (then --weights names the .onnx file) [default: torch]")
+                   help="run the network in PyTorch, or an exported ONNX file (mgid export --tiling-inputs --onnx) "
+                        "in onnxruntime on the CPU (then --weights names the .onnx file) [default: torch]")
     p.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_PIXELS / 1e6, metavar="MP",
                    help="skip images larger than this, judged from the file's header before anything is decoded "
                         "(a few-kilobyte PNG can claim 400 megapixels); 0 = no limit [default: %(default)g]")
@@ -374,7 +375,8 @@ def _export_command(args: argparse.Namespace) -> int:
 
     prog = "mgid export"
     try:
-        result = export_onnx(args.weights, args.onnx, args.opset, overwrite=args.overwrite)
+        result = export_onnx(args.weights, args.onnx, args.opset, overwrite=args.overwrite,
+                             tiling_inputs=args.tiling_inputs)
     except (FileNotFoundError, CheckpointError, ModuleNotFoundError, RuntimeError, ValueError) as exc:
         return _err(prog, str(exc))
     except OSError as exc:  # the write itself failed (disk full, the folder went away): nothing was written
@@ -386,15 +388,20 @@ def _export_command(args: argparse.Namespace) -> int:
 def register_export(sub: argparse._SubParsersAction) -> None:
     """``mgid export --onnx OUT.onnx [--weights W] [--opset N]``."""
     p = sub.add_parser(
-        "export", help="export the network to ONNX (runs in stock onnxruntime, no mgid needed)",
+        "export", help="export the network to ONNX: an image filter any ONNX runtime runs as it is",
         description="Export the inference network (memory read only, trained items baked in) to an ONNX file "
-                    "that stock onnxruntime runs: input image (B,3,H,W) in [-1,1] with H, W multiples of 8 (the "
-                    "padding stays in Python), output the rain layer R (de-rained = image - R); batch, height and "
-                    "width are dynamic. Run it with `mgid derain --backend onnxruntime --weights OUT.onnx`; "
-                    "mgid.export documents the graph's inputs.")
+                    "that stock onnxruntime runs with no mgid code. By default an image filter: input image "
+                    "(N,3,H,W) float32 RGB in [0,1] (8-bit pixels / 255), any N, any H and W >= 8; output "
+                    "derained (N,3,H,W) in [0,1]; the padding to multiples of 8 is inside the graph. With "
+                    "--tiling-inputs, the graph `mgid derain --backend onnxruntime --weights OUT.onnx` tiles large "
+                    "photos with (image in [-1,1] with H, W multiples of 8, the instance-norm statistics as "
+                    "inputs, the rain layer and the pre-norm query as outputs; mgid.export documents it).")
     p.add_argument("--onnx", required=True, metavar="OUT.onnx",
                    help="the ONNX file to write (checked before the export starts; written atomically)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT.onnx")
+    p.add_argument("--tiling-inputs", action="store_true",
+                   help="write the tiling graph of mgid derain --backend onnxruntime (statistics inputs, rain layer "
+                        "output) instead of the image filter")
     p.add_argument("--weights", default=None, metavar="W",
                    help="checkpoint to export: NAME.safetensors (+ NAME.json) or a training folder "
                         "(default: the shipped weights)")

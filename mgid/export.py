@@ -5,25 +5,27 @@ as one ONNX graph that runs with no mgid code: the custom memory op is exported 
 reference decomposition (the export runs under `mgid.ops.use_reference`, so the fused kernels never enter the
 trace), leaving only standard ``ai.onnx`` operators (Conv, MatMul, Softmax, ...); the export checks that.
 
-The graph (`ONNX_INPUTS` -> `ONNX_OUTPUTS`; B, H, W dynamic, C the network width):
+Two graphs (`mgid.export_graphs`), B/N, H, W dynamic, C the network width:
 
-* ``image`` (B, 3, H, W) float32 in [-1, 1], **H and W multiples of 8**;
-* ``norm_mean``, ``norm_var`` (B, C, 1, 1) float32 and ``use_norm_stats`` (1,) bool: when true the
-  encoder's instance norm uses these statistics (those of a whole image a tile is cut from, as
-  ``MGIDNet.forward(norm_stats=...)``), when false the query's own (the untiled network; the two
-  statistics inputs are then ignored, feed zeros);
-* -> ``rain`` (B, 3, H, W): the rain layer R. The output is R rather than the background I - R because
-  tiled inference blends R (`mgid.inference`); the background is ``image - rain``;
-* -> ``pre_norm_query`` (B, C, H/8, W/8): the query before the instance norm (`MGIDNet.pre_norm_query`),
-  from which tiled inference gathers the whole image's statistics (`mgid.onnx_backend` runs the extracted
-  subgraph image -> pre_norm_query for it: onnxruntime runs the whole graph for any fetch).
+* the default, an **image filter** (`mgid.export_graphs.IMAGE_FILTER`): ``image`` (N, 3, H, W) float32 in
+  [0, 1] -> ``derained`` (N, 3, H, W) in [0, 1], any H, W >= 8, the padding to multiples of 8 inside the graph:
+  what a deployer feeds as is;
+* with ``tiling_inputs`` (``mgid export --tiling-inputs``, `mgid.export_graphs.TILING`), the graph
+  `mgid.onnx_backend` tiles with: ``image`` (B, 3, H, W) float32 in [-1, 1], **H and W multiples of 8**;
+  ``norm_mean``, ``norm_var`` (B, C, 1, 1) float32 and ``use_norm_stats`` (1,) bool: when true the encoder's
+  instance norm uses these statistics (those of a whole image a tile is cut from, as
+  ``MGIDNet.forward(norm_stats=...)``), when false the query's own (the statistics inputs are then ignored,
+  feed zeros) -> ``rain`` (B, 3, H, W), the rain layer R (the background is ``image - rain``; tiled inference
+  blends R), and ``pre_norm_query`` (B, C, H/8, W/8), from which tiled inference gathers the whole image's
+  statistics (`mgid.onnx_backend` runs the extracted subgraph image -> pre_norm_query for it).
 
-Padding stays in Python: `MGIDNet.forward` pads H and W to multiples of 8 with `mgid.models.pad_to_multiple`,
-whose choice (none / reflect / replicate when the image is too small to reflect) depends on the size. Under
-the dynamo exporter such a size-dependent branch cannot become one graph for every size (it would specialise
-to the example's size), so the exported H and W are declared as multiples of 8 (``8 * Dim``), the padding is
-then provably a no-op and drops out, and the caller pads (`mgid.onnx_backend.OnnxDerainer` pads with the
-model's ``pad_mode`` and crops back, as the torch path does).
+Padding: `MGIDNet.forward` pads H and W to multiples of 8 with `mgid.models.pad_to_multiple`, whose choice
+(none / reflect / replicate when the image is too small to reflect) depends on the size. Under the dynamo
+exporter such a branch would specialise to the example's size. The image filter pads with reflect computed from
+the input's shape (``Pad`` with dynamic pads; sides < 8, where the model would replicate, are outside its
+contract and said so in its metadata) and calls `MGIDNet.padded_rain`; the tiling graph declares H and W as
+multiples of 8 (``8 * Dim``), so the model's padding is provably a no-op, and its caller pads
+(`mgid.onnx_backend.OnnxDerainer` pads with the model's ``pad_mode`` and crops back, as the torch path does).
 
 Exporter: ``torch.onnx.export(dynamo=True)`` (torch.export + onnxscript; needs ``onnxscript``), which was
 measured to work for this network (torch 2.14, onnxscript 0.7: the exported graph has the encoder once, its
@@ -36,7 +38,8 @@ existing file unless ``overwrite``: `mgid.output_paths.check_output_file`), so a
 file is written atomically (a temporary name in the target's folder, fsync, then ``os.replace``), so a failed
 export never leaves a partial file nor touches an existing one. ``metadata_props`` record the mgid
 version (``mgid.version``), the model config as JSON (``mgid.model_config``), the source weights' sha256
-(``mgid.weights_sha256``, when known) and the graph's contract (see `METADATA_KEYS`).
+(``mgid.weights_sha256``, when known) and the graph's contract (``mgid.graph_kind``, ``mgid.graph_format``,
+``mgid.output``, the input's range and size rules).
 """
 from __future__ import annotations
 
@@ -55,18 +58,10 @@ from torch import nn
 
 from mgid import __version__
 from mgid import ops as mgid_ops
-from mgid.models import DOWNSAMPLE, MGIDNet
+from mgid.export_graphs import IMAGE_FILTER, TILING, GraphSpec
+from mgid.models import MGIDNet
 from mgid.output_paths import check_output_file, write_atomic
 
-#: Graph input names, in order: image (B, 3, H, W), norm_mean / norm_var (B, C, 1, 1), use_norm_stats (1,) bool.
-ONNX_INPUTS = ("image", "norm_mean", "norm_var", "use_norm_stats")
-#: Graph output names: rain (B, 3, H, W), pre_norm_query (B, C, H/8, W/8).
-ONNX_OUTPUTS = ("rain", "pre_norm_query")
-#: Version of the graph contract above (inputs, outputs, metadata keys); readers check it.
-GRAPH_FORMAT = "1"
-#: The metadata_props an export writes.
-METADATA_KEYS = ("mgid.graph_format", "mgid.version", "mgid.model_config", "mgid.weights_sha256", "mgid.weights_file",
-                 "mgid.output", "mgid.input_multiple", "mgid.exporter", "mgid.torch_version")
 #: ONNX operator domains allowed in the exported graph (the standard ones; no ``mgid`` custom ops).
 STANDARD_DOMAINS = ("", "ai.onnx")
 #: Largest |onnxruntime - PyTorch| (on the [-1, 1] scale; 1/8 of a grey level) `export_onnx` accepts when it
@@ -75,42 +70,16 @@ VERIFY_TOLERANCE = 1e-3
 Exporter = Literal["auto", "dynamo", "torchscript"]
 #: The suffix an exported file must have (checked before the export starts).
 ONNX_SUFFIX = ".onnx"
-#: Side of the example input the export traces with (a multiple of 8; batch 2 so the batch is not specialised).
-EXAMPLE_SIZE = 64
 
 _NEED_ONNX = "ONNX export needs the onnx package{extra}: pip install onnx onnxscript (and onnxruntime to run the file)"
-
-
-class InferenceGraph(nn.Module):
-    """What is exported: `MGIDNet` in eval mode, memory read only, returning tensors (see the module doc).
-
-    ``forward(image (B, 3, H, W), norm_mean (B, C, 1, 1), norm_var (B, C, 1, 1), use_norm_stats (1,) bool)``
-    -> ``(rain (B, 3, H, W), pre_norm_query (B, C, H/8, W/8))``; H and W multiples of 8.
-    Only the network's public API is used (`MGIDNet.pre_norm_query`, ``forward(norm_stats=...)``).
-    """
-
-    def __init__(self, net: MGIDNet) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, image: torch.Tensor, norm_mean: torch.Tensor, norm_var: torch.Tensor,
-                use_norm_stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        query = self.net.pre_norm_query(image)
-        # The query's own statistics, as InstanceNorm2d takes them (biased variance); a select rather than
-        # an If node keeps one straight graph, and the reductions cost little next to the convolutions.
-        own_mean = query.mean(dim=(2, 3), keepdim=True)
-        own_var = query.var(dim=(2, 3), unbiased=False, keepdim=True)
-        mean = torch.where(use_norm_stats, norm_mean, own_mean)
-        var = torch.where(use_norm_stats, norm_var, own_var)
-        out = self.net(image, update_memory=False, memory_losses=False, norm_stats=(mean, var))
-        return out.rain, query
 
 
 @dataclass
 class ExportResult:
     """What `export_onnx` wrote.
 
-    path: the ONNX file. exporter: ``dynamo`` or ``torchscript``. opset: the ai.onnx opset of the file.
+    path: the ONNX file. kind: ``image_filter`` or ``tiling`` (`mgid.export_graphs`). exporter: ``dynamo`` or
+    ``torchscript``. opset: the ai.onnx opset of the file.
     bytes: its size. weights, weights_sha256: the source checkpoint (None when a network was passed
     without them). max_abs_error: largest |onnxruntime - PyTorch reference| on the verification input
     (None when not verified). fallback_reason: why the dynamo exporter was not used (None when it was).
@@ -118,6 +87,7 @@ class ExportResult:
     """
 
     path: Path
+    kind: str
     exporter: str
     opset: int
     bytes: int
@@ -133,7 +103,9 @@ class ExportResult:
         check = (f"; onnxruntime matches PyTorch to {self.max_abs_error:.2e}" if self.max_abs_error is not None
                  else "; not verified (onnxruntime not installed)")
         fallback = f" (dynamo exporter failed: {self.fallback_reason})" if self.fallback_reason else ""
-        return (f"wrote {self.path} ({self.bytes / 1e6:.1f} MB, ONNX opset {self.opset}, {self.exporter} "
+        what = ("an image filter: image (N,3,H,W) in [0,1] -> derained in [0,1]" if self.kind == IMAGE_FILTER.kind
+                else "the tiling graph of mgid derain --backend onnxruntime")
+        return (f"wrote {self.path} ({what}; {self.bytes / 1e6:.1f} MB, ONNX opset {self.opset}, {self.exporter} "
                 f"exporter{fallback}) from {src}{check}")
 
 
@@ -173,26 +145,13 @@ def _resolve_net(net_or_weights: MGIDNet | str | Path | None) -> tuple[MGIDNet, 
     return net, path, sha
 
 
-def _example_inputs(net: MGIDNet, batch: int = 2, size: int = EXAMPLE_SIZE) -> tuple[torch.Tensor, ...]:
-    g = torch.Generator().manual_seed(0)
-    c = net.config.channels
-    image = torch.rand(batch, net.config.image_channels, size, size, generator=g) * 2 - 1
-    return image, torch.zeros(batch, c, 1, 1), torch.ones(batch, c, 1, 1), torch.tensor([False])
-
-
-def _export_dynamo(graph: InferenceGraph, example: tuple[torch.Tensor, ...], opset: int | None) -> Any:
-    """The ModelProto from ``torch.onnx.export(dynamo=True)``, B dynamic, H and W dynamic multiples of 8."""
+def _export_dynamo(spec: GraphSpec, graph: nn.Module, example: tuple[torch.Tensor, ...], opset: int | None) -> Any:
+    """The ModelProto from ``torch.onnx.export(dynamo=True)`` with ``spec``'s dynamic shapes."""
     try:
         import onnxscript  # noqa: F401  (the dynamo exporter's dependency: fail early with a clear message)
     except ImportError as err:
         raise ModuleNotFoundError(_NEED_ONNX.format(extra=" and onnxscript (for the dynamo exporter)")) from err
-    from torch.export import Dim
-
-    batch = Dim("batch")
-    # H = 8 * h8: the model's pad-to-a-multiple-of-8 is then provably a no-op and leaves no size branch.
-    h8, w8 = Dim("height_div8"), Dim("width_div8")
-    dynamic_shapes = {"image": {0: batch, 2: DOWNSAMPLE * h8, 3: DOWNSAMPLE * w8},
-                      "norm_mean": {0: batch}, "norm_var": {0: batch}, "use_norm_stats": None}
+    dynamic_shapes = spec.dynamic_shapes()
     registration = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = registration.level
     registration.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping torchvision::nms", ...
@@ -202,27 +161,25 @@ def _export_dynamo(graph: InferenceGraph, example: tuple[torch.Tensor, ...], ops
             # axis": the three inputs' batch axes are one Dim on purpose.
             warnings.filterwarnings("ignore", message=r".*axis name.*will not be used")
             program = torch.onnx.export(graph, example, None, dynamo=True, dynamic_shapes=dynamic_shapes,
-                                        input_names=list(ONNX_INPUTS), output_names=list(ONNX_OUTPUTS),
+                                        input_names=list(spec.inputs), output_names=list(spec.outputs),
                                         opset_version=opset, optimize=True, external_data=False, verbose=False)
     finally:
         registration.setLevel(level)
     return program.model_proto
 
 
-def _export_torchscript(graph: InferenceGraph, example: tuple[torch.Tensor, ...], opset: int | None) -> Any:
+def _export_torchscript(spec: GraphSpec, graph: nn.Module, example: tuple[torch.Tensor, ...],
+                        opset: int | None) -> Any:
     """The ModelProto from the TorchScript exporter (``dynamo=False``) with dynamic B, H, W."""
     onnx = _import_onnx()
-    axes = {"image": {0: "batch", 2: "height", 3: "width"}, "norm_mean": {0: "batch"}, "norm_var": {0: "batch"},
-            "rain": {0: "batch", 2: "height", 3: "width"},
-            "pre_norm_query": {0: "batch", 2: "height_div8", 3: "width_div8"}}
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         # The tracer warns at every shape check of the model (they hold for any multiple of 8) and the
         # exporter at its own deprecation; neither concerns the user of the file.
         warnings.simplefilter("ignore")
         kwargs: dict[str, Any] = {} if opset is None else {"opset_version": opset}
-        torch.onnx.export(graph, example, buffer, dynamo=False, input_names=list(ONNX_INPUTS),
-                          output_names=list(ONNX_OUTPUTS), dynamic_axes=axes, **kwargs)
+        torch.onnx.export(graph, example, buffer, dynamo=False, input_names=list(spec.inputs),
+                          output_names=list(spec.outputs), dynamic_axes=spec.torchscript_axes, **kwargs)
     return onnx.load_from_string(buffer.getvalue())
 
 
@@ -238,8 +195,9 @@ def _ai_onnx_opset(model: Any) -> int:
     return next(int(o.version) for o in model.opset_import if o.domain in STANDARD_DOMAINS)
 
 
-def _verify(data: bytes, graph: InferenceGraph, example: tuple[torch.Tensor, ...]) -> float | None:
-    """Largest |onnxruntime - PyTorch| of the exported bytes on ``example`` at a second size (None: no onnxruntime)."""
+def _verify(data: bytes, spec: GraphSpec, net: MGIDNet, example: tuple[torch.Tensor, ...]) -> float | None:
+    """Largest |onnxruntime - PyTorch| of the exported bytes at a second size (``spec.check``; None without
+    onnxruntime)."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -247,23 +205,17 @@ def _verify(data: bytes, graph: InferenceGraph, example: tuple[torch.Tensor, ...
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, torch.get_num_threads())
     session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-    # Another size and batch than the traced one: a size baked in by the trace would show here.
-    image = example[0][:1, :, : EXAMPLE_SIZE - 16, : EXAMPLE_SIZE - 8].contiguous()
-    c = graph.net.config.channels
-    feeds = {"image": image.numpy(), "norm_mean": torch.zeros(1, c, 1, 1).numpy(),
-             "norm_var": torch.ones(1, c, 1, 1).numpy(), "use_norm_stats": torch.tensor([False]).numpy()}
-    rain = torch.from_numpy(session.run(["rain"], feeds)[0])
-    with torch.no_grad(), mgid_ops.use_reference():
-        ref = graph.net(image, update_memory=False, memory_losses=False).rain
-    if rain.shape != ref.shape:
-        raise RuntimeError(f"the exported graph gives a rain layer of shape {tuple(rain.shape)} for an input of "
-                           f"{tuple(image.shape)}: its sizes are not dynamic")
-    return float((rain - ref).abs().max())
+    feeds, reference = spec.check(net, example)
+    out = torch.from_numpy(session.run([spec.outputs[0]], feeds)[0])
+    if out.shape != reference.shape:
+        raise RuntimeError(f"the exported graph gives {spec.outputs[0]} of shape {tuple(out.shape)} for an input of "
+                           f"{tuple(feeds['image'].shape)}: its sizes are not dynamic")
+    return float((out - reference).abs().max())
 
 
 def export_onnx(net_or_weights: MGIDNet | str | Path | None, path: str | Path, opset: int | None = None, *,
                 exporter: Exporter = "auto", weights_sha256: str | None = None, verify: bool = True,
-                overwrite: bool = False) -> ExportResult:
+                overwrite: bool = False, tiling_inputs: bool = False) -> ExportResult:
     """Export the inference network to ONNX file ``path`` (the graph of the module doc); returns what was written.
 
     Args:
@@ -273,6 +225,8 @@ def export_onnx(net_or_weights: MGIDNet | str | Path | None, path: str | Path, o
         path: the ``.onnx`` file to write (its folder is created), checked before any work
             (`mgid.output_paths.check_output_file`: suffix ``.onnx``, writable, not a folder); written atomically.
         overwrite: replace an existing file (otherwise `OutputPathError`, before any work).
+        tiling_inputs: write the tiling graph of `mgid.onnx_backend` (`mgid.export_graphs.TILING`) instead of
+            the default image filter (`mgid.export_graphs.IMAGE_FILTER`).
         opset: the ai.onnx opset (None: the exporter's default; the dynamo exporter needs >= 18 and falls back
             to TorchScript below that).
         exporter: ``auto`` (dynamo, falling back to TorchScript with a warning), ``dynamo`` or ``torchscript``.
@@ -288,15 +242,16 @@ def export_onnx(net_or_weights: MGIDNet | str | Path | None, path: str | Path, o
         raise ValueError(f"exporter must be auto, dynamo or torchscript, got {exporter!r}")
     path = check_output_file(path, overwrite=overwrite, suffixes=(ONNX_SUFFIX,), what="ONNX file")
     onnx = _import_onnx()
+    spec = TILING if tiling_inputs else IMAGE_FILTER
     net, weights, sha = _resolve_net(net_or_weights)
     sha = sha or weights_sha256
-    graph = InferenceGraph(net).eval()
-    example = _example_inputs(net)
+    graph = spec.build(net).eval()
+    example = spec.example(net)
     fallback_reason = None
     with torch.no_grad(), mgid_ops.use_reference():
         if exporter in ("auto", "dynamo"):
             try:
-                model, used = _export_dynamo(graph, example, opset), "dynamo"
+                model, used = _export_dynamo(spec, graph, example, opset), "dynamo"
             except Exception as err:  # noqa: BLE001  (any failure of the new exporter: try the old one)
                 if exporter == "dynamo":
                     raise
@@ -304,19 +259,19 @@ def export_onnx(net_or_weights: MGIDNet | str | Path | None, path: str | Path, o
                 warnings.warn(f"the dynamo ONNX exporter failed ({fallback_reason}); using the TorchScript exporter",
                               RuntimeWarning, stacklevel=2)
         if exporter == "torchscript" or fallback_reason is not None:
-            model, used = _export_torchscript(graph, example, opset), "torchscript"
+            model, used = _export_torchscript(spec, graph, example, opset), "torchscript"
     leftover = custom_domains(model)
     if leftover:
         raise RuntimeError(f"the exported graph uses non-standard operator domains {sorted(leftover)}: it would not "
                            f"run in stock onnxruntime (the mgid ops should have exported through their reference)")
     metadata = {
-        "mgid.graph_format": GRAPH_FORMAT,
+        "mgid.graph_kind": spec.kind,
+        "mgid.graph_format": spec.graph_format,
         "mgid.version": __version__,
         "mgid.model_config": json.dumps(net.config.to_dict(), sort_keys=True),
         "mgid.weights_sha256": sha or "",
         "mgid.weights_file": weights.name if weights is not None else "",
-        "mgid.output": "rain",
-        "mgid.input_multiple": str(DOWNSAMPLE),
+        **spec.metadata,
         "mgid.exporter": used,
         "mgid.torch_version": torch.__version__,
     }
@@ -324,17 +279,14 @@ def export_onnx(net_or_weights: MGIDNet | str | Path | None, path: str | Path, o
     for key, value in metadata.items():
         model.metadata_props.add(key=key, value=value)
     model.producer_name, model.producer_version = "mgid", __version__
-    model.doc_string = ("MGID de-raining network (memory read only). Inputs: image (B,3,H,W) float32 in [-1,1], H and "
-                        "W multiples of 8 (pad first); norm_mean, norm_var (B,C,1,1) and use_norm_stats (1,) bool "
-                        "(false: the image's own instance-norm statistics). Outputs: rain (B,3,H,W), the rain layer "
-                        "R (de-rained = image - rain); pre_norm_query (B,C,H/8,W/8).")
+    model.doc_string = spec.doc
     onnx.checker.check_model(model)
     data = model.SerializeToString()
-    max_err = _verify(data, graph, example) if verify else None
+    max_err = _verify(data, spec, net, example) if verify else None
     if max_err is not None and not max_err <= VERIFY_TOLERANCE:
         raise RuntimeError(f"the exported graph differs from PyTorch by {max_err:.3g} (> {VERIFY_TOLERANCE}) in "
                            f"onnxruntime; nothing was written to {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, data)
-    return ExportResult(path, used, _ai_onnx_opset(model), len(data), weights, sha or None, max_err,
+    return ExportResult(path, spec.kind, used, _ai_onnx_opset(model), len(data), weights, sha or None, max_err,
                         fallback_reason, metadata)

@@ -1,7 +1,7 @@
 """De-raining with onnxruntime: `OnnxDerainer`, a `mgid.api.Derainer` running a file of `mgid.export`.
 
     >>> from mgid.onnx_backend import load_onnx_derainer
-    >>> derainer = load_onnx_derainer("mgid.onnx", tile=512)   # written by `mgid export --onnx mgid.onnx`
+    >>> derainer = load_onnx_derainer("mgid.onnx", tile=512)   # by `mgid export --tiling-inputs --onnx mgid.onnx`
     >>> clean = derainer.derain(rgb)                            # HxWx3 uint8 RGB in and out, as Derainer
 
 Same interface and the same results as the PyTorch `Derainer` in fp32 (to float rounding, ~1e-6 on the
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from mgid.api import Derainer, check_max_memory, check_self_ensemble, check_tile
-from mgid.export import GRAPH_FORMAT, ONNX_INPUTS, ONNX_OUTPUTS
+from mgid.export_graphs import IMAGE_FILTER, TILING
 from mgid.inference import DEFAULT_OVERLAP, TILE_AUTO, tile_geometry, tiled_rain
 from mgid.models import DOWNSAMPLE, ModelConfig, NormStats, image_size_problem, pad_to_multiple
 from mgid.precision import Arithmetic
@@ -61,7 +61,8 @@ def _check_file(path: Path) -> None:
 
 
 def open_session(path: str | Path, threads: int | None = None) -> Any:
-    """An ``onnxruntime.InferenceSession`` (CPU) of ONNX file ``path``, checked to be an `mgid.export` graph.
+    """An ``onnxruntime.InferenceSession`` (CPU) of ONNX file ``path``, checked to be the tiling graph of
+    `mgid.export` (``--tiling-inputs``; an image filter, the default export, is refused with a message saying so).
 
     ``threads``: intra-op threads (None: onnxruntime's default, one per physical core).
     Raises FileNotFoundError, `OnnxModelError` (not ONNX / not an mgid export) or ModuleNotFoundError.
@@ -83,13 +84,17 @@ def open_session(path: str | Path, threads: int | None = None) -> Any:
                              f"`mgid export --onnx {path.name}`") from err
     inputs = tuple(i.name for i in session.get_inputs())
     outputs = tuple(o.name for o in session.get_outputs())
-    if inputs != ONNX_INPUTS or not set(ONNX_OUTPUTS) <= set(outputs):
+    if inputs == IMAGE_FILTER.inputs and outputs == IMAGE_FILTER.outputs:
+        raise OnnxModelError(f"{path} is an image filter (what `mgid export` writes by default: image in [0, 1] -> "
+                             f"derained, for any ONNX runtime as it is); --backend onnxruntime tiles large photos and "
+                             f"needs the tiling graph: `mgid export --tiling-inputs --onnx {path.name}`")
+    if inputs != TILING.inputs or not set(TILING.outputs) <= set(outputs):
         raise OnnxModelError(f"{path} is an ONNX model but not one of `mgid export`: inputs {list(inputs)}, outputs "
-                             f"{list(outputs)} (expected {list(ONNX_INPUTS)} -> {list(ONNX_OUTPUTS)})")
+                             f"{list(outputs)} (expected {list(TILING.inputs)} -> {list(TILING.outputs)})")
     fmt = session.get_modelmeta().custom_metadata_map.get("mgid.graph_format")
-    if fmt != GRAPH_FORMAT:
-        raise OnnxModelError(f"{path} has mgid graph format {fmt!r}; this mgid reads format {GRAPH_FORMAT}: "
-                             f"re-export it with this version (`mgid export --onnx {path.name}`)")
+    if fmt != TILING.graph_format:
+        raise OnnxModelError(f"{path} has mgid graph format {fmt!r}; this mgid reads format {TILING.graph_format}: "
+                             f"re-export it with this version (`mgid export --tiling-inputs --onnx {path.name}`)")
     return session
 
 

@@ -22,6 +22,7 @@ from mgid import cli, ops
 from mgid.api import Derainer, load_network
 from mgid.checkpoint import save_checkpoint
 from mgid.data.imageio import read_image, write_image
+from mgid.export_graphs import IMAGE_FILTER, TILING
 from mgid.inference import predict_rain
 from mgid.models import MGIDNet
 from mgid.onnx_backend import OnnxDerainer, OnnxModelError, load_onnx_derainer
@@ -53,14 +54,15 @@ def exported(tiny, tmp_path_factory) -> export.ExportResult:
     saved = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return export.export_onnx(tiny[0], tmp_path_factory.mktemp("onnx") / "tiny.onnx")
+        return export.export_onnx(tiny[0], tmp_path_factory.mktemp("onnx") / "tiny.onnx", tiling_inputs=True)
     finally:
         torch.set_num_threads(saved)
 
 
 @pytest.fixture(scope="module")
 def exported_ts(tiny, tmp_path_factory) -> export.ExportResult:
-    return export.export_onnx(tiny[1], tmp_path_factory.mktemp("onnx_ts") / "tiny_ts.onnx", exporter="torchscript")
+    return export.export_onnx(tiny[1], tmp_path_factory.mktemp("onnx_ts") / "tiny_ts.onnx", exporter="torchscript",
+                              tiling_inputs=True)
 
 
 def _session(path: Path):
@@ -130,8 +132,8 @@ def test_graph_has_only_standard_ops_and_metadata(which, tiny, exported, exporte
     model = onnx.load(str(result.path))
     assert export.custom_domains(model) == set()
     assert {n.domain for n in model.graph.node} <= set(export.STANDARD_DOMAINS)
-    assert [i.name for i in model.graph.input] == list(export.ONNX_INPUTS)
-    assert [o.name for o in model.graph.output] == list(export.ONNX_OUTPUTS)
+    assert [i.name for i in model.graph.input] == list(TILING.inputs)
+    assert [o.name for o in model.graph.output] == list(TILING.outputs)
     if which == "dynamo":
         # The encoder is in the graph once, though pre_norm_query and forward each run it when traced.
         convs = sum(isinstance(m, torch.nn.Conv2d) for m in tiny[1].modules())
@@ -140,6 +142,7 @@ def test_graph_has_only_standard_ops_and_metadata(which, tiny, exported, exporte
     assert meta["mgid.version"] == mgid.__version__
     assert json.loads(meta["mgid.model_config"]) == TINY.to_dict()
     assert meta["mgid.exporter"] == which and meta["mgid.output"] == "rain" and meta["mgid.input_multiple"] == "8"
+    assert meta["mgid.graph_kind"] == "tiling" and result.kind == "tiling"
     if which == "dynamo":  # exported from the weights file: its hash is known
         assert meta["mgid.weights_sha256"] == hashlib.sha256(tiny[0].read_bytes()).hexdigest()
         assert meta["mgid.weights_file"] == tiny[0].name
@@ -339,9 +342,10 @@ def test_export_command(tiny, tmp_path, capsys, monkeypatch):
     real = export.export_onnx
     monkeypatch.setattr(export, "export_onnx", lambda w, p, o, **kw: real(w, p, o, exporter="torchscript", **kw))
     out = tmp_path / "sub" / "cli.onnx"
-    assert cli.main(["export", "--onnx", str(out), "--weights", str(tiny[0]), "--opset", "18"]) == 0
+    assert cli.main(["export", "--onnx", str(out), "--weights", str(tiny[0]), "--opset", "18",
+                     "--tiling-inputs"]) == 0
     printed = capsys.readouterr().out
-    assert str(out) in printed and "opset 18" in printed and "sha256" in printed
+    assert str(out) in printed and "opset 18" in printed and "sha256" in printed and "tiling graph" in printed
     assert out.is_file()
     assert cli.main(["export", "--onnx", str(tmp_path / "y.onnx"), "--weights", str(tmp_path / "none")]) == 2
     assert "weights file not found" in capsys.readouterr().err
@@ -355,6 +359,13 @@ def test_export_command(tiny, tmp_path, capsys, monkeypatch):
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
     assert cli.main(["derain", str(tmp_path / "in"), str(tmp_path / "x"), "--backend", "onnxruntime"]) == 2
     assert "needs --weights FILE.onnx" in capsys.readouterr().err
+    # the default export, an image filter, is for other runtimes: the tiling backend says what it needs
+    image_filter = tmp_path / "filter.onnx"
+    assert cli.main(["export", "--onnx", str(image_filter), "--weights", str(tiny[0])]) == 0
+    assert "an image filter" in capsys.readouterr().out
+    assert cli.main(["derain", str(tmp_path / "in"), str(tmp_path / "y"), "--backend", "onnxruntime",
+                     "--weights", str(image_filter)]) == 2
+    assert "mgid export --tiling-inputs" in capsys.readouterr().err
 
 
 def test_output_path_is_checked_before_any_work(tmp_path, monkeypatch, capsys):
@@ -420,3 +431,43 @@ def test_statistics_pass_uses_the_encoder_subgraph(exported, monkeypatch):
     a = with_enc.predict_rain(img, tile=40, overlap=12)
     b = without.predict_rain(img, tile=40, overlap=12)
     assert (a - b).abs().max().item() < 1e-6
+
+
+# ----------------------------------------------------------------------------- the default export: an image filter
+
+
+def test_default_export_is_an_image_filter_stock_onnxruntime_runs_with_only_the_image(tiny, tmp_path, capsys):
+    """`mgid export` (no options): one input ``image`` (N, 3, H, W) in [0, 1], one output ``derained`` in [0, 1],
+    any H, W >= 8 (the padding is in the graph). Stock onnxruntime, fed only the image, matches ``mgid derain``
+    (fp32, whole images) within 1 grey level, at sizes that are and are not multiples of 8."""
+    import onnx
+
+    path = tmp_path / "filter.onnx"
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert cli.main(["export", "--onnx", str(path), "--weights", str(tiny[0])]) == 0
+    finally:
+        torch.set_num_threads(saved)
+    assert "an image filter" in capsys.readouterr().out
+    model = onnx.load(str(path))
+    assert [i.name for i in model.graph.input] == ["image"] and [o.name for o in model.graph.output] == ["derained"]
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["mgid.graph_kind"] == IMAGE_FILTER.kind and meta["mgid.input_range"] == "[0, 1]"
+    assert meta["mgid.input_min_side"] == "8" and "[0,1]" in model.doc_string
+    session = _session(path)  # stock onnxruntime, no mgid code
+    rng = np.random.default_rng(5)
+    for h, w in ((37, 45), (64, 48), (8, 16), (101, 33)):
+        rgb = np.clip(_smooth_image(h, w, seed=h).numpy()[0].transpose(1, 2, 0) * 127.5 + 127.5
+                      + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+        write_image(tmp_path / "in" / f"{h}x{w}.png", rgb)
+        out = session.run(None, {"image": (rgb.transpose(2, 0, 1)[None] / 255.0).astype(np.float32)})[0]
+        assert out.shape == (1, 3, h, w) and 0 <= out.min() and out.max() <= 1
+        onnx_pixels = np.rint(out[0].transpose(1, 2, 0) * 255).astype(int)
+        assert cli.main(["derain", str(tmp_path / "in" / f"{h}x{w}.png"), str(tmp_path / "out" / f"{h}x{w}.png"),
+                         "--weights", str(tiny[0]), "--device", "cpu", "--precision", "fp32", "--quiet"]) == 0
+        derained = read_image(tmp_path / "out" / f"{h}x{w}.png").astype(int)
+        assert np.abs(onnx_pixels - derained).max() <= 1, (h, w)
+        assert np.abs(derained - rgb.astype(int)).max() > 2  # the network changed the image
+    batch = np.random.default_rng(0).random((3, 3, 24, 40)).astype(np.float32)
+    assert session.run(None, {"image": batch})[0].shape == (3, 3, 24, 40)  # any batch

@@ -10,8 +10,8 @@ from torch import nn
 
 from mgid.literals import check_literals
 from mgid.models.decoder import UPSAMPLE_MODES, Decoder, UpsampleMode  # noqa: F401  (UPSAMPLE_MODES re-exported)
-from mgid.models.encoder import DOWNSAMPLE, Encoder, NormStats
-from mgid.models.memory import MemoryModule
+from mgid.models.encoder import DOWNSAMPLE, Encoder, EncoderFeatures, NormStats
+from mgid.models.memory import MemoryModule, MemoryOutput
 
 PadMode = Literal["reflect", "replicate"]
 PAD_MODES = get_args(PadMode)
@@ -174,11 +174,8 @@ class MGIDNet(nn.Module):
             update_memory = self.training
         h, w = image.shape[-2:]
         padded = pad_to_multiple(image, DOWNSAMPLE, self.config.pad_mode)
-        features = self.encoder(padded, norm_stats)
-        mem = self.memory(features.query, update=update_memory, with_losses=memory_losses)
-        rain = self.decoder(mem.features, features.skips)[..., :h, :w]
-        if self.config.double_tanh:
-            rain = torch.tanh(rain)  # the public code's second tanh: |R| <= tanh(1)
+        rain, features, mem = self._run(padded, norm_stats, update_memory, memory_losses)
+        rain = rain[..., :h, :w]
         return MGIDOutput(
             rain=rain,
             background=image - rain,
@@ -186,6 +183,23 @@ class MGIDNet(nn.Module):
             compactness=mem.compactness,
             separateness=mem.separateness,
         )
+
+    def _run(self, padded: torch.Tensor, norm_stats: NormStats | tuple[torch.Tensor, torch.Tensor] | None,
+             update_memory: bool, memory_losses: bool | None) -> tuple[torch.Tensor, EncoderFeatures, MemoryOutput]:
+        """(rain layer (B, 3, H, W), encoder features, memory output) of ``padded`` (H, W multiples of 8)."""
+        features = self.encoder(padded, norm_stats)
+        mem = self.memory(features.query, update=update_memory, with_losses=memory_losses)
+        rain = self.decoder(mem.features, features.skips)
+        if self.config.double_tanh:
+            rain = torch.tanh(rain)  # the public code's second tanh: |R| <= tanh(1)
+        return rain, features, mem
+
+    def padded_rain(self, padded: torch.Tensor,
+                    norm_stats: NormStats | tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """The rain layer (B, 3, H, W) of ``padded`` (B, 3, H, W) whose H and W are already multiples of 8, memory
+        read only: `forward` without its padding, cropping and checks, for a graph that pads the image itself
+        (`mgid.export`: padding inside the graph)."""
+        return self._run(padded, norm_stats, False, False)[0]
 
     def pre_norm_query(self, image: torch.Tensor) -> torch.Tensor:
         """The encoder's query before the instance norm, (B, C, H'/8, W'/8) for ``image`` (B, 3, H, W)

@@ -179,8 +179,7 @@ def summarise(rows: list[dict[str, Any]], tile: int) -> tuple[dict[str, Any], di
 def markdown(report: dict[str, Any]) -> str:
     env, cfg = report["environment"], report["settings"]
     lines = ["# Peak memory of de-raining against megapixels", "", f"`{report['command']}`", "",
-             f"CPU: {env['cpu']['line']}; torch {env['torch']}, commit {env['git']['commit']}"
-             f"{' (dirty tree)' if env['git']['dirty'] else ''}, {env['date_utc']}. Weights "
+             f"{harness.provenance(env)}. Weights "
              f"`{Path(cfg['weights']).name}` ({cfg['channels']} channels; C={min(cfg['widths'])}: the same network "
              f"with random weights), {cfg['threads']} thread(s). Peak RSS "
              f"of a fresh process above its RSS just before one `derain_with_rain` of a uint8 image (the `mgid "

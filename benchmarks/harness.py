@@ -346,6 +346,13 @@ class OtherLoad:
 # --------------------------------------------------------------------------------------------
 
 
+def provenance(env: dict[str, Any]) -> str:
+    """``"CPU: <model and flags>; torch <version>, commit <hash> (dirty tree), <date>"`` of an `environment` record,
+    the sentence a report's markdown opens with (every number beside its CPU)."""
+    return (f"CPU: {env['cpu']['line']}; torch {env['torch']}, commit {env['git']['commit']}"
+            f"{' (dirty tree)' if env['git']['dirty'] else ''}, {env['date_utc']}")
+
+
 def report_base(out_dir: str | Path, prefix: str) -> Path:
     """``out_dir/<prefix>_<UTC timestamp>``: the report's path without its suffix."""
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")

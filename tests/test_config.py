@@ -246,13 +246,15 @@ def test_configs_written_before_still_load():
             defaults = flat(TrainConfig().to_dict())
             expected = {**flat(values), **{k: defaults[k] for k in ADDED_SINCE_V0}, "channels_last": memory_format}
             assert flat(TrainConfig.from_dict(values).to_dict()) == expected, name
-    shipped = read_meta(REPO / "mgid" / "weights" / "mgid_embedded.json")["config"]  # written by an earlier mgid
-    # the shipped weights' record keeps the arithmetic they were trained with (bf16 + channels_last)
-    assert set(diff(named_config("cpu"), TrainConfig.from_dict(shipped))) <= {"out", "keep_step_checkpoints",
-                                                                              *CHANGED_SINCE_V0}
-    assert (shipped["precision"], shipped["channels_last"]) == ("bf16", True)
-    written_out = resolve_config(str(REPO / "configs" / "mgid_embedded.yaml"))  # README: "cpu, written out"
-    assert set(diff(named_config("cpu"), written_out)) == {"out", "keep_step_checkpoints"}
+    meta = read_meta(REPO / "mgid" / "weights" / "mgid_embedded.json")
+    shipped = meta["config"]  # the shipped weights' last stage: the long recipe from the cpu recipe's weights
+    assert set(diff(named_config("long"), TrainConfig.from_dict(shipped))) <= {"out", "keep_step_checkpoints",
+                                                                               "init_weights"}
+    # the config leaves the arithmetic to the machine; the record keeps what it was trained with
+    assert (shipped["precision"], shipped["channels_last"]) == ("auto", "auto")
+    assert (meta["arithmetic"]["precision"], meta["arithmetic"]["channels_last"]) == ("bf16", True)
+    written_out = resolve_config(str(REPO / "configs" / "mgid_embedded.yaml"))  # README: "long, written out"
+    assert set(diff(named_config("long"), written_out)) == {"out", "keep_step_checkpoints"}
 
 
 def test_choices_come_from_literal_types(tmp_path, capsys):

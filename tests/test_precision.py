@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import mgid.precision
+from mgid.checkpoint import read_meta
 from mgid.config import ConfigError, merge, resolve_config
 from mgid.models import MGIDNet, ModelConfig
 from mgid.training import Trainer
@@ -86,6 +87,11 @@ def test_the_log_says_what_auto_chose_and_why(tmp_path):
     assert ("bf16 autocast + channels_last" in header) == info.native_bf16, header
     for flag in info.flags:
         assert flag in header
+    # the checkpoint records what auto resolved to; its config keeps "auto"
+    meta = read_meta(tmp_path / "run" / "checkpoints" / "last.json")
+    assert meta["config"]["precision"] == "auto"
+    assert meta["arithmetic"]["precision"] == ("bf16" if info.native_bf16 else "fp32")
+    assert meta["arithmetic"]["channels_last"] == info.native_bf16 and info.model in meta["arithmetic"]["reason"]
 
 
 def test_precision_is_checked():

@@ -87,7 +87,10 @@ class CheckpointingMixin:
                 "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "validation": self.last_validation.to_dict() if self.last_validation else None,
                 "validation_sets": {k: v.to_dict() for k, v in self.last_validations.items()},
-                "bn_recalibrated": self.bn_recalibrated}
+                "bn_recalibrated": self.bn_recalibrated,
+                # what auto resolved to on this machine: the record of how the weights were trained (the config
+                # keeps "auto", so a rerun elsewhere chooses for its own CPU)
+                "arithmetic": dataclasses.asdict(self.arithmetic)}
         paths = save_checkpoint(self.ckpt_dir, self.net, self.optimizer, meta, names)
         return paths["model"]
 

@@ -65,9 +65,10 @@ def test_costs_come_from_the_committed_measurement():
 
 
 def test_auto_equals_whole_within_the_tiling_tolerance():
-    """A budget that forces tiles gives the whole-image result within the documented tolerance: with the
-    shipped weights on a rainy held-out image, at most 1 grey level, on under 2 % of the pixels (measured
-    0.75 % at 160-pixel tiles; the tiles share the whole image's normalisation statistics)."""
+    """A budget that forces tiles gives the whole-image result within the documented tolerance (README): with
+    the shipped weights on a rainy held-out image at 160-pixel tiles, at most 4 grey levels, under 2 % of the
+    pixels different at all and under 0.2 % by more than 1 (measured: 4, 1.45 %, 0.08 %; the stage-1 weights
+    shipped before: 1 grey level on 0.75 %; the tiles share the whole image's normalisation statistics)."""
     from mgid.data import EmbeddedPairedSet
 
     rainy, _ = EmbeddedPairedSet(1, size=264, rain="streaks").images(0)
@@ -79,7 +80,7 @@ def test_auto_equals_whole_within_the_tiling_tolerance():
     whole, auto = whole_d.derain(rgb), tight.derain(rgb)
     np.testing.assert_array_equal(auto, tight.derain(rgb, tile=160))
     diff = np.abs(auto.astype(int) - whole.astype(int))
-    assert diff.max() <= 1 and (diff > 0).mean() < 0.02
+    assert diff.max() <= 4 and (diff > 0).mean() < 0.02 and (diff > 1).mean() < 0.002
     roomy = Derainer(whole_d.net, "cpu", precision="fp32", max_memory=1 << 30)
     assert roomy.auto_tile(1, 200, 264) is None
     np.testing.assert_array_equal(roomy.derain(rgb), whole)

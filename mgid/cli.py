@@ -498,6 +498,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     prog = "mgid evaluate"
     channel = "rgb" if args.rgb else "y"
+    if args.max_megapixels < 0:
+        return _err(prog, f"--max-megapixels must be >= 0 (0 = no limit), got {args.max_megapixels:g}")
     if args.data is not None:
         if args.pred is not None or args.gt is not None:
             return _err(prog, "give either --data DIR (de-rain and score a paired set) or --pred DIR --gt DIR "
@@ -511,7 +513,8 @@ def _evaluate(args: argparse.Namespace) -> int:
                                   **_precision_kwargs(args))
             print(f"{prog}: on {derainer.device}, {_arithmetic(derainer)}; {derainer.describe_tiling()}",
                   file=sys.stderr)
-            report = evaluate_model(derainer, args.data, channel, save_dir=out / "derained", progress=not args.quiet)
+            report = evaluate_model(derainer, args.data, channel, save_dir=out / "derained", progress=not args.quiet,
+                                    max_pixels=_max_pixels(args))
         except (FileNotFoundError, CheckpointError, RuntimeError, ValueError) as exc:
             return _err(prog, str(exc))
         except OSError as exc:  # a de-rained image could not be written (disk full, the folder went away)
@@ -527,7 +530,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else Path(args.pred)
         try:
             check_report_paths(out, args.overwrite)
-            report = evaluate_folders(args.pred, args.gt, channel, progress=not args.quiet)
+            report = evaluate_folders(args.pred, args.gt, channel, progress=not args.quiet,
+                                      max_pixels=_max_pixels(args))
         except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
             return _err(prog, str(exc))
     if not report.scores:
@@ -548,6 +552,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def register_evaluate(sub: argparse._SubParsersAction) -> None:
+    from mgid.data.image_header import DEFAULT_MAX_PIXELS
+
     p = sub.add_parser(
         "evaluate", help="PSNR/SSIM of de-rained images against clean ones (paper convention)",
         description="Score de-rained images against clean ones: PSNR and SSIM on the Y channel of BT.601 YCbCr "
@@ -571,6 +577,9 @@ def register_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-missing", action="store_true",
                    help="exit 0 even when some files have no partner (they are still listed and not scored)")
     _add_model_arguments(p)
+    p.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_PIXELS / 1e6, metavar="MP",
+                   help="skip pairs with an image larger than this, judged from the file's header before anything "
+                        "is decoded; 0 = no limit [default: %(default)g]")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_evaluate)
 

@@ -314,18 +314,21 @@ def _progress(items: list, desc: str, enabled: bool) -> Iterable:
     return tqdm(items, desc=desc, unit="img")
 
 
-def _file_pair(image_path: Path, clean_path: Path) -> Pair:
-    return Pair(image_path.name, clean_path.name, lambda: (read_image(image_path), read_image(clean_path)), image_path)
+def _file_pair(image_path: Path, clean_path: Path, max_pixels: int | None = None) -> Pair:
+    """A pair read lazily; an image over ``max_pixels`` (from its header, before decoding) is refused."""
+    return Pair(image_path.name, clean_path.name,
+                lambda: (read_image(image_path, max_pixels), read_image(clean_path, max_pixels)), image_path)
 
 
 def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, channel: Channel = "y",
-                     progress: bool = False) -> EvaluationReport:
-    """Score the images of ``pred_dir`` against their partners in ``gt_dir`` (see the module doc)."""
+                     progress: bool = False, max_pixels: int | None = None) -> EvaluationReport:
+    """Score the images of ``pred_dir`` against their partners in ``gt_dir`` (see the module doc); a pair with
+    an image over ``max_pixels`` (read from its header, before decoding; None: any size) is skipped."""
     pairing = find_pairs(pred_dir, gt_dir)
     report = EvaluationReport(channel, str(pred_dir), str(gt_dir),
                               unmatched_predictions=pairing.unmatched_inputs,
                               unmatched_targets=pairing.unmatched_targets)
-    pairs = [_file_pair(p, g) for p, g in pairing.pairs]
+    pairs = [_file_pair(p, g, max_pixels) for p, g in pairing.pairs]
     report.scores = score_pairs(_progress(pairs, "scoring", progress), channel=channel, skipped=report.skipped)
     return report
 
@@ -337,13 +340,15 @@ def paired_folders(data_dir: str | Path) -> tuple[Path, Path]:
 
 def evaluate_model(derainer: Any, data_dir: str | Path, channel: Channel = "y", save_dir: str | Path | None = None,
                    progress: bool = False, derain: Callable[[np.ndarray], np.ndarray] | None = None,
-                   brightness: bool = False, limit: int | None = None) -> EvaluationReport:
+                   brightness: bool = False, limit: int | None = None,
+                   max_pixels: int | None = None) -> EvaluationReport:
     """De-rain the rainy images of the paired set ``data_dir`` and score them (and the rainy inputs).
 
     ``derainer``: a `mgid.api.Derainer` (its default tiling and self-ensemble apply); ``derain`` overrides
     how an HxWx3 uint8 image is de-rained. ``save_dir``: also write each de-rained image there under the
     rainy file's name. ``brightness``: also measure the brightness shift (in the summary). ``limit``: score
-    only the first ``limit`` pairs (in `find_pairs`' order, by name).
+    only the first ``limit`` pairs (in `find_pairs`' order, by name). ``max_pixels``: a pair with an image
+    larger than this (from its header, before decoding; None: any size) is skipped.
     Layouts: ``rain/`` + ``norain/`` or ``input/`` + ``target/`` (`PAIRED_LAYOUTS`).
     """
     if limit is not None and limit < 1:
@@ -359,7 +364,7 @@ def evaluate_model(derainer: Any, data_dir: str | Path, channel: Channel = "y", 
     def save(pair: Pair, out: np.ndarray) -> None:
         write_image(Path(save_dir) / pair.name, out)
 
-    pairs = [_file_pair(r, c) for r, c in pairing.pairs][:limit]
+    pairs = [_file_pair(r, c, max_pixels) for r, c in pairing.pairs][:limit]
     report.scores = score_pairs(_progress(pairs, "de-raining", progress), run, channel=channel, with_input=True,
                                 brightness=brightness, skipped=report.skipped,
                                 on_output=save if save_dir is not None else None)

@@ -99,3 +99,27 @@ def test_pixel_limit_is_the_users(tmp_path, weights, capsys):
     assert "0.0 megapixels, the limit is 0.0005" in capsys.readouterr().err
     assert derain(tmp_path / "in", tmp_path / "out", "--weights", weights, "--max-megapixels", "0") == 0
     assert derain(tmp_path / "in", tmp_path / "x", "--weights", weights, "--max-megapixels", "-1") == 2
+
+
+def test_evaluate_refuses_a_bomb_from_its_header(tmp_path, weights):
+    """``mgid evaluate`` reads pairs with the same header check: a bomb among the predictions is skipped with one
+    line (exit 1) before any decode, the other pair is scored, and the RSS grows by less than 300 MB."""
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    image = np.random.default_rng(1).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    for folder in (pred, gt):
+        write_image(folder / "photo.png", image)
+    (pred / "bomb.png").write_bytes(png_bomb(15000, 15000))
+    write_image(gt / "bomb.png", image)
+    run = run_measured(f"""
+import mgid.cli as cli
+mark_baseline()
+code = cli.main(["evaluate", "--pred", {str(pred)!r}, "--gt", {str(gt)!r}, "--out", {str(tmp_path / "scores")!r},
+                 "--quiet"])
+print("EXIT", code)
+""", limit_bytes=4 << 30)
+    assert "EXIT 1" in run.stdout, run.stderr[-3000:]
+    assert "image too large" in run.stdout + run.stderr and "Traceback" not in run.stderr
+    assert (tmp_path / "scores" / "metrics.json").is_file()
+    assert run.growth < 300 << 20, f"the command grew the RSS by {run.growth / 2**20:.0f} MB"
+    assert cli.main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--out", str(tmp_path / "s2"),
+                     "--max-megapixels", "-1"]) == 2

@@ -363,7 +363,7 @@ def load_model(weights: str | Path | None = None, device: str | torch.device = "
     ``tile``/``overlap``: the default tiling of `Derainer.derain` (``"auto"``: tiles only when the whole image
     would not fit ``max_memory`` bytes, default a share of the available memory; None: whole images).
     ``precision``: ``auto`` (bf16 autocast on a CPU with native bf16 instructions, else fp32), ``fp32``
-    or ``bf16``; ``channels_last``: None = on exactly with bf16 on a CPU (see `Derainer`).
+    or ``bf16``; ``channels_last``: None = auto, on for inference on any CPU (see `Derainer`).
     ``self_ensemble``: the default of `Derainer.derain`'s option (mean over the 8 flips and quarter turns,
     8x the time; off by default).
     Raises ``FileNotFoundError`` when the weights are missing (the message says how to get some)

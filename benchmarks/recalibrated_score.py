@@ -26,20 +26,15 @@ from mgid.bn_recalibration import recalibrate_batchnorm
 from mgid.config import resolve_config
 from mgid.data.stream import StreamingTimeLapse
 from mgid.heldout import RAINY, evaluate_heldout
-
-#: The epoch whose pairs feed the statistics (apart from any epoch a run trains on).
-STATISTICS_EPOCH = 10**6
+from mgid.train.recalibration import recalibration_batches
 
 
 def training_batches(config: str, batches: int) -> Iterator[torch.Tensor]:
-    """``batches`` x 2 batches (frame 1, frame 2) of the recipe's streamed training pairs, (B, 3, S, S)."""
+    """``batches`` x 2 batches (frame 1, frame 2) of the recipe's streamed training pairs, (B, 3, S, S): the
+    batches its trainer recalibrates with (`mgid.train.recalibration.recalibration_batches`, one process)."""
     cfg = resolve_config(config)
     data = StreamingTimeLapse(config=cfg.embedded, crop_size=cfg.crop_size, seed=cfg.seed)
-    data.set_epoch(STATISTICS_EPOCH)
-    for b in range(batches):
-        items = [data[(b * cfg.batch_size + i) % len(data)] for i in range(cfg.batch_size)]
-        for key in ("frame1", "frame2"):
-            yield torch.stack([item[key] for item in items])
+    return recalibration_batches(data, cfg.batch_size, batches)
 
 
 def main(argv: list[str] | None = None) -> int:

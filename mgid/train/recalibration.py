@@ -6,6 +6,7 @@ the training data of their own and re-estimate the running statistics with `mgid
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -16,20 +17,30 @@ from mgid.train.objective import autocast_context
 RECALIBRATION_EPOCH = 1_000_000
 
 
+def recalibration_batches(train_set: Any, batch_size: int, count: int, per_rank: int | None = None,
+                          rank: int = 0) -> Iterator[torch.Tensor]:
+    """``count`` batches of ``train_set``'s frames, frame 1 then frame 2 of each pair, (per_rank, 3, H, W) on
+    the CPU: rank ``rank``'s slice of ``per_rank`` pairs (default the whole ``batch_size``) of each global batch,
+    from an epoch of their own (`RECALIBRATION_EPOCH`), so the same batches whenever it runs."""
+    per = batch_size if per_rank is None else per_rank
+    train_set.set_epoch(RECALIBRATION_EPOCH)
+    n = len(train_set)
+    for b in range(count):
+        first = b * batch_size + rank * per
+        items = [train_set[(first + i) % n] for i in range(per)]
+        for key in ("frame1", "frame2"):
+            yield torch.stack([it[key] for it in items])
+
+
 class BNRecalibrationMixin:
     """The BatchNorm-recalibration methods of `mgid.train.trainer.Trainer` (they use its net, data, dist...)."""
 
     def recalibration_batches(self) -> Iterator[torch.Tensor]:
-        """``cfg.bn_recalibration_batches`` batches of training frames (both frames of each pair), this rank's
-        slice, from an epoch of their own (`RECALIBRATION_EPOCH`): the same batches whenever it runs."""
-        cfg, per = self.cfg, self.sampler.per_rank_batch
-        self.train_set.set_epoch(RECALIBRATION_EPOCH)
-        n = len(self.train_set)
-        for b in range(cfg.bn_recalibration_batches):
-            first = b * cfg.batch_size + self.dist.rank * per
-            items = [self.train_set[(first + i) % n] for i in range(per)]
-            for key in ("frame1", "frame2"):
-                yield torch.stack([it[key] for it in items]).to(self.device, memory_format=self.memory_format)
+        """`recalibration_batches` of the run's training set, this rank's slice, on the run's device."""
+        cfg = self.cfg
+        for batch in recalibration_batches(self.train_set, cfg.batch_size, cfg.bn_recalibration_batches,
+                                           self.sampler.per_rank_batch, self.dist.rank):
+            yield batch.to(self.device, memory_format=self.memory_format)
 
     def recalibrate_batchnorm(self) -> None:
         """Re-estimate the BatchNorm running statistics for the final weights (`mgid.bn_recalibration`);

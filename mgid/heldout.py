@@ -29,6 +29,7 @@ from mgid.data import EmbeddedDataConfig, EmbeddedPairedSet
 from mgid.data.timelapse import HELDOUT_SETS
 from mgid.derain_video import temporal_median  # noqa: F401  (the baseline here; re-exported)
 from mgid.evaluation import DerainFn, Scores, score_images
+from mgid.output_paths import write_atomic
 
 #: One method's means over one held-out set (psnr, ssim, brightness_shift, count): `mgid.evaluation.Scores`.
 MethodScore = Scores
@@ -83,9 +84,7 @@ def write_json(table: Mapping[str, Mapping[str, Scores]], path: str | Path, **ex
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {**extra, "sets": {s: {m: r.to_dict() for m, r in row.items()} for s, row in table.items()}}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
     return path
 
 

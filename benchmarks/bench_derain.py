@@ -21,7 +21,7 @@ Accuracy, two ways (Y channel of BT.601, uint8, peak 255: `mgid.metrics`, as the
 * on the timed images: PSNR of each variant's output against the fp32 output (same size and
   threads; ``inf`` = identical) and the largest per-pixel difference in grey levels;
 * on the project's held-out sets (`mgid.heldout.evaluate_heldout`, the function behind ``mgid
-  heldout``: `mgid.data.timelapse.HELDOUT_SETS`, 24 images each): mean PSNR/SSIM against the clean
+  heldout``: `mgid.data.heldout_sets.HELDOUT_SETS`, 24 images each): mean PSNR/SSIM against the clean
   images per variant, the change of that PSNR against fp32 and the PSNR of the outputs against
   fp32's. A variant passes when the mean held-out PSNR of every set moves by less than
   ``--criterion-db`` (0.05 dB) from fp32's.
@@ -54,7 +54,7 @@ from harness import OtherLoad, log
 
 from mgid.api import DEFAULT_WEIGHTS, Derainer, load_model
 from mgid.data import EmbeddedPairedSet
-from mgid.data.timelapse import HELDOUT_SETS
+from mgid.data.heldout_sets import HELDOUT_SETS
 from mgid.heldout import evaluate_heldout
 from mgid.inference import DEFAULT_OVERLAP, resolve_channels_last, resolve_precision, tile_geometry
 from mgid.metrics import psnr

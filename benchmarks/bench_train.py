@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Training throughput of the MGID step on this CPU, per setting, in one run.
 
-It times `mgid.training.train_step` (both frames forward, the loss, backward, Adam) with the model
+It times `mgid.train.step.train_step` (both frames forward, the loss, backward, Adam) with the model
 and loss of a named config (default ``cpu``, the recipe of the shipped weights) and reports the
 median seconds per step and training images per second (two frames per pair: ``2 * batch / s``)
 for these settings, one factor at a time from a baseline (fp32, contiguous, eager, fused ops,

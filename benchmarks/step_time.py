@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Seconds per training step of whichever ``mgid`` is importable, for comparing checkouts on one machine.
 
-Times ``mgid.training.train_step`` (both frames forward, the loss, backward, Adam; the entry point every
+Times ``mgid.train.step.train_step`` (both frames forward, the loss, backward, Adam; the entry point every
 version since the first benchmarks has) with `TrainConfig`'s default network and objective (the paper's) at
 ``--batch`` pairs of ``--crop`` x ``--crop`` random frames, for each ``--variant`` (``fp32``, ``bf16``,
 ``fp32+cl``, ``bf16+cl``, ``auto`` when this mgid has `mgid.precision.resolve_arithmetic`), and prints one
@@ -27,7 +27,7 @@ import mgid
 from mgid.config import TrainConfig
 from mgid.losses import MGIDLoss
 from mgid.models import MGIDNet
-from mgid.training import train_step
+from mgid.train.step import train_step
 
 
 def cpu_line() -> str:

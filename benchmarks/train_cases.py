@@ -1,6 +1,6 @@
 """The timed settings of the training step (`Case`, `build_cases`) and how one is run and timed.
 
-`run_case` times `mgid.training.train_step` for one `Case` on batches rendered beforehand
+`run_case` times `mgid.train.step.train_step` for one `Case` on batches rendered beforehand
 (`train_data.render_batches`); `mgid_op_share` profiles one extra step for the share of its wall
 time in the compiled mgid ops. Used by `bench_train.py` (the entry) and `train_curve.py`.
 """
@@ -23,7 +23,9 @@ from mgid.config import TrainConfig
 from mgid.losses import MGIDLoss
 from mgid.models import MGIDNet
 from mgid.precision import resolve_arithmetic
-from mgid.training import PairForward, seed_everything, train_step
+from mgid.train.objective import PairForward
+from mgid.train.sampler import seed_everything
+from mgid.train.step import train_step
 
 
 @dataclasses.dataclass(frozen=True)

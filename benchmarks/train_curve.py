@@ -16,7 +16,9 @@ from train_data import to_float_batch
 
 import mgid.ops as ops
 from mgid.config import TrainConfig
-from mgid.training import PairForward, learning_rate, train_step
+from mgid.train.objective import PairForward
+from mgid.train.sampler import learning_rate
+from mgid.train.step import train_step
 
 
 def train_curve(cfg: TrainConfig, batches: list[tuple[torch.Tensor, torch.Tensor]], seed: int, precision: str,

@@ -8,7 +8,7 @@ Each command is a ``register(subparsers)`` function in `COMMANDS` that adds its 
 ``func`` (called with the parsed arguments, returns the exit code); a new command (derain,
 evaluate, bench, ...) is one more function in that list. The commands only parse arguments, call
 the library (`mgid.derain_files` and `mgid.derain_video` for derain, `mgid.finetune`, `mgid.export`,
-`mgid.web`, `mgid.evaluation`, `mgid.heldout`, `mgid.data`, `mgid.training`) and print its results and exit codes.
+`mgid.web`, `mgid.evaluation`, `mgid.heldout`, `mgid.data`, `mgid.train`) and print its results and exit codes.
 """
 from __future__ import annotations
 
@@ -23,13 +23,13 @@ from mgid import __version__
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mgid.training import run_from_args
+    from mgid.train.cli import run_from_args
 
     return run_from_args(args, "mgid train")
 
 
 def register_train(sub: argparse._SubParsersAction) -> None:
-    from mgid.training import add_train_arguments
+    from mgid.train.cli import add_train_arguments
 
     p = sub.add_parser("train", help="train MGID (same options as train.py)",
                        description="Train MGID on time-lapse pairs (default: the embedded synthetic set). Settings: "
@@ -40,7 +40,7 @@ def register_train(sub: argparse._SubParsersAction) -> None:
 
 def _finetune(args: argparse.Namespace) -> int:
     from mgid.finetune import ClipOptions, finetune_config
-    from mgid.training import run_from_args
+    from mgid.train.cli import run_from_args
     from mgid.video import VideoError
 
     clips = ClipOptions(args.video, args.weights, args.frames_per_clip, args.max_shift, args.fps)
@@ -51,7 +51,7 @@ def _finetune(args: argparse.Namespace) -> int:
 
 def register_finetune(sub: argparse._SubParsersAction) -> None:
     from mgid.finetune import FINETUNE_RECIPE, ClipOptions
-    from mgid.training import add_train_arguments
+    from mgid.train.cli import add_train_arguments
 
     defaults = ClipOptions(videos=())
     p = sub.add_parser(
@@ -80,7 +80,8 @@ def register_finetune(sub: argparse._SubParsersAction) -> None:
 
 
 def _data_synth(args: argparse.Namespace) -> int:
-    from mgid.config import ConfigError, build_dataclass, merge, overrides_from_args, resolve_config
+    from mgid.config import resolve_config
+    from mgid.config_fields import ConfigError, build_dataclass, merge, overrides_from_args
     from mgid.data import EmbeddedDataConfig, write_synthetic_dataset
 
     try:

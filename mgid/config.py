@@ -21,7 +21,7 @@ The general dataclass <-> dict <-> argparse layer (`build_dataclass`, `merge`, `
 `overrides_from_args`, field help) lives in `mgid.config_fields` and is re-exported here.
 Field help comes from `docstring_parser` (the docstring reader tyro, jsonargparse and simple-parsing use).
 The command-line layer stays by hand (`add_config_arguments`, `overrides_from_args`, ~80 lines): the
-parsers belong to ``mgid.training`` and ``mgid.cli`` (plain `argparse` parsers with options of their own)
+parsers belong to ``mgid.train`` and ``mgid.cli`` (plain `argparse` parsers with options of their own)
 and the run is resolved in two stages (defaults or a resumed checkpoint's config < ``--config`` <
 *the options actually given*). tyro, simple-parsing and jsonargparse each own the parser and return a
 finished object, not the options given; and their flag styles differ from the documented ones (tyro:
@@ -47,29 +47,16 @@ from typing import Any, Literal, get_args
 import yaml
 
 from mgid import config_fields as _fields
-from mgid.config_fields import (  # noqa: F401  (re-exported: the generic layer, long imported from here)
-    _FALSE,
-    _TRUE,
-    DEST_PREFIX,
+from mgid.config_fields import (
     ConfigError,
     OptionSpec,
-    _add_option,
-    _coerce,
-    _format_default,
     _hints,
-    _is_optional,
-    _nullable,
     _plain,
-    _type_name,
     build_dataclass,
-    field_docs,
-    iter_fields,
     merge,
-    overrides_from_args,
-    parse_bool,
 )
 from mgid.data import EmbeddedDataConfig
-from mgid.data.timelapse import Layout
+from mgid.data.folders import Layout
 from mgid.literals import check_literals
 from mgid.losses import LossWeights
 from mgid.models import ModelConfig

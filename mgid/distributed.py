@@ -5,7 +5,7 @@ Launch with ``torchrun`` (``env://`` rendezvous: ``RANK``, ``WORLD_SIZE``, ``LOC
 
 * ``batch_size`` is the GLOBAL batch (pairs per optimiser step summed over all ranks); each rank
   takes a contiguous slice of ``batch_size / world_size`` pairs of every global batch
-  (`mgid.training.EpochBatchSampler`). The batch order therefore does not depend on the number of
+  (`mgid.train.sampler.EpochBatchSampler`). The batch order therefore does not depend on the number of
   processes, and a run may be resumed with another world size.
 * DDP averages the gradients, so a step with N ranks equals a single-process step on the union of
   the N slices for every loss term that is a mean over samples. The BSW loss is not: its k-means

@@ -12,7 +12,7 @@ one `ImageScore` per pair; `Scores` holds their means. Callers:
   ``input/`` + ``target/``) is de-rained by a `mgid.api.Derainer`, then scored; the rainy input is
   scored too, so the report shows what de-raining gained.
 * `score_paired_set`: an in-memory paired set (`mgid.data.EmbeddedPairedSet`, `mgid.data.PairedFolder`),
-  the validation during training (`mgid.training.validate`).
+  the validation during training (`mgid.train.validation.validate`).
 * `mgid.heldout.evaluate_heldout` (``mgid heldout``): the held-out sets, baselines and models.
 
 Metrics follow `mgid.metrics` (Y channel of BT.601 by default, ``channel="rgb"`` for RGB).

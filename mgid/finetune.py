@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mgid.checkpoint import checkpoint_paths, locate_checkpoint, read_meta
-from mgid.config import ConfigError, TrainConfig
+from mgid.config import TrainConfig
+from mgid.config_fields import ConfigError
 from mgid.models import ModelConfig
 
 #: The recipe `mgid finetune` uses unless --config names another.

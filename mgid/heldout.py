@@ -1,6 +1,6 @@
 """The project's held-out evaluation: every embedded held-out set, the rainy input, two baselines and models.
 
-For each held-out paired set (`mgid.data.timelapse.HELDOUT_SETS`: ``streaks``, the training renderer
+For each held-out paired set (`mgid.data.heldout_sets.HELDOUT_SETS`: ``streaks``, the training renderer
 at the original rain density; ``perspective``, a second renderer the model never trains on;
 ``heavy``, heavy rain; ``varied``, several directions, long streaks, drizzle and near-camera streaks)
 the table holds, per method, the mean Y-channel PSNR / SSIM against the clean images (paper convention,
@@ -14,7 +14,7 @@ grey levels; a veil or tone change shows here). Methods:
 * each model given: ``name -> function(HxWx3 uint8 RGB) -> HxWx3 uint8 RGB``.
 
 Scores come from `mgid.evaluation.score_pairs` (the loop of ``mgid evaluate`` and of training
-validation) as `mgid.evaluation.Scores` (``MethodScore`` is that type under its old name).
+validation) as `mgid.evaluation.Scores`.
 """
 from __future__ import annotations
 
@@ -26,13 +26,11 @@ import cv2
 import numpy as np
 
 from mgid.data import EmbeddedDataConfig, EmbeddedPairedSet
-from mgid.data.timelapse import HELDOUT_SETS
-from mgid.derain_video import temporal_median  # noqa: F401  (the baseline here; re-exported)
+from mgid.data.heldout_sets import HELDOUT_SETS
+from mgid.derain_video import temporal_median
 from mgid.evaluation import DerainFn, Scores, score_images
 from mgid.output_paths import write_atomic
 
-#: One method's means over one held-out set (psnr, ssim, brightness_shift, count): `mgid.evaluation.Scores`.
-MethodScore = Scores
 RAINY, MEDIAN3, TEMPORAL = "rainy input", "median 3x3", "temporal median 8"
 #: Frames the temporal-median reference sees per scene.
 TEMPORAL_FRAMES = 8

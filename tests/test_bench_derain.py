@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from mgid.data.timelapse import HELDOUT_SETS
+from mgid.data.heldout_sets import HELDOUT_SETS
 
 
 @pytest.fixture(scope="module")

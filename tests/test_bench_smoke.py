@@ -116,7 +116,7 @@ def test_learning_curve_scores_step_checkpoints_and_plots(tmp_path: Path) -> Non
     """benchmarks/learning_curve.py on a 2-step tiny run with step checkpoints: a cached score per step for
     every held-out set, a rerun that scores nothing new, and the PNG."""
     from mgid.config import resolve_config
-    from mgid.training import Trainer
+    from mgid.train.trainer import Trainer
 
     cfg = resolve_config("quick", {
         "out": str(tmp_path / "run"), "max_steps": 2, "checkpoint_every": 1, "keep_step_checkpoints": True,
@@ -144,7 +144,7 @@ def test_learning_curve_scores_step_checkpoints_and_plots(tmp_path: Path) -> Non
 def test_recalibrated_score_rescores_checkpoints(tmp_path: Path) -> None:
     """benchmarks/recalibrated_score.py: a step checkpoint re-scored after BatchNorm recalibration, every set."""
     from mgid.config import resolve_config
-    from mgid.training import Trainer
+    from mgid.train.trainer import Trainer
 
     cfg = resolve_config("quick", {
         "out": str(tmp_path / "run"), "max_steps": 1, "checkpoint_every": 1, "keep_step_checkpoints": True,

@@ -5,9 +5,10 @@ import torch
 
 from mgid.bn_recalibration import batchnorm_layers, recalibrate_batchnorm
 from mgid.checkpoint import load_checkpoint
-from mgid.config import merge, resolve_config
+from mgid.config import resolve_config
+from mgid.config_fields import merge
 from mgid.models import MGIDNet, ModelConfig
-from mgid.training import Trainer
+from mgid.train.trainer import Trainer
 
 TINY = {
     "model": {"channels": 8, "memory_items": 4}, "crop_size": 16, "batch_size": 2, "device": "cpu",

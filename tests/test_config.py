@@ -12,21 +12,12 @@ import yaml
 
 from mgid.checkpoint import read_meta
 from mgid.cli import build_parser as cli_parser
-from mgid.config import (
-    NAMED_CONFIGS,
-    ConfigError,
-    TrainConfig,
-    diff,
-    iter_fields,
-    named_config,
-    overrides_from_args,
-    resolve_config,
-    to_yaml,
-)
+from mgid.config import NAMED_CONFIGS, TrainConfig, diff, named_config, resolve_config, to_yaml
+from mgid.config_fields import ConfigError, iter_fields, overrides_from_args
 from mgid.data import EmbeddedDataConfig
 from mgid.literals import literal_values
-from mgid.training import build_parser
-from mgid.training import main as train_main
+from mgid.train.cli import build_parser
+from mgid.train.cli import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
 

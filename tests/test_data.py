@@ -39,10 +39,11 @@ from mgid.data import (
     write_image,
     write_synthetic_dataset,
 )
+from mgid.data.heldout_sets import HELDOUT_SETS, heldout_folder
+from mgid.data.pair_sampling import index_rng
 from mgid.data.paired import pair_key
 from mgid.data.photos import PHOTO_GROUPS
 from mgid.data.synthetic_rain import sample_frame_rain
-from mgid.data.timelapse import HELDOUT_SETS, heldout_folder, index_rng
 
 SMALL = EmbeddedDataConfig(size=48, frames_per_scene=4, train_scenes_per_photo=2, val_scenes_per_photo=2,
                            paired_count=4)

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import mgid.api as api
-from mgid import training
 from mgid.cli import main as cli_main
 from mgid.devices import DeviceError, resolve_device
+from mgid.train import trainer
 
 
 @pytest.fixture()
@@ -57,7 +57,7 @@ def test_devices_mgid_does_not_run_on_and_wrong_types():
 
 
 def test_one_resolver_everywhere():
-    assert api.resolve_device is resolve_device and training.resolve_device is resolve_device
+    assert api.resolve_device is resolve_device and trainer.resolve_device is resolve_device
 
 
 def test_commands_report_an_unavailable_device(no_cuda, capsys):

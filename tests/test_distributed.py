@@ -39,7 +39,8 @@ TINY = {
 
 
 def _config(out: Path, steps: int, **extra):
-    from mgid.config import merge, resolve_config
+    from mgid.config import resolve_config
+    from mgid.config_fields import merge
 
     return resolve_config(None, merge(TINY, {"out": str(out), "max_steps": steps, **extra}))
 
@@ -61,7 +62,7 @@ def _record_items(trainer) -> list[np.ndarray]:
 
 
 def _run(out: Path, steps: int, resume: bool = False) -> tuple[list[np.ndarray], dict]:
-    from mgid.training import Trainer
+    from mgid.train.trainer import Trainer
 
     trainer = Trainer(_config(out, steps), resume=resume, log=lambda s: None)
     items = _record_items(trainer)
@@ -156,8 +157,8 @@ def _restore_train_step():
 
 
 def test_sampler_shards_each_global_batch():
-    from mgid.config import ConfigError
-    from mgid.training import EpochBatchSampler
+    from mgid.config_fields import ConfigError
+    from mgid.train.sampler import EpochBatchSampler
 
     single = EpochBatchSampler(21, 4, seed=3)
     ranks = [EpochBatchSampler(21, 4, seed=3, rank=r, world_size=2) for r in range(2)]

@@ -15,8 +15,9 @@ import torch
 
 import mgid.ops
 from mgid import checkpoint as ck
-from mgid.training import EXIT_INTERRUPTED, NonFiniteLossError, Trainer
-from mgid.training import main as train_main
+from mgid.train.cli import main as train_main
+from mgid.train.stopping import EXIT_INTERRUPTED, NonFiniteLossError
+from mgid.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--embedded.size", "32", "--embedded.frames_per_scene", "2", "--embedded.train_scenes_per_photo", "1",
@@ -26,7 +27,7 @@ TINY = ["--embedded.size", "32", "--embedded.frames_per_scene", "2", "--embedded
 
 
 def spawn_training(args: list[str]) -> subprocess.Popen:
-    code = "import sys, torch; torch.set_num_threads(1); from mgid.training import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys, torch; torch.set_num_threads(1); from mgid.train.cli import main; sys.exit(main(sys.argv[1:]))"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     return subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
@@ -154,8 +155,9 @@ def test_injected_inf_stops_naming_step_and_term(tmp_path, monkeypatch, capsys):
 def test_nan_raises_with_step_and_terms(tmp_path, monkeypatch):
     real = mgid.ops.bsw_loss
     monkeypatch.setattr(mgid.ops, "bsw_loss", lambda *a, **k: real(*a, **k) * float("nan"))
-    from mgid.config import overrides_from_args, resolve_config
-    from mgid.training import build_parser
+    from mgid.config import resolve_config
+    from mgid.config_fields import overrides_from_args
+    from mgid.train.cli import build_parser
 
     cfg = resolve_config(None, overrides_from_args(build_parser().parse_args(TINY + ["--out", str(tmp_path)])))
     cfg.max_steps = 3

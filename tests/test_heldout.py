@@ -8,8 +8,9 @@ import pytest
 
 from mgid.cli import main as cli_main
 from mgid.data import EmbeddedDataConfig, EmbeddedPairedSet
-from mgid.data.timelapse import HELDOUT_SETS
-from mgid.heldout import MEDIAN3, RAINY, TEMPORAL, evaluate_heldout, format_table, median3x3, temporal_median
+from mgid.data.heldout_sets import HELDOUT_SETS
+from mgid.derain_video import temporal_median
+from mgid.heldout import MEDIAN3, RAINY, TEMPORAL, evaluate_heldout, format_table, median3x3
 
 SMALL = EmbeddedDataConfig(paired_size=32, paired_count=2)
 

@@ -8,9 +8,10 @@ import torch
 
 import mgid.precision
 from mgid.checkpoint import read_meta
-from mgid.config import ConfigError, merge, resolve_config
+from mgid.config import resolve_config
+from mgid.config_fields import ConfigError, merge
 from mgid.models import MGIDNet, ModelConfig
-from mgid.training import Trainer
+from mgid.train.trainer import Trainer
 
 TINY = {
     "embedded": {"size": 32, "frames_per_scene": 2, "train_scenes_per_photo": 1, "val_scenes_per_photo": 1,
@@ -143,7 +144,7 @@ def test_inductor_compiled_steps_backward_twice():
     Regression: writing the items buffer in place made the second backward fail ("modified by an
     inplace operation") because the compiled graph saved the buffer itself; the update now replaces it.
     """
-    from mgid.training import PairForward
+    from mgid.train.objective import PairForward
 
     net = MGIDNet(ModelConfig(channels=8, memory_items=4), torch.Generator().manual_seed(0)).train()
     torch._dynamo.reset()

@@ -14,7 +14,7 @@ from mgid.evaluation import ImageScore, Pair, Scores, evaluate_model, mean_score
 from mgid.heldout import MEDIAN3, RAINY, evaluate_heldout, median3x3
 from mgid.metrics import psnr, rgb_to_y, ssim
 from mgid.models import MGIDNet, ModelConfig
-from mgid.training import ValidationResult, validate
+from mgid.train.validation import ValidationResult, validate
 
 SMALL = EmbeddedDataConfig(paired_size=32, paired_count=2)
 CPU = torch.device("cpu")

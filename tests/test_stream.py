@@ -9,10 +9,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from mgid.data import EmbeddedDataConfig, EmbeddedPairedSet, EmbeddedTimeLapse, RainConfig, make_dataset
+from mgid.data.heldout_sets import HELDOUT_SETS
 from mgid.data.procedural import DeadLeavesConfig, dead_leaves
 from mgid.data.stream import StreamingTimeLapse, jitter_colours, photo_background, sample_background
 from mgid.data.synthetic_rain import sample_frame_rain
-from mgid.data.timelapse import HELDOUT_SETS
 from mgid.metrics import psnr
 
 CFG = EmbeddedDataConfig(pairs_per_epoch=8)

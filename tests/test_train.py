@@ -12,12 +12,15 @@ import torch
 import mgid.ops
 from mgid import checkpoint as ck
 from mgid.cli import main as cli_main
-from mgid.config import ConfigError, TrainConfig, resolve_config
+from mgid.config import TrainConfig, resolve_config
+from mgid.config_fields import ConfigError
 from mgid.data import EmbeddedDataConfig, write_synthetic_dataset
 from mgid.metrics import psnr, ssim
 from mgid.models import MGIDNet, ModelConfig
-from mgid.training import EpochBatchSampler, NonFiniteLossError, Trainer, learning_rate
-from mgid.training import main as train_main
+from mgid.train.cli import main as train_main
+from mgid.train.sampler import EpochBatchSampler, learning_rate
+from mgid.train.stopping import NonFiniteLossError
+from mgid.train.trainer import Trainer
 
 # Tiny data: 32-px scenes, one scene of two frames per photo (~20 pairs), two paired test images.
 TINY_EMBEDDED = ["--embedded.size", "32", "--embedded.frames_per_scene", "2", "--embedded.train_scenes_per_photo",
@@ -29,8 +32,8 @@ TINY = TINY_EMBEDDED + ["--model.channels", "16", "--model.memory_items", "4", "
 
 
 def tiny_config(out: Path, **overrides) -> TrainConfig:
-    from mgid.config import overrides_from_args
-    from mgid.training import build_parser
+    from mgid.config_fields import overrides_from_args
+    from mgid.train.cli import build_parser
 
     args = build_parser().parse_args(TINY + ["--out", str(out)])
     values = overrides_from_args(args)

@@ -25,11 +25,12 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .embedded import EmbeddedDataConfig, _float01, _uint8, split_photos
 from .imageio import to_tensor
+from .pair_sampling import _PairDataset, index_rng
 from .photos import load_photo
 from .procedural import dead_leaves
 from .synthetic_rain import add_rain
-from .timelapse import EmbeddedDataConfig, _float01, _PairDataset, _uint8, index_rng, split_photos
 
 #: Photos a training background may come from (the training split of `split_photos`).
 _TRAIN = "train"

@@ -24,7 +24,7 @@ from mgid.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from mgid.config import ConfigError
+from mgid.config_fields import ConfigError
 
 CHECKPOINT_DIR = TRAINING_CHECKPOINT_DIR  # the run folder's checkpoint subfolder (checkpoint owns the path rules)
 LAST = "last"

@@ -9,15 +9,14 @@ from pathlib import Path
 from mgid.checkpoint import CheckpointError, checkpoint_paths, read_meta
 from mgid.config import (
     NAMED_CONFIGS,
-    ConfigError,
     TrainConfig,
     add_config_arguments,
     diff,
-    overrides_from_args,
     resolve_config,
     resume_may_change,
     to_yaml,
 )
+from mgid.config_fields import ConfigError, overrides_from_args
 from mgid.train.stopping import NonFiniteLossError, TrainingInterrupted
 from mgid.train.trainer import CHECKPOINT_DIR, LAST, Trainer
 

@@ -9,7 +9,7 @@ from torch.utils.data import Dataset, Subset
 
 from mgid.config import TrainConfig
 from mgid.data import EmbeddedPairedSet, PairedFolder, to_uint8, write_image
-from mgid.data.timelapse import HELDOUT_SETS
+from mgid.data.heldout_sets import HELDOUT_SETS
 from mgid.evaluation import Scores, net_derain_fn, score_paired_set
 from mgid.models import MGIDNet
 from mgid.visualize import image_grid
@@ -21,7 +21,7 @@ ValidationResult = Scores
 
 def build_paired_sets(cfg: TrainConfig) -> dict[str, Dataset]:
     """The validation pairs by name: ``{"val": val_data}`` (a paired folder), or the embedded held-out
-    sets (`mgid.data.timelapse.HELDOUT_SETS`: ``streaks``, ``perspective``, ``heavy``, ``varied``). The first is the
+    sets (`mgid.data.heldout_sets.HELDOUT_SETS`: ``streaks``, ``perspective``, ``heavy``, ``varied``). The first is the
     primary one (progress line, checkpoint summary, comparison picture)."""
     if cfg.val_data is not None:
         paired: Dataset = PairedFolder(cfg.val_data)

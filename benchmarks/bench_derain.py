@@ -16,11 +16,11 @@ variant up (``--warmup`` runs) and then times ``--repeats`` rounds, one run of e
 round (so a burst of load from other processes hits all variants alike); the report gives the best
 and the median seconds per image and megapixels per second from the best run.
 
-Accuracy, two ways (Y channel of BT.601, uint8, peak 255: `mgid.metrics`, as the package scores):
+Accuracy, two ways (Y channel of BT.601, uint8, peak 255: `mgid.eval.metrics`, as the package scores):
 
 * on the timed images: PSNR of each variant's output against the fp32 output (same size and
   threads; ``inf`` = identical) and the largest per-pixel difference in grey levels;
-* on the project's held-out sets (`mgid.heldout.evaluate_heldout`, the function behind ``mgid
+* on the project's held-out sets (`mgid.eval.heldout.evaluate_heldout`, the function behind ``mgid
   heldout``: `mgid.data.heldout_sets.HELDOUT_SETS`, 24 images each): mean PSNR/SSIM against the clean
   images per variant, the change of that PSNR against fp32 and the PSNR of the outputs against
   fp32's. A variant passes when the mean held-out PSNR of every set moves by less than
@@ -52,12 +52,13 @@ import numpy as np
 import torch
 from harness import OtherLoad, log
 
-from mgid.api import DEFAULT_WEIGHTS, Derainer, load_model
 from mgid.data import EmbeddedPairedSet
 from mgid.data.heldout_sets import HELDOUT_SETS
-from mgid.heldout import evaluate_heldout
-from mgid.inference import DEFAULT_OVERLAP, resolve_channels_last, resolve_precision, tile_geometry
-from mgid.metrics import psnr
+from mgid.derain.derainer import DEFAULT_WEIGHTS, Derainer, load_model
+from mgid.derain.tiling import DEFAULT_OVERLAP, tile_geometry
+from mgid.eval.heldout import evaluate_heldout
+from mgid.eval.metrics import psnr
+from mgid.precision import resolve_channels_last, resolve_precision
 
 DEFAULT_OUT = harness.RESULTS
 DEFAULT_SIZES = ("1707x1280", "1024x1024", "512x512")
@@ -90,8 +91,8 @@ def environment(weights: Path) -> dict[str, Any]:
     """The harness's record (CPU, flags, torch, git, build_info, load) plus the weights and what
     ``precision=auto`` / ``channels_last=auto`` resolve to here."""
     return {**harness.environment(), "weights": str(weights),
-            "auto_precision": resolve_precision("auto", "cpu"),
-            "auto_channels_last": resolve_channels_last(None, "auto", "cpu")}
+            "auto_precision": resolve_precision("auto", "cpu", "inference"),
+            "auto_channels_last": resolve_channels_last(None, "auto", "cpu", "inference")}
 
 
 # --------------------------------------------------------------------------------------------------

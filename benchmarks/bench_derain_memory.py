@@ -20,10 +20,10 @@ values), two lines:
   the whole-image buffers tiling keeps (input, output, the blend's accumulator); ``tile_fixed`` minus
   ``bytes_per_pixel x tile^2`` is what a tile costs beyond its activations.
 
-`mgid.memory_budget.load_costs` interpolates the four numbers linearly in the width between the two measured.
+`mgid.derain.memory_budget.load_costs` interpolates the four numbers linearly in the width between the two measured.
 
 Writes ``bench_derain_memory_cpu_<UTC timestamp>.json`` / ``.md`` under ``--out`` and prints the markdown;
-``--update-record`` also writes `mgid/inference_memory.json` (`mgid.memory_budget.MEMORY_RECORD`), the numbers
+``--update-record`` also writes `mgid/derain/inference_memory.json` (`mgid.derain.memory_budget.MEMORY_RECORD`), the numbers
 ``--tile auto`` sizes its tiles by, naming this report as their source. ``--quick``: a smoke test (seconds).
 """
 from __future__ import annotations
@@ -63,7 +63,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from mgid.api import Derainer, load_network
+    from mgid.derain.derainer import Derainer, load_network
     from mgid.models import MGIDNet
 
     torch.set_num_threads(spec["threads"])
@@ -112,8 +112,8 @@ def fit(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from mgid.api import DEFAULT_WEIGHTS, load_network
-    from mgid.inference import DEFAULT_OVERLAP
+    from mgid.derain.derainer import DEFAULT_WEIGHTS, load_network
+    from mgid.derain.tiling import DEFAULT_OVERLAP
 
     weights = str(Path(args.weights) if args.weights else DEFAULT_WEIGHTS)
     channels = load_network(weights).config.channels
@@ -229,7 +229,7 @@ def compare_markdown(before: dict[str, Any], after: dict[str, Any], names: tuple
 
 
 def record(report: dict[str, Any], report_json: Path) -> dict[str, Any]:
-    """The package record (`mgid.memory_budget.MEMORY_RECORD`) of a report written to ``report_json``."""
+    """The package record (`mgid.derain.memory_budget.MEMORY_RECORD`) of a report written to ``report_json``."""
     env = report["environment"]
     return {"source": str(report_json.relative_to(harness.REPO)) if report_json.is_relative_to(harness.REPO)
             else str(report_json), "cpu": env["cpu"]["line"], "torch": env["torch"], "commit": env["git"]["commit"],
@@ -251,7 +251,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--weights", default=None, help="weights [default: the shipped ones]")
     p.add_argument("--out", default=str(harness.RESULTS), help="output folder [benchmarks/results]")
     p.add_argument("--update-record", action="store_true",
-                   help="also write mgid/inference_memory.json, the record --tile auto sizes tiles by")
+                   help="also write mgid/derain/inference_memory.json, the record --tile auto sizes tiles by")
     p.add_argument("--quick", action="store_true", help="smoke test: tiny sizes, fp32 only")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--compare", nargs=2, default=None, metavar=("BEFORE.json", "AFTER.json"),
@@ -267,7 +267,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.variants is None:
-        from mgid.inference import resolve_precision
+        from mgid.precision import resolve_precision
 
         native_bf16 = resolve_precision("auto", "cpu") == "bf16"
         args.variants = [v for v in VARIANTS if native_bf16 or VARIANTS[v][0] != "bf16"]
@@ -300,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = run(args)
         json_path, _ = harness.publish(args.out, "bench_derain_memory_cpu", report, markdown(report))
     if args.update_record:
-        from mgid.memory_budget import MEMORY_RECORD
+        from mgid.derain.memory_budget import MEMORY_RECORD
         from mgid.output_paths import write_atomic
 
         write_atomic(MEMORY_RECORD, (json.dumps(record(report, json_path), indent=1) + "\n").encode())

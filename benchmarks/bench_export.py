@@ -2,12 +2,12 @@
 """CPU images per second of the exported ONNX network against PyTorch eager, and how far their outputs are apart.
 
 Three ways to compute the rain layer of one image (B = 1, fp32, untiled, contiguous) with the same weights
-(default: the shipped ones), each through its `Derainer` (`mgid.api.Derainer.rain_layer` on a float tensor):
+(default: the shipped ones), each through its `Derainer` (`mgid.derain.derainer.Derainer.rain_layer` on a float tensor):
 
 * ``torch reference``: PyTorch eager with the mgid ops on their pure-PyTorch reference (`mgid.ops.use_reference`);
 * ``torch fused``: PyTorch eager with the ops mode ``auto`` (the compiled C++ CPU kernels where the extension
   is built; the report's ``ops`` column says which path ran);
-* ``onnxruntime``: `mgid.onnx_backend.OnnxDerainer` on a file of `mgid.export.export_onnx` (exported at the
+* ``onnxruntime``: `mgid.derain.onnx_backend.OnnxDerainer` on a file of `mgid.derain.onnx_export.export_onnx` (exported at the
   start of the run into a temporary folder unless ``--onnx`` names one), CPUExecutionProvider.
 
 Per size (``--sizes``, default 512x512 and 1024x1024) the three are timed interleaved (`harness.BenchTimer`:
@@ -35,9 +35,9 @@ import torch
 from harness import OtherLoad, log
 
 from mgid import ops
-from mgid.api import Derainer, load_network, resolve_weights
-from mgid.export import export_onnx
-from mgid.onnx_backend import OnnxDerainer, import_onnxruntime
+from mgid.derain.derainer import Derainer, load_network, resolve_weights
+from mgid.derain.onnx_backend import OnnxDerainer, import_onnxruntime
+from mgid.derain.onnx_export import export_onnx
 
 DEFAULT_SIZES = ("512x512", "1024x1024")
 VARIANTS = ("torch reference", "torch fused", "onnxruntime")

@@ -5,9 +5,9 @@ Each ``--sets`` folder is a paired set in a layout `mgid evaluate --data` reads 
 Rain100L/H, or ``input/`` + ``target/``; files paired by name). Default: the folders of
 ``../shared/benchmarks/`` that exist (``rain100h``, ``rain12``, ``rain100l-10``; evaluation only, never
 trained or tuned on: see that folder's README). Every ``--weights`` file (default the shipped weights;
-several allowed, named by ``--names``) de-rains every set through `mgid.evaluation.evaluate_model`, the
+several allowed, named by ``--names``) de-rains every set through `mgid.eval.scoring.evaluate_model`, the
 function behind ``mgid evaluate --data``, and is scored as it scores: PSNR and SSIM on the Y channel of
-BT.601 (uint8, peak 255, Gaussian SSIM 11x11, sigma 1.5; the papers' convention, `mgid.metrics`).
+BT.601 (uint8, peak 255, Gaussian SSIM 11x11, sigma 1.5; the papers' convention, `mgid.eval.metrics`).
 
 Per set, the report has a row for the rainy input (the same function with the identity as de-rainer),
 one per weights file (PSNR / SSIM, gain over the input in dB, mean brightness shift of the output against
@@ -44,12 +44,11 @@ import numpy as np
 import torch
 from harness import log
 
-from mgid.api import load_model, name_weights
 from mgid.checkpoint import CheckpointError
 from mgid.data import read_image, write_image
-from mgid.evaluation import EvaluationReport, evaluate_model, paired_folders
-from mgid.inference import PRECISIONS
-from mgid.precision import CHANNELS_LAST_SETTINGS
+from mgid.derain.derainer import load_model, name_weights
+from mgid.eval.scoring import EvaluationReport, evaluate_model, paired_folders
+from mgid.precision import CHANNELS_LAST_SETTINGS, PRECISIONS
 from mgid.visualize import image_grid
 
 #: The shared public test sets, beside the repository (absent in a user's clone).
@@ -100,7 +99,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--sets", nargs="+", metavar="DIR", type=Path,
                    help="paired sets (rain/+norain/ or input/+target/) [default: the folders of "
                         f"{SHARED} that exist: {', '.join(DEFAULT_SET_NAMES)}]")
-    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
+    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS["inference"]),
                    help="arithmetic of the network [default: fp32, reproducible scores]")
     p.add_argument("--channels-last", default="auto", choices=list(CHANNELS_LAST_SETTINGS),
                    help="channels_last memory format (auto: on on a CPU) [default: auto]")

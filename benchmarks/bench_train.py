@@ -1,13 +1,14 @@
 #!/usr/bin/env python
 """Training throughput of the MGID step on this CPU, per setting, in one run.
 
-It times `mgid.train.step.train_step` (both frames forward, the loss, backward, Adam) with the model
+It times one training step as the loop runs it (`MGIDObjective`: both frames forward and the loss; then
+`optimizer_step`: backward, Adam) with the model
 and loss of a named config (default ``cpu``, the recipe of the shipped weights) and reports the
 median seconds per step and training images per second (two frames per pair: ``2 * batch / s``)
 for these settings, one factor at a time from a baseline (fp32, contiguous, eager, fused ops,
 the first ``--threads`` value):
 
-* precision: fp32 vs bf16 autocast (``train_step(..., precision="bf16")``);
+* precision: fp32 vs bf16 autocast (``MGIDObjective(..., precision="bf16")``);
 * memory format: contiguous vs channels_last (network and inputs);
 * eager vs ``torch.compile(net)`` (compile time reported apart: it is in the first warm-up step);
 * mgid ops: fused kernels vs the PyTorch reference (``mgid.ops.set_ops_mode``);
@@ -57,7 +58,7 @@ from train_data import add_data_verdicts, measure_loader, render_batches, to_flo
 from train_report import markdown_report
 
 import mgid.ops as ops
-from mgid.config import NAMED_CONFIGS, named_config
+from mgid.config.train_config import NAMED_CONFIGS, named_config
 from mgid.data import make_dataset
 
 DEFAULT_OUT = harness.RESULTS

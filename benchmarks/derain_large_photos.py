@@ -63,15 +63,15 @@ def make_photo(path: Path, megapixels: float) -> tuple[int, int]:
 def weights_for(args: argparse.Namespace, folder: Path) -> str:
     """The shipped weights, or (``--narrow C``) a C-channel network with random weights saved in ``folder``."""
     if not args.narrow:
-        from mgid.api import DEFAULT_WEIGHTS
+        from mgid.derain.derainer import DEFAULT_WEIGHTS
 
         return str(DEFAULT_WEIGHTS)
     import dataclasses
 
     import torch
 
-    from mgid.api import DEFAULT_WEIGHTS, load_network
     from mgid.checkpoint import save_checkpoint
+    from mgid.derain.derainer import DEFAULT_WEIGHTS, load_network
     from mgid.models import MGIDNet
 
     torch.manual_seed(0)
@@ -83,8 +83,8 @@ def weights_for(args: argparse.Namespace, folder: Path) -> str:
 def planned_tile(weights: str, max_memory: str, width: int, height: int) -> int | None:
     """The tile ``--tile auto`` picks for the photo with ``--max-memory`` (a fixed budget gives the command's
     own choice; with ``auto`` the available memory of this moment)."""
-    from mgid.api import load_model
-    from mgid.memory_budget import parse_bytes
+    from mgid.derain.derainer import load_model
+    from mgid.derain.memory_budget import parse_bytes
 
     derainer = load_model(weights, "cpu", max_memory=None if max_memory == "auto" else parse_bytes(max_memory))
     return derainer.auto_tile(1, height, width)

@@ -27,7 +27,7 @@
 #   tests_cuda  (90)  pytest -m cuda (fails if every CUDA test skipped).
 #   bench_ops   (60)  benchmarks/bench_ops.py --device cuda --shapes "train,infer1k,mnad_large" --compile none
 #                     --repeats 20 --max-seconds 0.25 (BENCH_OPS_ARGS are appended and win, e.g. "--compile train").
-#   bench_train (40)  training throughput on the GPU: mgid.train.step.train_step of the `paper` config (B 8, 256x256),
+#   bench_train (40)  training throughput on the GPU: MGIDObjective + optimizer_step of the `paper` config (B 8, 256x256),
 #                     fused vs reference ops x fp32 vs bf16 autocast, 3 warm-up + 10 timed steps each; the program
 #                     is below (TRAIN_BENCH_PY; benchmarks/bench_train.py times the CPU only). TRAIN_ARGS appended.
 #   memcheck    (40)  compute-sanitizer --tool memcheck (PYTORCH_NO_CUDA_MEMORY_CACHING=1) and
@@ -143,18 +143,17 @@ SANITIZER_K="${SANITIZER_K:-read_matches_reference or update_matches_reference o
 # ------------------------------------------------------------------------------------------------
 # embedded programs
 
-# Training throughput of mgid.train.step.train_step on one device: each case is (ops mode, precision).
+# Training throughput of one training step (MGIDObjective + optimizer_step, what mgid train runs) on one device: each case is (ops mode, precision).
 TRAIN_BENCH_PY=$(cat <<'PYEOF'
 import argparse, datetime, json, math, statistics, sys, time, traceback
 from pathlib import Path
 import torch
 import mgid.ops as ops
-from mgid.config import named_config
+from mgid.config.train_config import named_config
 from mgid.losses import MGIDLoss
 from mgid.models import MGIDNet
-from mgid.train.objective import PairForward
+from mgid.train.objective import MGIDObjective, optimizer_step
 from mgid.train.sampler import seed_everything
-from mgid.train.step import train_step
 
 p = argparse.ArgumentParser(prog="gpu_check.sh bench_train")
 p.add_argument("--device", default="cuda")
@@ -197,18 +196,17 @@ for spec in [s.strip() for s in a.cases.split(",") if s.strip()]:
         net = MGIDNet(cfg.model, generator=torch.Generator().manual_seed(a.seed)).to(dev, memory_format=fmt).train()
         o = cfg.optim
         opt = torch.optim.Adam(net.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
-        crit, pair = MGIDLoss(cfg.loss), PairForward(net)
+        objective = MGIDObjective(net, MGIDLoss(cfg.loss), prec)
         times = []
         for i in range(a.warmup + a.steps):
             f1, f2 = batches[i % 2]
             sync()
             t0 = time.perf_counter()
-            total, _terms, _out, apply = train_step(net, crit, opt, f1.contiguous(memory_format=fmt),
-                                                    f2.contiguous(memory_format=fmt), pair=pair, precision=prec)
+            total, _terms, _out = objective(f1.contiguous(memory_format=fmt), f2.contiguous(memory_format=fmt))
             value = float(total.detach())
             if not math.isfinite(value):
                 raise FloatingPointError(f"non-finite loss {value} at step {i + 1}")
-            apply()
+            optimizer_step(opt, total)
             sync()
             times.append(time.perf_counter() - t0)
         timed = times[a.warmup:] or times[-1:]
@@ -237,7 +235,7 @@ for mode in ("fused", "reference"):
     if x and y:
         speedups[f"bf16 vs fp32, {mode} ops"] = x["median_s"] / y["median_s"]
 device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-result = {"benchmark": "gpu_check bench_train (mgid.train.step.train_step)", "device": a.device,
+result = {"benchmark": "gpu_check bench_train (MGIDObjective + optimizer_step)", "device": a.device,
           "device_name": device_name, "torch": torch.__version__, "cuda": torch.version.cuda,
           "build_info": ops.build_info(), "config": a.config, "batch": B, "crop": S, "warmup": a.warmup,
           "steps": a.steps, "channels_last": a.channels_last, "threads": torch.get_num_threads(),

@@ -1,7 +1,7 @@
 """Learning curve of a training run: held-out PSNR/SSIM of every step checkpoint, and a picture.
 
 Scores each ``RUN/checkpoints/step_XXXXXX.safetensors`` (written with ``--keep_step_checkpoints true``)
-on the embedded held-out sets (`mgid.heldout`; the same sets and metrics as ``mgid heldout``) and keeps
+on the embedded held-out sets (`mgid.eval.heldout`; the same sets and metrics as ``mgid heldout``) and keeps
 the results in ``RUN/learning_curve.json``, so a rerun scores only new checkpoints. ``--watch`` keeps
 polling while the run trains (run it with ``nice`` beside the training job); ``--plot`` draws held-out
 PSNR against steps, one line per set, with the rainy input as a dashed line; ``--previous`` draws the
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from mgid.api import load_model
-from mgid.heldout import RAINY, evaluate_heldout
+from mgid.derain.derainer import load_model
+from mgid.eval.heldout import RAINY, evaluate_heldout
 
 STEP_FILE = re.compile(r"step_(\d+)\.safetensors$")
 CACHE = "learning_curve.json"

@@ -66,7 +66,7 @@ PACKAGES: tuple[Package, ...] = (
             "bsw_mask(method='exact') (mgid.ops.reference.kmeans1d_exact_threshold) and its tests in "
             "tests/test_ops_reference.py and tests/test_kmeans1d.py"),
     Package("docstring-parser", "docstring_parser", "0.18.0", None,
-            "mgid.config (the config dataclasses' field help): every mgid import that reaches the config"),
+            "mgid.config.train_config (the config dataclasses' field help): every mgid import that reaches the config"),
 )
 
 #: Dependencies (pyproject.toml: dependencies and optional extras) that the lent machine's image

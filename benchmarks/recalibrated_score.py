@@ -3,8 +3,8 @@
 A run's step checkpoints carry BatchNorm running averages taken while the weights moved, so their held-out
 scores jump from one checkpoint to the next (`learning_curve.py` shows them so). This script re-estimates
 the statistics of each checkpoint on ``--batches`` training batches of ``--config``'s embedded data (what
-the trainer does after its last step, `mgid.bn_recalibration`) and then scores it on the held-out sets
-(`mgid.heldout`, fp32): the number to compare two runs by at equal steps.
+the trainer does after its last step, `mgid.train.bn_recalibration`) and then scores it on the held-out sets
+(`mgid.eval.heldout`, fp32): the number to compare two runs by at equal steps.
 
     OMP_NUM_THREADS=1 python benchmarks/recalibrated_score.py --config long \\
         runs/long/checkpoints/step_000750.safetensors runs/long_control/checkpoints/step_000750.safetensors
@@ -21,17 +21,16 @@ from pathlib import Path
 import torch
 from harness import cpu_info, log
 
-from mgid.api import load_model
-from mgid.bn_recalibration import recalibrate_batchnorm
-from mgid.config import resolve_config
+from mgid.config.train_config import resolve_config
 from mgid.data.stream import StreamingTimeLapse
-from mgid.heldout import RAINY, evaluate_heldout
-from mgid.train.recalibration import recalibration_batches
+from mgid.derain.derainer import load_model
+from mgid.eval.heldout import RAINY, evaluate_heldout
+from mgid.train.bn_recalibration import recalibrate_batchnorm, recalibration_batches
 
 
 def training_batches(config: str, batches: int) -> Iterator[torch.Tensor]:
     """``batches`` x 2 batches (frame 1, frame 2) of the recipe's streamed training pairs, (B, 3, S, S): the
-    batches its trainer recalibrates with (`mgid.train.recalibration.recalibration_batches`, one process)."""
+    batches its trainer recalibrates with (`mgid.train.bn_recalibration.recalibration_batches`, one process)."""
     cfg = resolve_config(config)
     data = StreamingTimeLapse(config=cfg.embedded, crop_size=cfg.crop_size, seed=cfg.seed)
     return recalibration_batches(data, cfg.batch_size, batches)

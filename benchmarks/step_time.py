@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Seconds per training step of whichever ``mgid`` is importable, for comparing checkouts on one machine.
 
-Times ``mgid.train.step.train_step`` (both frames forward, the loss, backward, Adam; the entry point every
-version since the first benchmarks has) with `TrainConfig`'s default network and objective (the paper's) at
+Times one training step as ``mgid train`` runs it: `mgid.train.objective.MGIDObjective` (both frames forward,
+the loss), the finiteness check, then `mgid.train.objective.optimizer_step` (backward, Adam). A checkout from
+before they existed is timed through its own single entry point, ``mgid.training.train_step``, which does the same with `TrainConfig`'s default network and objective (the paper's) at
 ``--batch`` pairs of ``--crop`` x ``--crop`` random frames, for each ``--variant`` (``fp32``, ``bf16``,
 ``fp32+cl``, ``bf16+cl``, ``auto`` when this mgid has `mgid.precision.resolve_arithmetic`), and prints one
 JSON line per variant with the CPU (`harness.cpu_info`). To time an older commit, build it in a worktree and
@@ -24,10 +25,16 @@ import time
 import torch
 
 import mgid
-from mgid.config import TrainConfig
 from mgid.losses import MGIDLoss
 from mgid.models import MGIDNet
-from mgid.train.step import train_step
+
+try:
+    from mgid.config.train_config import TrainConfig
+    from mgid.train.objective import MGIDObjective, optimizer_step
+except ImportError:  # a checkout from before issue 20 (e.g. 48c4aba): its config module and step function
+    from mgid.config import TrainConfig
+
+    MGIDObjective = optimizer_step = None
 
 
 def cpu_line() -> str:
@@ -59,6 +66,24 @@ def variant_arithmetic(name: str) -> tuple[str, bool, str]:
     return precision, cl == "cl", name
 
 
+def training_step(net: torch.nn.Module, criterion: MGIDLoss, optimizer: torch.optim.Optimizer, precision: str):
+    """``step(frame1, frame2) -> (total, apply)``: the forward and loss of one training step, and ``apply`` for
+    its backward and Adam (run after the finiteness check, as the loop does)."""
+    if MGIDObjective is None:
+        from mgid.training import train_step
+
+        def old_step(a: torch.Tensor, b: torch.Tensor):
+            total, _, _, apply = train_step(net, criterion, optimizer, a, b, precision=precision)
+            return total, apply
+        return old_step
+    objective = MGIDObjective(net, criterion, precision)
+
+    def new_step(a: torch.Tensor, b: torch.Tensor):
+        total, _, _ = objective(a, b)
+        return total, lambda: optimizer_step(optimizer, total)
+    return new_step
+
+
 def time_variant(name: str, batch: int, crop: int, warmup: int, steps: int, seed: int) -> dict:
     precision, channels_last, label = variant_arithmetic(name)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -71,11 +96,12 @@ def time_variant(name: str, batch: int, crop: int, warmup: int, steps: int, seed
     frames = [((torch.rand(batch, 3, crop, crop, generator=g) * 2 - 1).contiguous(memory_format=fmt),
                (torch.rand(batch, 3, crop, crop, generator=g) * 2 - 1).contiguous(memory_format=fmt))
               for _ in range(2)]
+    step = training_step(net, criterion, optimizer, precision)
     times = []
     for i in range(warmup + steps):
         a, b = frames[i % 2]
         start = time.perf_counter()
-        total, _, _, apply = train_step(net, criterion, optimizer, a, b, precision=precision)
+        total, apply = step(a, b)
         if not torch.isfinite(total):
             raise RuntimeError(f"{name}: non-finite loss at step {i}")
         apply()

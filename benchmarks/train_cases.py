@@ -1,6 +1,6 @@
 """The timed settings of the training step (`Case`, `build_cases`) and how one is run and timed.
 
-`run_case` times `mgid.train.step.train_step` for one `Case` on batches rendered beforehand
+`run_case` times one training step as `mgid train` runs it (`MGIDObjective`, then `optimizer_step`) for one `Case` on batches rendered beforehand
 (`train_data.render_batches`); `mgid_op_share` profiles one extra step for the share of its wall
 time in the compiled mgid ops. Used by `bench_train.py` (the entry) and `train_curve.py`.
 """
@@ -19,13 +19,12 @@ import torch
 from harness import OtherLoad, quantile
 
 import mgid.ops as ops
-from mgid.config import TrainConfig
+from mgid.config.train_config import TrainConfig
 from mgid.losses import MGIDLoss
 from mgid.models import MGIDNet
 from mgid.precision import resolve_arithmetic
-from mgid.train.objective import PairForward
+from mgid.train.objective import MGIDObjective, optimizer_step
 from mgid.train.sampler import seed_everything
-from mgid.train.step import train_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,8 +145,8 @@ def run_case(case: Case, cfg: TrainConfig, batches: list[tuple[torch.Tensor, tor
     """Time ``steps`` training steps of ``case`` after ``warmup`` ones; the row of the report.
 
     A step is what the training loop does per batch: the inputs to the case's memory format,
-    `train_step` (both frames, the loss), the finiteness check (a sync) and ``apply`` (backward
-    + Adam). Warm-up steps are timed too but kept out of the median; for a compiled case the
+    `MGIDObjective` (both frames, the loss), the finiteness check (a sync) and `optimizer_step` (backward
+    + Adam), as the training loop runs them. Warm-up steps are timed too but kept out of the median; for a compiled case the
     first one holds the compilation.
     """
     row: dict[str, Any] = {**case.settings(), "status": "ok", "error": None}
@@ -163,27 +162,24 @@ def run_case(case: Case, cfg: TrainConfig, batches: list[tuple[torch.Tensor, tor
             torch._dynamo.reset()  # each compiled case compiles its own net from scratch
         net, criterion, optimizer = build_training(cfg, seed, case.channels_last)
         model = torch.compile(net) if case.compile else net
-        pair = PairForward(model)
+        objective = MGIDObjective(model, criterion, case.precision)
         times: list[float] = []
         for i in range(warmup + steps):
             f1, f2 = batches[i % len(batches)]
             t0 = time.perf_counter()
             frame1 = f1.contiguous(memory_format=fmt)
             frame2 = f2.contiguous(memory_format=fmt)
-            total, _terms, _out1, apply = train_step(net, criterion, optimizer, frame1, frame2, pair=pair,
-                                                     precision=case.precision)
+            total, _terms, _out1 = objective(frame1, frame2)
             value = float(total.detach())
             if not math.isfinite(value):
                 raise FloatingPointError(f"non-finite loss {value} at step {i + 1}")
-            apply()
+            optimizer_step(optimizer, total)
             times.append(time.perf_counter() - t0)
         if case.ops == "fused" and not case.compile:
             def one_step() -> None:
                 f1, f2 = batches[0]
-                _total, _t, _o, step_apply = train_step(
-                    net, criterion, optimizer, f1.contiguous(memory_format=fmt), f2.contiguous(memory_format=fmt),
-                    pair=pair, precision=case.precision)
-                step_apply()
+                step_total, _t, _o = objective(f1.contiguous(memory_format=fmt), f2.contiguous(memory_format=fmt))
+                optimizer_step(optimizer, step_total)
             row["op_share"] = mgid_op_share(one_step)
         warm, timed = times[:warmup], times[warmup:]
         median = statistics.median(timed) if timed else (warm[-1] if warm else float("nan"))

@@ -15,10 +15,9 @@ from train_cases import build_training, short_error
 from train_data import to_float_batch
 
 import mgid.ops as ops
-from mgid.config import TrainConfig
-from mgid.train.objective import PairForward
+from mgid.config.train_config import TrainConfig
+from mgid.train.objective import MGIDObjective, optimizer_step
 from mgid.train.sampler import learning_rate
-from mgid.train.step import train_step
 
 
 def train_curve(cfg: TrainConfig, batches: list[tuple[torch.Tensor, torch.Tensor]], seed: int, precision: str,
@@ -31,7 +30,7 @@ def train_curve(cfg: TrainConfig, batches: list[tuple[torch.Tensor, torch.Tensor
     t0 = time.perf_counter()
     try:
         net, criterion, optimizer = build_training(cfg, seed, channels_last)
-        pair = PairForward(net)
+        objective = MGIDObjective(net, criterion, precision)
         horizon = cfg.max_steps or len(batches)
         for step, (u1, u2) in enumerate(batches):
             # the recipe's schedule at the start of a real run (warm-up), or its peak lr throughout
@@ -40,13 +39,12 @@ def train_curve(cfg: TrainConfig, batches: list[tuple[torch.Tensor, torch.Tensor
                 group["lr"] = lr
             frame1 = to_float_batch(u1).contiguous(memory_format=fmt)
             frame2 = to_float_batch(u2).contiguous(memory_format=fmt)
-            total, _terms, _out, apply = train_step(net, criterion, optimizer, frame1, frame2, pair=pair,
-                                                    precision=precision)
+            total, _terms, _out = objective(frame1, frame2)
             value = float(total.detach())
             losses.append(value)
             if not math.isfinite(value):
                 raise FloatingPointError(f"non-finite loss {value} at step {step + 1}")
-            apply()
+            optimizer_step(optimizer, total)
         return {"status": "ok", "error": None, "losses": losses, "seconds": time.perf_counter() - t0}
     except Exception as err:  # noqa: BLE001
         return {"status": "failed", "error": short_error(err), "losses": losses, "seconds": time.perf_counter() - t0}

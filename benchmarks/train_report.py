@@ -61,7 +61,7 @@ def markdown_report(result: dict[str, Any]) -> str:
     lines += [
         "",
         "images/s = 2 x batch / median seconds per step (two frames per pair). A step: inputs to the memory "
-        "format, `train_step` (both frames, the loss), the finiteness check, backward and Adam; batches are "
+        "format, `MGIDObjective` (both frames, the loss), the finiteness check, backward and Adam; batches are "
         "rendered before timing. \"auto\" = what training resolves on this CPU (`mgid.precision`): "
         f"{result['auto']['resolved']}. "
         "Compile s = first step minus a steady one (inductor's on-disk caches can shorten it on later cases "

@@ -24,12 +24,12 @@ import harness
 import numpy as np
 import torch
 
-from mgid.api import load_model
 from mgid.data.imageio import write_image
 from mgid.data.synthetic_video import StaticCamera, clean_frames, write_clip
-from mgid.derain_video import derain_frames, derain_video, temporal_median_stream
-from mgid.evaluation import score_images
-from mgid.video import open_frames
+from mgid.data.video import open_frames
+from mgid.derain.derainer import load_model
+from mgid.derain.video import derain_frames, derain_video, temporal_median_stream
+from mgid.eval.scoring import score_images
 from mgid.visualize import image_grid
 
 TRAIN_SEED, HELDOUT_SEED = 1, 2

@@ -7,8 +7,8 @@ model, device, precision and tiling options; each command's library lives elsewh
 Each command is a ``register(subparsers)`` function in `COMMANDS` that adds its parser and sets
 ``func`` (called with the parsed arguments, returns the exit code); a new command (derain,
 evaluate, bench, ...) is one more function in that list. The commands only parse arguments, call
-the library (`mgid.derain_files` and `mgid.derain_video` for derain, `mgid.finetune`, `mgid.export`,
-`mgid.web`, `mgid.evaluation`, `mgid.heldout`, `mgid.data`, `mgid.train`) and print its results and exit codes.
+the library (`mgid.derain.files` and `mgid.derain.video` for derain, `mgid.train.finetune`, `mgid.derain.onnx_export`,
+`mgid.derain.web`, `mgid.eval.scoring`, `mgid.eval.heldout`, `mgid.data`, `mgid.train`) and print its results and exit codes.
 """
 from __future__ import annotations
 
@@ -39,9 +39,9 @@ def register_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    from mgid.finetune import ClipOptions, finetune_config
+    from mgid.data.video import VideoError
     from mgid.train.cli import run_from_args
-    from mgid.video import VideoError
+    from mgid.train.finetune import ClipOptions, finetune_config
 
     clips = ClipOptions(args.video, args.weights, args.frames_per_clip, args.max_shift, args.fps)
     return run_from_args(args, "mgid finetune", prepare=lambda cfg: finetune_config(cfg, clips,
@@ -50,8 +50,8 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def register_finetune(sub: argparse._SubParsersAction) -> None:
-    from mgid.finetune import FINETUNE_RECIPE, ClipOptions
     from mgid.train.cli import add_train_arguments
+    from mgid.train.finetune import FINETUNE_RECIPE, ClipOptions
 
     defaults = ClipOptions(videos=())
     p = sub.add_parser(
@@ -80,8 +80,8 @@ def register_finetune(sub: argparse._SubParsersAction) -> None:
 
 
 def _data_synth(args: argparse.Namespace) -> int:
-    from mgid.config import resolve_config
-    from mgid.config_fields import ConfigError, build_dataclass, merge, overrides_from_args
+    from mgid.config.fields import ConfigError, build_dataclass, merge, overrides_from_args
+    from mgid.config.train_config import resolve_config
     from mgid.data import EmbeddedDataConfig, write_synthetic_dataset
 
     try:
@@ -99,7 +99,7 @@ def _data_synth(args: argparse.Namespace) -> int:
 
 
 def register_data(sub: argparse._SubParsersAction) -> None:
-    from mgid.config import NAMED_CONFIGS, add_config_arguments
+    from mgid.config.train_config import NAMED_CONFIGS, add_config_arguments
     from mgid.data import EmbeddedDataConfig
 
     p = sub.add_parser("data", help="data sets: write the synthetic time-lapse set to disk",
@@ -140,8 +140,8 @@ def _print_skip(path: Path, reason: str) -> None:
 
 def _derain_command(args: argparse.Namespace) -> int:
     from mgid.checkpoint import CheckpointError
-    from mgid.derain_files import PlanError, derain_files, plan_derain
-    from mgid.derain_video import is_video_job
+    from mgid.derain.files import PlanError, derain_files, plan_derain
+    from mgid.derain.video import is_video_job
 
     prog = "mgid derain"
     if args.max_megapixels < 0:
@@ -179,7 +179,7 @@ def _derain_command(args: argparse.Namespace) -> int:
 def _load_derainer(args: argparse.Namespace):
     """The derainer of ``mgid derain``'s options: `mgid.load_model`, or an ONNX file in onnxruntime."""
     if args.backend == "onnxruntime":
-        from mgid.onnx_backend import load_onnx_derainer
+        from mgid.derain.onnx_backend import load_onnx_derainer
 
         if args.weights is None:
             raise ValueError("--backend onnxruntime needs --weights FILE.onnx (write one with mgid export "
@@ -187,7 +187,7 @@ def _load_derainer(args: argparse.Namespace):
         return load_onnx_derainer(args.weights, tile=args.tile, overlap=args.tile_overlap, device=args.device,
                                   self_ensemble=args.self_ensemble, max_memory=args.max_memory,
                                   **_precision_kwargs(args))
-    from mgid.api import load_model
+    from mgid.derain.derainer import load_model
 
     return load_model(args.weights, args.device, tile=args.tile, overlap=args.tile_overlap,
                       self_ensemble=args.self_ensemble, max_memory=args.max_memory, **_precision_kwargs(args))
@@ -196,9 +196,9 @@ def _load_derainer(args: argparse.Namespace):
 def _derain_video_command(args: argparse.Namespace, prog: str) -> int:
     """``mgid derain`` of a video (file or folder of frames): the network frame by frame, or --temporal-median."""
     from mgid.checkpoint import CheckpointError
-    from mgid.derain_video import derain_video, median_video
-    from mgid.inference import TILE_AUTO
-    from mgid.video import VideoError
+    from mgid.data.video import VideoError
+    from mgid.derain.tiling import TILE_AUTO
+    from mgid.derain.video import derain_video, median_video
 
     if args.save_rain or args.compare:
         return _err(prog, "--save-rain/--compare apply to images; a video is written de-rained only")
@@ -228,17 +228,16 @@ def _derain_video_command(args: argparse.Namespace, prog: str) -> int:
 
 
 def _add_device_argument(p: argparse.ArgumentParser) -> None:
-    from mgid.config import DEVICES  # the values training's --device takes; mgid.devices resolves them
+    from mgid.config.train_config import DEVICES  # the values training's --device takes; mgid.devices resolves them
 
     p.add_argument("--device", default="auto", choices=list(DEVICES),
                    help="where to run [default: auto = cuda when available]")
 
 
 def _add_precision_arguments(p: argparse.ArgumentParser) -> None:
-    from mgid.inference import PRECISIONS
-    from mgid.precision import CHANNELS_LAST_SETTINGS
+    from mgid.precision import CHANNELS_LAST_SETTINGS, PRECISIONS
 
-    p.add_argument("--precision", default="auto", choices=list(PRECISIONS),
+    p.add_argument("--precision", default="auto", choices=list(PRECISIONS["inference"]),
                    help="arithmetic of the network: fp32, or bf16 = bfloat16 autocast (fp32 weights and memory "
                         "items); auto = bf16 on a CPU whose native bf16 instructions (AVX512-BF16 or AMX) torch can "
                         "use, fp32 elsewhere (GPUs included); the command prints what auto chose and why. "
@@ -270,7 +269,7 @@ def _add_self_ensemble_argument(p: argparse.ArgumentParser) -> None:
 
 def _tile_argument(text: str) -> int | str | None:
     """``--tile``: ``auto``, ``none`` (whole images) or a size in pixels."""
-    from mgid.inference import TILE_AUTO
+    from mgid.derain.tiling import TILE_AUTO
 
     if text.lower() in (TILE_AUTO, "none"):
         return TILE_AUTO if text.lower() == TILE_AUTO else None
@@ -281,8 +280,8 @@ def _tile_argument(text: str) -> int | str | None:
 
 
 def _bytes_argument(text: str) -> int:
-    """``--max-memory``: a size such as 4G (`mgid.memory_budget.parse_bytes`)."""
-    from mgid.memory_budget import parse_bytes
+    """``--max-memory``: a size such as 4G (`mgid.derain.memory_budget.parse_bytes`)."""
+    from mgid.derain.memory_budget import parse_bytes
 
     try:
         return parse_bytes(text)
@@ -291,8 +290,8 @@ def _bytes_argument(text: str) -> int:
 
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
-    from mgid.inference import DEFAULT_OVERLAP, TILE_AUTO
-    from mgid.memory_budget import AUTO_BUDGET_FRACTION
+    from mgid.derain.memory_budget import AUTO_BUDGET_FRACTION
+    from mgid.derain.tiling import DEFAULT_OVERLAP, TILE_AUTO
 
     p.add_argument("--weights", metavar="FILE.safetensors",
                    help="checkpoint to use (NAME.safetensors with NAME.json beside it, or a `mgid train` output "
@@ -321,7 +320,7 @@ def _max_pixels(args: argparse.Namespace) -> int | None:
 
 def register_derain(sub: argparse._SubParsersAction) -> None:
     from mgid.data.image_header import DEFAULT_MAX_PIXELS
-    from mgid.video import VIDEO_SUFFIXES
+    from mgid.data.video import VIDEO_SUFFIXES
 
     p = sub.add_parser(
         "derain", help="de-rain images (a file, a folder or a glob) into an output folder, or a video",
@@ -372,7 +371,7 @@ def register_derain(sub: argparse._SubParsersAction) -> None:
 
 def _export_command(args: argparse.Namespace) -> int:
     from mgid.checkpoint import CheckpointError
-    from mgid.export import export_onnx
+    from mgid.derain.onnx_export import export_onnx
 
     prog = "mgid export"
     try:
@@ -396,7 +395,7 @@ def register_export(sub: argparse._SubParsersAction) -> None:
                     "derained (N,3,H,W) in [0,1]; the padding to multiples of 8 is inside the graph. With "
                     "--tiling-inputs, the graph `mgid derain --backend onnxruntime --weights OUT.onnx` tiles large "
                     "photos with (image in [-1,1] with H, W multiples of 8, the instance-norm statistics as "
-                    "inputs, the rain layer and the pre-norm query as outputs; mgid.export documents it).")
+                    "inputs, the rain layer and the pre-norm query as outputs; mgid.derain.onnx_export documents it).")
     p.add_argument("--onnx", required=True, metavar="OUT.onnx",
                    help="the ONNX file to write (checked before the export starts; written atomically)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT.onnx")
@@ -417,7 +416,7 @@ def register_export(sub: argparse._SubParsersAction) -> None:
 
 def _web_command(args: argparse.Namespace) -> int:
     from mgid.checkpoint import CheckpointError
-    from mgid.web import is_loopback, serve
+    from mgid.derain.web import is_loopback, serve
 
     prog = "mgid web"
     if not is_loopback(args.host):
@@ -443,10 +442,9 @@ def _web_command(args: argparse.Namespace) -> int:
 
 
 def register_web(sub: argparse._SubParsersAction) -> None:
-    """``mgid web``: serve the try-it page (`mgid.web`)."""
-    from mgid.inference import PRECISIONS
-    from mgid.memory_budget import AUTO_BUDGET_FRACTION
-    from mgid.web import (
+    """``mgid web``: serve the try-it page (`mgid.derain.web`)."""
+    from mgid.derain.memory_budget import AUTO_BUDGET_FRACTION
+    from mgid.derain.web import (
         DEFAULT_HOST,
         DEFAULT_JOB_SECONDS,
         DEFAULT_MAX_PIXELS,
@@ -454,6 +452,7 @@ def register_web(sub: argparse._SubParsersAction) -> None:
         DEFAULT_MAX_WAITING,
         DEFAULT_PORT,
     )
+    from mgid.precision import PRECISIONS
 
     p = sub.add_parser(
         "web", help="a web page to try the model in a browser (http://127.0.0.1:7860)",
@@ -470,7 +469,7 @@ def register_web(sub: argparse._SubParsersAction) -> None:
                    help="checkpoint to use (NAME.safetensors with NAME.json beside it, or a `mgid train` output "
                         "folder) [default: the shipped weights]")
     _add_device_argument(p)
-    p.add_argument("--precision", default="auto", choices=list(PRECISIONS),
+    p.add_argument("--precision", default="auto", choices=list(PRECISIONS["inference"]),
                    help="arithmetic of the network (see `mgid derain --help`) [default: auto]")
     p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, metavar="MB",
                    help="largest upload accepted [default: %(default)s]")
@@ -492,10 +491,10 @@ def register_web(sub: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from mgid.api import load_model
     from mgid.checkpoint import CheckpointError
-    from mgid.evaluation import check_report_paths, evaluate_folders, evaluate_model, paired_folders
-    from mgid.inference import TILE_AUTO
+    from mgid.derain.derainer import load_model
+    from mgid.derain.tiling import TILE_AUTO
+    from mgid.eval.scoring import check_report_paths, evaluate_folders, evaluate_model, paired_folders
 
     prog = "mgid evaluate"
     channel = "rgb" if args.rgb else "y"
@@ -590,10 +589,10 @@ def register_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _heldout(args: argparse.Namespace) -> int:
-    from mgid.api import load_model, name_weights
     from mgid.checkpoint import CheckpointError
     from mgid.data import write_image
-    from mgid.heldout import comparison_rows, evaluate_heldout, format_table, write_json
+    from mgid.derain.derainer import load_model, name_weights
+    from mgid.eval.heldout import comparison_rows, evaluate_heldout, format_table, write_json
     from mgid.visualize import image_grid
 
     prog = "mgid heldout"

@@ -1,7 +1,7 @@
 """The one place a device setting (``auto``, ``cpu``, ``cuda``, ``cuda:1``, a `torch.device`) becomes a device.
 
-Used by training (``--device``) and the API (`mgid.load_model`, `mgid.api.Derainer`,
-`mgid.api.load_network`), through which ``mgid derain`` / ``evaluate`` / ``heldout`` load their
+Used by training (``--device``) and the API (`mgid.load_model`, `mgid.derain.derainer.Derainer`,
+`mgid.derain.derainer.load_network`), through which ``mgid derain`` / ``evaluate`` / ``heldout`` load their
 models, so a bad or unavailable device gets the same message everywhere.
 """
 from __future__ import annotations

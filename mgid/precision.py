@@ -12,6 +12,7 @@ names. Imports only torch.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
@@ -27,6 +28,12 @@ ChannelsLast = Literal["auto", "on", "off"]
 CHANNELS_LAST_SETTINGS: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
 #: What the arithmetic is for: the best memory format differs (`resolve_channels_last`).
 Purpose = Literal["training", "inference"]
+#: The precisions each purpose takes: training also fp16 (autocast + gradient scaling, for GPUs), inference
+#: fp32 or bf16 autocast; ``auto`` resolves by the machine (`resolve_precision`).
+PRECISIONS: dict[str, tuple[str, ...]] = {"training": ("auto", "fp32", "bf16", "fp16"),
+                                          "inference": ("auto", "fp32", "bf16")}
+#: The autocast dtype of each reduced precision.
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 #: /proc/cpuinfo flags that decide the arithmetic, in the order they are reported.
 REPORTED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 #: oneDNN ISA caps (DNNL_MAX_CPU_ISA) that still include native bf16 dot products.
@@ -109,8 +116,13 @@ def cpu_has_native_bf16() -> bool:
     return cpu_info().native_bf16
 
 
-def resolve_precision(precision: str, device: str | torch.device) -> str:
-    """``auto`` -> ``bf16`` on a CPU with native bf16 (`cpu_has_native_bf16`), else ``fp32``; others unchanged."""
+def resolve_precision(precision: str, device: str | torch.device, purpose: Purpose = "training") -> str:
+    """``auto`` -> ``bf16`` on a CPU with native bf16 (`cpu_has_native_bf16`), else ``fp32``; others unchanged.
+
+    Raises ``ValueError`` for a precision ``purpose`` does not take (`PRECISIONS`: inference has no fp16).
+    """
+    if precision not in PRECISIONS[purpose]:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS[purpose])}, got {precision!r}")
     if precision != "auto":
         return precision
     return "bf16" if torch.device(device).type == "cpu" and cpu_has_native_bf16() else "fp32"
@@ -128,7 +140,16 @@ def resolve_channels_last(channels_last: bool | None, precision: str, device: st
         return bool(channels_last)
     if torch.device(device).type != "cpu":
         return False
-    return purpose == "inference" or resolve_precision(precision, device) == "bf16"
+    return purpose == "inference" or resolve_precision(precision, device, purpose) == "bf16"
+
+
+def autocast(device: str | torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for a resolved ``bf16`` or ``fp16`` on ``device``'s type; a no-op for ``fp32``."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision not in AUTOCAST_DTYPES:
+        raise ValueError(f"precision must be fp32, bf16 or fp16 here (resolve auto first), got {precision!r}")
+    return torch.autocast(device_type=torch.device(device).type, dtype=AUTOCAST_DTYPES[precision])
 
 
 @dataclass(frozen=True)
@@ -168,7 +189,7 @@ def resolve_arithmetic(precision: str, channels_last: bool | None, device: str |
     """Resolve ``precision`` (auto/fp32/bf16/fp16) and ``channels_last`` (None = auto) for ``device`` and
     ``purpose``, with why."""
     device = torch.device(device)
-    resolved = resolve_precision(precision, device)
+    resolved = resolve_precision(precision, device, purpose)
     cl = resolve_channels_last(channels_last, resolved, device, purpose)
     if precision == "auto":
         parts = [f"auto precision{' and memory format' if channels_last is None else ''} for {purpose}: "

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mgid.memory_budget import MEMORY_RECORD
+from mgid.derain.memory_budget import MEMORY_RECORD
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 

@@ -16,7 +16,7 @@ import torch
 
 from mgid.checkpoint import save_checkpoint
 from mgid.data import read_image, write_image
-from mgid.metrics import score
+from mgid.eval.metrics import score
 from mgid.models import MGIDNet, ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def test_fake_sets_both_layouts_several_weights(bench, tmp_path):
     for s, root in zip(report["sets"], (a, b)):
         rows = {r["method"]: r for r in s["rows"]}
         assert s["pairs"] == 2 and not s["skipped"] and not s["unmatched"]
-        # the rainy input row: the means of mgid.metrics on the files themselves
+        # the rainy input row: the means of mgid.eval.metrics on the files themselves
         rainy_dir, clean_dir = ("rain", "norain") if root == a else ("input", "target")
         rainy_files = sorted((root / rainy_dir).iterdir())
         clean_files = sorted((root / clean_dir).iterdir())

@@ -115,7 +115,7 @@ def test_bench_train_quick_writes_baseline(tmp_path: Path) -> None:
 def test_learning_curve_scores_step_checkpoints_and_plots(tmp_path: Path) -> None:
     """benchmarks/learning_curve.py on a 2-step tiny run with step checkpoints: a cached score per step for
     every held-out set, a rerun that scores nothing new, and the PNG."""
-    from mgid.config import resolve_config
+    from mgid.config.train_config import resolve_config
     from mgid.train.trainer import Trainer
 
     cfg = resolve_config("quick", {
@@ -143,7 +143,7 @@ def test_learning_curve_scores_step_checkpoints_and_plots(tmp_path: Path) -> Non
 
 def test_recalibrated_score_rescores_checkpoints(tmp_path: Path) -> None:
     """benchmarks/recalibrated_score.py: a step checkpoint re-scored after BatchNorm recalibration, every set."""
-    from mgid.config import resolve_config
+    from mgid.config.train_config import resolve_config
     from mgid.train.trainer import Trainer
 
     cfg = resolve_config("quick", {

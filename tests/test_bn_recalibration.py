@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import torch
 
-from mgid.bn_recalibration import batchnorm_layers, recalibrate_batchnorm
 from mgid.checkpoint import load_checkpoint
-from mgid.config import resolve_config
-from mgid.config_fields import merge
+from mgid.config.fields import merge
+from mgid.config.train_config import resolve_config
 from mgid.models import MGIDNet, ModelConfig
+from mgid.train.bn_recalibration import batchnorm_layers, recalibrate_batchnorm
 from mgid.train.trainer import Trainer
 
 TINY = {

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-import mgid.api as api
 import mgid.cli as cli
+import mgid.derain.derainer as api
 from mgid.checkpoint import save_checkpoint
 from mgid.data import read_image, write_image
 from mgid.models import MGIDNet, ModelConfig

@@ -12,10 +12,10 @@ import yaml
 
 from mgid.checkpoint import read_meta
 from mgid.cli import build_parser as cli_parser
-from mgid.config import NAMED_CONFIGS, TrainConfig, diff, named_config, resolve_config, to_yaml
-from mgid.config_fields import ConfigError, iter_fields, overrides_from_args
+from mgid.config.fields import ConfigError, iter_fields, overrides_from_args
+from mgid.config.literals import literal_values
+from mgid.config.train_config import NAMED_CONFIGS, TrainConfig, diff, named_config, resolve_config, to_yaml
 from mgid.data import EmbeddedDataConfig
-from mgid.literals import literal_values
 from mgid.train.cli import build_parser
 from mgid.train.cli import main as train_main
 
@@ -189,7 +189,7 @@ def test_yaml_recipes_equal_the_in_code_recipes_field_by_field():
 
 
 def shipped_recipe_files() -> list[Path]:
-    return sorted((REPO / "mgid" / "configs").glob("*.yaml")) + sorted((REPO / "configs").glob("*.yaml"))
+    return sorted((REPO / "mgid" / "config" / "recipes").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", shipped_recipe_files(), ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -220,10 +220,10 @@ def test_old_checkpoint_memory_format_values_load():
 
 
 def test_recipes_ship_with_the_package():
-    folder = resources.files("mgid") / "configs"
+    folder = resources.files("mgid.config") / "recipes"
     for name in NAMED_CONFIGS:
         assert (folder / f"{name}.yaml").is_file(), name
-    assert '"configs/*.yaml"' in (REPO / "pyproject.toml").read_text()  # [tool.setuptools.package-data]
+    assert '"config/recipes/*.yaml"' in (REPO / "pyproject.toml").read_text()  # [tool.setuptools.package-data]
     assert yaml.safe_load((folder / "quick.yaml").read_text())["base"] == "cpu"  # quick = cpu + its overrides
 
 
@@ -244,8 +244,8 @@ def test_configs_written_before_still_load():
     # the config leaves the arithmetic to the machine; the record keeps what it was trained with
     assert (shipped["precision"], shipped["channels_last"]) == ("auto", "auto")
     assert (meta["arithmetic"]["precision"], meta["arithmetic"]["channels_last"]) == ("bf16", True)
-    written_out = resolve_config(str(REPO / "configs" / "mgid_embedded.yaml"))  # README: "long, written out"
-    assert set(diff(named_config("long"), written_out)) == {"out", "keep_step_checkpoints"}
+    # the recipe exists once, in the package (issue 20): no written-out copy beside it
+    assert not (REPO / "configs").exists()
 
 
 def test_choices_come_from_literal_types(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""`mgid.derain_files`: which files an INPUT names, the plan checks, the de-rain loop, atomic writes."""
+"""`mgid.derain.files`: which files an INPUT names, the plan checks, the de-rain loop, atomic writes."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +9,7 @@ import torch
 
 import mgid.data.imageio as imageio
 from mgid.data import read_image, write_image
-from mgid.derain_files import (
+from mgid.derain.files import (
     DerainReport,
     Job,
     PlanError,
@@ -20,7 +20,7 @@ from mgid.derain_files import (
 
 
 class FakeDerainer:
-    """Stands in for `mgid.inference.Derainer`: the "clean" image is the inverted input."""
+    """Stands in for `mgid.derain.tiling.Derainer`: the "clean" image is the inverted input."""
 
     def __init__(self, oom: BaseException | None = None):
         self.oom = oom

@@ -16,8 +16,9 @@ import mgid
 import mgid.precision
 from mgid.checkpoint import save_checkpoint
 from mgid.cli import build_parser, main
-from mgid.inference import predict_rain, resolve_channels_last, resolve_precision
+from mgid.derain.tiling import predict_rain
 from mgid.models import MGIDNet, ModelConfig
+from mgid.precision import resolve_channels_last, resolve_precision
 
 TINY = ModelConfig(channels=8, memory_items=4)
 
@@ -52,15 +53,15 @@ def test_options_parse():
     with pytest.raises(SystemExit):
         parser.parse_args(["derain", "in", "out", "--channels-last", "yes"])
     with pytest.raises(ValueError, match="precision must be one of"):
-        resolve_precision("fp16", "cpu")
+        resolve_precision("fp16", "cpu", "inference")
 
 
 def test_auto_is_bf16_channels_last_only_on_a_cpu_with_bf16(bf16_cpu):
-    assert resolve_precision("auto", "cpu") == ("bf16" if bf16_cpu else "fp32")
+    assert resolve_precision("auto", "cpu", "inference") == ("bf16" if bf16_cpu else "fp32")
     # inference takes channels_last on every CPU: faster in fp32 too (bench_derain: 1.4x on AVX2)
-    assert resolve_channels_last(None, "auto", "cpu") is True and resolve_channels_last(None, "fp32", "cpu") is True
-    assert resolve_precision("auto", "cuda") == "fp32" and resolve_channels_last(None, "auto", "cuda") is False
-    assert resolve_precision("bf16", "cpu") == "bf16" and resolve_channels_last(False, "bf16", "cpu") is False
+    assert resolve_channels_last(None, "auto", "cpu", "inference") is True and resolve_channels_last(None, "fp32", "cpu", "inference") is True
+    assert resolve_precision("auto", "cuda", "inference") == "fp32" and resolve_channels_last(None, "auto", "cuda", "inference") is False
+    assert resolve_precision("bf16", "cpu", "inference") == "bf16" and resolve_channels_last(False, "bf16", "cpu", "inference") is False
 
 
 def test_load_model_auto_and_fp32(weights, bf16_cpu):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import mgid.api as api
+import mgid.derain.derainer as api
 from mgid.cli import main as cli_main
 from mgid.devices import DeviceError, resolve_device
 from mgid.train import trainer

@@ -20,8 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from mgid.train.step import compute_loss as _REAL_TRAIN_STEP  # noqa: E402
-
 # Tiny data and network (as tests/test_train.py). Global batch 4 = 2 pairs per rank. BSW weight 0: the
 # BSW loss's k-means mask is taken per rank (not a mean over samples), so it is the one term a 2-rank
 # step does not share with a 1-process step on the union of the batches (docs/SCALING.md). fp32: the
@@ -39,25 +37,17 @@ TINY = {
 
 
 def _config(out: Path, steps: int, **extra):
-    from mgid.config import resolve_config
-    from mgid.config_fields import merge
+    from mgid.config.fields import merge
+    from mgid.config.train_config import resolve_config
 
     return resolve_config(None, merge(TINY, {"out": str(out), "max_steps": steps, **extra}))
 
 
 def _record_items(trainer) -> list[np.ndarray]:
-    """Wrap the trainer's step so the memory items after each step's forward (P'') are recorded."""
-    import mgid.train.step as tr
-
+    """Hook the trainer's objective so the memory items after each step's forward (P'') are recorded."""
     seen: list[np.ndarray] = []
-    real = _REAL_TRAIN_STEP
-
-    def recording(*args, **kwargs):
-        result = real(*args, **kwargs)
-        seen.append(trainer.net.memory.items.detach().cpu().numpy().copy())
-        return result
-
-    tr.compute_loss = recording
+    trainer.objective.register_forward_hook(
+        lambda module, args, output: seen.append(trainer.net.memory.items.detach().cpu().numpy().copy()))
     return seen
 
 
@@ -81,7 +71,12 @@ def check_memory_all_reduce(rank: int, world: int) -> dict[str, float]:
     import torch.distributed as dist
 
     from mgid import ops
-    from mgid.distributed import all_reduce_memory_update
+    from mgid.train.distributed import all_reduce_update_stats
+
+    def all_reduce_memory_update(query, items, max_over_assigned):
+        # what `MemoryModule` does under DDP: this rank's update statistics, reduced across ranks
+        stats = ops.UpdateStats(*ops.memory_update_stats(query, items, max_over_assigned))
+        return all_reduce_update_stats(stats, items)
 
     g = torch.Generator().manual_seed(7)
     items = torch.nn.functional.normalize(torch.rand(5, 8, generator=g), dim=1)
@@ -144,20 +139,12 @@ def launch(out: Path, steps: int, world: int = 2, resume: bool = False, sync_bn:
         assert p.returncode == 0, f"rank {rank} exited with {p.returncode}:\n{log[-3000:]}"
 
 
-@pytest.fixture(autouse=True)
-def _restore_train_step():
-    yield
-    import mgid.train.step as tr
-
-    tr.compute_loss = _REAL_TRAIN_STEP  # undo _record_items' wrapper
-
-
 # --------------------------------------------------------------------------------------------------
 # pieces (one process)
 
 
 def test_sampler_shards_each_global_batch():
-    from mgid.config_fields import ConfigError
+    from mgid.config.fields import ConfigError
     from mgid.train.sampler import EpochBatchSampler
 
     single = EpochBatchSampler(21, 4, seed=3)
@@ -173,8 +160,8 @@ def test_sampler_shards_each_global_batch():
 
 
 def test_distributed_helpers_are_no_ops_single_process():
-    from mgid import distributed as mdist
     from mgid.models import MGIDNet, ModelConfig
+    from mgid.train import distributed as mdist
 
     ctx = mdist.setup("auto", torch.device("cpu"))
     assert not ctx.enabled and ctx.is_main

@@ -1,4 +1,4 @@
-"""``mgid evaluate`` and `mgid.evaluation`: pairing layouts, scores, CSV/JSON outputs, --data with a model."""
+"""``mgid evaluate`` and `mgid.eval.scoring`: pairing layouts, scores, CSV/JSON outputs, --data with a model."""
 from __future__ import annotations
 
 import csv
@@ -11,12 +11,12 @@ import pytest
 import torch
 
 import mgid
-import mgid.api as api
 import mgid.cli as cli
+import mgid.derain.derainer as api
 from mgid.checkpoint import save_checkpoint
 from mgid.data import write_image
-from mgid.evaluation import evaluate_folders, evaluate_model
-from mgid.metrics import psnr, ssim
+from mgid.eval.metrics import psnr, ssim
+from mgid.eval.scoring import evaluate_folders, evaluate_model
 from mgid.models import MGIDNet, ModelConfig
 
 TINY = ModelConfig(channels=8, memory_items=4)
@@ -174,7 +174,7 @@ def test_outputs_are_checked_first_and_scores_printed_before_writing(tmp_path, w
     def disk_full(*_args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("mgid.evaluation.write_atomic", disk_full)
+    monkeypatch.setattr("mgid.eval.scoring.write_atomic", disk_full)
     assert cli.main(argv + ["--out", str(tmp_path / "new")]) == 2
     captured = capsys.readouterr()
     assert "over 1 image(s)" in captured.out  # the scores reached the screen

@@ -1,4 +1,4 @@
-"""ONNX export (`mgid.export`) and the onnxruntime backend (`mgid.onnx_backend`).
+"""ONNX export (`mgid.derain.onnx_export`) and the onnxruntime backend (`mgid.derain.onnx_backend`).
 
 A tiny calibrated network (8 channels, 4 items), exported once per module with the dynamo exporter (~10 s)
 and once with the TorchScript exporter (~1 s); one onnxruntime/torch thread (the machine is shared). The
@@ -17,15 +17,15 @@ import pytest
 import torch
 
 import mgid
-import mgid.export as export
+import mgid.derain.onnx_export as export
 from mgid import cli, ops
-from mgid.api import Derainer, load_network
 from mgid.checkpoint import save_checkpoint
 from mgid.data.imageio import read_image, write_image
-from mgid.export_graphs import IMAGE_FILTER, TILING
-from mgid.inference import predict_rain
+from mgid.derain.derainer import Derainer, load_network
+from mgid.derain.onnx_backend import OnnxDerainer, OnnxModelError, load_onnx_derainer
+from mgid.derain.onnx_graphs import IMAGE_FILTER, TILING
+from mgid.derain.tiling import predict_rain
 from mgid.models import MGIDNet
-from mgid.onnx_backend import OnnxDerainer, OnnxModelError, load_onnx_derainer
 from mgid.output_paths import OutputPathError
 from tests.test_inference import TINY, _calibrated, _smooth_image, tiny_weights
 
@@ -190,7 +190,7 @@ def derainers(tiny, exported) -> tuple[OnnxDerainer, Derainer]:
 def test_derainer_interface(derainers, exported):
     onnx_d, _ = derainers
     assert onnx_d.device == torch.device("cpu") and onnx_d.precision == "fp32" and onnx_d.channels_last is False
-    assert onnx_d.tile == mgid.inference.TILE_AUTO and onnx_d.overlap == mgid.inference.DEFAULT_OVERLAP
+    assert onnx_d.tile == mgid.derain.tiling.TILE_AUTO and onnx_d.overlap == mgid.derain.tiling.DEFAULT_OVERLAP
     assert onnx_d.weights == exported.path and onnx_d.net is None and onnx_d.config == TINY
     assert "OnnxDerainer(" in repr(onnx_d)
 
@@ -410,7 +410,7 @@ def test_write_failure_after_the_export_is_one_line(tiny, tmp_path, monkeypatch,
 def test_shipped_weights_resolve(tmp_path):
     """export_onnx(None, ...) reads the shipped weights (resolution only: the 64-channel export is the benchmark's)."""
     net, path, sha = export._resolve_net(None)
-    assert path == mgid.api.DEFAULT_WEIGHTS and sha == export.file_sha256(path)
+    assert path == mgid.derain.derainer.DEFAULT_WEIGHTS and sha == export.file_sha256(path)
     assert net.config.channels == 64 and not net.training
     with pytest.raises(FileNotFoundError):
         export._resolve_net(tiny_weights(tmp_path).with_name("absent.safetensors"))

@@ -155,8 +155,8 @@ def test_injected_inf_stops_naming_step_and_term(tmp_path, monkeypatch, capsys):
 def test_nan_raises_with_step_and_terms(tmp_path, monkeypatch):
     real = mgid.ops.bsw_loss
     monkeypatch.setattr(mgid.ops, "bsw_loss", lambda *a, **k: real(*a, **k) * float("nan"))
-    from mgid.config import resolve_config
-    from mgid.config_fields import overrides_from_args
+    from mgid.config.fields import overrides_from_args
+    from mgid.config.train_config import resolve_config
     from mgid.train.cli import build_parser
 
     cfg = resolve_config(None, overrides_from_args(build_parser().parse_args(TINY + ["--out", str(tmp_path)])))

@@ -1,4 +1,4 @@
-"""Tests of the held-out evaluation (`mgid.heldout`, `mgid heldout`): baselines, scores, the command."""
+"""Tests of the held-out evaluation (`mgid.eval.heldout`, `mgid heldout`): baselines, scores, the command."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,8 @@ import pytest
 from mgid.cli import main as cli_main
 from mgid.data import EmbeddedDataConfig, EmbeddedPairedSet
 from mgid.data.heldout_sets import HELDOUT_SETS
-from mgid.derain_video import temporal_median
-from mgid.heldout import MEDIAN3, RAINY, TEMPORAL, evaluate_heldout, format_table, median3x3
+from mgid.derain.video import temporal_median
+from mgid.eval.heldout import MEDIAN3, RAINY, TEMPORAL, evaluate_heldout, format_table, median3x3
 
 SMALL = EmbeddedDataConfig(paired_size=32, paired_count=2)
 

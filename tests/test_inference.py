@@ -11,12 +11,13 @@ import pytest
 import torch
 
 import mgid
-import mgid.api as api
-import mgid.inference as inference
+import mgid.derain.derainer as api
+import mgid.derain.tiling as inference
 from mgid.checkpoint import CheckpointError, save_checkpoint
-from mgid.inference import predict_rain, tile_geometry, tile_starts
+from mgid.derain.tiling import predict_rain, tile_geometry, tile_starts
 from mgid.models import DOWNSAMPLE, Encoder, MGIDNet, ModelConfig
 from mgid.models.encoder import NormStats
+from mgid.precision import autocast
 
 TINY = ModelConfig(channels=8, memory_items=4)
 
@@ -146,7 +147,7 @@ def _hooked_predict_rain(net: MGIDNet, image: torch.Tensor, tile: int, overlap: 
     run = lambda crop: net(crop.to(device).contiguous(memory_format=fmt), update_memory=False,  # noqa: E731
                            memory_losses=False).rain
     net.eval()
-    with torch.no_grad(), inference._arithmetic(precision, device):
+    with torch.no_grad(), autocast(device, precision):
         handles = []
         if global_norm:
             captured = []
@@ -386,8 +387,8 @@ def test_package_exports():
 
 
 def test_time_limit_stops_tiled_inference_between_tiles():
-    """`mgid.time_limit`: past the limit the next tile raises; without a limit (or after the block) nothing."""
-    from mgid.time_limit import TimeLimitExceeded, check_time_limit, time_limit
+    """`mgid.derain.time_limit`: past the limit the next tile raises; without a limit (or after the block) nothing."""
+    from mgid.derain.time_limit import TimeLimitExceeded, check_time_limit, time_limit
 
     net = _pointwise_net()
     img = _smooth_image(80, 72)

@@ -11,9 +11,9 @@ import torch
 
 import mgid
 import mgid.cli as cli
-from mgid.api import Derainer, NonFiniteOutputError, load_network
 from mgid.checkpoint import CheckpointError, save_checkpoint
 from mgid.data import write_image
+from mgid.derain.derainer import Derainer, NonFiniteOutputError, load_network
 from mgid.models import MGIDNet
 from tests.peak_memory import run_measured
 from tests.test_inference import TINY, tiny_weights
@@ -65,7 +65,7 @@ def test_record_is_checked_against_the_tensors_before_building(tmp_path):
     with pytest.raises(CheckpointError, match=r"has shape .* but the record's network \(channels=4096"):
         load_network(path)
     run = run_measured(f"""
-from mgid.api import load_network
+from mgid.derain.derainer import load_network
 from mgid.checkpoint import CheckpointError
 load_network({str(good)!r})  # the first load imports what loading needs (~160 MB): not the check's cost
 mark_baseline()

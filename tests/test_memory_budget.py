@@ -1,4 +1,4 @@
-"""Automatic tiling from a memory budget (`mgid.memory_budget`, ``--tile auto``): the numbers come from the
+"""Automatic tiling from a memory budget (`mgid.derain.memory_budget`, ``--tile auto``): the numbers come from the
 committed measurement, the tile fits the budget, the result equals whole-image inference within the tiling
 tolerance, and de-raining stays under the budget measured in a child process (issue 19)."""
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pytest
 
 import mgid
 import mgid.cli as cli
-from mgid import memory_budget as mb
-from mgid.api import Derainer
 from mgid.data.imageio import write_image
+from mgid.derain import memory_budget as mb
+from mgid.derain.derainer import Derainer
 from tests.peak_memory import run_measured
 from tests.test_inference import tiny_weights
 
@@ -50,7 +50,7 @@ def test_choose_tile_fits_the_budget():
 def test_costs_come_from_the_committed_measurement():
     """The record names the benchmark report it came from, which is committed and holds the same numbers."""
     record = json.loads(mb.MEMORY_RECORD.read_text())
-    report = json.loads((Path(mb.__file__).resolve().parents[1] / record["source"]).read_text())
+    report = json.loads((Path(mb.__file__).resolve().parents[2] / record["source"]).read_text())
     assert report["variants"] == record["variants"] and record["cpu"] == report["environment"]["cpu"]["line"]
     for name, by_width in record["variants"].items():
         widths = sorted(int(c) for c in by_width)

@@ -22,7 +22,7 @@ from mgid.data.perspective_rain import (
     render_streaks,
     sample_streaks,
 )
-from mgid.metrics import psnr
+from mgid.eval.metrics import psnr
 
 PRESETS = [pytest.param(PERSPECTIVE_RAIN, id="default"), pytest.param(PERSPECTIVE_HEAVY_RAIN, id="heavy")]
 

@@ -8,8 +8,8 @@ import torch
 
 import mgid.precision
 from mgid.checkpoint import read_meta
-from mgid.config import resolve_config
-from mgid.config_fields import ConfigError, merge
+from mgid.config.fields import ConfigError, merge
+from mgid.config.train_config import resolve_config
 from mgid.models import MGIDNet, ModelConfig
 from mgid.train.trainer import Trainer
 
@@ -144,14 +144,12 @@ def test_inductor_compiled_steps_backward_twice():
     Regression: writing the items buffer in place made the second backward fail ("modified by an
     inplace operation") because the compiled graph saved the buffer itself; the update now replaces it.
     """
-    from mgid.train.objective import PairForward
-
     net = MGIDNet(ModelConfig(channels=8, memory_items=4), torch.Generator().manual_seed(0)).train()
     torch._dynamo.reset()
-    pair = PairForward(torch.compile(net))
+    compiled = torch.compile(net)
     before = net.memory.items.clone()
     for _ in range(2):
-        a, b = pair(torch.rand(2, 3, 16, 16) * 2 - 1, torch.rand(2, 3, 16, 16) * 2 - 1)
+        a, b = compiled(torch.rand(2, 3, 16, 16) * 2 - 1), compiled(torch.rand(2, 3, 16, 16) * 2 - 1)
         (a.rain.mean() + b.rain.mean() + a.compactness + b.compactness).backward()
     assert not torch.equal(before, net.memory.items)
 
@@ -203,10 +201,9 @@ def _recipe_step_seconds(precision: str, channels_last: bool, steps: int = 3) ->
     """Median seconds of a training step of the quick recipe's network and objective (its batch and crop)."""
     import time
 
-    from mgid.config import named_config
+    from mgid.config.train_config import named_config
     from mgid.losses import MGIDLoss
-    from mgid.train.objective import MGIDObjective
-    from mgid.train.step import optimizer_step
+    from mgid.train.objective import MGIDObjective, optimizer_step
 
     cfg = named_config("quick")
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -231,7 +228,7 @@ def test_quick_recipe_is_never_slower_than_fp32_on_this_cpu():
     """What the quick recipe runs here (its arithmetic resolved on this CPU) is not slower than plain fp32:
     a forced bf16 on a CPU without native bf16 was about 10x slower (issue 17). Timed at the recipe's own
     network and shape, one thread, the faster of two tries each; a 1.5x margin for a shared machine's noise."""
-    from mgid.config import named_config
+    from mgid.config.train_config import named_config
 
     cfg = named_config("quick")
     auto = mgid.precision.resolve_arithmetic(cfg.precision, mgid.precision.CHANNELS_LAST_SETTINGS[cfg.channels_last],

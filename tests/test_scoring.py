@@ -1,4 +1,4 @@
-"""One scoring loop (`mgid.evaluation.score_pairs`) behind training validation, ``mgid evaluate`` and
+"""One scoring loop (`mgid.eval.scoring.score_pairs`) behind training validation, ``mgid evaluate`` and
 ``mgid heldout``: the numbers equal the loops each of them had before, and agree across the three."""
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from mgid.api import Derainer
 from mgid.data import EmbeddedDataConfig, EmbeddedPairedSet, to_uint8, write_image
-from mgid.evaluation import ImageScore, Pair, Scores, evaluate_model, mean_scores, net_derain_fn, score_pairs
-from mgid.heldout import MEDIAN3, RAINY, evaluate_heldout, median3x3
-from mgid.metrics import psnr, rgb_to_y, ssim
+from mgid.derain.derainer import Derainer
+from mgid.eval.heldout import MEDIAN3, RAINY, evaluate_heldout, median3x3
+from mgid.eval.metrics import psnr, rgb_to_y, ssim
+from mgid.eval.scoring import ImageScore, Pair, Scores, evaluate_model, mean_scores, net_derain_fn, score_pairs
 from mgid.models import MGIDNet, ModelConfig
 from mgid.train.validation import ValidationResult, validate
 
@@ -50,7 +50,7 @@ def test_heldout_equals_the_former_loop_and_training_validation(net):
     paired = EmbeddedPairedSet(config=SMALL, rain="streaks")
     pairs = [paired.images(i) for i in range(len(paired))]
 
-    def former(outputs):  # mgid.heldout._score before it called score_pairs
+    def former(outputs):  # mgid.eval.heldout._score before it called score_pairs
         rows = []
         for out, (_, clean) in zip(outputs, pairs):
             shift = float(rgb_to_y(out, rounded=False).mean() - rgb_to_y(clean, rounded=False).mean())

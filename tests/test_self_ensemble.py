@@ -1,4 +1,4 @@
-"""Geometric self-ensemble (`mgid.self_ensemble`, ``Derainer(self_ensemble=...)``, ``--self-ensemble``).
+"""Geometric self-ensemble (`mgid.derain.self_ensemble`, ``Derainer(self_ensemble=...)``, ``--self-ensemble``).
 
 Fake predictors check the transforms exactly; a tiny untrained MGIDNet checks the composition with padding
 and tiling on odd, non-square sizes; the commands run on 21x30 images. One torch thread, seconds.
@@ -13,12 +13,12 @@ import pytest
 import torch
 
 import mgid.cli as cli
-from mgid.api import Derainer, load_model
 from mgid.checkpoint import save_checkpoint
 from mgid.data import read_image, write_image
-from mgid.inference import predict_rain
+from mgid.derain.derainer import Derainer, load_model
+from mgid.derain.self_ensemble import TRANSFORMS, dihedral, dihedral_inverse, dihedral_mean
+from mgid.derain.tiling import predict_rain
 from mgid.models import MGIDNet, ModelConfig
-from mgid.self_ensemble import TRANSFORMS, dihedral, dihedral_inverse, dihedral_mean
 
 TINY = ModelConfig(channels=8, memory_items=4)
 

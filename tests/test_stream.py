@@ -13,7 +13,7 @@ from mgid.data.heldout_sets import HELDOUT_SETS
 from mgid.data.procedural import DeadLeavesConfig, dead_leaves
 from mgid.data.stream import StreamingTimeLapse, jitter_colours, photo_background, sample_background
 from mgid.data.synthetic_rain import sample_frame_rain
-from mgid.metrics import psnr
+from mgid.eval.metrics import psnr
 
 CFG = EmbeddedDataConfig(pairs_per_epoch=8)
 

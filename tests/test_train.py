@@ -12,10 +12,10 @@ import torch
 import mgid.ops
 from mgid import checkpoint as ck
 from mgid.cli import main as cli_main
-from mgid.config import TrainConfig, resolve_config
-from mgid.config_fields import ConfigError
+from mgid.config.fields import ConfigError
+from mgid.config.train_config import TrainConfig, resolve_config
 from mgid.data import EmbeddedDataConfig, write_synthetic_dataset
-from mgid.metrics import psnr, ssim
+from mgid.eval.metrics import psnr, ssim
 from mgid.models import MGIDNet, ModelConfig
 from mgid.train.cli import main as train_main
 from mgid.train.sampler import EpochBatchSampler, learning_rate
@@ -32,7 +32,7 @@ TINY = TINY_EMBEDDED + ["--model.channels", "16", "--model.memory_items", "4", "
 
 
 def tiny_config(out: Path, **overrides) -> TrainConfig:
-    from mgid.config_fields import overrides_from_args
+    from mgid.config.fields import overrides_from_args
     from mgid.train.cli import build_parser
 
     args = build_parser().parse_args(TINY + ["--out", str(out)])
@@ -271,7 +271,7 @@ def test_loading_refuses_pickles_and_truncated_files(tmp_path, monkeypatch):
 def test_load_model_from_a_training_checkpoint(tmp_path):
     out = tmp_path / "run"
     Trainer(tiny_config(out, max_steps=1), log=lambda s: None).run()
-    from mgid.api import load_network
+    from mgid.derain.derainer import load_network
 
     net = load_network(out / "checkpoints" / "last.safetensors")
     assert not net.training and net.config.channels == 16

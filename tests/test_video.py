@@ -1,5 +1,5 @@
-"""Videos (issue 11): reading and writing (`mgid.video`), ``mgid derain`` of a clip and the temporal median
-(`mgid.derain_video`), clips as scenes and the static-camera check (`mgid.data.video_scenes`), and
+"""Videos (issue 11): reading and writing (`mgid.data.video`), ``mgid derain`` of a clip and the temporal median
+(`mgid.derain.video`), clips as scenes and the static-camera check (`mgid.data.video_scenes`), and
 ``mgid finetune`` end to end, on synthetic static-camera clips written here as MP4 (`mgid.data.synthetic_video`).
 
 Clips are tiny (64x48, a dozen frames) and the network is the tiny untrained one of test_inference.
@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from mgid import cli
-from mgid.api import load_model
 from mgid.data.imageio import write_image
 from mgid.data.synthetic_video import StaticCamera, clean_frames, clip_frames, write_clip
+from mgid.data.video import FrameWriter, VideoError, open_frames
 from mgid.data.video_scenes import MovingCameraError, camera_shift, extract_scenes, sample_indices
-from mgid.derain_video import derain_frames, derain_video, median_video, temporal_median_stream
-from mgid.video import FrameWriter, VideoError, open_frames
+from mgid.derain.derainer import load_model
+from mgid.derain.video import derain_frames, derain_video, median_video, temporal_median_stream
 from tests.test_inference import tiny_weights
 
 av = pytest.importorskip("av")

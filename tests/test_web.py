@@ -1,4 +1,4 @@
-"""The try-it web page (`mgid.web`): Flask test-client tests, then the page in a real headless Chromium.
+"""The try-it web page (`mgid.derain.web`): Flask test-client tests, then the page in a real headless Chromium.
 
 The API tests use a tiny untrained network (fast; only sizes and messages are checked). The browser test
 uses the shipped weights on a 96x96 synthetic rainy photo, so "the result differs from the input where
@@ -28,12 +28,13 @@ import pytest
 import mgid
 from tests.test_inference import tiny_weights
 
-pytest.importorskip("flask", reason="mgid.web needs Flask (pip install flask)")
+pytest.importorskip("flask", reason="mgid.derain.web needs Flask (pip install flask)")
 
-from mgid import cli, web  # noqa: E402 - after the Flask check, so a missing Flask skips instead of erroring
-from mgid.api import Derainer  # noqa: E402
+from mgid import cli
 from mgid.data.photos import load_photo  # noqa: E402
 from mgid.data.synthetic_rain import add_rain  # noqa: E402
+from mgid.derain import web  # noqa: E402 - after the Flask check, so a missing Flask skips instead of erroring
+from mgid.derain.derainer import Derainer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOT = REPO / "docs" / "images" / "web_demo.png"
@@ -342,7 +343,7 @@ def test_bomb_is_413_from_the_header_with_flat_memory(tiny_derainer: mgid.Derain
     run = run_measured(f"""
 import io
 import mgid
-from mgid import web
+from mgid.derain import web
 from tests.image_bombs import png_bomb
 client = web.create_app(mgid.load_model({str(tiny_derainer.weights)!r}, device="cpu"), max_upload_mb=1).test_client()
 data = png_bomb(15000, 15000)

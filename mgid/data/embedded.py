@@ -17,7 +17,7 @@ from typing import Any, Literal, get_args
 import cv2
 import numpy as np
 
-from mgid.literals import check_literals
+from mgid.config.literals import check_literals
 
 from .pair_sampling import SPLITS, _other_frame, _PairDataset, _stable_id
 from .photos import PHOTO_GROUPS, list_photos, load_photo

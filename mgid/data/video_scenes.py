@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mgid.video import VideoError, open_frames
+from mgid.data.video import VideoError, open_frames
 
 from .imageio import write_image
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mgid import ops
-from mgid.literals import check_literals
+from mgid.config.literals import check_literals
 from mgid.losses.ssim import DATA_RANGE, SSIMConfig, ssim
 from mgid.models.mgid import MGIDOutput
 

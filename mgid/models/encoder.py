@@ -10,7 +10,7 @@ normalise a crop (a tile) with the statistics of a larger image, the encoder exp
 `Encoder.pre_norm_features` (the query before normalisation, plus the skips),
 `Encoder.norm_statistics` (the :class:`NormStats` the instance norm would use) and
 ``Encoder.forward(image, norm_stats=...)`` / `Encoder.normalise` (normalise with given statistics).
-`mgid.inference` builds tiled inference on these alone.
+`mgid.derain.tiling` builds tiled inference on these alone.
 """
 from __future__ import annotations
 

@@ -69,7 +69,7 @@ class MemoryModule(nn.Module):
         self.register_buffer("items", random_unit_items(num_items, channels, generator))
         #: Turns this process's update statistics into the new items when set:
         #: ``fn(stats, items) -> new items``. Distributed training sets it to an all-reduce across ranks
-        #: (`mgid.distributed.attach_memory_sync`); unset, the items are :func:`mgid.ops.finish_update`.
+        #: (`mgid.train.distributed.attach_memory_sync`); unset, the items are :func:`mgid.ops.finish_update`.
         self.stats_reducer: Callable[[ops.UpdateStats, torch.Tensor], torch.Tensor] | None = None
 
     def extra_repr(self) -> str:
@@ -117,7 +117,7 @@ class MemoryModule(nn.Module):
     def _store(self, stats: ops.UpdateStats, items: torch.Tensor) -> None:
         """The one place the items change: the new items from the update statistics of ``items``.
 
-        A distributed run sets ``stats_reducer`` (`mgid.distributed.all_reduce_update_stats`) so that
+        A distributed run sets ``stats_reducer`` (`mgid.train.distributed.all_reduce_update_stats`) so that
         every rank stores the update over all ranks' queries. The statistics are fp32 even for an
         fp16/bf16 query (autocast); the items stay in their own dtype (fp32).
         """

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mgid.literals import check_literals
+from mgid.config.literals import check_literals
 from mgid.models.decoder import UPSAMPLE_MODES, Decoder, UpsampleMode  # noqa: F401  (UPSAMPLE_MODES re-exported)
 from mgid.models.encoder import DOWNSAMPLE, Encoder, EncoderFeatures, NormStats
 from mgid.models.memory import MemoryModule, MemoryOutput
@@ -198,7 +198,7 @@ class MGIDNet(nn.Module):
                     norm_stats: NormStats | tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """The rain layer (B, 3, H, W) of ``padded`` (B, 3, H, W) whose H and W are already multiples of 8, memory
         read only: `forward` without its padding, cropping and checks, for a graph that pads the image itself
-        (`mgid.export`: padding inside the graph)."""
+        (`mgid.derain.onnx_export`: padding inside the graph)."""
         return self._run(padded, norm_stats, False, False)[0]
 
     def pre_norm_query(self, image: torch.Tensor) -> torch.Tensor:

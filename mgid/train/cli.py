@@ -6,8 +6,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from mgid.checkpoint import CheckpointError, checkpoint_paths, read_meta
-from mgid.config import (
+from mgid.checkpoint import TRAINING_CHECKPOINT_DIR, CheckpointError, checkpoint_paths, read_meta
+from mgid.config.fields import ConfigError, overrides_from_args
+from mgid.config.train_config import (
     NAMED_CONFIGS,
     TrainConfig,
     add_config_arguments,
@@ -16,9 +17,8 @@ from mgid.config import (
     resume_may_change,
     to_yaml,
 )
-from mgid.config_fields import ConfigError, overrides_from_args
 from mgid.train.stopping import NonFiniteLossError, TrainingInterrupted
-from mgid.train.trainer import CHECKPOINT_DIR, LAST, Trainer
+from mgid.train.trainer import LAST, Trainer
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +50,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace, log: Callable[[str], None] = print) -> TrainConfig:
     """The run's config: named config/YAML and options; with --resume, on top of the saved config.
 
-    Resuming may change the fields marked ``RESUME_MAY_CHANGE`` in `mgid.config` (run length, logging,
+    Resuming may change the fields marked ``RESUME_MAY_CHANGE`` in `mgid.config.train_config` (run length, logging,
     checkpointing, devices) silently; a different model is refused,
     other differences are listed (the run then differs from an uninterrupted one).
     """
@@ -58,7 +58,7 @@ def config_from_args(args: argparse.Namespace, log: Callable[[str], None] = prin
     cfg = resolve_config(args.config, overrides)
     if not args.resume:
         return cfg
-    meta_path = checkpoint_paths(Path(cfg.out) / CHECKPOINT_DIR, LAST)["meta"]
+    meta_path = checkpoint_paths(Path(cfg.out) / TRAINING_CHECKPOINT_DIR, LAST)["meta"]
     if not meta_path.is_file():
         raise CheckpointError(f"--resume: no checkpoint in {meta_path.parent} ({meta_path.name} missing); run without "
                               f"--resume to start, or point --out at the run")
@@ -72,7 +72,7 @@ def config_from_args(args: argparse.Namespace, log: Callable[[str], None] = prin
     if model_changes:
         raise ConfigError(f"--resume cannot change the model ({', '.join(model_changes)}); the checkpoint's "
                           f"weights would not fit. Drop those options or start a new run with another --out")
-    harmless = resume_may_change()  # the fields marked RESUME_MAY_CHANGE in mgid.config
+    harmless = resume_may_change()  # the fields marked RESUME_MAY_CHANGE in mgid.config.train_config
     notable = {k: v for k, v in changes.items() if k not in harmless}
     if notable:
         log("warning: resuming with changed settings (the run will differ from an uninterrupted one): "

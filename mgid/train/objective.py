@@ -1,15 +1,16 @@
-"""The training objective: the network on both frames of a pair and the loss, as one module.
+"""The training objective: the network on both frames of a pair and the loss, as one module, and the step.
 
 `MGIDObjective` is what the loop calls once per step and what DDP (and, for the network inside it,
 ``torch.compile``) wraps: one forward per backward, as DDP expects. Frame 1 reads the memory items P
 and updates them to P'; frame 2 reads P' and leaves P'' (carried to the next step). This is the one
 place the memory changes during training (a distributed run all-reduces the update statistics of
-`mgid.ops.memory_step` in `mgid.models.MemoryModule`, see `mgid.distributed`). Under bf16/fp16 the
-network runs in autocast and the loss in fp32.
+`mgid.ops.memory_step` in `mgid.models.MemoryModule`, see `mgid.train.distributed`). Under bf16/fp16 the
+network runs in autocast and the loss in fp32. `optimizer_step` back-propagates the total and steps the
+optimiser. One training step is ``total, terms, out1 = objective(frame1, frame2)``, the finiteness check,
+then ``optimizer_step(optimizer, total, scaler)``: what the loop runs and what the benchmarks time.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 
 import torch
@@ -17,15 +18,7 @@ from torch import nn
 
 from mgid.losses import MGIDLoss
 from mgid.models import MGIDOutput
-
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` for bf16/fp16 on ``device``'s type; a no-op for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[precision])
+from mgid.precision import autocast
 
 
 def _as_float(out: MGIDOutput) -> MGIDOutput:
@@ -49,7 +42,7 @@ class MGIDObjective(nn.Module):
 
     def forward(self, frame1: torch.Tensor, frame2: torch.Tensor,
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], MGIDOutput]:
-        with autocast_context(frame1.device, self.precision):
+        with autocast(frame1.device, self.precision):
             out1 = self.net(frame1)
             out2 = self.net(frame2)
         if self.precision != "fp32":
@@ -58,13 +51,16 @@ class MGIDObjective(nn.Module):
         return total, terms, out1
 
 
-class PairForward(nn.Module):
-    """Both frames of a step in one forward call, without the loss (kept for `train_step` and the benchmarks;
-    the loop uses `MGIDObjective`)."""
+def optimizer_step(optimizer: torch.optim.Optimizer, total: torch.Tensor,
+                   scaler: torch.amp.GradScaler | None = None) -> None:
+    """Back-propagate ``total`` and step ``optimizer`` (gradients cleared first; ``scaler``: fp16 loss scaling).
 
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, frame1: torch.Tensor, frame2: torch.Tensor) -> tuple[MGIDOutput, MGIDOutput]:
-        return self.net(frame1), self.net(frame2)
+    The second half of a training step, after the loop has checked that the loss is finite."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(total).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        total.backward()
+        optimizer.step()

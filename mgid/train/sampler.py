@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from mgid.config import OptimConfig
-from mgid.config_fields import ConfigError
+from mgid.config.fields import ConfigError
+from mgid.config.train_config import OptimConfig
 
 #: Seed stream of the batch order, kept apart from the data set's per-index streams.
 _ORDER_STREAM = 101

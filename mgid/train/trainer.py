@@ -5,16 +5,17 @@ The loop feeds batches in an order fixed by ``(seed, epoch)`` (`mgid.train.sampl
 objective (`mgid.train.objective.MGIDObjective`, DDP-wrapped under torchrun), checks the loss is
 finite every step (`mgid.train.stopping`), logs to TensorBoard (``OUT/tb``), validates on held-out
 paired sets (`mgid.train.validation`), saves ``OUT/checkpoints/last.*`` atomically
-(`mgid.train.checkpointing`, `mgid.checkpoint`), re-estimates the BatchNorm statistics on request
-(`mgid.train.recalibration`) and, at the end, writes ``OUT/samples/compare.png`` (rainy | de-rained | clean).
+(`mgid.checkpoint`), re-estimates the BatchNorm statistics on request
+(`mgid.train.bn_recalibration`) and, at the end, writes ``OUT/samples/compare.png`` (rainy | de-rained | clean).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,31 +25,41 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from mgid import distributed as mdist
 from mgid import ops
-from mgid.checkpoint import checkpoint_paths, load_checkpoint
-from mgid.config import TrainConfig, to_yaml
+from mgid.checkpoint import (
+    TRAINING_CHECKPOINT_DIR,
+    CheckpointError,
+    checkpoint_paths,
+    load_checkpoint,
+    locate_checkpoint,
+    read_meta,
+    save_checkpoint,
+    set_rng_state,
+)
+from mgid.config.fields import ConfigError
+from mgid.config.train_config import TrainConfig, to_yaml
 from mgid.data import make_dataset
 from mgid.devices import resolve_device
 from mgid.losses import MGIDLoss
 from mgid.models import MGIDNet, MGIDOutput
-from mgid.precision import CHANNELS_LAST_SETTINGS, resolve_arithmetic
-from mgid.train import step as _step
-from mgid.train.checkpointing import CHECKPOINT_DIR, LAST, CheckpointingMixin, initial_state
-from mgid.train.objective import MGIDObjective
-from mgid.train.recalibration import RECALIBRATION_EPOCH, BNRecalibrationMixin  # noqa: F401  (re-exported)
+from mgid.precision import CHANNELS_LAST_SETTINGS, autocast, resolve_arithmetic
+from mgid.train import distributed as mdist
+from mgid.train.bn_recalibration import recalibrate_batchnorm, recalibration_batches
+from mgid.train.objective import MGIDObjective, optimizer_step
 from mgid.train.sampler import EpochBatchSampler, learning_rate, seed_everything
 from mgid.train.stopping import StopRequest, TrainingInterrupted, nonfinite_error
 from mgid.train.validation import ValidationResult, build_paired_sets, validate, write_comparison
 from mgid.visualize import image_grid, tensor_rows
 
+#: Name of the checkpoint a run continues from (``OUT/checkpoints/last.*``).
+LAST = "last"
 TB_DIR = "tb"
 SAMPLES_DIR = "samples"
 COMPARE_FILE = "compare.png"
 #: JSON lines of every validation (step and the scores of each held-out set) in OUT.
 VALIDATION_LOG = "validation.jsonl"
 #: Where an --overwrite run clears the previous run's outputs (nothing else in OUT is touched).
-RUN_OUTPUTS = (CHECKPOINT_DIR, TB_DIR, SAMPLES_DIR, VALIDATION_LOG)
+RUN_OUTPUTS = (TRAINING_CHECKPOINT_DIR, TB_DIR, SAMPLES_DIR, VALIDATION_LOG)
 #: Images shown per TensorBoard grid.
 TB_GRID_ROWS = 4
 
@@ -82,11 +93,11 @@ class _Progress:
     window_images: int = 0
 
 
-class Trainer(CheckpointingMixin, BNRecalibrationMixin):
+class Trainer:
     """Sets up a run from a `TrainConfig` (fresh, or resumed from ``OUT/checkpoints/last.*``) and runs it.
 
-    Checking ``OUT``, resuming and saving are `mgid.train.checkpointing`'s; BatchNorm recalibration is
-    `mgid.train.recalibration`'s.
+    Checkpoints are written and read by `mgid.checkpoint` (``OUT/checkpoints``, `check_run_folder`); BatchNorm
+    recalibration is `mgid.train.bn_recalibration`'s.
 
     Args:
         cfg: the resolved settings.
@@ -99,8 +110,8 @@ class Trainer(CheckpointingMixin, BNRecalibrationMixin):
                  log: Callable[[str], None] = tqdm.write) -> None:
         self.cfg, self.log = cfg, log
         self.out = Path(cfg.out)
-        self.ckpt_dir = self.out / CHECKPOINT_DIR
-        self._check_out(resume, overwrite)
+        self.ckpt_dir = self.out / TRAINING_CHECKPOINT_DIR
+        check_run_folder(self.out, resume, overwrite)
         self._setup_device()
         self._build_model()
         self._build_optim()
@@ -324,10 +335,10 @@ class Trainer(CheckpointingMixin, BNRecalibrationMixin):
         lr = learning_rate(self.step, self.total_steps, cfg.optim)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        total, terms, out1 = _step.compute_loss(self.objective, frame1, frame2)
+        total, terms, out1 = self.objective(frame1, frame2)
         terms, stopped = self._agree(total, terms)
         self._check_finite(total, terms)
-        _step.optimizer_step(self.optimizer, total, self.scaler)
+        optimizer_step(self.optimizer, total, self.scaler)
         self.step += 1
         bar.update(1)
         progress.window_images += 2 * frame1.shape[0] * self.dist.world_size  # two frames per pair, all ranks
@@ -400,6 +411,107 @@ class Trainer(CheckpointingMixin, BNRecalibrationMixin):
         return TrainResult(self.step, self.step // self.steps_per_epoch, self.last_validation, checkpoint, samples,
                            seconds, history)
 
+    # ---- checkpoints (`mgid.checkpoint` reads and writes the files)
+    def _load(self, ckpt: Any) -> None:
+        meta = ckpt.meta
+        try:
+            self.net.load_state_dict(ckpt.model_state)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{ckpt.paths['model']} does not fit the configured model: {exc}") from exc
+        if ckpt.optimizer_state is None:
+            raise CheckpointError(f"{ckpt.paths['optim']} is missing: cannot resume the optimiser exactly")
+        self.optimizer.load_state_dict(ckpt.optimizer_state)
+        for group in self.optimizer.param_groups:  # the config's hyper-parameters win over the saved ones
+            group.update(betas=self.cfg.optim.betas, eps=self.cfg.optim.eps, weight_decay=self.cfg.optim.weight_decay)
+        self.step = int(meta["step"])
+        self.bn_recalibrated = meta.get("bn_recalibrated")
+        saved_spe = meta.get("steps_per_epoch")
+        if saved_spe is not None and saved_spe != self.steps_per_epoch:
+            self.log(f"warning: the checkpoint had {saved_spe} steps per epoch, the data now gives "
+                     f"{self.steps_per_epoch}: the batch order will differ from an uninterrupted run")
+        set_rng_state(meta["rng"])
+        if self.scaler is not None and meta.get("grad_scaler"):
+            self.scaler.load_state_dict(meta["grad_scaler"])
+        self._last_ckpt_step = self.step
+        self.log(f"resumed {self.ckpt_dir / LAST}.* at step {self.step} (epoch {self.step // self.steps_per_epoch})")
+
+    def save(self) -> Path | None:
+        """Write ``OUT/checkpoints/last.*`` (and a ``step_XXXXXX.*`` copy if configured); rank 0 only.
+
+        Every rank must call it (BN statistics are averaged first); ranks other than 0 return None.
+        """
+        self._sync_for_output()
+        self._last_ckpt_step = self.step
+        if not self.is_main:
+            return None
+        names = [LAST] + ([f"step_{self.step:06d}"] if self.cfg.keep_step_checkpoints else [])
+        meta = {"config": self.cfg.to_dict(), "step": self.step, "epoch": self.step // self.steps_per_epoch,
+                "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
+                "ops_path": self.ops_path, "device": str(self.device), "world_size": self.dist.world_size,
+                "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "validation": self.last_validation.to_dict() if self.last_validation else None,
+                "validation_sets": {k: v.to_dict() for k, v in self.last_validations.items()},
+                "bn_recalibrated": self.bn_recalibrated,
+                # what auto resolved to on this machine: the record of how the weights were trained (the config
+                # keeps "auto", so a rerun elsewhere chooses for its own CPU)
+                "arithmetic": dataclasses.asdict(self.arithmetic)}
+        paths = save_checkpoint(self.ckpt_dir, self.net, self.optimizer, meta, names)
+        return paths["model"]
+
+    # ---- BatchNorm recalibration of the final weights
+    def recalibration_batches(self) -> Iterator[torch.Tensor]:
+        """`recalibration_batches` of the run's training set, this rank's slice, on the run's device."""
+        cfg = self.cfg
+        for batch in recalibration_batches(self.train_set, cfg.batch_size, cfg.bn_recalibration_batches,
+                                           self.sampler.per_rank_batch, self.dist.rank):
+            yield batch.to(self.device, memory_format=self.memory_format)
+
+    def recalibrate_batchnorm(self) -> None:
+        """Re-estimate the BatchNorm running statistics for the final weights (`mgid.train.bn_recalibration`);
+        validation and the checkpoint that follow see them. Every rank calls it."""
+        used = recalibrate_batchnorm(self.net, self.recalibration_batches(),
+                                     autocast(self.device, self.precision))
+        self._sync_for_output()
+        self.bn_recalibrated = [self.step, self.cfg.bn_recalibration_batches]
+        self._last_val_step = self._last_ckpt_step = -1  # validate and save the recalibrated network
+        self.log(f"[step {self.step}] BatchNorm statistics re-estimated for the final weights over {used // 2} "
+                 f"training batches (both frames of each pair)")
+
     def close(self) -> None:
         """Leave the process group if this trainer created it (torchrun launches)."""
         self.dist.cleanup()
+
+
+def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to start over a run in ``out`` without ``overwrite``, or to resume one that is not there."""
+    ckpt_dir = out / TRAINING_CHECKPOINT_DIR
+    existing = checkpoint_paths(ckpt_dir, LAST)["meta"]
+    if resume:
+        if not existing.is_file():
+            raise CheckpointError(f"--resume: no checkpoint to continue in {ckpt_dir} ({existing.name} "
+                                  f"missing); run without --resume to start, or point --out at the run")
+        return
+    if existing.is_file() and not overwrite:
+        try:
+            step = read_meta(existing).get("step", "?")
+        except CheckpointError:
+            step = "?"
+        raise ConfigError(f"{out} already holds a run (checkpoint at step {step}); pass --resume to "
+                          f"continue it, --overwrite to start afresh there, or choose another --out")
+
+
+def initial_state(path: str | Path, model: Any) -> dict[str, torch.Tensor]:
+    """The network state (weights, BatchNorm statistics, memory items) of checkpoint file ``path`` to start a
+    run from (`TrainConfig.init_weights`), checked to be of the network ``model`` (a `ModelConfig`)."""
+    folder, name = locate_checkpoint(path)
+    ckpt = load_checkpoint(folder, name, with_optimizer=False, device="cpu")
+    saved = ckpt.meta.get("config", {}).get("model")
+    if saved is None:
+        raise CheckpointError(f"{ckpt.paths['meta']} has no config.model section; cannot check its network")
+    theirs = type(model).from_dict(saved)
+    if theirs != model:
+        changed = [f"{k}: {v!r} there, {getattr(model, k)!r} here" for k, v in dataclasses.asdict(theirs).items()
+                   if v != getattr(model, k)]
+        raise ConfigError(f"init_weights {path} holds another network (model.{'; model.'.join(changed)}); "
+                          f"set the model options to the checkpoint's or start from other weights")
+    return ckpt.model_state

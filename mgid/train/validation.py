@@ -7,15 +7,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from mgid.config import TrainConfig
+from mgid.config.train_config import TrainConfig
 from mgid.data import EmbeddedPairedSet, PairedFolder, to_uint8, write_image
 from mgid.data.heldout_sets import HELDOUT_SETS
-from mgid.evaluation import Scores, net_derain_fn, score_paired_set
+from mgid.eval.scoring import Scores, net_derain_fn, score_paired_set
 from mgid.models import MGIDNet
 from mgid.visualize import image_grid
 
 #: Mean Y-channel PSNR (dB) / SSIM over ``count`` pairs of the de-rained output and of the rainy input:
-#: the evaluations' one result type, `mgid.evaluation.Scores`.
+#: the evaluations' one result type, `mgid.eval.scoring.Scores`.
 ValidationResult = Scores
 
 
@@ -33,7 +33,7 @@ def build_paired_sets(cfg: TrainConfig) -> dict[str, Dataset]:
 
 def validate(net: MGIDNet, paired: Dataset, device: torch.device) -> ValidationResult:
     """Mean PSNR/SSIM of ``net``'s output and of the rainy input against the clean images of ``paired``
-    (`mgid.evaluation.score_paired_set`, the loop of ``mgid evaluate`` and ``mgid heldout``)."""
+    (`mgid.eval.scoring.score_paired_set`, the loop of ``mgid evaluate`` and ``mgid heldout``)."""
     return score_paired_set(paired, net_derain_fn(net, device))
 
 

@@ -1,14 +1,14 @@
-"""De-raining with onnxruntime: `OnnxDerainer`, a `mgid.api.Derainer` running a file of `mgid.export`.
+"""De-raining with onnxruntime: `OnnxDerainer`, a `mgid.derain.derainer.Derainer` running a file of `mgid.derain.onnx_export`.
 
-    >>> from mgid.onnx_backend import load_onnx_derainer
+    >>> from mgid.derain.onnx_backend import load_onnx_derainer
     >>> derainer = load_onnx_derainer("mgid.onnx", tile=512)   # by `mgid export --tiling-inputs --onnx mgid.onnx`
     >>> clean = derainer.derain(rgb)                            # HxWx3 uint8 RGB in and out, as Derainer
 
 Same interface and the same results as the PyTorch `Derainer` in fp32 (to float rounding, ~1e-6 on the
 [-1, 1] scale): `derain`, `rain_layer` and `derain_with_rain` are Derainer's own methods; only the network
 pass differs. Images of any size are padded to multiples of 8 here (the graph takes multiples of 8 only,
-see `mgid.export`) with the model's ``pad_mode`` and cropped back, as `MGIDNet.forward` does. Tiling is
-`mgid.inference.tiled_rain` itself, given two callables that run the session: the whole image's instance-norm
+see `mgid.derain.onnx_export`) with the model's ``pad_mode`` and cropped back, as `MGIDNet.forward` does. Tiling is
+`mgid.derain.tiling.tiled_rain` itself, given two callables that run the session: the whole image's instance-norm
 statistics are gathered from the graph's ``pre_norm_query`` output (from the encoder alone, a subgraph extracted
 at load time when the ``onnx`` package is installed, see `_encoder_session`) and fed back through its
 ``norm_mean``/``norm_var`` inputs, so tiled results match the torch path's tiled results, not just its untiled ones.
@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from mgid.api import Derainer, check_max_memory, check_self_ensemble, check_tile
-from mgid.export_graphs import IMAGE_FILTER, TILING
-from mgid.inference import DEFAULT_OVERLAP, TILE_AUTO, tile_geometry, tiled_rain
+from mgid.derain.derainer import Derainer, check_max_memory, check_self_ensemble, check_tile
+from mgid.derain.onnx_graphs import IMAGE_FILTER, TILING
+from mgid.derain.tiling import DEFAULT_OVERLAP, TILE_AUTO, tile_geometry, tiled_rain
 from mgid.models import DOWNSAMPLE, ModelConfig, NormStats, image_size_problem, pad_to_multiple
 from mgid.precision import Arithmetic
 
@@ -35,7 +35,7 @@ _NO_ORT = "the onnxruntime backend needs onnxruntime, which is not installed: pi
 
 
 class OnnxModelError(ValueError):
-    """The file is not an ONNX model, or not one written by `mgid.export`."""
+    """The file is not an ONNX model, or not one written by `mgid.derain.onnx_export`."""
 
 
 def import_onnxruntime() -> Any:
@@ -62,7 +62,7 @@ def _check_file(path: Path) -> None:
 
 def open_session(path: str | Path, threads: int | None = None) -> Any:
     """An ``onnxruntime.InferenceSession`` (CPU) of ONNX file ``path``, checked to be the tiling graph of
-    `mgid.export` (``--tiling-inputs``; an image filter, the default export, is refused with a message saying so).
+    `mgid.derain.onnx_export` (``--tiling-inputs``; an image filter, the default export, is refused with a message saying so).
 
     ``threads``: intra-op threads (None: onnxruntime's default, one per physical core).
     Raises FileNotFoundError, `OnnxModelError` (not ONNX / not an mgid export) or ModuleNotFoundError.
@@ -123,7 +123,7 @@ def _encoder_session(path: Path, threads: int | None) -> Any:
 
 
 class OnnxDerainer(Derainer):
-    """A `Derainer` whose network pass is an onnxruntime session of a file of `mgid.export`.
+    """A `Derainer` whose network pass is an onnxruntime session of a file of `mgid.derain.onnx_export`.
 
     Attributes:
         session: the ``onnxruntime.InferenceSession``.
@@ -199,7 +199,7 @@ class OnnxDerainer(Derainer):
     @torch.no_grad()
     def predict_rain(self, image: torch.Tensor, tile: int | None = None, overlap: int = DEFAULT_OVERLAP,
                      global_norm: bool = True) -> torch.Tensor:
-        """The rain layer R (B, 3, H, W) of ``image`` (B, 3, H, W) in [-1, 1], as `mgid.inference.predict_rain`
+        """The rain layer R (B, 3, H, W) of ``image`` (B, 3, H, W) in [-1, 1], as `mgid.derain.tiling.predict_rain`
         (same tiling rules and arguments; fp32 on the CPU), on ``image``'s device, in its dtype."""
         self._check_image(image)
         h, w = image.shape[-2:]
@@ -224,7 +224,7 @@ def load_onnx_derainer(path: str | Path, tile: int | str | None = TILE_AUTO, ove
     """An `OnnxDerainer` of ONNX file ``path`` (``mgid derain --backend onnxruntime --weights model.onnx``).
 
     ``tile``/``overlap``/``max_memory``: default tiling, checked here (as `mgid.load_model`; ``"auto"`` plans with
-    the fp32 memory measured for PyTorch, `mgid.memory_budget`). ``device`` (None, ``auto`` or
+    the fp32 memory measured for PyTorch, `mgid.derain.memory_budget`). ``device`` (None, ``auto`` or
     ``cpu``), ``precision`` (``auto`` or ``fp32``) and ``channels_last`` (None or False) are accepted so the
     command line can pass its options through; anything else raises ValueError, as onnxruntime runs fp32 on
     the CPU here. ``threads``: onnxruntime's intra-op threads (None: its default). ``self_ensemble``: the default

@@ -1,4 +1,4 @@
-"""The two graphs `mgid.export` writes, each with what its export and verification need (`GraphSpec`).
+"""The two graphs `mgid.derain.onnx_export` writes, each with what its export and verification need (`GraphSpec`).
 
 * `IMAGE_FILTER` (the default): ``image`` (N, 3, H, W) float32 in [0, 1] -> ``derained`` (N, 3, H, W) in [0, 1],
   any N, H, W with H, W >= 8 (and H*W >= 128 after padding to multiples of 8, the network's own limit). The
@@ -9,7 +9,7 @@
 * `TILING` (``mgid export --tiling-inputs``): the graph ``mgid derain --backend onnxruntime`` tiles with:
   ``image`` (B, 3, H, W) in [-1, 1], H and W multiples of 8 (the caller pads), ``norm_mean``/``norm_var``
   (B, C, 1, 1) and ``use_norm_stats`` (1,) bool (the whole image's instance-norm statistics for a tile, see
-  `mgid.export`) -> ``rain`` (B, 3, H, W) and ``pre_norm_query`` (B, C, H/8, W/8).
+  `mgid.derain.onnx_export`) -> ``rain`` (B, 3, H, W) and ``pre_norm_query`` (B, C, H/8, W/8).
 
 Sides below 8 are not in the image filter's contract: `mgid.models.pad_to_multiple` switches to replicate
 padding there (reflect needs a side longer than the pad), a size-dependent choice one graph cannot hold; the

@@ -5,7 +5,7 @@ A fixed camera's rainy footage is MGID's training data as it is: each clip becom
 one scene folder per clip under ``OUT/frames``), and the run is an ordinary training run
 (`mgid.train.Trainer`: pairs of two frames of a scene, random crops, the MGID objective and nothing else,
 progress, checkpoints, ``--resume``) that starts from the given weights (`TrainConfig.init_weights`,
-the shipped ones by default) with the recipe ``finetune`` (`mgid/configs/finetune.yaml`). The result,
+the shipped ones by default) with the recipe ``finetune`` (`mgid/config/recipes/finetune.yaml`). The result,
 ``OUT/checkpoints/last.safetensors``, is what ``mgid derain --weights`` takes.
 """
 from __future__ import annotations
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mgid.checkpoint import checkpoint_paths, locate_checkpoint, read_meta
-from mgid.config import TrainConfig
-from mgid.config_fields import ConfigError
+from mgid.config.fields import ConfigError
+from mgid.config.train_config import TrainConfig
 from mgid.models import ModelConfig
 
 #: The recipe `mgid finetune` uses unless --config names another.
@@ -45,8 +45,8 @@ def finetune_config(cfg: TrainConfig, clips: ClipOptions, log=print, extract: bo
     """``cfg`` (the resolved recipe and options) made a fine-tuning run: the clips' frames (extracted to
     ``OUT/frames`` unless already there; not at all with ``extract=False``, for --print-config) as its
     scenes and the network of ``clips.weights`` as its start."""
-    from mgid.api import resolve_weights
     from mgid.data.video_scenes import extract_scenes
+    from mgid.derain.derainer import resolve_weights
 
     weights = resolve_weights(clips.weights)
     saved = read_meta(checkpoint_paths(*locate_checkpoint(weights))["meta"]).get("config", {}).get("model")

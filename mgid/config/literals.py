@@ -2,7 +2,7 @@
 
 A config dataclass annotates a choice field with a ``Literal`` alias (``PadMode = Literal["reflect",
 "replicate"]``) and calls `check_literals` in ``__post_init__``; the tuple of allowed values other
-code needs (``PAD_MODES = get_args(PadMode)``) and `mgid.config`'s loading and ``--help`` read the
+code needs (``PAD_MODES = get_args(PadMode)``) and `mgid.config.train_config`'s loading and ``--help`` read the
 same type, so the choices live in one place.
 """
 from __future__ import annotations

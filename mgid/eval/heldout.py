@@ -4,7 +4,7 @@ For each held-out paired set (`mgid.data.heldout_sets.HELDOUT_SETS`: ``streaks``
 at the original rain density; ``perspective``, a second renderer the model never trains on;
 ``heavy``, heavy rain; ``varied``, several directions, long streaks, drizzle and near-camera streaks)
 the table holds, per method, the mean Y-channel PSNR / SSIM against the clean images (paper convention,
-`mgid.metrics`) and the mean brightness shift (mean Y of the output minus mean Y of the clean image, in
+`mgid.eval.metrics`) and the mean brightness shift (mean Y of the output minus mean Y of the clean image, in
 grey levels; a veil or tone change shows here). Methods:
 
 * ``rainy input``: the rainy image itself;
@@ -13,8 +13,8 @@ grey levels; a veil or tone change shows here). Methods:
   rain of the set's renderer (a multi-frame reference: what a static camera could do with 8 frames);
 * each model given: ``name -> function(HxWx3 uint8 RGB) -> HxWx3 uint8 RGB``.
 
-Scores come from `mgid.evaluation.score_pairs` (the loop of ``mgid evaluate`` and of training
-validation) as `mgid.evaluation.Scores`.
+Scores come from `mgid.eval.scoring.score_pairs` (the loop of ``mgid evaluate`` and of training
+validation) as `mgid.eval.scoring.Scores`.
 """
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ import numpy as np
 
 from mgid.data import EmbeddedDataConfig, EmbeddedPairedSet
 from mgid.data.heldout_sets import HELDOUT_SETS
-from mgid.derain_video import temporal_median
-from mgid.evaluation import DerainFn, Scores, score_images
+from mgid.derain.video import temporal_median
+from mgid.eval.scoring import DerainFn, Scores, score_images
 from mgid.output_paths import write_atomic
 
 RAINY, MEDIAN3, TEMPORAL = "rainy input", "median 3x3", "temporal median 8"

@@ -1,14 +1,14 @@
 """De-raining a video (a file or a folder of frames) into another, streamed: the library behind
 ``mgid derain IN.mp4 OUT.mp4``.
 
-* `derain_video` runs a `mgid.api.Derainer` frame by frame (memory read only: the network never
+* `derain_video` runs a `mgid.derain.derainer.Derainer` frame by frame (memory read only: the network never
   changes), ``batch_size`` frames per network call (a GPU is used best with several), tiling as the
-  derainer is set up. Frames are decoded, de-rained and encoded as they come (`mgid.video`), so memory
+  derainer is set up. Frames are decoded, de-rained and encoded as they come (`mgid.data.video`), so memory
   holds one batch whatever the video's length; size, frame rate, frame count and the audio track are kept.
 * `median_video` is the classical baseline for a static camera: each output frame is the per-pixel
   median of a sliding window of N frames (`temporal_median_stream`, which holds N frames at a time).
 
-Both write to a temporary name and rename at the end (`mgid.video.FrameWriter`), and return a `VideoReport`.
+Both write to a temporary name and rename at the end (`mgid.data.video.FrameWriter`), and return a `VideoReport`.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mgid.video import FrameSource, FrameWriter, VideoError, VideoInfo, is_video_file, open_frames
+from mgid.data.video import FrameSource, FrameWriter, VideoError, VideoInfo, is_video_file, open_frames
 
 #: Frames per network call by device type when the caller names no batch size.
 DEFAULT_BATCH = {"cuda": 8, "cpu": 1}

@@ -4,7 +4,7 @@ Over 400 lines because the page itself (`PAGE`, about 200 lines of HTML, CSS and
 one file to serve, nothing fetched from elsewhere.
 
     >>> import mgid
-    >>> from mgid.web import create_app, serve
+    >>> from mgid.derain.web import create_app, serve
     >>> app = create_app(mgid.load_model(device="cpu"))   # a Flask app (tests use app.test_client())
     >>> serve(port=7860)                                   # loads the shipped weights and serves until Ctrl-C
 
@@ -25,8 +25,8 @@ side by side, a before/after slider and a download link of the de-rained PNG. En
 Limits, so that anyone who can reach the page cannot knock the server over: the upload size
 (``MAX_CONTENT_LENGTH``); the pixels, read from the image's header before anything is decoded
 (`decode_image`); the memory, by automatic tiling from the measured cost of the network
-(`mgid.memory_budget`); one de-raining at a time, at most ``max_waiting`` waiting, each under a time limit
-checked between tiles (`mgid.web_jobs.JobQueue`). Uploads are read into memory (`InMemoryUploads`: werkzeug
+(`mgid.derain.memory_budget`); one de-raining at a time, at most ``max_waiting`` waiting, each under a time limit
+checked between tiles (`mgid.derain.web_jobs.JobQueue`). Uploads are read into memory (`InMemoryUploads`: werkzeug
 would spool those over 500 KB to a temporary file) and decoded there; nothing is written to disk. The server is
 werkzeug's threaded server, bound to 127.0.0.1 unless ``--host`` says otherwise: it has no authentication, so
 exposing it is a deliberate choice (``mgid web`` warns).
@@ -43,13 +43,13 @@ import cv2
 import numpy as np
 
 from mgid.data.image_header import FORMAT_NAMES, ImageTooLargeError, ImageTooSmallError, check_pixels, read_header
-from mgid.inference import TILE_AUTO
+from mgid.derain.tiling import TILE_AUTO
 
 if TYPE_CHECKING:  # Flask and werkzeug are imported where used, so `mgid --help` works without Flask
     from flask import Flask
     from werkzeug.serving import BaseWSGIServer
 
-    from mgid.api import Derainer
+    from mgid.derain.derainer import Derainer
 
 #: Where `serve` listens by default: this machine only.
 DEFAULT_HOST = "127.0.0.1"
@@ -165,7 +165,7 @@ def parse_tile(value: str | None) -> int | str:
 def plan_tile(derainer: Derainer, choice: int | str, height: int, width: int) -> int | None:
     """The tile a job runs with: a chosen size, or for `TILE_AUTO` the derainer's automatic choice (the whole
     image when it fits the memory budget) capped at `MAX_WEB_TILE`, so the time limit, checked between
-    tiles, is kept to within one tile's time. Raises `mgid.memory_budget.MemoryBudgetError` when the photo
+    tiles, is kept to within one tile's time. Raises `mgid.derain.memory_budget.MemoryBudgetError` when the photo
     does not fit the memory at all."""
     if choice != TILE_AUTO:
         return int(choice)
@@ -196,15 +196,15 @@ def create_app(derainer: Derainer, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     error, and the page refuses them before sending). ``max_pixels``: largest image, checked from its header
     before decoding. ``overlap``: tile overlap in px (None: the derainer's default). ``job_seconds``: time limit
     of one de-raining (checked between tiles; 503 past it; None: none). ``max_waiting``: photos that may wait
-    while one is de-rained; more get 503 with Retry-After (`mgid.web_jobs.JobQueue`).
+    while one is de-rained; more get 503 with Retry-After (`mgid.derain.web_jobs.JobQueue`).
     """
     from flask import Flask, Request, jsonify, request
     from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
     from werkzeug.utils import secure_filename
 
-    from mgid.memory_budget import MemoryBudgetError, is_out_of_memory
-    from mgid.time_limit import TimeLimitExceeded
-    from mgid.web_jobs import JobQueue, QueueFull
+    from mgid.derain.memory_budget import MemoryBudgetError, is_out_of_memory
+    from mgid.derain.time_limit import TimeLimitExceeded
+    from mgid.derain.web_jobs import JobQueue, QueueFull
 
     if max_upload_mb <= 0:
         raise ValueError(f"max_upload_mb must be positive, got {max_upload_mb}")
@@ -328,10 +328,10 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, weights: str | Pat
 
     ``derainer``: use this one instead of loading ``weights``. Binds ``host`` (default 127.0.0.1: this
     machine only); the page is at ``http://HOST:PORT/``. The limits as `create_app`; ``max_memory``: the memory
-    budget of automatic tiling (None: a share of what is available, `mgid.memory_budget`).
+    budget of automatic tiling (None: a share of what is available, `mgid.derain.memory_budget`).
     """
     if derainer is None:
-        from mgid.api import load_model
+        from mgid.derain.derainer import load_model
 
         derainer = load_model(weights, device, precision=precision, max_memory=max_memory)
     app = create_app(derainer, max_upload_mb=max_upload_mb, max_pixels=max_pixels, job_seconds=job_seconds,

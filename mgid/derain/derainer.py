@@ -4,7 +4,7 @@
     >>> derainer = mgid.load_model()                 # shipped weights, CUDA when available
     >>> clean = derainer.derain(rgb)                 # HxWx3 uint8 RGB in, HxWx3 uint8 RGB out
     >>> clean = derainer.derain(rgb, tile=512)       # 512x512 tiles (default "auto": tiles only when the image
-    >>>                                              # would not fit the memory, see mgid.memory_budget)
+    >>>                                              # would not fit the memory, see mgid.derain.memory_budget)
     >>> mgid.load_model(precision="fp32")            # exact fp32 (default auto: bf16 on CPUs with bf16 units)
     >>> clean = derainer.derain(rgb, self_ensemble=True)  # mean over the 8 flips/turns: 8x the time
 
@@ -31,9 +31,7 @@ from mgid.checkpoint import (
     locate_checkpoint,
 )
 from mgid.data.imageio import to_pixels, to_tensor
-from mgid.devices import resolve_device
-from mgid.inference import DEFAULT_OVERLAP, TILE_AUTO, predict_rain, resolve_precision, tile_geometry
-from mgid.memory_budget import (
+from mgid.derain.memory_budget import (
     AUTO_BUDGET_FRACTION,
     MemoryCosts,
     available_memory,
@@ -41,12 +39,14 @@ from mgid.memory_budget import (
     format_bytes,
     load_costs,
 )
+from mgid.derain.self_ensemble import dihedral_mean
+from mgid.derain.tiling import DEFAULT_OVERLAP, TILE_AUTO, predict_rain, tile_geometry
+from mgid.devices import resolve_device
 from mgid.models import DOWNSAMPLE, MGIDNet, ModelConfig
-from mgid.precision import resolve_arithmetic
-from mgid.self_ensemble import dihedral_mean
+from mgid.precision import resolve_arithmetic, resolve_precision
 
 #: Folder of the weights shipped inside the package.
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 #: The shipped weights (trained on the embedded synthetic time-lapse set), with their JSON beside.
 DEFAULT_WEIGHTS = checkpoint_paths(WEIGHTS_DIR, "mgid_embedded")["model"]
 
@@ -167,26 +167,26 @@ class Derainer:
         net: the network (eval mode; its memory is only read).
         device: where it runs.
         tile, overlap: default tiling: ``"auto"`` (`TILE_AUTO`, the default) = the whole image when it fits
-            the memory budget, else the largest tiles that do (`mgid.memory_budget.choose_tile`); ``None`` =
-            whole images; a size = tiles of that size. See `mgid.inference`.
+            the memory budget, else the largest tiles that do (`mgid.derain.memory_budget.choose_tile`); ``None`` =
+            whole images; a size = tiles of that size. See `mgid.derain.tiling`.
         max_memory: the budget of ``"auto"`` in bytes (None: `AUTO_BUDGET_FRACTION` of the memory available
             on the device when each image starts).
         weights: the file the weights came from (None when built from a network).
         precision: the arithmetic, resolved: ``fp32`` or ``bf16`` (autocast). Given as ``auto``
             (the default) it is bf16 on a CPU with native bf16 instructions, fp32 elsewhere
-            (`mgid.inference.resolve_precision`).
+            (`mgid.precision.resolve_precision`).
         channels_last: whether the network and its inputs use channels_last memory format
             (given as None, the default: on a CPU, where it measured faster at both precisions).
         arithmetic: the two above and why they were chosen (`mgid.precision.Arithmetic`).
         self_ensemble: default of the per-call option: the rain layer is the mean over the 8 flips and
-            quarter turns of the image (`mgid.self_ensemble`; 8 network passes). Off by default.
+            quarter turns of the image (`mgid.derain.self_ensemble`; 8 network passes). Off by default.
     """
 
     def __init__(self, net: MGIDNet, device: str | torch.device | None = None, tile: int | str | None = TILE_AUTO,
                  overlap: int = DEFAULT_OVERLAP, weights: Path | None = None, precision: str = "auto",
                  channels_last: bool | None = None, self_ensemble: bool = False, max_memory: int | None = None) -> None:
         self.device = resolve_device(device) if device is not None else next(net.parameters()).device
-        resolve_precision(precision, self.device)  # checks the name (inference's choices)
+        resolve_precision(precision, self.device, "inference")  # checks the name (inference's choices)
         self.arithmetic = resolve_arithmetic(precision, channels_last, self.device, "inference")
         self.precision, self.channels_last = self.arithmetic.precision, self.arithmetic.channels_last
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -206,7 +206,7 @@ class Derainer:
 
     @functools.cached_property
     def memory_costs(self) -> MemoryCosts:
-        """The measured memory of this arithmetic and network width (`mgid.memory_budget.load_costs`)."""
+        """The measured memory of this arithmetic and network width (`mgid.derain.memory_budget.load_costs`)."""
         return load_costs(self.precision, self.channels_last, self._channels())
 
     def memory_budget(self) -> float:
@@ -226,7 +226,7 @@ class Derainer:
 
     def auto_tile(self, batch: int, height: int, width: int, overlap: int | None = None) -> int | None:
         """The tile of ``tile="auto"`` for ``batch`` images of ``height`` x ``width``: None (whole) when they fit
-        the budget, else the largest fitting size; `mgid.memory_budget.MemoryBudgetError` when nothing fits."""
+        the budget, else the largest fitting size; `mgid.derain.memory_budget.MemoryBudgetError` when nothing fits."""
         hp, wp = -(-height // DOWNSAMPLE) * DOWNSAMPLE, -(-width // DOWNSAMPLE) * DOWNSAMPLE
         o = self.overlap if overlap is None else overlap
         return choose_tile(batch * hp * wp, batch, hp, wp, self.memory_budget(), self.memory_costs, o)
@@ -317,7 +317,7 @@ class Derainer:
 
 
 def check_tile(tile: int | str | None, overlap: int) -> int | str | None:
-    """``tile`` if it is `TILE_AUTO`, None or a valid tile size for ``overlap`` (`mgid.inference.tile_geometry`);
+    """``tile`` if it is `TILE_AUTO`, None or a valid tile size for ``overlap`` (`mgid.derain.tiling.tile_geometry`);
     ValueError otherwise."""
     if tile == TILE_AUTO or tile is None:
         return tile
@@ -374,7 +374,7 @@ def load_model(weights: str | Path | None = None, device: str | torch.device = "
     check_self_ensemble(self_ensemble)
     path = resolve_weights(weights)
     dev = resolve_device(device)
-    resolve_precision(precision, dev)  # a bad value fails before the weights are read
+    resolve_precision(precision, dev, "inference")  # a bad value fails before the weights are read
     net = load_network(path, dev)
     return Derainer(net, dev, tile=tile, overlap=overlap, weights=path, precision=precision,
                     channels_last=channels_last, self_ensemble=self_ensemble, max_memory=max_memory)

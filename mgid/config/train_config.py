@@ -5,20 +5,20 @@
 defaults are the paper's settings. A configuration is resolved in this order, later wins:
 
 1. the dataclass defaults (the paper),
-2. a named recipe (``paper``, ``cpu``, ``quick``: ``mgid/configs/NAME.yaml``, shipped with the package, see
+2. a named recipe (``paper``, ``cpu``, ``quick``: ``mgid/config/recipes/NAME.yaml``, shipped with the package, see
    `NAMED_CONFIGS`) or a YAML file (``--config``); either may start from a named recipe with ``base: NAME``,
 3. command-line overrides, one option per field (``--batch_size 4``, ``--model.memory_items 30``,
    ``--embedded.rain.density_range 5 20``; top-level fields also spell with dashes: ``--max-steps``).
 
 One source for each fact: a field's type, default and help are its annotation, its default and its
 docstring (an attribute docstring or a Google ``Attributes:`` entry); the allowed values of a choice are
-its ``Literal[...]`` type (`mgid.literals`), which YAML/JSON loading, the dataclass itself and ``--help``
+its ``Literal[...]`` type (`mgid.config.literals`), which YAML/JSON loading, the dataclass itself and ``--help``
 all read.
 
 Libraries and what stays by hand
 --------------------------------
 The general dataclass <-> dict <-> argparse layer (`build_dataclass`, `merge`, `add_config_arguments`,
-`overrides_from_args`, field help) lives in `mgid.config_fields` and is re-exported here.
+`overrides_from_args`, field help) lives in `mgid.config.fields` and is re-exported here.
 Field help comes from `docstring_parser` (the docstring reader tyro, jsonargparse and simple-parsing use).
 The command-line layer stays by hand (`add_config_arguments`, `overrides_from_args`, ~80 lines): the
 parsers belong to ``mgid.train`` and ``mgid.cli`` (plain `argparse` parsers with options of their own)
@@ -46,8 +46,8 @@ from typing import Any, Literal, get_args
 
 import yaml
 
-from mgid import config_fields as _fields
-from mgid.config_fields import (
+from mgid.config import fields as _fields
+from mgid.config.fields import (
     ConfigError,
     OptionSpec,
     _hints,
@@ -55,9 +55,9 @@ from mgid.config_fields import (
     build_dataclass,
     merge,
 )
+from mgid.config.literals import check_literals
 from mgid.data import EmbeddedDataConfig
 from mgid.data.folders import Layout
-from mgid.literals import check_literals
 from mgid.losses import LossWeights
 from mgid.models import ModelConfig
 from mgid.ops._dispatch import OpsMode
@@ -179,7 +179,7 @@ class TrainConfig:
     """Paired images used for validation; unset = all (embedded: embedded.paired_count)."""
     bn_recalibration_batches: int = field(default=0, metadata=RESUME_MAY_CHANGE)
     """After the last step, re-estimate the BatchNorm running statistics of the final weights as a plain
-    average over this many training batches (weights and memory items unchanged; `mgid.bn_recalibration`):
+    average over this many training batches (weights and memory items unchanged; `mgid.train.bn_recalibration`):
     the running averages lag behind the final weights. 0 = keep them as trained."""
     sample_rows: int = field(default=4, metadata=RESUME_MAY_CHANGE)
     """Rows (rainy | de-rained | clean) of OUT/samples/compare.png written at the end."""
@@ -245,10 +245,10 @@ def resume_may_change(cls: type | None = None, prefix: str = "") -> frozenset[st
 
 
 # --------------------------------------------------------------------------------------------------
-# named recipes (mgid/configs/*.yaml) and YAML files
+# named recipes (mgid/config/recipes/*.yaml) and YAML files
 
 #: The folder of the named recipes, shipped inside the package.
-RECIPE_DIR = resources.files("mgid") / "configs"
+RECIPE_DIR = resources.files("mgid.config") / "recipes"
 
 
 def _parse_yaml(text: str, where: Any) -> dict[str, Any]:
@@ -286,11 +286,11 @@ def _recipe_names() -> tuple[str, ...]:
 
 def _recipe(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     res = RECIPE_DIR / f"{name}.yaml"
-    return _expand_base(_parse_yaml(res.read_text(encoding="utf-8"), f"mgid/configs/{name}.yaml"),
-                        f"mgid/configs/{name}.yaml", seen or (name,))
+    return _expand_base(_parse_yaml(res.read_text(encoding="utf-8"), f"mgid/config/recipes/{name}.yaml"),
+                        f"mgid/config/recipes/{name}.yaml", seen or (name,))
 
 
-#: Each named recipe (``mgid/configs/NAME.yaml``, ``base:`` expanded): overrides applied on top of
+#: Each named recipe (``mgid/config/recipes/NAME.yaml``, ``base:`` expanded): overrides applied on top of
 #: `TrainConfig`'s defaults. ``paper`` is the defaults themselves (and its own output folder).
 NAMED_CONFIGS: dict[str, dict[str, Any]] = {name: _recipe(name) for name in _recipe_names()}
 
@@ -352,7 +352,7 @@ def diff(a: TrainConfig, b: TrainConfig) -> dict[str, tuple[Any, Any]]:
 
 
 # --------------------------------------------------------------------------------------------------
-# command-line options generated from the fields (`mgid.config_fields`), with TrainConfig's defaults
+# command-line options generated from the fields (`mgid.config.fields`), with TrainConfig's defaults
 
 #: Metavars of path fields in --help.
 METAVARS: dict[str, str] = {"data": "DIR", "val_data": "DIR", "out": "DIR"}
@@ -360,5 +360,5 @@ METAVARS: dict[str, str] = {"data": "DIR", "val_data": "DIR", "out": "DIR"}
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig, defaults: Any = None,
                          prefix: str = "") -> list[OptionSpec]:
-    """`mgid.config_fields.add_config_arguments` for ``cls`` (default `TrainConfig`), path fields shown as DIR."""
+    """`mgid.config.fields.add_config_arguments` for ``cls`` (default `TrainConfig`), path fields shown as DIR."""
     return _fields.add_config_arguments(parser, cls, defaults, prefix, METAVARS)

@@ -6,17 +6,37 @@ network then normalises differently at test time (eval mode) than it learned to.
 them with the final weights, as a plain average over a number of training batches, removes that
 lag (measured on the shipped CPU run at step 1,250: +0.75 dB held-out PSNR on every held-out set).
 Weights and memory items do not change: the forward passes read the memory without updating it,
-and nothing is back-propagated. Uses training data only.
+and nothing is back-propagated. Uses training data only: `recalibration_batches` draws them from an
+epoch of the training set that training never reaches, so they are the same whenever it runs.
 """
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
 from mgid.models import MGIDNet
+
+#: Epoch of the training data that BatchNorm recalibration draws its batches from (never trained on).
+RECALIBRATION_EPOCH = 1_000_000
+
+
+def recalibration_batches(train_set: Any, batch_size: int, count: int, per_rank: int | None = None,
+                          rank: int = 0) -> Iterator[torch.Tensor]:
+    """``count`` batches of ``train_set``'s frames, frame 1 then frame 2 of each pair, (per_rank, 3, H, W) on
+    the CPU: rank ``rank``'s slice of ``per_rank`` pairs (default the whole ``batch_size``) of each global batch,
+    from an epoch of their own (`RECALIBRATION_EPOCH`), so the same batches whenever it runs."""
+    per = batch_size if per_rank is None else per_rank
+    train_set.set_epoch(RECALIBRATION_EPOCH)
+    n = len(train_set)
+    for b in range(count):
+        first = b * batch_size + rank * per
+        items = [train_set[(first + i) % n] for i in range(per)]
+        for key in ("frame1", "frame2"):
+            yield torch.stack([it[key] for it in items])
 
 
 def batchnorm_layers(net: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:

@@ -12,7 +12,7 @@ output; MGID's 3x3 convolutions, bottom/right padding and tile grid are not, so 
 averages out part of the network's errors, at 8 network passes per image.
 
 Sizes: an odd number of quarter turns swaps H and W, so ``f`` must take any (H, W); the padding to
-multiples of 8 and the tiling happen inside ``f`` (`mgid.inference.predict_rain`), in each turned
+multiples of 8 and the tiling happen inside ``f`` (`mgid.derain.tiling.predict_rain`), in each turned
 image's own frame, so any H, W (odd, not multiples of 8, non-square) work, and the ensemble composes
 with tiling by wrapping the whole tiled prediction.
 """

@@ -1,4 +1,4 @@
-"""The web page's jobs: one de-raining at a time, a bounded queue, a time limit per job (`mgid.web`).
+"""The web page's jobs: one de-raining at a time, a bounded queue, a time limit per job (`mgid.derain.web`).
 
 `JobQueue` is what keeps a page that anyone on the network may use from being knocked over:
 
@@ -6,7 +6,7 @@
   request that finds every slot taken is refused at once with `QueueFull`, whose ``retry_after`` (seconds)
   estimates when a slot frees (the mean of the recent jobs' times the jobs ahead), for HTTP 503 + Retry-After;
 * `JobQueue.run` waits for the network (a lock: one job at a time, as two would only compete for the same
-  cores or GPU memory), then runs the job under `mgid.time_limit.time_limit` (checked between tiles), and
+  cores or GPU memory), then runs the job under `mgid.derain.time_limit.time_limit` (checked between tiles), and
   returns its result with the seconds it waited and the seconds it ran, apart.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
-from mgid.time_limit import time_limit
+from mgid.derain.time_limit import time_limit
 
 T = TypeVar("T")
 #: Recent job durations kept for the Retry-After estimate.
@@ -87,7 +87,7 @@ class JobQueue:
 
     def run(self, job: Callable[[], T]) -> tuple[T, JobTiming]:
         """Wait for the network, run ``job`` under the time limit; (its result, how long it waited and ran).
-        Raises what ``job`` raises, `mgid.time_limit.TimeLimitExceeded` among them."""
+        Raises what ``job`` raises, `mgid.derain.time_limit.TimeLimitExceeded` among them."""
         arrived = time.perf_counter()
         with self._network:
             start = time.perf_counter()

@@ -136,17 +136,6 @@ def all_reduce_update_stats(stats: ops.UpdateStats, items: torch.Tensor,
         return F.normalize(items.detach().to(total.dtype) + total, dim=1, eps=NORM_EPS).to(items.dtype)
 
 
-def all_reduce_memory_update(query: torch.Tensor, items: torch.Tensor, max_over_assigned: bool = False,
-                             group: dist.ProcessGroup | None = None) -> torch.Tensor:
-    """The MNAD update of ``items`` (M, C) by the queries of ALL ranks; every rank gets the same result.
-
-    :func:`all_reduce_update_stats` of this rank's :func:`mgid.ops.memory_update_stats`.
-    """
-    with torch.no_grad():
-        stats = ops.UpdateStats(*ops.memory_update_stats(query, items, max_over_assigned))
-        return all_reduce_update_stats(stats, items, group)
-
-
 # torch.compile: the collectives run eagerly (one graph break per memory update under DDP only).
 _distributed_stats_reducer = torch._dynamo.disable(all_reduce_update_stats)
 
@@ -158,16 +147,6 @@ def attach_memory_sync(net: nn.Module, ctx: DistContext) -> None:
     for module in net.modules():
         if isinstance(module, MemoryModule):
             module.stats_reducer = _distributed_stats_reducer if ctx.enabled else None
-
-
-@torch.no_grad()
-def broadcast_memory(net: nn.Module, src: int = 0) -> None:
-    """Copy rank ``src``'s memory items to every rank (used once at start-up)."""
-    from mgid.models.memory import MemoryModule
-
-    for module in net.modules():
-        if isinstance(module, MemoryModule):
-            dist.broadcast(module.items, src)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Inference on images of any size: whole, or in overlapping tiles blended smoothly.
 
 `predict_rain` returns the rain layer R (B, 3, H, W) of an image (B, 3, H, W) in [-1, 1]; the
-de-rained image is ``image - R`` (`mgid.api.Derainer.derain`). With ``tile=None``, or when the image fits in one
+de-rained image is ``image - R`` (`mgid.derain.derainer.Derainer.derain`). With ``tile=None``, or when the image fits in one
 tile, the network runs once on the whole image (padded to multiples of 8 by the model).
 
 Tiled inference keeps memory bounded by the tile size (a 4000x3000 photo with ``tile=512`` needs
@@ -30,12 +30,12 @@ pass normalises every tile with those (``net(tile, norm_stats=(mean, var))``, ea
 Only that public API of the network is used: no hooks, no module swapping, no submodule names. The result then differs from untiled inference only by the convolutions' border effects.
 ``global_norm=False`` normalises each tile by itself (one pass; the disagreement is larger).
 The tiling itself (`tiled_rain`) reaches the network only through two callables (run a tile, the pre-norm
-query of a tile), so another runtime of the same network (`mgid.onnx_backend`) tiles identically.
+query of a tile), so another runtime of the same network (`mgid.derain.onnx_backend`) tiles identically.
 
 Arithmetic (``precision``, ``channels_last``): ``fp32``, or ``bf16`` = the network under
 ``torch.autocast`` (bfloat16 convolutions, fp32 weights and memory items; the rain layer is returned
 in the input's dtype; tiles are blended in fp32), with the input in channels_last memory format when
-``channels_last`` is set. ``auto`` (`resolve_precision`) = bf16 on a CPU with native bf16 instructions
+``channels_last`` is set. ``auto`` (`mgid.precision.resolve_precision`) = bf16 on a CPU with native bf16 instructions
 (AVX512-BF16 or AMX, the detection training uses), fp32 elsewhere; channels_last on every CPU (1.4x in fp32
 on AVX2, 4-5x with bf16 on AVX512-BF16/AMX): measured by ``benchmarks/bench_derain.py`` on both kinds.
 """
@@ -43,47 +43,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from contextlib import nullcontext
 
 import torch
 
-from mgid import precision as _precision
+from mgid.derain.time_limit import check_time_limit
 from mgid.models import DOWNSAMPLE, MGIDNet, pad_to_multiple
 from mgid.models.encoder import NormStats
-from mgid.time_limit import check_time_limit
+from mgid.precision import autocast, resolve_channels_last, resolve_precision
 
 #: Default overlap (pixels) between neighbouring tiles.
 DEFAULT_OVERLAP = 64
-#: The tile setting that picks whole images or tiles from a memory budget (`mgid.api.Derainer`,
-#: `mgid.memory_budget.choose_tile`).
+#: The tile setting that picks whole images or tiles from a memory budget (`mgid.derain.derainer.Derainer`,
+#: `mgid.derain.memory_budget.choose_tile`).
 TILE_AUTO = "auto"
 #: Smallest tile side accepted (two query pixels per side).
 MIN_TILE = 2 * DOWNSAMPLE
-#: Inference arithmetic: auto = bf16 autocast on a CPU with native bf16 instructions, else fp32.
-PRECISIONS = ("auto", "fp32", "bf16")
 #: Rows normalised at a time at the end of tiled inference (bounds its temporary to this many rows).
 _ROWS_PER_CHUNK = 256
-
-
-def resolve_precision(precision: str, device: str | torch.device) -> str:
-    """Inference's precision: one of :data:`PRECISIONS`; ``auto`` as `mgid.precision.resolve_precision`."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    return _precision.resolve_precision(precision, device)
-
-
-def resolve_channels_last(channels_last: bool | None, precision: str, device: str | torch.device) -> bool:
-    """Unset (None) -> channels_last on a CPU (faster for inference in fp32 and bf16); else as given."""
-    return _precision.resolve_channels_last(channels_last, resolve_precision(precision, device), device, "inference")
-
-
-def _arithmetic(precision: str, device: torch.device):
-    """The autocast context of a resolved ``precision`` (fp32: none)."""
-    if precision == "fp32":
-        return nullcontext()
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    raise ValueError(f"precision must be fp32 or bf16 here (resolve auto first), got {precision!r}")
 
 
 def _check_image(image: torch.Tensor) -> None:
@@ -191,19 +167,19 @@ def predict_rain(net: MGIDNet, image: torch.Tensor, tile: int | None = None, ove
     blended as the module doc describes. Tiles run on the network's device; the result is on
     ``image``'s device, in its dtype. The network's train/eval mode is restored afterwards.
     ``precision`` (fp32, bf16 autocast or auto) and ``channels_last`` (None: auto) as the module doc
-    says; the network's own memory format is left as it is (`mgid.api.Derainer` converts it once).
+    says; the network's own memory format is left as it is (`mgid.derain.derainer.Derainer` converts it once).
     """
     _check_image(image)
     was_training = net.training
     net.eval()
     try:
         device = next(net.parameters()).device
-        precision = resolve_precision(precision, device)
+        precision = resolve_precision(precision, device, "inference")
         if channels_last is None:
-            channels_last = resolve_channels_last(None, precision, device)
+            channels_last = resolve_channels_last(None, precision, device, "inference")
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         h, w = image.shape[-2:]
-        with _arithmetic(precision, device):
+        with autocast(device, precision):
             if tile is not None and (h > tile or w > tile):
                 tile, overlap = tile_geometry(tile, overlap)
                 padded = pad_to_multiple(image, DOWNSAMPLE, net.config.pad_mode)
@@ -224,7 +200,7 @@ def tiled_rain(padded: torch.Tensor, tile: int, overlap: int, run_tile: TileFn,
     ``tile``/``overlap`` as `tile_geometry` returns them. With ``pre_norm_query`` (global normalisation) a first
     pass gathers the whole image's instance-norm statistics from it and every tile is run with them; without
     it, ``run_tile(crop, None)`` normalises each tile by itself. The network is reached only through the two
-    callables, so other runtimes (`mgid.onnx_backend`) tile exactly as `predict_rain` does.
+    callables, so other runtimes (`mgid.derain.onnx_backend`) tile exactly as `predict_rain` does.
     """
     b, c, h, w = padded.shape
     ys, xs, th, tw = _grid(h, w, tile, overlap)
@@ -234,7 +210,7 @@ def tiled_rain(padded: torch.Tensor, tile: int, overlap: int, run_tile: TileFn,
     stats = _global_query_stats(pre_norm_query, padded, tile, overlap) if pre_norm_query is not None else None
     for y, wy in zip(ys, wys):
         for x, wx in zip(xs, wxs):
-            check_time_limit()  # a time limit set around the call (mgid.time_limit) is kept between tiles
+            check_time_limit()  # a time limit set around the call (mgid.derain.time_limit) is kept between tiles
             rain = run_tile(padded[..., y:y + th, x:x + tw], stats)
             acc[..., y:y + th, x:x + tw] += rain.to(padded.device, torch.float32) * (wy[:, None] * wx[None, :])
     # The summed windows, a band of rows at a time (each band adds the tiles' windows in the tiles' order, so

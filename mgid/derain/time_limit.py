@@ -1,7 +1,7 @@
 """A time limit on one de-raining, checked between tiles: ``with time_limit(120): derainer.derain(rgb)``.
 
 The network cannot be stopped in the middle of a pass, so the limit is cooperative: tiled inference
-(`mgid.inference.tiled_rain`, both its statistics pass and its blending pass) calls `check_time_limit` before
+(`mgid.derain.tiling.tiled_rain`, both its statistics pass and its blending pass) calls `check_time_limit` before
 each tile, which raises `TimeLimitExceeded` once the limit has passed. A caller that wants the limit kept to
 within a tile's time bounds the tile size (``mgid web`` does). The limit lives in a context variable, so each
 thread (each request of a threaded server) has its own and code that sets none pays one lookup per tile.

@@ -2,20 +2,20 @@
 
 `score_pairs` is the loop every evaluation runs: for each (rainy, clean) pair it de-rains the rainy
 image with a given function (or scores it as it is), scores the output against the clean image
-(PSNR/SSIM, `mgid.metrics`), optionally the rainy input too and the brightness shift, and returns
+(PSNR/SSIM, `mgid.eval.metrics`), optionally the rainy input too and the brightness shift, and returns
 one `ImageScore` per pair; `Scores` holds their means. Callers:
 
 * `evaluate_folders` (``mgid evaluate --pred DIR --gt DIR``): predictions already on disk. Files
   are paired by `mgid.data.find_pairs`: same stem first, then the ``rain``/``norain`` key, so a
   prediction that kept the rainy name (``rain-12.png``) pairs with ``norain-12.png``.
 * `evaluate_model` (``mgid evaluate --data DIR``): a paired set (``rain/`` + ``norain/``, or
-  ``input/`` + ``target/``) is de-rained by a `mgid.api.Derainer`, then scored; the rainy input is
+  ``input/`` + ``target/``) is de-rained by a `mgid.derain.derainer.Derainer`, then scored; the rainy input is
   scored too, so the report shows what de-raining gained.
 * `score_paired_set`: an in-memory paired set (`mgid.data.EmbeddedPairedSet`, `mgid.data.PairedFolder`),
   the validation during training (`mgid.train.validation.validate`).
-* `mgid.heldout.evaluate_heldout` (``mgid heldout``): the held-out sets, baselines and models.
+* `mgid.eval.heldout.evaluate_heldout` (``mgid heldout``): the held-out sets, baselines and models.
 
-Metrics follow `mgid.metrics` (Y channel of BT.601 by default, ``channel="rgb"`` for RGB).
+Metrics follow `mgid.eval.metrics` (Y channel of BT.601 by default, ``channel="rgb"`` for RGB).
 Files without a partner are listed in the report; pairs that cannot be read (or differ in size)
 are skipped and listed with the reason.
 """
@@ -35,7 +35,7 @@ import torch
 
 from mgid.data import find_pairs, read_image, to_tensor, to_uint8, write_image
 from mgid.data.paired import PAIRED_LAYOUTS, detect_paired_layout
-from mgid.metrics import SSIM_MIN_SIDE, Channel, rgb_to_y, score
+from mgid.eval.metrics import SSIM_MIN_SIDE, Channel, rgb_to_y, score
 from mgid.output_paths import OutputPathError, check_output_file, folder_problem, write_atomic
 
 CSV_NAME = "metrics.csv"
@@ -344,7 +344,7 @@ def evaluate_model(derainer: Any, data_dir: str | Path, channel: Channel = "y", 
                    max_pixels: int | None = None) -> EvaluationReport:
     """De-rain the rainy images of the paired set ``data_dir`` and score them (and the rainy inputs).
 
-    ``derainer``: a `mgid.api.Derainer` (its default tiling and self-ensemble apply); ``derain`` overrides
+    ``derainer``: a `mgid.derain.derainer.Derainer` (its default tiling and self-ensemble apply); ``derain`` overrides
     how an HxWx3 uint8 image is de-rained. ``save_dir``: also write each de-rained image there under the
     rainy file's name. ``brightness``: also measure the brightness shift (in the summary). ``limit``: score
     only the first ``limit`` pairs (in `find_pairs`' order, by name). ``max_pixels``: a pair with an image

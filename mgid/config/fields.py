@@ -1,4 +1,4 @@
-"""Typed dataclasses <-> nested dicts <-> command-line options: the general layer under `mgid.config`.
+"""Typed dataclasses <-> nested dicts <-> command-line options: the general layer under `mgid.config.train_config`.
 
 Nothing here knows mgid's settings. `build_dataclass` builds a (nested) dataclass from a partial nested
 mapping, checking each value against the field's annotation (``Literal`` choices, ``X | None``, tuples,
@@ -6,7 +6,7 @@ nested dataclasses) and raising `ConfigError` naming the dotted field; `merge` l
 `add_config_arguments` adds one ``argparse`` option per leaf field (help from the field's docstring via
 `docstring_parser`, default shown, choices from ``Literal``), and `overrides_from_args` returns only the
 options actually given, as a nested dict. Why this stays by hand rather than tyro / jsonargparse /
-simple-parsing / OmegaConf: see the `mgid.config` module docstring.
+simple-parsing / OmegaConf: see the `mgid.config.train_config` module docstring.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from typing import Any
 
 import docstring_parser
 
-from mgid.literals import check_choice, literal_values
+from mgid.config.literals import check_choice, literal_values
 
 #: Prefix of the argparse ``dest`` of generated options, so they never clash with other options.
 DEST_PREFIX = "cfg:"

@@ -5,19 +5,19 @@ as one ONNX graph that runs with no mgid code: the custom memory op is exported 
 reference decomposition (the export runs under `mgid.ops.use_reference`, so the fused kernels never enter the
 trace), leaving only standard ``ai.onnx`` operators (Conv, MatMul, Softmax, ...); the export checks that.
 
-Two graphs (`mgid.export_graphs`), B/N, H, W dynamic, C the network width:
+Two graphs (`mgid.derain.onnx_graphs`), B/N, H, W dynamic, C the network width:
 
-* the default, an **image filter** (`mgid.export_graphs.IMAGE_FILTER`): ``image`` (N, 3, H, W) float32 in
+* the default, an **image filter** (`mgid.derain.onnx_graphs.IMAGE_FILTER`): ``image`` (N, 3, H, W) float32 in
   [0, 1] -> ``derained`` (N, 3, H, W) in [0, 1], any H, W >= 8, the padding to multiples of 8 inside the graph:
   what a deployer feeds as is;
-* with ``tiling_inputs`` (``mgid export --tiling-inputs``, `mgid.export_graphs.TILING`), the graph
-  `mgid.onnx_backend` tiles with: ``image`` (B, 3, H, W) float32 in [-1, 1], **H and W multiples of 8**;
+* with ``tiling_inputs`` (``mgid export --tiling-inputs``, `mgid.derain.onnx_graphs.TILING`), the graph
+  `mgid.derain.onnx_backend` tiles with: ``image`` (B, 3, H, W) float32 in [-1, 1], **H and W multiples of 8**;
   ``norm_mean``, ``norm_var`` (B, C, 1, 1) float32 and ``use_norm_stats`` (1,) bool: when true the encoder's
   instance norm uses these statistics (those of a whole image a tile is cut from, as
   ``MGIDNet.forward(norm_stats=...)``), when false the query's own (the statistics inputs are then ignored,
   feed zeros) -> ``rain`` (B, 3, H, W), the rain layer R (the background is ``image - rain``; tiled inference
   blends R), and ``pre_norm_query`` (B, C, H/8, W/8), from which tiled inference gathers the whole image's
-  statistics (`mgid.onnx_backend` runs the extracted subgraph image -> pre_norm_query for it).
+  statistics (`mgid.derain.onnx_backend` runs the extracted subgraph image -> pre_norm_query for it).
 
 Padding: `MGIDNet.forward` pads H and W to multiples of 8 with `mgid.models.pad_to_multiple`, whose choice
 (none / reflect / replicate when the image is too small to reflect) depends on the size. Under the dynamo
@@ -25,7 +25,7 @@ exporter such a branch would specialise to the example's size. The image filter 
 the input's shape (``Pad`` with dynamic pads; sides < 8, where the model would replicate, are outside its
 contract and said so in its metadata) and calls `MGIDNet.padded_rain`; the tiling graph declares H and W as
 multiples of 8 (``8 * Dim``), so the model's padding is provably a no-op, and its caller pads
-(`mgid.onnx_backend.OnnxDerainer` pads with the model's ``pad_mode`` and crops back, as the torch path does).
+(`mgid.derain.onnx_backend.OnnxDerainer` pads with the model's ``pad_mode`` and crops back, as the torch path does).
 
 Exporter: ``torch.onnx.export(dynamo=True)`` (torch.export + onnxscript; needs ``onnxscript``), which was
 measured to work for this network (torch 2.14, onnxscript 0.7: the exported graph has the encoder once, its
@@ -58,7 +58,7 @@ from torch import nn
 
 from mgid import __version__
 from mgid import ops as mgid_ops
-from mgid.export_graphs import IMAGE_FILTER, TILING, GraphSpec
+from mgid.derain.onnx_graphs import IMAGE_FILTER, TILING, GraphSpec
 from mgid.models import MGIDNet
 from mgid.output_paths import check_output_file, write_atomic
 
@@ -78,7 +78,7 @@ _NEED_ONNX = "ONNX export needs the onnx package{extra}: pip install onnx onnxsc
 class ExportResult:
     """What `export_onnx` wrote.
 
-    path: the ONNX file. kind: ``image_filter`` or ``tiling`` (`mgid.export_graphs`). exporter: ``dynamo`` or
+    path: the ONNX file. kind: ``image_filter`` or ``tiling`` (`mgid.derain.onnx_graphs`). exporter: ``dynamo`` or
     ``torchscript``. opset: the ai.onnx opset of the file.
     bytes: its size. weights, weights_sha256: the source checkpoint (None when a network was passed
     without them). max_abs_error: largest |onnxruntime - PyTorch reference| on the verification input
@@ -133,7 +133,7 @@ def _resolve_net(net_or_weights: MGIDNet | str | Path | None) -> tuple[MGIDNet, 
         net = copy.deepcopy(net_or_weights)
         path, sha = None, None
     elif net_or_weights is None or isinstance(net_or_weights, (str, Path)):
-        from mgid.api import load_network, resolve_weights
+        from mgid.derain.derainer import load_network, resolve_weights
 
         path = resolve_weights(net_or_weights)
         sha = file_sha256(path)
@@ -220,13 +220,13 @@ def export_onnx(net_or_weights: MGIDNet | str | Path | None, path: str | Path, o
 
     Args:
         net_or_weights: an `MGIDNet` (exported from a CPU fp32 copy; the original is left as it is), a
-            checkpoint (``NAME.safetensors`` / ``NAME.json`` / a training folder, as `mgid.api.resolve_weights`
+            checkpoint (``NAME.safetensors`` / ``NAME.json`` / a training folder, as `mgid.derain.derainer.resolve_weights`
             takes) or None for the shipped weights.
         path: the ``.onnx`` file to write (its folder is created), checked before any work
             (`mgid.output_paths.check_output_file`: suffix ``.onnx``, writable, not a folder); written atomically.
         overwrite: replace an existing file (otherwise `OutputPathError`, before any work).
-        tiling_inputs: write the tiling graph of `mgid.onnx_backend` (`mgid.export_graphs.TILING`) instead of
-            the default image filter (`mgid.export_graphs.IMAGE_FILTER`).
+        tiling_inputs: write the tiling graph of `mgid.derain.onnx_backend` (`mgid.derain.onnx_graphs.TILING`) instead of
+            the default image filter (`mgid.derain.onnx_graphs.IMAGE_FILTER`).
         opset: the ai.onnx opset (None: the exporter's default; the dynamo exporter needs >= 18 and falls back
             to TorchScript below that).
         exporter: ``auto`` (dynamo, falling back to TorchScript with a warning), ``dynamo`` or ``torchscript``.

@@ -70,13 +70,6 @@ def ssim(a: np.ndarray, b: np.ndarray, channel: Channel = "y") -> float:
                                        data_range=PEAK, channel_axis=2 if pa.ndim == 3 else None))
 
 
-def psnr_from_mse(mse: float, peak: float = PEAK) -> float:
-    """``10 log10(peak^2 / mse)`` in dB; ``inf`` for ``mse == 0``."""
-    if mse < 0:
-        raise ValueError(f"MSE must be >= 0, got {mse}")
-    return math.inf if mse == 0 else 10.0 * math.log10(peak * peak / mse)
-
-
 def score(a: np.ndarray, b: np.ndarray, channel: Channel = "y") -> tuple[float, float]:
     """(PSNR, SSIM) of prediction ``a`` against reference ``b`` (both HxWx3 uint8 RGB)."""
     return psnr(a, b, channel), ssim(a, b, channel)

@@ -14,7 +14,7 @@
 #        still-warm machine (the in-place build and the wheels in /tmp stay), e.g. a sanitizer that ran out of
 #        time: `MEMCHECK_TIMEOUT=200 RACECHECK_TIMEOUT=200 bash benchmarks/gpu_check.sh memcheck racecheck`.
 #     Limits sum to 440 s before the suite; the suite gets what is left of the 470 s (typically 2-4 minutes).
-#     Here, without a GPU:  bash benchmarks/gpu_check.sh --dry-run   (tests/test_gpu_check.py runs it)
+#     Here, without a GPU:  bash benchmarks/gpu_check.sh --dry-run   (tests/benchmarks/test_gpu_check.py runs it)
 #
 # Usage: gpu_check.sh [--dry-run] [STAGE ...]     (no STAGE: all; the others are listed as not selected)
 # Stages, in order, each under `timeout` with its own limit (seconds), clamped to what is left of the budget:
@@ -31,10 +31,10 @@
 #                     fused vs reference ops x fp32 vs bf16 autocast, 3 warm-up + 10 timed steps each; the program
 #                     is below (TRAIN_BENCH_PY; benchmarks/bench_train.py times the CPU only). TRAIN_ARGS appended.
 #   memcheck    (40)  compute-sanitizer --tool memcheck (PYTORCH_NO_CUDA_MEMORY_CACHING=1) and
-#   racecheck   (40)  --tool racecheck, each on a few small CUDA tests: pytest -m cuda tests/test_ops_fused.py tests/test_memory_step.py
+#   racecheck   (40)  --tool racecheck, each on a few small CUDA tests: pytest -m cuda tests/ops/test_ops_fused.py tests/ops/test_memory_step.py
 #                     -k "$SANITIZER_K" (read/update/losses/bsw against the reference).
 #   suite    (rest)   the whole suite, pytest -q (-n $SUITE_WORKERS with pytest-xdist, default 8), but
-#                     tests/test_gpu_check.py; skipped with a note when less than SUITE_MIN_S (40) is left.
+#                     tests/benchmarks/test_gpu_check.py; skipped with a note when less than SUITE_MIN_S (40) is left.
 # A failing stage does not stop the later ones; the exit code is 1 when any stage FAILED, else 0.
 #
 # --dry-run (here, CPU only; the GPU is hidden with CUDA_VISIBLE_DEVICES= even where one exists): the same
@@ -725,7 +725,7 @@ for STAGE in "${ALL_STAGES[@]}"; do
         # access that would land in another cached block is reported.
         [[ "$STAGE" == memcheck ]] && extra=(env PYTORCH_NO_CUDA_MEMORY_CACHING=1)
         run_stage "$STAGE" "${extra[@]}" "$SAN" --tool "$STAGE" --error-exitcode 99 --print-limit 100 \
-            "$PY" -m pytest -m cuda tests/test_ops_fused.py tests/test_memory_step.py -k "$SANITIZER_K" -q -x -p no:cacheprovider
+            "$PY" -m pytest -m cuda tests/ops/test_ops_fused.py tests/ops/test_memory_step.py -k "$SANITIZER_K" -q -x -p no:cacheprovider
         ;;
     suite)
         if [[ $DRY_RUN -eq 1 ]]; then
@@ -742,9 +742,9 @@ for STAGE in "${ALL_STAGES[@]}"; do
         if [[ "$workers" -gt 1 ]] && "$PY" -c 'import xdist' >/dev/null 2>&1; then
             xdist=(-n "$workers")
         fi
-        STAGE_NOTE="${xdist[*]:+pytest-xdist ${xdist[*]}; }without tests/test_gpu_check.py"
+        STAGE_NOTE="${xdist[*]:+pytest-xdist ${xdist[*]}; }without tests/benchmarks/test_gpu_check.py"
         # shellcheck disable=SC2086
-        run_stage suite "$PY" -m pytest -q -rfEs -p no:cacheprovider --ignore=tests/test_gpu_check.py "${xdist[@]}" \
+        run_stage suite "$PY" -m pytest -q -rfEs -p no:cacheprovider --ignore=tests/benchmarks/test_gpu_check.py "${xdist[@]}" \
             --junitxml="$FILES/suite.xml" ${SUITE_ARGS:-}
         ;;
     esac

@@ -60,11 +60,11 @@ class Package:
 
 
 #: What the lent machine lacks, of pyproject.toml's dependencies and test extras
-#: (keep in step with `ON_DEVICE`; tests/test_gpu_check.py checks both against pyproject.toml).
+#: (keep in step with `ON_DEVICE`; tests/benchmarks/test_gpu_check.py checks both against pyproject.toml).
 PACKAGES: tuple[Package, ...] = (
     Package("kmeans1d", "kmeans1d", "0.5.0", "0.4.0",
             "bsw_mask(method='exact') (mgid.ops.reference.kmeans1d_exact_threshold) and its tests in "
-            "tests/test_ops_reference.py and tests/test_kmeans1d.py"),
+            "tests/ops/test_ops_reference.py and tests/ops/test_kmeans1d.py"),
     Package("docstring-parser", "docstring_parser", "0.18.0", None,
             "mgid.config.train_config (the config dataclasses' field help): every mgid import that reaches the config"),
 )
@@ -82,14 +82,14 @@ ON_DEVICE: dict[str, str] = {
     "pyyaml": "image",
     "pytest": "image",
     "hypothesis": "image",
-    "nvidia-cuda-cuobjdump": "the CUDA toolkit's own cuobjdump is on the image (tests/test_kernel_resources.py finds either)",
+    "nvidia-cuda-cuobjdump": "the CUDA toolkit's own cuobjdump is on the image (tests/ops/test_kernel_resources.py finds either)",
     "matplotlib": "image",
     "ruff": "not needed there: the lint runs in `make test` here and in CI, not in gpu_check.sh",
     "onnx": "image",
     "onnxruntime": "image",
     "onnxscript": "image",
     "flask": "not needed there: only mgid web imports it (lazily) and gpu_check.sh does not serve the page",
-    "playwright": "not needed there: the browser test (tests/test_web.py) runs in CI, not in gpu_check.sh",
+    "playwright": "not needed there: the browser test (tests/derain/test_web.py) runs in CI, not in gpu_check.sh",
     "av": "not needed there: only the video commands import it (lazily) and gpu_check.sh runs none; its wheel "
           "(36 MB, FFmpeg inside) would not fit the carry budget",
 }

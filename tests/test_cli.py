@@ -74,7 +74,7 @@ def test_glob_and_tiles(tmp_path, photos, weights):
     untiled = tmp_path / "untiled"
     assert run(photos / "a.png", untiled, "--weights", weights) == 0
     diff = np.abs(read_image(out / "a.png").astype(int) - read_image(untiled / "a.png").astype(int))
-    assert diff.max() <= 1  # see test_inference for the tiled-vs-untiled bound
+    assert diff.max() <= 1  # see tests/derain/test_derainer.py for the tiled-vs-untiled bound
 
 
 def test_bad_files_are_skipped_and_reported(tmp_path, photos, weights, capsys):

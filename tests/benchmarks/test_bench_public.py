@@ -19,7 +19,7 @@ from mgid.data import read_image, write_image
 from mgid.eval.metrics import score
 from mgid.models import MGIDNet, ModelConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RAIN12 = REPO.parent / "shared" / "benchmarks" / "rain12"
 TINY = ModelConfig(channels=8, memory_items=4)
 

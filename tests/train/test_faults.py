@@ -19,7 +19,7 @@ from mgid.train.cli import main as train_main
 from mgid.train.stopping import EXIT_INTERRUPTED, NonFiniteLossError
 from mgid.train.trainer import Trainer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--embedded.size", "32", "--embedded.frames_per_scene", "2", "--embedded.train_scenes_per_photo", "1",
         "--embedded.val_scenes_per_photo", "1", "--embedded.paired_count", "2", "--val_count", "1",
         "--model.channels", "8", "--model.memory_items", "4", "--crop_size", "16", "--batch_size", "4",

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
 HELPER = REPO / "benchmarks" / "make_wheelhouse.py"
 STAGES = ["wheels", "build", "tests_cuda", "bench_ops", "bench_train", "memcheck", "racecheck", "suite"]

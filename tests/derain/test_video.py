@@ -2,7 +2,7 @@
 (`mgid.derain.video`), clips as scenes and the static-camera check (`mgid.data.video_scenes`), and
 ``mgid finetune`` end to end, on synthetic static-camera clips written here as MP4 (`mgid.data.synthetic_video`).
 
-Clips are tiny (64x48, a dozen frames) and the network is the tiny untrained one of test_inference.
+Clips are tiny (64x48, a dozen frames) and the network is the tiny untrained one of `tests.derain.tiny_network`.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from mgid.data.video import FrameWriter, VideoError, open_frames
 from mgid.data.video_scenes import MovingCameraError, camera_shift, extract_scenes, sample_indices
 from mgid.derain.derainer import load_model
 from mgid.derain.video import derain_frames, derain_video, median_video, temporal_median_stream
-from tests.test_inference import tiny_weights
+from tests.derain.tiny_network import tiny_weights
 
 av = pytest.importorskip("av")
 

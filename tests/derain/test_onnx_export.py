@@ -27,7 +27,7 @@ from mgid.derain.onnx_graphs import IMAGE_FILTER, TILING
 from mgid.derain.tiling import predict_rain
 from mgid.models import MGIDNet
 from mgid.output_paths import OutputPathError
-from tests.test_inference import TINY, _calibrated, _smooth_image, tiny_weights
+from tests.derain.tiny_network import TINY, calibrated, smooth_image, tiny_weights
 
 pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -44,7 +44,7 @@ def tiny(tmp_path_factory) -> tuple[Path, MGIDNet]:
     """(checkpoint of a calibrated tiny network, that network reloaded in eval mode)."""
     folder = tmp_path_factory.mktemp("tiny")
     torch.manual_seed(0)
-    net = _calibrated(MGIDNet(TINY))  # O(1) activations, so the output depends on the input
+    net = calibrated(MGIDNet(TINY))  # O(1) activations, so the output depends on the input
     path = save_checkpoint(folder, net, None, {"config": {"model": TINY.to_dict()}}, names=("tiny",))["model"]
     return path, load_network(path)
 
@@ -77,7 +77,7 @@ def _reference_rain(net: MGIDNet, image: torch.Tensor) -> torch.Tensor:
 
 
 def _image(b: int, h: int, w: int, seed: int = 3) -> torch.Tensor:
-    img = _smooth_image(h, w, seed).repeat(b, 1, 1, 1)
+    img = smooth_image(h, w, seed).repeat(b, 1, 1, 1)
     if b > 1:
         img[1] = img[1].flip(-1) * 0.5  # samples with different statistics
     return img
@@ -458,7 +458,7 @@ def test_default_export_is_an_image_filter_stock_onnxruntime_runs_with_only_the_
     session = _session(path)  # stock onnxruntime, no mgid code
     rng = np.random.default_rng(5)
     for h, w in ((37, 45), (64, 48), (8, 16), (101, 33)):
-        rgb = np.clip(_smooth_image(h, w, seed=h).numpy()[0].transpose(1, 2, 0) * 127.5 + 127.5
+        rgb = np.clip(smooth_image(h, w, seed=h).numpy()[0].transpose(1, 2, 0) * 127.5 + 127.5
                       + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
         write_image(tmp_path / "in" / f"{h}x{w}.png", rgb)
         out = session.run(None, {"image": (rgb.transpose(2, 0, 1)[None] / 255.0).astype(np.float32)})[0]

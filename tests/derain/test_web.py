@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 import mgid
-from tests.test_inference import tiny_weights
+from tests.derain.tiny_network import tiny_weights
 
 pytest.importorskip("flask", reason="mgid.derain.web needs Flask (pip install flask)")
 
@@ -36,7 +36,7 @@ from mgid.data.synthetic_rain import add_rain  # noqa: E402
 from mgid.derain import web  # noqa: E402 - after the Flask check, so a missing Flask skips instead of erroring
 from mgid.derain.derainer import Derainer  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCREENSHOT = REPO / "docs" / "images" / "web_demo.png"
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from mgid.derain.memory_budget import MEMORY_RECORD
 
-RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def bench(load_benchmark):
 
 
 def test_one_measurement_in_a_child(bench, tmp_path):
-    from tests.test_inference import tiny_weights
+    from tests.derain.tiny_network import tiny_weights
 
     w, h = bench.size_of(0.05)
     assert w % 8 == h % 8 == 0 and abs(w * h - 0.05e6) < 0.01e6

@@ -15,8 +15,8 @@ from mgid.checkpoint import CheckpointError, save_checkpoint
 from mgid.data import write_image
 from mgid.derain.derainer import Derainer, NonFiniteOutputError, load_network
 from mgid.models import MGIDNet
+from tests.derain.tiny_network import TINY, tiny_weights
 from tests.peak_memory import run_measured
-from tests.test_inference import TINY, tiny_weights
 
 
 def _nan_weights(folder: Path) -> Path:

@@ -54,7 +54,7 @@ from mgid.ops import reference
 
 cuda = pytest.mark.cuda
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CSRC = REPO / "csrc"
 
 

@@ -1,7 +1,7 @@
 """Data-parallel training (DDP over gloo, two CPU processes): sharding, memory sync, equivalence, resume.
 
 The two ranks are plain subprocesses given torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR,
-MASTER_PORT on 127.0.0.1): this file is also their entry point (``python tests/test_distributed.py
+MASTER_PORT on 127.0.0.1): this file is also their entry point (``python tests/train/test_distributed.py
 worker OUT WORLD RANK PORT STEPS``).
 """
 from __future__ import annotations
@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# Tiny data and network (as tests/test_train.py). Global batch 4 = 2 pairs per rank. BSW weight 0: the
+# Tiny data and network (as tests/train/test_train.py). Global batch 4 = 2 pairs per rank. BSW weight 0: the
 # BSW loss's k-means mask is taken per rank (not a mean over samples), so it is the one term a 2-rank
 # step does not share with a 1-process step on the union of the batches (docs/SCALING.md). fp32: the
 # equivalence bounds below are for fp32 rounding (bf16, the CPU default, rounds 2^16 times coarser).

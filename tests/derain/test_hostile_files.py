@@ -12,9 +12,9 @@ import pytest
 import mgid
 import mgid.cli as cli
 from mgid.data.imageio import read_photo, write_image
+from tests.derain.tiny_network import tiny_weights
 from tests.image_bombs import png_bomb
 from tests.peak_memory import run_measured
-from tests.test_inference import tiny_weights
 
 
 @pytest.fixture(scope="module")

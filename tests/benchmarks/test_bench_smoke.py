@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from mgid.data.heldout_sets import HELDOUT_SETS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_bench_ops_quick_writes_rows(tmp_path: Path) -> None:

@@ -13,41 +13,12 @@ import torch
 import mgid
 import mgid.derain.derainer as api
 import mgid.derain.tiling as inference
-from mgid.checkpoint import CheckpointError, save_checkpoint
+from mgid.checkpoint import CheckpointError
 from mgid.derain.tiling import predict_rain, tile_geometry, tile_starts
-from mgid.models import DOWNSAMPLE, Encoder, MGIDNet, ModelConfig
+from mgid.models import DOWNSAMPLE, Encoder, MGIDNet
 from mgid.models.encoder import NormStats
 from mgid.precision import autocast
-
-TINY = ModelConfig(channels=8, memory_items=4)
-
-
-def tiny_weights(folder: Path, seed: int = 0) -> Path:
-    """A tiny untrained MGIDNet saved as ``folder/tiny.safetensors`` + ``tiny.json``."""
-    torch.manual_seed(seed)
-    net = MGIDNet(TINY)
-    return save_checkpoint(folder, net, None, {"config": {"model": TINY.to_dict()}}, names=("tiny",))["model"]
-
-
-def _smooth_image(h: int, w: int, seed: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.nn.functional.avg_pool2d(torch.rand(1, 3, h, w, generator=g) * 2 - 1, 5, 1, 2)
-
-
-def _calibrated(net: MGIDNet) -> MGIDNet:
-    """Set BatchNorm running statistics from a few random images so eval-mode activations are O(1).
-
-    (A freshly initialised net has running mean 0 / variance 1: its output barely depends on the input,
-    which would make any tiling test pass trivially.)
-    """
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average
-    net.train()
-    with torch.no_grad():
-        net(_smooth_image(64, 64, seed=7).repeat(2, 1, 1, 1), update_memory=False, memory_losses=False)
-    return net.eval()
+from tests.derain.tiny_network import TINY, calibrated, smooth_image, tiny_weights
 
 
 def _pointwise_net() -> MGIDNet:
@@ -64,7 +35,7 @@ def _pointwise_net() -> MGIDNet:
                 centre = m.weight[..., 1, 1].clone()
                 m.weight.zero_()
                 m.weight[..., 1, 1] = 3 * centre
-    return _calibrated(net)
+    return calibrated(net)
 
 
 # ---------------------------------------------------------------------------------------------- tiling
@@ -90,7 +61,7 @@ def test_tiled_equals_untiled_for_a_local_network():
     (measured max 0.89 on the [-1, 1] scale), which is why global statistics are the default."""
     net = _pointwise_net()
     for h, w, tile, overlap in ((80, 72, 48, 16), (77, 70, 40, 12)):
-        img = _smooth_image(h, w)
+        img = smooth_image(h, w)
         full = predict_rain(net, img)
         tiled = predict_rain(net, img, tile=tile, overlap=overlap)
         assert tiled.shape == full.shape == img.shape
@@ -119,7 +90,7 @@ def test_tiled_close_to_untiled_for_the_tiny_model(tmp_path):
 
 def test_untiled_when_the_image_fits_and_train_mode_restored():
     net = _pointwise_net().train()
-    img = _smooth_image(40, 40)
+    img = smooth_image(40, 40)
     a = predict_rain(net, img, tile=64)
     assert net.training  # restored
     b = predict_rain(net.eval(), img)
@@ -190,7 +161,7 @@ def _hooked_predict_rain(net: MGIDNet, image: torch.Tensor, tile: int, overlap: 
 
 
 def _two_images(h: int = 80, w: int = 72) -> torch.Tensor:
-    img = _smooth_image(h, w, seed=5).repeat(2, 1, 1, 1)
+    img = smooth_image(h, w, seed=5).repeat(2, 1, 1, 1)
     img[1] = img[1].flip(-1) * 0.5  # two samples with different statistics
     return img
 
@@ -200,7 +171,7 @@ def test_tiled_output_unchanged_by_the_public_norm_api(global_norm):
     """Bit-identical to the former hook/module-swap implementation (also measured once against outputs saved
     before the change: equal for pointwise/tiny nets, global_norm True/False, bf16 + channels_last)."""
     torch.manual_seed(3)
-    net = _calibrated(MGIDNet(TINY))
+    net = calibrated(MGIDNet(TINY))
     img = _two_images()
     for tile, overlap in ((48, 16), (40, 12)):
         new = predict_rain(net, img, tile=tile, overlap=overlap, global_norm=global_norm)
@@ -260,7 +231,7 @@ def test_tiling_does_not_depend_on_submodule_names():
 
 def test_norm_statistics_api_shapes_and_errors():
     torch.manual_seed(0)
-    net = _calibrated(MGIDNet(TINY))
+    net = calibrated(MGIDNet(TINY))
     img = _two_images(40, 44)  # padded to 40x48: query 5x6
     q = net.pre_norm_query(img)
     assert q.shape == (2, TINY.channels, 5, 6)
@@ -391,7 +362,7 @@ def test_time_limit_stops_tiled_inference_between_tiles():
     from mgid.derain.time_limit import TimeLimitExceeded, check_time_limit, time_limit
 
     net = _pointwise_net()
-    img = _smooth_image(80, 72)
+    img = smooth_image(80, 72)
     with time_limit(1e-9), pytest.raises(TimeLimitExceeded, match="time limit of 1e-09 s"):
         predict_rain(net, img, tile=48, overlap=16)
     with time_limit(60):

@@ -14,8 +14,8 @@ import mgid.cli as cli
 from mgid.data.imageio import write_image
 from mgid.derain import memory_budget as mb
 from mgid.derain.derainer import Derainer
+from tests.derain.tiny_network import tiny_weights
 from tests.peak_memory import run_measured
-from tests.test_inference import tiny_weights
 
 COSTS = mb.MemoryCosts(bytes_per_pixel=1000.0, fixed_bytes=50e6, tiled_image_bytes_per_pixel=40.0,
                        tile_extra_bytes=20e6, source="test")

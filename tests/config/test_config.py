@@ -19,7 +19,7 @@ from mgid.data import EmbeddedDataConfig
 from mgid.train.cli import build_parser
 from mgid.train.cli import main as train_main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _help(parser) -> str:

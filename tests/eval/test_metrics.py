@@ -103,3 +103,13 @@ def test_errors():
         ssim(a[:8, :8], b[:8, :8])
     with pytest.raises(ValueError, match="channel"):
         psnr(a, b, channel="lab")
+
+
+def test_metrics_paper_convention():
+    a = np.zeros((16, 16, 3), np.uint8)
+    assert psnr(a, a) == math.inf and ssim(a, a) == pytest.approx(1.0)
+    b = np.full_like(a, 10)
+    # Y = 16 + 219 * v / 255, rounded: 16 vs 24.59 -> 25, so the error is 9 everywhere
+    assert psnr(a, b) == pytest.approx(10 * math.log10(255 ** 2 / 81))
+    with pytest.raises(ValueError, match="uint8"):
+        psnr(a.astype(np.float32), b)

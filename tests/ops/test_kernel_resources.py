@@ -20,7 +20,7 @@ import pytest
 
 import mgid.ops as mops
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CSRC = REPO / "csrc"
 #: Registers of one block (every architecture since sm_50).
 REGISTERS_PER_BLOCK = 65536

@@ -6,7 +6,7 @@ The library behind ``mgid derain`` (the command only parses arguments and prints
   or with a single file INPUT a file name with the same suffix) into a checked `DerainPlan`: one
   `Job` per input file, no output on an input, no two outputs on one path, no existing output
   without ``overwrite``. Its parts are `collect_inputs`, `plan_jobs` and `check_jobs`.
-* `derain_files` de-rains the jobs with a `mgid.derain.tiling.Derainer`, writes each result (and the
+* `derain_files` de-rains the jobs with a `mgid.derain.derainer.Derainer`, writes each result (and the
   rain layer / comparison picture when asked for) through `mgid.data.write_image`, which writes
   atomically, and returns a `DerainReport`: files done, files skipped with the reason (not an image,
   unreadable, out of memory, not writable). One bad file never stops the others.
@@ -238,7 +238,7 @@ def derain_one(derainer, job: Job, max_pixels: int | None = None) -> str | None:
 
 def derain_files(derainer, jobs: Sequence[Job], progress: bool = True,
                  on_skip: Callable[[Path, str], None] | None = None, max_pixels: int | None = None) -> DerainReport:
-    """De-rain every job with ``derainer`` (a `mgid.derain.tiling.Derainer`); never stops at a bad file.
+    """De-rain every job with ``derainer`` (a `mgid.derain.derainer.Derainer`); never stops at a bad file.
 
     A file without an image suffix, one that cannot be read or written (``OSError``/``ValueError``)
     and an image too large for the memory (any allocation failure, `mgid.derain.memory_budget.is_out_of_memory`)

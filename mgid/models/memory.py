@@ -66,7 +66,8 @@ class MemoryModule(nn.Module):
         self.channels = channels
         self.grad_through_weights = grad_through_weights
         self.update_max_over_assigned = update_max_over_assigned
-        self.register_buffer("items", random_unit_items(num_items, channels, generator))
+        self.register_buffer("items", torch.empty(num_items, channels))
+        self.reset_items(generator)
         #: Turns this process's update statistics into the new items when set:
         #: ``fn(stats, items) -> new items``. Distributed training sets it to an all-reduce across ranks
         #: (`mgid.train.distributed.attach_memory_sync`); unset, the items are :func:`mgid.ops.finish_update`.
@@ -106,12 +107,6 @@ class MemoryModule(nn.Module):
         if update:
             self._store(step.items, items)
         return MemoryOutput(step.read, step.compactness, step.separateness)
-
-    @torch.no_grad()
-    def update_items(self, query: torch.Tensor, items: torch.Tensor) -> None:
-        """Store the MNAD update of ``items`` (M, C) by ``query`` (B, C, h, w) into the buffer (no read)."""
-        stats = ops.UpdateStats(*ops.memory_update_stats(query, items, self.update_max_over_assigned))
-        self._store(stats, items)
 
     @torch.no_grad()
     def _store(self, stats: ops.UpdateStats, items: torch.Tensor) -> None:

@@ -145,7 +145,7 @@ def test_nullable_and_bool_options():
 # --------------------------------------------------------------------------------------------------
 # recipes as YAML files in the package, choices as Literal types, configs written before
 
-RECIPES_V0 = REPO / "tests" / "config_recipes_v0.json"  # the recipes as the in-code NAMED_CONFIGS built them
+RECIPES_V0 = Path(__file__).with_name("config_recipes_v0.json")  # the recipes as the in-code NAMED_CONFIGS built them
 
 
 #: Fields whose recipe value changed on purpose since the recipes were in code: issue 17 made every recipe

@@ -20,7 +20,7 @@ from mgid.derain.files import (
 
 
 class FakeDerainer:
-    """Stands in for `mgid.derain.tiling.Derainer`: the "clean" image is the inverted input."""
+    """Stands in for `mgid.derain.derainer.Derainer`: the "clean" image is the inverted input."""
 
     def __init__(self, oom: BaseException | None = None):
         self.oom = oom

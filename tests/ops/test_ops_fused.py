@@ -10,10 +10,10 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import device_params
 from torch.library import opcheck
 
 import mgid.ops as ops
+from tests.conftest import device_params
 
 pytestmark = pytest.mark.skipif(not ops.fused_available("cpu"), reason="mgid._C extension not built")
 

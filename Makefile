@@ -38,7 +38,7 @@ test: install
 	$(PY) -m pytest -q
 
 bench: install
-	$(PY) benchmarks/bench_ops.py
+	$(PY) -m benchmarks.bench_ops
 
 clean:
 	rm -rf build mgid/_C*.so *.egg-info

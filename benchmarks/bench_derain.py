@@ -31,7 +31,7 @@ all untiled (size, threads) rows) and what ``precision="auto"`` resolves to on t
 
 Writes ``bench_derain_cpu_<UTC timestamp>.json`` / ``.md`` under ``--out`` (environment: CPU model
 and flags, threads, torch, commit, load) and prints the markdown. Run from the repository root with
-the package installed: ``python benchmarks/bench_derain.py`` (about 25 min on 2 cores), or
+the package installed: ``python -m benchmarks.bench_derain`` (about 25 min on 2 cores), or
 ``--quick`` for a smoke test (seconds).
 """
 from __future__ import annotations
@@ -47,11 +47,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import harness
 import numpy as np
 import torch
-from harness import OtherLoad, log
 
+from benchmarks import harness
+from benchmarks.harness import OtherLoad, log
 from mgid.data import EmbeddedPairedSet
 from mgid.data.heldout_sets import HELDOUT_SETS
 from mgid.derain.derainer import DEFAULT_WEIGHTS, Derainer, load_model
@@ -272,7 +272,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="bench_derain.py",
+        prog="python -m benchmarks.bench_derain",
         description="Time mgid de-raining on the CPU (fp32 / bf16 autocast x contiguous / channels_last, untiled "
                     "and tiled, per thread count) and check the held-out PSNR change of each fast variant "
                     "against fp32. Writes bench_derain_cpu_<timestamp>.json/.md under --out.")
@@ -371,7 +371,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     f"{'passes' if v['passes'] else 'fails'}")
     finally:
         torch.set_num_threads(threads_at_start)
-    return {"command": " ".join(["python benchmarks/bench_derain.py", *args.argv]),
+    return {"command": " ".join(["python -m benchmarks.bench_derain", *args.argv]),
             "settings": {"sizes": [f"{w}x{h}" for w, h in args.sizes], "variants": args.variants,
                          "tiled_variants": tiled, "tile": args.tile or None, "tile_overlap": args.tile_overlap,
                          "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup,

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Peak memory of de-raining against megapixels, whole images and tiled, and the record `--tile auto` reads.
 
-Every measurement runs in a fresh child process (this script with ``--child``), through the path ``mgid derain``
+Every measurement runs in a fresh child process (``python -m benchmarks.bench_derain_memory --child``, from the
+repository root), through the path ``mgid derain``
 takes (`mgid.load_model(...).derain_with_rain` on an HxWx3 uint8 image, file I/O excluded): the child loads the
 weights, warms the network up on a small image (so one-time allocations of the libraries are not counted),
 makes the image, resets its peak resident set size (Linux ``/proc/self/clear_refs``), de-rains once and reports
@@ -40,8 +41,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import harness
-from harness import log
+from benchmarks import harness
+from benchmarks.harness import log
 
 DEFAULT_SIZES_MP = (0.25, 0.5, 1.0)
 DEFAULT_TILED_SIZES_MP = (0.5, 1.0, 2.0)
@@ -87,7 +88,8 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Run `child` with ``spec`` in a fresh interpreter; its result."""
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_derain_memory", "--child", json.dumps(spec)],
+                          cwd=harness.REPO, capture_output=True, text=True)
     found = re.search(r"^RESULT (.*)$", proc.stdout, re.M)
     if proc.returncode != 0 or not found:
         raise RuntimeError(f"measurement {spec} failed: {proc.stderr.strip()[-2000:]}")
@@ -138,7 +140,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     log(f"  {variant:8s} C={width:<3d} {kind:5s} {w}x{h}: +{result['growth_bytes'] / 2**20:.0f} MB "
                         f"({result['growth_bytes'] / pixels:.0f} B/px), {result['seconds']:.1f} s")
     fits, variants = summarise(rows, args.tile)
-    return {"command": " ".join(["python benchmarks/bench_derain_memory.py", *args.argv]), "environment": env,
+    return {"command": " ".join(["python -m benchmarks.bench_derain_memory", *args.argv]), "environment": env,
             "settings": {"weights": weights, "channels": channels, "widths": widths, "threads": args.threads,
                          "tile": args.tile, "sizes_mp": args.sizes_mp, "tiled_sizes_mp": args.tiled_sizes_mp,
                          "quick": args.quick},
@@ -237,7 +239,7 @@ def record(report: dict[str, Any], report_json: Path) -> dict[str, Any]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bench_derain_memory.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_derain_memory", description=__doc__.split("\n\n")[0])
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=None,
                    help="variants to measure [default: fp32 fp32+cl bf16+cl; bf16 only on a CPU with native bf16]")
     p.add_argument("--sizes-mp", nargs="+", type=float, default=None, metavar="MP",

@@ -19,7 +19,7 @@ Writes ``bench_export_cpu_<UTC timestamp>.json`` / ``.md`` under ``--out`` (with
 onnxruntime's version) and prints the markdown. Run from the repository root with the package installed and
 ``onnx onnxruntime onnxscript`` in the environment::
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_export.py --repeats 3
+    OMP_NUM_THREADS=1 python -m benchmarks.bench_export --repeats 3
 """
 from __future__ import annotations
 
@@ -30,10 +30,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import harness
 import torch
-from harness import OtherLoad, log
 
+from benchmarks import harness
+from benchmarks.harness import OtherLoad, log
 from mgid import ops
 from mgid.derain.derainer import Derainer, load_network, resolve_weights
 from mgid.derain.onnx_backend import OnnxDerainer, import_onnxruntime
@@ -55,7 +55,8 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_export", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--sizes", nargs="+", type=parse_size, default=[parse_size(s) for s in DEFAULT_SIZES],
                    metavar="WxH", help=f"image sizes (default {' '.join(DEFAULT_SIZES)})")
     p.add_argument("--weights", default=None, help="checkpoint to time (default: the shipped weights)")

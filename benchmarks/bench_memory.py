@@ -4,19 +4,19 @@ update and losses, forward and forward+backward, and their checks and targets.
 Peers of the fused ``mgid.ops`` call: the same call in ``use_reference()`` mode, ``torch.compile``
 of the reference functions, ``F.scaled_dot_product_attention`` as a read baseline, and the
 per-item Python loop of the public MNAD/MGID code (``public_loop.py``, the baseline the tests'
-smoke run checks against the reference). Run through ``python benchmarks/bench_ops.py``.
+smoke run checks against the reference). Run through ``python -m benchmarks.bench_ops``.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-import public_loop
 import torch
 import torch.nn.functional as F
-from harness import Case, Impl, Shape, find_row, in_reference_mode, make_fwd, make_fwd_bwd, maxdiff
 
 import mgid.ops as ops
+from benchmarks import public_loop
+from benchmarks.op_cases import Case, Impl, Shape, find_row, in_reference_mode, make_fwd, make_fwd_bwd, maxdiff
 from mgid.ops import reference
 
 

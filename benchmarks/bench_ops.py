@@ -2,7 +2,8 @@
 """Benchmark of mgid's memory and whitening ops against their peers.
 
 Over ~400 lines on purpose: one script, the op benchmark's command line, run and report; its op cases
-already live in bench_memory.py and bench_whitening.py, its timer and report files in harness.py.
+already live in bench_memory.py and bench_whitening.py (their shared shapes and case builders in op_cases.py),
+its timer and report files in harness.py.
 
 Per shape, for the memory step (read + update + losses) and for read, update and losses alone,
 forward and forward+backward, it times:
@@ -15,7 +16,7 @@ forward and forward+backward, it times:
 * ``sdpa``      ``F.scaled_dot_product_attention`` as a read baseline (q_hat as query, items as keys
                 and values, scale 1), plus the normalisation and the concat, so it returns what the
                 read returns;
-* ``loop``      the per-item Python loop of the public MNAD/MGID code (``benchmarks/public_loop.py``);
+* ``loop``      the per-item Python loop of the public MNAD/MGID code (`benchmarks.public_loop`);
 
 and, for the covariance + BSW loss at the training shape, the fused and reference ops against a
 bare ``torch.bmm`` of the covariance's shape, (B, C, HW) x (B, HW, C) (and the GEMM floor of the
@@ -34,8 +35,7 @@ The op families live one a file: ``bench_memory.py`` (memory step, read, update,
 capture and report files are ``harness.py``'s. This file is the entry that runs both.
 
 Run from the repository root with the package installed (``pip install -e .``) or on
-``PYTHONPATH``: ``python benchmarks/bench_ops.py --quick``. Run as a file, Python puts
-``benchmarks/`` first on ``sys.path``, so the siblings import by name.
+``PYTHONPATH``: ``python -m benchmarks.bench_ops --quick`` (or ``mgid bench --quick``, which runs the same).
 """
 from __future__ import annotations
 
@@ -51,13 +51,14 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import harness
 import torch
-from bench_memory import Compiled, memory_cases, memory_checks, memory_targets
-from bench_whitening import bsw_cases, bsw_checks, bsw_targets
-from harness import BUSY_SHARE, SHAPES, Case, Shape
 
 import mgid.ops as ops
+from benchmarks import harness
+from benchmarks.bench_memory import Compiled, memory_cases, memory_checks, memory_targets
+from benchmarks.bench_whitening import bsw_cases, bsw_checks, bsw_targets
+from benchmarks.harness import BUSY_SHARE
+from benchmarks.op_cases import SHAPES, Case, Shape
 
 DEFAULT_SHAPES = {"cpu": "train,infer1k", "cuda": "train,infer1k,infer4k,mnad_large"}
 
@@ -254,6 +255,7 @@ def evaluate_targets(result: dict[str, Any], peak_gbps: float | None, k: int) ->
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_ops",
         description="Time mgid's memory and whitening ops (fused / eager reference / torch.compile / SDPA / "
                     "per-item loop / bmm) and write a markdown table and a JSON file.",
 )

@@ -22,7 +22,7 @@ are reproducible; ``--self-ensemble``), the threads and the wall time, and print
 representative image (the pair whose PSNR gain with the first weights is nearest the set's median gain),
 downscaled until the file is under `PICTURE_MAX_BYTES`.
 
-Run from the repository root with the package installed: ``python benchmarks/bench_public.py``
+Run from the repository root with the package installed: ``python -m benchmarks.bench_public``
 (the three shared sets, 122 pairs of about 480x320: about 2 min with the shipped weights in fp32 on one
 thread of the Xeon of the committed reports, 0.75 s an image; 8x that with ``--self-ensemble``).
 """
@@ -39,11 +39,11 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import harness
 import numpy as np
 import torch
-from harness import log
 
+from benchmarks import harness
+from benchmarks.harness import log
 from mgid.checkpoint import CheckpointError
 from mgid.data import read_image, write_image
 from mgid.derain.derainer import load_model, name_weights
@@ -90,8 +90,8 @@ def default_sets() -> list[Path]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                epilog="example: python benchmarks/bench_public.py --weights runs/a/checkpoints/"
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_public", description=__doc__.split("\n\n")[0],
+                                epilog="example: python -m benchmarks.bench_public --weights runs/a/checkpoints/"
                                        "last.safetensors --names mine --sets ~/data/Rain100L")
     p.add_argument("--weights", nargs="+", metavar="FILE.safetensors",
                    help="weights to score (several allowed) [default: the shipped weights]")
@@ -314,7 +314,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             result["picture"] = write_picture(result, derainers, args.picture)
         log(f"{result['name']}: {time.perf_counter() - t_set:.1f} s")
         results.append(result)
-    return {"command": "python benchmarks/bench_public.py" + ("" if not argv else " " + shlex.join(argv)),
+    return {"command": "python -m benchmarks.bench_public" + ("" if not argv else " " + shlex.join(argv)),
             "environment": env, "weights": {n: str(d.weights) for n, d in derainers.items()},
             "arithmetic": first.arithmetic.describe(), "device": str(first.device),
             "settings": {"precision": first.precision, "channels_last": first.channels_last,

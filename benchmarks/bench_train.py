@@ -33,7 +33,7 @@ Writes ``bench_train_cpu_<UTC timestamp>.json`` / ``.md`` (and ``_curve.png``) u
 and prints the report. A case that fails (e.g. torch.compile without a working C++ compiler)
 is reported as failed with its error; the run goes on.
 
-Run from the repository root: ``python benchmarks/bench_train.py --quick``.
+Run from the repository root: ``python -m benchmarks.bench_train --quick``.
 
 This file is the entry (command line, `main`); the parts live in siblings named after them:
 `train_cases.py` (the cases and how one is timed), `train_data.py` (batch rendering, the loader
@@ -49,15 +49,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import harness
 import torch
-from harness import BUSY_SHARE, OtherLoad, log
-from train_cases import auto_verdict, build_cases, run_case, short_error
-from train_curve import curve_stats, plot_curves, train_curve
-from train_data import add_data_verdicts, measure_loader, render_batches, to_float_batch
-from train_report import markdown_report
 
 import mgid.ops as ops
+from benchmarks import harness
+from benchmarks.harness import BUSY_SHARE, OtherLoad, log
+from benchmarks.train_cases import auto_verdict, build_cases, run_case, short_error
+from benchmarks.train_curve import curve_stats, plot_curves, train_curve
+from benchmarks.train_data import add_data_verdicts, measure_loader, render_batches, to_float_batch
+from benchmarks.train_report import markdown_report
 from mgid.config.train_config import NAMED_CONFIGS, named_config
 from mgid.data import make_dataset
 
@@ -99,11 +99,12 @@ def _int_list(text: str) -> list[int]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_train",
         description=__doc__.split("\n\n")[0] + " Times the MGID training step per setting (precision, memory "
                     "format, eager/compiled, fused/reference ops, threads), the data loader per worker count, and "
                     "compares the fp32 and fast-path loss curves.",
         epilog="Exit code: 0 when the report was written and the baseline case ran; 1 when the baseline failed "
-               "(the report is still written); 2 on bad options.\nexample: python benchmarks/bench_train.py --quick",
+               "(the report is still written); 2 on bad options.\nexample: python -m benchmarks.bench_train --quick",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="cpu", choices=sorted(NAMED_CONFIGS),
                    help="named config whose model, loss, optimiser, data settings, batch and crop are used "

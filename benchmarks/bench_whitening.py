@@ -9,7 +9,7 @@ variances against its reference (the full O(k G^2) dynamic programme in PyTorch)
 CPU with ``--threads 1``, is at most 2x the time of the two covariances it starts from (the
 covariance row, twice); before the kernel ran each layer of the programme by divide and conquer it
 took ~38 ms at the train shape on one thread of an AVX-512 Xeon, ~24x the two covariances. Run
-through ``python benchmarks/bench_ops.py`` (``--threads 1`` for that target).
+through ``python -m benchmarks.bench_ops`` (``--threads 1`` for that target).
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from harness import Case, Shape, find_row, in_reference_mode, make_fwd, maxdiff
 
 import mgid.ops as ops
+from benchmarks.op_cases import Case, Shape, find_row, in_reference_mode, make_fwd, maxdiff
 from mgid.ops import reference
 
 

@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import harness
-from harness import log
+from benchmarks import harness
+from benchmarks.harness import log
 
 CHILD = '''
 import re, sys
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rows.append(row)
             log(f"  {w}x{h}: exit {row['exit_code']}, +{(row['growth_bytes'] or 0) / 2**30:.2f} GB, {wall:.0f} s")
             src.unlink()
-    return {"command": " ".join(["python benchmarks/derain_large_photos.py", *args.argv]), "environment": env,
+    return {"command": " ".join(["python -m benchmarks.derain_large_photos", *args.argv]), "environment": env,
             "settings": {"megapixels": args.megapixels, "max_memory": args.max_memory, "narrow": args.narrow},
             "rows": rows}
 
@@ -142,7 +142,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="derain_large_photos.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.derain_large_photos", description=__doc__.split("\n\n")[0])
     p.add_argument("--megapixels", nargs="+", type=float, default=[12.0], metavar="MP", help="photo sizes [12]")
     p.add_argument("--max-memory", default="4G", help="--max-memory of mgid derain, or auto [4G]")
     p.add_argument("--narrow", type=int, default=0, metavar="C",

@@ -1,24 +1,20 @@
 """The small harness the benchmarks share: timer, environment capture, report files.
 
-Over ~400 lines on purpose: the benchmarks import it by name as their one shared sibling (tests load it by file
-with importlib, without benchmarks/ on sys.path), so its parts cannot move to a module it would import.
-
 * Timing: `BenchTimer` (warm-up, interleaved samples, median and inter-quartile range, a
   ``max_seconds`` budget; on CUDA one call a sample between CUDA events after an L2 flush),
-  `quantile`, `count_host_syncs`, `configure_compile`.
+  `quantile`, `count_host_syncs`, `configure_compile`; `torch_device` turns a ``--device`` option into a
+  device, with a clear error where CUDA is asked for and absent.
 * Environment: `environment` (date, host, Python/torch, CPU model and flags, git commit and
   dirty flag, mgid's build_info, load average), `OtherLoad` (the share of the machine's CPU time
   other processes used while a benchmark ran) and `BUSY_SHARE`, the share above which a run is
   flagged as noisy.
 * Report: `report_base` (``<prefix>_<UTC timestamp>`` under the output folder),
   `write_report` (the JSON, with the markdown in it, and the markdown) and `publish` (both, printed).
-* Op cases, shared by the op-family benchmarks (``bench_memory.py``, ``bench_whitening.py``):
-  `Shape`, `SHAPES`, `Case`, `make_fwd`, `make_fwd_bwd`, `in_reference_mode`, `maxdiff`, `find_row`.
 
-The benchmarks are scripts run as files (``python benchmarks/bench_ops.py``): Python puts
-``benchmarks/`` first on ``sys.path``, so they ``import harness`` (and their siblings) by name.
-Nothing here or in them edits ``sys.path``; ``mgid`` is imported as installed (``pip install -e .``)
-or from ``PYTHONPATH``. The installed package never imports this folder.
+The op cases of the op-family benchmarks live in `benchmarks.op_cases`. ``benchmarks`` is a package of the
+source tree, not of the installed ``mgid``: its scripts run from the repository root as modules
+(``python -m benchmarks.bench_ops``) and import each other as ``benchmarks.<name>``; ``mgid`` is imported as
+installed (``pip install -e .``) or from ``PYTHONPATH``. The installed package never imports this folder.
 """
 from __future__ import annotations
 
@@ -49,6 +45,16 @@ RESULTS = REPO / "benchmarks" / "results"
 #: Share of the machine's CPU time used by other processes above which a run is flagged as noisy.
 BUSY_SHARE = 0.2
 L2_FLUSH_BYTES = 256 * 1024 * 1024
+
+
+def torch_device(name: str) -> torch.device:
+    """The device of a ``--device`` option (``cpu`` or ``cuda``); exits with a one-line error (code 2) where
+    ``cuda`` is asked for and torch sees no GPU, rather than failing later inside a case."""
+    if name == "cuda" and not torch.cuda.is_available():
+        print(f"error: --device cuda, but torch sees no CUDA GPU (torch {torch.__version__}, CUDA build "
+              f"{torch.version.cuda}): run on a GPU machine (tools/gpu_check.sh) or use --device cpu", file=sys.stderr)
+        raise SystemExit(2)
+    return torch.device(name)
 
 
 def log(message: str) -> None:
@@ -379,94 +385,3 @@ def publish(out_dir: str | Path, prefix: str, result: dict[str, Any], markdown: 
     print(markdown)
     log(f"wrote {json_path} and {md_path}")
     return json_path, md_path
-
-
-# --------------------------------------------------------------------------------------------
-# Op cases (bench_memory.py, bench_whitening.py; run by bench_ops.py)
-# --------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Shape:
-    """A benchmark shape: query (B, C, H, W) at 1/8 resolution, M memory items."""
-
-    name: str
-    b: int
-    c: int
-    h: int
-    w: int
-    m: int
-    note: str
-
-    @property
-    def n(self) -> int:
-        """Number of queries N = B*H*W."""
-        return self.b * self.h * self.w
-
-    def describe(self) -> str:
-        return f"B{self.b} C{self.c} {self.h}x{self.w} M{self.m} (N {self.n:,})"
-
-
-SHAPES: dict[str, Shape] = {
-    "train": Shape("train", 8, 64, 32, 32, 20, "MGID training: batch 8 of 256x256 crops"),
-    "infer1k": Shape("infer1k", 1, 64, 128, 128, 20, "MGID inference at 1024x1024"),
-    "infer4k": Shape("infer4k", 1, 64, 270, 480, 20, "MGID inference at 3840x2160 (4K UHD)"),
-    "mnad_large": Shape("mnad_large", 1, 512, 256, 256, 20, "MNAD's large case: N 65,536, C 512"),
-}
-
-Impl = Callable[[], Any] | str  # a callable to time, or the reason it is skipped
-
-
-@dataclasses.dataclass
-class Case:
-    """One (shape, op, pass) row: its implementations and the bytes an ideal fused op moves."""
-
-    shape: str
-    op: str
-    pass_: str  # "fwd" or "fwd+bwd"
-    impls: dict[str, Impl]
-    bytes_ideal: int | None
-    bytes_note: str
-
-
-def in_reference_mode(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap ``fn`` so it runs inside ``mgid.ops.use_reference()``."""
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        with ops.use_reference():
-            return fn(*args, **kwargs)
-    return wrapped
-
-
-def make_fwd(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
-    """``fn(*args)`` under ``torch.no_grad()``."""
-    def run() -> Any:
-        with torch.no_grad():
-            return fn(*args)
-    return run
-
-
-def make_fwd_bwd(fn: Callable[..., Any], leaf: torch.Tensor, others: Sequence[Any],
-                 targets: Callable[[Any], tuple[list[torch.Tensor], list[torch.Tensor]]]) -> Callable[[], Any]:
-    """fwd+bwd of ``fn(leaf, *others)``: backward from ``targets(result)`` = (outputs, their grads)."""
-    def run() -> Any:
-        leaf.grad = None
-        result = fn(leaf, *others)
-        outs, grads = targets(result)
-        torch.autograd.backward(outs, grads)
-        return result
-    return run
-
-
-def maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max |a - b| in float64."""
-    return float((a.detach().double() - b.detach().double()).abs().max())
-
-
-def find_row(result: dict[str, Any], shape: str, op: str, pass_: str, impl: str) -> dict[str, Any] | None:
-    """The timed row of ``impl`` in the case (shape, op, pass) of an op report, or None."""
-    for case in result["cases"]:
-        if case["shape"] == shape and case["op"] == op and case["pass"] == pass_:
-            for r in case["rows"]:
-                if r["impl"] == impl and r["status"] == "ok":
-                    return r
-    return None

@@ -6,7 +6,7 @@ scored together with ``mgid heldout --precision fp32 --no-baselines`` and writte
 each kind makes against the control (the cpu recipe's rain), set by set, and the rain coverage of each
 variant (share of pixels with rain above 0.05 in one frame, and in both frames of a pair).
 
-    OMP_NUM_THREADS=1 python benchmarks/rain_kinds_ab.py --init mgid/weights/mgid_embedded.safetensors
+    OMP_NUM_THREADS=1 python -m benchmarks.rain_kinds_ab --init mgid/weights/mgid_embedded.safetensors
 
 Never run on the public benchmarks: the decision which kinds to keep is made here, on held-out data only.
 """
@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from harness import REPO, RESULTS, environment, log, report_base, write_report
 
+from benchmarks.harness import REPO, RESULTS, environment, log, report_base, write_report
 from mgid.data.synthetic_rain import RainConfig, rain_coverage, render_rain_layer
 
 #: Variant name -> overrides of ``embedded.rain`` (the long recipe's settings, one kind at a time, then all).
@@ -59,7 +59,7 @@ def coverage(overrides: dict[str, object], frames: int = 200, size: int = 128) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.rain_kinds_ab", description=__doc__.split("\n\n")[0])
     p.add_argument("--init", required=True, help="weights every variant starts from")
     p.add_argument("--steps", type=int, default=500, help="fine-tuning steps per variant")
     p.add_argument("--crop", type=int, default=64, help="crop size")
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         f"CPU: {env['cpu']['line']}; commit {env['git'].get('commit')}; {args.steps} steps of fine-tuning per "
         f"variant from `{args.init}` at {args.crop}x{args.crop}, batch 4, then BatchNorm recalibration; "
         f"scored with `mgid heldout --precision fp32` (24 images a set, Y-channel PSNR). Command: "
-        f"`python benchmarks/rain_kinds_ab.py --init {args.init} --steps {args.steps} --crop {args.crop}`.", "",
+        f"`python -m benchmarks.rain_kinds_ab --init {args.init} --steps {args.steps} --crop {args.crop}`.", "",
         "| variant | " + " | ".join(f"{s} dB (vs control)" for s in sets)
         + " | mean change | rainy px, one frame | rainy px, both frames | train s |",
         "|---|" + "---|" * (len(sets) + 4),

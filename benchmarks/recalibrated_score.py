@@ -1,12 +1,12 @@
 """Held-out gain of step checkpoints after BatchNorm recalibration, as the end of a run would leave them.
 
 A run's step checkpoints carry BatchNorm running averages taken while the weights moved, so their held-out
-scores jump from one checkpoint to the next (`learning_curve.py` shows them so). This script re-estimates
+scores jump from one checkpoint to the next (`tools/learning_curve.py` shows them so). This script re-estimates
 the statistics of each checkpoint on ``--batches`` training batches of ``--config``'s embedded data (what
 the trainer does after its last step, `mgid.train.bn_recalibration`) and then scores it on the held-out sets
 (`mgid.eval.heldout`, fp32): the number to compare two runs by at equal steps.
 
-    OMP_NUM_THREADS=1 python benchmarks/recalibrated_score.py --config long \\
+    OMP_NUM_THREADS=1 python -m benchmarks.recalibrated_score --config long \\
         runs/long/checkpoints/step_000750.safetensors runs/long_control/checkpoints/step_000750.safetensors
 
 Training data only: the held-out sets are scored, never used for the statistics.
@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from harness import cpu_info, log
 
+from benchmarks.harness import cpu_info, log
 from mgid.config.train_config import resolve_config
 from mgid.data.stream import StreamingTimeLapse
 from mgid.derain.derainer import load_model
@@ -37,7 +37,7 @@ def training_batches(config: str, batches: int) -> Iterator[torch.Tensor]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.recalibrated_score", description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoints", nargs="+", type=Path, help="step checkpoints (NAME.safetensors + NAME.json)")
     p.add_argument("--config", default="cpu", help="recipe whose training data feeds the statistics [cpu]")
     p.add_argument("--batches", type=int, default=100, help="training batches for the statistics [100]")

@@ -2,16 +2,23 @@
 """Seconds per training step of whichever ``mgid`` is importable, for comparing checkouts on one machine.
 
 Times one training step as ``mgid train`` runs it: `mgid.train.objective.MGIDObjective` (both frames forward,
-the loss), the finiteness check, then `mgid.train.objective.optimizer_step` (backward, Adam). A checkout from
-before they existed is timed through its own single entry point, ``mgid.training.train_step``, which does the same with `TrainConfig`'s default network and objective (the paper's) at
-``--batch`` pairs of ``--crop`` x ``--crop`` random frames, for each ``--variant`` (``fp32``, ``bf16``,
-``fp32+cl``, ``bf16+cl``, ``auto`` when this mgid has `mgid.precision.resolve_arithmetic`), and prints one
-JSON line per variant with the CPU (`harness.cpu_info`). To time an older commit, build it in a worktree and
-put it first on the path::
+the loss), the finiteness check, then `mgid.train.objective.optimizer_step` (backward, Adam); a checkout from
+before they existed is timed through its own single entry point, ``mgid.training.train_step``, which does the
+same. With `TrainConfig`'s default network and objective (the paper's) at ``--batch`` pairs of ``--crop`` x
+``--crop`` random frames, for each ``--variant`` (``fp32``, ``bf16``, ``fp32+cl``, ``bf16+cl``, ``auto`` when
+this mgid has `mgid.precision.resolve_arithmetic`), it prints one JSON
+line per variant with the CPU (`benchmarks.harness.cpu_info`). Run from the repository root::
+
+    python -m benchmarks.step_time --variant auto
+
+To time an older commit, build it in a worktree and put it first on the path, this checkout after it (for the
+``benchmarks`` package), from a folder that holds no ``mgid`` (``python -m`` puts the current folder first)::
 
     git worktree add /tmp/old 48c4aba && (cd /tmp/old && MGID_FORCE_CPU=1 python setup.py build_ext --inplace)
-    PYTHONPATH=/tmp/old python benchmarks/step_time.py --variant fp32
-    python benchmarks/step_time.py --variant auto
+    repo=$PWD; (cd /tmp && PYTHONPATH=/tmp/old:$repo python -m benchmarks.step_time --variant fp32)
+
+The JSON line's ``mgid`` field says which checkout's package was timed. A checkout whose ``benchmarks/`` is a
+package too (from issue 20 on) would shadow this one's: time it with its own ``step_time``.
 
 Batches are made before timing (no data loading); the median of ``--steps`` steps after ``--warmup``.
 """
@@ -38,10 +45,11 @@ except ImportError:  # a checkout from before issue 20 (e.g. 48c4aba): its confi
 
 
 def cpu_line() -> str:
-    """`harness.cpu_info`'s line; for an mgid older than `mgid.precision` (which the harness reads), that
-    module of this checkout, loaded by path (it imports only torch)."""
+    """`benchmarks.harness.cpu_info`'s line; for an mgid older than `mgid.precision` (which the harness reads),
+    that module of this checkout (the one this file is in), loaded by path: it imports only torch, and the
+    older ``mgid`` on the path has no such module to import by name."""
     try:
-        import harness
+        from benchmarks import harness
 
         return harness.cpu_info()["line"]
     except ImportError:
@@ -114,7 +122,7 @@ def time_variant(name: str, batch: int, crop: int, warmup: int, steps: int, seed
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.step_time", description=__doc__.split("\n\n")[0])
     p.add_argument("--variant", nargs="+", default=["fp32"], help="fp32, bf16, fp32+cl, bf16+cl, auto [fp32]")
     p.add_argument("--batch", type=int, default=8, help="pairs per step [8]")
     p.add_argument("--crop", type=int, default=128, help="crop side [128]")

@@ -14,11 +14,11 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-import harness
 import torch
-from harness import OtherLoad, quantile
 
 import mgid.ops as ops
+from benchmarks import harness
+from benchmarks.harness import OtherLoad, quantile
 from mgid.config.train_config import TrainConfig
 from mgid.losses import MGIDLoss
 from mgid.models import MGIDNet

@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from train_cases import build_training, short_error
-from train_data import to_float_batch
 
 import mgid.ops as ops
+from benchmarks.train_cases import build_training, short_error
+from benchmarks.train_data import to_float_batch
 from mgid.config.train_config import TrainConfig
 from mgid.train.objective import MGIDObjective, optimizer_step
 from mgid.train.sampler import learning_rate

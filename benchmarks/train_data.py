@@ -7,9 +7,10 @@ import time
 from typing import Any
 
 import torch
-from harness import OtherLoad
 from torch.utils.data import DataLoader, Dataset, Subset
-from train_cases import short_error
+
+from benchmarks.harness import OtherLoad
+from benchmarks.train_cases import short_error
 
 
 def to_uint8_batch(x: torch.Tensor) -> torch.Tensor:

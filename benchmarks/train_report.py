@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from harness import BUSY_SHARE
+from benchmarks.harness import BUSY_SHARE
 
 #: Characters of an error message kept in the table (the JSON keeps the full message).
 ERROR_CHARS = 160

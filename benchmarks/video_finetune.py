@@ -9,7 +9,7 @@ for the rainy input, the shipped weights, the weights fine-tuned on the train cl
 of the heldout clip is timed (frames per second). Writes ``<out>/video_finetune_<UTC>.{json,md}`` and
 ``docs/images/video_finetune.png`` (one frame: rainy | shipped | fine-tuned | temporal median | clean).
 
-    OMP_NUM_THREADS=2 python benchmarks/video_finetune.py --max-steps 600
+    OMP_NUM_THREADS=2 python -m benchmarks.video_finetune --max-steps 600
 """
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-import harness
 import numpy as np
 import torch
 
+from benchmarks import harness
 from mgid.data.imageio import write_image
 from mgid.data.synthetic_video import StaticCamera, clean_frames, write_clip
 from mgid.data.video import open_frames
@@ -46,7 +46,8 @@ def scores(outputs: list[np.ndarray], clean: list[np.ndarray]) -> dict[str, floa
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.video_finetune", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(harness.RESULTS), help="report folder [default: benchmarks/results]")
     p.add_argument("--work", default="runs/video_finetune", help="clips and the fine-tuning run go here")
     p.add_argument("--max-steps", type=int, default=None, help="fine-tuning steps [default: the recipe's]")

@@ -1,8 +1,8 @@
-"""Smoke test of benchmarks/bench_derain.py: its main() in the --quick setting on one tiny image.
+"""Smoke test of benchmarks.bench_derain: its main() in the --quick setting on one tiny image.
 
-The benchmark ships with the source tree (not the package), so it is loaded from its file; it runs
-in this process with the shipped weights (one torch thread, a 40x32 image, one held-out image per
-set: seconds).
+The benchmark ships with the source tree (not the package): ``benchmarks`` imports from the repository root,
+where pytest runs. It runs in this process with the shipped weights (one torch thread, a 40x32 image, one
+held-out image per set: seconds).
 """
 from __future__ import annotations
 
@@ -10,16 +10,11 @@ import json
 
 import pytest
 
+import benchmarks.bench_derain as bench
 from mgid.data.heldout_sets import HELDOUT_SETS
 
 
-@pytest.fixture(scope="module")
-def bench(load_benchmark):
-    """benchmarks/bench_derain.py as a module (conftest's `load_benchmark`)."""
-    return load_benchmark("bench_derain")
-
-
-def test_quick_run_reports_every_variant(bench, tmp_path, capsys):
+def test_quick_run_reports_every_variant(tmp_path, capsys):
     assert bench.main(["--quick", "--sizes", "40x32", "--out", str(tmp_path)]) == 0
     files = sorted(tmp_path.glob("bench_derain_cpu_*.json"))
     assert len(files) == 1, list(tmp_path.iterdir())
@@ -61,7 +56,7 @@ def test_quick_run_reports_every_variant(bench, tmp_path, capsys):
     assert "Fastest variant passing" in capsys.readouterr().out
 
 
-def test_bad_arguments_are_refused(bench):
+def test_bad_arguments_are_refused():
     with pytest.raises(SystemExit):
         bench.parse_args(["--sizes", "12"])
     with pytest.raises(SystemExit):

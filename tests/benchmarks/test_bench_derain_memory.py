@@ -1,23 +1,18 @@
-"""benchmarks/bench_derain_memory.py: one child measurement, and the summary, record and before/after table
+"""benchmarks.bench_derain_memory: one child measurement, and the summary, record and before/after table
 computed from the committed reports (measuring everything takes minutes; the rows are the measurement)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import pytest
-
+import benchmarks.bench_derain_memory as bench
 from mgid.derain.memory_budget import MEMORY_RECORD
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 
 
-@pytest.fixture(scope="module")
-def bench(load_benchmark):
-    return load_benchmark("bench_derain_memory")
 
-
-def test_one_measurement_in_a_child(bench, tmp_path):
+def test_one_measurement_in_a_child(tmp_path):
     from tests.derain.tiny_network import tiny_weights
 
     w, h = bench.size_of(0.05)
@@ -27,7 +22,7 @@ def test_one_measurement_in_a_child(bench, tmp_path):
     assert result["growth_bytes"] > 0 and result["rss_before"] > 0 and result["seconds"] > 0
 
 
-def test_record_is_the_committed_reports_summary(bench):
+def test_record_is_the_committed_reports_summary():
     """The package record is `summarise` of the rows of the report it names, so nothing in it is typed in."""
     record = json.loads(MEMORY_RECORD.read_text())
     report_path = RESULTS.parent.parent / record["source"]
@@ -40,7 +35,7 @@ def test_record_is_the_committed_reports_summary(bench):
             assert v["bytes_per_pixel"] >= fits[name][width]["whole_bytes_per_pixel"] * 0.9
 
 
-def test_before_after_table(bench, tmp_path):
+def test_before_after_table(tmp_path):
     before = json.loads(next(RESULTS.glob("bench_derain_memory_cpu_*_before.json")).read_text())
     after_path = RESULTS.parent.parent / json.loads(MEMORY_RECORD.read_text())["source"]
     after = json.loads(after_path.read_text())

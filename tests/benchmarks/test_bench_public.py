@@ -1,8 +1,8 @@
-"""benchmarks/bench_public.py: its main() on tiny fake paired sets (both layouts), and on ../shared/benchmarks/rain12
+"""benchmarks.bench_public: its main() on tiny fake paired sets (both layouts), and on ../shared/benchmarks/rain12
 when that folder exists (a user's clone has none: the test then skips and says why).
 
-The benchmark ships with the source tree (not the package), so it is loaded from its file (conftest's
-`load_benchmark`). One torch thread; the fake sets take seconds, rain12 about 15 s.
+The benchmark ships with the source tree (not the package): ``benchmarks`` imports from the repository root.
+One torch thread; the fake sets take seconds, rain12 about 15 s.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+import benchmarks.bench_public as bench
 from mgid.checkpoint import save_checkpoint
 from mgid.data import read_image, write_image
 from mgid.eval.metrics import score
@@ -23,11 +24,6 @@ REPO = Path(__file__).resolve().parents[2]
 RAIN12 = REPO.parent / "shared" / "benchmarks" / "rain12"
 TINY = ModelConfig(channels=8, memory_items=4)
 
-
-@pytest.fixture(scope="module")
-def bench(load_benchmark):
-    """benchmarks/bench_public.py as a module (conftest's `load_benchmark`)."""
-    return load_benchmark("bench_public")
 
 
 def _fake_set(root: Path, rainy_dir: str, clean_dir: str, rainy_name: str, clean_name: str, seed: int) -> Path:
@@ -48,7 +44,7 @@ def _report(out: Path) -> tuple[dict, str]:
     return json.loads(files[0].read_text()), files[0].with_suffix(".md").read_text()
 
 
-def test_fake_sets_both_layouts_several_weights(bench, tmp_path):
+def test_fake_sets_both_layouts_several_weights(tmp_path):
     torch.manual_seed(0)
     tiny = save_checkpoint(tmp_path / "w", MGIDNet(TINY), None, {"config": {"model": TINY.to_dict()}},
                            names=("tiny",))["model"]
@@ -62,7 +58,7 @@ def test_fake_sets_both_layouts_several_weights(bench, tmp_path):
     report, md = _report(out)
 
     assert report["settings"]["precision"] == "fp32" and report["settings"]["self_ensemble"] is False
-    assert report["command"].startswith("python benchmarks/bench_public.py --sets ")
+    assert report["command"].startswith("python -m benchmarks.bench_public --sets ")
     assert report["environment"]["cpu"]["line"] in md and report["wall_s"] > 0
     assert [s["name"] for s in report["sets"]] == ["mine", "rain12"]
     for s, root in zip(report["sets"], (a, b)):
@@ -91,7 +87,7 @@ def test_fake_sets_both_layouts_several_weights(bench, tmp_path):
     assert "## mine (2 pairs)" in md and "| tiny |" in md
 
 
-def test_errors(bench, tmp_path, capsys):
+def test_errors(tmp_path, capsys):
     (tmp_path / "flat").mkdir()
     assert bench.main(["--sets", str(tmp_path / "flat"), "--out", str(tmp_path)]) == 2
     assert "bench_public: error:" in capsys.readouterr().err
@@ -102,7 +98,7 @@ def test_errors(bench, tmp_path, capsys):
 
 @pytest.mark.skipif(not RAIN12.is_dir(), reason=f"{RAIN12} not found: the public test sets are in ../shared/benchmarks "
                                                 "beside the repository only (never in a clone)")
-def test_rain12_input_score_matches_the_shared_readme(bench, tmp_path):
+def test_rain12_input_score_matches_the_shared_readme(tmp_path):
     """The full 12 pairs in fp32 (about 15 s on one thread): the rainy input scores what the shared README
     measured (30.13 dB / 0.855), the shipped weights score finite values, the published rows are listed."""
     assert bench.main(["--sets", str(RAIN12), "--device", "cpu", "--out", str(tmp_path), "--quiet"]) == 0

@@ -1,11 +1,10 @@
-"""Smoke test of benchmarks/bench_ops.py: a --quick run on the CPU writes a JSON with timed rows.
+"""Smoke test of benchmarks.bench_ops: a --quick run on the CPU writes a JSON with timed rows.
 
 One torch thread: on a small machine that is busy with other work, OpenMP threads that wait for
 each other make a --quick run many times slower.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -16,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import benchmarks.public_loop as loop
 from mgid.data.heldout_sets import HELDOUT_SETS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,7 +25,7 @@ def test_bench_ops_quick_writes_rows(tmp_path: Path) -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "bench_ops.py"), "--quick", "--device", "cpu",
+        [sys.executable, "-m", "benchmarks.bench_ops", "--quick", "--device", "cpu",
          "--shapes", "train", "--threads", "1", "--out", str(tmp_path)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
     )
@@ -62,14 +62,11 @@ def test_bench_ops_quick_writes_rows(tmp_path: Path) -> None:
 
 
 def test_public_loop_baseline_matches_reference() -> None:
-    """benchmarks/public_loop.py, the per-item loop of the public code that bench_ops times as its
-    baseline, loaded from its file (no sys.path change): it agrees with mgid.ops.reference, output
+    """benchmarks.public_loop, the per-item loop of the public code that bench_ops times as its
+    baseline: it agrees with mgid.ops.reference, output
     by output and in the gradient of the read and the losses (float64, a small odd shape)."""
     from mgid.ops import reference
 
-    spec = importlib.util.spec_from_file_location("public_loop", REPO / "benchmarks" / "public_loop.py")
-    loop = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(loop)
     gen = torch.Generator().manual_seed(0)
     q = torch.randn(2, 8, 3, 5, generator=gen, dtype=torch.float64)
     items = F.normalize(torch.rand(6, 8, generator=gen, dtype=torch.float64), dim=1)
@@ -87,13 +84,13 @@ def test_public_loop_baseline_matches_reference() -> None:
 
 
 def test_bench_train_quick_writes_baseline(tmp_path: Path) -> None:
-    """benchmarks/bench_train.py --quick (one thread, as above): exit 0, a JSON whose baseline case ran
+    """benchmarks.bench_train --quick (one thread, as above): exit 0, a JSON whose baseline case ran
     (images/s > 0) and a markdown report with the step table."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "bench_train.py"), "--quick", "--threads", "1",
+        [sys.executable, "-m", "benchmarks.bench_train", "--quick", "--threads", "1",
          "--out", str(tmp_path)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
     )
@@ -142,7 +139,7 @@ def test_learning_curve_scores_step_checkpoints_and_plots(tmp_path: Path) -> Non
 
 
 def test_recalibrated_score_rescores_checkpoints(tmp_path: Path) -> None:
-    """benchmarks/recalibrated_score.py: a step checkpoint re-scored after BatchNorm recalibration, every set."""
+    """benchmarks.recalibrated_score: a step checkpoint re-scored after BatchNorm recalibration, every set."""
     from mgid.config.train_config import resolve_config
     from mgid.train.trainer import Trainer
 
@@ -152,7 +149,7 @@ def test_recalibrated_score_rescores_checkpoints(tmp_path: Path) -> None:
         "image_every": 0, "val_count": 1, "sample_rows": 1, "device": "cpu", "bn_recalibration_batches": 0})
     Trainer(cfg, log=lambda s: None).run()
     ckpt = tmp_path / "run" / "checkpoints" / "step_000001.safetensors"
-    cmd = [sys.executable, str(REPO / "benchmarks" / "recalibrated_score.py"), str(ckpt), "--batches", "2",
+    cmd = [sys.executable, "-m", "benchmarks.recalibrated_score", str(ckpt), "--batches", "2",
            "--json", str(tmp_path / "scores.json")]
     proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True,
                           text=True, timeout=240)

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""Training throughput of the MGID step on this CPU, per setting, in one run.
+"""Training throughput of the MGID step on this CPU (or one CUDA GPU), per setting, in one run.
 
-It times one training step as the loop runs it (`MGIDObjective`: both frames forward and the loss; then
-`optimizer_step`: backward, Adam) with the model
+It times one training step as ``mgid train`` runs it (`mgid.train.objective.MGIDObjective`: both frames forward
+and the loss; the finiteness check; then `mgid.train.objective.optimizer_step`: backward, Adam) with the model
 and loss of a named config (default ``cpu``, the recipe of the shipped weights) and reports the
 median seconds per step and training images per second (two frames per pair: ``2 * batch / s``)
 for these settings, one factor at a time from a baseline (fp32, contiguous, eager, fused ops,
@@ -29,16 +29,21 @@ case trains on batches rendered once before timing (so the step times hold no da
 A loss-curve check (``--curve-steps``) trains fp32 eager and the fast path (bf16 +
 channels_last + fused ops) from the same seed on the same batches and compares the curves.
 
-Writes ``bench_train_cpu_<UTC timestamp>.json`` / ``.md`` (and ``_curve.png``) under ``--out``
+``--device cuda`` times the same step on the GPU (batches moved there before timing, the timed region between
+``torch.cuda.synchronize()`` calls) for baseline, bf16, channels_last, both, the reference ops in fp32 and bf16,
+and compiled (threads and ``auto`` are CPU settings); the loader and the curve run as on the CPU. It exits with
+a one-line error (code 2) where torch sees no GPU. ``tools/gpu_check.sh`` runs it on the lent GPU machine.
+
+Writes ``bench_train_<cpu|cuda>_<UTC timestamp>.json`` / ``.md`` (and ``_curve.png``) under ``--out``
 and prints the report. A case that fails (e.g. torch.compile without a working C++ compiler)
 is reported as failed with its error; the run goes on.
 
 Run from the repository root: ``python -m benchmarks.bench_train --quick``.
 
-This file is the entry (command line, `main`); the parts live in siblings named after them:
-`train_cases.py` (the cases and how one is timed), `train_data.py` (batch rendering, the loader
-measurement, data verdicts), `train_curve.py` (the loss-curve check and its plot) and
-`train_report.py` (the markdown report).
+This module is the entry (command line, `main`); the parts live in siblings named after them:
+`benchmarks.train_cases` (the cases and how one is timed), `benchmarks.train_data` (batch rendering, the loader
+measurement, data verdicts), `benchmarks.train_curve` (the loss-curve check and its plot) and
+`benchmarks.train_report` (the markdown report).
 """
 from __future__ import annotations
 
@@ -70,9 +75,14 @@ QUICK = {"batch": 2, "crop": 32, "warmup": 1, "steps": 2, "curve_steps": 4, "dat
 # environment
 
 
-def environment() -> dict[str, Any]:
-    """The harness's record (CPU, flags, torch, git, build_info, load) plus OpenCV's thread count."""
+def environment(device: torch.device) -> dict[str, Any]:
+    """The harness's record (CPU, flags, torch, git, build_info, load) plus OpenCV's thread count and, on
+    CUDA, the GPU (name, capability, memory) and torch's CUDA version."""
     env = harness.environment()
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env["gpu"] = {"name": props.name, "capability": f"sm_{props.major}{props.minor}",
+                      "memory_gib": round(props.total_memory / 2**30, 1), "torch_cuda": torch.version.cuda}
     try:
         import cv2
 
@@ -106,6 +116,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         epilog="Exit code: 0 when the report was written and the baseline case ran; 1 when the baseline failed "
                "(the report is still written); 2 on bad options.\nexample: python -m benchmarks.bench_train --quick",
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="where the step cases and the curve run: cpu, or cuda (fails with a message where torch "
+                        "sees no GPU) (default: %(default)s)")
     p.add_argument("--config", default="cpu", choices=sorted(NAMED_CONFIGS),
                    help="named config whose model, loss, optimiser, data settings, batch and crop are used "
                         "(default: %(default)s, the CPU recipe)")
@@ -137,7 +150,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="torch threads of the curve runs (default: the largest --threads value)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, memory items and data (default: 0)")
     p.add_argument("--out", default=str(DEFAULT_OUT),
-                   help="folder for bench_train_cpu_<UTC timestamp>.json/.md/_curve.png "
+                   help="folder for bench_train_<device>_<UTC timestamp>.json/.md/_curve.png "
                         "(default: benchmarks/results in the repository)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run in seconds: batch 2, crop 32, 1 warm-up + 2 timed steps, 2 data batches, a 4-step "
@@ -170,9 +183,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    device = harness.torch_device(args.device)
     t_start = time.perf_counter()
     other_total = OtherLoad()
-    env = environment()
+    env = environment(device)
     threads_at_start = torch.get_num_threads()
     cfg = named_config(args.config)
     batch = args.batch or cfg.batch_size
@@ -183,13 +197,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     harness.configure_compile(64)
     errors: list[str] = []
 
-    cases = build_cases(args.threads)
+    cases = build_cases(args.threads, device.type)
     wanted = None if args.cases is None else {c.strip() for c in args.cases.split(",") if c.strip()}
     if wanted is not None and wanted - {c.id for c in cases}:
         print(f"error: unknown --cases {sorted(wanted - {c.id for c in cases})}; ids here: "
               f"{[c.id for c in cases]}", file=sys.stderr)
         return 2
-    log(f"mgid bench_train: {env['cpu']['line']}, torch {env['torch']}, config {args.config}, batch {batch}, "
+    where = env["gpu"]["name"] if device.type == "cuda" else env["cpu"]["line"]
+    log(f"mgid bench_train: {where}, torch {env['torch']}, config {args.config}, batch {batch}, "
         f"crop {crop}, threads {args.threads}, {len(cases)} cases" + (" (--quick)" if args.quick else ""))
 
     ds = make_dataset(None, "train", crop, args.seed, embedded=cfg.embedded)
@@ -211,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     rendered = render_batches(ds, batch, max(n_time, args.curve_steps))
     log(f"  rendered {len(rendered)} batches in {time.perf_counter() - t0:.1f} s")
-    time_batches = [(to_float_batch(a), to_float_batch(b)) for a, b in rendered[:n_time]]
+    time_batches = [(to_float_batch(a).to(device), to_float_batch(b).to(device)) for a, b in rendered[:n_time]]
 
     # -- the step cases
     rows: list[dict[str, Any]] = []
@@ -224,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.append({**case.settings(), "status": "skipped", "error": why})
             continue
         log(f"  case {case.id} ({case.label}) ...")
-        row = run_case(case, cfg, time_batches, args.warmup, args.steps, args.seed)
+        row = run_case(case, cfg, time_batches, args.warmup, args.steps, args.seed, device)
         rows.append(row)
         if row["status"] == "ok":
             extra = f", compile {row['compile_s']:.1f} s" if row.get("compile_s") is not None else ""
@@ -240,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # -- loss curves
     curve_threads = args.curve_threads or max(args.threads)
-    out_base = harness.report_base(args.out, "bench_train_cpu")
+    out_base = harness.report_base(args.out, f"bench_train_{device.type}")
     if args.curve_steps == 0:
         curve: dict[str, Any] = {"status": "skipped", "reason": "--curve-steps 0"}
     else:
@@ -249,8 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"({cfg.optim.schedule}, {cfg.optim.warmup_steps} warm-up steps, peak {cfg.optim.lr:g})"
                 if args.curve_schedule == "recipe" else f"constant {cfg.optim.lr:g}")
         log(f"  loss curves: {args.curve_steps} steps each, fp32 then fast path ...")
-        fp32 = train_curve(cfg, batches, args.seed, "fp32", False, curve_threads, args.curve_schedule)
-        fast = train_curve(cfg, batches, args.seed, "bf16", True, curve_threads, args.curve_schedule)
+        fp32 = train_curve(cfg, batches, args.seed, "fp32", False, curve_threads, args.curve_schedule, device)
+        fast = train_curve(cfg, batches, args.seed, "bf16", True, curve_threads, args.curve_schedule, device)
         curve = {"status": "ok" if fp32["status"] == fast["status"] == "ok" else "failed", "steps": args.curve_steps,
                  "threads": curve_threads, "schedule": args.curve_schedule, "schedule_note": note,
                  "fp32": fp32, "fast": fast, "stats": curve_stats(fp32["losses"], fast["losses"]),
@@ -278,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result: dict[str, Any] = {
         "schema": 1,
         "benchmark": "mgid bench_train",
-        "device": "cpu",
+        "device": device.type,
         "environment": env,
         "settings": {"config": args.config, "batch": batch, "crop": crop, "warmup": args.warmup, "steps": args.steps,
                      "threads": args.threads, "workers": args.workers, "data_batches": args.data_batches,
@@ -292,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "data_loading": loading,
         "data_summary": data_summary,
         "curve": curve,
-        "auto": auto_verdict(rows),
+        "auto": auto_verdict(rows, device.type),
         "errors": errors,
         "loadavg_end": harness.loadavg(),
         "other_load_share": frac,

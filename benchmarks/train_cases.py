@@ -1,8 +1,10 @@
 """The timed settings of the training step (`Case`, `build_cases`) and how one is run and timed.
 
-`run_case` times one training step as `mgid train` runs it (`MGIDObjective`, then `optimizer_step`) for one `Case` on batches rendered beforehand
-(`train_data.render_batches`); `mgid_op_share` profiles one extra step for the share of its wall
-time in the compiled mgid ops. Used by `bench_train.py` (the entry) and `train_curve.py`.
+`run_case` times one training step as ``mgid train`` runs it (`MGIDObjective`, the finiteness check, then
+`optimizer_step`) for one `Case` on batches rendered beforehand (`train_data.render_batches`), on the CPU or on
+CUDA (the timed region between ``torch.cuda.synchronize()`` calls); `mgid_op_share` profiles one extra CPU step
+for the share of its wall time in the compiled mgid ops. Used by `benchmarks.bench_train` (the entry) and
+`benchmarks.train_curve`.
 """
 from __future__ import annotations
 
@@ -43,13 +45,25 @@ class Case:
         return dataclasses.asdict(self)
 
 
-def build_cases(threads: Sequence[int]) -> list[Case]:
+def build_cases(threads: Sequence[int], device: str = "cpu") -> list[Case]:
     """Baseline, one factor at a time, bf16 + channels_last, then ``auto`` (what training resolves on this
     CPU, `mgid.precision.resolve_arithmetic`) eager and compiled at every thread count.
 
-    The compiled cases come last so that no eager number is taken right after a compilation.
+    On CUDA the host's thread count does not matter and ``auto`` is not resolved per CPU: baseline, bf16,
+    channels_last, both, the reference ops in fp32 and in bf16 (fused vs reference at both precisions), then
+    compiled. The compiled cases come last so that no eager number is taken right after a compilation.
     """
     t0 = threads[0]
+    if device == "cuda":
+        return [
+            Case("baseline", "baseline", threads=t0),
+            Case("bf16", "bf16 autocast", precision="bf16", threads=t0),
+            Case("channels_last", "channels_last", channels_last=True, threads=t0),
+            Case("bf16_channels_last", "bf16 + channels_last", precision="bf16", channels_last=True, threads=t0),
+            Case("reference_ops", "reference ops", ops="reference", threads=t0),
+            Case("reference_bf16", "reference ops, bf16 autocast", precision="bf16", ops="reference", threads=t0),
+            Case("compiled", "torch.compile", compile=True, threads=t0),
+        ]
     auto = resolve_arithmetic("auto", None, "cpu")
     cases = [
         Case("baseline", "baseline", threads=t0),
@@ -68,14 +82,14 @@ def build_cases(threads: Sequence[int]) -> list[Case]:
     return cases
 
 
-def auto_verdict(cases: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def auto_verdict(cases: Sequence[dict[str, Any]], device: str = "cpu") -> dict[str, Any]:
     """Whether ``auto`` (eager, fused, at its thread count) is the fastest eager combination measured.
 
     Compares each ``auto_{t}t`` row with every eager row at the same thread count (fp32 vs bf16,
     channels_last or not, fused vs reference ops); compiled rows are reported beside it, since compile
-    time (tens of seconds) is not in a steady step.
+    time (tens of seconds) is not in a steady step. On CUDA (no ``auto_`` case) only the resolution is given.
     """
-    auto = resolve_arithmetic("auto", None, "cpu")
+    auto = resolve_arithmetic("auto", None, device)
     ok = [r for r in cases if r["status"] == "ok"]
     rows = []
     for a in (r for r in ok if r["id"].startswith("auto_") and not r["compile"]):
@@ -96,13 +110,14 @@ def short_error(err: BaseException) -> str:
     return f"{type(err).__name__}: {first}"
 
 
-def build_training(cfg: TrainConfig, seed: int, channels_last: bool
+def build_training(cfg: TrainConfig, seed: int, channels_last: bool, device: torch.device | str = "cpu"
                    ) -> tuple[MGIDNet, MGIDLoss, torch.optim.Optimizer]:
-    """A fresh network (weights and memory items fixed by ``seed``), the loss and Adam, as `Trainer` builds them."""
+    """A fresh network (weights and memory items fixed by ``seed``) on ``device``, the loss and Adam, as
+    `Trainer` builds them."""
     seed_everything(seed)
     net = MGIDNet(cfg.model, generator=torch.Generator().manual_seed(seed))
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    net = net.to(memory_format=fmt).train()
+    net = net.to(device, memory_format=fmt).train()
     o = cfg.optim
     optimizer = torch.optim.Adam(net.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
     return net, MGIDLoss(cfg.loss), optimizer
@@ -141,15 +156,18 @@ def mgid_op_share(step: Any) -> dict[str, Any]:
 
 
 def run_case(case: Case, cfg: TrainConfig, batches: list[tuple[torch.Tensor, torch.Tensor]], warmup: int,
-             steps: int, seed: int) -> dict[str, Any]:
-    """Time ``steps`` training steps of ``case`` after ``warmup`` ones; the row of the report.
+             steps: int, seed: int, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Time ``steps`` training steps of ``case`` after ``warmup`` ones on ``device``; the row of the report.
 
     A step is what the training loop does per batch: the inputs to the case's memory format,
     `MGIDObjective` (both frames, the loss), the finiteness check (a sync) and `optimizer_step` (backward
-    + Adam), as the training loop runs them. Warm-up steps are timed too but kept out of the median; for a compiled case the
-    first one holds the compilation.
+    + Adam), as the training loop runs them. ``batches`` are already on ``device``; on CUDA the timed region
+    starts and ends with ``torch.cuda.synchronize()``, so a step's time holds all its kernels. Warm-up steps
+    are timed too but kept out of the median; for a compiled case the first one holds the compilation.
     """
-    row: dict[str, Any] = {**case.settings(), "status": "ok", "error": None}
+    device = torch.device(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    row: dict[str, Any] = {**case.settings(), "device": device.type, "status": "ok", "error": None}
     other = OtherLoad()
     torch.set_num_threads(case.threads)
     row["threads_actual"] = torch.get_num_threads()
@@ -157,15 +175,16 @@ def run_case(case: Case, cfg: TrainConfig, batches: list[tuple[torch.Tensor, tor
     fmt = torch.channels_last if case.channels_last else torch.contiguous_format
     warmup = max(warmup, 1) if case.compile else warmup  # the compilation must not land in a timed step
     try:
-        row["op_path"] = ops.op_path("cpu")  # raises here when "fused" cannot be honoured
+        row["op_path"] = ops.op_path(device)  # raises here when "fused" cannot be honoured
         if case.compile:
             torch._dynamo.reset()  # each compiled case compiles its own net from scratch
-        net, criterion, optimizer = build_training(cfg, seed, case.channels_last)
+        net, criterion, optimizer = build_training(cfg, seed, case.channels_last, device)
         model = torch.compile(net) if case.compile else net
         objective = MGIDObjective(model, criterion, case.precision)
         times: list[float] = []
         for i in range(warmup + steps):
             f1, f2 = batches[i % len(batches)]
+            sync()
             t0 = time.perf_counter()
             frame1 = f1.contiguous(memory_format=fmt)
             frame2 = f2.contiguous(memory_format=fmt)
@@ -174,8 +193,9 @@ def run_case(case: Case, cfg: TrainConfig, batches: list[tuple[torch.Tensor, tor
             if not math.isfinite(value):
                 raise FloatingPointError(f"non-finite loss {value} at step {i + 1}")
             optimizer_step(optimizer, total)
+            sync()
             times.append(time.perf_counter() - t0)
-        if case.ops == "fused" and not case.compile:
+        if case.ops == "fused" and not case.compile and device.type == "cpu":
             def one_step() -> None:
                 f1, f2 = batches[0]
                 step_total, _t, _o = objective(f1.contiguous(memory_format=fmt), f2.contiguous(memory_format=fmt))
@@ -200,5 +220,7 @@ def run_case(case: Case, cfg: TrainConfig, batches: list[tuple[torch.Tensor, tor
             harness.safe(torch._dynamo.reset)
     finally:
         ops.set_ops_mode(None)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the next case starts from the same free memory
     row["other_load_share"] = other.fraction()
     return row

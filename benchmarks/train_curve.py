@@ -21,15 +21,17 @@ from mgid.train.sampler import learning_rate
 
 
 def train_curve(cfg: TrainConfig, batches: list[tuple[torch.Tensor, torch.Tensor]], seed: int, precision: str,
-                channels_last: bool, threads: int, schedule: str) -> dict[str, Any]:
-    """Total loss per step of a run from ``seed`` on ``batches`` (fused ops, eager)."""
+                channels_last: bool, threads: int, schedule: str, device: torch.device | str = "cpu"
+                ) -> dict[str, Any]:
+    """Total loss per step of a run from ``seed`` on ``batches`` (fused ops, eager, on ``device``): each step
+    `MGIDObjective`, the finiteness check, `optimizer_step`, as ``mgid train`` runs it."""
     torch.set_num_threads(threads)
     ops.set_ops_mode("fused")
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     losses: list[float] = []
     t0 = time.perf_counter()
     try:
-        net, criterion, optimizer = build_training(cfg, seed, channels_last)
+        net, criterion, optimizer = build_training(cfg, seed, channels_last, device)
         objective = MGIDObjective(net, criterion, precision)
         horizon = cfg.max_steps or len(batches)
         for step, (u1, u2) in enumerate(batches):
@@ -37,8 +39,8 @@ def train_curve(cfg: TrainConfig, batches: list[tuple[torch.Tensor, torch.Tensor
             lr = learning_rate(step, horizon, cfg.optim) if schedule == "recipe" else cfg.optim.lr
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            frame1 = to_float_batch(u1).contiguous(memory_format=fmt)
-            frame2 = to_float_batch(u2).contiguous(memory_format=fmt)
+            frame1 = to_float_batch(u1).to(device).contiguous(memory_format=fmt)
+            frame2 = to_float_batch(u2).to(device).contiguous(memory_format=fmt)
             total, _terms, _out = objective(frame1, frame2)
             value = float(total.detach())
             losses.append(value)

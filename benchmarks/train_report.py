@@ -17,10 +17,13 @@ def _f(value: Any, spec: str = ".3f", none: str = "-") -> str:
 def markdown_report(result: dict[str, Any]) -> str:
     """The report: environment, the step table, the data-loading table, the loss-curve check."""
     env, s = result["environment"], result["settings"]
-    cpu = env["cpu"]
+    cpu, gpu = env["cpu"], env.get("gpu")
+    where = f"{gpu['name']} (CUDA)" if result["device"] == "cuda" and gpu else "the CPU"
     lines = [
-        f"# MGID training throughput on the CPU ({env['date_utc']})",
+        f"# MGID training throughput on {where} ({env['date_utc']})",
         "",
+        *([f"- GPU: {gpu['name']}, {gpu['capability']}, {gpu['memory_gib']} GiB; torch's CUDA {gpu['torch_cuda']}"]
+          if gpu else []),
         f"- CPU: {cpu['line']}",
         f"- torch {env['torch']}, Python {env['python']}, git {env['git']['commit']}"
         + (" (uncommitted changes)" if env["git"]["dirty"] else "")

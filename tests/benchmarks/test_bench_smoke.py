@@ -110,7 +110,7 @@ def test_bench_train_quick_writes_baseline(tmp_path: Path) -> None:
 
 
 def test_learning_curve_scores_step_checkpoints_and_plots(tmp_path: Path) -> None:
-    """benchmarks/learning_curve.py on a 2-step tiny run with step checkpoints: a cached score per step for
+    """tools.learning_curve on a 2-step tiny run with step checkpoints: a cached score per step for
     every held-out set, a rerun that scores nothing new, and the PNG."""
     from mgid.config.train_config import resolve_config
     from mgid.train.trainer import Trainer
@@ -121,7 +121,7 @@ def test_learning_curve_scores_step_checkpoints_and_plots(tmp_path: Path) -> Non
         "image_every": 0, "val_count": 1, "sample_rows": 1, "device": "cpu"})
     Trainer(cfg, log=lambda s: None).run()
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, str(REPO / "benchmarks" / "learning_curve.py"), "--run", str(tmp_path / "run"),
+    cmd = [sys.executable, "-m", "tools.learning_curve", "--run", str(tmp_path / "run"),
            "--count", "1", "--plot", str(tmp_path / "curve.png")]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-4000:]

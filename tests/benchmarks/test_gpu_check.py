@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.sh --dry-run (CPU only) and the wheel helper benchmarks/make_wheelhouse.py.
+"""tools/gpu_check.sh --dry-run (CPU only) and the wheel helper tools/make_wheelhouse.py.
 
 The dry run is what can be checked without the lent GPU machine: every stage in order, the results
 folder (flat, a few files, small), the summary's fields, and that a failing stage is reported while
@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
+import tools.make_wheelhouse as make_wheelhouse
+
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
-HELPER = REPO / "benchmarks" / "make_wheelhouse.py"
+SCRIPT = REPO / "tools" / "gpu_check.sh"
+HELPER = REPO / "tools" / "make_wheelhouse.py"
 STAGES = ["wheels", "build", "tests_cuda", "bench_ops", "bench_train", "memcheck", "racecheck", "suite"]
 RESULT_FILES = {"summary.json", "summary.md", "logs.txt", "files.tar.gz"}
 
@@ -41,14 +43,6 @@ def _results_dir(out: Path) -> Path:
     dirs = [p for p in out.iterdir() if p.is_dir()]
     assert len(dirs) == 1 and dirs[0].name.startswith("gpu-"), list(out.iterdir())
     return dirs[0]
-
-
-def _helper():
-    spec = importlib.util.spec_from_file_location("make_wheelhouse", HELPER)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["make_wheelhouse"] = module  # dataclasses look the module up by name
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -138,13 +132,13 @@ def test_unknown_stage_is_refused(tmp_path):
 def test_script_syntax_and_header_documents_the_run_command():
     subprocess.run(["bash", "-n", str(SCRIPT)], check=True)
     header = SCRIPT.read_text().split("\nset -uo pipefail", 1)[0]
-    assert "carry=['benchmarks/wheelhouse']" in header and "bash benchmarks/gpu_check.sh" in header
+    assert "carry=['tools/wheelhouse']" in header and "bash tools/gpu_check.sh" in header
     assert "--dry-run" in header
     for stage in STAGES:
         assert re.search(rf"^#\s+{stage}\s", header, re.MULTILINE), stage
-    helper = _helper()
-    assert helper.DEFAULT_DEST == REPO / "benchmarks" / "wheelhouse"
-    assert "benchmarks/wheelhouse/" in (REPO / ".gitignore").read_text().splitlines()
+    helper = make_wheelhouse
+    assert helper.DEFAULT_DEST == REPO / "tools" / "wheelhouse"
+    assert "tools/wheelhouse/" in (REPO / ".gitignore").read_text().splitlines()
 
 
 def _pyproject_requirements() -> set[str]:
@@ -157,7 +151,7 @@ def _pyproject_requirements() -> set[str]:
 
 
 def test_wheel_list_is_consistent_with_pyproject():
-    helper = _helper()
+    helper = make_wheelhouse
     norm = helper.normalize
     declared = {norm(r) for r in _pyproject_requirements()}
     carried = [norm(p.dist) for p in helper.PACKAGES]
@@ -179,7 +173,7 @@ def test_wheel_list_is_consistent_with_pyproject():
 
 def test_wheel_install_without_a_folder_reports_and_does_not_crash(tmp_path):
     """The lent machine without the carried folder: no pip call, a clear message, exit 1 only if missing."""
-    helper = _helper()
+    helper = make_wheelhouse
     proc = subprocess.run([sys.executable, str(HELPER), "install", "--wheels", str(tmp_path / "none"),
                            "--target", str(tmp_path / "site")], capture_output=True, text=True, timeout=120, check=False)
     assert "absent" in proc.stdout

@@ -1,7 +1,7 @@
 """The CUDA kernels on a GPU: what the CPU-kernel tests cannot see (issue 9).
 
 Over 400 lines because it is the one GPU check of every kernel (run together on a lent GPU by
-benchmarks/gpu_check.sh); one file keeps that run a single pytest selection.
+tools/gpu_check.sh); one file keeps that run a single pytest selection.
 
 Every test is marked ``cuda`` (tests/conftest.py skips it with a reason where there is no GPU or
 no CUDA build). The bodies take a ``device`` argument internally (``_check_*``), so their logic

@@ -7,8 +7,8 @@ polling while the run trains (run it with ``nice`` beside the training job); ``-
 PSNR against steps, one line per set, with the rainy input as a dashed line; ``--previous`` draws the
 curve of the run this one started from (its ``learning_curve.json``) first, and this run's steps after it.
 
-    python benchmarks/learning_curve.py --run runs/cpu --plot docs/images/learning_curve.png
-    python benchmarks/learning_curve.py --run runs/long --previous runs/cpu/learning_curve.json --plot curve.png
+    python -m tools.learning_curve --run runs/cpu --plot docs/images/learning_curve.png
+    python -m tools.learning_curve --run runs/long --previous runs/cpu/learning_curve.json --plot curve.png
 """
 from __future__ import annotations
 
@@ -106,7 +106,8 @@ def plot(data: dict, out: Path, title: str, previous: dict | None = None) -> Pat
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m tools.learning_curve", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, type=Path, help="training output folder (holds checkpoints/)")
     parser.add_argument("--count", type=int, default=None, help="images per held-out set [default: all, 24]")
     parser.add_argument("--device", default="cpu", help="where the network runs [cpu]")

@@ -1,14 +1,14 @@
 #!/usr/bin/env python
-"""The wheels that benchmarks/gpu_check.sh carries to the lent GPU machine, and their install there.
+"""The wheels that tools/gpu_check.sh carries to the lent GPU machine, and their install there.
 
-The lent machine (an H200; see benchmarks/gpu_check.sh) has Python 3.12 with torch and almost every
+The lent machine (an H200; see tools/gpu_check.sh) has Python 3.12 with torch and almost every
 dependency of mgid installed, but no package index and no network: what it lacks travels as wheels
 in a git-ignored folder named in the device tool's ``carry`` (64 MiB for the whole tree).
 
 Subcommands:
 
 ``download`` (default; needs pip's index, run it HERE): fetches into ``--dest``
-(default ``benchmarks/wheelhouse``) the binary wheels of `PACKAGES` for CPython 3.12 on manylinux
+(default ``tools/wheelhouse``) the binary wheels of `PACKAGES` for CPython 3.12 on manylinux
 x86_64 (``pip download --only-binary=:all: --no-deps``), plus each package's older ``fallback``
 release built for an older glibc, then writes ``COMMIT`` (this checkout's commit, which
 gpu_check.sh reports where the copy on the device has no ``.git``) and ``MANIFEST.txt``, and prints
@@ -23,7 +23,7 @@ nothing else, then checks that each imports with TARGET on ``sys.path``. ``--alw
 what already imports (the dry run: proves the wheels install, into a throwaway TARGET). Exit 0 when
 every package imports at the end, 1 when one is missing (the message says which and what needs it).
 
-Run from the repository root: ``python benchmarks/make_wheelhouse.py`` (here, with pip's index).
+Run from the repository root: ``python -m tools.make_wheelhouse`` (here, with pip's index).
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_DEST = REPO / "benchmarks" / "wheelhouse"
+DEFAULT_DEST = REPO / "tools" / "wheelhouse"
 #: Python of the lent machine's image.
 TARGET_PYTHON = "3.12"
 #: glibc versions of the manylinux tags offered to pip (it matches each tag exactly), newest first.
@@ -136,8 +136,8 @@ def run_command(dest: Path, commit: str) -> str:
         carry = dest.resolve().relative_to(REPO).as_posix()
     except ValueError:
         carry = str(dest)
-    wheels = "" if carry == "benchmarks/wheelhouse" else f" GPU_CHECK_WHEELS={carry}"
-    return (f"run(command='GPU_CHECK_COMMIT={commit}{wheels} bash benchmarks/gpu_check.sh', "
+    wheels = "" if carry == "tools/wheelhouse" else f" GPU_CHECK_WHEELS={carry}"
+    return (f"run(command='GPU_CHECK_COMMIT={commit}{wheels} bash tools/gpu_check.sh', "
             f"carry=['{carry}'], timeout_s=570)")
 
 
@@ -205,7 +205,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     have_folder = wheels.is_dir()
     found = sorted(wheels.glob("*.whl")) if have_folder else []
     print(f"wheel folder {wheels}: " + (f"{len(found)} wheels" if have_folder else
-                                         "absent (make it here with `python benchmarks/make_wheelhouse.py` "
+                                         "absent (make it here with `python -m tools.make_wheelhouse` "
                                          "and name it in the run's carry)"))
     for w in found:
         print(f"  {w.name} ({w.stat().st_size} bytes)")
@@ -250,16 +250,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in ("download", "list", "install", "-h", "--help"):
         argv.insert(0, "download")  # the default subcommand
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m tools.make_wheelhouse", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     dl = sub.add_parser("download", help="fetch the wheels here (the default)")
-    dl.add_argument("--dest", default=str(DEFAULT_DEST), help="wheel folder (default: benchmarks/wheelhouse)")
+    dl.add_argument("--dest", default=str(DEFAULT_DEST), help="wheel folder (default: tools/wheelhouse)")
     dl.add_argument("--python-version", default=TARGET_PYTHON, help="CPython of the lent machine (3.12)")
     dl.add_argument("extra", nargs="*", help="more NAME==VERSION to fetch (their own dependencies are not)")
     sub.add_parser("list", help="print the packages: distribution, import name, version")
     ins = sub.add_parser("install", help="install the folder's wheels into --target (on the lent machine)")
-    ins.add_argument("--wheels", default=str(DEFAULT_DEST), help="wheel folder (default: benchmarks/wheelhouse)")
+    ins.add_argument("--wheels", default=str(DEFAULT_DEST), help="wheel folder (default: tools/wheelhouse)")
     ins.add_argument("--target", required=True, help="folder to install into (put it on PYTHONPATH)")
     ins.add_argument("--always", action="store_true", help="install even what already imports")
     return parser.parse_args(argv)

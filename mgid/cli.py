@@ -13,6 +13,7 @@ the library (`mgid.derain.files` and `mgid.derain.video` for derain, `mgid.train
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -644,24 +645,37 @@ def register_heldout(sub: argparse._SubParsersAction) -> None:
 # --------------------------------------------------------------------------------------------------
 # mgid bench
 
-#: The operator benchmark, shipped with the source tree (not inside the installed package).
-BENCH_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_ops.py"
+#: The operator benchmark: a module of the source tree's ``benchmarks`` package, not of the installed ``mgid``.
+BENCH_MODULE = "benchmarks.bench_ops"
+
+
+def bench_source_tree() -> Path | None:
+    """The folder holding the ``benchmarks`` package: the checkout this ``mgid`` was imported from (a source tree
+    or an editable install), else the current folder; None where neither has it (a normal install run elsewhere)."""
+    for root in (Path(__file__).resolve().parents[1], Path.cwd()):
+        if (root / "benchmarks" / "__init__.py").is_file() and (root / "benchmarks" / "bench_ops.py").is_file():
+            return root
+    return None
 
 
 def run_bench(argv: Sequence[str]) -> int:
-    """Run ``benchmarks/bench_ops.py`` with ``argv`` in this Python; its exit code."""
-    if not BENCH_SCRIPT.is_file():
-        print(f"mgid bench: error: {BENCH_SCRIPT} not found: the benchmark ships with the source tree only, not "
-              f"with an installed package; clone the repository and run `mgid bench` (or `python "
-              f"benchmarks/bench_ops.py`) from there", file=sys.stderr)
+    """Run ``python -m benchmarks.bench_ops`` with ``argv`` in this Python, the source tree first on
+    ``PYTHONPATH``; its exit code (2 with a one-line error where no source tree has the benchmarks)."""
+    root = bench_source_tree()
+    if root is None:
+        print("mgid bench: error: the benchmarks ship with the source tree only, not with an installed package: "
+              "clone the repository and run `mgid bench` (or `python -m benchmarks.bench_ops`) in the checkout",
+              file=sys.stderr)
         return EXIT_USAGE
-    return subprocess.call([sys.executable, str(BENCH_SCRIPT), *argv])
+    path = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)
+    return subprocess.call([sys.executable, "-m", BENCH_MODULE, *argv], env={**os.environ, "PYTHONPATH": path})
 
 
 def register_bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", add_help=False, help="benchmark the memory/whitening ops (benchmarks/bench_ops.py; "
-                                                     "options passed through, see `mgid bench --help`)",
-                       description="Runs benchmarks/bench_ops.py with every argument passed through.")
+    p = sub.add_parser("bench", add_help=False, help="benchmark the memory/whitening ops (python -m "
+                                                     "benchmarks.bench_ops of the source tree; options passed "
+                                                     "through, see `mgid bench --help`)",
+                       description="Runs python -m benchmarks.bench_ops with every argument passed through.")
     p.add_argument("args", nargs=argparse.REMAINDER)
     p.set_defaults(func=lambda args: run_bench(args.args))
 
@@ -685,7 +699,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mgid`` script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:  # every option after `bench` belongs to bench_ops.py (argparse would claim -h)
+    if argv[:1] == ["bench"]:  # every option after `bench` belongs to bench_ops (argparse would claim -h)
         return run_bench(argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args))

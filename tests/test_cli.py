@@ -1,6 +1,7 @@
 """``mgid derain`` and ``mgid bench`` end to end on tiny images with a tiny untrained model."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -122,10 +123,13 @@ def test_missing_inputs_and_weights(tmp_path, photos, weights, monkeypatch, caps
 
 def test_bench_passes_arguments_through(monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(cli.subprocess, "call", lambda argv: calls.append(argv) or 0)
+    monkeypatch.setattr(cli.subprocess, "call", lambda argv, **kwargs: calls.append((argv, kwargs)) or 0)
     assert cli.main(["bench", "--quick", "--device", "cpu", "-h"]) == 0
-    assert calls[0][1] == str(cli.BENCH_SCRIPT) and calls[0][2:] == ["--quick", "--device", "cpu", "-h"]
-    assert cli.BENCH_SCRIPT.is_file()  # in the source tree
-    monkeypatch.setattr(cli, "BENCH_SCRIPT", Path("/nonexistent/benchmarks/bench_ops.py"))
+    argv, kwargs = calls[0]
+    assert argv[1:3] == ["-m", cli.BENCH_MODULE] and argv[3:] == ["--quick", "--device", "cpu", "-h"]
+    root = cli.bench_source_tree()
+    assert root is not None and (root / "benchmarks" / "bench_ops.py").is_file()  # in the source tree
+    assert kwargs["env"]["PYTHONPATH"].split(os.pathsep)[0] == str(root)
+    monkeypatch.setattr(cli, "bench_source_tree", lambda: None)  # a normal install, run outside a checkout
     assert cli.main(["bench"]) == 2
     assert "source tree only" in capsys.readouterr().err

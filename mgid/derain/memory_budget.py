@@ -98,7 +98,7 @@ def _record() -> dict:
         return json.loads(MEMORY_RECORD.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise RuntimeError(f"{MEMORY_RECORD} (the measured memory --tile auto needs) is missing or unreadable "
-                           f"({exc}); reinstall mgid or measure it: python benchmarks/bench_derain_memory.py "
+                           f"({exc}); reinstall mgid or measure it: python -m benchmarks.bench_derain_memory "
                            f"--update-record") from exc
 
 

@@ -242,7 +242,7 @@ class Trainer:
             self.log(f"[step {self.step}, epoch {epoch:.2f}] validation {name}: {result.describe()}")
         self.last_validations = results
         self.last_validation = next(iter(results.values()))
-        # one line per validation: the learning curve (plotted by benchmarks/plot_curve.py)
+        # one line per validation: the learning curve (plotted by tools/learning_curve.py)
         line = {"step": self.step, **{k: v.to_dict() for k, v in results.items()}}
         with open(self.out / VALIDATION_LOG, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(line) + "\n")

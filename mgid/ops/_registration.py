@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import torch
 
-lib = torch.library
-
 _ACC = {torch.float64: torch.float64}
 
 
@@ -19,39 +17,39 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 # ---- fake implementations ---------------------------------------------------------------------
 
-@lib.register_fake("mgid::memory_read")
+@torch.library.register_fake("mgid::memory_read")
 def _(query, items, grad_through_weights=False):
     b, c, h, w = query.shape
     return query.new_empty((b, 2 * c, h, w))
 
 
-@lib.register_fake("mgid::memory_read_backward")
+@torch.library.register_fake("mgid::memory_read_backward")
 def _(grad_out, query, items, grad_through_weights):
     return torch.empty_like(query, memory_format=torch.contiguous_format)
 
 
-@lib.register_fake("mgid::memory_update_stats")
+@torch.library.register_fake("mgid::memory_update_stats")
 def _(query, items, max_over_assigned=False):
     acc = _acc_dtype(query.dtype)
     return items.new_empty((items.shape[0],), dtype=acc), items.new_empty(items.shape, dtype=acc)
 
 
-@lib.register_fake("mgid::memory_update")
+@torch.library.register_fake("mgid::memory_update")
 def _(query, items, max_over_assigned=False):
     return items.new_empty(items.shape)
 
 
-@lib.register_fake("mgid::memory_losses")
+@torch.library.register_fake("mgid::memory_losses")
 def _(query, items):
     return query.new_empty(()), query.new_empty(())
 
 
-@lib.register_fake("mgid::memory_losses_backward")
+@torch.library.register_fake("mgid::memory_losses_backward")
 def _(grad_compactness, grad_separateness, query, items):
     return torch.empty_like(query, memory_format=torch.contiguous_format)
 
 
-@lib.register_fake("mgid::memory_step")
+@torch.library.register_fake("mgid::memory_step")
 def _(query, items, grad_through_weights=False, max_over_assigned=False, with_losses=True, with_update=True):
     b, c, h, w = query.shape
     acc = _acc_dtype(query.dtype)
@@ -60,22 +58,22 @@ def _(query, items, grad_through_weights=False, max_over_assigned=False, with_lo
             query.new_empty((b * h * w if with_losses else 0, 2), dtype=torch.int32))
 
 
-@lib.register_fake("mgid::memory_step_backward")
+@torch.library.register_fake("mgid::memory_step_backward")
 def _(grad_read, grad_compactness, grad_separateness, query, items, top, grad_through_weights, with_losses):
     return torch.empty_like(query, memory_format=torch.contiguous_format)
 
 
-@lib.register_fake("mgid::bsw_threshold")
+@torch.library.register_fake("mgid::bsw_threshold")
 def _(values, k):
     return values.new_empty((), dtype=torch.float64)
 
 
-@lib.register_fake("mgid::bsw_loss_masked")
+@torch.library.register_fake("mgid::bsw_loss_masked")
 def _(cov1, cov2, mask):
     return cov1.new_empty(()), cov1.new_empty((), dtype=_acc_dtype(cov1.dtype))
 
 
-@lib.register_fake("mgid::bsw_loss_masked_backward")
+@torch.library.register_fake("mgid::bsw_loss_masked_backward")
 def _(grad, cov1, cov2, mask, count):
     return torch.empty_like(cov1, memory_format=torch.contiguous_format), torch.empty_like(
         cov2, memory_format=torch.contiguous_format)
@@ -83,13 +81,13 @@ def _(grad, cov1, cov2, mask, count):
 
 # feature_covariance and bsw_mask are CompositeExplicitAutograd (ATen calls + the kernels above),
 # which has no meta kernel of its own for every call it makes; give them fakes too.
-@lib.register_fake("mgid::feature_covariance")
+@torch.library.register_fake("mgid::feature_covariance")
 def _(features):
     b, c = features.shape[:2]
     return features.new_empty((b, c, c))
 
 
-@lib.register_fake("mgid::bsw_mask")
+@torch.library.register_fake("mgid::bsw_mask")
 def _(cov1, cov2, k=50):
     return cov1.new_empty(cov1.shape, dtype=torch.bool)
 
@@ -110,7 +108,7 @@ def _read_backward(ctx, grad_out):
     return grad_query, None, None
 
 
-lib.register_autograd("mgid::memory_read", _read_backward, setup_context=_read_setup)
+torch.library.register_autograd("mgid::memory_read", _read_backward, setup_context=_read_setup)
 
 
 def _losses_setup(ctx, inputs, output):
@@ -129,7 +127,7 @@ def _losses_backward(ctx, grad_compactness, grad_separateness):
     return torch.ops.mgid.memory_losses_backward(gc, gs, query, items), None
 
 
-lib.register_autograd("mgid::memory_losses", _losses_backward, setup_context=_losses_setup)
+torch.library.register_autograd("mgid::memory_losses", _losses_backward, setup_context=_losses_setup)
 
 
 def _step_setup(ctx, inputs, output):
@@ -156,7 +154,7 @@ def _step_backward(ctx, grad_read, grad_compactness, grad_separateness, _grad_co
     return grad_query, None, None, None, None, None
 
 
-lib.register_autograd("mgid::memory_step", _step_backward, setup_context=_step_setup)
+torch.library.register_autograd("mgid::memory_step", _step_backward, setup_context=_step_setup)
 
 
 def _covariance_setup(ctx, inputs, output):
@@ -173,7 +171,7 @@ def _covariance_backward(ctx, grad_cov):
     return grad.reshape(b, c, h, w)
 
 
-lib.register_autograd("mgid::feature_covariance", _covariance_backward, setup_context=_covariance_setup)
+torch.library.register_autograd("mgid::feature_covariance", _covariance_backward, setup_context=_covariance_setup)
 
 
 def _bsw_setup(ctx, inputs, output):
@@ -190,4 +188,4 @@ def _bsw_backward(ctx, grad_loss, grad_count):
     return g1, g2, None
 
 
-lib.register_autograd("mgid::bsw_loss_masked", _bsw_backward, setup_context=_bsw_setup)
+torch.library.register_autograd("mgid::bsw_loss_masked", _bsw_backward, setup_context=_bsw_setup)

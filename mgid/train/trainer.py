@@ -40,6 +40,7 @@ from mgid.config.fields import ConfigError
 from mgid.config.train_config import TrainConfig, to_yaml
 from mgid.data import make_dataset
 from mgid.devices import resolve_device
+from mgid.eval.scoring import Scores
 from mgid.losses import MGIDLoss
 from mgid.models import MGIDNet, MGIDOutput
 from mgid.precision import CHANNELS_LAST_SETTINGS, autocast, resolve_arithmetic
@@ -48,7 +49,7 @@ from mgid.train.bn_recalibration import recalibrate_batchnorm, recalibration_bat
 from mgid.train.objective import MGIDObjective, optimizer_step
 from mgid.train.sampler import EpochBatchSampler, learning_rate, seed_everything
 from mgid.train.stopping import StopRequest, TrainingInterrupted, nonfinite_error
-from mgid.train.validation import ValidationResult, build_paired_sets, validate, write_comparison
+from mgid.train.validation import build_paired_sets, validate, write_comparison
 from mgid.visualize import image_grid, tensor_rows
 
 #: Name of the checkpoint a run continues from (``OUT/checkpoints/last.*``).
@@ -77,7 +78,7 @@ class TrainResult:
 
     step: int
     epoch: int
-    validation: ValidationResult | None
+    validation: Scores | None
     checkpoint: Path | None
     samples: Path | None
     seconds: float
@@ -175,8 +176,8 @@ class Trainer:
     def _init_state(self) -> None:
         """The state a checkpoint carries beyond weights and optimiser (a fresh run's values)."""
         self.step = 0
-        self.last_validation: ValidationResult | None = None
-        self.last_validations: dict[str, ValidationResult] = {}
+        self.last_validation: Scores | None = None
+        self.last_validations: dict[str, Scores] = {}
         # [step, batches] of the last BatchNorm recalibration (None: the statistics are as trained)
         self.bn_recalibrated: list[int] | None = None
         self._last_val_step = self._last_ckpt_step = -1
@@ -226,7 +227,7 @@ class Trainer:
         if self.dist.enabled and not self.cfg.dist.sync_bn:
             mdist.average_bn_running_stats(self.net, self.dist)
 
-    def run_validation(self) -> ValidationResult | None:
+    def run_validation(self) -> Scores | None:
         """Validate on rank 0 (every rank must call it: BN statistics are synchronised first)."""
         self._sync_for_output()
         self._last_val_step = self.step

@@ -14,10 +14,6 @@ from mgid.eval.scoring import Scores, net_derain_fn, score_paired_set
 from mgid.models import MGIDNet
 from mgid.visualize import image_grid
 
-#: Mean Y-channel PSNR (dB) / SSIM over ``count`` pairs of the de-rained output and of the rainy input:
-#: the evaluations' one result type, `mgid.eval.scoring.Scores`.
-ValidationResult = Scores
-
 
 def build_paired_sets(cfg: TrainConfig) -> dict[str, Dataset]:
     """The validation pairs by name: ``{"val": val_data}`` (a paired folder), or the embedded held-out
@@ -31,7 +27,7 @@ def build_paired_sets(cfg: TrainConfig) -> dict[str, Dataset]:
     return {kind: EmbeddedPairedSet(cfg.val_count, config=cfg.embedded, rain=kind) for kind in HELDOUT_SETS}
 
 
-def validate(net: MGIDNet, paired: Dataset, device: torch.device) -> ValidationResult:
+def validate(net: MGIDNet, paired: Dataset, device: torch.device) -> Scores:
     """Mean PSNR/SSIM of ``net``'s output and of the rainy input against the clean images of ``paired``
     (`mgid.eval.scoring.score_paired_set`, the loop of ``mgid evaluate`` and ``mgid heldout``)."""
     return score_paired_set(paired, net_derain_fn(net, device))

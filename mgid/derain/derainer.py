@@ -33,6 +33,7 @@ from mgid.checkpoint import (
 from mgid.data.imageio import to_pixels, to_tensor
 from mgid.derain.memory_budget import (
     AUTO_BUDGET_FRACTION,
+    MAX_MEMORY_PLANNED_SHARE,
     MemoryCosts,
     available_memory,
     choose_tile,
@@ -210,9 +211,10 @@ class Derainer:
         return load_costs(self.precision, self.channels_last, self._channels())
 
     def memory_budget(self) -> float:
-        """Bytes ``tile="auto"`` plans with now: `max_memory`, or `AUTO_BUDGET_FRACTION` of what is available."""
+        """Bytes ``tile="auto"`` plans with now: `MAX_MEMORY_PLANNED_SHARE` of `max_memory` (a margin for the run-to-run
+        spread of the peak), or `AUTO_BUDGET_FRACTION` of what is available."""
         if self.max_memory is not None:
-            return float(self.max_memory)
+            return MAX_MEMORY_PLANNED_SHARE * self.max_memory
         return AUTO_BUDGET_FRACTION * available_memory(self.device)
 
     def describe_tiling(self) -> str:

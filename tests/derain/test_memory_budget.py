@@ -75,7 +75,9 @@ def test_auto_equals_whole_within_the_tiling_tolerance():
     rgb = np.ascontiguousarray(rainy[:200, :264])
     whole_d = mgid.load_model(None, "cpu", tile=None, precision="fp32")
     costs = whole_d.memory_costs
-    tight = Derainer(whole_d.net, "cpu", precision="fp32", max_memory=int(costs.tiled(200 * 264, 160 * 160)) + 1)
+    # --max-memory is planned at MAX_MEMORY_PLANNED_SHARE of itself: the budget whose plan has room for 160-pixel tiles
+    budget = int(costs.tiled(200 * 264, 160 * 160) / mb.MAX_MEMORY_PLANNED_SHARE) + 1
+    tight = Derainer(whole_d.net, "cpu", precision="fp32", max_memory=budget)
     assert tight.auto_tile(1, 200, 264) == 160  # room for 160-pixel tiles and no more
     whole, auto = whole_d.derain(rgb), tight.derain(rgb)
     np.testing.assert_array_equal(auto, tight.derain(rgb, tile=160))

@@ -63,7 +63,7 @@ from benchmarks.train_cases import auto_verdict, build_cases, run_case, short_er
 from benchmarks.train_curve import curve_stats, plot_curves, train_curve
 from benchmarks.train_data import add_data_verdicts, measure_loader, render_batches, to_float_batch
 from benchmarks.train_report import markdown_report
-from mgid.config.train_config import NAMED_CONFIGS, named_config
+from mgid.config.train_config import NAMED_CONFIGS, resolve_config
 from mgid.data import make_dataset
 
 DEFAULT_OUT = harness.RESULTS
@@ -188,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     other_total = OtherLoad()
     env = environment(device)
     threads_at_start = torch.get_num_threads()
-    cfg = named_config(args.config)
+    cfg = resolve_config(args.config)
     batch = args.batch or cfg.batch_size
     crop = args.crop or cfg.crop_size
     if batch < 1 or crop < 8:

@@ -25,7 +25,7 @@ import torch
 
 from benchmarks import harness
 from mgid.data.imageio import write_image
-from mgid.data.synthetic_video import StaticCamera, clean_frames, write_clip
+from mgid.data.synthetic_video import StaticCamera, clip_frames, write_clip
 from mgid.data.video import open_frames
 from mgid.derain.derainer import load_model
 from mgid.derain.video import derain_frames, derain_video, temporal_median_stream
@@ -68,7 +68,7 @@ def main() -> int:
     train_clip = write_clip(work / "train.mp4", camera, TRAIN_SEED)
     heldout_clip = write_clip(work / "heldout.mp4", heldout_camera, HELDOUT_SEED)
     rainy = decoded(heldout_clip)
-    clean = list(clean_frames(heldout_camera, HELDOUT_SEED))
+    clean = [target for _rainy, target in clip_frames(heldout_camera, HELDOUT_SEED)]
 
     run = work / "finetune"
     cmd = [sys.executable, "-m", "mgid", "finetune", "--video", str(train_clip), "--out", str(run), "--overwrite"]

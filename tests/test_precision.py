@@ -201,11 +201,10 @@ def _recipe_step_seconds(precision: str, channels_last: bool, steps: int = 3) ->
     """Median seconds of a training step of the quick recipe's network and objective (its batch and crop)."""
     import time
 
-    from mgid.config.train_config import named_config
     from mgid.losses import MGIDLoss
     from mgid.train.objective import MGIDObjective, optimizer_step
 
-    cfg = named_config("quick")
+    cfg = resolve_config("quick")
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     net = MGIDNet(cfg.model, torch.Generator().manual_seed(0)).to(memory_format=fmt).train()
     objective = MGIDObjective(net, MGIDLoss(cfg.loss), precision)
@@ -228,9 +227,8 @@ def test_quick_recipe_is_never_slower_than_fp32_on_this_cpu():
     """What the quick recipe runs here (its arithmetic resolved on this CPU) is not slower than plain fp32:
     a forced bf16 on a CPU without native bf16 was about 10x slower (issue 17). Timed at the recipe's own
     network and shape, one thread, the faster of two tries each; a 1.5x margin for a shared machine's noise."""
-    from mgid.config.train_config import named_config
 
-    cfg = named_config("quick")
+    cfg = resolve_config("quick")
     auto = mgid.precision.resolve_arithmetic(cfg.precision, mgid.precision.CHANNELS_LAST_SETTINGS[cfg.channels_last],
                                              "cpu")
     threads = torch.get_num_threads()

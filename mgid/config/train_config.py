@@ -324,13 +324,6 @@ def resolve_config(config: str | None = None, overrides: Mapping[str, Any] | Non
     return TrainConfig.from_dict(values)
 
 
-def named_config(name: str) -> TrainConfig:
-    """The named configuration ``name`` (see `NAMED_CONFIGS`)."""
-    if name not in NAMED_CONFIGS:
-        raise ConfigError(f"unknown named config {name!r}; available: {', '.join(NAMED_CONFIGS)}")
-    return resolve_config(name)
-
-
 def to_yaml(cfg: TrainConfig) -> str:
     """``cfg`` as YAML, in field order (loadable with ``--config FILE.yaml``)."""
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=False)

@@ -104,12 +104,6 @@ def clip_frames(camera: StaticCamera, seed: int) -> Iterator[tuple[np.ndarray, n
         yield _to_uint8(rainy), _to_uint8(clean)
 
 
-def clean_frames(camera: StaticCamera, seed: int) -> Iterator[np.ndarray]:
-    """The clean frames of the clip recorded with ``seed`` (the targets of its rainy frames)."""
-    for clean, _ in _clean01(camera, seed):
-        yield _to_uint8(clean)
-
-
 def write_clip(path: str | Path, camera: StaticCamera, seed: int, crf: int = 12) -> Path:
     """Encode the rainy frames of the clip recorded with ``seed`` as a video file (H.264 in MP4 or MKV,
     ``crf`` near-lossless so the compression hardly touches the rain), with a sine tone as AAC audio when

@@ -14,7 +14,7 @@ from mgid.checkpoint import read_meta
 from mgid.cli import build_parser as cli_parser
 from mgid.config.fields import ConfigError, iter_fields, overrides_from_args
 from mgid.config.literals import literal_values
-from mgid.config.train_config import NAMED_CONFIGS, TrainConfig, diff, named_config, resolve_config, to_yaml
+from mgid.config.train_config import NAMED_CONFIGS, TrainConfig, diff, resolve_config, to_yaml
 from mgid.data import EmbeddedDataConfig
 from mgid.train.cli import build_parser
 from mgid.train.cli import main as train_main
@@ -66,12 +66,12 @@ def test_train_py_script_help():
 
 
 def test_named_configs():
-    paper = named_config("paper")
+    paper = resolve_config("paper")
     assert (paper.batch_size, paper.crop_size, paper.epochs, paper.optim.lr, paper.model.memory_items) == (
         8, 256, 200, 2e-4, 20)
     assert paper.optim.schedule == "constant" and paper.max_steps is None
     assert set(diff(TrainConfig(), paper)) == {"out"}  # the paper's settings are the defaults
-    quick, cpu = named_config("quick"), named_config("cpu")
+    quick, cpu = resolve_config("quick"), resolve_config("cpu")
     assert quick.max_steps is not None and quick.crop_size <= 128 and quick.embedded.mode == "stream"
     for recipe in (quick, cpu):
         assert recipe.model == paper.model and recipe.loss == paper.loss  # the paper's network and objective
@@ -81,7 +81,7 @@ def test_named_configs():
                                      "checkpoint_every", "image_every", "val_every", "val_count",
                                      "bn_recalibration_batches"}  # the demo trains the recipe that ships
     for name in NAMED_CONFIGS:
-        assert isinstance(named_config(name), TrainConfig)
+        assert isinstance(resolve_config(name), TrainConfig)
     with pytest.raises(ConfigError, match="unknown config"):
         resolve_config("no-such-config")
 
@@ -100,7 +100,7 @@ def test_yaml_then_command_line_precedence(tmp_path):
     # a named config, then the command line
     args = build_parser().parse_args(["--config", "quick", "--max-steps", "7"])
     cfg = resolve_config(args.config, overrides_from_args(args))
-    assert cfg.max_steps == 7 and cfg.crop_size == named_config("quick").crop_size
+    assert cfg.max_steps == 7 and cfg.crop_size == resolve_config("quick").crop_size
 
 
 def test_yaml_round_trip_and_print_config(tmp_path, capsys):
@@ -179,13 +179,13 @@ def test_yaml_recipes_equal_the_in_code_recipes_field_by_field():
     assert old <= set(NAMED_CONFIGS) and {"finetune", "long"} <= set(NAMED_CONFIGS)
     defaults = flat(TrainConfig().to_dict())
     for name in old:
-        now = flat(named_config(name).to_dict())
+        now = flat(resolve_config(name).to_dict())
         added = set(now) - set(flat(before[name]))
         assert added == ADDED_SINCE_V0, name
         assert {k: now.pop(k) for k in added} == {k: defaults[k] for k in added}, name
         assert {k: now.pop(k) for k in CHANGED_SINCE_V0} == CHANGED_SINCE_V0, name
         assert now == {k: v for k, v in flat(before[name]).items() if k not in CHANGED_SINCE_V0}, name
-        assert set(diff(TrainConfig.from_dict(before[name]), named_config(name))) <= set(CHANGED_SINCE_V0), name
+        assert set(diff(TrainConfig.from_dict(before[name]), resolve_config(name))) <= set(CHANGED_SINCE_V0), name
 
 
 def shipped_recipe_files() -> list[Path]:
@@ -207,7 +207,7 @@ def test_shipped_recipes_leave_the_arithmetic_to_the_machine(path):
 
 def test_every_named_recipe_is_auto():
     for name in NAMED_CONFIGS:
-        cfg = named_config(name)
+        cfg = resolve_config(name)
         assert (cfg.precision, cfg.channels_last) == ("auto", "auto"), name
 
 
@@ -239,7 +239,7 @@ def test_configs_written_before_still_load():
             assert flat(TrainConfig.from_dict(values).to_dict()) == expected, name
     meta = read_meta(REPO / "mgid" / "weights" / "mgid_embedded.json")
     shipped = meta["config"]  # the shipped weights' last stage: the long recipe from the cpu recipe's weights
-    assert set(diff(named_config("long"), TrainConfig.from_dict(shipped))) <= {"out", "keep_step_checkpoints",
+    assert set(diff(resolve_config("long"), TrainConfig.from_dict(shipped))) <= {"out", "keep_step_checkpoints",
                                                                                "init_weights"}
     # the config leaves the arithmetic to the machine; the record keeps what it was trained with
     assert (shipped["precision"], shipped["channels_last"]) == ("auto", "auto")
@@ -278,7 +278,7 @@ def test_yaml_file_may_start_from_a_named_recipe(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text("base: quick\nmax_steps: 12\nmodel:\n  memory_items: 9\n")
     cfg = resolve_config(str(path))
-    assert diff(named_config("quick"), cfg) == {"max_steps": (800, 12), "model.memory_items": (20, 9)}
+    assert diff(resolve_config("quick"), cfg) == {"max_steps": (800, 12), "model.memory_items": (20, 9)}
     path.write_text("base: nope\n")
     with pytest.raises(ConfigError, match="base: 'nope' is not a named config; available: paper, cpu, finetune, long, quick"):
         resolve_config(str(path))
@@ -299,7 +299,7 @@ def test_readme_and_makefile_flags_parse():
 
 def test_long_recipe_is_the_cpu_recipe_continued_on_the_widened_renderer():
     """Issue 18's second stage: from the cpu recipe's weights, with every new kind of rain, 128x128 crops."""
-    changed = diff(named_config("cpu"), named_config("long"))
+    changed = diff(resolve_config("cpu"), resolve_config("long"))
     assert set(changed) == {"out", "init_weights", "crop_size", "max_steps", "optim.warmup_steps",
                             "embedded.rain.directions_range", "embedded.rain.long_probability",
                             "embedded.rain.drizzle_probability", "embedded.rain.near_probability"}

@@ -18,7 +18,7 @@ import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -28,9 +28,11 @@ ChannelsLast = Literal["auto", "on", "off"]
 CHANNELS_LAST_SETTINGS: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
 #: What the arithmetic is for: the best memory format differs (`resolve_channels_last`).
 Purpose = Literal["training", "inference"]
-#: The precisions each purpose takes: training also fp16 (autocast + gradient scaling, for GPUs), inference
-#: fp32 or bf16 autocast; ``auto`` resolves by the machine (`resolve_precision`).
-PRECISIONS: dict[str, tuple[str, ...]] = {"training": ("auto", "fp32", "bf16", "fp16"),
+#: A training precision setting (`mgid.config.train_config.TrainConfig.precision`): fp16 is autocast + gradient
+#: scaling (for GPUs); ``auto`` resolves by the machine (`resolve_precision`).
+TrainingPrecision = Literal["auto", "fp32", "bf16", "fp16"]
+#: The precisions each purpose takes: inference has no fp16 (fp32 or bf16 autocast).
+PRECISIONS: dict[str, tuple[str, ...]] = {"training": get_args(TrainingPrecision),
                                           "inference": ("auto", "fp32", "bf16")}
 #: The autocast dtype of each reduced precision.
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

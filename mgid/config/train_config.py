@@ -61,15 +61,13 @@ from mgid.data.folders import Layout
 from mgid.losses import LossWeights
 from mgid.models import ModelConfig
 from mgid.ops._dispatch import OpsMode
-from mgid.precision import CHANNELS_LAST_SETTINGS, ChannelsLast
+from mgid.precision import CHANNELS_LAST_SETTINGS, ChannelsLast, TrainingPrecision
 
 Device = Literal["auto", "cpu", "cuda"]
 DataLayout = Literal["auto", Layout]
 Schedule = Literal["constant", "cosine"]
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
 DistBackend = Literal["auto", "nccl", "gloo"]
-DEVICES, DATA_LAYOUTS, SCHEDULES = get_args(Device), get_args(DataLayout), get_args(Schedule)
-PRECISIONS, DIST_BACKENDS, OPS_MODES = get_args(Precision), get_args(DistBackend), get_args(OpsMode)
+DEVICES = get_args(Device)
 YAML_SUFFIXES = (".yaml", ".yml")
 #: Key of a recipe or YAML file naming the recipe it starts from (``base: cpu``).
 BASE_KEY = "base"
@@ -183,7 +181,7 @@ class TrainConfig:
     the running averages lag behind the final weights. 0 = keep them as trained."""
     sample_rows: int = field(default=4, metadata=RESUME_MAY_CHANGE)
     """Rows (rainy | de-rained | clean) of OUT/samples/compare.png written at the end."""
-    precision: Precision = "auto"
+    precision: TrainingPrecision = "auto"
     """Training arithmetic: fp32, bf16 (autocast) or fp16 (autocast + gradient scaling); auto = bf16 on a CPU
     whose bf16 instructions torch can use (AVX512-BF16 or AMX; `mgid.precision`), fp32 elsewhere (GPUs
     included). Measured by benchmarks/bench_train.py on both CPU kinds: with native bf16 about 2x fp32 per

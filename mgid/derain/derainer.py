@@ -187,7 +187,6 @@ class Derainer:
                  overlap: int = DEFAULT_OVERLAP, weights: Path | None = None, precision: str = "auto",
                  channels_last: bool | None = None, self_ensemble: bool = False, max_memory: int | None = None) -> None:
         self.device = resolve_device(device) if device is not None else next(net.parameters()).device
-        resolve_precision(precision, self.device, "inference")  # checks the name (inference's choices)
         self.arithmetic = resolve_arithmetic(precision, channels_last, self.device, "inference")
         self.precision, self.channels_last = self.arithmetic.precision, self.arithmetic.channels_last
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format

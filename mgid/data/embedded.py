@@ -10,8 +10,9 @@ shared with the held-out sets and the streamed data set (`mgid.data.stream`).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 import cv2
@@ -20,7 +21,8 @@ import numpy as np
 from mgid.config.literals import check_literals
 
 from .pair_sampling import SPLITS, _other_frame, _PairDataset, _stable_id
-from .photos import PHOTO_GROUPS, list_photos, load_photo
+from .photo_folders import PhotoFolders, PhotoSplit
+from .photos import PHOTO_FILES, PHOTO_GROUPS, list_photos, load_photo
 from .procedural import DeadLeavesConfig
 from .synthetic_rain import RainConfig, add_rain
 
@@ -32,6 +34,8 @@ EMBEDDED_MODES = get_args(EmbeddedMode)
 _STREAM_IDS = {"train": 1, "val": 2, "paired": 3}
 _FRAME_STREAM = 11  # rain of one frame
 _SCENE_STREAM = 12  # geometry of one scene
+#: Share of stream backgrounds drawn from the photo folders (split equally) when photo_folder_shares is empty.
+DEFAULT_FOLDER_SHARE = 0.75
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,23 @@ class EmbeddedDataConfig:
     """Side of the held-out paired images."""
     rain: RainConfig = field(default_factory=RainConfig)
     """The rain renderer's settings."""
+    photo_folders: tuple[str, ...] = ()
+    """Folders of clean photos used as backgrounds beside the bundled photos and the procedural scenes, each
+    searched recursively (JPEG, PNG, WebP, TIFF, BMP; 8 or 16 bit, grey or colour; `mgid.data.photo_folders`).
+    Their held-out photos (photo_heldout_per_folder) are never trained on."""
+    photo_folder_shares: tuple[float, ...] = ()
+    """stream mode: share of all backgrounds drawn from each photo folder, one per folder (sum <= 1); the rest
+    are drawn as without folders (procedural_probability of them procedural, the others bundled photos).
+    Empty: the folders share DEFAULT_FOLDER_SHARE of the backgrounds equally. Scene mode cuts
+    train_scenes_per_photo scenes from every photo instead."""
+    photo_heldout_per_folder: int = 10
+    """Photos held out of training in every folder that directly holds photos: those whose file names have the
+    smallest SHA-1 digests (a rule on names alone, fixed before training); the held-out photo sets are made from
+    them. 0 trains on every photo."""
+    photo_max_side: int = 1024
+    """Folder photos are downscaled on decoding so that their long side is at most this many pixels."""
+    photo_cache_mb: float = 512.0
+    """Bound of the decoded folder-photo cache in megabytes (per data-loading process)."""
 
     def __post_init__(self) -> None:
         check_literals(self)  # mode: from its Literal type
@@ -104,6 +125,33 @@ class EmbeddedDataConfig:
             raise ValueError(f"EmbeddedDataConfig.zoom_range must satisfy 0 < low <= high, got {self.zoom_range}")
         if not 0.0 <= self.colour_jitter < 0.5:
             raise ValueError(f"EmbeddedDataConfig.colour_jitter must lie in [0, 0.5), got {self.colour_jitter}")
+        shares = self.photo_folder_shares
+        if shares and len(shares) != len(self.photo_folders):
+            raise ValueError(f"EmbeddedDataConfig.photo_folder_shares needs one share per photo folder: "
+                             f"{len(shares)} shares for {len(self.photo_folders)} folders")
+        if any(s < 0 for s in shares) or sum(shares) > 1.0 + 1e-9:
+            raise ValueError(f"EmbeddedDataConfig.photo_folder_shares must be >= 0 and sum to at most 1, got {shares}")
+        if self.photo_heldout_per_folder < 0 or self.photo_max_side < 8 or self.photo_cache_mb <= 0:
+            raise ValueError("EmbeddedDataConfig: need photo_heldout_per_folder >= 0, photo_max_side >= 8 and "
+                             f"photo_cache_mb > 0, got {self.photo_heldout_per_folder}, {self.photo_max_side}, "
+                             f"{self.photo_cache_mb}")
+
+    def folder_shares(self) -> tuple[float, ...]:
+        """The share of stream backgrounds drawn from each photo folder (see ``photo_folder_shares``)."""
+        if self.photo_folder_shares or not self.photo_folders:
+            return tuple(float(s) for s in self.photo_folder_shares)
+        return (DEFAULT_FOLDER_SHARE / len(self.photo_folders),) * len(self.photo_folders)
+
+    def photo_sets(self, split: PhotoSplit, min_side: int = 1) -> tuple[PhotoFolders, ...]:
+        """One `PhotoFolders` per entry of ``photo_folders`` ("train": without the held-out photos; "heldout":
+        only those; none when photo_heldout_per_folder is 0), with this config's bounds; photos with a short side
+        below ``min_side`` are skipped."""
+        if split == "heldout" and self.photo_heldout_per_folder == 0:
+            return ()
+        return tuple(PhotoFolders([folder], split=split, heldout_per_folder=self.photo_heldout_per_folder,
+                                  min_side=min_side, max_side=self.photo_max_side,
+                                  cache_mb=self.photo_cache_mb / max(len(self.photo_folders), 1))
+                     for folder in self.photo_folders)
 
 
 def split_photos(config: EmbeddedDataConfig) -> dict[str, tuple[str, ...]]:
@@ -135,11 +183,23 @@ class SceneSpec:
     flip: bool
 
 
+def _scene_label(photo: str) -> str:
+    """A file-name-safe label of a photo: a bundled photo's name, or a folder photo's ``<parent>_<stem>``."""
+    if photo in PHOTO_FILES:
+        return photo
+    path = Path(photo)
+    return f"{path.parent.name}_{path.stem}"
+
+
+#: Reads a photo by the name a `SceneSpec` holds: HxWx3 uint8 RGB.
+PhotoLoader = Callable[[str], np.ndarray]
+
+
 def _make_scenes(photos: Sequence[str], per_photo: int, size: int, config: EmbeddedDataConfig,
-                 seed: int, stream: str) -> list[SceneSpec]:
+                 seed: int, stream: str, loader: PhotoLoader = load_photo) -> list[SceneSpec]:
     scenes = []
     for photo in photos:
-        ph, pw = load_photo(photo).shape[:2]
+        ph, pw = loader(photo).shape[:2]
         short = min(ph, pw)
         for s in range(per_photo):
             rng = np.random.default_rng([seed & 0xFFFFFFFF, _STREAM_IDS[stream], _SCENE_STREAM, _stable_id(photo), s])
@@ -149,16 +209,27 @@ def _make_scenes(photos: Sequence[str], per_photo: int, size: int, config: Embed
             top = int(rng.integers(0, ph - side + 1))
             left = int(rng.integers(0, pw - side + 1))
             flip = bool(config.flip_scenes and rng.random() < 0.5)
-            scenes.append(SceneSpec(f"{photo}-{s:03d}", photo, top, left, side, flip))
+            scenes.append(SceneSpec(f"{_scene_label(photo)}-{s:03d}", photo, top, left, side, flip))
     return scenes
 
 
-def _scene_background(spec: SceneSpec, size: int) -> np.ndarray:
+def _scene_background(spec: SceneSpec, size: int, loader: PhotoLoader = load_photo) -> np.ndarray:
     """The clean scene: size x size x 3 uint8 RGB."""
-    region = load_photo(spec.photo)[spec.top:spec.top + spec.side, spec.left:spec.left + spec.side]
+    region = loader(spec.photo)[spec.top:spec.top + spec.side, spec.left:spec.left + spec.side]
     interp = cv2.INTER_AREA if spec.side > size else cv2.INTER_CUBIC
     img = cv2.resize(np.ascontiguousarray(region), (size, size), interpolation=interp)
     return np.ascontiguousarray(img[:, ::-1]) if spec.flip else img
+
+
+def folder_photo_loader(sets: Sequence[PhotoFolders]) -> tuple[tuple[str, ...], PhotoLoader]:
+    """The photos of ``sets`` as scene photo names (their paths) and a loader that falls back to the bundled
+    photos (`load_photo`) for any other name."""
+    where = {str(entry.path): (pf, i) for pf in sets for i, entry in enumerate(pf.entries)}
+
+    def load(name: str) -> np.ndarray:
+        found = where.get(name)
+        return load_photo(name) if found is None else found[0].load(found[1])[0]
+    return tuple(where), load
 
 
 def _float01(img: np.ndarray) -> np.ndarray:
@@ -212,9 +283,11 @@ class EmbeddedTimeLapse(_PairDataset):
                              f"lower crop_size or raise size")
         self.config = cfg
         self.split = split
-        self.photos = split_photos(cfg)[split]
+        folder_photos, self._loader = folder_photo_loader(
+            cfg.photo_sets("train" if split == "train" else "heldout", min_side=cfg.size))
+        self.photos = split_photos(cfg)[split] + folder_photos
         per_photo = cfg.train_scenes_per_photo if split == "train" else cfg.val_scenes_per_photo
-        self.scenes = _make_scenes(self.photos, per_photo, cfg.size, cfg, self.seed, split)
+        self.scenes = _make_scenes(self.photos, per_photo, cfg.size, cfg, self.seed, split, self._loader)
         self._backgrounds: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -224,7 +297,7 @@ class EmbeddedTimeLapse(_PairDataset):
         """Clean background of scene number ``scene``: size x size x 3 uint8 RGB (cached)."""
         bg = self._backgrounds.get(scene)
         if bg is None:
-            bg = _scene_background(self.scenes[scene], self.config.size)
+            bg = _scene_background(self.scenes[scene], self.config.size, self._loader)
             bg.setflags(write=False)
             self._backgrounds[scene] = bg
         return bg

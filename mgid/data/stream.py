@@ -3,10 +3,11 @@
 `StreamingTimeLapse` is the embedded default's training set (``EmbeddedDataConfig.mode = "stream"``).
 Sample ``i`` of epoch ``e`` is made from a NumPy generator seeded with ``(seed, e, i)`` alone:
 
-1. a background of ``crop x crop`` pixels (`sample_background`): with probability
-   ``procedural_probability`` a dead-leaves scene (`mgid.data.procedural`), otherwise a random
-   region of a training photo (random zoom, position, horizontal flip, 90-degree turn and colour
-   jitter), so no two samples share a background crop;
+1. a background of ``crop x crop`` pixels (`sample_background`): with each photo folder's share
+   (``photo_folders``, `mgid.data.photo_folders`) a region of one of its training photos; otherwise,
+   with probability ``procedural_probability`` a dead-leaves scene (`mgid.data.procedural`), else a
+   region of a bundled training photo (a region: random zoom, position, horizontal flip, 90-degree
+   turn and colour jitter), so no two samples share a background crop;
 2. two rainy frames of it, each with its own rain (streak positions, density, angle, length,
    width, brightness, blur, layers; heavy rain with ``rain.heavy_probability``) and a mild
    illumination change centred on the clean background (`mgid.data.synthetic_rain.add_rain`),
@@ -20,6 +21,7 @@ for tests and pictures.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import cv2
@@ -28,6 +30,7 @@ import numpy as np
 from .embedded import EmbeddedDataConfig, _float01, _uint8, split_photos
 from .imageio import to_tensor
 from .pair_sampling import _PairDataset, index_rng
+from .photo_folders import PhotoFolders
 from .photos import load_photo
 from .procedural import dead_leaves
 from .synthetic_rain import add_rain
@@ -81,8 +84,20 @@ def photo_background(photo: np.ndarray, hw: tuple[int, int], rng: np.random.Gene
 
 
 def sample_background(hw: tuple[int, int], rng: np.random.Generator, config: EmbeddedDataConfig,
-                      photos: tuple[str, ...]) -> tuple[np.ndarray, str]:
-    """A clean background (h, w, 3) float32 in [0, 1] and where it came from ("dead-leaves" or a photo name)."""
+                      photos: tuple[str, ...], folders: Sequence[PhotoFolders] = ()) -> tuple[np.ndarray, str]:
+    """A clean background (h, w, 3) float32 in [0, 1] and where it came from ("dead-leaves", a bundled photo's
+    name or a folder photo's ``<folder>/<file>``).
+
+    With ``folders`` (one `PhotoFolders` per entry of ``config.photo_folders``) a first draw picks a folder with
+    its share (`EmbeddedDataConfig.folder_shares`) or, for the rest, the sources used without folders; without
+    folders that draw is not made, so the stream is what it was before folders existed.
+    """
+    if folders:
+        shares = np.cumsum(config.folder_shares())
+        k = int(np.searchsorted(shares, rng.random(), side="right"))
+        if k < len(folders):
+            img, i = folders[k].load(int(rng.integers(0, len(folders[k]))))
+            return photo_background(img, hw, rng, config), folders[k].name(i)
     if not photos or rng.random() < config.procedural_probability:
         return dead_leaves(hw, rng, config.dead_leaves), "dead-leaves"
     name = photos[int(rng.integers(0, len(photos)))]
@@ -109,6 +124,7 @@ class StreamingTimeLapse(_PairDataset):
             raise ValueError("StreamingTimeLapse needs a crop_size (the side of the rendered frames)")
         self.config = config or EmbeddedDataConfig()
         self.photos = split_photos(self.config)[_TRAIN]
+        self.folders = self.config.photo_sets(_TRAIN, min_side=min(self.crop))
 
     def __len__(self) -> int:
         return self.config.pairs_per_epoch
@@ -116,7 +132,7 @@ class StreamingTimeLapse(_PairDataset):
     def render(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
         """Sample ``index`` of the current epoch as uint8 (h, w, 3): (frame1, frame2, clean, source)."""
         rng = index_rng(self.seed, self.epoch, index)
-        clean, source = sample_background(self.crop, rng, self.config, self.photos)
+        clean, source = sample_background(self.crop, rng, self.config, self.photos, self.folders)
         frames = [_uint8(add_rain(clean, rng, self.config.rain)[0]) for _ in range(2)]
         return frames[0], frames[1], _uint8(clean), source
 

@@ -30,7 +30,7 @@ def _fmt(value) -> str:
     if value is None:
         return "unset"
     if isinstance(value, (list, tuple)):
-        return " ".join(str(v) for v in value)
+        return " ".join(str(v) for v in value) if value else "(empty)"
     return str(value)
 
 
@@ -156,7 +156,8 @@ ADDED_SINCE_V0 = {"init_weights", *(f"embedded.rain.{k}" for k in (
     "directions_range", "long_probability", "long_length_range", "long_density_range", "drizzle_probability",
     "drizzle_density_range", "drizzle_length_range", "drizzle_intensity_range", "near_probability",
     "near_density_range", "near_length_range", "near_width_range", "near_softness_range",
-    "near_intensity_range"))}
+    "near_intensity_range")), *(f"embedded.{k}" for k in (  # issue 25: photo folders as backgrounds
+    "photo_folders", "photo_folder_shares", "photo_heldout_per_folder", "photo_max_side", "photo_cache_mb"))}
 
 
 def flat(values: dict, prefix: str = "") -> dict:

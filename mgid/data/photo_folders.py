@@ -1,0 +1,217 @@
+"""Folders of clean photos as training backgrounds: found recursively, decoded lazily, cached within a bound.
+
+`PhotoFolders` lists the image files under one or more folders (recursively: JPEG, PNG, WebP, TIFF, BMP;
+8 or 16 bit, grey or colour, all read as HxWx3 uint8 RGB by `mgid.data.imageio.read_image`), reads every
+header at construction (no pixels) to drop what cannot be used, and decodes a photo only when a background
+is first cut from it, downscaled so its long side is at most ``max_side``; decoded photos stay in a
+least-recently-used cache of at most ``cache_mb`` megabytes.
+
+Held-out photos (`heldout_photos`): in every folder that directly holds photos, the ``per_folder`` photos
+whose file names have the smallest SHA-1 digests. The rule depends on the names alone (not on the order
+files are listed, nor on the other photos), so it is fixed before any training and the same on every
+machine; the training split never sees them and the held-out paired sets (`mgid.data.heldout_sets`) are
+made from them.
+
+What is refused or skipped, each with one message:
+
+* a folder that does not exist or is not a folder: ``FileNotFoundError`` / ``NotADirectoryError``;
+* a folder (with its sub-folders) that holds no image file: ``ValueError`` naming the folder;
+* files whose header cannot be read (not an image, empty, truncated before the size): skipped, counted,
+  and named in one warning; a file that fails later, when its pixels are decoded, is skipped the same way
+  (the draw moves on to the next photo) and counted in `PhotoFolders.unreadable`;
+* photos whose short side is below ``min_side`` (the training crop): skipped, counted and named in one
+  warning;
+* nothing usable left in a split: ``ValueError`` saying what was found and what to change.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+import warnings
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+
+from .image_header import read_header
+from .imageio import IMAGE_SUFFIXES, PathLike, list_images, read_image
+
+PhotoSplit = Literal["train", "heldout", "all"]
+#: Files named in a skip warning before "and N more".
+_NAMED_IN_WARNING = 3
+_MB = 1 << 20
+
+
+def _name_digest(path: Path) -> str:
+    return hashlib.sha1(path.name.encode("utf-8")).hexdigest()
+
+
+def heldout_photos(files: Sequence[Path], per_folder: int) -> frozenset[Path]:
+    """The held-out photos among ``files``: in each parent folder, the ``per_folder`` files whose names have
+    the smallest SHA-1 digests (ties, which need equal names, cannot happen within a folder)."""
+    if per_folder < 0:
+        raise ValueError(f"per_folder must be >= 0, got {per_folder}")
+    by_folder: dict[Path, list[Path]] = {}
+    for f in files:
+        by_folder.setdefault(f.parent, []).append(f)
+    held: set[Path] = set()
+    for group in by_folder.values():
+        held.update(sorted(group, key=_name_digest)[:per_folder])
+    return frozenset(held)
+
+
+def _summary(paths: Sequence[Path]) -> str:
+    named = ", ".join(str(p) for p in paths[:_NAMED_IN_WARNING])
+    more = len(paths) - _NAMED_IN_WARNING
+    return named + (f" and {more} more" if more > 0 else "")
+
+
+@dataclass(frozen=True)
+class PhotoEntry:
+    """One usable photo: its file and its size in the file (height, width)."""
+
+    path: Path
+    height: int
+    width: int
+
+
+class PhotoFolders:
+    """The usable clean photos of one or more folders, loaded lazily (see the module docstring).
+
+    Args:
+        folders: the folders, each searched recursively.
+        split: "train" (every photo but the held-out ones), "heldout" (only those) or "all".
+        heldout_per_folder: held-out photos per folder that directly holds photos (`heldout_photos`).
+        min_side: photos whose short side (after the ``max_side`` downscale) is below this are skipped.
+        max_side: decoded photos are downscaled (area interpolation) so their long side is at most this.
+        cache_mb: bound of the decoded-photo cache in megabytes (at least the largest photo is kept).
+
+    Raises:
+        FileNotFoundError, NotADirectoryError: a folder is missing or a file.
+        ValueError: a folder holds no image, or no usable photo is left in ``split``.
+    """
+
+    def __init__(self, folders: Sequence[PathLike], *, split: PhotoSplit = "train", heldout_per_folder: int = 0,
+                 min_side: int = 1, max_side: int = 1024, cache_mb: float = 512.0) -> None:
+        if not folders:
+            raise ValueError("PhotoFolders needs at least one folder")
+        if max_side < 1 or min_side < 1 or cache_mb <= 0:
+            raise ValueError(f"PhotoFolders: need max_side >= 1, min_side >= 1, cache_mb > 0; got {max_side}, "
+                             f"{min_side}, {cache_mb}")
+        self.folders = tuple(Path(f) for f in folders)
+        self.max_side = int(max_side)
+        files: list[Path] = []
+        for folder in self.folders:
+            found = list_images(folder, recursive=True)
+            if not found:
+                raise ValueError(f"no images ({', '.join(s[1:] for s in IMAGE_SUFFIXES)}) found in {folder} or its "
+                                 f"sub-folders; give a folder of clean photos")
+            files.extend(found)
+        held = heldout_photos(files, heldout_per_folder)
+        chosen = [f for f in files if split == "all" or (f in held) == (split == "heldout")]
+        unreadable: list[Path] = []
+        small: list[Path] = []
+        entries: list[PhotoEntry] = []
+        for f in chosen:
+            try:
+                header = read_header(f)
+            except OSError:
+                header = None
+            if header is None:
+                unreadable.append(f)
+                continue
+            scale = min(1.0, self.max_side / max(header.width, header.height))
+            if min(header.width, header.height) * scale < min_side:
+                small.append(f)
+                continue
+            entries.append(PhotoEntry(f, header.height, header.width))
+        where = ", ".join(map(str, self.folders))
+        if unreadable:
+            warnings.warn(f"{len(unreadable)} of {len(chosen)} files in {where} are not readable images and are "
+                          f"skipped: {_summary(unreadable)}", stacklevel=2)
+        if small:
+            warnings.warn(f"{len(small)} of {len(chosen)} photos in {where} are smaller than {min_side} pixels on "
+                          f"their short side (the crop) and are skipped: {_summary(small)}", stacklevel=2)
+        if not entries:
+            raise ValueError(
+                f"no usable {split} photos in {where}: {len(files)} image files, {len(held)} held out, "
+                f"{len(unreadable)} unreadable, {len(small)} smaller than {min_side} pixels; add photos, "
+                f"lower the held-out count or the crop size")
+        self.split = split
+        self.entries = tuple(entries)
+        self.skipped_unreadable = len(unreadable)
+        self.skipped_small = len(small)
+        self.unreadable: set[Path] = set()
+        self._cache: OrderedDict[Path, np.ndarray] = OrderedDict()
+        self._cache_bytes = 0
+        self._cache_limit = int(cache_mb * _MB)
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getstate__(self) -> dict:
+        # DataLoader workers started by "spawn" receive a pickled copy: without the lock and the cache
+        state = dict(self.__dict__, _lock=None, _cache=OrderedDict(), _cache_bytes=0)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def name(self, index: int) -> str:
+        """A short name of photo ``index``: its parent folder and file name."""
+        p = self.entries[index].path
+        return f"{p.parent.name}/{p.name}"
+
+    def _decode(self, path: Path) -> np.ndarray:
+        img = read_image(path)
+        h, w = img.shape[:2]
+        scale = self.max_side / max(h, w)
+        if scale < 1.0:
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+        img.setflags(write=False)  # shared by the cache: callers must copy before writing
+        return img
+
+    def _cached(self, path: Path) -> np.ndarray:
+        with self._lock:
+            img = self._cache.get(path)
+            if img is not None:
+                self._cache.move_to_end(path)
+                return img
+        img = self._decode(path)
+        with self._lock:
+            if path not in self._cache:
+                self._cache[path] = img
+                self._cache_bytes += img.nbytes
+                while self._cache_bytes > self._cache_limit and len(self._cache) > 1:
+                    _, old = self._cache.popitem(last=False)
+                    self._cache_bytes -= old.nbytes
+        return img
+
+    def load(self, index: int) -> tuple[np.ndarray, int]:
+        """Photo ``index`` as HxWx3 uint8 RGB (read-only, long side <= max_side) and the index it came from.
+
+        A photo that fails to decode is skipped (warned about once, counted in ``unreadable``) and the next
+        usable one is returned, so the draw stays deterministic for the same files.
+
+        Raises:
+            ValueError: no photo of the set can be decoded.
+        """
+        n = len(self.entries)
+        for k in range(n):
+            i = (index + k) % n
+            path = self.entries[i].path
+            if path in self.unreadable:
+                continue
+            try:
+                return self._cached(path), i
+            except (ValueError, OSError) as exc:
+                self.unreadable.add(path)
+                warnings.warn(f"skipping a photo that cannot be decoded: {exc}", stacklevel=2)
+        raise ValueError(f"none of the {n} photos in {', '.join(map(str, self.folders))} can be decoded")

@@ -88,13 +88,15 @@ def _data_synth(args: argparse.Namespace) -> int:
     try:
         base = resolve_config(args.config).embedded if args.config else EmbeddedDataConfig()
         cfg = build_dataclass(EmbeddedDataConfig, merge(asdict(base), overrides_from_args(args)))
-        summary = write_synthetic_dataset(args.out, config=cfg, seed=args.seed, overwrite=args.overwrite)
+        summary = write_synthetic_dataset(args.out, config=cfg, seed=args.seed, overwrite=args.overwrite,
+                                          layout=args.layout)
     except (ConfigError, FileExistsError, ValueError) as exc:
         print(f"mgid data synth: error: {exc}", file=sys.stderr)
         return 2
+    stored = ("as side-by-side pairs" if summary["layout"] == "mgid" else "in scene folders")
     print(f"wrote {summary['files']} images to {summary['root']}: {summary['train_scenes']} training scenes, "
           f"{summary['val_scenes']} validation scenes ({summary['frames_per_scene']} frames of "
-          f"{summary['size']}x{summary['size']} each), {summary['paired']} paired test images (paired/rain, "
+          f"{summary['size']}x{summary['size']} each, {stored}), {summary['paired']} paired test images (paired/rain, "
           f"paired/norain)\ntrain on it: mgid train --data {summary['root']} --val_data {summary['root']}/paired")
     return 0
 
@@ -102,6 +104,7 @@ def _data_synth(args: argparse.Namespace) -> int:
 def register_data(sub: argparse._SubParsersAction) -> None:
     from mgid.config.train_config import NAMED_CONFIGS, add_config_arguments
     from mgid.data import EmbeddedDataConfig
+    from mgid.data.synthetic_export import EXPORT_LAYOUTS
 
     p = sub.add_parser("data", help="data sets: write the synthetic time-lapse set to disk",
                        description="Data set tools.")
@@ -109,7 +112,10 @@ def register_data(sub: argparse._SubParsersAction) -> None:
     synth = data_sub.add_parser(
         "synth", help="write the embedded synthetic data set (scene folders + paired test set) to a folder",
         description="Write the embedded synthetic time-lapse set: OUT/train/<scene>/<frame>.png, "
-                    "OUT/val/<scene>/<frame>.png and OUT/paired/{rain,norain}/ (Rain100L naming). "
+                    "OUT/val/<scene>/<frame>.png (or, with --layout mgid, the official side-by-side pair images) "
+                    "and OUT/paired/{rain,norain}/ (Rain100L naming). Scenes are cut from the bundled photos and, "
+                    "with --photo_folders, from your folders of clean photos (their held-out photos go "
+                    "to val/). "
                     "Settings: EmbeddedDataConfig defaults < --config's embedded section < the options below.")
     synth.add_argument("--out", required=True, metavar="DIR", help="folder to write (must not hold a data set)")
     synth.add_argument("--seed", type=int, default=0, help="fixes scenes and rain [default: 0]")
@@ -117,6 +123,9 @@ def register_data(sub: argparse._SubParsersAction) -> None:
                        help=f"take the embedded data settings of a training config ({', '.join(NAMED_CONFIGS)} "
                             f"or a YAML file)")
     synth.add_argument("--overwrite", action="store_true", help="write into an OUT that already has a data set")
+    synth.add_argument("--layout", choices=EXPORT_LAYOUTS, default="scenes",
+                       help="scenes: OUT/<split>/<scene>/<frame>.png; mgid: the official side-by-side pair images, "
+                            "OUT/<split>/<scene>-<k>.png holding frames 2k and 2k+1 [default: scenes]")
     add_config_arguments(synth, EmbeddedDataConfig)
     synth.set_defaults(func=_data_synth)
 
@@ -606,13 +615,17 @@ def _heldout(args: argparse.Namespace) -> int:
     first = next(iter(derainers.values()))
     print(f"{prog}: on {first.device}, {_arithmetic(first)}", file=sys.stderr)
     models = {n: d.derain for n, d in derainers.items()}
-    table = evaluate_heldout(models, count=args.count, baselines=not args.no_baselines)
+    try:
+        table = evaluate_heldout(models, photo_folders=args.photo_folders, count=args.count,
+                                 baselines=not args.no_baselines)
+    except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
+        return _err(prog, str(exc))
     print(format_table(table))
     out = Path(args.out)
     path = write_json(table, out / "heldout.json", weights=named, self_ensemble=args.self_ensemble)
     print(f"scores: {path}")
     if args.picture:
-        rows, headers = comparison_rows(models, per_set=args.picture_rows)
+        rows, headers = comparison_rows(models, per_set=args.picture_rows, photo_folders=args.photo_folders)
         print(f"comparison: {write_image(out / 'heldout_compare.png', image_grid(rows, headers=headers))} "
               f"({' | '.join(headers)}; {args.picture_rows} images of each held-out set)")
     return EXIT_OK
@@ -635,6 +648,9 @@ def register_heldout(sub: argparse._SubParsersAction) -> None:
     _add_precision_arguments(p)
     _add_self_ensemble_argument(p)
     p.add_argument("--count", type=int, default=None, metavar="N", help="images per set [default: all, 24]")
+    p.add_argument("--photo-folders", nargs="+", default=(), metavar="DIR",
+                   help="also score a set per folder of clean photos, named after it: its held-out photos (the 10 "
+                        "per folder that training with --embedded.photo_folders never sees) under the streaks rain")
     p.add_argument("--out", default="eval_heldout", metavar="DIR", help="output folder [default: eval_heldout]")
     p.add_argument("--no-baselines", action="store_true", help="skip the median and temporal-median baselines")
     p.add_argument("--picture", action="store_true", help="also write a comparison picture")

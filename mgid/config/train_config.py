@@ -57,7 +57,7 @@ from mgid.config.fields import (
 )
 from mgid.config.literals import check_literals
 from mgid.data import EmbeddedDataConfig
-from mgid.data.folders import Layout
+from mgid.data.folders import Layout, PairPreprocessing
 from mgid.losses import LossWeights
 from mgid.models import ModelConfig
 from mgid.ops._dispatch import OpsMode
@@ -138,6 +138,10 @@ class TrainConfig:
     with train/ uses train/); unset = the embedded synthetic set (no download)."""
     layout: DataLayout = "auto"
     """Layout of the data folder: auto, mgid, scenes or flat."""
+    pair_preprocessing: PairPreprocessing = "crop"
+    """How frames are cut from MGID side-by-side pair images (layout mgid): crop (the random crop and flip of every
+    layout, the halves in random order) or official (the public code's loader: each image resized to 512x256, left
+    half frame 1, right half frame 2, no crop or flip; needs crop_size 256). Other layouts and the embedded data crop."""
     val_data: str | None = None
     """Paired (rainy, clean) folder for validation (rain/+norain/ or input/+target/); unset = the embedded
     held-out paired set."""

@@ -11,7 +11,8 @@ where the two frames are two *different* frames of one scene, cut by the same ra
 same random horizontal flip. Sources, one module each:
 
 * `mgid.data.embedded` (`EmbeddedTimeLapse`): the embedded default, fixed scenes generated from photos
-  bundled with scikit-image plus our synthetic rain (`mgid.data.synthetic_rain`); no download.
+  bundled with scikit-image plus our synthetic rain (`mgid.data.synthetic_rain`, and the benchmarks'
+  Photoshop-style streak layers of `mgid.data.layer_rain` as one of its kinds); no download.
 * `mgid.data.stream` (`StreamingTimeLapse`): the embedded default with new pairs rendered for every sample.
 * `mgid.data.folders` (`TimeLapseFolder`): real data on disk in one of three layouts (MGID side-by-side
   pairs, scene folders, flat ``<scene>_<frame>`` files).
@@ -36,6 +37,7 @@ from .embedded import EmbeddedDataConfig, EmbeddedTimeLapse
 from .folders import TimeLapseFolder, detect_layout
 from .heldout_sets import EmbeddedPairedSet
 from .imageio import IMAGE_SUFFIXES, PathLike, image_size, list_images, read_image, to_tensor, to_uint8, write_image
+from .layer_rain import LayerRainConfig, render_layer_rain
 from .pair_sampling import SPLITS
 from .paired import PairedFolder, PairingResult, find_pairs
 from .photos import list_photos, load_photo
@@ -48,6 +50,7 @@ __all__ = [
     "EmbeddedDataConfig",
     "EmbeddedPairedSet",
     "EmbeddedTimeLapse",
+    "LayerRainConfig",
     "PairedFolder",
     "PairingResult",
     "RainConfig",
@@ -62,6 +65,7 @@ __all__ = [
     "load_photo",
     "make_dataset",
     "read_image",
+    "render_layer_rain",
     "render_rain_layer",
     "to_tensor",
     "to_uint8",
@@ -72,7 +76,7 @@ __all__ = [
 
 def make_dataset(data: PathLike | None, split: str = "train", crop_size: int | Sequence[int] | None = 256,
                  seed: int = 0, *, embedded: EmbeddedDataConfig | None = None, layout: str = "auto",
-                 flip: bool | None = None) -> Dataset:
+                 flip: bool | None = None, pair_preprocessing: str = "crop") -> Dataset:
     """The training/validation pair data set for a ``data`` setting.
 
     * ``data=None``: the embedded default, settings from ``embedded``: for "train" in stream mode
@@ -82,7 +86,8 @@ def make_dataset(data: PathLike | None, split: str = "train", crop_size: int | S
       `write_synthetic_dataset`), ``PATH/<split>`` is read; otherwise PATH itself is the training
       set and ``split="val"`` raises ``FileNotFoundError``.
 
-    ``flip`` defaults to True for "train" and False for "val".
+    ``flip`` defaults to True for "train" and False for "val". ``pair_preprocessing`` ("crop" or "official", see
+    `TimeLapseFolder`) applies to MGID side-by-side pair folders only; the embedded data and the other layouts crop.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -105,4 +110,4 @@ def make_dataset(data: PathLike | None, split: str = "train", crop_size: int | S
     elif split != "train":
         raise FileNotFoundError(f"{data} has no train/ and val/ sub-folders, so there is no validation split; "
                                 f"arrange it as {root}/train and {root}/val")
-    return TimeLapseFolder(root, crop_size, layout=layout, seed=seed, flip=flip)
+    return TimeLapseFolder(root, crop_size, layout=layout, seed=seed, flip=flip, pair_preprocessing=pair_preprocessing)

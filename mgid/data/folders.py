@@ -2,9 +2,13 @@
 
 Three layouts are read: MGID side-by-side pair images (``"mgid"``), one folder per scene
 (``"scenes"``, ``ROOT/<scene>/<frame>.png``) and flat ``<scene>_<frame>`` files (``"flat"``).
+A folder whose layout cannot be told safely (images at two depths, image folders inside the
+sub-folders, side-by-side pairs in sub-folders) is refused by `detect_layout` with an
+`AmbiguousLayoutError` rather than read in a way that pairs frames of different scenes.
 Image headers are validated at construction (frame counts, sizes, MGID widths) so bad data is
 reported before training; pixels are decoded lazily and each index yields a pair of two frames of
-one scene with the shared crop/flip of `mgid.data.pair_sampling`.
+one scene with the shared crop/flip of `mgid.data.pair_sampling`, or, for MGID pairs with
+``pair_preprocessing="official"``, as the public code's loader cuts them.
 """
 from __future__ import annotations
 
@@ -13,7 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, get_args
 
+import cv2
 import numpy as np
+
+from mgid.config.literals import check_choice
 
 from .imageio import IMAGE_SUFFIXES, PathLike, image_size, list_images, read_image
 from .pair_sampling import _other_frame, _PairDataset
@@ -26,9 +33,28 @@ LAYOUTS = get_args(Layout)
 #: MGID side-by-side pairs (their images are 512x256); a flat <scene>_<frame> set is read otherwise.
 MGID_MIN_ASPECT = 1.5
 
+#: How frames are cut from MGID side-by-side pair images (`TimeLapseFolder`, `TrainConfig.pair_preprocessing`):
+#: "crop" (the shared random crop and flip of every layout, the halves in random order) or "official" (the public
+#: code's loader: the image resized to `OFFICIAL_PAIR_HW`, left half frame 1, right half frame 2, no crop or flip).
+PairPreprocessing = Literal["crop", "official"]
+PAIR_PREPROCESSINGS = get_args(PairPreprocessing)
+#: (H, W) the public MGID loader resizes each side-by-side pair image to (cv2.resize, bilinear): two 256x256 frames.
+OFFICIAL_PAIR_HW = (256, 512)
+
+
+class AmbiguousLayoutError(ValueError):
+    """A time-lapse folder whose layout `detect_layout` will not guess, because a wrong guess would pair frames of
+    different scenes; the message (one line) says what was found and what to pass instead."""
+
 
 def _scene_dirs(root: Path) -> list[Path]:
     return sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _is_wide(path: Path) -> bool:
+    """Whether image ``path`` looks like an MGID side-by-side pair (at least `MGID_MIN_ASPECT` wider than tall)."""
+    h, w = image_size(path)
+    return w >= MGID_MIN_ASPECT * h
 
 
 def detect_layout(root: PathLike) -> str:
@@ -37,23 +63,68 @@ def detect_layout(root: PathLike) -> str:
     Sub-folders holding images -> "scenes"; otherwise a flat folder whose first image is at least
     `MGID_MIN_ASPECT` times wider than tall -> "mgid"; otherwise "flat". Pass ``layout=`` to
     `TimeLapseFolder` where the guess is wrong (e.g. a flat set of panoramas).
+
+    Raises `AmbiguousLayoutError` (naming the counts, an example path and what to pass instead) where a guess could
+    pair frames of different scenes: images both at the top level and in sub-folders; a sub-folder that holds
+    folders of images (scene folders one level too deep, or a scene folder with image sub-folders); sub-folders of
+    side-by-side pair images (e.g. ``train/`` and ``test/`` of the MGID set, which would be read as two scenes).
+    ``FileNotFoundError`` / ``NotADirectoryError`` for a missing path or a file, ValueError when there are no images.
     """
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"time-lapse data folder not found: {root}")
     if not root.is_dir():
         raise NotADirectoryError(f"time-lapse data path is not a folder: {root}")
-    if any(list_images(d) for d in _scene_dirs(root)):
+    top = list_images(root)
+    image_dirs: list[tuple[Path, list[Path]]] = []  # sub-folders holding images: the scene folders
+    nested: list[tuple[Path, list[Path]]] = []  # sub-folders holding folders of images: not scene folders
+    for d in _scene_dirs(root):
+        frames = list_images(d)
+        if frames:
+            image_dirs.append((d, frames))
+        inner = [e for e in _scene_dirs(d) if list_images(e)]
+        if inner:
+            nested.append((d, inner))
+    if nested:
+        # a data set written with splits (write_synthetic_dataset: train/, val/, paired/) points at train/
+        parent, inner = next(((d, i) for d, i in nested if d.name == "train"), nested[0])
+        example = list_images(inner[0])[0].relative_to(root)
+        count = sum(len(i) for _, i in nested)
+        also = (f"; or pass layout='scenes' to read only the {len(image_dirs)} sub-folder(s) with images of their "
+                f"own, each as one scene" if image_dirs else "")
+        raise AmbiguousLayoutError(
+            f"{root}: {len(nested)} sub-folder(s) hold {count} folder(s) of images (e.g. {example}), so the scene "
+            f"folders are not directly in {root}; pass the folder that holds the scene folders instead "
+            f"(e.g. {parent}){also}")
+    if image_dirs and top:
+        raise AmbiguousLayoutError(
+            f"{root} holds both {len(top)} image(s) at its top level (e.g. {top[0].name}) and {len(image_dirs)} "
+            f"sub-folder(s) of images (e.g. {image_dirs[0][1][0].relative_to(root)}); pass layout='scenes' to read "
+            f"the sub-folders as scenes (the top-level images ignored) or layout='flat' / 'mgid' to read the "
+            f"top-level images only (the sub-folders ignored), or move one of them elsewhere")
+    if image_dirs:
+        wide = [d for d, frames in image_dirs if _is_wide(frames[0])]
+        if wide:
+            example = next(f for d, f in image_dirs if d == wide[0])[0]
+            h, w = image_size(example)
+            raise AmbiguousLayoutError(
+                f"{root}: {len(wide)} of its {len(image_dirs)} sub-folder(s) hold side-by-side pair images (e.g. "
+                f"{example.relative_to(root)}, {h}x{w} HxW), which read as scene folders would pair frames of "
+                f"different pair images; pass one folder of pairs instead (e.g. {wide[0]}, layout 'mgid'), or "
+                f"layout='scenes' if each sub-folder is one scene of wide frames")
         return "scenes"
-    files = list_images(root)
-    if not files:
+    if not top:
         hint = ""
         if (root / "train").is_dir():
             hint = f" (it has a train/ folder: point at {root / 'train'} or use make_dataset with a split)"
+        else:
+            deeper = list_images(root, recursive=True)
+            if deeper:
+                hint = (f" ({len(deeper)} image(s) lie deeper, e.g. {deeper[0].relative_to(root)}: pass the folder "
+                        f"that holds the scene folders or the images)")
         raise ValueError(f"no images ({_SUFFIX_LIST}) found in {root} or its sub-folders{hint}; expected MGID "
                          f"pair images, scene folders ROOT/<scene>/<frame>.png, or flat <scene>_<frame>.jpg files")
-    h, w = image_size(files[0])
-    return "mgid" if w >= MGID_MIN_ASPECT * h else "flat"
+    return "mgid" if _is_wide(top[0]) else "flat"
 
 
 class TimeLapseFolder(_PairDataset):
@@ -62,13 +133,16 @@ class TimeLapseFolder(_PairDataset):
     Layouts (``layout="auto"`` detects them, see `detect_layout`):
 
     * ``"mgid"``: a flat folder of side-by-side pair images (the MGID set: 512x256 = two 256x256
-      frames of one scene). Index i = image i; its left and right halves (in random order) form the
-      pair. The width must be even.
+      frames of one scene). Index i = image i. With ``pair_preprocessing="crop"`` (default) its left
+      and right halves (in random order) form the pair, cut by the shared crop and flip; the width
+      must be even. With ``"official"``, as the public code's loader: the image is resized to
+      `OFFICIAL_PAIR_HW` (512x256, cv2 bilinear), the left half is frame 1 and the right half frame 2,
+      with no crop and no flip (``flip`` is not used; ``crop_size`` must be None or 256, else ValueError).
     * ``"scenes"``: ``ROOT/<scene>/<frame>.(png|jpg|...)``, one folder per scene.
     * ``"flat"``: ``ROOT/<scene>_<frame>.jpg``; the scene is everything before the last underscore.
 
     For the last two, index i is one frame; its partner is a different random frame of the same
-    scene. Files whose suffix is not an image suffix (``.txt``, ...) and hidden files are ignored.
+    scene; ``pair_preprocessing`` applies to the MGID layout only, the others always crop. Files whose suffix is not an image suffix (``.txt``, ...) and hidden files are ignored.
 
     With ``validate=True`` (default) every image header is read at construction (cheap: no pixel
     decoding), so non-image files, frames of different sizes within a scene and odd MGID widths are
@@ -78,8 +152,10 @@ class TimeLapseFolder(_PairDataset):
     """
 
     def __init__(self, root: PathLike, crop_size: int | Sequence[int] | None = 256, *, layout: str = "auto",
-                 seed: int = 0, flip: bool = True, validate: bool = True) -> None:
+                 seed: int = 0, flip: bool = True, validate: bool = True,
+                 pair_preprocessing: PairPreprocessing = "crop") -> None:
         super().__init__(crop_size, seed, flip)
+        check_choice(pair_preprocessing, PAIR_PREPROCESSINGS, "pair_preprocessing")
         self.root = Path(root)
         if not self.root.exists():
             raise FileNotFoundError(f"time-lapse data folder not found: {self.root}; check the path "
@@ -92,6 +168,15 @@ class TimeLapseFolder(_PairDataset):
             raise ValueError(f"layout must be 'auto' or one of {LAYOUTS}, got {layout!r}")
         self.layout = layout
         self.validate = bool(validate)
+        self.official = layout == "mgid" and pair_preprocessing == "official"
+        if self.official:
+            frame = (OFFICIAL_PAIR_HW[0], OFFICIAL_PAIR_HW[1] // 2)
+            if self.crop not in (None, frame):
+                raise ValueError(f"pair_preprocessing 'official' gives {frame[0]}x{frame[1]} frames with no crop, so "
+                                 f"crop size {self.crop} cannot apply; use crop size {frame[0]} or "
+                                 f"pair_preprocessing 'crop'")
+            # the shared crop/flip step then keeps the resized frames as they are
+            self.crop, self.flip = None, False
         # scenes: (name, frame files); for "mgid" every image is a scene with one (double) file
         self.scenes: list[tuple[str, list[Path]]] = []
         if layout == "mgid":
@@ -157,7 +242,8 @@ class TimeLapseFolder(_PairDataset):
         for name, frames in self.scenes:
             sizes = {p: image_size(p) for p in frames}  # raises naming the file if not an image
             if self.layout == "mgid":
-                self._check_mgid_width(frames[0], sizes[frames[0]])
+                if not self.official:  # the official loader resizes first, so any width splits
+                    self._check_mgid_width(frames[0], sizes[frames[0]])
                 continue
             distinct = sorted(set(sizes.values()))
             if len(distinct) > 1:
@@ -180,6 +266,10 @@ class TimeLapseFolder(_PairDataset):
     def _pair(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, str]:
         k, i = self.items[index]
         name, frames = self.scenes[k]
+        if self.official:
+            h, w = OFFICIAL_PAIR_HW
+            img = cv2.resize(read_image(frames[0]), (w, h), interpolation=cv2.INTER_LINEAR)
+            return img[:, :w // 2], img[:, w // 2:], name  # left frame 1, right frame 2, always
         if self.layout == "mgid":
             img = read_image(frames[0])
             self._check_mgid_width(frames[0], img.shape[:2])

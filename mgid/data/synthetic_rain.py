@@ -22,12 +22,17 @@ that a configuration without them renders exactly what it rendered before they e
 - several fall directions in one frame (``directions_range``): the streaks are split among them;
 - long streaks (``long_probability``): fewer streaks, long enough to cross a 128-pixel crop;
 - drizzle (``drizzle_probability``): a dense layer of very short, thin, dim streaks;
-- near-camera streaks (``near_probability``): a few wide, soft (Gaussian-blurred), faint streaks.
+- near-camera streaks (``near_probability``): a few wide, soft (Gaussian-blurred), faint streaks;
+- the benchmarks' kind (``layer_probability``): the frame's rain is a Photoshop-style streak layer
+  (`mgid.data.layer_rain`, settings in ``layer``) *instead of* the streaks and kinds above, with that
+  renderer's own veil (see `add_rain`).
 
-Each is screened on top like a depth layer, so rain still only brightens, and the extra layers are
-dim or sparse so that, across two frames, most pixels stay clean in at least one of them (what the
-time-lapse objective needs; `rain_coverage` measures it). Everything is drawn from the
-``numpy.random.Generator`` passed in, in a fixed order, so a seed reproduces a frame exactly.
+Each of the first four is screened on top like a depth layer, so rain still only brightens, and the extra
+layers are dim or sparse so that, across two frames, most pixels stay clean in at least one of them (what
+the time-lapse objective needs; `rain_coverage` measures it). The layer kind replaces the streaks rather
+than adding to them so that a frame's coverage is that of one renderer, each bounded on its own.
+Everything is drawn from the ``numpy.random.Generator`` passed in, in a fixed order, so a seed
+reproduces a frame exactly.
 A 256x256 frame takes a few milliseconds.
 """
 from __future__ import annotations
@@ -37,6 +42,8 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+
+from .layer_rain import LayerRainConfig, LayerVeil, apply_veil, render_layer_rain
 
 #: Sub-pixel precision (fractional bits) of streak end points given to ``cv2.line``.
 _LINE_SHIFT = 4
@@ -138,6 +145,12 @@ class RainConfig:
     """Standard deviation in pixels of the Gaussian blur that softens near-camera streaks (out of focus)."""
     near_intensity_range: tuple[float, float] = (0.1, 0.35)
     """Near-camera streak brightness in [0, 1] (faint: they are out of focus)."""
+    layer_probability: float = 0.0
+    """Probability that a frame's rain is the Photoshop-style streak layer of the benchmarks' training sets
+    (`mgid.data.layer_rain`, settings in ``layer``) instead of the streaks above (the two are never stacked, so
+    each bounds the frame's coverage on its own); such a frame also gets the layer's own veil."""
+    layer: LayerRainConfig = field(default_factory=LayerRainConfig)
+    """Settings of the layer rain, used in the ``layer_probability`` share of the frames."""
 
     def __post_init__(self) -> None:
         _check_range("density_range", self.density_range, lo=0.0)
@@ -164,7 +177,8 @@ class RainConfig:
         _check_range("near_width_range", self.near_width_range, lo=1.0)
         _check_range("near_softness_range", self.near_softness_range, lo=0.0)
         _check_range("near_intensity_range", self.near_intensity_range, lo=0.0, hi=1.0)
-        for name in ("heavy_probability", "long_probability", "drizzle_probability", "near_probability"):
+        for name in ("heavy_probability", "long_probability", "drizzle_probability", "near_probability",
+                     "layer_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"RainConfig.{name} must lie in [0, 1], got {getattr(self, name)}")
         lo_dir, hi_dir = self.directions_range
@@ -181,6 +195,8 @@ class RainConfig:
             raise ValueError("RainConfig.far_scale and far_intensity must lie in (0, 1]")
         if self.length_jitter >= 1.0 or self.intensity_jitter > 1.0 or self.veil_probability > 1.0:
             raise ValueError("RainConfig: length_jitter must be < 1, intensity_jitter and veil_probability <= 1")
+        if not isinstance(self.layer, LayerRainConfig):
+            raise ValueError(f"RainConfig.layer must be a LayerRainConfig, got {type(self.layer).__name__}")
 
 
 @dataclass(frozen=True)
@@ -314,8 +330,16 @@ def render_rain_layer(h: int, w: int, rng: np.random.Generator, cfg: RainConfig 
     Per-frame parameters come from `sample_frame_rain`. With ``cfg.directions_range`` above 1 the
     streaks are split among that many fall directions; drizzle and near-camera layers are added with
     their probabilities. All layers are combined by screen blending, ``R = 1 - prod (1 - R_k)``.
+    With ``cfg.layer_probability > 0`` a coin is drawn first (only then) and a frame it picks is the
+    layer rain of `mgid.data.layer_rain` instead (its veil needs an image: see `add_rain`).
     """
-    cfg = cfg or RainConfig()
+    return _render_rain(h, w, rng, cfg or RainConfig())[0]
+
+
+def _render_rain(h: int, w: int, rng: np.random.Generator, cfg: RainConfig) -> tuple[np.ndarray, LayerVeil | None]:
+    """`render_rain_layer`'s rain layer and, for a layer-rain frame, its veil (None for the streaks)."""
+    if cfg.layer_probability > 0 and rng.random() < cfg.layer_probability:
+        return render_layer_rain(h, w, rng, cfg.layer)
     fr = sample_frame_rain(rng, cfg)
     lo_dir, hi_dir = cfg.directions_range
     directions = 1 if hi_dir == 1 else int(rng.integers(lo_dir, hi_dir + 1))
@@ -330,7 +354,7 @@ def render_rain_layer(h: int, w: int, rng: np.random.Generator, cfg: RainConfig 
     for kind, probability in (("drizzle", cfg.drizzle_probability), ("near", cfg.near_probability)):
         if probability > 0 and rng.random() < probability:
             keep *= 1.0 - _extra_layer(h, w, rng, cfg, fr, kind)
-    return np.clip(1.0 - keep, 0.0, 1.0)
+    return np.clip(1.0 - keep, 0.0, 1.0), None
 
 
 def rain_coverage(rain: np.ndarray, threshold: float = 0.05) -> float:
@@ -358,7 +382,8 @@ def add_rain(clean: np.ndarray, rng: np.random.Generator, cfg: RainConfig | None
         cfg: renderer settings.
         illumination: apply the per-frame gain/offset change (off for paired clean/rainy sets,
             where the clean image must be the exact background).
-        veil: allow a veil (still subject to ``cfg.veil_probability``).
+        veil: allow a veil (still subject to ``cfg.veil_probability``, and for a layer-rain frame to
+            ``cfg.layer.veil_probability``; its values are drawn either way, so the stream is the same).
 
     Returns:
         ``(rainy, rain)``: rainy HxWx3 float32 in [0, 1] and the rain layer R, HxW float32 in [0, 1].
@@ -377,7 +402,10 @@ def add_rain(clean: np.ndarray, rng: np.random.Generator, cfg: RainConfig | None
     if use_veil:
         t = np.float32(1.0 - strength)
         img = img * t + np.float32(airlight) * (np.float32(1.0) - t)
-    rain = render_rain_layer(h, w, rng, cfg)
+    rain, layer_veil = _render_rain(h, w, rng, cfg)
+    if veil and layer_veil is not None:
+        # the layer kind's own accumulation, under its streaks (they are nearer than the haze)
+        img = apply_veil(img, layer_veil)
     # 1 - (1 - B)(1 - R) written as B + R (1 - B): the same value, but exactly B where R = 0 and
     # never below B in floating point (the rain layer only ever brightens)
     r = rain[..., None]

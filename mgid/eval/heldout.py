@@ -32,6 +32,8 @@ from mgid.eval.scoring import DerainFn, Scores, score_images
 from mgid.output_paths import write_atomic
 
 RAINY, MEDIAN3, TEMPORAL = "rainy input", "median 3x3", "temporal median 8"
+#: The rain of the held-out sets made from photo folders: the training renderer at its moderate default.
+PHOTO_SET_RAIN = "streaks"
 #: Frames the temporal-median reference sees per scene.
 TEMPORAL_FRAMES = 8
 
@@ -41,13 +43,31 @@ def median3x3(rainy: np.ndarray) -> np.ndarray:
     return cv2.medianBlur(np.ascontiguousarray(rainy), 3)
 
 
+def heldout_sets(sets: Iterable[str] = HELDOUT_SETS, photo_folders: Iterable[str | Path] = (), *,
+                 count: int | None = None, config: EmbeddedDataConfig | None = None) -> dict[str, EmbeddedPairedSet]:
+    """The held-out paired sets by name: each of ``sets`` (rain kinds on the bundled held-out photos), then one
+    per photo folder, named after the folder, of its held-out photos under the ``streaks`` rain
+    (`EmbeddedPairedSet` with ``photo_folder``).
+
+    Raises:
+        ValueError: two photo folders share a name, or a name of ``sets``.
+    """
+    named: dict[str, EmbeddedPairedSet] = {kind: EmbeddedPairedSet(count, config=config, rain=kind) for kind in sets}
+    for folder in photo_folders:
+        name = Path(folder).name
+        if name in named:
+            raise ValueError(f"two held-out sets would be named {name!r}: give photo folders with distinct names")
+        named[name] = EmbeddedPairedSet(count, config=config, rain=PHOTO_SET_RAIN, photo_folder=folder)
+    return named
+
+
 def evaluate_heldout(models: Mapping[str, DerainFn], *, sets: Iterable[str] = HELDOUT_SETS,
-                     count: int | None = None, config: EmbeddedDataConfig | None = None,
-                     baselines: bool = True) -> dict[str, dict[str, Scores]]:
-    """``{set: {method: Scores}}`` for the rainy input, the baselines (optional) and ``models``."""
+                     photo_folders: Iterable[str | Path] = (), count: int | None = None,
+                     config: EmbeddedDataConfig | None = None, baselines: bool = True) -> dict[str, dict[str, Scores]]:
+    """``{set: {method: Scores}}`` for the rainy input, the baselines (optional) and ``models``, on every set of
+    `heldout_sets` (``sets``, then one per photo folder)."""
     table: dict[str, dict[str, Scores]] = {}
-    for kind in sets:
-        paired = EmbeddedPairedSet(count, config=config, rain=kind)
+    for kind, paired in heldout_sets(sets, photo_folders, count=count, config=config).items():
         pairs = [paired.images(i) for i in range(len(paired))]
         row = {RAINY: score_images(pairs)}
         if baselines:
@@ -87,11 +107,12 @@ def write_json(table: Mapping[str, Mapping[str, Scores]], path: str | Path, **ex
 
 
 def comparison_rows(models: Mapping[str, DerainFn], *, per_set: int = 2, sets: Iterable[str] = HELDOUT_SETS,
+                    photo_folders: Iterable[str | Path] = (),
                     config: EmbeddedDataConfig | None = None) -> tuple[list[list[np.ndarray]], list[str]]:
-    """Rows (rainy | each model | clean) of ``per_set`` images of every held-out set, and the headers."""
+    """Rows (rainy | each model | clean) of ``per_set`` images of every held-out set (`heldout_sets`), and the
+    headers."""
     rows = []
-    for kind in sets:
-        paired = EmbeddedPairedSet(config=config, rain=kind)
+    for paired in heldout_sets(sets, photo_folders, config=config).values():
         for i in range(min(per_set, len(paired))):
             rainy, clean = paired.images(i)
             rows.append([rainy, *(fn(rainy) for fn in models.values()), clean])

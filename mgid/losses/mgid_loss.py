@@ -3,6 +3,8 @@
   |B1 - B2| + |B1 - I2| + |I1 - B2| + |(B2 + R1) - I1| + |(B1 + R2) - I2|     (L1 means)
   + w_c L_compact + w_s L_separate + w_bsw L_BSW(q1, q2) - w_ssim SSIM(B1, B2)
 
+with SSIM's constants and borders set by ``LossWeights.ssim_data_range`` and ``ssim_border``.
+
 The backgrounds of the two frames must agree, and each frame's rain added to the other frame's
 background must give that frame back; the memory and whitening terms shape the queries.
 """
@@ -17,7 +19,7 @@ from torch import nn
 
 from mgid import ops
 from mgid.config.literals import check_literals
-from mgid.losses.ssim import DATA_RANGE, SSIMConfig, ssim
+from mgid.losses.ssim import DATA_RANGE, SSIMBorder, SSIMConfig, ssim
 from mgid.models.mgid import MGIDOutput
 
 CompactnessMode = Literal["mean", "last"]
@@ -43,7 +45,12 @@ class LossWeights:
         compactness_mode: how the two frames' memory losses combine: "mean" (average) or "last"
             (frame 2's only, as the public code, which overwrites frame 1's value). Applies to
             separateness too.
-        ssim_data_range: data range of the images for SSIM's constants (2.0 for [-1, 1]).
+        ssim_data_range: data range L of the images for SSIM's constants C1 = (0.01 L)^2, C2 = (0.03 L)^2:
+            2.0, the span of the [-1, 1] images (default), or 1.0, the public code's constants on them
+            (C1 = 0.01^2, C2 = 0.03^2; the paper recipe).
+        ssim_border: SSIM's borders (`mgid.losses.ssim`): "valid" (the map where the 11x11 window lies inside
+            the image, as scikit-image; default) or "same" (zero-padded, the full map, as the public code; the
+            paper recipe).
     """
 
     l1_bg: float = 1.0
@@ -58,9 +65,10 @@ class LossWeights:
     bsw_k: int = 50
     compactness_mode: CompactnessMode = "mean"
     ssim_data_range: float = DATA_RANGE
+    ssim_border: SSIMBorder = "valid"
 
     def __post_init__(self) -> None:
-        check_literals(self)  # compactness_mode: from its Literal type
+        check_literals(self)  # compactness_mode, ssim_border: from their Literal types
         if isinstance(self.bsw_k, bool) or not isinstance(self.bsw_k, int) or self.bsw_k < 1:
             raise ValueError(f"bsw_k must be a positive int, got {self.bsw_k!r}")
 
@@ -82,7 +90,7 @@ class MGIDLoss(nn.Module):
     def __init__(self, weights: LossWeights | None = None) -> None:
         super().__init__()
         self.weights = weights if weights is not None else LossWeights()
-        self.ssim_config = SSIMConfig(data_range=self.weights.ssim_data_range)
+        self.ssim_config = SSIMConfig(data_range=self.weights.ssim_data_range, border=self.weights.ssim_border)
 
     def extra_repr(self) -> str:
         return str(self.weights)

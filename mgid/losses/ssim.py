@@ -9,10 +9,15 @@ inside the image ((H-10) x (W-10) positions) and averaged there. That is exactly
 use_sample_covariance=False)`` averages (it filters with padding, then crops 5 pixels per side
 before the mean). ``border="same"`` zero-pads by 5 and averages the full H x W map, as the common
 ``pytorch_ssim`` package does. Channels are filtered separately and their maps averaged.
+
+The public MGID training code uses the zero-padded form with C1 = 0.01^2 and C2 = 0.03^2 on its
+[-1, 1] images, i.e. ``SSIMConfig(data_range=1.0, border="same")`` here (the ``paper`` recipe's); the defaults
+(data range 2, valid borders) are scikit-image's reading of the same images, with constants 4x larger.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -23,20 +28,26 @@ SSIM_SIGMA = 1.5
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
 DATA_RANGE = 2.0  # images in [-1, 1]
-BORDERS = ("valid", "same")
+#: How the SSIM map treats the image borders (`SSIMConfig.border`): "valid" positions only or zero-padded "same".
+SSIMBorder = Literal["valid", "same"]
+BORDERS = get_args(SSIMBorder)
 REDUCTIONS = ("mean", "none")
 
 
 @dataclass(frozen=True)
 class SSIMConfig:
-    """SSIM constants; the defaults are the standard ones for images in [-1, 1]."""
+    """SSIM constants; the defaults are the standard ones for images in [-1, 1].
+
+    ``border`` is one of `BORDERS` (see the module docstring); a bad value, an even or non-positive
+    ``window_size`` or a non-positive ``data_range`` or ``sigma`` raises ValueError.
+    """
 
     data_range: float = DATA_RANGE
     window_size: int = SSIM_WINDOW
     sigma: float = SSIM_SIGMA
     k1: float = SSIM_K1
     k2: float = SSIM_K2
-    border: str = "valid"
+    border: SSIMBorder = "valid"
 
     def __post_init__(self) -> None:
         if self.window_size < 1 or self.window_size % 2 == 0:

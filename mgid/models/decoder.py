@@ -3,6 +3,10 @@
 On the memory output (B, 2C, h, w): block(2C -> C); then three times: up (2x), concat the matching
 encoder skip (C + C channels), and a block (2C -> C), the last "block" being the head
 conv-BN-ReLU (2C -> C), conv-BN-ReLU (C -> C), conv (C -> out), tanh.
+
+The concatenation's order (`ConcatOrder`) only permutes the input channels of the three blocks' first
+convolutions: ``[upsampled, skip]`` (this package's, which the shipped weights use) or ``[skip, upsampled]``
+(the public code's, which weights converted from it need: `mgid.models.official`).
 """
 from __future__ import annotations
 
@@ -16,6 +20,9 @@ from mgid.models.encoder import KERNEL_SIZE, PADDING, conv_bn_relu, double_conv,
 #: Ways to double the resolution in the decoder (`ModelConfig.upsample`).
 UpsampleMode = Literal["transpose", "resize_conv"]
 UPSAMPLE_MODES = get_args(UpsampleMode)
+#: Order of the decoder's concatenation of the upsampled features and the encoder skip (`ModelConfig.concat_order`).
+ConcatOrder = Literal["upsampled_first", "skip_first"]
+CONCAT_ORDERS = get_args(ConcatOrder)
 
 
 def upsample(channels: int, mode: str = "transpose") -> nn.Sequential:
@@ -41,11 +48,17 @@ class Decoder(nn.Module):
 
     ``skips`` are the encoder's stage 1-3 features, [(B, C, 8h, 8w), (B, C, 4h, 4w), (B, C, 2h, 2w)], a list
     the decoder empties (see `forward`).
-    With ``channels=64`` and ``out_channels=3``: 556,803 trainable parameters (either upsample mode).
+    With ``channels=64`` and ``out_channels=3``: 556,803 trainable parameters (either upsample mode, either
+    ``concat_order``). ``concat_order`` is one of `CONCAT_ORDERS` (else ValueError): "upsampled_first" concatenates
+    ``[upsampled, skip]``, "skip_first" ``[skip, upsampled]``.
     """
 
-    def __init__(self, channels: int = 64, out_channels: int = 3, upsample_mode: str = "transpose") -> None:
+    def __init__(self, channels: int = 64, out_channels: int = 3, upsample_mode: str = "transpose",
+                 concat_order: ConcatOrder = "upsampled_first") -> None:
         super().__init__()
+        if concat_order not in CONCAT_ORDERS:
+            raise ValueError(f"concat_order must be one of {CONCAT_ORDERS}, got {concat_order!r}")
+        self.skip_first = concat_order == "skip_first"
         self.bottleneck = double_conv(2 * channels, channels)  # on concat[q_hat, read]
         self.up3 = upsample(channels, upsample_mode)
         self.block3 = double_conv(2 * channels, channels)
@@ -74,7 +87,8 @@ class Decoder(nn.Module):
         for up, block in ((self.up3, self.block3), (self.up2, self.block2), (self.up1, self.head)):
             for layer in sequential_layers(up):
                 x = layer(x)
-            x = torch.cat([x, skips.pop()], dim=1)
+            # the popped skip is held by no name, so it is freed as soon as it is concatenated
+            x = torch.cat([skips.pop(), x] if self.skip_first else [x, skips.pop()], dim=1)
             for layer in sequential_layers(block):
                 x = layer(x)
         return x

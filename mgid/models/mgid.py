@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mgid.config.literals import check_literals
-from mgid.models.decoder import UPSAMPLE_MODES, Decoder, UpsampleMode  # noqa: F401  (UPSAMPLE_MODES re-exported)
+from mgid.models.decoder import UPSAMPLE_MODES, ConcatOrder, Decoder, UpsampleMode  # noqa: F401  (UPSAMPLE_MODES)
 from mgid.models.encoder import DOWNSAMPLE, Encoder, EncoderFeatures, NormStats
 from mgid.models.memory import MemoryModule, MemoryOutput
 
@@ -38,6 +38,10 @@ class ModelConfig:
         pad_mode: how inputs whose H or W is not a multiple of 8 are padded (bottom/right) before
             the network and cropped back after: "reflect" (falls back to "replicate" where the
             image is too small to reflect) or "replicate".
+        concat_order: the decoder's concatenation of the upsampled features and the encoder skip:
+            "upsampled_first" ([upsampled, skip]; the shipped weights) or "skip_first" ([skip, upsampled], the
+            public code's, which weights converted from it need, `mgid.models.official`; the paper recipe). Only
+            the order of the decoder blocks' input channels differs.
     """
 
     image_channels: int = 3
@@ -48,6 +52,7 @@ class ModelConfig:
     update_max_over_assigned: bool = False
     pad_mode: PadMode = "reflect"
     upsample: UpsampleMode = "transpose"
+    concat_order: ConcatOrder = "upsampled_first"
 
     def __post_init__(self) -> None:
         if self.image_channels < 1 or self.channels < 1:
@@ -55,7 +60,7 @@ class ModelConfig:
                              f"{self.channels}")
         if self.memory_items < 2:
             raise ValueError(f"memory_items must be >= 2 (separateness needs two items), got {self.memory_items}")
-        check_literals(self)  # upsample, pad_mode: from their Literal types
+        check_literals(self)  # upsample, pad_mode, concat_order: from their Literal types
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,7 +140,7 @@ class MGIDNet(nn.Module):
             update_max_over_assigned=cfg.update_max_over_assigned,
             generator=generator,
         )
-        self.decoder = Decoder(cfg.channels, cfg.image_channels, cfg.upsample)
+        self.decoder = Decoder(cfg.channels, cfg.image_channels, cfg.upsample, cfg.concat_order)
 
     def _check_image(self, image: torch.Tensor) -> None:
         if not isinstance(image, torch.Tensor):

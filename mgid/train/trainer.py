@@ -163,7 +163,7 @@ class Trainer:
         """The training set, its sampler and loader, the run length and the validation sets."""
         cfg = self.cfg
         self.train_set = make_dataset(cfg.data, "train", cfg.crop_size, cfg.seed, embedded=cfg.embedded,
-                                      layout=cfg.layout)
+                                      layout=cfg.layout, pair_preprocessing=cfg.pair_preprocessing)
         self.sampler = EpochBatchSampler(len(self.train_set), cfg.batch_size, cfg.seed, self.dist.rank,
                                          self.dist.world_size)
         self.loader = DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=cfg.num_workers,

@@ -8,8 +8,9 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from mgid.config.train_config import TrainConfig
-from mgid.data import EmbeddedPairedSet, PairedFolder, to_uint8, write_image
+from mgid.data import PairedFolder, to_uint8, write_image
 from mgid.data.heldout_sets import HELDOUT_SETS
+from mgid.eval.heldout import heldout_sets
 from mgid.eval.scoring import Scores, net_derain_fn, score_paired_set
 from mgid.models import MGIDNet
 from mgid.visualize import image_grid
@@ -17,14 +18,15 @@ from mgid.visualize import image_grid
 
 def build_paired_sets(cfg: TrainConfig) -> dict[str, Dataset]:
     """The validation pairs by name: ``{"val": val_data}`` (a paired folder), or the embedded held-out
-    sets (`mgid.data.heldout_sets.HELDOUT_SETS`: ``streaks``, ``perspective``, ``heavy``, ``varied``). The first is the
+    sets (`mgid.eval.heldout.heldout_sets`: every rain of `mgid.data.heldout_sets.HELDOUT_SETS`, then one per
+    photo folder of ``embedded.photo_folders``, of its held-out photos). The first is the
     primary one (progress line, checkpoint summary, comparison picture)."""
     if cfg.val_data is not None:
         paired: Dataset = PairedFolder(cfg.val_data)
         if cfg.val_count is not None and cfg.val_count < len(paired):
             paired = Subset(paired, range(cfg.val_count))
         return {"val": paired}
-    return {kind: EmbeddedPairedSet(cfg.val_count, config=cfg.embedded, rain=kind) for kind in HELDOUT_SETS}
+    return heldout_sets(HELDOUT_SETS, cfg.embedded.photo_folders, count=cfg.val_count, config=cfg.embedded)
 
 
 def validate(net: MGIDNet, paired: Dataset, device: torch.device) -> Scores:

@@ -3,6 +3,8 @@
 All images are tiny and generated into tmp_path (`tests.data.builders`)."""
 from __future__ import annotations
 
+import cv2
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -12,11 +14,15 @@ from mgid.data import (
     TimeLapseFolder,
     detect_layout,
     make_dataset,
+    read_image,
+    to_uint8,
     write_image,
 )
+from mgid.data.folders import AmbiguousLayoutError
 from mgid.data.pair_sampling import index_rng
 from tests.data.builders import (
     SMALL,
+    frame_of,
     make_flat,
     make_mgid,
     make_scene_folders,
@@ -147,3 +153,107 @@ def test_make_dataset(tmp_path):
         make_dataset(root, "val", crop_size=8)
     with pytest.raises(FileNotFoundError, match="nowhere"):
         make_dataset(tmp_path / "nowhere", "train")
+
+
+# --------------------------------------------------------------------------------------------------
+# the public code's cut of side-by-side pairs (pair_preprocessing="official")
+
+
+def test_official_pair_preprocessing_resizes_and_keeps_the_order(tmp_path):
+    """Each pair image resized to 512x256 (cv2 bilinear), left = frame 1, right = frame 2, no crop, no flip."""
+    root = make_mgid(tmp_path / "mgid", n=2, hw=(24, 21))  # 24x42 images: odd halves are fine once resized
+    ds = TimeLapseFolder(root, crop_size=256, pair_preprocessing="official", seed=3)
+    assert ds.layout == "mgid" and ds.official and len(ds) == 2
+    for i in range(len(ds)):
+        resized = cv2.resize(read_image(root / f"{i:04d}.png"), (512, 256), interpolation=cv2.INTER_LINEAR)
+        for epoch in range(3):  # the same frames, in the same order, every epoch
+            ds.set_epoch(epoch)
+            item = ds[i]
+            assert item["frame1"].shape == item["frame2"].shape == (3, 256, 256)
+            assert np.array_equal(to_uint8(item["frame1"]), resized[:, :256])
+            assert np.array_equal(to_uint8(item["frame2"]), resized[:, 256:])
+    # a 512x256 pair image is split as it is
+    full = tmp_path / "full"
+    base = pattern(256, 256)
+    write_image(full / "0000.png", np.concatenate([base, frame_of(base, 2)], axis=1))
+    item = make_dataset(full, "train", crop_size=256, pair_preprocessing="official")[0]
+    assert np.array_equal(to_uint8(item["frame1"]), base) and offset_between(item) == 20.0
+    assert TimeLapseFolder(full, crop_size=None, pair_preprocessing="official")[0]["frame1"].shape == (3, 256, 256)
+
+
+def test_official_pair_preprocessing_errors_and_scope(tmp_path):
+    root = make_mgid(tmp_path / "mgid", n=1)
+    with pytest.raises(ValueError, match=r"official' gives 256x256 frames.*crop size \(16, 16\).*'crop'"):
+        TimeLapseFolder(root, crop_size=16, pair_preprocessing="official")
+    with pytest.raises(ValueError, match="pair_preprocessing must be one of crop, official"):
+        TimeLapseFolder(root, crop_size=16, pair_preprocessing="resize")
+    # the other layouts always crop: the option leaves them as they are
+    scenes = make_scene_folders(tmp_path / "tl", scenes=1, frames=2)
+    cropped = TimeLapseFolder(scenes, crop_size=8, pair_preprocessing="official")
+    assert not cropped.official and cropped[0]["frame1"].shape == (3, 8, 8)
+    assert torch.equal(cropped[1]["frame2"], TimeLapseFolder(scenes, crop_size=8)[1]["frame2"])
+
+
+# --------------------------------------------------------------------------------------------------
+# folders whose layout cannot be told safely are refused, saying what was found and what to pass
+
+
+def refused(root, match: str) -> str:
+    """detect_layout and TimeLapseFolder both refuse ``root`` with one-line message matching ``match``."""
+    with pytest.raises(AmbiguousLayoutError, match=match) as err:
+        detect_layout(root)
+    with pytest.raises(AmbiguousLayoutError, match=match):
+        TimeLapseFolder(root)
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+def test_scene_folders_one_level_too_deep_are_refused(tmp_path):
+    root = tmp_path / "root"
+    make_scene_folders(root / "a", scenes=3, frames=2)
+    message = refused(root, r"1 sub-folder\(s\) hold 3 folder\(s\) of images \(e\.g\. a/scene0/00\.png\)")
+    assert f"(e.g. {root / 'a'})" in message and "layout='scenes'" not in message
+    assert TimeLapseFolder(root / "a").layout == "scenes"  # what the message says to pass
+    # a data set written with splits points at its train/ folder, whatever sorts first
+    split = tmp_path / "split"
+    make_scene_folders(split / "train", scenes=1, frames=2)
+    make_scene_folders(split / "paired", scenes=1, frames=2)
+    assert f"(e.g. {split / 'train'})" in refused(split, r"2 sub-folder\(s\) hold 2 folder")
+
+
+def test_scene_folder_with_image_sub_folders_is_refused(tmp_path):
+    root = make_scene_folders(tmp_path / "tl", scenes=3, frames=2)
+    write_image(root / "scene1" / "clean" / "00.png", pattern(24, 32))
+    refused(root, r"hold 1 folder\(s\) of images \(e\.g\. scene1/clean/00\.png\).*layout='scenes' to read only the "
+                  r"3 sub-folder\(s\) with images of their own")
+    assert len(TimeLapseFolder(root, layout="scenes")) == 3 * 2  # the explicit layout reads the scene folders
+
+
+def test_images_at_two_depths_are_refused(tmp_path):
+    root = make_scene_folders(tmp_path / "tl", scenes=2, frames=2)
+    write_image(root / "loose_00.png", pattern(24, 32))
+    write_image(root / "loose_01.png", pattern(24, 32))
+    refused(root, r"both 2 image\(s\) at its top level \(e\.g\. loose_00\.png\) and 2 sub-folder\(s\) of images "
+                  r"\(e\.g\. scene0/00\.png\); pass layout='scenes'.*layout='flat' / 'mgid'")
+    with pytest.warns(UserWarning, match="ignored"):
+        assert TimeLapseFolder(root, layout="scenes").layout == "scenes"
+    assert [s for s, _ in TimeLapseFolder(root, layout="flat").scenes] == ["loose"]
+
+
+def test_sub_folders_of_side_by_side_pairs_are_refused(tmp_path):
+    """A parent of MGID pair folders (e.g. train/ and test/) read as scenes would pair frames of different images."""
+    root = tmp_path / "mgid_set"
+    make_mgid(root / "train", n=2)
+    make_mgid(root / "test", n=2)
+    message = refused(root, r"2 of its 2 sub-folder\(s\) hold side-by-side pair images \(e\.g\. test/0000\.png, "
+                            r"24x40 HxW\)")
+    assert f"(e.g. {root / 'test'}, layout 'mgid')" in message
+    assert TimeLapseFolder(root / "train").layout == "mgid"
+    assert TimeLapseFolder(root, layout="scenes").layout == "scenes"  # wide scene frames, asked for
+
+
+def test_images_only_deeper_are_named(tmp_path):
+    root = tmp_path / "deep"
+    make_scene_folders(root / "x" / "y", scenes=1, frames=2)
+    with pytest.raises(ValueError, match=r"no images .*2 image\(s\) lie deeper, e\.g\. x/y/scene0/00\.png"):
+        detect_layout(root)

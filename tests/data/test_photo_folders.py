@@ -187,3 +187,28 @@ def test_shared_photo_collection_splits_ten_per_folder():
     train = PhotoFolders([SHARED_PHOTOS], split="train", heldout_per_folder=10)
     assert len(held) == 20 and len(train) == 160
     assert {e.path.parent.name for e in held.entries} == {"sun80", "urban100"}
+
+
+def test_synth_writes_folder_scenes_in_the_official_pair_layout(tmp_path, capsys):
+    from mgid.cli import main as cli_main
+    from mgid.data import TimeLapseFolder, read_image
+
+    make_photo_folder(tmp_path / "mine", n=3)
+    out = tmp_path / "synth"
+    argv = ["data", "synth", "--out", str(out), "--layout", "mgid", "--size", "32",
+            "--frames_per_scene", "4", "--train_scenes_per_photo", "1",
+            "--val_scenes_per_photo", "1", "--paired_count", "1",
+            "--photo_folders", str(tmp_path / "mine"), "--photo_heldout_per_folder", "1"]
+    assert cli_main(argv) == 0
+    assert "side-by-side pairs" in capsys.readouterr().out
+    pairs = sorted((out / "train").glob("mine_*.png"))
+    assert len(pairs) == 2 * 2  # two training photos, one scene each, 4 frames -> 2 pairs per scene
+    cfg = EmbeddedDataConfig(size=32, frames_per_scene=4, train_scenes_per_photo=1, val_scenes_per_photo=1,
+                             photo_folders=(str(tmp_path / "mine"),), photo_heldout_per_folder=1)
+    ds = EmbeddedTimeLapse("train", config=cfg)
+    k = next(i for i, s in enumerate(ds.scenes) if f"{s.name}-1.png" == pairs[1].name)
+    pair = read_image(pairs[1])
+    assert pair.shape == (32, 64, 3)
+    assert np.array_equal(pair[:, :32], ds.render_frame(k, 2)[0]) and np.array_equal(pair[:, 32:], ds.render_frame(k, 3)[0])
+    assert len(TimeLapseFolder(out / "train", crop_size=None)) == len(list((out / "train").glob("*.png")))
+    assert len(list((out / "val").glob("mine_*.png"))) == 2

@@ -65,3 +65,47 @@ def test_heldout_command_errors(tmp_path, capsys):
     assert "one per file" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli_main(["heldout", "--count"])
+
+
+def _photo_folder(root, n=6, hw=(70, 90)):
+    from mgid.data import write_image
+    from tests.data.builders import pattern
+
+    for i in range(n):
+        write_image(root / f"photo{i}.png", pattern(*hw, seed=i))
+    return root
+
+
+def test_photo_folder_sets_use_only_its_heldout_photos_and_their_own_rain(tmp_path):
+    from mgid.data.photo_folders import PhotoFolders
+    from mgid.eval.heldout import heldout_sets
+
+    folder = _photo_folder(tmp_path / "street")
+    cfg = EmbeddedDataConfig(paired_size=32, paired_count=4, photo_heldout_per_folder=2)
+    sets = heldout_sets(("streaks",), [folder], config=cfg)
+    assert list(sets) == ["streaks", "street"]
+    photo_set = sets["street"]
+    held = {str(e.path) for e in PhotoFolders([folder], split="heldout", heldout_per_folder=2).entries}
+    assert {s.photo for s in photo_set.scenes} == held  # both held-out photos, nothing else
+    rainy, clean = photo_set.images(0)
+    again = EmbeddedPairedSet(config=cfg, photo_folder=folder).images(0)
+    assert np.array_equal(rainy, again[0]) and np.array_equal(clean, again[1])  # fixed by the seed
+    assert rainy.shape == clean.shape == (32, 32, 3) and (rainy.astype(int) >= clean.astype(int) - 1).all()
+    rain_here = rainy.astype(int) - clean.astype(int)
+    bundled = sets["streaks"].images(0)
+    assert not np.array_equal(rain_here, bundled[0].astype(int) - bundled[1].astype(int))  # a stream of its own
+    with pytest.raises(ValueError, match="distinct names"):
+        heldout_sets(("streaks",), [folder, folder], config=cfg)
+    with pytest.raises(ValueError, match="photo_heldout_per_folder >= 1"):
+        EmbeddedPairedSet(config=EmbeddedDataConfig(photo_heldout_per_folder=0), photo_folder=folder)
+
+
+def test_heldout_command_scores_photo_folders(tmp_path, capsys):
+    folder = _photo_folder(tmp_path / "mine", n=12, hw=(130, 150))  # the sets' images are 128x128
+    out = tmp_path / "ho"
+    assert cli_main(["heldout", "--count", "1", "--out", str(out), "--no-baselines", "--device", "cpu",
+                     "--photo-folders", str(folder)]) == 0
+    data = json.loads((out / "heldout.json").read_text())
+    assert list(data["sets"]) == [*HELDOUT_SETS, "mine"] and data["sets"]["mine"]["shipped weights"]["count"] == 1
+    assert cli_main(["heldout", "--count", "1", "--out", str(out), "--photo-folders", str(tmp_path / "none")]) == 2
+    assert "not found" in capsys.readouterr().err

@@ -62,6 +62,48 @@ def test_ssim_differentiable():
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
+def hand_ssim(x: np.ndarray, y: np.ndarray, c1: float, c2: float) -> float:
+    """SSIM of (C, H, W) float64 arrays written out: zero-padded by 5, an 11x11 Gaussian (sigma 1.5) at every
+    pixel, the map averaged over channels and pixels."""
+    taps = np.exp(-0.5 * ((np.arange(11) - 5) / 1.5) ** 2)
+    window = np.outer(taps, taps) / taps.sum() ** 2
+    values = []
+    for a, b in zip(x, y):
+        pa, pb = np.pad(a, 5), np.pad(b, 5)
+        for i in range(a.shape[0]):
+            for j in range(a.shape[1]):
+                wa, wb = pa[i:i + 11, j:j + 11], pb[i:i + 11, j:j + 11]
+                mx, my = (window * wa).sum(), (window * wb).sum()
+                vx, vy = (window * wa * wa).sum() - mx * mx, (window * wb * wb).sum() - my * my
+                cov = (window * wa * wb).sum() - mx * my
+                values.append((2 * mx * my + c1) * (2 * cov + c2) / ((mx * mx + my * my + c1) * (vx + vy + c2)))
+    return float(np.mean(values))
+
+
+def test_official_ssim_constants_and_zero_padding_by_hand():
+    """The public code's SSIM (C1 = 0.01^2, C2 = 0.03^2 on [-1, 1] data, zero-padded borders) is data range 1 and
+    border "same", for the function and for the loss's setting; the default's constants are 4x larger."""
+    x = rand(1, 2, 4, 6, seed=11, dtype=torch.float64)
+    y = (x + 0.4 * rand(1, 2, 4, 6, seed=12, dtype=torch.float64)).clamp(-1, 1)
+    official = SSIMConfig(data_range=1.0, border="same")
+    expected = hand_ssim(x[0].numpy(), y[0].numpy(), c1=1e-4, c2=9e-4)
+    assert ssim(x, y, official).item() == pytest.approx(expected, abs=1e-12)
+    four_times = hand_ssim(x[0].numpy(), y[0].numpy(), c1=4e-4, c2=36e-4)
+    assert ssim(x, y, SSIMConfig(border="same")).item() == pytest.approx(four_times, abs=1e-12)
+    assert abs(expected - four_times) > 1e-3  # the inputs tell the two apart
+
+    weights = LossWeights(ssim_data_range=1.0, ssim_border="same")
+    assert MGIDLoss(weights).ssim_config == official
+    assert MGIDLoss().ssim_config == SSIMConfig()  # the default: data range 2, valid borders, as before
+    i1, i2, o1, o2 = pair(same=False, zero_rain=False)
+    _, terms = MGIDLoss(weights)(o1, o2, i1, i2)
+    b1, b2 = o1.background.double().numpy(), o2.background.double().numpy()
+    by_hand = np.mean([hand_ssim(a, b, c1=1e-4, c2=9e-4) for a, b in zip(b1, b2)])
+    assert terms["ssim"].item() == pytest.approx(by_hand, abs=1e-5)  # float32 in the loss
+    with pytest.raises(ValueError, match="ssim_border must be one of valid, same"):
+        LossWeights(ssim_border="zeros")
+
+
 def test_gaussian_window_and_errors():
     g = gaussian_window(11, 1.5, torch.float64)
     assert g.shape == (11,) and g.sum().item() == pytest.approx(1.0) and g.argmax().item() == 5

@@ -636,7 +636,8 @@ def register_heldout(sub: argparse._SubParsersAction) -> None:
         "heldout", help="score weights on the project's held-out sets, beside the rainy input and two baselines",
         description="De-rain the embedded held-out paired sets (streaks: the training renderer at the original rain "
                     "density; perspective: a second renderer never trained on; heavy: heavy rain; varied: several "
-                    "directions, long streaks, drizzle, near-camera streaks) with each --weights file and print "
+                    "directions, long streaks, drizzle, near-camera streaks; layered: the benchmarks' kind of rain, "
+                    "noise streak layers and a veil; and one per --photo-folders DIR) with each --weights file and print "
                     "mean Y-channel PSNR / SSIM (paper convention) and the brightness shift (mean Y of output "
                     "minus clean, grey levels) beside the rainy input, a 3x3 median filter and the temporal "
                     "median of 8 rainy frames of the same scene. Writes OUT/heldout.json and, with --picture, "

@@ -34,7 +34,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from .embedded import EmbeddedDataConfig, EmbeddedTimeLapse
-from .folders import TimeLapseFolder, detect_layout
+from .folders import PairPreprocessing, TimeLapseFolder, detect_layout
 from .heldout_sets import EmbeddedPairedSet
 from .imageio import IMAGE_SUFFIXES, PathLike, image_size, list_images, read_image, to_tensor, to_uint8, write_image
 from .layer_rain import LayerRainConfig, render_layer_rain
@@ -76,7 +76,7 @@ __all__ = [
 
 def make_dataset(data: PathLike | None, split: str = "train", crop_size: int | Sequence[int] | None = 256,
                  seed: int = 0, *, embedded: EmbeddedDataConfig | None = None, layout: str = "auto",
-                 flip: bool | None = None, pair_preprocessing: str = "crop") -> Dataset:
+                 flip: bool | None = None, pair_preprocessing: PairPreprocessing = "crop") -> Dataset:
     """The training/validation pair data set for a ``data`` setting.
 
     * ``data=None``: the embedded default, settings from ``embedded``: for "train" in stream mode

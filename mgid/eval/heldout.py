@@ -2,7 +2,9 @@
 
 For each held-out paired set (`mgid.data.heldout_sets.HELDOUT_SETS`: ``streaks``, the training renderer
 at the original rain density; ``perspective``, a second renderer the model never trains on;
-``heavy``, heavy rain; ``varied``, several directions, long streaks, drizzle and near-camera streaks)
+``heavy``, heavy rain; ``varied``, several directions, long streaks, drizzle and near-camera streaks;
+``layered``, the benchmarks' kind of rain of `mgid.data.layer_rain`; and, with ``photo_folders``, one set per
+folder of clean photos, named after it, of its held-out photos under the ``streaks`` rain)
 the table holds, per method, the mean Y-channel PSNR / SSIM against the clean images (paper convention,
 `mgid.eval.metrics`) and the mean brightness shift (mean Y of the output minus mean Y of the clean image, in
 grey levels; a veil or tone change shows here). Methods:

@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.harness import REPO, RESULTS, environment, log, report_base, write_report
+from benchmarks.rain_kinds_ab import coverage
 from mgid.config.train_config import resolve_config
-from mgid.data.synthetic_rain import RainConfig, rain_coverage, render_rain_layer
 
 #: Share of frames rendered by the layer renderer in the arms with layer rain.
 LAYER_SHARE = 0.5
@@ -61,17 +61,6 @@ def train_command(arm: str, args: argparse.Namespace) -> list[str]:
 
 def run_dir(arm: str, args: argparse.Namespace) -> Path:
     return Path(args.runs) / arm.replace(" ", "_")
-
-
-def coverage(rain: RainConfig, pairs: int = 100, size: int = 128) -> dict[str, float]:
-    """Mean share of pixels rainy (> 0.05) in one frame and in both frames of a pair, ``size`` x ``size``."""
-    rng = np.random.default_rng(0)
-    one, both = [], []
-    for _ in range(pairs):
-        a, b = render_rain_layer(size, size, rng, rain), render_rain_layer(size, size, rng, rain)
-        one += [rain_coverage(a), rain_coverage(b)]
-        both.append(rain_coverage(np.minimum(a, b)))
-    return {"one_frame": float(np.mean(one)), "both_frames": float(np.mean(both))}
 
 
 def main(argv: list[str] | None = None) -> int:

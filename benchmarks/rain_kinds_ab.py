@@ -45,10 +45,9 @@ def flags(overrides: dict[str, object]) -> list[str]:
     return out
 
 
-def coverage(overrides: dict[str, object], frames: int = 200, size: int = 128) -> dict[str, float]:
-    """Mean share of pixels rainy (> 0.05) in one frame and in both frames of a pair, ``size`` x ``size``;
-    the cpu recipe's illumination settings do not change the rain layer, so the plain RainConfig is used."""
-    cfg = RainConfig(**overrides)
+def coverage(cfg: RainConfig, frames: int = 200, size: int = 128) -> dict[str, float]:
+    """Mean share of pixels rainy (> 0.05) in one frame and in both frames of a pair of ``cfg``'s rain, ``size`` x
+    ``size`` (the illumination settings do not change the rain layer)."""
     rng = np.random.default_rng(0)
     one, both = [], []
     for _ in range(frames // 2):
@@ -88,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     log(" ".join(cmd))
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     scores = json.loads((score_dir / "heldout.json").read_text())
-    cov = {name: coverage(VARIANTS[name]) for name in args.variants}
+    cov = {name: coverage(RainConfig(**VARIANTS[name])) for name in args.variants}
     sets = list(scores["sets"])
 
     def psnr(method: str, kind: str) -> float:

@@ -59,6 +59,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .ranges import check_range, check_value
+
 #: Points per pixel of streak length at which the motion-blur segment is sampled (each splatted bilinearly):
 #: enough that a slanted segment's kernel has no gaps or beads.
 _KERNEL_SAMPLES_PER_PIXEL = 4
@@ -72,26 +74,8 @@ _PERCENT = 100.0
 _ROUNDOFF_FLOOR = 1e-3
 
 
-def _check_range(name: str, r: tuple[float, float], lo: float | None = None, hi: float | None = None) -> None:
-    """Validate a (low, high) field of `LayerRainConfig`; the message names the field."""
-    if len(r) != 2:
-        raise ValueError(f"LayerRainConfig.{name} must be a (low, high) pair, got {r!r}")
-    a, b = float(r[0]), float(r[1])
-    if not (math.isfinite(a) and math.isfinite(b)):
-        raise ValueError(f"LayerRainConfig.{name} must be finite, got {r!r}")
-    if a > b:
-        raise ValueError(f"LayerRainConfig.{name}: lower bound {a} is above upper bound {b}")
-    if lo is not None and a < lo:
-        raise ValueError(f"LayerRainConfig.{name}: {a} is below the allowed minimum {lo}")
-    if hi is not None and b > hi:
-        raise ValueError(f"LayerRainConfig.{name}: {b} is above the allowed maximum {hi}")
-
-
-def _check_value(name: str, v: float, lo: float, hi: float, lo_open: bool = False) -> None:
-    """Validate a scalar field of `LayerRainConfig` against [lo, hi] (or (lo, hi]); the message names the field."""
-    v = float(v)
-    if not math.isfinite(v) or (v <= lo if lo_open else v < lo) or v > hi:
-        raise ValueError(f"LayerRainConfig.{name} must lie in {'(' if lo_open else '['}{lo}, {hi}], got {v}")
+#: Name of the settings in validation messages.
+_OWNER = "LayerRainConfig"
 
 
 @dataclass(frozen=True)
@@ -135,17 +119,17 @@ class LayerRainConfig:
                 or not 1 <= self.layers_range[0] <= self.layers_range[1]:
             raise ValueError(f"LayerRainConfig.layers_range must be two whole numbers 1 <= low <= high, "
                              f"got {self.layers_range}")
-        _check_range("density_range", self.density_range, lo=0.0, hi=_PERCENT)
-        _check_range("angle_range", self.angle_range, lo=-60.0, hi=60.0)
-        _check_value("angle_spread", self.angle_spread, 0.0, 45.0)
-        _check_range("length_range", self.length_range, lo=1.0)
-        _check_range("softness_range", self.softness_range, lo=0.0)
-        _check_value("saturated_share", self.saturated_share, 0.0, 1.0, lo_open=True)
-        _check_range("brightness_range", self.brightness_range, lo=0.0, hi=1.0)
-        _check_value("streak_white_quantile", self.streak_white_quantile, 0.0, 1.0, lo_open=True)
-        _check_value("veil_probability", self.veil_probability, 0.0, 1.0)
-        _check_range("veil_range", self.veil_range, lo=0.0, hi=1.0)
-        _check_range("airlight_range", self.airlight_range, lo=0.0, hi=1.0)
+        check_range(_OWNER, "density_range", self.density_range, lo=0.0, hi=_PERCENT)
+        check_range(_OWNER, "angle_range", self.angle_range, lo=-60.0, hi=60.0)
+        check_value(_OWNER, "angle_spread", self.angle_spread, 0.0, 45.0)
+        check_range(_OWNER, "length_range", self.length_range, lo=1.0)
+        check_range(_OWNER, "softness_range", self.softness_range, lo=0.0)
+        check_value(_OWNER, "saturated_share", self.saturated_share, 0.0, 1.0, lo_open=True)
+        check_range(_OWNER, "brightness_range", self.brightness_range, lo=0.0, hi=1.0)
+        check_value(_OWNER, "streak_white_quantile", self.streak_white_quantile, 0.0, 1.0, lo_open=True)
+        check_value(_OWNER, "veil_probability", self.veil_probability, 0.0, 1.0)
+        check_range(_OWNER, "veil_range", self.veil_range, lo=0.0, hi=1.0)
+        check_range(_OWNER, "airlight_range", self.airlight_range, lo=0.0, hi=1.0)
 
 
 @dataclass(frozen=True)

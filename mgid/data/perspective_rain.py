@@ -51,41 +51,16 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .ranges import check_range, check_value
+
 #: Streak densities are counted per this many pixels (a 100x100 patch).
 _DENSITY_AREA = 1.0e4
 #: Bounding boxes extend this many sigmas (across) / taper sigmas (beyond the ends): exp(-3.5^2/2) ~ 0.002.
 _CUTOFF = 3.5
 
 
-def _check_range(name: str, r: tuple[float, float], lo: float | None = None, hi: float | None = None,
-                 lo_open: bool = False) -> None:
-    """Validate a (low, high) field of `PerspectiveRainConfig`; the message names the field."""
-    if len(r) != 2:
-        raise ValueError(f"PerspectiveRainConfig.{name} must be a (low, high) pair, got {r!r}")
-    a, b = float(r[0]), float(r[1])
-    if not (math.isfinite(a) and math.isfinite(b)):
-        raise ValueError(f"PerspectiveRainConfig.{name} must be finite, got {r!r}")
-    if a > b:
-        raise ValueError(f"PerspectiveRainConfig.{name}: lower bound {a} is above upper bound {b}")
-    if lo is not None and (a <= lo if lo_open else a < lo):
-        raise ValueError(f"PerspectiveRainConfig.{name}: {a} is below the allowed minimum "
-                         f"{lo}{' (exclusive)' if lo_open else ''}")
-    if hi is not None and b > hi:
-        raise ValueError(f"PerspectiveRainConfig.{name}: {b} is above the allowed maximum {hi}")
-
-
-def _check_value(name: str, v: float, lo: float | None = None, hi: float | None = None,
-                 lo_open: bool = False, hi_open: bool = False) -> None:
-    """Validate a scalar field of `PerspectiveRainConfig`; the message names the field."""
-    v = float(v)
-    bad = not math.isfinite(v)
-    bad |= lo is not None and (v <= lo if lo_open else v < lo)
-    bad |= hi is not None and (v >= hi if hi_open else v > hi)
-    if bad:
-        lo_s = "-inf" if lo is None else str(lo)
-        hi_s = "inf" if hi is None else str(hi)
-        interval = f"{'(' if lo_open or lo is None else '['}{lo_s}, {hi_s}{')' if hi_open or hi is None else ']'}"
-        raise ValueError(f"PerspectiveRainConfig.{name} must lie in {interval}, got {v}")
+#: Name of the settings in validation messages.
+_OWNER = "PerspectiveRainConfig"
 
 
 @dataclass(frozen=True)
@@ -137,25 +112,25 @@ class PerspectiveRainConfig:
     """Sigma in pixels of the Gaussian blur of the background seen through a drop (> 0)."""
 
     def __post_init__(self) -> None:
-        _check_range("density_range", self.density_range, lo=0.0)
-        _check_range("angle_range", self.angle_range, lo=-60.0, hi=60.0)
-        _check_value("angle_jitter", self.angle_jitter, lo=0.0, hi=45.0, hi_open=True)
-        _check_range("depth_range", self.depth_range, lo=0.0, lo_open=True)
-        _check_value("depth_power", self.depth_power, lo=0.0)
-        _check_value("perspective", self.perspective, lo=0.0, hi=1.0)
-        _check_range("length_range", self.length_range, lo=1.0)
-        _check_value("length_jitter", self.length_jitter, lo=0.0, hi=1.0, hi_open=True)
-        _check_range("sigma_range", self.sigma_range, lo=0.0, lo_open=True)
-        _check_value("min_sigma", self.min_sigma, lo=0.0, lo_open=True)
-        _check_value("end_softness", self.end_softness, lo=0.0)
-        _check_range("opacity_range", self.opacity_range, lo=0.0, hi=1.0)
-        _check_value("opacity_jitter", self.opacity_jitter, lo=0.0, hi=1.0)
-        _check_value("opacity_depth_exponent", self.opacity_depth_exponent, lo=0.0)
-        _check_range("sky_range", self.sky_range, lo=0.0, hi=1.0)
-        _check_value("sky_mix", self.sky_mix, lo=0.0, hi=1.0)
-        _check_value("env_gain", self.env_gain, lo=0.0)
-        _check_value("env_lift", self.env_lift, lo=-1.0, hi=1.0)
-        _check_value("refraction_blur", self.refraction_blur, lo=0.0, lo_open=True)
+        check_range(_OWNER, "density_range", self.density_range, lo=0.0)
+        check_range(_OWNER, "angle_range", self.angle_range, lo=-60.0, hi=60.0)
+        check_value(_OWNER, "angle_jitter", self.angle_jitter, lo=0.0, hi=45.0, hi_open=True)
+        check_range(_OWNER, "depth_range", self.depth_range, lo=0.0, lo_open=True)
+        check_value(_OWNER, "depth_power", self.depth_power, lo=0.0)
+        check_value(_OWNER, "perspective", self.perspective, lo=0.0, hi=1.0)
+        check_range(_OWNER, "length_range", self.length_range, lo=1.0)
+        check_value(_OWNER, "length_jitter", self.length_jitter, lo=0.0, hi=1.0, hi_open=True)
+        check_range(_OWNER, "sigma_range", self.sigma_range, lo=0.0, lo_open=True)
+        check_value(_OWNER, "min_sigma", self.min_sigma, lo=0.0, lo_open=True)
+        check_value(_OWNER, "end_softness", self.end_softness, lo=0.0)
+        check_range(_OWNER, "opacity_range", self.opacity_range, lo=0.0, hi=1.0)
+        check_value(_OWNER, "opacity_jitter", self.opacity_jitter, lo=0.0, hi=1.0)
+        check_value(_OWNER, "opacity_depth_exponent", self.opacity_depth_exponent, lo=0.0)
+        check_range(_OWNER, "sky_range", self.sky_range, lo=0.0, hi=1.0)
+        check_value(_OWNER, "sky_mix", self.sky_mix, lo=0.0, hi=1.0)
+        check_value(_OWNER, "env_gain", self.env_gain, lo=0.0)
+        check_value(_OWNER, "env_lift", self.env_lift, lo=-1.0, hi=1.0)
+        check_value(_OWNER, "refraction_blur", self.refraction_blur, lo=0.0, lo_open=True)
 
 
 # Calibration of both presets: mean PSNR (Y, BT.601) of rainy vs clean on 128x128 crops of the

@@ -44,6 +44,7 @@ import cv2
 import numpy as np
 
 from .layer_rain import LayerRainConfig, LayerVeil, apply_veil, render_layer_rain
+from .ranges import check_range
 
 #: Sub-pixel precision (fractional bits) of streak end points given to ``cv2.line``.
 _LINE_SHIFT = 4
@@ -51,14 +52,8 @@ _LINE_SHIFT = 4
 _DENSITY_AREA = 1.0e4
 
 
-def _check_range(name: str, rng: tuple[float, float], lo: float | None = None, hi: float | None = None) -> None:
-    a, b = rng
-    if a > b:
-        raise ValueError(f"RainConfig.{name}: lower bound {a} is above upper bound {b}")
-    if lo is not None and a < lo:
-        raise ValueError(f"RainConfig.{name}: {a} is below the allowed minimum {lo}")
-    if hi is not None and b > hi:
-        raise ValueError(f"RainConfig.{name}: {b} is above the allowed maximum {hi}")
+#: Name of the settings in validation messages.
+_OWNER = "RainConfig"
 
 
 @dataclass(frozen=True)
@@ -153,30 +148,30 @@ class RainConfig:
     """Settings of the layer rain, used in the ``layer_probability`` share of the frames."""
 
     def __post_init__(self) -> None:
-        _check_range("density_range", self.density_range, lo=0.0)
-        _check_range("angle_range", self.angle_range, lo=-30.0, hi=30.0)
-        _check_range("length_range", self.length_range, lo=1.0)
-        _check_range("width_range", self.width_range, lo=1.0)
-        _check_range("intensity_range", self.intensity_range, lo=0.0, hi=1.0)
-        _check_range("blur_range", self.blur_range, lo=0.0)
-        _check_range("veil_range", self.veil_range, lo=0.0, hi=1.0)
-        _check_range("airlight_range", self.airlight_range, lo=0.0, hi=1.0)
-        _check_range("gain_range", self.gain_range, lo=0.0)
-        _check_range("offset_range", self.offset_range, lo=-1.0, hi=1.0)
-        _check_range("heavy_density_range", self.heavy_density_range, lo=0.0)
-        _check_range("heavy_length_range", self.heavy_length_range, lo=1.0)
-        _check_range("heavy_width_range", self.heavy_width_range, lo=1.0)
-        _check_range("heavy_blur_range", self.heavy_blur_range, lo=0.0)
-        _check_range("long_length_range", self.long_length_range, lo=1.0)
-        _check_range("long_density_range", self.long_density_range, lo=0.0)
-        _check_range("drizzle_density_range", self.drizzle_density_range, lo=0.0)
-        _check_range("drizzle_length_range", self.drizzle_length_range, lo=1.0)
-        _check_range("drizzle_intensity_range", self.drizzle_intensity_range, lo=0.0, hi=1.0)
-        _check_range("near_density_range", self.near_density_range, lo=0.0)
-        _check_range("near_length_range", self.near_length_range, lo=1.0)
-        _check_range("near_width_range", self.near_width_range, lo=1.0)
-        _check_range("near_softness_range", self.near_softness_range, lo=0.0)
-        _check_range("near_intensity_range", self.near_intensity_range, lo=0.0, hi=1.0)
+        check_range(_OWNER, "density_range", self.density_range, lo=0.0)
+        check_range(_OWNER, "angle_range", self.angle_range, lo=-30.0, hi=30.0)
+        check_range(_OWNER, "length_range", self.length_range, lo=1.0)
+        check_range(_OWNER, "width_range", self.width_range, lo=1.0)
+        check_range(_OWNER, "intensity_range", self.intensity_range, lo=0.0, hi=1.0)
+        check_range(_OWNER, "blur_range", self.blur_range, lo=0.0)
+        check_range(_OWNER, "veil_range", self.veil_range, lo=0.0, hi=1.0)
+        check_range(_OWNER, "airlight_range", self.airlight_range, lo=0.0, hi=1.0)
+        check_range(_OWNER, "gain_range", self.gain_range, lo=0.0)
+        check_range(_OWNER, "offset_range", self.offset_range, lo=-1.0, hi=1.0)
+        check_range(_OWNER, "heavy_density_range", self.heavy_density_range, lo=0.0)
+        check_range(_OWNER, "heavy_length_range", self.heavy_length_range, lo=1.0)
+        check_range(_OWNER, "heavy_width_range", self.heavy_width_range, lo=1.0)
+        check_range(_OWNER, "heavy_blur_range", self.heavy_blur_range, lo=0.0)
+        check_range(_OWNER, "long_length_range", self.long_length_range, lo=1.0)
+        check_range(_OWNER, "long_density_range", self.long_density_range, lo=0.0)
+        check_range(_OWNER, "drizzle_density_range", self.drizzle_density_range, lo=0.0)
+        check_range(_OWNER, "drizzle_length_range", self.drizzle_length_range, lo=1.0)
+        check_range(_OWNER, "drizzle_intensity_range", self.drizzle_intensity_range, lo=0.0, hi=1.0)
+        check_range(_OWNER, "near_density_range", self.near_density_range, lo=0.0)
+        check_range(_OWNER, "near_length_range", self.near_length_range, lo=1.0)
+        check_range(_OWNER, "near_width_range", self.near_width_range, lo=1.0)
+        check_range(_OWNER, "near_softness_range", self.near_softness_range, lo=0.0)
+        check_range(_OWNER, "near_intensity_range", self.near_intensity_range, lo=0.0, hi=1.0)
         for name in ("heavy_probability", "long_probability", "drizzle_probability", "near_probability",
                      "layer_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:

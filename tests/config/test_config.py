@@ -300,7 +300,7 @@ def test_yaml_file_may_start_from_a_named_recipe(tmp_path):
     cfg = resolve_config(str(path))
     assert diff(resolve_config("quick"), cfg) == {"max_steps": (800, 12), "model.memory_items": (20, 9)}
     path.write_text("base: nope\n")
-    with pytest.raises(ConfigError, match="base: 'nope' is not a named config; available: paper, cpu, finetune, long, quick"):
+    with pytest.raises(ConfigError, match="base: 'nope' is not a named config; available: paper, cpu, finetune, long, photos, quick"):
         resolve_config(str(path))
 
 

@@ -48,16 +48,19 @@ def save_cache(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
-def score_new(run: Path, count: int | None, device: str) -> dict:
-    """Score the step checkpoints not in the cache yet; returns the updated cache."""
+def score_new(run: Path, count: int | None, device: str, photo_folders: list[str] | None = None) -> dict:
+    """Score the step checkpoints not in the cache yet (on the held-out sets and one set per photo folder);
+    returns the updated cache."""
     cache_path = run / CACHE
     data = load_cache(cache_path)
-    if data.get("count") != count:
-        data = {"count": count, "rainy": {}, "steps": {}}
+    folders = list(photo_folders or [])
+    if data.get("count") != count or data.get("photo_folders", []) != folders:
+        data = {"count": count, "photo_folders": folders, "rainy": {}, "steps": {}}
     for step, path in step_checkpoints(run).items():
         if str(step) in data["steps"]:
             continue
-        table = evaluate_heldout({MODEL: load_model(path, device).derain}, count=count, baselines=False)
+        table = evaluate_heldout({MODEL: load_model(path, device).derain}, count=count, baselines=False,
+                                 photo_folders=folders)
         data["rainy"] = {s: {"psnr": row[RAINY].psnr, "ssim": row[RAINY].ssim} for s, row in table.items()}
         data["steps"][str(step)] = {s: {"psnr": row[MODEL].psnr, "ssim": row[MODEL].ssim,
                                         "brightness_shift": row[MODEL].brightness_shift} for s, row in table.items()}
@@ -117,6 +120,8 @@ def main() -> int:
     parser.add_argument("--poll", type=float, default=60.0, help="with --watch: seconds between looks [60]")
     parser.add_argument("--plot", type=Path, default=None, help="write the learning-curve picture here (PNG)")
     parser.add_argument("--title", default="MGID on the embedded default: held-out PSNR during training")
+    parser.add_argument("--photo-folders", nargs="+", default=None, metavar="DIR",
+                        help="also score a set per folder of clean photos (its held-out photos; as mgid heldout)")
     parser.add_argument("--previous", type=Path, default=None,
                         help="learning_curve.json of the run this one started from, drawn before it")
     args = parser.parse_args()
@@ -126,7 +131,7 @@ def main() -> int:
     if not (args.run / "checkpoints").is_dir():
         parser.error(f"{args.run} has no checkpoints/ folder: is it a training output folder?")
     while True:
-        data = score_new(args.run, args.count, args.device)
+        data = score_new(args.run, args.count, args.device, args.photo_folders)
         done = args.until_step is not None and str(args.until_step) in data["steps"]
         if not args.watch or done:
             break

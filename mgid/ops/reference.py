@@ -9,6 +9,8 @@ Shapes: query ``q`` (B, C, H, W); items ``P`` (M, C); N = B*H*W queries.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
@@ -164,6 +166,20 @@ def cross_frame_variance(cov1: torch.Tensor, cov2: torch.Tensor) -> torch.Tensor
 KMEANS_GRID = 1024
 KMEANS_GRID_TAIL = 512
 LLOYD_MAX_ITER = 300
+# Children per node of the divide and conquer's tree (the kernels use 2). Every fan-out gives the full
+# scan's programme bit for bit; a wider tree has fewer levels, and in eager PyTorch each level costs a
+# fixed ~100 small ops, so 32 (2 levels at G 1024 instead of 11) is what the training shape runs fastest.
+KMEANS_DC_FANOUT = 32
+# The certificate's rounding bound tau, as kmeans_dc_tolerance in csrc/whitening_math.h (derived there):
+# E1 = SLACK u n (|p1[turn]| + |p1[n]|), E2 = SLACK u n Q and tau = base + per_range R + per_y Ys with
+# base = A E1^2 + B u Q + C E2, per_range = D E1, per_y = E E1.
+UNIT_ROUNDOFF = 2.0**-53
+_TAU_SLACK = 1.001
+_TAU_E1_SQUARED = 64.0
+_TAU_Q = 520.0
+_TAU_E2 = 16.0
+_TAU_RANGE = 16.0
+_TAU_Y = 32.0
 
 
 def kmeans_grid_positions(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -180,47 +196,273 @@ def kmeans_grid_positions(n: int, device: torch.device | str = "cpu") -> torch.T
     return torch.where(g <= head, g * head_n // head, head_n + (g - head))
 
 
-def kmeans1d_fast_threshold(values: torch.Tensor, k: int) -> torch.Tensor:
-    """Upper bound of the lowest cluster of a 1-D k-means of ``values`` (any shape), 0-dim float64.
+class _KmeansGrid(NamedTuple):
+    """The sorted inputs gathered on the grid (kmeans_grid_entry in csrc/whitening_math.h).
 
-    What the kernels compute, in two deterministic stages on the sorted values x (float64):
+    pos, q1, q2: (G+1,) positions and the prefix sums of y = x - mean(x) and y^2 there; posf: pos as
+    float64 (exact integers, so posf[g] - posf[h] is the kernels' double(pos[g] - pos[h])); y_first[g] =
+    y[pos[g]] and y_last[g] = y[pos[g] - 1], the ends of the runs a certificate spans (clamped at
+    the array ends, where they are never read).
+    """
+
+    pos: torch.Tensor
+    q1: torch.Tensor
+    q2: torch.Tensor
+    posf: torch.Tensor
+    y_first: torch.Tensor
+    y_last: torch.Tensor
+
+
+class _Tolerance(NamedTuple):
+    """tau of a certificate over positions [a, b): base + per_range (y[b-1] - y[a]) + per_y max(|y[a]|, |y[b-1]|)."""
+
+    base: float
+    per_range: float
+    per_y: float
+
+
+class _Scan(NamedTuple):
+    """Leftmost minimum of v(h, g) = d_prev[h] + grid_sse(h, g) over each cell's candidates (kmeans_dp_scan).
+
+    v: the minimum (+inf where a cell has no candidate); h: its leftmost minimiser (int64); left /
+    right: the smallest value at a candidate left / right of h (+inf if none); first / last: the
+    values at the cell's first and last candidates (+inf if none). All of the cells' shape.
+    """
+
+    v: torch.Tensor
+    h: torch.Tensor
+    left: torch.Tensor
+    right: torch.Tensor
+    first: torch.Tensor
+    last: torch.Tensor
+
+
+class KmeansProgramme(NamedTuple):
+    """The grid dynamic programme of :func:`kmeans1d_fast_threshold`.
+
+    d: (k, G+1) float64, D[l][g] (layer 0 for every g; layer l >= 1 for g >= l + 1, +inf elsewhere).
+    arg: (k, G+1) int64, the leftmost minimiser of D[l][g] for l >= 1, g >= l + 1 (0 elsewhere).
+    pos: (G+1,) int64, :func:`kmeans_grid_positions`. full_scans: cells whose certificate failed and
+    that scanned every candidate (the kernels' fallback, the full scan's O(G) cost for that cell).
+    """
+
+    d: torch.Tensor
+    arg: torch.Tensor
+    pos: torch.Tensor
+    full_scans: int
+
+
+def _kmeans_inputs(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sorted float64 values x, y = x - mean(x), and the prefix sums [0, y0, y0 + y1, ...] of y and y^2.
+
+    The same ATen calls as the kernels' inputs (kmeans_inputs in csrc/checks.h), so the same floats.
+    """
+    if values.numel() == 0:
+        raise ValueError("bsw threshold: values must hold at least one element")
+    x, _ = torch.sort(values.detach().reshape(-1).to(torch.float64))
+    y = x - x.mean()
+    zero = x.new_zeros(1)
+    return x, y, torch.cat([zero, torch.cumsum(y, 0)]), torch.cat([zero, torch.cumsum(y * y, 0)])
+
+
+def _dc_tolerance(y: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor) -> _Tolerance:
+    """kmeans_dc_tolerance of csrc/whitening_math.h, in the same double operations."""
+    n = y.numel()
+    q = float(p2[n])
+    turn = int((y <= 0).sum())  # the first y > 0, y being sorted
+    a, b = abs(float(p1[turn])), abs(float(p1[n]))
+    e1 = _TAU_SLACK * UNIT_ROUNDOFF * n * (a + b)
+    e2 = _TAU_SLACK * UNIT_ROUNDOFF * n * q
+    return _Tolerance(_TAU_E1_SQUARED * e1 * e1 + _TAU_Q * UNIT_ROUNDOFF * q + _TAU_E2 * e2, _TAU_RANGE * e1,
+                      _TAU_Y * e1)
+
+
+def _tau(tol: _Tolerance, ya: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    """tau of runs within [a, b) from ya = y[a], yb = y[b-1] (kmeans_dc_tau)."""
+    return tol.base + tol.per_range * (yb - ya) + tol.per_y * torch.maximum(ya.abs(), yb.abs())
+
+
+def _gather(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """t[idx] for a 1-D ``t``; index_select is several times faster than advanced indexing on the CPU."""
+    return t.index_select(0, idx.reshape(-1)).reshape(idx.shape)
+
+
+def _scan(start: torch.Tensor, width: int, g: torch.Tensor, end: torch.Tensor, d_prev: torch.Tensor,
+          grid: _KmeansGrid, margins: bool) -> _Scan:
+    """The cells g (N, C) of N groups at once; group i's cells share the candidates start[i] + [0, width)
+    (start: (N,)) and cell (i, c) takes those up to end[i, c] (inclusive; none if below start[i]),
+    with end[i, c] < g[i, c] and width > every end - start. One dense (N, C, width) block: each
+    candidate's terms are gathered once a group, and the padding past a cell's end holds +inf.
+    ``margins`` False leaves left and right at +inf (a tree level that no later level reads)."""
+    inf = float("inf")
+    w = torch.arange(width, device=g.device)
+    h = (start[:, None] + w).clamp_max(grid.pos.numel() - 1)  # (N, W); past the grid only as padding
+    # v(h, g) operation for operation as kmeans_dp_value (posf: positions as exact float64 integers),
+    # in place because the block is the bulk of the work.
+    v = _gather(grid.q1, g)[:, :, None] - _gather(grid.q1, h)[:, None, :]  # s
+    v.mul_(v).div_(_gather(grid.posf, g)[:, :, None] - _gather(grid.posf, h)[:, None, :])  # s^2 / len
+    v = torch.sub(_gather(grid.q2, g)[:, :, None] - _gather(grid.q2, h)[:, None, :], v, out=v)
+    v.clamp_min_(0.0).add_(_gather(d_prev, h)[:, None, :])
+    span = end - start[:, None]
+    v.masked_fill_(w > span[:, :, None], inf)
+    m, at = v.min(dim=2)  # the first minimal index, as the kernels' strict < scan
+    first = v[:, :, 0].clone()
+    last = v.gather(2, span.clamp(0, width - 1)[:, :, None]).squeeze(2)
+    if margins:
+        left = torch.where(w < at[:, :, None], v, inf).amin(dim=2)
+        right = v.masked_fill_(w <= at[:, :, None], inf).amin(dim=2)
+    else:
+        left = right = torch.full_like(m, inf)
+    return _Scan(m, start[:, None] + at, left, right, first, last)
+
+
+def _pivots(lo: torch.Tensor, hi: torch.Tensor, fanout: int) -> tuple[torch.Tensor, ...]:
+    """The pivots of tree nodes [lo, hi] (N,): p_j = lo - 1 + floor(j (hi - lo + 2) / fanout), j in
+    [1, fanout), the kernels' mid (lo + hi) // 2 for fanout 2. Returns g (N, fanout - 1), keep (the
+    strictly increasing pivots: the others repeat one or are lo - 1), and the children [lo', hi'], the
+    non-empty gaps between lo - 1, the pivots and hi + 1."""
+    steps = torch.arange(1, fanout, device=lo.device)
+    edges = torch.cat([(lo - 1)[:, None], (lo - 1)[:, None] + steps * (hi - lo + 2)[:, None] // fanout,
+                       (hi + 1)[:, None]], 1)
+    g = edges[:, 1:-1]
+    child_lo, child_hi = edges[:, :-1] + 1, edges[:, 1:] - 1
+    child = child_lo <= child_hi
+    return g, g > edges[:, :-2], child_lo[child], child_hi[child]
+
+
+def _dc_layer(layer: int, d_prev: torch.Tensor, grid: _KmeansGrid, tol: _Tolerance,
+              fanout: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Layer ``layer`` >= 1 of the programme by the kernels' certified divide and conquer.
+
+    The cells [layer + 1, G] form a tree whose node [lo, hi] has up to ``fanout`` - 1 pivots spread
+    evenly (:func:`_pivots`), its children the gaps between them. A pivot g scans only
+    [opt(lo - 1), min(g - 1, opt(hi + 1))], from cells of earlier tree levels, since the leftmost
+    minimiser is monotone in g in exact arithmetic. Each pivot certifies that no skipped candidate
+    beats (left: or ties) its minimum, from the quadrangle inequality, the margins of cells lo - 1 and
+    hi + 1 and the rounding bound tau (kmeans_dc_certify), and scans [layer, g) in full where it
+    cannot: so every cell is the full scan's, bit for bit. The kernels' tree is over [layer + 1, G];
+    here the root is [layer + 1, G - 1] and cell G joins the first level, so that every later node has
+    a right neighbour (else the rightmost node's window runs to its pivots, across the sparse tail).
+    A tree level is one vectorised step. Returns D[layer] (G+1,), its minimisers (G+1,) int64 and
+    the number of cells that scanned in full.
+    """
+    big = grid.pos.numel() - 1
+    spare = big + 1  # a scratch cell: where the repeated pivots of a node are stored
+    device = d_prev.device
+    inf = float("inf")
+    d_cur = torch.full((big + 2,), inf, dtype=torch.float64, device=device)
+    arg = torch.zeros(big + 2, dtype=torch.int64, device=device)
+    lam = torch.full_like(d_cur, inf)  # margins: how much the candidates left / right of opt(g) lose
+    rho = torch.full_like(d_cur, inf)
+    first = torch.tensor([layer], device=device)
+
+    # Level 0: every candidate of each cell, so nothing to certify and the margins are exact.
+    g, keep, lo, hi = _pivots(first + 1, first.new_full((1,), big - 1), fanout)
+    cells = torch.cat([g[keep], first.new_full((1,), big)])[None, :]
+    sc = _scan(first, big - layer, cells, cells - 1, d_prev, grid, margins=lo.numel() > 0)
+    d_cur[cells], arg[cells], lam[cells], rho[cells] = sc.v, sc.h, sc.left - sc.v, sc.right - sc.v
+
+    y_layer = grid.y_first[layer]
+    full_scans = 0
+    while lo.numel():
+        left_cell, right_cell = lo - 1, hi + 1
+        g, keep, lo, hi = _pivots(lo, hi, fanout)
+        margins = lo.numel() > 0
+        start = torch.where(left_cell > layer, arg[left_cell], layer)  # hlo: opt(lo - 1), or the layer's first
+        end = torch.minimum(arg[right_cell][:, None], g - 1)  # hhi
+        width = max(int((end - start[:, None]).max()) + 1, 1)
+        sc = _scan(start, width, g, end, d_prev, grid, margins)
+        m, h = sc.v, sc.h
+        lmarg, rmarg = sc.left - m, sc.right - m
+        hlo = start[:, None]
+        skip_l = hlo > layer
+        tau_l = _tau(tol, y_layer, _gather(grid.y_last, g))
+        bound_l = (sc.first - m) + lam[left_cell][:, None] - tau_l
+        skip_r = end < g - 1
+        tau_r = _tau(tol, _gather(grid.y_first, end.clamp_min(0)), grid.y_last[right_cell][:, None])
+        bound_r = (sc.last - m) + rho[right_cell][:, None] - tau_r
+        ok = (hlo <= end) & (~skip_l | (bound_l > 0)) & (~skip_r | (bound_r >= 0))
+        if margins:
+            lmarg = torch.where(skip_l & (bound_l < lmarg), bound_l, lmarg)
+            rmarg = torch.where(skip_r & (bound_r < rmarg), bound_r, rmarg)
+
+        cell = torch.where(keep, g, spare).reshape(-1)
+        m, h, lmarg, rmarg = m.reshape(-1), h.reshape(-1), lmarg.reshape(-1), rmarg.reshape(-1)
+        redo = torch.nonzero(keep.reshape(-1) & ~ok.reshape(-1)).squeeze(1)
+        if redo.numel():
+            full_scans += redo.numel()
+            g_redo = cell[redo]
+            fs = _scan(torch.full_like(g_redo, layer), int(g_redo.max()) - layer, g_redo[:, None], g_redo[:, None] - 1,
+                       d_prev, grid, margins)
+            m, h, lmarg, rmarg = m.clone(), h.clone(), lmarg.clone(), rmarg.clone()
+            m[redo], h[redo] = fs.v[:, 0], fs.h[:, 0]
+            lmarg[redo], rmarg[redo] = (fs.left - fs.v)[:, 0], (fs.right - fs.v)[:, 0]
+        d_cur[cell], arg[cell], lam[cell], rho[cell] = m, h, lmarg, rmarg
+    return d_cur[:spare], arg[:spare], full_scans
+
+
+def kmeans_grid_programme(values: torch.Tensor, k: int, fanout: int = KMEANS_DC_FANOUT) -> KmeansProgramme:
+    """Stage 1 of :func:`kmeans1d_fast_threshold`: the grid dynamic programme, with its tables.
+
+    values: any shape and floating dtype, at least one element (ValueError otherwise), clustered in
+    float64; k: clusters, clamped to [1, G]; fanout >= 2 (ValueError otherwise): the tree's width,
+    which changes the work, never a bit of the result. O(fanout k G log_fanout G) candidates instead
+    of the full scan's O(k G^2), in O(k log_fanout G) vectorised steps. Finite values: a cell whose
+    candidates hold NaN or inf scans in full, as in the kernels, but the result is not specified.
+    """
+    if fanout < 2:
+        raise ValueError(f"kmeans_grid_programme: fanout must be >= 2, got {fanout}")
+    x, y, p1, p2 = _kmeans_inputs(values)
+    return _grid_programme(x, y, p1, p2, k, fanout)
+
+
+def _grid_programme(x: torch.Tensor, y: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, k: int,
+                    fanout: int) -> KmeansProgramme:
+    """:func:`kmeans_grid_programme` on the prepared inputs of :func:`_kmeans_inputs`."""
+    n = x.numel()
+    pos = kmeans_grid_positions(n, x.device)
+    big = pos.numel() - 1
+    k = max(1, min(int(k), big))
+    last = torch.tensor(n - 1, device=x.device)
+    grid = _KmeansGrid(pos, p1[pos], p2[pos], pos.to(torch.float64), y[pos.clamp_max(last)], y[(pos - 1).clamp_min(0)])
+    tol = _dc_tolerance(y, p1, p2)
+    # Layer 0, one cluster over [0, p_g) (segment_sse): 0 for the empty run at g = 0 (0/0 there).
+    raw = grid.q2 - grid.q1 * grid.q1 / pos.to(torch.float64)
+    d = torch.where(raw > 0, raw, 0.0)
+    d_rows, arg_rows, full_scans = [d], [torch.zeros_like(pos)], 0
+    for layer in range(1, k):
+        d, arg, redone = _dc_layer(layer, d, grid, tol, fanout)
+        d_rows.append(d)
+        arg_rows.append(arg)
+        full_scans += redone
+    return KmeansProgramme(torch.stack(d_rows), torch.stack(arg_rows), pos, full_scans)
+
+
+def kmeans1d_fast_threshold(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Upper bound of the lowest cluster of a 1-D k-means of ``values``, 0-dim float64.
+
+    values: any shape and floating dtype, at least one element (ValueError otherwise), finite; k:
+    clusters, clamped to [1, min(n, 1024)]. What the kernels compute, in two deterministic stages on
+    the sorted values x (float64), bit for bit (``torch.ops.mgid.bsw_threshold``):
     1. exact dynamic programming with boundaries restricted to :func:`kmeans_grid_positions`
        (D[l][g] = min_h D[l-1][h] + SSE(p_h, p_g), leftmost minimiser on ties): the optimal
-       clustering when there are at most 1024 values;
+       clustering when there are at most 1024 values. Each layer by the kernels' certified divide
+       and conquer (:func:`kmeans_grid_programme`), whose every value and minimiser is the full
+       O(G^2) scan's;
     2. Lloyd iterations from that partition (a boundary is the first value above the midpoint of
        two adjacent centres; an empty cluster keeps its centre) until no boundary moves.
     Sums are taken of x - mean(x) so SSE = sum(y^2) - sum(y)^2 / len does not cancel. The result is
     the largest value in the lowest cluster, so ``values <= threshold`` is that cluster.
     """
-    x, _ = torch.sort(values.detach().reshape(-1).to(torch.float64))
+    x, y, p1, p2 = _kmeans_inputs(values)
     n = x.numel()
-    mu = x.mean()
-    y = x - mu
-    zero = x.new_zeros(1)
-    p1 = torch.cat([zero, torch.cumsum(y, 0)])
-    p2 = torch.cat([zero, torch.cumsum(y * y, 0)])
-    pos = kmeans_grid_positions(n, x.device)
-    grid = pos.numel() - 1
-    k = max(1, min(int(k), grid))
-
-    # SSE of the run [p_h, p_g) for every pair h < g: (G+1, G+1).
-    s = p1[pos][None, :] - p1[pos][:, None]
-    length = (pos[None, :] - pos[:, None]).to(x.dtype)
-    sse = ((p2[pos][None, :] - p2[pos][:, None]) - s * s / length).clamp_min(0)
-    h_idx = torch.arange(grid + 1, device=x.device)
-    before = h_idx[:, None] < h_idx[None, :]
-    d = sse[0].clone()  # layer 0: one cluster over [0, p_g)
-    argmins = []
-    for layer in range(1, k):
-        valid = before & (h_idx[:, None] >= layer)
-        total = torch.where(valid, d[:, None] + sse, torch.full_like(sse, float("inf")))
-        d = total.min(dim=0).values
-        argmins.append(torch.argmin(total, dim=0))  # the first minimiser, as the kernels
+    prog = _grid_programme(x, y, p1, p2, k, KMEANS_DC_FANOUT)
+    k = prog.d.shape[0]
     bounds = []
-    g = grid
-    for arg in reversed(argmins):
-        g = int(arg[g])
-        bounds.append(int(pos[g]))
+    g = prog.pos.numel() - 1
+    for layer in range(k - 1, 0, -1):  # backtrack (kmeans_backtrack)
+        g = int(prog.arg[layer, g])
+        bounds.append(int(prog.pos[g]))
     bounds = torch.tensor(bounds[::-1], dtype=torch.int64, device=x.device)
 
     def centers_of(b: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:

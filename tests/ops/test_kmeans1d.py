@@ -12,10 +12,11 @@ of candidate boundaries (every position when n <= 1024) followed by Lloyd iterat
 point. So for n <= 1024 it must be the optimal clustering (the brute force and ``kmeans1d`` give
 the same lowest cluster); above the grid it must end at a genuine Lloyd fixed point whose SSE is
 no worse than the grid optimum, and its lowest cluster is measured against the exact one on the
-covariances the loss actually sees (``-s`` prints the numbers). The compiled
-``torch.ops.mgid.bsw_threshold`` (a certified divide and conquer over each layer, O(G log G) instead
-of the reference's O(G^2)) must equal the reference bitwise on the CPU, on random, tied and
-degenerate inputs alike.
+covariances the loss actually sees (``-s`` prints the numbers). The reference and the compiled
+``torch.ops.mgid.bsw_threshold`` both run each layer of the programme by a certified divide and
+conquer (O(G log G) candidates instead of the full scan's O(G^2)); the reference must equal the full
+scan (``tests/ops/oracles.py``) table for table, bit for bit, and the kernel the reference, on random,
+tied and degenerate inputs alike.
 
 Ties: two different partitions can have exactly the same optimal SSE only on constructed inputs
 (duplicates); random continuous inputs are compared element-for-element, duplicate-heavy ones by
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 
 import mgid.ops
 from mgid.ops import reference as ref
+from tests.ops.oracles import full_scan_kmeans1d
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -404,8 +406,8 @@ def test_kernel_equals_reference_on_bsw_variances():
 
 
 # The kernel runs each layer of the programme by divide and conquer (O(G log G) candidates instead of
-# the reference's O(G^2)), with a certificate that falls back to the full scan wherever rounding could
-# make the two differ (csrc/whitening_math.h). On tie-heavy inputs the full scan's minimiser is not
+# the full scan's O(G^2)), with a certificate that falls back to the full scan wherever rounding could
+# make the two differ (csrc/whitening_math.h); so does the reference, with a wider tree. On tie-heavy inputs the full scan's minimiser is not
 # monotone, so these tests hold only with the certificate: they compare the kernel with the reference
 # bit for bit on random, tied and degenerate inputs.
 
@@ -640,3 +642,92 @@ def test_bsw_mask_method_names():
     with pytest.raises(ValueError):
         ref.bsw_mask(cov, cov, 5, "lloyd")
     assert not hasattr(ref, "kmeans1d_lloyd_threshold")
+
+
+# ---------------------------------------------------------------------------------------------
+# The reference's divide and conquer == the full-scan programme (tests/ops/oracles.py), bitwise
+# ---------------------------------------------------------------------------------------------
+
+# Tree widths: the kernels' binary tree, an odd one, and the reference's default.
+FANOUTS = [2, 3, ref.KMEANS_DC_FANOUT]
+MANY_LAYERS_N = 40
+
+
+def _programme_mismatches(values: torch.Tensor, k: int, fanout: int) -> list:
+    """Where the divide and conquer's tables or threshold differ from the full scan's (empty if none).
+
+    Compares every meaningful cell: layer 0 for g >= 1 (g = 0 is 0/0 in the oracle), layer l >= 1 for
+    g >= l + 1, the minimisers of layers >= 1, and the threshold."""
+    want = full_scan_kmeans1d(values, k)
+    got = ref.kmeans_grid_programme(values, k, fanout)
+    assert got.d.shape == want.d.shape and got.arg.shape == want.arg.shape
+    assert got.d.dtype == torch.float64 and got.arg.dtype == torch.int64
+    bad = []
+    for layer in range(want.k):
+        cells = slice(max(layer + 1, 1), None)
+        if not torch.equal(got.d[layer, cells], want.d[layer, cells]):
+            bad.append(("d", layer))
+        if layer and not torch.equal(got.arg[layer, cells], want.arg[layer, cells]):
+            bad.append(("arg", layer))
+    if not torch.equal(ref.kmeans1d_fast_threshold(values, k), want.threshold):
+        bad.append(("threshold", k))
+    return bad
+
+
+@pytest.mark.parametrize("fanout", FANOUTS)
+@pytest.mark.parametrize("kind", KERNEL_KINDS)
+def test_programme_equals_full_scan(kind, fanout):
+    """Random, tied and degenerate inputs, tiny grids (n 1, 2, 3) up to n 150, k from 1 to 50 and, up
+    to n 40, k = n and n + 1 (one cluster per value, more clusters than values; k 150 would cost the
+    full-scan oracle most of this test's time): every D value and minimiser is the full scan's."""
+    bad = []
+    for n, seed in ((1, 0), (2, 1), (3, 2), (9, 3), (40, 4), (150, 5)):
+        values = _tied(kind, n, seed=seed)
+        for k in sorted({1, 2, 7, 50} | ({n, n + 1} if n <= MANY_LAYERS_N else set())):
+            bad += [(n, k, *b) for b in _programme_mismatches(values, k, fanout)]
+    assert not bad, f"divide and conquer != full scan for {kind}, fanout {fanout}: (n, k, table, layer) {bad}"
+
+
+@pytest.mark.parametrize("fanout", [2, ref.KMEANS_DC_FANOUT])
+@pytest.mark.parametrize("kind", ["exponential", "steps", "pairs", "heavy", "constant"])
+@pytest.mark.parametrize("n", [1024, 1025, 3000])
+def test_programme_equals_full_scan_at_the_grid_size(kind, n, fanout):
+    """The whole grid (n 1024: every position; 1025 and 3000: the sparse head and the tail), k 10."""
+    assert not _programme_mismatches(_tied(kind, n, seed=n), 10, fanout)
+
+
+@pytest.mark.parametrize("fanout", FANOUTS)
+@pytest.mark.parametrize("kind,seed,n,k", UNCERTIFIED_MISSES)
+def test_programme_equals_full_scan_where_an_uncertified_divide_and_conquer_does_not(kind, seed, n, k, fanout):
+    """The inputs where the certificate is what keeps the threshold (see UNCERTIFIED_MISSES)."""
+    g = _gen(seed)
+    if kind == "steps":
+        values = torch.randint(0, 3, (n,), generator=g).double() * 0.1
+    else:
+        values = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)[torch.randint(0, 3, (n,), generator=g)]
+    assert not _programme_mismatches(values, k, fanout)
+
+
+@pytest.mark.parametrize("k", [1, 3, 50])
+def test_programme_with_fewer_distinct_values_than_k(k):
+    """Constant values and 3 distinct values with k past them: every split has SSE 0 (ties everywhere)."""
+    for values in (torch.full((37,), 0.1, dtype=torch.float64), torch.tensor([0.5, 0.1, 0.9] * 12, dtype=torch.float64)):
+        for fanout in FANOUTS:
+            assert not _programme_mismatches(values, k, fanout)
+
+
+def test_programme_equals_full_scan_at_the_training_shape():
+    """B 8, C 64, 32x32 (n 32768 on the 1025-point grid), k 50, float32 variances as in training: the
+    reference's tables are the full scan's, and only a few cells needed the full scan's fallback."""
+    vr = _bsw_variances(1, shape=(8, 64, 32, 32)).float()
+    assert not _programme_mismatches(vr, 50, ref.KMEANS_DC_FANOUT)
+    cells = 49 * ref.KMEANS_GRID  # about G cells in each of the layers 1..49
+    assert ref.kmeans_grid_programme(vr, 50).full_scans < 0.05 * cells
+
+
+def test_programme_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="fanout"):
+        ref.kmeans_grid_programme(torch.ones(4, dtype=torch.float64), 2, fanout=1)
+    for fn in (ref.kmeans1d_fast_threshold, ref.kmeans_grid_programme):
+        with pytest.raises(ValueError, match="at least one"):
+            fn(torch.empty(0), 3)

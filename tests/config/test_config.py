@@ -257,9 +257,9 @@ def test_configs_written_before_still_load():
             expected = {**flat(values), **{k: defaults[k] for k in ADDED_SINCE_V0}, "channels_last": memory_format}
             assert flat(TrainConfig.from_dict(values).to_dict()) == expected, name
     meta = read_meta(REPO / "mgid" / "weights" / "mgid_embedded.json")
-    shipped = meta["config"]  # the shipped weights' last stage: the long recipe from the cpu recipe's weights
-    assert set(diff(resolve_config("long"), TrainConfig.from_dict(shipped))) <= {"out", "keep_step_checkpoints",
-                                                                               "init_weights"}
+    shipped = meta["config"]  # the shipped weights' last stage: the photos recipe from the long recipe's weights
+    assert set(diff(resolve_config("photos"), TrainConfig.from_dict(shipped))) <= {"out", "keep_step_checkpoints",
+                                                                                 "init_weights"}
     # the config leaves the arithmetic to the machine; the record keeps what it was trained with
     assert (shipped["precision"], shipped["channels_last"]) == ("auto", "auto")
     assert (meta["arithmetic"]["precision"], meta["arithmetic"]["channels_last"]) == ("bf16", True)

@@ -455,14 +455,25 @@ def kmeans1d_fast_threshold(values: torch.Tensor, k: int) -> torch.Tensor:
     the largest value in the lowest cluster, so ``values <= threshold`` is that cluster.
     """
     x, y, p1, p2 = _kmeans_inputs(values)
-    n = x.numel()
     prog = _grid_programme(x, y, p1, p2, k, KMEANS_DC_FANOUT)
-    k = prog.d.shape[0]
+    return lloyd_threshold(x, y, p1, prog.pos, prog.arg)
+
+
+def lloyd_threshold(x: torch.Tensor, y: torch.Tensor, p1: torch.Tensor, pos: torch.Tensor,
+                    arg: torch.Tensor) -> torch.Tensor:
+    """Stage 2 of :func:`kmeans1d_fast_threshold`: backtrack the grid programme, refine by Lloyd, 0-dim float64.
+
+    x, y, p1: the prepared inputs of :func:`_kmeans_inputs` (sorted values, centred values, prefix sums of y);
+    pos: (G + 1,) int64 grid positions; arg: (k, G + 1) int64 leftmost minimisers of the programme (row l >= 1
+    used). Returns the largest value of the lowest cluster (-inf when it is empty).
+    """
+    n = x.numel()
+    k = arg.shape[0]
     bounds = []
-    g = prog.pos.numel() - 1
+    g = pos.numel() - 1
     for layer in range(k - 1, 0, -1):  # backtrack (kmeans_backtrack)
-        g = int(prog.arg[layer, g])
-        bounds.append(int(prog.pos[g]))
+        g = int(arg[layer, g])
+        bounds.append(int(pos[g]))
     bounds = torch.tensor(bounds[::-1], dtype=torch.int64, device=x.device)
 
     def centers_of(b: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:

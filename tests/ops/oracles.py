@@ -34,15 +34,11 @@ def full_scan_kmeans1d(values: torch.Tensor, k: int) -> FullScan:
     """The O(k G^2) grid programme + Lloyd of the BSW threshold, with its tables (see :class:`FullScan`).
 
     values: any shape, at least one element, any floating dtype (clustered in float64); k: clusters
-    (clamped to [1, G]). The same sorted values, prefix sums, grid and Lloyd stage as the reference.
+    (clamped to [1, G]). The same inputs (`_kmeans_inputs`), grid and Lloyd stage (`lloyd_threshold`) as the
+    reference: only the programme differs.
     """
-    x, _ = torch.sort(values.detach().reshape(-1).to(torch.float64))
+    x, y, p1, p2 = ref._kmeans_inputs(values)
     n = x.numel()
-    mu = x.mean()
-    y = x - mu
-    zero = x.new_zeros(1)
-    p1 = torch.cat([zero, torch.cumsum(y, 0)])
-    p2 = torch.cat([zero, torch.cumsum(y * y, 0)])
     pos = ref.kmeans_grid_positions(n, x.device)
     grid = pos.numel() - 1
     k = max(1, min(int(k), grid))
@@ -62,29 +58,9 @@ def full_scan_kmeans1d(values: torch.Tensor, k: int) -> FullScan:
         d = total.min(dim=0).values
         argmins.append(torch.argmin(total, dim=0))  # the first minimiser, as the kernels
         d_rows.append(d)
-    bounds = []
-    g = grid
-    for arg in reversed(argmins[1:]):
-        g = int(arg[g])
-        bounds.append(int(pos[g]))
-    bounds = torch.tensor(bounds[::-1], dtype=torch.int64, device=x.device)
-
-    def centers_of(b: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
-        edges = torch.cat([b.new_zeros(1), b, b.new_full((1,), n)])
-        count = (edges[1:] - edges[:-1]).to(x.dtype)
-        return torch.where(count > 0, (p1[edges[1:]] - p1[edges[:-1]]) / count.clamp_min(1), fallback)
-
-    centers = centers_of(bounds, torch.zeros(k, dtype=x.dtype, device=x.device))
-    for _ in range(ref.LLOYD_MAX_ITER):
-        new_bounds = torch.searchsorted(y, (centers[:-1] + centers[1:]) / 2, right=True)
-        centers = centers_of(new_bounds, centers)
-        moved = not torch.equal(new_bounds, bounds)
-        bounds = new_bounds
-        if not moved:
-            break
-    first_end = int(bounds[0]) if k > 1 else n
-    thr = x[first_end - 1] if first_end > 0 else x.new_tensor(float("-inf"))
-    return FullScan(thr, torch.stack(d_rows), torch.stack(argmins), k)
+    arg = torch.stack(argmins)
+    thr = ref.lloyd_threshold(x, y, p1, pos, arg)  # the Lloyd stage is shared: this oracle checks the programme
+    return FullScan(thr, torch.stack(d_rows), arg, k)
 
 
 def full_scan_threshold(values: torch.Tensor, k: int) -> torch.Tensor:

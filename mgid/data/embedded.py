@@ -142,16 +142,18 @@ class EmbeddedDataConfig:
             return tuple(float(s) for s in self.photo_folder_shares)
         return (DEFAULT_FOLDER_SHARE / len(self.photo_folders),) * len(self.photo_folders)
 
-    def photo_sets(self, split: PhotoSplit, min_side: int = 1) -> tuple[PhotoFolders, ...]:
-        """One `PhotoFolders` per entry of ``photo_folders`` ("train": without the held-out photos; "heldout":
-        only those; none when photo_heldout_per_folder is 0), with this config's bounds; photos with a short side
-        below ``min_side`` are skipped."""
+    def photo_sets(self, split: PhotoSplit, min_side: int = 1,
+                   folders: Sequence[str | Path] | None = None) -> tuple[PhotoFolders, ...]:
+        """One `PhotoFolders` per folder of ``folders`` (default ``photo_folders``; "train": without the held-out
+        photos; "heldout": only those; none when photo_heldout_per_folder is 0), with this config's bounds (the
+        cache shared equally among them); photos with a short side below ``min_side`` are skipped."""
+        folders = self.photo_folders if folders is None else tuple(folders)
         if split == "heldout" and self.photo_heldout_per_folder == 0:
             return ()
         return tuple(PhotoFolders([folder], split=split, heldout_per_folder=self.photo_heldout_per_folder,
                                   min_side=min_side, max_side=self.photo_max_side,
-                                  cache_mb=self.photo_cache_mb / max(len(self.photo_folders), 1))
-                     for folder in self.photo_folders)
+                                  cache_mb=self.photo_cache_mb / max(len(folders), 1))
+                     for folder in folders)
 
 
 def split_photos(config: EmbeddedDataConfig) -> dict[str, tuple[str, ...]]:

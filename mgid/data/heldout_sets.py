@@ -31,7 +31,6 @@ from .embedded import (
 from .imageio import PathLike, to_tensor
 from .layer_rain import LayerRainConfig
 from .pair_sampling import _stable_id
-from .photo_folders import PhotoFolders
 from .photos import load_photo
 from .synthetic_rain import RainConfig, add_rain
 
@@ -146,9 +145,7 @@ class EmbeddedPairedSet(Dataset):
             if cfg.photo_heldout_per_folder < 1:
                 raise ValueError(f"a held-out set of {photo_folder} needs held-out photos: set "
                                  f"photo_heldout_per_folder >= 1 (it is {cfg.photo_heldout_per_folder})")
-            holdout = PhotoFolders([photo_folder], split="heldout", heldout_per_folder=cfg.photo_heldout_per_folder,
-                                   min_side=self.size, max_side=cfg.photo_max_side, cache_mb=cfg.photo_cache_mb)
-            photos, self._loader = folder_photo_loader([holdout])
+            photos, self._loader = folder_photo_loader(cfg.photo_sets("heldout", self.size, folders=[photo_folder]))
             self._photo_stream = (_PHOTO_SET_STREAM, _stable_id(Path(photo_folder).name))
         per_photo = -(-self.n // len(photos))  # ceil
         scenes = _make_scenes(photos, per_photo, self.size, cfg, self.seed, "paired", self._loader)

@@ -1,13 +1,15 @@
 """Builds the extension ``mgid._C`` from ``csrc/``.
 
 CUDA sources are compiled by nvcc when the installed torch has CUDA (``torch.version.cuda`` is
-not None), a CPU-only extension is built otherwise. ``MGID_FORCE_CUDA=1`` makes a missing CUDA
-toolchain an error instead; ``MGID_FORCE_CPU=1`` skips the CUDA sources.
+not None) and nvcc is found; otherwise the CPU kernels alone are built, with a warning where torch
+has CUDA but nvcc is missing. ``MGID_FORCE_CUDA=1`` makes a missing CUDA toolchain an error;
+``MGID_FORCE_CPU=1`` skips the CUDA sources.
 """
 import glob
+import importlib.util
 import os
 import re
-import shutil
+import sys
 
 # torch derives the toolkit root from the nvcc on PATH; here that is a wrapper script in another
 # folder, so point CUDA_HOME at the real toolkit before torch.utils.cpp_extension is imported.
@@ -25,6 +27,18 @@ from setuptools import setup  # noqa: E402
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+CPU_ONLY_WARNING = (
+    "mgid: torch {torch} has CUDA {cuda} but no nvcc was found (CUDA_HOME={home!r}): building the C++ CPU kernels "
+    "only; CUDA tensors will run the PyTorch reference ops. Install the CUDA toolkit (or set CUDA_HOME) and "
+    "reinstall for the CUDA kernels; MGID_FORCE_CUDA=1 makes this an error.")
+
+
+def _kernel_source_sha256() -> str:
+    """The fingerprint of csrc/ (mgid/ops/_source_hash.py, loaded by path: mgid cannot be imported yet)."""
+    spec = importlib.util.spec_from_file_location("_mgid_source_hash", os.path.join(HERE, "mgid", "ops", "_source_hash.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.kernel_source_sha256(os.path.join(HERE, "csrc"))
 
 
 def _truthy(name: str) -> bool:
@@ -35,13 +49,18 @@ def _want_cuda() -> bool:
     if _truthy("MGID_FORCE_CPU"):
         return False
     have_torch_cuda = torch.version.cuda is not None
-    have_nvcc = CUDA_HOME is not None and (shutil.which("nvcc") or os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")))
+    # torch compiles with CUDA_HOME/bin/nvcc (CUDA_HOME is where it found nvcc on PATH, if not set).
+    have_nvcc = CUDA_HOME is not None and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc"))
     if _truthy("MGID_FORCE_CUDA") and not (have_torch_cuda and have_nvcc):
-        raise RuntimeError(f"MGID_FORCE_CUDA=1 but torch.version.cuda={torch.version.cuda!r}, CUDA_HOME={CUDA_HOME!r}")
-    if have_torch_cuda and not have_nvcc:
         raise RuntimeError(
-            f"torch {torch.__version__} has CUDA {torch.version.cuda} but no nvcc was found (CUDA_HOME={CUDA_HOME!r}); "
-            "install the CUDA toolkit, set CUDA_HOME, or build CPU-only with MGID_FORCE_CPU=1")
+            f"MGID_FORCE_CUDA=1 but torch.version.cuda={torch.version.cuda!r} and nvcc "
+            f"{'found' if have_nvcc else 'not found'} (CUDA_HOME={CUDA_HOME!r}): install a CUDA build of torch and "
+            "the CUDA toolkit, or unset MGID_FORCE_CUDA to build the CPU kernels only")
+    if have_torch_cuda and not have_nvcc:
+        message = CPU_ONLY_WARNING.format(torch=torch.__version__, cuda=torch.version.cuda, home=CUDA_HOME)
+        # pip shows a build's output only with -v; `mgid info` and the training log say it again at run time.
+        print(f"WARNING: {message}", file=sys.stderr, flush=True)
+        return False
     return have_torch_cuda
 
 
@@ -58,7 +77,7 @@ def extensions():
     cpp_sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     cu_sources = sorted(glob.glob(os.path.join("csrc", "*.cu")))
     # Values are stringised in C++ (MGID_STR): quotes or ';' would not survive the build's shell.
-    defines = [("MGID_TORCH_VERSION", torch.__version__)]
+    defines = [("MGID_TORCH_VERSION", torch.__version__), ("MGID_SOURCE_SHA256", _kernel_source_sha256())]
     cxx_flags = ["-O3"]  # the C++ standard is the one torch.utils.cpp_extension picks for this torch
     if _want_cuda():
         arch = os.environ["TORCH_CUDA_ARCH_LIST"]

@@ -233,6 +233,13 @@ def markdown_report(result: dict[str, Any]) -> str:
                 met += " (unreliable)"
             meas = "-" if t["measured"] is None else f"{t['measured']:.3g}{t.get('unit', '')}"
             lines.append(f"| {t['target']} | {meas} | {t['threshold']} | {met} |")
+    step = result.get("train_step")
+    if step:
+        lines += ["", f"## Training step ({step['recipe']} recipe: {step['label']}, batch {step['batch']}, crop "
+                      f"{step['crop']}, {step['threads']} thread(s); median of {step['steps']} alternating steps)", "",
+                  "| ops | s / step | reference / fused |", "|---|---|---|",
+                  f"| {step['fused_path']} | {step['fused_s']:.3f} | |",
+                  f"| PyTorch reference | {step['reference_s']:.3f} | {step['ratio']:.2f}x |"]
     lines += ["", "## Checks (max |difference| against the reference, one call)", ""]
     for chk in result["checks"]:
         lines.append(f"- {chk['shape']} {chk['what']}: " + json.dumps({k: v for k, v in chk.items()
@@ -241,6 +248,22 @@ def markdown_report(result: dict[str, Any]) -> str:
         lines += ["", "## Errors", ""] + [f"- {e}" for e in result["errors"]]
     return "\n".join(lines) + "\n"
 
+
+
+def time_train_step(recipe: str, steps: int, seed: int) -> dict[str, Any]:
+    """`benchmarks.step_time.time_ops_paths` at ``recipe``'s batch, crop and resolved arithmetic."""
+    from benchmarks.step_time import time_ops_paths
+    from mgid.config.train_config import resolve_config
+    from mgid.precision import CHANNELS_LAST_SETTINGS, resolve_arithmetic
+
+    cfg = resolve_config(recipe)
+    arithmetic = resolve_arithmetic(cfg.precision, CHANNELS_LAST_SETTINGS[cfg.channels_last], "cpu")
+    variant = arithmetic.precision + ("+cl" if arithmetic.channels_last else "")
+    timed = time_ops_paths(variant, cfg.batch_size, cfg.crop_size, warmup=2, steps=steps, seed=seed)
+    print(f"  training step ({recipe} recipe, {variant}, batch {cfg.batch_size}, crop {cfg.crop_size}): fused "
+          f"{fmt_time(timed['fused_s'])}, reference {fmt_time(timed['reference_s'])} ({timed['ratio']:.2f}x)",
+          file=sys.stderr)
+    return {"recipe": recipe, **timed}
 
 
 def evaluate_targets(result: dict[str, Any], peak_gbps: float | None, k: int) -> list[dict[str, Any]]:
@@ -296,6 +319,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: %(default)s)")
     p.add_argument("--out", default=str(harness.RESULTS),
                    help="folder for the markdown and JSON results (default: benchmarks/results in the repository)")
+    p.add_argument("--train-step", choices=("quick", "none"), default="quick",
+                   help="also time a training step of this recipe's shape and arithmetic with the fused ops and with "
+                        "the PyTorch reference, alternating (CPU only; 'none' skips it) [%(default)s]")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: train shape, few samples, no torch.compile (~30 s on 2 CPU cores)")
     return p.parse_args(argv)
@@ -477,7 +503,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     frac = other_load.fraction()
     result["environment"]["other_processes_cpu_share"] = frac
     result["busy_machine"] = frac is not None and frac > BUSY_SHARE
+    result["train_step"] = None
+    if args.train_step != "none" and kind == "cpu" and not fused_is_reference:
+        result["train_step"] = time_train_step(args.train_step, steps=3 if args.quick else 7, seed=args.seed)
     result["targets"] = evaluate_targets(result, peak, args.bsw_k)
+    if result["train_step"]:
+        ratio = result["train_step"]["ratio"]
+        result["targets"].append({"target": f"training step ({args.train_step} recipe): reference / fused time "
+                                            "(issue 26)", "measured": ratio, "unit": "x", "threshold": "<= 2x",
+                                  "met": ratio <= 2.0})
     for target in result["targets"]:
         target["reliable"] = not result["busy_machine"]
     result["elapsed_s"] = round(time.perf_counter() - t_start, 1)

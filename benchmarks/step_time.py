@@ -92,7 +92,8 @@ def training_step(net: torch.nn.Module, criterion: MGIDLoss, optimizer: torch.op
     return new_step
 
 
-def time_variant(name: str, batch: int, crop: int, warmup: int, steps: int, seed: int) -> dict:
+def _setup(name: str, batch: int, crop: int, seed: int):
+    """(step function, the two batches of frames, label) of a variant, seeded."""
     precision, channels_last, label = variant_arithmetic(name)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     cfg = TrainConfig()
@@ -104,21 +105,47 @@ def time_variant(name: str, batch: int, crop: int, warmup: int, steps: int, seed
     frames = [((torch.rand(batch, 3, crop, crop, generator=g) * 2 - 1).contiguous(memory_format=fmt),
                (torch.rand(batch, 3, crop, crop, generator=g) * 2 - 1).contiguous(memory_format=fmt))
               for _ in range(2)]
-    step = training_step(net, criterion, optimizer, precision)
-    times = []
-    for i in range(warmup + steps):
-        a, b = frames[i % 2]
-        start = time.perf_counter()
-        total, apply = step(a, b)
-        if not torch.isfinite(total):
-            raise RuntimeError(f"{name}: non-finite loss at step {i}")
-        apply()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
+    return training_step(net, criterion, optimizer, precision), frames, label
+
+
+def _timed_step(step, frames, i: int, name: str) -> float:
+    a, b = frames[i % 2]
+    start = time.perf_counter()
+    total, apply = step(a, b)
+    if not torch.isfinite(total):
+        raise RuntimeError(f"{name}: non-finite loss at step {i}")
+    apply()
+    return time.perf_counter() - start
+
+
+def time_variant(name: str, batch: int, crop: int, warmup: int, steps: int, seed: int) -> dict:
+    step, frames, label = _setup(name, batch, crop, seed)
+    times = [_timed_step(step, frames, i, name) for i in range(warmup + steps)][warmup:]
     median = statistics.median(times)
     return {"variant": name, "label": label, "batch": batch, "crop": crop, "threads": torch.get_num_threads(),
             "median_s": round(median, 4), "images_per_s": round(2 * batch / median, 2),
             "steps": steps, "mgid": mgid.__file__, "cpu": cpu_line()}
+
+
+def time_ops_paths(name: str, batch: int, crop: int, warmup: int, steps: int, seed: int) -> dict:
+    """Seconds per training step with the fused ops and with the PyTorch reference, the two steps alternating
+    (so load from other processes falls on both alike); ``ratio`` = reference / fused median."""
+    from mgid import ops
+
+    setups = {path: _setup(name, batch, crop, seed) for path in ("fused", "reference")}
+    times: dict[str, list[float]] = {"fused": [], "reference": []}
+    for i in range(warmup + steps):
+        for path, (step, frames, _) in setups.items():
+            with ops.use_reference(path == "reference"):
+                elapsed = _timed_step(step, frames, i, f"{name} ({path})")
+            if i >= warmup:
+                times[path].append(elapsed)
+    medians = {path: statistics.median(t) for path, t in times.items()}
+    return {"variant": name, "label": setups["fused"][2], "batch": batch, "crop": crop,
+            "threads": torch.get_num_threads(), "fused_path": ops.op_path("cpu"),
+            "fused_s": round(medians["fused"], 4), "reference_s": round(medians["reference"], 4),
+            "ratio": round(medians["reference"] / medians["fused"], 3), "steps": steps, "mgid": mgid.__file__,
+            "cpu": cpu_line()}
 
 
 def main() -> None:
@@ -129,9 +156,12 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps [2]")
     p.add_argument("--steps", type=int, default=5, help="timed steps; the median is reported [5]")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compare-ops", action="store_true",
+                   help="time each variant with the fused ops and with the PyTorch reference, alternating steps")
     args = p.parse_args()
+    timer = time_ops_paths if args.compare_ops else time_variant
     for name in args.variant:
-        print(json.dumps(time_variant(name, args.batch, args.crop, args.warmup, args.steps, args.seed)), flush=True)
+        print(json.dumps(timer(name, args.batch, args.crop, args.warmup, args.steps, args.seed)), flush=True)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,16 @@ bool built_with_cuda() {
 
 std::string built_torch_version() { return MGID_STR(MGID_TORCH_VERSION); }
 
+// SHA-256 of csrc/ at build time (mgid/ops/_source_hash.py): a checkout checks that the extension it
+// borrows from an installed copy of mgid was built from its own kernel sources.
+std::string built_source_sha256() {
+#ifdef MGID_SOURCE_SHA256
+  return MGID_STR(MGID_SOURCE_SHA256);
+#else
+  return "";
+#endif
+}
+
 std::string built_cuda_arch_list() {
 #ifdef MGID_CUDA_ARCH_LIST
   std::string s = MGID_STR(MGID_CUDA_ARCH_LIST);
@@ -64,6 +74,7 @@ TORCH_LIBRARY(mgid, m) {
   m.def("built_with_cuda() -> bool", &built_with_cuda);
   m.def("built_torch_version() -> str", &built_torch_version);
   m.def("built_cuda_arch_list() -> str", &built_cuda_arch_list);
+  m.def("built_source_sha256() -> str", &built_source_sha256);
   m.def("cpu_isa() -> str", &cpu_isa);
 
   m.def("memory_read(Tensor query, Tensor items, bool grad_through_weights=False) -> Tensor");

@@ -7,7 +7,7 @@ import torch  # noqa: F401  (the compiled extension links against torch: import 
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_model"]
+__all__ = ["__version__", "load_model", "save_pretrained", "from_pretrained"]
 
 
 def __getattr__(name: str):
@@ -16,4 +16,8 @@ def __getattr__(name: str):
         from mgid.derain.derainer import load_model
 
         return load_model
+    if name in ("save_pretrained", "from_pretrained"):
+        from mgid.models import pretrained
+
+        return getattr(pretrained, name)
     raise AttributeError(f"module 'mgid' has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """Checkpoints as safetensors + JSON, written atomically, read without pickle.
 
 Over ~400 lines on purpose: one concept, the checkpoint file format with its atomic writes, recovery and
-validation, whose parts share private helpers (_write_temp, _fsync_dir, _sha256, _commit_set).
+validation, whose parts share private helpers (_write_temp, _fsync_dir, _commit_set; file_sha256 is public).
 
 One checkpoint named ``NAME`` in a folder is three files::
 
@@ -21,6 +21,9 @@ previous or the new checkpoint loadable.
 
 Nothing here unpickles: files are parsed by `safetensors` and `json` only, and anything else is
 refused with a message saying what was expected.
+
+A network's weights alone can also be a folder in the Hugging Face Hub layout, ``model.safetensors`` +
+``config.json`` (`write_pretrained`, `read_pretrained`), written with the same atomic commit.
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ import platform
 import random
 import secrets
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,7 +101,8 @@ def _fsync_dir(directory: Path) -> None:
 # safetensors reading without pickle, with clear errors
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
@@ -381,21 +385,22 @@ def _pending_files(path: Path) -> list[Path]:
     return sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
 
 
-def _matching_file(path: Path, sha: str, meta_name: str) -> Path:
+def _matching_file(path: Path, sha: str, meta_name: str, advice: str = "use a step_XXXXXX checkpoint") -> Path:
     """``path`` if its SHA-256 is ``sha``; else a complete temporary of it with that hash (a save killed
-    after its JSON was committed but before the tensor files were moved); else `CheckpointError`."""
-    if path.is_file() and _sha256(path) == sha:
+    after its JSON was committed but before the tensor files were moved); else `CheckpointError` (ending in
+    ``advice``)."""
+    if path.is_file() and file_sha256(path) == sha:
         return path
     for candidate in _pending_files(path):
         try:
-            if _sha256(candidate) == sha:
+            if file_sha256(candidate) == sha:
                 return candidate
         except OSError:  # removed meanwhile by a concurrent save
             continue
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
     raise CheckpointError(f"{path} does not match {meta_name} (SHA-256 differs): the files come from different "
-                          f"saves; use a step_XXXXXX checkpoint")
+                          f"saves; {advice}")
 
 
 def recover_checkpoint(directory: str | Path, name: str = "last") -> bool:
@@ -407,21 +412,27 @@ def recover_checkpoint(directory: str | Path, name: str = "last") -> bool:
     a file was moved. Only the process that writes checkpoints should call this.
     """
     paths = checkpoint_paths(directory, name)
-    pending = {part: _pending_files(paths[part]) for part in ("model", "optim", "meta")}
+    return _recover(paths, lambda: read_meta(paths["meta"]).get("sha256", {}))
+
+
+def _recover(paths: Mapping[str, Path], read_hashes: Callable[[], Mapping[str, Any]]) -> bool:
+    """`recover_checkpoint` of the files ``paths`` (``"meta"``: the record; the others: tensor files, whose
+    hashes ``read_hashes()`` gives by the same keys from the record)."""
+    pending = {part: _pending_files(path) for part, path in paths.items()}
     if not any(pending.values()):
         return False
     moved = False
-    hashes: dict[str, Any] = {}
+    hashes: Mapping[str, Any] = {}
     try:
-        hashes = read_meta(paths["meta"]).get("sha256", {}) if paths["meta"].is_file() else {}
+        hashes = read_hashes() if paths["meta"].is_file() else {}
     except CheckpointError:
         hashes = {}
-    for part in ("model", "optim"):
+    for part in (p for p in paths if p != "meta"):
         sha = hashes.get(part)
         target = paths[part]
-        if sha and not (target.is_file() and _sha256(target) == sha):
+        if sha and not (target.is_file() and file_sha256(target) == sha):
             for candidate in pending[part]:
-                if _sha256(candidate) == sha:
+                if file_sha256(candidate) == sha:
                     os.replace(candidate, target)
                     moved = True
                     break
@@ -461,3 +472,137 @@ def _commit_set(tensor_files: Mapping[Path, bytes], meta_path: Path, meta_bytes:
                 tmp.unlink(missing_ok=True)
     _fsync_dir(meta_path.parent)
 
+
+
+# --------------------------------------------------------------------------------------------------
+# the Hugging Face Hub layout: FOLDER/model.safetensors + FOLDER/config.json
+
+#: The two files of a network's weights in the Hugging Face Hub layout (`write_pretrained`, `read_pretrained`).
+PRETRAINED_WEIGHTS = "model.safetensors"
+PRETRAINED_CONFIG = "config.json"
+PRETRAINED_FORMAT = "mgid-pretrained"
+PRETRAINED_FORMAT_VERSION = 1
+#: Top-level keys of ``config.json`` besides the model config's fields.
+PRETRAINED_RESERVED = ("model_type", "architectures", "mgid")
+
+
+@dataclass
+class Pretrained:
+    """A pretrained folder read back: the state dict, the model config (``config.json`` without
+    `PRETRAINED_RESERVED`), the provenance of the weights, and the two files."""
+
+    model_state: dict[str, torch.Tensor]
+    model_config: dict[str, Any]
+    provenance: dict[str, Any]
+    paths: dict[str, Path]
+
+
+def pretrained_paths(directory: str | Path) -> dict[str, Path]:
+    """``{"model", "meta"}``: the `PRETRAINED_WEIGHTS` and `PRETRAINED_CONFIG` files of ``directory``."""
+    d = Path(directory)
+    return {"model": d / PRETRAINED_WEIGHTS, "meta": d / PRETRAINED_CONFIG}
+
+
+def is_pretrained_weights(path: str | Path) -> bool:
+    """Whether weights file ``path`` is the ``model.safetensors`` of a pretrained folder: `PRETRAINED_CONFIG`
+    beside it and no ``model.json`` (a checkpoint named ``model`` keeps its own record)."""
+    p = Path(path)
+    return (p.name == PRETRAINED_WEIGHTS and (p.parent / PRETRAINED_CONFIG).is_file()
+            and not checkpoint_paths(p.parent, "model")["meta"].is_file())
+
+
+def check_pretrained_folder(directory: str | Path) -> dict[str, Path]:
+    """`pretrained_paths` of ``directory``; ``FileNotFoundError`` naming what is missing unless both exist."""
+    paths = pretrained_paths(directory)
+    missing = [p.name for p in paths.values() if not p.is_file()]
+    if missing:
+        found = [p.name for p in paths.values() if p.is_file()]
+        raise FileNotFoundError(f"{Path(directory)} is not a pretrained folder: missing {' and '.join(missing)}"
+                                + (f" (it has {found[0]})" if found else "")
+                                + f"; mgid.save_pretrained writes {PRETRAINED_CONFIG} + {PRETRAINED_WEIGHTS}")
+    return paths
+
+
+def write_pretrained(directory: str | Path, state: Mapping[str, torch.Tensor], model_config: Mapping[str, Any],
+                     provenance: Mapping[str, Any]) -> dict[str, Path]:
+    """Write ``state`` as ``directory/model.safetensors`` and ``directory/config.json`` atomically.
+
+    ``config.json`` holds ``model_type`` "mgid", ``architectures`` ["MGIDNet"], the fields of ``model_config``
+    at the top level and an ``mgid`` section: format, the SHA-256 of ``model.safetensors``, the versions
+    writing it and ``provenance`` (JSON-ready). Written like a checkpoint (`_commit_set`): a crash at any
+    moment leaves the previous or the new pair loadable. Returns `pretrained_paths`.
+    """
+    clash = sorted(set(model_config) & set(PRETRAINED_RESERVED))
+    if clash:
+        raise ValueError(f"model config fields {clash} clash with the reserved keys of {PRETRAINED_CONFIG}")
+    paths = pretrained_paths(directory)
+    model_bytes = save_safetensors_bytes(state, {"format": "pt"})
+    record = {"model_type": "mgid", "architectures": ["MGIDNet"], **_jsonable(dict(model_config)),
+              "mgid": {"format": PRETRAINED_FORMAT, "format_version": PRETRAINED_FORMAT_VERSION,
+                       "sha256": {"model": hashlib.sha256(model_bytes).hexdigest()}, "versions": versions(),
+                       "provenance": _jsonable(dict(provenance))}}
+    _recover(paths, lambda: read_pretrained_config(paths["meta"])["mgid"]["sha256"])
+    _commit_set({paths["model"]: model_bytes}, paths["meta"], json.dumps(record, indent=1).encode("utf-8"))
+    return paths
+
+
+def read_pretrained_config(path: str | Path) -> dict[str, Any]:
+    """The record ``config.json`` at ``path``, checked to be mgid's pretrained format with a hash of its tensors
+    (`CheckpointError` otherwise)."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc}); the config is corrupt or truncated") from exc
+    section = record.get("mgid") if isinstance(record, dict) else None
+    if not isinstance(section, dict) or section.get("format") != PRETRAINED_FORMAT:
+        raise CheckpointError(f"{path} is not an mgid config (no \"mgid\": {{\"format\": \"{PRETRAINED_FORMAT}\"}}): "
+                              f"the folder holds another library's model, or was not written by mgid.save_pretrained")
+    if int(section.get("format_version", 0)) > PRETRAINED_FORMAT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer mgid (format {section['format_version']}); upgrade mgid")
+    if not isinstance(section.get("sha256"), dict) or not isinstance(section["sha256"].get("model"), str):
+        raise CheckpointError(f"{path} has no mgid.sha256.model (the hash of {PRETRAINED_WEIGHTS}); it is "
+                              f"incomplete: save the folder again with save_pretrained")
+    return record
+
+
+def read_pretrained(directory: str | Path, device: str | torch.device = "cpu") -> Pretrained:
+    """Read the pretrained folder ``directory``, verifying ``model.safetensors`` against the config's hash.
+
+    Raises:
+        FileNotFoundError: ``config.json`` or ``model.safetensors`` is missing (the message names which).
+        CheckpointError: the config is not mgid's, or the tensors are not safetensors, truncated or from
+            another save.
+    """
+    paths = check_pretrained_folder(directory)
+    record = read_pretrained_config(paths["meta"])
+    section = record["mgid"]
+    source = _matching_file(paths["model"], section["sha256"]["model"], PRETRAINED_CONFIG,
+                            "save the folder again with save_pretrained")
+    state = _read_safetensors(source, device)
+    model_config = {k: v for k, v in record.items() if k not in PRETRAINED_RESERVED}
+    return Pretrained(state, model_config, dict(section.get("provenance", {})), paths)
+
+
+def read_weights(path: str | Path, device: str | torch.device = "cpu"
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None, dict[str, Path]]:
+    """The network state of weights file ``path``, the model config it was saved with and its files.
+
+    Args:
+        path: a checkpoint's ``NAME.safetensors`` or ``NAME.json``, or a pretrained folder's ``model.safetensors``.
+        device: where the tensors are loaded.
+
+    Returns:
+        ``(state, model_config, paths)``: ``model_config`` is the record's ``config.model`` (a checkpoint) or the
+        ``config.json`` fields (a pretrained folder), None when a checkpoint record has none; ``paths`` has
+        ``"model"`` and ``"meta"``.
+
+    Raises:
+        FileNotFoundError, CheckpointError: as `load_checkpoint` and `read_pretrained`.
+    """
+    if is_pretrained_weights(path):
+        pretrained = read_pretrained(Path(path).parent, device=device)
+        return pretrained.model_state, pretrained.model_config, pretrained.paths
+    folder, name = locate_checkpoint(path)
+    ckpt = load_checkpoint(folder, name, with_optimizer=False, device=device)
+    return ckpt.model_state, ckpt.meta.get("config", {}).get("model"), ckpt.paths

@@ -13,6 +13,7 @@ the library (`mgid.derain.files` and `mgid.derain.video` for derain, `mgid.train
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -150,16 +151,20 @@ def _print_skip(path: Path, reason: str) -> None:
 
 def _derain_command(args: argparse.Namespace) -> int:
     from mgid.checkpoint import CheckpointError
+    from mgid.data.imageio import JPEG_QUALITY
     from mgid.derain.files import PlanError, derain_files, plan_derain
     from mgid.derain.video import is_video_job
 
     prog = "mgid derain"
     if args.max_megapixels < 0:
         return _err(prog, f"--max-megapixels must be >= 0 (0 = no limit), got {args.max_megapixels:g}")
+    if args.jpeg_quality is not None and not 1 <= args.jpeg_quality <= 100:
+        return _err(prog, f"--jpeg-quality must be from 1 to 100, got {args.jpeg_quality}")
     if is_video_job(args.input, args.output, args.temporal_median):
         return _derain_video_command(args, prog)
     try:
-        plan = plan_derain(args.input, args.output, args.save_rain, args.compare, args.overwrite)
+        plan = plan_derain(args.input, args.output, args.save_rain, args.compare, args.overwrite,
+                           suffix=args.suffix or "")
     except (FileNotFoundError, PlanError) as exc:
         return _err(prog, str(exc))
     if plan.ignored:
@@ -172,7 +177,7 @@ def _derain_command(args: argparse.Namespace) -> int:
     print(f"{prog}: on {derainer.device}, {_arithmetic(derainer)}; {derainer.describe_tiling()}", file=sys.stderr)
     try:
         report = derain_files(derainer, plan.jobs, progress=not args.quiet, on_skip=_print_skip,
-                              max_pixels=_max_pixels(args))
+                              max_pixels=_max_pixels(args), jpeg_quality=args.jpeg_quality or JPEG_QUALITY)
     except RuntimeError as exc:  # not one file's problem (those are skipped): e.g. the weights give NaN
         return _err(prog, str(exc))
     for path, note in report.notes:
@@ -212,6 +217,8 @@ def _derain_video_command(args: argparse.Namespace, prog: str) -> int:
 
     if args.save_rain or args.compare:
         return _err(prog, "--save-rain/--compare apply to images; a video is written de-rained only")
+    if args.suffix is not None or args.jpeg_quality is not None:
+        return _err(prog, "--suffix/--jpeg-quality apply to images; a video is named by OUTPUT")
     try:
         if args.temporal_median is not None:
             if args.weights is not None or args.tile != TILE_AUTO or args.self_ensemble:
@@ -303,9 +310,10 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     from mgid.derain.memory_budget import AUTO_BUDGET_FRACTION
     from mgid.derain.tiling import DEFAULT_OVERLAP, TILE_AUTO
 
-    p.add_argument("--weights", metavar="FILE.safetensors",
-                   help="checkpoint to use (NAME.safetensors with NAME.json beside it, or a `mgid train` output "
-                        "folder) [default: the shipped weights mgid/weights/mgid_embedded.safetensors]")
+    p.add_argument("--weights", metavar="PATH",
+                   help="weights to use: NAME.safetensors with NAME.json beside it, a `mgid train` output folder, "
+                        "or a folder holding config.json + model.safetensors (mgid.save_pretrained, a Hugging Face "
+                        "Hub download) [default: the shipped weights mgid/weights/mgid_embedded.safetensors]")
     _add_device_argument(p)
     _add_precision_arguments(p)
     p.add_argument("--tile", type=_tile_argument, default=TILE_AUTO, metavar="auto|none|SIZE",
@@ -336,7 +344,9 @@ def register_derain(sub: argparse._SubParsersAction) -> None:
         "derain", help="de-rain images (a file, a folder or a glob) into an output folder, or a video",
         description="De-rain INPUT (an image file, a folder searched recursively, or a quoted glob such as "
                     "'photos/**/*.jpg') into the folder OUTPUT (created). Each result keeps its input's path "
-                    "relative to INPUT (or to the glob's folder part), its name and its format. With a single "
+                    "relative to INPUT (or to the glob's folder part), its name (plus --suffix) and its format, "
+                    "is turned upright by the EXIF orientation, and keeps the EXIF (orientation reset) and ICC "
+                    "colour profile in JPEG, PNG and WebP. With a single "
                     "file INPUT, OUTPUT may also be a file name with the same suffix. --save-rain writes the "
                     "rain layer (what was removed, in pixel units) as <name>_rain.png beside each result; "
                     "--compare writes <name>_compare.png: input | de-rained | rain layer. Files that are not "
@@ -367,6 +377,12 @@ def register_derain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_PIXELS / 1e6, metavar="MP",
                    help="skip images larger than this, judged from the file's header before anything is decoded "
                         "(a few-kilobyte PNG can claim 400 megapixels); 0 = no limit [default: %(default)g]")
+    p.add_argument("--suffix", default=None, metavar="SUFFIX",
+                   help="name each result <input stem>SUFFIX<extension>, e.g. --suffix _derained writes "
+                        "photo_derained.jpg (OUTPUT may then be INPUT's folder; earlier results there are not "
+                        "de-rained again) [default: none: the input's name]")
+    p.add_argument("--jpeg-quality", type=int, default=None, metavar="Q",
+                   help="quality of JPEG results, 1 to 100 (WebP results are lossless) [default: 95]")
     p.add_argument("--save-rain", action="store_true", help="also write the rain layer as <name>_rain.png")
     p.add_argument("--compare", action="store_true",
                    help="also write <name>_compare.png: input | de-rained | rain layer side by side")
@@ -697,10 +713,32 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda args: run_bench(args.args))
 
 
+# --------------------------------------------------------------------------------------------------
+# mgid info
+
+def _info_command(args: argparse.Namespace) -> int:
+    from mgid import info
+
+    report = info.collect()
+    print(json.dumps(report, indent=1) if args.json else info.format_report(report))
+    return 0
+
+
+def register_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="the build of the kernels, the CPU and its flags, what auto picks for training "
+                                    "and inference, the shipped weights' hash",
+                       description="Prints how mgid was built (kernels, CUDA arch list, CPU ISA copy), the CPU and "
+                                   "its flags, what `auto` resolves to for training and inference (device, ops, "
+                                   "arithmetic), the memory available and the shipped weights' SHA-256.")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_info_command)
+
+
 #: The subcommands, in --help order.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [register_train, register_finetune, register_data,
                                                                 register_derain, register_export, register_evaluate,
-                                                                register_heldout, register_web, register_bench]
+                                                                register_heldout, register_web, register_bench,
+                                                                register_info]
 
 
 def build_parser() -> argparse.ArgumentParser:

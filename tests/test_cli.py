@@ -133,3 +133,44 @@ def test_bench_passes_arguments_through(monkeypatch, capsys):
     monkeypatch.setattr(cli, "bench_source_tree", lambda: None)  # a normal install, run outside a checkout
     assert cli.main(["bench"]) == 2
     assert "source tree only" in capsys.readouterr().err
+
+
+def test_photo_keeps_its_metadata_upright(tmp_path, weights):
+    """A phone JPEG (EXIF orientation 6, camera make and model, an ICC profile) and a PNG with an ICC profile."""
+    from PIL import Image, ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110], exif[0x0112] = "Canon", "EOS R5", 6  # Make, Model, Orientation
+    rgb = np.random.default_rng(0).integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(rgb).save(tmp_path / "in" / "phone.jpg", exif=exif, icc_profile=icc, quality=95)
+    Image.fromarray(rgb).save(tmp_path / "in" / "scan.png", icc_profile=icc)
+    assert run(tmp_path / "in", tmp_path / "out", "--weights", weights) == 0
+    with Image.open(tmp_path / "out" / "phone.jpg") as out:
+        assert out.info["icc_profile"] == icc
+        assert out.getexif()[0x010F] == "Canon" and out.getexif()[0x0112] == 1  # upright: shown as it is
+        assert out.size == (24, 40)  # (width, height): the 24x40 stored pixels were turned on read
+    with Image.open(tmp_path / "out" / "scan.png") as out:
+        assert out.info["icc_profile"] == icc and out.size == (40, 24)
+
+
+def test_suffix_and_jpeg_quality(tmp_path, photos, weights, capsys):
+    assert run(photos, tmp_path / "out", "--weights", weights, "--suffix", "_derained", "--save-rain") == 0
+    names = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert names == ["a_derained.png", "a_derained_rain.png", "b_derained.jpg", "b_derained_rain.png",
+                     "sub/c_derained.png", "sub/c_derained_rain.png"]
+    sizes = {}
+    for q in ("10", "95"):
+        assert run(photos / "b.jpg", tmp_path / f"q{q}", "--weights", weights, "--jpeg-quality", q) == 0
+        sizes[q] = (tmp_path / f"q{q}" / "b.jpg").stat().st_size
+    assert run(photos / "b.jpg", tmp_path / "default", "--weights", weights) == 0
+    assert sizes["10"] < sizes["95"] == (tmp_path / "default" / "b.jpg").stat().st_size  # default: 95
+    capsys.readouterr()
+    for bad in ("0", "101"):
+        assert run(photos, tmp_path / "bad", "--weights", weights, "--jpeg-quality", bad) == 2
+        err = capsys.readouterr().err
+        assert err == f"mgid derain: error: --jpeg-quality must be from 1 to 100, got {bad}\n"
+    assert not (tmp_path / "bad").exists()
+    assert run(photos / "a.png", tmp_path / "v.mp4", "--suffix", "_x") == 2  # a video is named by OUTPUT
+    assert "apply to images" in capsys.readouterr().err

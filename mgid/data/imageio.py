@@ -7,8 +7,10 @@ Conventions used everywhere in `mgid.data`:
   are reduced to 8 bits (OpenCV's ``IMREAD_COLOR`` does all three): `read_image`, what training and
   scoring read.
 * A `Photo` is what ``mgid derain`` de-rains and writes back: the colour as HxWx3 RGB in the file's own depth
-  (uint8, or uint16 for 16-bit PNG/TIFF) and the alpha channel, if any, kept aside (`read_photo`,
-  `write_photo`), so a transparent PNG stays transparent and a 16-bit one stays 16-bit.
+  (uint8, or uint16 for 16-bit PNG/TIFF), the alpha channel, if any, kept aside, and the file's EXIF and ICC
+  colour profile (`mgid.data.image_metadata.ImageMetadata`) (`read_photo`, `write_photo`), so a transparent
+  PNG stays transparent, a 16-bit one stays 16-bit, and a photo keeps its camera data and colour space.
+  `read_image` reads no metadata.
 * A network input is a float32 tensor of shape (3, H, W) in [-1, 1], computed as ``x / 127.5 - 1``
   of the RGB uint8 image. The public MGID code fed BGR (as OpenCV reads it); we feed RGB. For a model
   trained from scratch the channel order makes no difference, but weights converted from the public
@@ -18,7 +20,8 @@ Files are read through ``numpy.fromfile`` + ``cv2.imdecode`` rather than ``cv2.i
 paths with non-ASCII characters work on every platform and a missing file can be told apart from an
 unreadable one. Before any decode the header is read (`mgid.data.image_header`): a file no header parser
 recognises is refused, and with ``max_pixels`` an image over the limit (a decompression bomb) or too small
-for the network is refused from its header alone.
+for the network is refused from its header alone. The EXIF and ICC profile of a `Photo` are read from the header
+and put into the encoded bytes by `mgid.data.image_metadata`.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ import numpy as np
 import torch
 
 from .image_header import ImageHeader, check_pixels, read_header
+from .image_metadata import METADATA_FORMATS, METADATA_SUFFIXES, ImageMetadata, embed_metadata, read_metadata, upright
 
 #: File suffixes (lower case, with the dot) treated as images; everything else in a folder is ignored.
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -41,6 +45,8 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".ti
 PathLike = str | Path
 #: Suffixes whose files `write_image` can give 16 bits per channel.
 SIXTEEN_BIT_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff")
+#: JPEG quality `write_image` uses unless told otherwise: OpenCV's own default (``IMWRITE_JPEG_QUALITY``).
+JPEG_QUALITY = 95
 
 
 def _umask_mode() -> int:
@@ -137,11 +143,12 @@ def read_image(path: PathLike, max_pixels: int | None = None) -> np.ndarray:
 class Photo:
     """An image file's pixels as ``mgid derain`` de-rains them: ``rgb`` HxWx3 RGB, uint8 or uint16 (the file's
     depth); ``alpha`` HxW of the same dtype, or None; ``note``: how the file's pixels were changed to fit
-    (e.g. a float TIFF read as 8-bit), or None."""
+    (e.g. a float TIFF read as 8-bit), or None; ``metadata``: the file's EXIF and ICC profile, or None."""
 
     rgb: np.ndarray
     alpha: np.ndarray | None = None
     note: str | None = None
+    metadata: ImageMetadata | None = None
 
 
 def _to_depth(img: np.ndarray) -> tuple[np.ndarray, str | None]:
@@ -157,32 +164,41 @@ def _to_depth(img: np.ndarray) -> tuple[np.ndarray, str | None]:
 
 def read_photo(path: PathLike, max_pixels: int | None = None) -> Photo:
     """Read an image file as a `Photo`: its colour in its own depth (8 or 16 bits; other depths become 8 bits
-    with a note) and its transparency (an alpha channel, or a transparent colour, as an alpha channel).
+    with a note), its transparency (an alpha channel, or a transparent colour, as an alpha channel) and its
+    EXIF and ICC profile (JPEG, PNG, WebP; a grey or CMYK profile is left out, the pixels being RGB).
 
-    Grey files become 3 equal channels; JPEG EXIF orientation is applied. Errors and ``max_pixels`` as
-    `read_image`.
+    Grey files become 3 equal channels. The pixels are turned upright by the EXIF orientation (JPEG, PNG, WebP;
+    a TIFF's own orientation tag is left to OpenCV, as before) and the EXIF returned says Orientation 1. Errors
+    and ``max_pixels`` as `read_image`.
     """
     p = _existing(path)
     header = _header(p, max_pixels)
-    # IMREAD_UNCHANGED keeps the alpha (OpenCV gives 4 channels for every kind of PNG/TIFF/WebP transparency)
-    # but ignores EXIF orientation, which files with transparency do not use; IMREAD_COLOR | ANYDEPTH turns
-    # photos upright and keeps 16 bits.
-    flags = cv2.IMREAD_UNCHANGED if header.has_alpha else cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH
+    metadata, orientation = read_metadata(p, header.format)
+    # IMREAD_UNCHANGED keeps the alpha (OpenCV gives 4 channels for every kind of PNG/TIFF/WebP transparency) and
+    # ignores the EXIF orientation; IMREAD_COLOR | ANYDEPTH keeps 16 bits, and with IGNORE_ORIENTATION leaves the
+    # turning to `upright` (OpenCV versions differ in which formats' EXIF they honour).
+    if header.has_alpha:
+        flags = cv2.IMREAD_UNCHANGED
+    else:
+        flags = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH
+        if header.format in METADATA_FORMATS:
+            flags |= cv2.IMREAD_IGNORE_ORIENTATION
     img, note = _to_depth(_decode(p, flags))
     if img.ndim == 2:
         img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
     if img.ndim != 3 or img.shape[2] not in (3, 4):
         raise _not_readable(p, f"{img.shape[2] if img.ndim == 3 else 1} channels")
+    img = upright(img, orientation)
     alpha = np.ascontiguousarray(img[..., 3]) if img.shape[2] == 4 else None
-    rgb = np.ascontiguousarray(cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2RGB))
-    return Photo(rgb, alpha, note)
+    rgb = np.ascontiguousarray(cv2.cvtColor(np.ascontiguousarray(img[..., :3]), cv2.COLOR_BGR2RGB))
+    return Photo(rgb, alpha, note, metadata)
 
 
-def write_photo(path: PathLike, photo: Photo) -> Path:
-    """Write a `Photo` (its alpha back beside the colour) with `write_image`."""
-    if photo.alpha is None:
-        return write_image(path, photo.rgb)
-    return write_image(path, np.dstack([photo.rgb, photo.alpha.astype(photo.rgb.dtype)]))
+def write_photo(path: PathLike, photo: Photo, jpeg_quality: int = JPEG_QUALITY) -> Path:
+    """Write a `Photo` (its alpha back beside the colour, its metadata where the format holds it) with
+    `write_image`."""
+    pixels = photo.rgb if photo.alpha is None else np.dstack([photo.rgb, photo.alpha.astype(photo.rgb.dtype)])
+    return write_image(path, pixels, photo.metadata, jpeg_quality=jpeg_quality)
 
 
 def image_size(path: PathLike) -> tuple[int, int]:
@@ -194,36 +210,58 @@ def image_size(path: PathLike) -> tuple[int, int]:
     return header.height, header.width
 
 
-def write_image(path: PathLike, rgb: np.ndarray) -> Path:
+def write_image(path: PathLike, rgb: np.ndarray, metadata: ImageMetadata | None = None, *,
+                jpeg_quality: int = JPEG_QUALITY) -> Path:
     """Write an HxWx3 RGB, HxWx4 RGBA or HxW grey image, uint8 or (PNG, TIFF) uint16; the format follows the
     suffix of ``path``.
 
     Parent folders are created. The file is written atomically: the encoded bytes go to a hidden
     temporary file beside ``path`` that is then renamed over it, so a failed write (disk full, an
     interrupted run) leaves no partial image under the final name (and an existing file intact).
-    Returns the path written.
+
+    Args:
+        path: the file to write.
+        rgb: the pixels.
+        metadata: EXIF and ICC profile to put into the file, written as they are (JPEG: APP1/APP2 segments,
+            PNG: eXIf/iCCP chunks, WebP: EXIF/ICCP chunks); ignored for TIFF and BMP.
+        jpeg_quality: 1 to 100, for ``.jpg``/``.jpeg`` files (WebP is written lossless).
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: an unknown suffix, a shape or depth the format cannot hold, a quality outside 1 to 100,
+            metadata too large for the format (an EXIF over 64 KB in a JPEG), or pixels OpenCV cannot encode.
+        TypeError: pixels neither uint8 nor uint16.
     """
     p = Path(path)
-    if p.suffix.lower() not in IMAGE_SUFFIXES:
+    suffix = p.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
         raise ValueError(f"cannot write {p}: unknown image suffix {p.suffix!r} (use one of {IMAGE_SUFFIXES})")
+    if isinstance(jpeg_quality, bool) or not isinstance(jpeg_quality, int) or not 1 <= jpeg_quality <= 100:
+        raise ValueError(f"JPEG quality must be a whole number from 1 to 100, got {jpeg_quality!r}")
     arr = np.asarray(rgb)
     if arr.dtype not in (np.uint8, np.uint16):
         raise TypeError(f"write_image expects uint8 or uint16 pixels, got {arr.dtype} (use to_uint8 first)")
-    if arr.dtype == np.uint16 and p.suffix.lower() not in SIXTEEN_BIT_SUFFIXES:
+    if arr.dtype == np.uint16 and suffix not in SIXTEEN_BIT_SUFFIXES:
         raise ValueError(f"cannot write 16-bit pixels to {p}: {p.suffix} holds 8 bits (use "
                          f"{' or '.join(SIXTEEN_BIT_SUFFIXES)})")
     if arr.ndim == 3 and arr.shape[2] in (3, 4):
         arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR if arr.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
     elif arr.ndim != 2:
         raise ValueError(f"write_image expects HxWx3, HxWx4 or HxW pixels, got shape {arr.shape}")
-    ok, buf = cv2.imencode(p.suffix.lower(), arr)
+    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if suffix in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(suffix, arr, params)
     if not ok:
         raise ValueError(f"OpenCV could not encode {p}")
+    data = buf.tobytes()
+    if metadata is not None and suffix in METADATA_SUFFIXES and (metadata.exif or metadata.icc_profile):
+        data = embed_metadata(suffix, data, metadata, arr.shape[:2], alpha=arr.ndim == 3 and arr.shape[2] == 4)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(buf.tobytes())
+            f.write(data)
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, p)
     except BaseException:

@@ -23,12 +23,17 @@ import torch
 
 from mgid.checkpoint import (
     MODEL_SUFFIX,
+    PRETRAINED_CONFIG,
+    PRETRAINED_WEIGHTS,
     TRAINING_CHECKPOINT_DIR,
     CheckpointError,
+    check_pretrained_folder,
     check_safetensors_file,
     checkpoint_paths,
-    load_checkpoint,
+    is_pretrained_weights,
     locate_checkpoint,
+    pretrained_paths,
+    read_weights,
 )
 from mgid.data.imageio import to_pixels, to_tensor
 from mgid.derain.memory_budget import (
@@ -62,9 +67,10 @@ def resolve_weights(weights: str | Path | None = None) -> Path:
     """The ``.safetensors`` file of ``weights``, checked to be a complete safetensors file with its JSON.
 
     ``None`` -> the shipped weights. A checkpoint folder (``OUT`` or ``OUT/checkpoints`` of
-    ``mgid train``) -> its ``last.safetensors``; ``NAME.json`` -> ``NAME.safetensors``.
-    Raises ``FileNotFoundError`` (missing files, saying how to get weights) or `CheckpointError`
-    (pickled, truncated or otherwise not safetensors).
+    ``mgid train``) -> its ``last.safetensors``; a pretrained folder (``config.json`` + ``model.safetensors``,
+    `mgid.models.pretrained.save_pretrained`) -> its ``model.safetensors``; ``NAME.json`` -> ``NAME.safetensors``.
+    Raises ``FileNotFoundError`` (missing files, saying how to get weights; for a pretrained folder, naming
+    the missing one) or `CheckpointError` (pickled, truncated or otherwise not safetensors).
     """
     if weights is None:
         if not DEFAULT_WEIGHTS.is_file():
@@ -74,11 +80,15 @@ def resolve_weights(weights: str | Path | None = None) -> Path:
         path = Path(weights).expanduser()
         if path.is_dir():
             candidates = [checkpoint_paths(folder)["model"] for folder in (path, path / TRAINING_CHECKPOINT_DIR)]
-            path = next((c for c in candidates if c.is_file()), None)
-            if path is None:
+            found = next((c for c in candidates if c.is_file()), None)
+            if found is None and any(p.exists() for p in pretrained_paths(path).values()):
+                found = check_pretrained_folder(path)["model"]  # names the missing file of the pair
+            if found is None:
                 raise FileNotFoundError(f"{candidates[0].parent} is a folder without {candidates[0].name} (nor "
-                                        f"{TRAINING_CHECKPOINT_DIR}/{candidates[1].name}); pass the {MODEL_SUFFIX} "
-                                        f"file of the checkpoint to use")
+                                        f"{TRAINING_CHECKPOINT_DIR}/{candidates[1].name}, nor {PRETRAINED_CONFIG} + "
+                                        f"{PRETRAINED_WEIGHTS}); pass the {MODEL_SUFFIX} file of "
+                                        f"the checkpoint to use, or a folder written by mgid.save_pretrained")
+            path = found
         else:
             try:
                 path = checkpoint_paths(*locate_checkpoint(path))["model"]  # NAME.json -> NAME.safetensors
@@ -88,6 +98,8 @@ def resolve_weights(weights: str | Path | None = None) -> Path:
             raise FileNotFoundError(f"weights file not found: {path} (pass a NAME.safetensors written by "
                                     f"`mgid train`, with NAME.json beside it)")
     check_safetensors_file(path)  # pickles, empty and truncated files get their own messages
+    if is_pretrained_weights(path):
+        return path
     meta = checkpoint_paths(*locate_checkpoint(path))["meta"]  # refuses names other than NAME.safetensors
     if not meta.is_file():
         raise FileNotFoundError(f"{path} has no {meta.name} beside it: mgid needs the checkpoint's JSON record "
@@ -139,21 +151,21 @@ def check_weights(config: ModelConfig, state: dict[str, torch.Tensor], source: s
 
 
 def load_network(path: str | Path, device: str | torch.device = "cpu") -> MGIDNet:
-    """An `MGIDNet` in eval mode from checkpoint file ``path`` (``NAME.safetensors`` or ``NAME.json``): the
-    network of the JSON's ``config.model``, with the weights verified against the JSON's hashes and against the
-    network's shapes (`check_weights`) before it is built."""
-    folder, name = locate_checkpoint(path)
-    ckpt = load_checkpoint(folder, name, with_optimizer=False, device="cpu")
-    model_cfg = ckpt.meta.get("config", {}).get("model")
+    """An `MGIDNet` in eval mode from weights file ``path``: a checkpoint's ``NAME.safetensors`` or ``NAME.json``
+    (the network of the JSON's ``config.model``) or a pretrained folder's ``model.safetensors`` (the network of
+    the ``config.json`` beside it, `mgid.checkpoint.read_pretrained`), with the weights verified against the
+    record's hash and against the network's shapes (`check_weights`) before it is built."""
+    state, model_cfg, paths = read_weights(path, device="cpu")
+    section = "its model config" if is_pretrained_weights(path) else "config.model"
     if model_cfg is None:
-        raise CheckpointError(f"{ckpt.paths['meta']} has no config.model section; cannot build the network")
+        raise CheckpointError(f"{paths['meta']} has no config.model section; cannot build the network")
     try:
         config = ModelConfig.from_dict(model_cfg)
     except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{ckpt.paths['meta']}: config.model is not a valid network ({exc})") from exc
-    check_weights(config, ckpt.model_state, ckpt.paths["model"])
+        raise CheckpointError(f"{paths['meta']}: {section} is not a valid network ({exc})") from exc
+    check_weights(config, state, paths["model"])
     net = MGIDNet(config)
-    net.load_state_dict(ckpt.model_state)
+    net.load_state_dict(state)
     return net.to(resolve_device(device)).eval()
 
 
@@ -360,7 +372,8 @@ def load_model(weights: str | Path | None = None, device: str | torch.device = "
                max_memory: int | None = None) -> Derainer:
     """A `Derainer` with weights from ``weights`` (None: the shipped ones) on ``device`` ("auto": CUDA if any).
 
-    ``weights``: ``NAME.safetensors`` (with ``NAME.json`` beside it), or a training output folder.
+    ``weights``: ``NAME.safetensors`` (with ``NAME.json`` beside it), a training output folder, or a pretrained
+    folder (``config.json`` + ``model.safetensors``, written by `mgid.models.pretrained.save_pretrained`).
     ``tile``/``overlap``: the default tiling of `Derainer.derain` (``"auto"``: tiles only when the whole image
     would not fit ``max_memory`` bytes, default a share of the available memory; None: whole images).
     ``precision``: ``auto`` (bf16 autocast on a CPU with native bf16 instructions, else fp32), ``fp32``

@@ -4,12 +4,15 @@ The library behind ``mgid derain`` (the command only parses arguments and prints
 
 * `plan_derain` turns INPUT (a file, a folder searched recursively, or a glob) and OUTPUT (a folder,
   or with a single file INPUT a file name with the same suffix) into a checked `DerainPlan`: one
-  `Job` per input file, no output on an input, no two outputs on one path, no existing output
-  without ``overwrite``. Its parts are `collect_inputs`, `plan_jobs` and `check_jobs`.
+  `Job` per input file, named ``<stem><suffix><ext>`` (``suffix`` empty by default: the input's name), no
+  output on an input, no two outputs on one path, no existing output without ``overwrite``. Its parts are
+  `collect_inputs`, `plan_jobs` and `check_jobs`.
 * `derain_files` de-rains the jobs with a `mgid.derain.derainer.Derainer`, writes each result (and the
   rain layer / comparison picture when asked for) through `mgid.data.write_image`, which writes
   atomically, and returns a `DerainReport`: files done, files skipped with the reason (not an image,
-  unreadable, out of memory, not writable). One bad file never stops the others.
+  unreadable, out of memory, not writable). One bad file never stops the others. A result is upright (the
+  EXIF orientation applied) and keeps its input's EXIF (Orientation 1) and ICC profile where the format holds
+  them (JPEG, PNG, WebP: `mgid.data.imageio.read_photo`).
 """
 from __future__ import annotations
 
@@ -22,7 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-from mgid.data.imageio import IMAGE_SUFFIXES, SIXTEEN_BIT_SUFFIXES, Photo, read_photo, write_image, write_photo
+from mgid.data.imageio import (
+    IMAGE_SUFFIXES,
+    JPEG_QUALITY,
+    SIXTEEN_BIT_SUFFIXES,
+    Photo,
+    read_photo,
+    write_image,
+    write_photo,
+)
 
 #: Suffixes of the extra outputs beside ``<stem>.<ext>``: the rain layer and the comparison picture.
 RAIN_TAG, COMPARE_TAG = "_rain", "_compare"
@@ -54,7 +65,8 @@ class DerainPlan:
     jobs: list[Job]
     #: Every input file named by INPUT (images or not).
     input_files: list[Path]
-    #: Files below INPUT left out because they lie in the OUTPUT folder (earlier results).
+    #: Files below INPUT left out as earlier results: they lie in the OUTPUT folder, or are named as another
+    #: input's output (with a suffix, results beside their inputs).
     ignored: int
     #: True when OUTPUT is the result file of a single input file rather than a folder.
     single_file_output: bool
@@ -133,13 +145,15 @@ def collect_inputs(spec: str, output: Path) -> tuple[list[tuple[Path, Path]], li
 
 
 def plan_jobs(inputs: list[tuple[Path, Path]], output: Path, save_rain: bool, compare: bool,
-              single_file_output: bool = False) -> list[Job]:
-    """Where each input's outputs go: ``OUTPUT/<relative path>`` (same name and format), plus
-    ``<stem>_rain.png`` and ``<stem>_compare.png`` beside it when asked for.
-    With ``single_file_output``, ``output`` is the result file itself."""
+              single_file_output: bool = False, suffix: str = "") -> list[Job]:
+    """Where each input's outputs go: ``OUTPUT/<relative path>`` with ``suffix`` after the stem (same name when
+    it is empty; same format), plus ``<result stem>_rain.png`` and ``<result stem>_compare.png`` beside it when
+    asked for. With ``single_file_output``, ``output`` is the result file itself (``suffix`` unused)."""
     jobs = []
     for source, rel in inputs:
         out = output if single_file_output else output / rel
+        if suffix and not single_file_output:
+            out = out.with_name(out.stem + suffix + out.suffix)
         rain = out.with_name(out.stem + RAIN_TAG + ".png") if save_rain else None
         comp = out.with_name(out.stem + COMPARE_TAG + ".png") if compare else None
         jobs.append(Job(source, out, rain, comp))
@@ -170,24 +184,58 @@ def check_jobs(jobs: list[Job], input_files: list[Path], overwrite: bool) -> str
     return None
 
 
+def suffix_problem(suffix: str) -> str | None:
+    """Why ``suffix`` cannot follow a file name's stem (a path separator, a NUL), or None when it can."""
+    bad = [c for c in ("/", os.sep, os.altsep, "\0") if c and c in suffix]
+    if bad:
+        return f"--suffix {suffix!r} contains {bad[0]!r}; it is added to file names, not paths"
+    return None
+
+
+def _without_earlier_results(jobs: list[Job], all_files: list[Path]) -> tuple[list[Job], list[Path]]:
+    """``jobs`` and ``all_files`` without the input files that another job writes (earlier results beside their
+    inputs, e.g. ``a_derained.jpg`` of ``a.jpg`` with ``--suffix _derained``); a job writing its own input stays,
+    for `check_jobs` to refuse."""
+    writers: dict[Path, set[Path]] = {}
+    for job in jobs:
+        for out in job.outputs():
+            writers.setdefault(out.resolve(), set()).add(job.source.resolve())
+    earlier = {key for key in (p.resolve() for p in all_files) if writers.get(key, set()) - {key}}
+    return ([j for j in jobs if j.source.resolve() not in earlier],
+            [p for p in all_files if p.resolve() not in earlier])
+
+
 def plan_derain(input_spec: str, output: str | Path, save_rain: bool = False, compare: bool = False,
-                overwrite: bool = False) -> DerainPlan:
+                overwrite: bool = False, suffix: str = "") -> DerainPlan:
     """The checked jobs of de-raining INPUT into OUTPUT (see the module docstring); writes nothing.
 
     OUTPUT is a result file name exactly when INPUT is one file and OUTPUT has an image suffix and is
-    not an existing folder; it must then keep INPUT's suffix. Raises `PlanError` (an existing file as
-    OUTPUT folder, a format change, an unsafe plan: see `check_jobs`) or ``FileNotFoundError``
-    (INPUT names nothing), with a message for the user.
+    not an existing folder; it must then keep INPUT's suffix. Results in an OUTPUT folder are named
+    ``<stem><suffix><ext>``; with a ``suffix`` OUTPUT may be INPUT's folder, and input files named as another
+    input's result are left out as earlier results (counted in `DerainPlan.ignored`).
+
+    Raises:
+        PlanError: an existing file as OUTPUT folder, a format change, a ``suffix`` with a path separator or
+            with a result file name as OUTPUT, an unsafe plan (see `check_jobs`); the message is for the user.
+        FileNotFoundError: INPUT names nothing.
     """
+    problem = suffix_problem(suffix)
+    if problem:
+        raise PlanError(problem)
     output = Path(output).expanduser()
     single = Path(input_spec).is_file() and output.suffix.lower() in IMAGE_SUFFIXES and not output.is_dir()
     if output.exists() and not output.is_dir() and not single:
         raise PlanError(f"OUTPUT {output} is a file; give a folder (it is created)")
+    if single and suffix:
+        raise PlanError(f"--suffix names results in an OUTPUT folder; OUTPUT {output} already names the result")
     inputs, all_files, ignored = collect_inputs(input_spec, output)
     if single and output.suffix.lower() != Path(input_spec).suffix.lower():
         raise PlanError(f"{output} changes the format of {input_spec}; keep the suffix "
                         f"{Path(input_spec).suffix} or give a folder")
-    jobs = plan_jobs(inputs, output, save_rain, compare, single_file_output=single)
+    jobs = plan_jobs(inputs, output, save_rain, compare, single_file_output=single, suffix=suffix)
+    kept, all_files = _without_earlier_results(jobs, all_files)
+    ignored += len(jobs) - len(kept)
+    jobs = kept
     problem = check_jobs(jobs, all_files, overwrite)
     if problem:
         raise PlanError(problem)
@@ -214,18 +262,21 @@ def _fit_depth(photo: Photo, output: Path) -> Photo:
     if photo.rgb.dtype == np.uint8 or output.suffix.lower() in SIXTEEN_BIT_SUFFIXES:
         return photo
     alpha = None if photo.alpha is None else _eight_bit(photo.alpha)
-    return Photo(_eight_bit(photo.rgb), alpha, f"16-bit pixels, written as 8-bit ({output.suffix} holds 8)")
+    return Photo(_eight_bit(photo.rgb), alpha, f"16-bit pixels, written as 8-bit ({output.suffix} holds 8)",
+                 photo.metadata)
 
 
-def derain_one(derainer, job: Job, max_pixels: int | None = None) -> str | None:
+def derain_one(derainer, job: Job, max_pixels: int | None = None, jpeg_quality: int = JPEG_QUALITY) -> str | None:
     """De-rain ``job.source`` and write its outputs (each atomically: a failed write leaves no partial
     file under the final name); returns a note when the pixels were changed to fit (a float image written
-    as 8-bit), else None. The colour is de-rained in the file's depth (8 or 16 bits) and an alpha channel is
-    copied unchanged. Raises ``OSError``/``ValueError`` for a file that cannot be read or written (or is over
-    ``max_pixels``, checked from its header) and an out-of-memory error when the image does not fit."""
+    as 8-bit), else None. The colour is de-rained upright in the file's depth (8 or 16 bits), an alpha channel
+    is copied unchanged, and the result keeps the input's EXIF (Orientation 1) and ICC profile where its
+    format holds them; a JPEG result is written with ``jpeg_quality`` (1 to 100). Raises ``OSError``/``ValueError``
+    for a file that cannot be read or written (or is over ``max_pixels``, checked from its header) and an
+    out-of-memory error when the image does not fit."""
     photo = _fit_depth(read_photo(job.source, max_pixels), job.output)
     clean, rain = derainer.derain_with_rain(photo.rgb)
-    write_photo(job.output, Photo(clean, photo.alpha))
+    write_photo(job.output, Photo(clean, photo.alpha, metadata=photo.metadata), jpeg_quality=jpeg_quality)
     if job.rain is not None:
         write_image(job.rain, rain)
     if job.compare is not None:
@@ -237,7 +288,8 @@ def derain_one(derainer, job: Job, max_pixels: int | None = None) -> str | None:
 
 
 def derain_files(derainer, jobs: Sequence[Job], progress: bool = True,
-                 on_skip: Callable[[Path, str], None] | None = None, max_pixels: int | None = None) -> DerainReport:
+                 on_skip: Callable[[Path, str], None] | None = None, max_pixels: int | None = None,
+                 jpeg_quality: int = JPEG_QUALITY) -> DerainReport:
     """De-rain every job with ``derainer`` (a `mgid.derain.derainer.Derainer`); never stops at a bad file.
 
     A file without an image suffix, one that cannot be read or written (``OSError``/``ValueError``)
@@ -245,8 +297,8 @@ def derain_files(derainer, jobs: Sequence[Job], progress: bool = True,
     are skipped with their reason, and
     ``on_skip(path, reason)`` is called at once (e.g. to print it above the progress bar, with
     ``tqdm.write``). ``progress`` shows a tqdm bar on stderr (and only on a terminal). ``max_pixels``: larger
-    images are skipped from their header, before any decode (None: any size). Notes on pixels changed to fit
-    a format (`derain_one`) are collected in the report.
+    images are skipped from their header, before any decode (None: any size). ``jpeg_quality``: of JPEG results
+    (1 to 100). Notes on pixels changed to fit a format (`derain_one`) are collected in the report.
     """
     from tqdm import tqdm
 
@@ -259,7 +311,7 @@ def derain_files(derainer, jobs: Sequence[Job], progress: bool = True,
             reason = _not_an_image(job.source)
             if reason is None:
                 try:
-                    note = derain_one(derainer, job, max_pixels)
+                    note = derain_one(derainer, job, max_pixels, jpeg_quality)
                 except (OSError, ValueError) as exc:
                     reason = str(exc)
                 except (RuntimeError, MemoryError) as exc:

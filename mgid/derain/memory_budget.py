@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import psutil
 import torch
 
 #: The measured memory of de-raining that ``--tile auto`` sizes tiles by (written by
@@ -165,19 +166,13 @@ def _cgroup_room() -> int | None:
 
 def available_memory(device: str | torch.device = "cpu") -> int:
     """Bytes this process may still allocate on ``device``: for the CPU the smaller of the system's available
-    memory (``MemAvailable``) and the room under its cgroup's limit; for CUDA the device's free memory plus what
+    memory (``psutil.virtual_memory().available``: ``MemAvailable`` on Linux) and the room under its cgroup's limit; for CUDA the device's free memory plus what
     torch holds cached but unused."""
     device = torch.device(device)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
-    try:
-        text = Path("/proc/meminfo").read_text()
-        available = int(re.search(r"MemAvailable:\s+(\d+) kB", text).group(1)) * 1024
-    except (OSError, AttributeError):  # not Linux: psutil is not a dependency; assume what torch can see
-        import os
-
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    available = int(psutil.virtual_memory().available)  # MemAvailable on Linux; portable elsewhere
     room = _cgroup_room()
     return available if room is None else min(available, room)
 

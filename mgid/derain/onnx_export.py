@@ -44,7 +44,6 @@ version (``mgid.version``), the model config as JSON (``mgid.model_config``), th
 from __future__ import annotations
 
 import copy
-import hashlib
 import io
 import json
 import logging
@@ -58,6 +57,7 @@ from torch import nn
 
 from mgid import __version__
 from mgid import ops as mgid_ops
+from mgid.checkpoint import file_sha256
 from mgid.derain.onnx_graphs import IMAGE_FILTER, TILING, GraphSpec
 from mgid.models import MGIDNet
 from mgid.output_paths import check_output_file, write_atomic
@@ -115,15 +115,6 @@ def _import_onnx() -> Any:
     except ImportError as err:
         raise ModuleNotFoundError(_NEED_ONNX.format(extra="")) from err
     return onnx
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _resolve_net(net_or_weights: MGIDNet | str | Path | None) -> tuple[MGIDNet, Path | None, str | None]:

@@ -6,7 +6,7 @@ arithmetic) and to the pure-PyTorch reference where the extension is absent or w
 ``MGID_OPS=reference`` / :func:`use_reference` asks for it.
 """
 from mgid.ops._build import build_info
-from mgid.ops._dispatch import fused_available, op_path, ops_mode, set_ops_mode, use_reference
+from mgid.ops._dispatch import fused_available, op_path, ops_mode, set_ops_mode, unavailable_reason, use_reference
 from mgid.ops.memory import (
     MemoryStep,
     UpdateStats,
@@ -24,4 +24,5 @@ __all__ = [
     "UpdateStats", "finish_update",
     "feature_covariance", "bsw_mask", "bsw_loss",
     "build_info", "ops_mode", "set_ops_mode", "use_reference", "fused_available", "op_path",
+    "unavailable_reason",
 ]

@@ -12,7 +12,7 @@ from typing import Literal, get_args
 
 import torch
 
-from mgid.ops._build import EXTENSION_ERROR, extension_loaded
+from mgid.ops._build import BUILD_HINT, EXTENSION_ERROR, extension_loaded
 
 OpsMode = Literal["auto", "fused", "reference"]
 MODES = get_args(OpsMode)
@@ -58,17 +58,33 @@ def fused_available(device: torch.device | str | None = None) -> bool:
     return False
 
 
+def unavailable_reason(device: torch.device | str | None = None) -> str | None:
+    """Why the compiled kernels cannot run on ``device``, with how to get them; ``None`` when they can."""
+    if fused_available(device):
+        return None
+    if not extension_loaded():
+        return f"{EXTENSION_ERROR}; {BUILD_HINT}"
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return ("the extension was built without CUDA kernels (no nvcc at build time, or MGID_FORCE_CPU=1); install "
+                "the CUDA toolkit and run `pip install .` again (MGID_FORCE_CUDA=1 makes a missing nvcc an error)")
+    return f"mgid has no kernels for {kind} devices"
+
+
 def use_fused(device: torch.device) -> bool:
-    """Whether an op on a tensor of ``device`` should run the compiled kernel."""
+    """Whether an op on a tensor of ``device`` should run the compiled kernel.
+
+    Raises:
+        RuntimeError: the mode is ``fused`` and the kernels cannot run on ``device``.
+    """
     mode = ops_mode()
     if mode == "reference":
         return False
-    available = fused_available(device)
-    if mode == "fused" and not available:
-        reason = EXTENSION_ERROR or f"the extension was built without kernels for {device}"
-        raise RuntimeError(f"MGID_OPS=fused but the fused mgid ops are unavailable on {device}: {reason}. "
-                           "Reinstall with `pip install .` or set MGID_OPS=auto.")
-    return available
+    reason = unavailable_reason(device)
+    if mode == "fused" and reason is not None:
+        raise RuntimeError(f"ops mode 'fused' but the fused mgid ops are unavailable on {device}: {reason} "
+                           "(or use ops mode 'auto' for the PyTorch reference)")
+    return reason is None
 
 
 def op_path(device: torch.device | str = "cpu") -> str:

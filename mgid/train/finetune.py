@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from mgid.checkpoint import checkpoint_paths, locate_checkpoint, read_meta
+from mgid.checkpoint import read_weights
 from mgid.config.fields import ConfigError
 from mgid.config.train_config import TrainConfig
 from mgid.models import ModelConfig
@@ -49,7 +49,7 @@ def finetune_config(cfg: TrainConfig, clips: ClipOptions, log=print, extract: bo
     from mgid.derain.derainer import resolve_weights
 
     weights = resolve_weights(clips.weights)
-    saved = read_meta(checkpoint_paths(*locate_checkpoint(weights))["meta"]).get("config", {}).get("model")
+    _, saved, _ = read_weights(weights)
     if saved is None:
         raise ConfigError(f"{weights}: its record has no config.model; cannot fine-tune it")
     root = Path(cfg.out) / FRAMES_DIR

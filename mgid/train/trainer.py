@@ -31,8 +31,8 @@ from mgid.checkpoint import (
     CheckpointError,
     checkpoint_paths,
     load_checkpoint,
-    locate_checkpoint,
     read_meta,
+    read_weights,
     save_checkpoint,
     set_rng_state,
 )
@@ -134,6 +134,9 @@ class Trainer:
         if not self.is_main:
             self.log = lambda s: None
         self.ops_path = ops.op_path(self.device)  # raises here if --ops fused cannot be honoured
+        # Only 'auto' can end on the reference without the user asking: say why, and how to get the kernels.
+        reason = ops.unavailable_reason(self.device) if ops.ops_mode() == "auto" else None
+        self.ops_note = f"ops: PyTorch reference because {reason}" if reason else None
 
     def _build_model(self) -> None:
         """The seeded network on the device, its precision and memory format, the memory all-reduce."""
@@ -264,6 +267,7 @@ class Trainer:
             + (", compiled" if cfg.compile else "")
             + (f", {self.dist.world_size} processes ({self.dist.backend}, {self.sampler.per_rank_batch} pairs per "
                f"rank, sync_bn {cfg.dist.sync_bn})" if self.dist.enabled else ""),
+            *([self.ops_note] if self.ops_note else []),
             f"arithmetic: {self.arithmetic.describe()}",
             f"data: {data} ({len(self.train_set)} pairs, {self.steps_per_epoch} steps/epoch of batch "
             f"{cfg.batch_size}); validation: " + ", ".join(f"{k} ({len(v)} pairs)" for k, v in self.paired_sets.items()),
@@ -502,17 +506,16 @@ def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
 
 
 def initial_state(path: str | Path, model: Any) -> dict[str, torch.Tensor]:
-    """The network state (weights, BatchNorm statistics, memory items) of checkpoint file ``path`` to start a
-    run from (`TrainConfig.init_weights`), checked to be of the network ``model`` (a `ModelConfig`)."""
-    folder, name = locate_checkpoint(path)
-    ckpt = load_checkpoint(folder, name, with_optimizer=False, device="cpu")
-    saved = ckpt.meta.get("config", {}).get("model")
+    """The network state (weights, BatchNorm statistics, memory items) of weights file ``path`` (a checkpoint's,
+    or a pretrained folder's ``model.safetensors``) to start a run from (`TrainConfig.init_weights`), checked to
+    be of the network ``model`` (a `ModelConfig`)."""
+    state, saved, paths = read_weights(path, device="cpu")
     if saved is None:
-        raise CheckpointError(f"{ckpt.paths['meta']} has no config.model section; cannot check its network")
+        raise CheckpointError(f"{paths['meta']} has no config.model section; cannot check its network")
     theirs = type(model).from_dict(saved)
     if theirs != model:
         changed = [f"{k}: {v!r} there, {getattr(model, k)!r} here" for k, v in dataclasses.asdict(theirs).items()
                    if v != getattr(model, k)]
         raise ConfigError(f"init_weights {path} holds another network (model.{'; model.'.join(changed)}); "
                           f"set the model options to the checkpoint's or start from other weights")
-    return ckpt.model_state
+    return state

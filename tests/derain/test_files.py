@@ -162,3 +162,46 @@ def test_write_image_keeps_normal_permissions(tmp_path):
     plain = tmp_path / "plain"
     plain.write_bytes(b"")
     assert p.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+
+
+def test_suffix_names_results_and_their_extras(photos, tmp_path):
+    plan = plan_derain(str(photos), tmp_path / "out", save_rain=True, compare=True, suffix="_derained")
+    assert [str(j.output.relative_to(tmp_path / "out")) for j in plan.jobs] == [
+        "a_derained.png", "b_derained.jpg", "notes_derained.txt", "sub/c_derained.png"]
+    assert [p.name for p in plan.jobs[0].outputs()] == ["a_derained.png", "a_derained_rain.png",
+                                                        "a_derained_compare.png"]
+    default = plan_derain(str(photos), tmp_path / "out")  # no suffix: the input's own name
+    assert [str(j.output.relative_to(tmp_path / "out")) for j in default.jobs] == ["a.png", "b.jpg", "notes.txt",
+                                                                                  "sub/c.png"]
+    for bad in ("_a/b", "x\0"):
+        with pytest.raises(PlanError, match="contains"):
+            plan_derain(str(photos), tmp_path / "out", suffix=bad)
+    with pytest.raises(PlanError, match="already names the result"):
+        plan_derain(str(photos / "a.png"), tmp_path / "one.png", suffix="_x")
+
+
+def test_suffix_writes_beside_the_inputs_and_skips_earlier_results(photos, tmp_path):
+    with pytest.raises(PlanError, match="never writes over its inputs"):
+        plan_derain(str(photos), photos)  # without a suffix the results would be the inputs
+    plan = plan_derain(str(photos / "*.png"), photos, suffix="_x")
+    assert [j.output.name for j in plan.jobs] == ["a_x.png"] and plan.ignored == 0
+    assert derain_files(FakeDerainer(), plan.jobs, progress=False).ok
+    with pytest.raises(PlanError, match="already exist"):  # the result is not taken for an input ...
+        plan_derain(str(photos / "*.png"), photos, suffix="_x")
+    again = plan_derain(str(photos / "*.png"), photos, suffix="_x", overwrite=True)
+    assert [j.source.name for j in again.jobs] == ["a.png"] and again.ignored == 1  # ... but left out
+
+
+def test_results_keep_metadata_upright(tmp_path):
+    from PIL import Image, ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0112] = "Canon", 6
+    rgb = np.random.default_rng(0).integers(0, 256, (8, 12, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png", exif=exif, icc_profile=icc)
+    report = derain_files(FakeDerainer(), [Job(tmp_path / "a.png", tmp_path / "out" / "a.png")], progress=False)
+    assert report.ok
+    with Image.open(tmp_path / "out" / "a.png") as out:
+        assert out.info["icc_profile"] == icc and out.getexif()[0x010F] == "Canon" and out.getexif()[0x0112] == 1
+        np.testing.assert_array_equal(np.asarray(out), 255 - np.rot90(rgb, -1))

@@ -111,3 +111,25 @@ print("EXIT", derain({str(tmp_path / "in")!r}, {str(tmp_path / "out")!r}))
     assert "tiles only where needed, from a budget of --max-memory 700.0 MB" in run.stderr
     assert (tmp_path / "out" / "photo.jpg").is_file()
     assert run.growth < budget, f"peak RSS grew by {run.growth / 2**20:.0f} MB, budget {budget / 2**20:.0f} MB"
+
+
+def test_available_memory_needs_neither_sysconf_nor_proc(monkeypatch):
+    """Issue 26: the CPU's available memory comes from psutil, so a platform without ``os.sysconf`` and without
+    ``/proc`` (Windows) plans tiles from the same number."""
+    import collections
+    import os
+
+    import psutil
+
+    monkeypatch.delattr(os, "sysconf", raising=False)
+    real_read_text = Path.read_text
+
+    def no_proc(self, *args, **kwargs):
+        if str(self).startswith(("/proc", "/sys")):
+            raise FileNotFoundError(self)
+        return real_read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", no_proc)
+    memory = collections.namedtuple("svmem", "total available")(8 << 30, 3 << 30)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory)
+    assert mb.available_memory("cpu") == 3 << 30

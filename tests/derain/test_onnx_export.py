@@ -19,7 +19,7 @@ import torch
 import mgid
 import mgid.derain.onnx_export as export
 from mgid import cli, ops
-from mgid.checkpoint import save_checkpoint
+from mgid.checkpoint import file_sha256, save_checkpoint
 from mgid.data.imageio import read_image, write_image
 from mgid.derain.derainer import Derainer, load_network
 from mgid.derain.onnx_backend import OnnxDerainer, OnnxModelError, load_onnx_derainer
@@ -410,7 +410,7 @@ def test_write_failure_after_the_export_is_one_line(tiny, tmp_path, monkeypatch,
 def test_shipped_weights_resolve(tmp_path):
     """export_onnx(None, ...) reads the shipped weights (resolution only: the 64-channel export is the benchmark's)."""
     net, path, sha = export._resolve_net(None)
-    assert path == mgid.derain.derainer.DEFAULT_WEIGHTS and sha == export.file_sha256(path)
+    assert path == mgid.derain.derainer.DEFAULT_WEIGHTS and sha == file_sha256(path)
     assert net.config.channels == 64 and not net.training
     with pytest.raises(FileNotFoundError):
         export._resolve_net(tiny_weights(tmp_path).with_name("absent.safetensors"))

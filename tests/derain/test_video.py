@@ -365,3 +365,13 @@ def test_finetune_print_config_shows_the_run_and_writes_nothing(clip, weights, t
     out = capsys.readouterr().out
     assert f"init_weights: {weights}" in out and "layout: scenes" in out and "max_steps: 1000" in out
     assert not (tmp_path / "run").exists()
+
+
+def test_finetune_starts_from_a_pretrained_folder(clip, weights, tmp_path):
+    """Issue 26: weights saved with save_pretrained (the Hugging Face Hub layout) are a start for fine-tuning."""
+    import mgid
+
+    folder = mgid.save_pretrained(load_model(weights, device="cpu"), tmp_path / "pretrained")
+    assert _finetune(tmp_path, folder, str(clip)) == 0
+    tuned = load_model(tmp_path / "run" / "checkpoints" / "last.safetensors", device="cpu")
+    assert tuned.net.config == load_model(folder, device="cpu").net.config

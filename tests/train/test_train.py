@@ -207,3 +207,23 @@ def test_mgid_data_synth_writes_the_layout(tmp_path, capsys):
 def test_mgid_train_subcommand(tmp_path):
     assert cli_main(["train"] + TINY + ["--out", str(tmp_path / "run"), "--max-steps", "1"]) == 0
     assert (tmp_path / "run" / "checkpoints" / "last.json").is_file()
+
+
+def test_auto_on_the_reference_says_why_and_fused_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    """Issue 26: where the kernels are missing, ``ops: auto`` trains on the reference with one line saying why and
+    how to get them; ``--ops fused`` stops before training with that reason."""
+    from mgid.ops import _dispatch
+
+    monkeypatch.setattr(_dispatch, "extension_loaded", lambda: False)
+    monkeypatch.setattr(_dispatch, "fused_available", lambda device=None: False)
+    monkeypatch.setattr(_dispatch, "EXTENSION_ERROR", "cannot import mgid._C (No module named 'mgid._C')")
+    lines: list[str] = []
+    trainer = Trainer(tiny_config(tmp_path / "auto", max_steps=1), log=lines.append)
+    header = trainer.header()
+    assert header.splitlines()[0].endswith("ops: PyTorch reference")
+    note = [line for line in header.splitlines() if line.startswith("ops: PyTorch reference because")]
+    assert len(note) == 1 and "cannot import mgid._C" in note[0] and "pip install ." in note[0]
+    assert train_main(TINY + ["--out", str(tmp_path / "fused"), "--max-steps", "1", "--ops", "fused"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fused mgid ops are unavailable on cpu" in err[0] and "pip install ." in err[0]
+    assert not (tmp_path / "fused" / "checkpoints").exists()

@@ -149,6 +149,12 @@ def _print_skip(path: Path, reason: str) -> None:
     tqdm.write(f"skipped {path}: {reason}", file=sys.stderr)
 
 
+def _print_retry(path: Path, line: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(f"{path}: {line}", file=sys.stderr)
+
+
 def _derain_command(args: argparse.Namespace) -> int:
     from mgid.checkpoint import CheckpointError
     from mgid.data.imageio import JPEG_QUALITY
@@ -176,7 +182,7 @@ def _derain_command(args: argparse.Namespace) -> int:
         return _err(prog, str(exc))
     print(f"{prog}: on {derainer.device}, {_arithmetic(derainer)}; {derainer.describe_tiling()}", file=sys.stderr)
     try:
-        report = derain_files(derainer, plan.jobs, progress=not args.quiet, on_skip=_print_skip,
+        report = derain_files(derainer, plan.jobs, progress=not args.quiet, on_skip=_print_skip, on_retry=_print_retry,
                               max_pixels=_max_pixels(args), jpeg_quality=args.jpeg_quality or JPEG_QUALITY)
     except RuntimeError as exc:  # not one file's problem (those are skipped): e.g. the weights give NaN
         return _err(prog, str(exc))
@@ -326,7 +332,8 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
                         "[default: %(default)s]")
     p.add_argument("--max-memory", type=_bytes_argument, default=None, metavar="SIZE",
                    help="memory the de-raining of one image may take, e.g. 4G or 512M (--tile auto tiles to stay "
-                        f"under it) [default: {AUTO_BUDGET_FRACTION * 100:.0f}%% of the memory available when each image "
+                        "under it; the limit that applies to the process caps it: available memory, cgroup, ulimit -v) "
+                        f"[default: {AUTO_BUDGET_FRACTION * 100:.0f}%% of what that limit leaves when each image "
                         f"starts]")
     _add_self_ensemble_argument(p)
 
@@ -431,8 +438,13 @@ def register_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default=None, metavar="W",
                    help="checkpoint to export: NAME.safetensors (+ NAME.json) or a training folder "
                         "(default: the shipped weights)")
+    from mgid.derain.onnx_export import OPSET_RANGES
+
+    (dynamo_lo, dynamo_hi), script_lo = OPSET_RANGES["dynamo"], OPSET_RANGES["torchscript"][0]
     p.add_argument("--opset", type=int, default=None, metavar="N",
-                   help="ONNX opset (default: the exporter's; the dynamo exporter needs >= 18)")
+                   help=f"ai.onnx opset: {dynamo_lo} to {dynamo_hi} (the dynamo exporter), or {script_lo} to "
+                        f"{dynamo_lo - 1} (written by the TorchScript exporter); any other is refused before the "
+                        f"export [default: the dynamo exporter's own]")
     p.set_defaults(func=_export_command)
 
 
@@ -454,10 +466,13 @@ def _web_command(args: argparse.Namespace) -> int:
     if args.max_megapixels <= 0 or args.job_seconds <= 0 or args.queue < 0:
         return _err(prog, "--max-megapixels and --job-seconds must be positive and --queue >= 0, got "
                           f"{args.max_megapixels:g}, {args.job_seconds:g} and {args.queue}")
+    if not (args.read_timeout > 0 and args.upload_timeout > 0):
+        return _err(prog, f"--read-timeout and --upload-timeout must be positive seconds, got {args.read_timeout:g} "
+                          f"and {args.upload_timeout:g}")
     try:
         serve(args.host, args.port, args.weights, args.device, args.max_upload_mb, args.precision,
               max_pixels=int(args.max_megapixels * 1e6), job_seconds=args.job_seconds, max_waiting=args.queue,
-              max_memory=args.max_memory)
+              max_memory=args.max_memory, read_timeout=args.read_timeout, upload_timeout=args.upload_timeout)
     except ImportError as exc:  # Flask missing
         return _err(prog, f"{exc} (install it: pip install flask)")
     except (FileNotFoundError, CheckpointError, ValueError, RuntimeError) as exc:
@@ -477,6 +492,8 @@ def register_web(sub: argparse._SubParsersAction) -> None:
         DEFAULT_MAX_UPLOAD_MB,
         DEFAULT_MAX_WAITING,
         DEFAULT_PORT,
+        DEFAULT_READ_TIMEOUT,
+        DEFAULT_UPLOAD_TIMEOUT,
     )
     from mgid.precision import PRECISIONS
 
@@ -486,7 +503,9 @@ def register_web(sub: argparse._SubParsersAction) -> None:
                     "before/after slider and a download of the de-rained PNG. Uploads are processed in "
                     "memory and never written to disk. Limits: upload size, pixels (from the image's header, "
                     "before decoding), memory (automatic tiling), one photo at a time with a bounded queue "
-                    "(503 + Retry-After beyond it) and a time limit per photo. Listens on this machine only "
+                    "(503 + Retry-After beyond it) and a time limit per photo; an upload takes a place in the "
+                    "queue only once it has arrived whole, and connections that stall are closed (--read-timeout, "
+                    "--upload-timeout). Listens on this machine only "
                     "unless --host says otherwise (there is no authentication). Needs Flask (pip install flask).")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on [default: %(default)s]")
     p.add_argument("--host", default=DEFAULT_HOST,
@@ -509,6 +528,12 @@ def register_web(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--queue", type=int, default=DEFAULT_MAX_WAITING, metavar="N",
                    help="photos that may wait while one is de-rained; more get 503 with Retry-After "
                         "[default: %(default)s]")
+    p.add_argument("--read-timeout", type=float, default=DEFAULT_READ_TIMEOUT, metavar="S",
+                   help="longest wait for the next bytes of a request; a connection silent this long is closed "
+                        "(408 for an upload) [default: %(default)g]")
+    p.add_argument("--upload-timeout", type=float, default=DEFAULT_UPLOAD_TIMEOUT, metavar="S",
+                   help="an upload must arrive whole within S seconds of its connection, however it trickles "
+                        "(408 past it) [default: %(default)g]")
     p.set_defaults(func=_web_command)
 
 
@@ -560,9 +585,9 @@ def _evaluate(args: argparse.Namespace) -> int:
                                       max_pixels=_max_pixels(args))
         except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
             return _err(prog, str(exc))
-    if not report.scores:
-        print(report.describe(), file=sys.stderr)
-        return _err(prog, f"no pair could be scored between {report.predictions} and {report.targets}")
+    if not report.scores:  # one line, no summary of nothing
+        return _err(prog, f"no pair could be scored between {report.predictions} and {report.targets}: "
+                          f"{report.unscored()}")
     print(report.describe())  # before writing: a failed write loses no scores
     try:
         csv_path, json_path = report.write(out)
@@ -741,12 +766,14 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [register_train, 
                                                                 register_info]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Sequence[Callable[[argparse._SubParsersAction], None]] | None = None
+                 ) -> argparse.ArgumentParser:
+    """The ``mgid`` parser with ``commands`` (None: all of `COMMANDS`)."""
     parser = argparse.ArgumentParser(prog="mgid", description="MGID: memory-guided image de-raining trained on "
                                                               "time-lapse data.")
     parser.add_argument("--version", action="version", version=f"mgid {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for register in COMMANDS:
+    for register in COMMANDS if commands is None else commands:
         register(sub)
     return parser
 
@@ -756,7 +783,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:  # every option after `bench` belongs to bench_ops (argparse would claim -h)
         return run_bench(argv[1:])
-    args = build_parser().parse_args(argv)
+    # `mgid web` registers only itself: the other parsers import the trainer (scipy, scikit-image, torch._dynamo),
+    # 210 MB the page's long-lived process would hold for nothing.
+    args = build_parser([register_web] if argv[:1] == ["web"] else COMMANDS).parse_args(argv)
     return int(args.func(args))
 
 

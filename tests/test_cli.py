@@ -174,3 +174,61 @@ def test_suffix_and_jpeg_quality(tmp_path, photos, weights, capsys):
     assert not (tmp_path / "bad").exists()
     assert run(photos / "a.png", tmp_path / "v.mp4", "--suffix", "_x") == 2  # a video is named by OUTPUT
     assert "apply to images" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# issue 27 part 4: animated images, --opset, nothing scored
+
+
+def test_animated_images_are_skipped_saying_so_not_cut_to_a_frame(tmp_path, photos, weights, capsys):
+    from tests.data.test_image_header import FRAMES, animated
+
+    animated(photos / "anim.webp")
+    animated(photos / "anim_apng.png")
+    assert run(photos, tmp_path / "out", "--weights", weights) == 1  # the still photos de-rained, two skipped
+    err = capsys.readouterr().err
+    assert f"anim.webp is an animated WebP with {FRAMES} frames" in err
+    assert f"anim_apng.png is an animated PNG (APNG) with {FRAMES} frames" in err and "mgid derain FRAMES_FOLDER" in err
+    written = sorted(p.name for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert written == ["a.png", "b.jpg", "c.png"]
+
+
+def test_export_refuses_an_opset_outside_the_exporters_range_in_one_line(tmp_path, monkeypatch, capsys):
+    import mgid.derain.onnx_export as export
+
+    def no_work(*_args):
+        raise AssertionError("the export started before its opset was checked")
+
+    monkeypatch.setattr(export, "_resolve_net", no_work)
+    for opset in ("5", "10", "26", "-1"):
+        out = tmp_path / f"m{opset}.onnx"
+        assert cli.main(["export", "--onnx", str(out), "--opset", opset]) == 2
+        err = capsys.readouterr().err
+        assert err == (f"mgid export: error: ONNX opset {opset} is not supported: the exporters write opsets 18 to 25 "
+                       f"(dynamo) and 11 to 17 (TorchScript); pass one of those, or no opset for the exporter's "
+                       f"default; nothing was written\n")
+        assert not out.exists()
+    with pytest.raises(ValueError, match="the dynamo exporter writes opsets 18 to 25"):
+        export.export_onnx(None, tmp_path / "x.onnx", 17, exporter="dynamo")
+    with pytest.raises(ValueError, match="the torchscript exporter writes opsets 11 to 20"):
+        export.export_onnx(None, tmp_path / "x.onnx", 21, exporter="torchscript")
+    assert export.opset_exporter(13) == "torchscript" and export.opset_exporter(25) == "auto"
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(SystemExit):
+        cli.main(["export", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "ai.onnx opset: 18 to 25 (the dynamo exporter), or 11 to 17 (written by the TorchScript exporter)" in help_text
+
+
+def test_evaluate_with_nothing_scored_is_one_error_line_without_a_summary(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    write_image(tmp_path / "pred" / "a.png", rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    write_image(tmp_path / "gt" / "a.png", rng.integers(0, 256, (40, 32, 3), dtype=np.uint8))  # another size
+    write_image(tmp_path / "pred" / "b.png", rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))  # no partner
+    assert cli.main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--quiet"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "nan" not in captured.err and "PSNR" not in captured.err
+    assert captured.err == (f"mgid evaluate: error: no pair could be scored between {tmp_path / 'pred'} and "
+                            f"{tmp_path / 'gt'}: 1 pair(s) skipped (a.png: size 32x32 differs from the target's "
+                            f"32x40); 1 prediction(s) without a target (b.png)\n")
+    assert not (tmp_path / "pred" / "metrics.csv").exists()

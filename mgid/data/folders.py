@@ -12,6 +12,7 @@ one scene with the shared crop/flip of `mgid.data.pair_sampling`, or, for MGID p
 """
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 
 from mgid.config.literals import check_choice
 
-from .imageio import IMAGE_SUFFIXES, PathLike, image_size, list_images, read_image
+from .imageio import IMAGE_SUFFIXES, PathLike, image_size, is_image_file, list_images, read_image
 from .pair_sampling import _other_frame, _PairDataset
 
 _SUFFIX_LIST = ", ".join(s[1:] for s in IMAGE_SUFFIXES)
@@ -40,6 +41,10 @@ PairPreprocessing = Literal["crop", "official"]
 PAIR_PREPROCESSINGS = get_args(PairPreprocessing)
 #: (H, W) the public MGID loader resizes each side-by-side pair image to (cv2.resize, bilinear): two 256x256 frames.
 OFFICIAL_PAIR_HW = (256, 512)
+#: How far `detect_layout` looks below a folder with no images in it nor in its sub-folders, to say where images
+#: are: folder levels, and directory entries read in all (so a huge tree is not walked).
+SEARCH_DEPTH = 3
+SEARCH_ENTRIES = 20_000
 
 
 class AmbiguousLayoutError(ValueError):
@@ -55,6 +60,104 @@ def _is_wide(path: Path) -> bool:
     """Whether image ``path`` looks like an MGID side-by-side pair (at least `MGID_MIN_ASPECT` wider than tall)."""
     h, w = image_size(path)
     return w >= MGID_MIN_ASPECT * h
+
+
+def _looks_wide(path: Path) -> bool:
+    """`_is_wide`, False for a file whose header cannot be read (for messages that only suggest)."""
+    try:
+        return _is_wide(path)
+    except (OSError, ValueError):
+        return False
+
+
+def _listing(folder: Path, budget: list[int]) -> tuple[list[Path], list[Path]]:
+    """(image files, visible sub-folders) of ``folder``, sorted; each entry read takes one from ``budget[0]``, and
+    the listing stops when it is spent. A folder that cannot be read lists as empty."""
+    images: list[Path] = []
+    folders: list[Path] = []
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if budget[0] <= 0:
+                    break
+                budget[0] -= 1
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    if entry.is_dir():
+                        folders.append(Path(entry.path))
+                    elif entry.is_file() and is_image_file(entry.name):
+                        images.append(Path(entry.path))
+                except OSError:
+                    continue
+    except OSError:
+        pass
+    return sorted(images), sorted(folders)
+
+
+def _image_folders_below(root: Path) -> tuple[int, list[tuple[Path, list[Path]]], bool]:
+    """The shallowest folders below ``root`` that hold images, at most `SEARCH_DEPTH` levels down and reading at
+    most `SEARCH_ENTRIES` entries: (their depth, [(folder, its images)], whether the entry bound cut the search);
+    (0, [], cut) when none were found."""
+    budget = [SEARCH_ENTRIES]
+    level = _listing(root, budget)[1]
+    for depth in range(1, SEARCH_DEPTH + 1):
+        found: list[tuple[Path, list[Path]]] = []
+        below: list[Path] = []
+        for folder in level:
+            images, folders = _listing(folder, budget)
+            if images:
+                found.append((folder, images))
+            below += folders
+        if found or budget[0] <= 0:
+            return (depth if found else 0), found, budget[0] <= 0
+        level = below
+    return 0, [], False
+
+
+def _looks_flat(images: Sequence[Path]) -> bool:
+    """Whether ``images`` are named ``<scene>_<frame>`` for two scenes or more (a flat set, not one scene)."""
+    scenes = {p.stem.rpartition("_")[0] for p in images}
+    return "" not in scenes and len(scenes) > 1
+
+
+_LEVELS = {1: "one level", 2: "two levels", 3: "three levels"}
+
+
+def _deeper_images_message(root: Path) -> str:
+    """The error of `detect_layout` for a folder with no images in it nor in its sub-folders: where images were
+    found further down (`_image_folders_below`) and the folder to pass for which layout, or that none were."""
+    depth, found, cut = _image_folders_below(root)
+    expected = ("expected MGID pair images, scene folders ROOT/<scene>/<frame>.png, or flat <scene>_<frame>.jpg "
+                "files")
+    if not found:
+        bound = f" (the search stopped after {SEARCH_ENTRIES} entries)" if cut else ""
+        return (f"no images ({_SUFFIX_LIST}) found in {root}, its sub-folders or below them, down to "
+                f"{_LEVELS[SEARCH_DEPTH]}{bound}; {expected}")
+
+    def in_train(paths: Sequence[Path]) -> Path:  # a data set written with splits: its train/ part
+        return next((p for p in paths if "train" in p.relative_to(root).parts), paths[0])
+
+    folders = [d for d, _ in found]
+    count = sum(len(images) for _, images in found)
+    example = found[0][1][0].relative_to(root)
+    if _looks_wide(found[0][1][0]):
+        target = in_train(folders)
+        others = f"; {len(folders)} such folders" if len(folders) > 1 else ""
+        what = f"side-by-side pair images in {target} (layout 'mgid'{others})"
+    else:
+        by_parent: dict[Path, list[Path]] = {}
+        for d in folders:
+            by_parent.setdefault(d.parent, []).append(d)
+        parent = in_train(sorted(by_parent, key=lambda p: -len(by_parent[p])))
+        lone = by_parent[parent][0]
+        if len(by_parent[parent]) == 1 and _looks_flat(dict(found)[lone]):
+            target, what = lone, f"flat <scene>_<frame> files in {lone} (layout 'flat')"
+        else:
+            target = parent
+            what = f"{len(by_parent[parent])} scene folder(s) in {parent} (layout 'scenes': <scene>/<frame> files)"
+    return (f"no images ({_SUFFIX_LIST}) in {root} or its sub-folders, but {count}{'+' if cut else ''} image(s) lie "
+            f"deeper, e.g. {example}: images found {_LEVELS[depth]} down, {what}: pass --data {target}")
 
 
 def detect_layout(root: PathLike) -> str:
@@ -88,14 +191,20 @@ def detect_layout(root: PathLike) -> str:
     if nested:
         # a data set written with splits (write_synthetic_dataset: train/, val/, paired/) points at train/
         parent, inner = next(((d, i) for d, i in nested if d.name == "train"), nested[0])
-        example = list_images(inner[0])[0].relative_to(root)
+        first = list_images(inner[0])[0]
+        example = first.relative_to(root)
         count = sum(len(i) for _, i in nested)
+        if not image_dirs and _looks_wide(first):
+            raise AmbiguousLayoutError(
+                f"{root}: images found two levels down: {len(nested)} sub-folder(s) hold {count} folder(s) of "
+                f"side-by-side pair images (e.g. {example}); pass one folder of pairs, e.g. --data {inner[0]} "
+                f"(layout 'mgid')")
         also = (f"; or pass layout='scenes' to read only the {len(image_dirs)} sub-folder(s) with images of their "
                 f"own, each as one scene" if image_dirs else "")
         raise AmbiguousLayoutError(
-            f"{root}: {len(nested)} sub-folder(s) hold {count} folder(s) of images (e.g. {example}), so the scene "
-            f"folders are not directly in {root}; pass the folder that holds the scene folders instead "
-            f"(e.g. {parent}){also}")
+            f"{root}: images found two levels down: {len(nested)} sub-folder(s) hold {count} folder(s) of images "
+            f"(e.g. {example}), so the scene folders are not directly in {root}; pass the folder that holds the "
+            f"scene folders instead (e.g. {parent}){also}")
     if image_dirs and top:
         raise AmbiguousLayoutError(
             f"{root} holds both {len(top)} image(s) at its top level (e.g. {top[0].name}) and {len(image_dirs)} "
@@ -114,16 +223,10 @@ def detect_layout(root: PathLike) -> str:
                 f"layout='scenes' if each sub-folder is one scene of wide frames")
         return "scenes"
     if not top:
-        hint = ""
         if (root / "train").is_dir():
-            hint = f" (it has a train/ folder: point at {root / 'train'} or use make_dataset with a split)"
-        else:
-            deeper = list_images(root, recursive=True)
-            if deeper:
-                hint = (f" ({len(deeper)} image(s) lie deeper, e.g. {deeper[0].relative_to(root)}: pass the folder "
-                        f"that holds the scene folders or the images)")
-        raise ValueError(f"no images ({_SUFFIX_LIST}) found in {root} or its sub-folders{hint}; expected MGID "
-                         f"pair images, scene folders ROOT/<scene>/<frame>.png, or flat <scene>_<frame>.jpg files")
+            raise ValueError(f"no images ({_SUFFIX_LIST}) found in {root} or its sub-folders (it has a train/ "
+                             f"folder: point at {root / 'train'} or use make_dataset with a split)")
+        raise ValueError(_deeper_images_message(root))
     return "mgid" if _is_wide(top[0]) else "flat"
 
 
@@ -148,8 +251,12 @@ class TimeLapseFolder(_PairDataset):
     decoding), so non-image files, frames of different sizes within a scene and odd MGID widths are
     reported before training starts; pixels are decoded lazily in ``__getitem__`` (a file corrupt
     past its header raises there, naming the file). Crops larger than a frame are padded by
-    reflection.
+    reflection (`mgid.data.pair_sampling.pad_to`); with ``validate=True`` such frames are counted, and
+    ``crop_warning`` (else None) says how many and what the padding does, also issued as a ``UserWarning``.
     """
+
+    #: Set by the header validation when frames are smaller than the crop: how many, and what the padding does.
+    crop_warning: str | None = None
 
     def __init__(self, root: PathLike, crop_size: int | Sequence[int] | None = 256, *, layout: str = "auto",
                  seed: int = 0, flip: bool = True, validate: bool = True,
@@ -239,11 +346,15 @@ class TimeLapseFolder(_PairDataset):
 
     # ---- validation
     def _validate(self) -> None:
+        small: list[tuple[Path, tuple[int, int], int]] = []  # (file, its frames' size, frames) smaller than the crop
         for name, frames in self.scenes:
             sizes = {p: image_size(p) for p in frames}  # raises naming the file if not an image
             if self.layout == "mgid":
                 if not self.official:  # the official loader resizes first, so any width splits
                     self._check_mgid_width(frames[0], sizes[frames[0]])
+                    h, w = sizes[frames[0]]
+                    if self._smaller_than_crop(h, w // 2):
+                        small.append((frames[0], (h, w // 2), 2))  # both halves
                 continue
             distinct = sorted(set(sizes.values()))
             if len(distinct) > 1:
@@ -252,6 +363,32 @@ class TimeLapseFolder(_PairDataset):
                                  for (h, w), n in by_size.items())
                 raise ValueError(f"frames of scene {name!r} in {self.root} differ in size: {desc}; all frames "
                                  f"of a scene must have one size (resize or crop them alike)")
+            small += [(p, hw, 1) for p, hw in sizes.items() if self._smaller_than_crop(*hw)]
+        if small:
+            self.crop_warning = self._crop_note(small)
+            warnings.warn(self.crop_warning, stacklevel=3)
+
+    def _smaller_than_crop(self, h: int, w: int) -> bool:
+        return self.crop is not None and (h < self.crop[0] or w < self.crop[1])
+
+    def _crop_note(self, small: list[tuple[Path, tuple[int, int], int]]) -> str:
+        """The warning of `_validate` when the frames of ``small`` (file, frame size, frames) are smaller than
+        the crop."""
+        ch, cw = self.crop
+        total = sum(2 if self.layout == "mgid" else len(frames) for _, frames in self.scenes)
+        path, (h, w), _ = small[0]
+        mirrored = 1.0 - min(h, ch) * min(w, cw) / (ch * cw)
+        half = ", the half of a side-by-side pair" if self.layout == "mgid" else ""
+        if ch == cw:
+            fits = min(min(hw) for _, hw, _ in small)
+            hint = f"lower the crop size to {fits} or less (the smallest side of those frames), or use larger frames"
+        else:
+            fits_h, fits_w = min(hw[0] for _, hw, _ in small), min(hw[1] for _, hw, _ in small)
+            hint = f"use a crop of at most {fits_h}x{fits_w} (HxW), or larger frames"
+        return (f"{sum(n for *_, n in small)} of the {total} frames in {self.root} are smaller than the {ch}x{cw} "
+                f"(HxW) crop (e.g. {path.relative_to(self.root)}: {h}x{w}{half}): they are padded to {ch}x{cw} by "
+                f"mirroring them at the bottom and right edges, so {mirrored:.0%} of such a crop is a mirrored copy; "
+                f"{hint}")
 
     @staticmethod
     def _check_mgid_width(path: Path, hw: tuple[int, int]) -> None:

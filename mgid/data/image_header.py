@@ -9,6 +9,10 @@ Pillow's own ``Image.open`` is not used: above ``Image.MAX_IMAGE_PIXELS`` (89 MP
 ``DecompressionBombError``) it refuses to say the size, and changing that limit is a process-wide setting. The
 plugins' header parsers are what ``Image.open`` runs before that check; they read the header only (a WebP file
 is read whole, which the callers' upload or file size bounds).
+
+The header also says whether the file is animated (an animated WebP, or an APNG: a PNG with an animation control
+chunk): decoders give only the first frame of those, so `check_still` refuses them rather than cut the animation
+to one frame without a word.
 """
 from __future__ import annotations
 
@@ -22,6 +26,10 @@ from mgid.models import image_size_problem
 HEADER_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
 #: Readable names of `HEADER_FORMATS`, for messages.
 FORMAT_NAMES = "JPEG, PNG, BMP, TIFF and WebP"
+#: Formats whose header tells an animation (`ImageHeader.frames`): WebP and APNG. Not TIFF, whose page count
+#: needs every page directory read (pages are often reduced copies, not frames), nor JPEG (an MPO's second
+#: picture is a stereo view or a depth map).
+ANIMATED_FORMATS = ("PNG", "WEBP")
 #: ``mgid derain``'s pixel limit unless told otherwise (``--max-megapixels``): above the largest camera sensors
 #: (100-200 MP), below the 400 MP of a 20000x20000 PNG that zlib packs into about a megabyte.
 DEFAULT_MAX_PIXELS = 200_000_000
@@ -35,16 +43,22 @@ class ImageTooSmallError(ValueError):
     """An image too small for the network (fewer than two 8x8 cells after padding)."""
 
 
+class AnimatedImageError(ValueError):
+    """An animated image (several frames), which mgid does not read as one still image."""
+
+
 @dataclass(frozen=True)
 class ImageHeader:
     """What an image file's header says: its format (Pillow's name), width, height, Pillow mode (``RGB``,
-    ``RGBA``, ``I;16``, ...) and whether it carries transparency (an alpha channel or a transparent colour)."""
+    ``RGBA``, ``I;16``, ...), whether it carries transparency (an alpha channel or a transparent colour) and its
+    number of frames (more than 1 for an animated WebP or APNG; 1 for every other file)."""
 
     format: str
     width: int
     height: int
     mode: str
     has_alpha: bool
+    frames: int = 1
 
     @property
     def pixels(self) -> int:
@@ -79,7 +93,8 @@ def read_header(source: bytes | str | Path) -> ImageHeader | None:
                 continue
             width, height = (int(v) for v in im.size)
             alpha = "A" in im.mode or "a" in im.mode or "transparency" in im.info
-            return ImageHeader(name, width, height, im.mode, alpha)
+            frames = max(1, int(getattr(im, "n_frames", 1) or 1)) if name in ANIMATED_FORMATS else 1
+            return ImageHeader(name, width, height, im.mode, alpha, frames)
     return None
 
 
@@ -112,3 +127,21 @@ def check_pixels(header: ImageHeader, name: str, max_pixels: int | None) -> None
     problem = image_size_problem(header.height, header.width)
     if problem is not None:
         raise ImageTooSmallError(f"{name}: {problem}")
+
+
+def check_still(header: ImageHeader, name: str) -> None:
+    """Refuse an animated image: decoding it as one image would keep its first frame and drop the others.
+
+    Args:
+        header: the file's header (`read_header`).
+        name: the file's name, for the message.
+
+    Raises:
+        AnimatedImageError: ``header.frames`` is more than 1; the message says how many frames and what to do.
+    """
+    if header.frames > 1:
+        kind = "WebP" if header.format == "WEBP" else "PNG (APNG)" if header.format == "PNG" else header.format
+        raise AnimatedImageError(
+            f"{name} is an animated {kind} with {header.frames} frames; mgid reads still images (decoding this one "
+            f"would keep its first frame only): extract the frames into a folder and de-rain them as a video "
+            f"(mgid derain FRAMES_FOLDER OUT.mp4), or pass a still image")

@@ -19,8 +19,9 @@ Conventions used everywhere in `mgid.data`:
 Files are read through ``numpy.fromfile`` + ``cv2.imdecode`` rather than ``cv2.imread`` so that
 paths with non-ASCII characters work on every platform and a missing file can be told apart from an
 unreadable one. Before any decode the header is read (`mgid.data.image_header`): a file no header parser
-recognises is refused, and with ``max_pixels`` an image over the limit (a decompression bomb) or too small
-for the network is refused from its header alone. The EXIF and ICC profile of a `Photo` are read from the header
+recognises is refused, an animated WebP or APNG is refused (decoded, it would be cut to its first frame), and with
+``max_pixels`` an image over the limit (a decompression bomb) or too small for the network is refused from its
+header alone. The EXIF and ICC profile of a `Photo` are read from the header
 and put into the encoded bytes by `mgid.data.image_metadata`.
 """
 from __future__ import annotations
@@ -36,7 +37,7 @@ import cv2
 import numpy as np
 import torch
 
-from .image_header import ImageHeader, check_pixels, read_header
+from .image_header import ImageHeader, check_pixels, check_still, read_header
 from .image_metadata import METADATA_FORMATS, METADATA_SUFFIXES, ImageMetadata, embed_metadata, read_metadata, upright
 
 #: File suffixes (lower case, with the dot) treated as images; everything else in a folder is ignored.
@@ -93,12 +94,14 @@ def _not_readable(path: Path, why: str = "") -> ValueError:
 
 
 def _header(p: Path, max_pixels: int | None) -> ImageHeader:
-    """The checked header of existing file ``p`` (`check_pixels` with ``max_pixels``; None: any size)."""
+    """The checked header of existing file ``p``: an image, not animated (`check_still`), and within ``max_pixels``
+    (`check_pixels`; None: any size)."""
     if p.stat().st_size == 0:
         raise _not_readable(p, "empty file")
     header = read_header(p)
     if header is None:
         raise _not_readable(p, "no image header")
+    check_still(header, str(p))
     if max_pixels is not None:
         check_pixels(header, str(p), max_pixels)
     return header
@@ -127,7 +130,8 @@ def read_image(path: PathLike, max_pixels: int | None = None) -> np.ndarray:
     """Read an image file as HxWx3 uint8 RGB (alpha dropped, 16 bits reduced to 8).
 
     Raises ``FileNotFoundError`` (naming the path) if the file does not exist and ``ValueError``
-    (naming the file) if it exists but cannot be decoded as an image (corrupt, truncated, not an image).
+    (naming the file) if it exists but cannot be decoded as an image (corrupt, truncated, not an image) or is
+    animated (`mgid.data.image_header.AnimatedImageError`: an animated WebP or APNG, refused from its header).
     ``max_pixels``: refuse larger images (and images too small for the network) from the header, before
     decoding (`mgid.data.image_header.check_pixels`); None: any size.
     """

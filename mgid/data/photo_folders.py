@@ -121,7 +121,7 @@ class PhotoFolders:
                 header = read_header(f)
             except OSError:
                 header = None
-            if header is None:
+            if header is None or header.frames > 1:  # an animation is no still photo: read_image refuses it
                 unreadable.append(f)
                 continue
             scale = min(1.0, self.max_side / max(header.width, header.height))
@@ -131,8 +131,8 @@ class PhotoFolders:
             entries.append(PhotoEntry(f, header.height, header.width))
         where = ", ".join(map(str, self.folders))
         if unreadable:
-            warnings.warn(f"{len(unreadable)} of {len(chosen)} files in {where} are not readable images and are "
-                          f"skipped: {_summary(unreadable)}", stacklevel=2)
+            warnings.warn(f"{len(unreadable)} of {len(chosen)} files in {where} are not readable still images and "
+                          f"are skipped: {_summary(unreadable)}", stacklevel=2)
         if small:
             warnings.warn(f"{len(small)} of {len(chosen)} photos in {where} are smaller than {min_side} pixels on "
                           f"their short side (the crop) and are skipped: {_summary(small)}", stacklevel=2)

@@ -14,7 +14,10 @@ stores and reads the files; the network is built here, `load_network`); nothing 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import overload
 
@@ -37,13 +40,18 @@ from mgid.checkpoint import (
 )
 from mgid.data.imageio import to_pixels, to_tensor
 from mgid.derain.memory_budget import (
-    AUTO_BUDGET_FRACTION,
-    MAX_MEMORY_PLANNED_SHARE,
+    MemoryBudget,
+    MemoryBudgetError,
     MemoryCosts,
-    available_memory,
+    OutOfMemoryAtSmallestTile,
     choose_tile,
-    format_bytes,
+    is_out_of_memory,
     load_costs,
+    plan_budget,
+    process_memory_limit,
+    release_memory,
+    retry_tile,
+    smallest_tile,
 )
 from mgid.derain.self_ensemble import dihedral_mean
 from mgid.derain.tiling import DEFAULT_OVERLAP, TILE_AUTO, predict_rain, tile_geometry
@@ -173,6 +181,38 @@ class NonFiniteOutputError(RuntimeError):
     """The network gave NaN or infinite values; the message names the weights."""
 
 
+#: Where `Derainer` reports that it retries in smaller tiles after running out of memory (`retry_notices`).
+_RETRY_NOTICE: ContextVar[Callable[[str], None] | None] = ContextVar("mgid_retry_notice", default=None)
+
+
+@contextmanager
+def retry_notices(callback: Callable[[str], None] | None) -> Iterator[None]:
+    """Within the block, a `Derainer` that runs out of memory and retries in smaller tiles calls ``callback`` with
+    one line (e.g. "out of memory at tile 2048; retrying at tile 1024"), once per image; outside any such block
+    it issues a ``RuntimeWarning``. Kept in a context variable: each thread has its own.
+
+    Args:
+        callback: called with the line (None: the warning).
+    """
+    token = _RETRY_NOTICE.set(callback)
+    try:
+        yield
+    finally:
+        _RETRY_NOTICE.reset(token)
+
+
+def _notify_retry(message: str) -> None:
+    callback = _RETRY_NOTICE.get()
+    if callback is None:
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+    else:
+        callback(message)
+
+
+def _tile_text(tile: int | None) -> str:
+    return "the whole image" if tile is None else str(tile)
+
+
 class Derainer:
     """An eval-mode `MGIDNet` on a device, de-raining NumPy images or tensors.
 
@@ -193,7 +233,15 @@ class Derainer:
         arithmetic: the two above and why they were chosen (`mgid.precision.Arithmetic`).
         self_ensemble: default of the per-call option: the rain layer is the mean over the 8 flips and
             quarter turns of the image (`mgid.derain.self_ensemble`; 8 network passes). Off by default.
+        last_tile: the tile the last prediction finished with (None: whole), after any out-of-memory retries.
+
+    An out-of-memory error while predicting (`derain`, `rain_layer`, `derain_with_rain`) is retried in smaller
+    tiles: a whole image in the largest tiles the budget allows, a tile in tiles of half its size, down to
+    `mgid.derain.memory_budget.smallest_tile`; the first retry is reported once (`retry_notices`), and when the
+    smallest tile fails too `mgid.derain.memory_budget.OutOfMemoryAtSmallestTile` is raised.
     """
+
+    last_tile: int | None = None
 
     def __init__(self, net: MGIDNet, device: str | torch.device | None = None, tile: int | str | None = TILE_AUTO,
                  overlap: int = DEFAULT_OVERLAP, weights: Path | None = None, precision: str = "auto",
@@ -221,47 +269,115 @@ class Derainer:
         """The measured memory of this arithmetic and network width (`mgid.derain.memory_budget.load_costs`)."""
         return load_costs(self.precision, self.channels_last, self._channels())
 
+    def memory_plan(self) -> MemoryBudget:
+        """The budget ``tile="auto"`` plans with now.
+
+        Returns:
+            `mgid.derain.memory_budget.plan_budget` of this process's binding limit
+            (`mgid.derain.memory_budget.process_memory_limit`) and `max_memory`.
+        """
+        return plan_budget(process_memory_limit(self.device), self.max_memory)
+
     def memory_budget(self) -> float:
-        """Bytes ``tile="auto"`` plans with now: `MAX_MEMORY_PLANNED_SHARE` of `max_memory` (a margin for the run-to-run
-        spread of the peak), or `AUTO_BUDGET_FRACTION` of what is available."""
-        if self.max_memory is not None:
-            return MAX_MEMORY_PLANNED_SHARE * self.max_memory
-        return AUTO_BUDGET_FRACTION * available_memory(self.device)
+        """Bytes ``tile="auto"`` plans with now (`memory_plan`'s number).
+
+        Returns:
+            Bytes.
+        """
+        return self.memory_plan().bytes
 
     def describe_tiling(self) -> str:
-        """How the default tiling is chosen, for messages: the tile, or auto's budget and its numbers' source."""
+        """How the default tiling is chosen, for messages.
+
+        Returns:
+            The tile, or auto's budget (naming the limit that bounds it) and its numbers' source.
+        """
         if self.tile != TILE_AUTO:
             return "whole images" if self.tile is None else f"{self.tile}-pixel tiles"
-        budget = (f"--max-memory {format_bytes(self.max_memory)}" if self.max_memory is not None else
-                  f"{AUTO_BUDGET_FRACTION:.0%} of the available {format_bytes(available_memory(self.device))}")
-        return (f"tiles only where needed, from a budget of {budget} and {self.memory_costs.bytes_per_pixel:.0f} "
-                f"bytes per pixel measured by {self.memory_costs.source}")
+        return (f"tiles only where needed, from a budget of {self.memory_plan().description}; "
+                f"{self.memory_costs.bytes_per_pixel:.0f} bytes per pixel measured by {self.memory_costs.source}")
 
-    def auto_tile(self, batch: int, height: int, width: int, overlap: int | None = None) -> int | None:
-        """The tile of ``tile="auto"`` for ``batch`` images of ``height`` x ``width``: None (whole) when they fit
-        the budget, else the largest fitting size; `mgid.derain.memory_budget.MemoryBudgetError` when nothing fits."""
+    def auto_tile(self, batch: int, height: int, width: int, overlap: int | None = None,
+                  held_bytes: int = 0) -> int | None:
+        """The tile of ``tile="auto"`` for ``batch`` images of ``height`` x ``width``.
+
+        Args:
+            batch: images in the batch.
+            height, width: their size.
+            overlap: tile overlap (None: the default).
+            held_bytes: bytes of these images' buffers already allocated (the costs count them; they are added
+                back to the budget, which the allocation lowered).
+
+        Returns:
+            None (whole) when they fit the budget, else the largest fitting size.
+
+        Raises:
+            mgid.derain.memory_budget.MemoryBudgetError: not even the smallest tiles fit.
+        """
         hp, wp = -(-height // DOWNSAMPLE) * DOWNSAMPLE, -(-width // DOWNSAMPLE) * DOWNSAMPLE
         o = self.overlap if overlap is None else overlap
-        return choose_tile(batch * hp * wp, batch, hp, wp, self.memory_budget(), self.memory_costs, o)
+        plan = self.memory_plan()
+        return choose_tile(batch * hp * wp, batch, hp, wp, plan.bytes + held_bytes, self.memory_costs, o,
+                           plan.description)
 
     def _predict(self, batch: torch.Tensor, tile: int | None, overlap: int) -> torch.Tensor:
         """One prediction of the rain layer (B, 3, H, W) of ``batch`` (B, 3, H, W), tiled or whole (`predict_rain`)."""
         return predict_rain(self.net, batch, tile, overlap, precision=self.precision, channels_last=self.channels_last)
 
-    def _rain(self, batch: torch.Tensor, tile: int | None | str, overlap: int | None,
-              self_ensemble: bool | None) -> torch.Tensor:
-        """The rain layer (B, 3, H, W) with the per-call options, unset ones (``"default"``/None) from the defaults."""
-        t = self.tile if tile == "default" else check_tile(tile, self.overlap if overlap is None else overlap)
-        o = self.overlap if overlap is None else overlap
-        if t == TILE_AUTO:
-            b, _, h, w = batch.shape
-            t = self.auto_tile(b, h, w, o)
-        ensemble = self.self_ensemble if self_ensemble is None else check_self_ensemble(self_ensemble)
+    def _predict_once(self, batch: torch.Tensor, tile: int | None, overlap: int, ensemble: bool) -> torch.Tensor:
+        """One attempt at the rain layer (B, 3, H, W): tiled or whole, with the self-ensemble or without."""
         if ensemble:  # around the whole (tiled) prediction: each turned image is padded and tiled in its own frame
-            rain = dihedral_mean(lambda x: self._predict(x, t, o), batch)
-        else:
-            rain = self._predict(batch, t, o)
-        if not bool(torch.isfinite(rain).all()):
+            return dihedral_mean(lambda x: self._predict(x, tile, overlap), batch)
+        return self._predict(batch, tile, overlap)
+
+    def _retry_size(self, batch: torch.Tensor, failed: int | None, overlap: int, held: int) -> int | None:
+        """The tile to retry with after ``failed`` ran out of memory (None: none is left to try); ``held``: bytes
+        of the image's buffers allocated for this call (`auto_tile`'s ``held_bytes``)."""
+        b, _, h, w = batch.shape
+        side = max(-(-h // DOWNSAMPLE), -(-w // DOWNSAMPLE)) * DOWNSAMPLE
+        if failed is not None and failed < side:
+            return retry_tile(failed, overlap)
+        floor = smallest_tile(overlap)
+        if side <= floor:
+            return None  # the whole image is no larger than the smallest tile
+        planned = self.auto_tile(b, h, w, overlap, held)  # MemoryBudgetError: not even the smallest tiles fit
+        return planned if planned is not None and planned < side else max(side // 2 // 8 * 8, floor)
+
+    def _tiling(self, shape: tuple[int, int, int], tile: int | None | str, overlap: int | None) -> tuple[int | None, int]:
+        """(tile, overlap) of a call on images of ``shape`` (B, H, W) with the per-call options, unset ones
+        (``"default"``/None) from the defaults, ``"auto"`` planned (`auto_tile`)."""
+        o = self.overlap if overlap is None else overlap
+        t = self.tile if tile == "default" else check_tile(tile, o)
+        if t == TILE_AUTO:
+            t = self.auto_tile(*shape, o)
+        return t, o
+
+    def _rain(self, batch: torch.Tensor, tile: int | None, overlap: int, self_ensemble: bool | None,
+              held: int = 0) -> torch.Tensor:
+        """The rain layer (B, 3, H, W) at the tiling of `_tiling`; out-of-memory errors retried in smaller tiles (see
+        the class doc). ``held``: bytes allocated for this call before it (the float image, the results)."""
+        t, o = tile, overlap
+        ensemble = self.self_ensemble if self_ensemble is None else check_self_ensemble(self_ensemble)
+        tried: list[int | None] = []
+        while True:
+            tried.append(t)
+            try:
+                rain = self._predict_once(batch, t, o, ensemble)
+                break
+            except (RuntimeError, MemoryError) as exc:
+                if isinstance(exc, MemoryBudgetError) or not is_out_of_memory(exc):
+                    raise
+            # Out of the except block the traceback, and with it the failed attempt's tensors, is gone.
+            release_memory(self.device)
+            nxt = self._retry_size(batch, t, o, held)
+            if nxt is None:
+                raise OutOfMemoryAtSmallestTile(_exhausted(tried, o), tuple(tried))
+            if len(tried) == 1:
+                _notify_retry(f"out of memory {'on' if t is None else 'at tile'} {_tile_text(t)}; retrying at tile "
+                              f"{nxt} (halving down to {smallest_tile(o)} pixels if needed)")
+            t = nxt
+        self.last_tile = t
+        if not _all_finite(rain):
             raise NonFiniteOutputError(
                 f"the network gave NaN or infinite values with the weights {self.weights or '(a network in memory)'} "
                 f"({self.arithmetic.precision}): they are broken, or overflow in this arithmetic"
@@ -270,18 +386,26 @@ class Derainer:
         return rain
 
     @staticmethod
-    def _as_batch(image: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, str]:
+    def _input_shape(image: np.ndarray | torch.Tensor) -> tuple[int, int, int]:
+        """(B, H, W) of a checked input (ValueError/TypeError for anything else), before anything is allocated."""
         if isinstance(image, np.ndarray):
             if image.dtype not in (np.uint8, np.uint16) or image.ndim != 3 or image.shape[2] != 3:
                 raise ValueError(f"expected an HxWx3 uint8 (or uint16) RGB image, got {image.dtype} {image.shape} "
                                  f"(for a greyscale HxW image use np.repeat(img[..., None], 3, axis=2))")
-            return to_tensor(image)[None], "numpy"
+            return 1, image.shape[0], image.shape[1]
         if isinstance(image, torch.Tensor):
             if not image.is_floating_point() or image.dim() not in (3, 4) or image.shape[-3] != 3:
                 raise ValueError(f"expected a float tensor (3, H, W) or (B, 3, H, W) in [-1, 1], got "
                                  f"{image.dtype} {tuple(image.shape)}")
-            return (image[None], "chw") if image.dim() == 3 else (image, "bchw")
+            return (1 if image.dim() == 3 else image.shape[0]), image.shape[-2], image.shape[-1]
         raise TypeError(f"expected a NumPy HxWx3 uint8 image or a float tensor, got {type(image).__name__}")
+
+    @staticmethod
+    def _as_batch(image: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, str]:
+        Derainer._input_shape(image)
+        if isinstance(image, np.ndarray):
+            return to_tensor(image)[None], "numpy"
+        return (image[None], "chw") if image.dim() == 3 else (image, "bchw")
 
     @overload
     def derain(self, image: np.ndarray, tile: int | None | str = ..., overlap: int | None = ...,
@@ -298,10 +422,13 @@ class Derainer:
         clamped). Any H, W. ``tile``/``overlap`` override the defaults (``tile=None``: whole image);
         ``self_ensemble`` (True/False) overrides the default (None: `self_ensemble` of the Derainer).
         """
+        t, o = self._tiling(self._input_shape(image), tile, overlap)  # planned before the image's buffers exist
         batch, kind = self._as_batch(image)
-        background = _background(batch, self._rain(batch, tile, overlap, self_ensemble))
-        if kind == "numpy":
-            return to_pixels(background[0], image.dtype)
+        out = np.empty(image.shape, image.dtype) if kind == "numpy" else None  # fails before the work if it cannot
+        held = 0 if out is None else batch.nbytes + out.nbytes
+        background = _background(batch, self._rain(batch, t, o, self_ensemble, held))
+        if out is not None:
+            return _pixels_into(out, background[0])
         return background[0] if kind == "chw" else background
 
     def rain_layer(self, image, tile="default", overlap=None, self_ensemble=None):
@@ -311,10 +438,13 @@ class Derainer:
         ``derain(img) + rain_layer(img) ~= img`` where R >= 0; negative parts are clipped to 0).
         Tensor in: R itself, same shape as the input, in (-1, 1).
         """
+        t, o = self._tiling(self._input_shape(image), tile, overlap)
         batch, kind = self._as_batch(image)
-        rain = self._rain(batch, tile, overlap, self_ensemble)
-        if kind == "numpy":
-            return rain_to_uint8(rain[0])
+        out = np.empty(image.shape, np.uint8) if kind == "numpy" else None
+        held = 0 if out is None else batch.nbytes + out.nbytes
+        rain = self._rain(batch, t, o, self_ensemble, held)
+        if out is not None:
+            return _pixels_into(out, rain[0], offset=0.0)
         return rain[0] if kind == "chw" else rain
 
     def derain_with_rain(self, image: np.ndarray, tile: int | None | str = "default", overlap: int | None = None,
@@ -323,10 +453,41 @@ class Derainer:
         `rain_layer`): the de-rained image in the input's dtype, the rain layer in uint8."""
         if not isinstance(image, np.ndarray):
             raise TypeError("derain_with_rain takes an HxWx3 uint8 NumPy image")
+        t, o = self._tiling(self._input_shape(image), tile, overlap)  # planned before the image's buffers exist
         batch, _ = self._as_batch(image)
-        rain = self._rain(batch, tile, overlap, self_ensemble)
-        rain_pixels = rain_to_uint8(rain[0])
-        return to_pixels(_background(batch, rain)[0], image.dtype), rain_pixels
+        # The results are allocated first: an image whose results do not fit fails before the work, not after it.
+        clean, rain_pixels = np.empty(image.shape, image.dtype), np.empty(image.shape, np.uint8)
+        rain = self._rain(batch, t, o, self_ensemble, batch.nbytes + clean.nbytes + rain_pixels.nbytes)
+        _pixels_into(rain_pixels, rain[0], offset=0.0)
+        return _pixels_into(clean, _background(batch, rain)[0]), rain_pixels
+
+
+#: Rows `_pixels_into` converts at a time.
+_PIXEL_ROWS = 64
+
+
+def _pixels_into(out: np.ndarray, tensor: torch.Tensor, offset: float = 1.0) -> np.ndarray:
+    """``out`` (HxWx3, uint8 or uint16) filled with `to_pixels` of ``tensor`` (3, H, W), a band of rows at a time."""
+    for r0 in range(0, out.shape[0], _PIXEL_ROWS):
+        out[r0:r0 + _PIXEL_ROWS] = to_pixels(tensor[:, r0:r0 + _PIXEL_ROWS], out.dtype, offset)
+    return out
+
+
+def _all_finite(tensor: torch.Tensor, rows: int = 256) -> bool:
+    """Whether every value of ``tensor`` (B, C, H, W) is finite, checked a band of ``rows`` rows at a time (the
+    temporary is a band of booleans, not an image of them)."""
+    return all(bool(torch.isfinite(tensor[..., r0:r0 + rows, :]).all()) for r0 in range(0, tensor.shape[-2], rows))
+
+
+def _exhausted(tried: Sequence[int | None], overlap: int) -> str:
+    """The message of `OutOfMemoryAtSmallestTile`: every tiling tried, and the smallest tile among them."""
+    sizes = [t for t in tried if t is not None]
+    text = ", ".join("whole image" if t is None else f"{t}" for t in tried)
+    if not sizes:
+        return (f"out of memory on the whole image, which is no larger than the smallest tile retried "
+                f"({smallest_tile(overlap)} pixels): free memory or resize the image")
+    return (f"out of memory at every tiling tried ({text}); the smallest tile tried, {min(sizes)} pixels, failed "
+            f"too: free memory or resize the image")
 
 
 def check_tile(tile: int | str | None, overlap: int) -> int | str | None:

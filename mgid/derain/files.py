@@ -289,20 +289,23 @@ def derain_one(derainer, job: Job, max_pixels: int | None = None, jpeg_quality: 
 
 def derain_files(derainer, jobs: Sequence[Job], progress: bool = True,
                  on_skip: Callable[[Path, str], None] | None = None, max_pixels: int | None = None,
-                 jpeg_quality: int = JPEG_QUALITY) -> DerainReport:
+                 jpeg_quality: int = JPEG_QUALITY, on_retry: Callable[[Path, str], None] | None = None) -> DerainReport:
     """De-rain every job with ``derainer`` (a `mgid.derain.derainer.Derainer`); never stops at a bad file.
 
     A file without an image suffix, one that cannot be read or written (``OSError``/``ValueError``)
-    and an image too large for the memory (any allocation failure, `mgid.derain.memory_budget.is_out_of_memory`)
-    are skipped with their reason, and
+    and an image too large for the memory (any allocation failure, `mgid.derain.memory_budget.is_out_of_memory`,
+    once the derainer's retries in smaller tiles have failed too) are skipped with their reason, and
     ``on_skip(path, reason)`` is called at once (e.g. to print it above the progress bar, with
     ``tqdm.write``). ``progress`` shows a tqdm bar on stderr (and only on a terminal). ``max_pixels``: larger
     images are skipped from their header, before any decode (None: any size). ``jpeg_quality``: of JPEG results
     (1 to 100). Notes on pixels changed to fit a format (`derain_one`) are collected in the report.
+    ``on_retry(path, line)`` is called once for an image the derainer retries in smaller tiles after running out
+    of memory (`mgid.derain.derainer.retry_notices`); without it the line is kept in the report's notes.
     """
     from tqdm import tqdm
 
-    from mgid.derain.memory_budget import is_out_of_memory
+    from mgid.derain.derainer import retry_notices
+    from mgid.derain.memory_budget import MemoryBudgetError, is_out_of_memory
 
     report = DerainReport()
     bar = tqdm(jobs, desc="de-raining", unit="img", disable=(not progress) or None, file=sys.stderr)
@@ -310,16 +313,26 @@ def derain_files(derainer, jobs: Sequence[Job], progress: bool = True,
         for job in bar:
             reason = _not_an_image(job.source)
             if reason is None:
+                def retried(line: str, source: Path = job.source) -> None:
+                    if on_retry is not None:
+                        on_retry(source, line)
+                    else:
+                        report.notes.append((source, line))
+
                 try:
-                    note = derain_one(derainer, job, max_pixels, jpeg_quality)
+                    with retry_notices(retried):
+                        note = derain_one(derainer, job, max_pixels, jpeg_quality)
                 except (OSError, ValueError) as exc:
                     reason = str(exc)
                 except (RuntimeError, MemoryError) as exc:
                     if not is_out_of_memory(exc):
                         raise  # a broken network (NonFiniteOutputError, ...) fails every file alike: stop
                     size = _size_text(job.source)
-                    reason = (f"out of memory for a {size} image; use smaller tiles, e.g. --tile 512, or give "
-                              f"--max-memory what this machine can spare")
+                    if isinstance(exc, MemoryBudgetError):  # the plan, or the retries down to the smallest tile
+                        reason = f"too large for the memory ({size}): {exc}"
+                    else:  # not where the derainer retries (reading, converting, writing), or a derainer without
+                        reason = (f"out of memory for a {size} image; free memory, resize the image, or give "
+                                  f"smaller tiles (--tile) or a lower --max-memory")
                 else:
                     report.done += 1
                     if note is not None:

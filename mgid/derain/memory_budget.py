@@ -7,20 +7,27 @@
   image's size (input, output, the blend's accumulator) plus ``bytes_per_pixel * T^2 + tile_extra_bytes`` for a
   T x T tile. Measured at two widths (the shipped network's and a narrow one: the activations grow with the
   width, the image-sized buffers do not), and interpolated linearly in the width of the network at hand.
-* `available_memory`: what this process may still allocate: the smaller of the system's available memory and
-  the room under the process's cgroup limit (CPU), or the CUDA device's free memory.
+* `process_memory_limit`: what this process may still allocate, and which limit says so (`MemoryLimit`): the
+  smallest of the system's available physical memory, the room under the process's cgroup limit (v2
+  ``memory.max``, v1 ``memory.limit_in_bytes``) and the address space left under ``RLIMIT_AS`` (``ulimit -v``);
+  on CUDA the device's free memory. `available_memory` is its number alone.
+* `plan_budget`: the bytes ``--tile auto`` plans with (`MemoryBudget`) from that limit and ``--max-memory``, which
+  the limit caps; where the limit counts address space, less `ADDRESS_SPACE_PER_THREAD` per worker thread.
 * `choose_tile`: None when the whole image fits the budget (the exact untiled result), else the largest tile
   (a multiple of 8) that does; `MemoryBudgetError` when not even the whole-image buffers fit.
 * `parse_bytes`: ``"4G"``, ``"512M"``, ``"1.5GB"`` -> bytes (``--max-memory``).
 * `is_out_of_memory`: whether an exception is an allocation failure (torch's CUDA ``OutOfMemoryError``, the CPU
-  allocator's ``RuntimeError``, NumPy's ``MemoryError``, OpenCV's "Insufficient memory"), so a loop over files can
-  skip the one image that did not fit and go on.
+  allocator's ``RuntimeError``, NumPy's ``MemoryError``, OpenCV's "Insufficient memory"), so de-raining can retry
+  in smaller tiles (`retry_tile`, down to `smallest_tile`) and a loop over files can skip the one image that did
+  not fit even then and go on.
 """
 from __future__ import annotations
 
+import gc
 import json
 import math
 import re
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -40,9 +47,29 @@ AUTO_BUDGET_FRACTION = 0.8
 #: runs, planned at 90 % 624-713 MB, planned at 80 % 575-616 MB. So the plan keeps 20 % of the budget back, and the
 #: peak stays under the budget the user gave.
 MAX_MEMORY_PLANNED_SHARE = 0.8
-#: Smallest tile ``--tile auto`` picks: below it the tiles' overlaps and the statistics pass cost more than the
+#: Smallest tile ``--tile auto`` picks, and the floor of the retries after an out-of-memory error (`smallest_tile`:
+#: also more than twice the overlap): below it the tiles' overlaps and the statistics pass cost more than the
 #: tiles themselves; an image that does not fit with it is refused (`MemoryBudgetError`).
 MIN_AUTO_TILE = 128
+#: Address space a worker thread of torch reserves beyond what it keeps resident, counted once per thread where
+#: the binding limit is ``RLIMIT_AS``: glibc gives each thread that allocates its own 64 MB malloc arena, plus an
+#: 8 MB stack, both mapped but mostly untouched. Measured (docs/DERAIN.md, "Tiles and memory"): a first tiled
+#: de-raining in a fresh process grew the address space by 66, 210 and 497 MB more than its resident memory with
+#: 2, 4 and 8 threads (the tiny test network; 3, 58 and 323 MB with the shipped one, whose loading had already
+#: started some threads), at most 71 MB per thread beyond the first, and by 4-6 MB less with one thread.
+ADDRESS_SPACE_PER_THREAD = 72 << 20
+
+#: Names of the limits `process_memory_limit` reads, as the budget line prints them.
+PHYSICAL_MEMORY = "available physical memory"
+CGROUP_V2 = "cgroup v2 memory.max"
+CGROUP_V1 = "cgroup v1 memory.limit_in_bytes"
+RLIMIT_AS_SOURCE = "RLIMIT_AS (ulimit -v)"
+CUDA_FREE = "free CUDA memory"
+#: Where `process_memory_limit` reads the cgroup of this process and the cgroup file systems (tests point them
+#: at fake folders).
+PROC_SELF_CGROUP = Path("/proc/self/cgroup")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_SELF_STATUS = Path("/proc/self/status")
 
 #: Fragments of the messages of allocation failures that arrive as a plain RuntimeError (the CPU allocator of
 #: torch: "DefaultCPUAllocator: can't allocate memory"; CUDA before OutOfMemoryError existed) or a cv2.error.
@@ -53,6 +80,49 @@ _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 class MemoryBudgetError(MemoryError):
     """An image that cannot be de-rained within the memory budget, not even in the smallest tiles."""
+
+
+class OutOfMemoryAtSmallestTile(MemoryBudgetError):
+    """De-raining ran out of memory at every tile size tried, the smallest (`smallest_tile`) included.
+
+    Attributes:
+        tried: the tile sizes tried, in order (None: the whole image).
+    """
+
+    def __init__(self, message: str, tried: tuple[int | None, ...]) -> None:
+        super().__init__(message)
+        self.tried = tried
+
+
+@dataclass(frozen=True)
+class MemoryLimit:
+    """The memory this process may still allocate and the limit that bounds it.
+
+    Attributes:
+        bytes: bytes left under the limit.
+        source: which limit: `PHYSICAL_MEMORY`, `CGROUP_V2`, `CGROUP_V1`, `RLIMIT_AS_SOURCE` or `CUDA_FREE`.
+    """
+
+    bytes: int
+    source: str
+
+    @property
+    def counts_address_space(self) -> bool:
+        """Whether the limit counts address space (reserved, not only resident, memory)."""
+        return self.source == RLIMIT_AS_SOURCE
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """The bytes ``--tile auto`` plans with and, for the budget line, where they come from.
+
+    Attributes:
+        bytes: the budget.
+        description: e.g. "80% of the 22.2 GB of available physical memory" or "--max-memory 4.0 GB".
+    """
+
+    bytes: float
+    description: str
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -139,54 +209,225 @@ def load_costs(precision: str, channels_last: bool, channels: int) -> MemoryCost
     return MemoryCosts(*values, source)
 
 
-def _cgroup_room() -> int | None:
-    """Bytes left under this process's cgroup memory limit (v2 or v1), or None when there is no limit."""
-    candidates = []
+def _cgroup_limit() -> MemoryLimit | None:
+    """The room under the tightest cgroup memory limit of this process and of the cgroups above it.
+
+    Returns:
+        The smallest ``memory.max - memory.current`` (v2) or ``memory.limit_in_bytes - memory.usage_in_bytes`` (v1)
+        over the process's cgroup and its ancestors, or None when none sets a limit (or none can be read).
+    """
     try:
-        for line in Path("/proc/self/cgroup").read_text().splitlines():
-            _, controllers, path = line.split(":", 2)
-            if controllers == "":
-                candidates.append((Path("/sys/fs/cgroup") / path.lstrip("/"), "memory.max", "memory.current"))
-            elif "memory" in controllers.split(","):
-                for root in (Path("/sys/fs/cgroup/memory") / path.lstrip("/"), Path("/sys/fs/cgroup/memory")):
-                    candidates.append((root, "memory.limit_in_bytes", "memory.usage_in_bytes"))
+        lines = PROC_SELF_CGROUP.read_text().splitlines()
     except OSError:
         return None
-    for folder, limit_name, usage_name in candidates:
+    candidates: list[tuple[Path, str, str, str]] = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        rel = Path(path.strip().lstrip("/"))
+        levels = [rel, *rel.parents]  # a limit set on an ancestor binds too
+        if controllers == "":
+            candidates += [(CGROUP_ROOT / level, "memory.max", "memory.current", CGROUP_V2) for level in levels]
+        elif "memory" in controllers.split(","):
+            candidates += [(CGROUP_ROOT / "memory" / level, "memory.limit_in_bytes", "memory.usage_in_bytes",
+                            CGROUP_V1) for level in levels]
+    best: MemoryLimit | None = None
+    for folder, limit_name, usage_name, source in candidates:
         try:
             limit_text = (folder / limit_name).read_text().strip()
             usage = int((folder / usage_name).read_text().strip())
         except (OSError, ValueError):
             continue
-        if limit_text == "max" or int(limit_text) >= 1 << 60:  # no limit (v1 writes a huge number)
-            return None
-        return max(int(limit_text) - usage, 0)
-    return None
+        if limit_text == "max" or not limit_text.isdigit() or int(limit_text) >= 1 << 60:  # v1 writes a huge number
+            continue
+        room = max(int(limit_text) - usage, 0)
+        if best is None or room < best.bytes:
+            best = MemoryLimit(room, source)
+    return best
 
 
-def available_memory(device: str | torch.device = "cpu") -> int:
-    """Bytes this process may still allocate on ``device``: for the CPU the smaller of the system's available
-    memory (``psutil.virtual_memory().available``: ``MemAvailable`` on Linux) and the room under its cgroup's limit; for CUDA the device's free memory plus what
-    torch holds cached but unused."""
+def _address_space_in_use() -> int | None:
+    """Bytes of address space this process has mapped (``VmSize``), or None when it cannot be read."""
+    try:
+        match = re.search(r"^VmSize:\s+(\d+)\s*kB", PROC_SELF_STATUS.read_text(), re.MULTILINE)
+        if match:
+            return int(match.group(1)) * 1024
+    except OSError:
+        pass
+    try:
+        return int(psutil.Process().memory_info().vms)
+    except (psutil.Error, OSError):
+        return None
+
+
+def _address_space_limit() -> MemoryLimit | None:
+    """The address space left under ``RLIMIT_AS`` (soft limit minus `_address_space_in_use`), or None when there
+    is no such limit (none set, or Windows, which has no ``resource`` module)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY or soft < 0:
+        return None
+    in_use = _address_space_in_use()
+    if in_use is None:
+        return None
+    return MemoryLimit(max(int(soft) - in_use, 0), RLIMIT_AS_SOURCE)
+
+
+def _physical_available() -> int:
+    """The system's available physical memory (``psutil.virtual_memory().available``: ``MemAvailable`` on Linux)."""
+    return int(psutil.virtual_memory().available)
+
+
+def process_memory_limit(device: str | torch.device = "cpu") -> MemoryLimit:
+    """What this process may still allocate on ``device``, and the limit that bounds it.
+
+    Args:
+        device: ``cpu`` or a CUDA device.
+
+    Returns:
+        For the CPU the smallest of the available physical memory, the room under the cgroup limits (v2 or v1)
+        and the address space left under ``RLIMIT_AS``; for CUDA the device's free memory plus what torch holds
+        cached but unused.
+    """
     device = torch.device(device)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
-    available = int(psutil.virtual_memory().available)  # MemAvailable on Linux; portable elsewhere
-    room = _cgroup_room()
-    return available if room is None else min(available, room)
+        return MemoryLimit(int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)),
+                           CUDA_FREE)
+    limits = [MemoryLimit(_physical_available(), PHYSICAL_MEMORY)]
+    limits += [lim for lim in (_cgroup_limit(), _address_space_limit()) if lim is not None]
+    return min(limits, key=lambda lim: lim.bytes)
+
+
+def available_memory(device: str | torch.device = "cpu") -> int:
+    """Bytes this process may still allocate on ``device`` (`process_memory_limit`'s number).
+
+    Args:
+        device: ``cpu`` or a CUDA device.
+
+    Returns:
+        The bytes of `process_memory_limit`.
+    """
+    return process_memory_limit(device).bytes
+
+
+def address_space_overhead(threads: int | None = None) -> int:
+    """Address space de-raining reserves beyond its resident memory: `ADDRESS_SPACE_PER_THREAD` per worker thread
+    beyond the first.
+
+    Args:
+        threads: torch's intra-op threads (None: ``torch.get_num_threads()``).
+
+    Returns:
+        Bytes.
+    """
+    n = torch.get_num_threads() if threads is None else threads
+    return ADDRESS_SPACE_PER_THREAD * max(n - 1, 0)
+
+
+def plan_budget(limit: MemoryLimit, max_memory: int | None = None) -> MemoryBudget:
+    """The budget of ``--tile auto``: `AUTO_BUDGET_FRACTION` of what ``limit`` leaves (less
+    `address_space_overhead` where it counts address space), or `MAX_MEMORY_PLANNED_SHARE` of ``max_memory`` when
+    that is smaller (the limit caps ``--max-memory``).
+
+    Args:
+        limit: the binding limit (`process_memory_limit`).
+        max_memory: ``--max-memory`` in bytes, or None.
+
+    Returns:
+        The budget and the words of the budget line.
+    """
+    margin = address_space_overhead() if limit.counts_address_space else 0
+    own = AUTO_BUDGET_FRACTION * max(limit.bytes - margin, 0)
+    where = (f"{AUTO_BUDGET_FRACTION:.0%} of the {format_bytes(limit.bytes)} of {limit.source}"
+             if limit.source == PHYSICAL_MEMORY else
+             f"{AUTO_BUDGET_FRACTION:.0%} of the {format_bytes(limit.bytes)} left under {limit.source}")
+    if margin:
+        where += f" less {format_bytes(margin)} of address space for torch's threads"
+    if max_memory is None:
+        return MemoryBudget(own, where)
+    asked = MAX_MEMORY_PLANNED_SHARE * max_memory
+    if asked <= own:
+        return MemoryBudget(asked, f"--max-memory {format_bytes(max_memory)}")
+    return MemoryBudget(own, f"--max-memory {format_bytes(max_memory)}, capped at {where}")
+
+
+def smallest_tile(overlap: int) -> int:
+    """The smallest tile ``--tile auto`` picks and out-of-memory retries go down to.
+
+    Args:
+        overlap: the tile overlap in pixels.
+
+    Returns:
+        `MIN_AUTO_TILE`, or more where needed to exceed twice ``overlap`` (a multiple of 8).
+    """
+    return max(MIN_AUTO_TILE, 2 * (-(-int(overlap) // 8) * 8) + 8)
+
+
+def retry_tile(failed: int, overlap: int) -> int | None:
+    """The tile to retry with after ``failed`` ran out of memory: half of it (a multiple of 8), not below
+    `smallest_tile`.
+
+    Args:
+        failed: the tile size that ran out of memory.
+        overlap: the tile overlap in pixels.
+
+    Returns:
+        The next size, or None when ``failed`` was already the smallest.
+    """
+    floor = smallest_tile(overlap)
+    if failed <= floor:
+        return None
+    return max(failed // 2 // 8 * 8, floor)
+
+
+def release_memory(device: str | torch.device = "cpu") -> None:
+    """Free what a failed attempt left: collect garbage, empty torch's CUDA cache, and return freed heap to the
+    system where glibc allows (``malloc_trim``), so a retry finds the memory and the address space again.
+
+    Args:
+        device: the device the attempt ran on.
+    """
+    gc.collect()
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None).malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+            pass
 
 
 def choose_tile(pixels: int, batch: int, height: int, width: int, budget: float, costs: MemoryCosts,
-                overlap: int) -> int | None:
-    """The tile side for de-raining a batch of ``batch`` images of ``height`` x ``width`` (padded to multiples of
-    8; ``pixels`` = batch x height x width) within ``budget`` bytes: None when the whole images fit, else the
-    largest multiple of 8 whose tiles do (at least `MIN_AUTO_TILE` and more than twice ``overlap``).
-    Raises `MemoryBudgetError` when not even those fit, saying what would be needed."""
+                overlap: int, budget_text: str | None = None) -> int | None:
+    """The tile side for de-raining a batch of images within a memory budget.
+
+    Args:
+        pixels: batch x height x width.
+        batch: images in the batch.
+        height, width: their size, padded to multiples of 8.
+        budget: bytes.
+        costs: the measured costs.
+        overlap: the tile overlap in pixels.
+        budget_text: where the budget comes from, for the error's message (`MemoryBudget.description`).
+
+    Returns:
+        None when the whole images fit, else the largest multiple of 8 whose tiles do (at least `smallest_tile`).
+
+    Raises:
+        MemoryBudgetError: not even tiles of `smallest_tile` fit; the message says what would be needed.
+    """
     if costs.whole(pixels) <= budget:
         return None
     room = budget - costs.tiled(pixels, 0)
-    smallest = max(MIN_AUTO_TILE, 2 * overlap + 8)
+    smallest = smallest_tile(overlap)
     tile = int(math.sqrt(max(room, 0.0) / (costs.bytes_per_pixel * batch)) // 8 * 8) if room > 0 else 0
     if tile >= max(height, width):
         return None  # one tile covers the image: the whole image is as cheap (the fit's noise)
@@ -195,6 +436,7 @@ def choose_tile(pixels: int, batch: int, height: int, width: int, budget: float,
         raise MemoryBudgetError(
             f"a {width}x{height} image{'' if batch == 1 else f' (x{batch})'} needs about {format_bytes(need)} "
             f"even in {smallest}-pixel tiles (its image-sized buffers alone take "
-            f"{format_bytes(costs.tiled(pixels, 0))}); the budget is {format_bytes(budget)}: free memory, give "
-            f"--max-memory more, or resize the image")
+            f"{format_bytes(costs.tiled(pixels, 0))}); the budget is {format_bytes(budget)}"
+            + (f" ({budget_text})" if budget_text else "")
+            + ": free memory, allow more (--max-memory, ulimit -v, the container's limit), or resize the image")
     return tile

@@ -33,6 +33,13 @@ optimiser merging the encoder that `pre_norm_query` and the forward pass share).
 ``exporter="torchscript"``) the TorchScript exporter (``dynamo=False``, ``dynamic_axes``) is used, with a
 warning; which one wrote the file is recorded in the metadata (``mgid.exporter``) and in `ExportResult`.
 
+Opsets (`OPSET_RANGES`, checked before any work): the dynamo exporter implements ai.onnx opset 18 and converts the
+graph up to onnxscript's newest (``onnxscript.version_converter.SUPPORTED_MAX_ONNX_OPSET``, 25); asked for less
+than 18 it keeps 18 without failing, so lower opsets go to the TorchScript exporter, which writes this network
+from opset 11 (its padding and slicing take sizes computed in the graph) to torch's
+``ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET`` (20). Both graphs were exported and verified in onnxruntime at the ends of
+those ranges (torch 2.14, onnxscript 0.7, onnx 1.23, onnxruntime 1.32).
+
 The output path is checked before the export starts (suffix ``.onnx``, a folder that can be written, and no
 existing file unless ``overwrite``: `mgid.output_paths.check_output_file`), so a wrong path costs nothing. The
 file is written atomically (a temporary name in the target's folder, fsync, then ``os.replace``), so a failed
@@ -70,6 +77,8 @@ VERIFY_TOLERANCE = 1e-3
 Exporter = Literal["auto", "dynamo", "torchscript"]
 #: The suffix an exported file must have (checked before the export starts).
 ONNX_SUFFIX = ".onnx"
+#: The ai.onnx opsets (lowest, highest) each exporter writes for this network (module doc, "Opsets").
+OPSET_RANGES: dict[str, tuple[int, int]] = {"dynamo": (18, 25), "torchscript": (11, 20)}
 
 _NEED_ONNX = "ONNX export needs the onnx package{extra}: pip install onnx onnxscript (and onnxruntime to run the file)"
 
@@ -102,7 +111,7 @@ class ExportResult:
         src = f"weights {self.weights} (sha256 {self.weights_sha256[:12]}...)" if self.weights_sha256 else "a network"
         check = (f"; onnxruntime matches PyTorch to {self.max_abs_error:.2e}" if self.max_abs_error is not None
                  else "; not verified (onnxruntime not installed)")
-        fallback = f" (dynamo exporter failed: {self.fallback_reason})" if self.fallback_reason else ""
+        fallback = f" (instead of the dynamo exporter: {self.fallback_reason})" if self.fallback_reason else ""
         what = ("an image filter: image (N,3,H,W) in [0,1] -> derained in [0,1]" if self.kind == IMAGE_FILTER.kind
                 else "the tiling graph of mgid derain --backend onnxruntime")
         return (f"wrote {self.path} ({what}; {self.bytes / 1e6:.1f} MB, ONNX opset {self.opset}, {self.exporter} "
@@ -204,6 +213,42 @@ def _verify(data: bytes, spec: GraphSpec, net: MGIDNet, example: tuple[torch.Ten
     return float((out - reference).abs().max())
 
 
+def opset_exporter(opset: int | None, exporter: Exporter = "auto") -> Exporter:
+    """The exporter that writes ``opset``: ``exporter`` itself, or for ``auto`` the TorchScript exporter below the
+    dynamo exporter's range (`OPSET_RANGES`).
+
+    Args:
+        opset: the ai.onnx opset asked for (None: the exporter's default).
+        exporter: ``auto``, ``dynamo`` or ``torchscript``.
+
+    Returns:
+        ``exporter``, or ``torchscript`` for ``auto`` with an opset below the dynamo exporter's lowest.
+
+    Raises:
+        ValueError: an opset that is not a whole number, or that ``exporter`` cannot write (the message gives the
+            ranges).
+    """
+    if opset is None:
+        return exporter
+    if isinstance(opset, bool) or not isinstance(opset, int):
+        raise ValueError(f"the ONNX opset must be a whole number, got {opset!r}")
+    (dynamo_lo, dynamo_hi), script_lo = OPSET_RANGES["dynamo"], OPSET_RANGES["torchscript"][0]
+    if exporter == "auto":
+        if dynamo_lo <= opset <= dynamo_hi:
+            return "auto"
+        if script_lo <= opset < dynamo_lo:
+            return "torchscript"
+        allowed = (f"the exporters write opsets {dynamo_lo} to {dynamo_hi} (dynamo) and {script_lo} to "
+                   f"{dynamo_lo - 1} (TorchScript)")
+    else:
+        lo, hi = OPSET_RANGES[exporter]
+        if lo <= opset <= hi:
+            return exporter
+        allowed = f"the {exporter} exporter writes opsets {lo} to {hi}"
+    raise ValueError(f"ONNX opset {opset} is not supported: {allowed}; pass one of those, or no opset for the "
+                     f"exporter's default; nothing was written")
+
+
 def export_onnx(net_or_weights: MGIDNet | str | Path | None, path: str | Path, opset: int | None = None, *,
                 exporter: Exporter = "auto", weights_sha256: str | None = None, verify: bool = True,
                 overwrite: bool = False, tiling_inputs: bool = False) -> ExportResult:
@@ -218,19 +263,22 @@ def export_onnx(net_or_weights: MGIDNet | str | Path | None, path: str | Path, o
         overwrite: replace an existing file (otherwise `OutputPathError`, before any work).
         tiling_inputs: write the tiling graph of `mgid.derain.onnx_backend` (`mgid.derain.onnx_graphs.TILING`) instead of
             the default image filter (`mgid.derain.onnx_graphs.IMAGE_FILTER`).
-        opset: the ai.onnx opset (None: the exporter's default; the dynamo exporter needs >= 18 and falls back
-            to TorchScript below that).
-        exporter: ``auto`` (dynamo, falling back to TorchScript with a warning), ``dynamo`` or ``torchscript``.
+        opset: the ai.onnx opset (None: the exporter's default); `OPSET_RANGES` lists what each exporter writes,
+            checked before any work (`opset_exporter`).
+        exporter: ``auto`` (dynamo, falling back to TorchScript with a warning; TorchScript for an opset below
+            the dynamo exporter's), ``dynamo`` or ``torchscript``.
         weights_sha256: recorded when a network is passed (for a weights file it is computed).
         verify: run the written graph in onnxruntime (when installed) on an input of another size than the
             traced one and compare with PyTorch's reference ops; raises RuntimeError beyond `VERIFY_TOLERANCE`.
 
     The export runs with the mgid ops in reference mode (restored afterwards), so the graph holds only
     standard operators; RuntimeError if a custom-domain op remains. Raises ModuleNotFoundError when onnx
-    (or, for the dynamo exporter alone, onnxscript) is missing, FileNotFoundError / CheckpointError for bad weights.
+    (or, for the dynamo exporter alone, onnxscript) is missing, FileNotFoundError / CheckpointError for bad weights,
+    ValueError for an opset the exporter cannot write (before any work).
     """
     if exporter not in ("auto", "dynamo", "torchscript"):
         raise ValueError(f"exporter must be auto, dynamo or torchscript, got {exporter!r}")
+    chosen = opset_exporter(opset, exporter)
     path = check_output_file(path, overwrite=overwrite, suffixes=(ONNX_SUFFIX,), what="ONNX file")
     onnx = _import_onnx()
     spec = TILING if tiling_inputs else IMAGE_FILTER
@@ -239,6 +287,9 @@ def export_onnx(net_or_weights: MGIDNet | str | Path | None, path: str | Path, o
     graph = spec.build(net).eval()
     example = spec.example(net)
     fallback_reason = None
+    if chosen != exporter:  # auto, with an opset below the dynamo exporter's
+        fallback_reason = f"opset {opset} is below its lowest, {OPSET_RANGES['dynamo'][0]}"
+        exporter = chosen
     with torch.no_grad(), mgid_ops.use_reference():
         if exporter in ("auto", "dynamo"):
             try:

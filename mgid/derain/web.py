@@ -17,39 +17,52 @@ side by side, a before/after slider and a download link of the de-rained PNG. En
   ``256``); answers JSON ``{"width", "height", "tile", "tile_choice", "seconds", "queued_seconds", "filename",
   "rainy", "derained", "rain"}`` (``tile``: the tile used, null for the whole image; ``seconds``: the
   de-raining alone, ``queued_seconds``: the wait before it), the three images as ``data:image/png;base64,...``
-  URLs. Errors are JSON ``{"error": message}`` with HTTP 400 (not an image, too small, bad form), 413 (upload,
-  pixels or memory need too large), 503 (the queue is full, with Retry-After; the time limit passed; out of
-  memory) or 500 (the network failed otherwise).
+  URLs. Errors are JSON ``{"error": message}`` with HTTP 400 (not an image, too small, bad form), 408 (the upload
+  stalled), 413 (upload, pixels or memory need too large), 503 (the queue, the uploads being received or the
+  connections are full, with Retry-After; the time limit passed; out of memory) or 500 (the network failed
+  otherwise).
 * ``GET /health``: ``{"status": "ok", ...}`` with the weights, device, limits and the slots taken.
 
 Limits, so that anyone who can reach the page cannot knock the server over: the upload size
 (``MAX_CONTENT_LENGTH``); the pixels, read from the image's header before anything is decoded
 (`decode_image`); the memory, by automatic tiling from the measured cost of the network
 (`mgid.derain.memory_budget`); one de-raining at a time, at most ``max_waiting`` waiting, each under a time limit
-checked between tiles (`mgid.derain.web_jobs.JobQueue`). Uploads are read into memory (`InMemoryUploads`: werkzeug
-would spool those over 500 KB to a temporary file) and decoded there; nothing is written to disk. The server is
-werkzeug's threaded server, bound to 127.0.0.1 unless ``--host`` says otherwise: it has no authentication, so
-exposing it is a deliberate choice (``mgid web`` warns).
+checked between tiles (`mgid.derain.web_jobs.JobQueue`); the connections, by `mgid.derain.web_server`: an upload is
+read whole (at most ``max_reading`` at a time) before it takes a job slot, every read waits at most
+``read_timeout`` and the upload must arrive within ``upload_timeout`` (408 and the connection closed otherwise), and
+at most ``max_connections`` connections are served at once. Uploads are read into memory (`InMemoryUploads`:
+werkzeug would spool those over 500 KB to a temporary file) and decoded there; nothing is written to disk. The
+server is werkzeug's threaded server, bound to 127.0.0.1 unless ``--host`` says otherwise: it has no
+authentication, so exposing it is a deliberate choice (``mgid web`` warns).
 """
 from __future__ import annotations
 
 import base64
 import io
 import ipaddress
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
-from mgid.data.image_header import FORMAT_NAMES, ImageTooLargeError, ImageTooSmallError, check_pixels, read_header
+from mgid.data.image_header import (
+    FORMAT_NAMES,
+    AnimatedImageError,
+    ImageTooLargeError,
+    ImageTooSmallError,
+    check_pixels,
+    check_still,
+    read_header,
+)
 from mgid.derain.tiling import TILE_AUTO
 
 if TYPE_CHECKING:  # Flask and werkzeug are imported where used, so `mgid --help` works without Flask
     from flask import Flask
-    from werkzeug.serving import BaseWSGIServer
 
     from mgid.derain.derainer import Derainer
+    from mgid.derain.web_server import BoundedWSGIServer
 
 #: Where `serve` listens by default: this machine only.
 DEFAULT_HOST = "127.0.0.1"
@@ -69,6 +82,16 @@ MAX_WEB_TILE = 1024
 DEFAULT_JOB_SECONDS = 300.0
 #: Photos that may wait while one is de-rained (``--queue``); more are refused with 503 + Retry-After.
 DEFAULT_MAX_WAITING = 4
+#: Longest wait for the next bytes of a request (``--read-timeout``), in seconds; a connection that sends
+#: nothing for this long is closed.
+DEFAULT_READ_TIMEOUT = 30.0
+#: Longest time from a connection to its upload read whole (``--upload-timeout``), in seconds: 20 MB in 120 s
+#: needs 1.4 Mbit/s; a client trickling bytes is cut here.
+DEFAULT_UPLOAD_TIMEOUT = 120.0
+#: Connections served at once (one thread each); more are answered 503 and closed.
+DEFAULT_MAX_CONNECTIONS = 64
+#: Uploads read at once, at least (each buffers up to the upload limit): twice the job slots when that is more.
+MIN_READING = 8
 #: Formats named in the "not an image" message (those whose headers are read, `mgid.data.image_header`).
 READ_FORMATS = f"{FORMAT_NAMES} are read"
 
@@ -114,6 +137,10 @@ def decode_image(data: bytes, filename: str = "upload", max_pixels: int = DEFAUL
     except ImageTooLargeError as exc:
         raise UploadError(str(exc), status=413) from exc
     except ImageTooSmallError as exc:
+        raise UploadError(str(exc)) from exc
+    try:
+        check_still(header, repr(filename))
+    except AnimatedImageError as exc:
         raise UploadError(str(exc)) from exc
     buf = np.frombuffer(data, dtype=np.uint8)
     try:
@@ -189,14 +216,32 @@ class InMemoryUploads:
 
 def create_app(derainer: Derainer, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
                max_pixels: int = DEFAULT_MAX_PIXELS, overlap: int | None = None,
-               job_seconds: float | None = DEFAULT_JOB_SECONDS, max_waiting: int = DEFAULT_MAX_WAITING) -> Flask:
-    """A Flask app serving the page and the API around ``derainer`` (`mgid.load_model`).
+               job_seconds: float | None = DEFAULT_JOB_SECONDS, max_waiting: int = DEFAULT_MAX_WAITING,
+               read_timeout: float = DEFAULT_READ_TIMEOUT, upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT,
+               max_reading: int | None = None) -> Flask:
+    """A Flask app serving the page and the API around ``derainer``.
 
-    ``max_upload_mb``: largest request body (Flask ``MAX_CONTENT_LENGTH``; larger uploads get a 413 JSON
-    error, and the page refuses them before sending). ``max_pixels``: largest image, checked from its header
-    before decoding. ``overlap``: tile overlap in px (None: the derainer's default). ``job_seconds``: time limit
-    of one de-raining (checked between tiles; 503 past it; None: none). ``max_waiting``: photos that may wait
-    while one is de-rained; more get 503 with Retry-After (`mgid.derain.web_jobs.JobQueue`).
+    Args:
+        derainer: The network (`mgid.load_model`); the page calls its ``derain_with_rain`` and ``auto_tile``.
+        max_upload_mb: Largest request body (Flask ``MAX_CONTENT_LENGTH``): larger uploads get a 413 JSON error
+            (the page refuses them before sending).
+        max_pixels: Largest image, checked from its header before decoding (413 beyond).
+        overlap: Tile overlap in px (None: the derainer's default).
+        job_seconds: Time limit of one de-raining, checked between tiles (503 past it; None: none).
+        max_waiting: Photos that may wait while one is de-rained; more get 503 with Retry-After
+            (`mgid.derain.web_jobs.JobQueue`).
+        read_timeout: Longest wait, in seconds, for the next bytes of a request under `make_web_server`.
+        upload_timeout: Seconds from a connection within which its upload must arrive whole under
+            `make_web_server` (408 past either).
+        max_reading: Uploads read at once before they take a job slot; more get 503 with Retry-After (None:
+            twice the job slots, at least `MIN_READING`).
+
+    Returns:
+        The Flask app; every upload's body is read whole (`mgid.derain.web_server.UploadReader`) before it takes
+        a job slot.
+
+    Raises:
+        ValueError: A limit is not positive.
     """
     from flask import Flask, Request, jsonify, request
     from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -205,13 +250,22 @@ def create_app(derainer: Derainer, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     from mgid.derain.memory_budget import MemoryBudgetError, is_out_of_memory
     from mgid.derain.time_limit import TimeLimitExceeded
     from mgid.derain.web_jobs import JobQueue, QueueFull
+    from mgid.derain.web_server import UploadReader
 
     if max_upload_mb <= 0:
         raise ValueError(f"max_upload_mb must be positive, got {max_upload_mb}")
+    if not (read_timeout > 0 and upload_timeout > 0):
+        raise ValueError(f"read_timeout and upload_timeout must be positive seconds, got {read_timeout} and "
+                         f"{upload_timeout}")
     app = Flask(__name__)
     app.request_class = type("InMemoryRequest", (InMemoryUploads, Request), {})
     app.config["MAX_CONTENT_LENGTH"] = int(max_upload_mb * 1024 * 1024)
+    app.config["MGID_READ_TIMEOUT"], app.config["MGID_UPLOAD_TIMEOUT"] = read_timeout, upload_timeout
     jobs = JobQueue(max_waiting, job_seconds)
+    uploads = UploadReader(app.wsgi_app, ["/api/derain"], app.config["MAX_CONTENT_LENGTH"],
+                           max(MIN_READING, 2 * (max_waiting + 1)) if max_reading is None else max_reading,
+                           read_timeout, upload_timeout)
+    app.wsgi_app = uploads  # type: ignore[method-assign]
     limit_text = f"{max_upload_mb:g} MB"
     page = (PAGE.replace("__MAX_BYTES__", str(app.config["MAX_CONTENT_LENGTH"]))
             .replace("__MAX_MB__", limit_text).replace("__MAX_MP__", f"{max_pixels / 1e6:g}"))
@@ -251,18 +305,19 @@ def create_app(derainer: Derainer, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
         return jsonify(status="ok", weights=str(derainer.weights) if derainer.weights else None,
                        device=str(derainer.device), precision=derainer.precision,
                        max_upload_mb=max_upload_mb, max_pixels=max_pixels, job_seconds=job_seconds,
-                       max_waiting=max_waiting, busy=jobs.taken, tiles=list(TILE_CHOICES))
+                       max_waiting=max_waiting, busy=jobs.taken, reading=uploads.reading,
+                       read_timeout=read_timeout, upload_timeout=upload_timeout, tiles=list(TILE_CHOICES))
 
     @app.post("/api/derain")
     def derain():
         try:
-            with jobs.slot():  # before the form is read: a full queue costs nothing
+            with jobs.slot():  # the body is in memory (UploadReader); the slot bounds decoding and the network
                 return derain_upload()
         except QueueFull as exc:
             return error(str(exc), 503, exc.retry_after)
 
     def derain_upload():
-        upload = request.files.get("image")  # reading the form enforces MAX_CONTENT_LENGTH (-> too_large)
+        upload = request.files.get("image")  # parsing the form enforces MAX_CONTENT_LENGTH (-> too_large)
         if upload is None or not upload.filename:
             return error("no image uploaded: choose a photo (form field 'image')", 400)
         name = upload.filename
@@ -309,33 +364,65 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def make_web_server(app: Flask, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> BaseWSGIServer:
-    """Werkzeug's threaded WSGI server for ``app``, bound (not yet serving: call ``serve_forever``).
+def make_web_server(app: Flask, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+                    max_connections: int = DEFAULT_MAX_CONNECTIONS) -> BoundedWSGIServer:
+    """Werkzeug's threaded WSGI server for ``app``, bound but not yet serving (call ``serve_forever``).
 
-    ``port=0`` picks a free port (read it back from ``server.port``); tests use that.
+    Args:
+        app: The app (`create_app`): its ``read_timeout`` and ``upload_timeout`` apply to every connection.
+        host: Address to bind.
+        port: Port to bind; 0 picks a free one (read it back from ``server.port``).
+        max_connections: Connections served at once (a thread each); more are answered 503 and closed.
+
+    Returns:
+        The server (`mgid.derain.web_server.BoundedWSGIServer`).
+
+    Raises:
+        OSError: The address cannot be bound.
     """
-    from werkzeug.serving import make_server
+    from mgid.derain.web_server import BoundedWSGIServer, handler_class
 
-    return make_server(host, port, app, threaded=True)
+    read_timeout = app.config.get("MGID_READ_TIMEOUT", DEFAULT_READ_TIMEOUT)
+    upload_timeout = app.config.get("MGID_UPLOAD_TIMEOUT", DEFAULT_UPLOAD_TIMEOUT)
+    return BoundedWSGIServer(host, port, app, handler_class(read_timeout, upload_timeout), max_connections,
+                             retry_after=max(1, math.ceil(read_timeout)))
 
 
 def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, weights: str | Path | None = None,
           device: str = "auto", max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, precision: str = "auto",
           max_pixels: int = DEFAULT_MAX_PIXELS, derainer: Derainer | None = None,
           job_seconds: float | None = DEFAULT_JOB_SECONDS, max_waiting: int = DEFAULT_MAX_WAITING,
-          max_memory: int | None = None) -> None:
+          max_memory: int | None = None, read_timeout: float = DEFAULT_READ_TIMEOUT,
+          upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT) -> None:
     """Load the weights (None: the shipped ones) on ``device`` and serve the page until Ctrl-C.
 
-    ``derainer``: use this one instead of loading ``weights``. Binds ``host`` (default 127.0.0.1: this
-    machine only); the page is at ``http://HOST:PORT/``. The limits as `create_app`; ``max_memory``: the memory
-    budget of automatic tiling (None: a share of what is available, `mgid.derain.memory_budget`).
+    Args:
+        host: Address to bind (default 127.0.0.1: this machine only); the page is at ``http://HOST:PORT/``.
+        port: Port to bind.
+        weights: Weights file (None: the shipped ones).
+        device: Device of the network (``auto``, ``cpu``, ``cuda``...).
+        max_upload_mb: As `create_app`.
+        precision: Arithmetic of the network (`mgid.precision`).
+        max_pixels: As `create_app`.
+        derainer: Use this one instead of loading ``weights``.
+        job_seconds: As `create_app`.
+        max_waiting: As `create_app`.
+        max_memory: Memory budget of automatic tiling in bytes (None: a share of what is available,
+            `mgid.derain.memory_budget`).
+        read_timeout: As `create_app`.
+        upload_timeout: As `create_app`.
+
+    Raises:
+        ImportError: Flask is missing.
+        OSError: The address cannot be bound.
+        ValueError: A limit is not valid.
     """
     if derainer is None:
         from mgid.derain.derainer import load_model
 
         derainer = load_model(weights, device, precision=precision, max_memory=max_memory)
     app = create_app(derainer, max_upload_mb=max_upload_mb, max_pixels=max_pixels, job_seconds=job_seconds,
-                     max_waiting=max_waiting)
+                     max_waiting=max_waiting, read_timeout=read_timeout, upload_timeout=upload_timeout)
     server = make_web_server(app, host, port)
     shown = f"[{host}]" if ":" in host else host
     print(f"mgid web: {derainer} on http://{shown}:{server.port}/ (Ctrl-C stops); arithmetic: "

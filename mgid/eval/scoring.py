@@ -235,10 +235,13 @@ class EvaluationReport:
         return out
 
     def describe(self) -> str:
-        """A few lines for the terminal: means, count, and what was unmatched or skipped."""
+        """A few lines for the terminal: means and count (no such line when nothing was scored), and what was
+        unmatched or skipped."""
         s = self.summary()
         what = "Y-channel (BT.601)" if self.channel == "y" else "RGB"
-        lines = [f"{what} PSNR {s['psnr']:.2f} dB, SSIM {s['ssim']:.4f} over {s['count']} image(s)"]
+        lines = []
+        if self.scores:
+            lines.append(f"{what} PSNR {s['psnr']:.2f} dB, SSIM {s['ssim']:.4f} over {s['count']} image(s)")
         if self.with_input:
             lines.append(f"rainy input: PSNR {s['psnr_input']:.2f} dB, SSIM {s['ssim_input']:.4f} "
                          f"(de-raining gained {s['psnr_gain']:+.2f} dB, {s['ssim'] - s['ssim_input']:+.4f} SSIM)")
@@ -250,6 +253,25 @@ class EvaluationReport:
         for path, reason in self.skipped:
             lines.append(f"skipped {path}: {reason}")
         return "\n".join(lines)
+
+    def unscored(self) -> str:
+        """Why pairs went unscored, in one line (for the error when nothing was scored).
+
+        Returns:
+            The skipped pairs (their count, the first file and its reason) and the files without a partner (their
+            counts and first names), joined by "; "; "no files to pair" when there were none.
+        """
+        parts = []
+        if self.skipped:
+            path, reason = self.skipped[0]
+            more = f"; {len(self.skipped) - 1} more" if len(self.skipped) > 1 else ""
+            parts.append(f"{len(self.skipped)} pair(s) skipped ({Path(path).name}: {reason}{more})")
+        for label, files in (("prediction(s) without a target", self.unmatched_predictions),
+                             ("target(s) without a prediction", self.unmatched_targets)):
+            if files:
+                shown = ", ".join(p.name for p in files[:3]) + (" ..." if len(files) > 3 else "")
+                parts.append(f"{len(files)} {label} ({shown})")
+        return "; ".join(parts) or "no files to pair"
 
     @property
     def unmatched(self) -> int:

@@ -80,7 +80,11 @@ class MemoryModule(nn.Module):
 
     @torch.no_grad()
     def reset_items(self, generator: torch.Generator | None = None) -> None:
-        """Re-draw the items (uniform, then unit rows), in place on the buffer's device and dtype."""
+        """Re-draw the items (uniform, then unit rows), in place on the buffer's device and dtype; nothing on the
+        meta device, which holds shapes only (`mgid.derain.derainer.check_weights` builds the network there, and
+        normalising there would import torch._dynamo and sympy: 160 MB for the process)."""
+        if self.items.is_meta:
+            return
         self.items.copy_(random_unit_items(self.num_items, self.channels, generator))
 
     def forward(self, query: torch.Tensor, update: bool, with_losses: bool | None = None) -> MemoryOutput:

@@ -18,7 +18,7 @@ from mgid.config.train_config import (
     to_yaml,
 )
 from mgid.train.stopping import NonFiniteLossError, TrainingInterrupted
-from mgid.train.trainer import LAST, Trainer
+from mgid.train.trainer import LAST, Trainer, check_out_folder
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +57,8 @@ def config_from_args(args: argparse.Namespace, log: Callable[[str], None] = prin
     overrides = overrides_from_args(args)
     cfg = resolve_config(args.config, overrides)
     if not args.resume:
-        return cfg
+        return cfg  # a fresh run's --out is checked by the Trainer, first thing
+    check_out_folder(cfg.out)  # --out naming a file: said as such, not as a missing checkpoint
     meta_path = checkpoint_paths(Path(cfg.out) / TRAINING_CHECKPOINT_DIR, LAST)["meta"]
     if not meta_path.is_file():
         raise CheckpointError(f"--resume: no checkpoint in {meta_path.parent} ({meta_path.name} missing); run without "

@@ -15,6 +15,7 @@ import json
 import shutil
 import signal
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ from mgid.devices import resolve_device
 from mgid.eval.scoring import Scores
 from mgid.losses import MGIDLoss
 from mgid.models import MGIDNet, MGIDOutput
+from mgid.output_paths import folder_problem
 from mgid.precision import CHANNELS_LAST_SETTINGS, autocast, resolve_arithmetic
 from mgid.train import distributed as mdist
 from mgid.train.bn_recalibration import recalibrate_batchnorm, recalibration_batches
@@ -165,8 +167,13 @@ class Trainer:
     def _build_data(self) -> None:
         """The training set, its sampler and loader, the run length and the validation sets."""
         cfg = self.cfg
-        self.train_set = make_dataset(cfg.data, "train", cfg.crop_size, cfg.seed, embedded=cfg.embedded,
-                                      layout=cfg.layout, pair_preprocessing=cfg.pair_preprocessing)
+        with warnings.catch_warnings(record=True) as caught:
+            # what the data set warns of (frames smaller than the crop, images it ignores): once, in the run's log
+            warnings.simplefilter("always")
+            self.train_set = make_dataset(cfg.data, "train", cfg.crop_size, cfg.seed, embedded=cfg.embedded,
+                                          layout=cfg.layout, pair_preprocessing=cfg.pair_preprocessing)
+        for warning in caught:
+            self.log(f"warning: {warning.message}")
         self.sampler = EpochBatchSampler(len(self.train_set), cfg.batch_size, cfg.seed, self.dist.rank,
                                          self.dist.world_size)
         self.loader = DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=cfg.num_workers,
@@ -487,8 +494,26 @@ class Trainer:
         self.dist.cleanup()
 
 
+def check_out_folder(out: str | Path) -> None:
+    """Check that a run's outputs can go to folder ``out`` (created when missing), before anything is written.
+
+    Args:
+        out: the run's output folder (``TrainConfig.out``, ``--out``).
+
+    Raises:
+        ConfigError: ``out`` (or a folder above it) is a file, or files cannot be created there; the one-line
+            message says so and what to pass.
+    """
+    problem = folder_problem(out)
+    if problem is not None:
+        raise ConfigError(f"--out {out}: {problem}; pass a folder for the run's outputs ({TRAINING_CHECKPOINT_DIR}/, "
+                          f"{TB_DIR}/, {SAMPLES_DIR}/; created when missing)")
+
+
 def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to start over a run in ``out`` without ``overwrite``, or to resume one that is not there."""
+    """Refuse an ``out`` that cannot hold a run's outputs (`check_out_folder`), to start over a run in ``out``
+    without ``overwrite``, or to resume one that is not there."""
+    check_out_folder(out)
     ckpt_dir = out / TRAINING_CHECKPOINT_DIR
     existing = checkpoint_paths(ckpt_dir, LAST)["meta"]
     if resume:

@@ -257,3 +257,82 @@ def test_images_only_deeper_are_named(tmp_path):
     make_scene_folders(root / "x" / "y", scenes=1, frames=2)
     with pytest.raises(ValueError, match=r"no images .*2 image\(s\) lie deeper, e\.g\. x/y/scene0/00\.png"):
         detect_layout(root)
+
+
+# --------------------------------------------------------------------------------------------------
+# issue 27: frames smaller than the crop are said, and a folder whose images lie deeper names the folder to pass
+
+
+def test_frames_smaller_than_the_crop_are_warned_of_once_saying_what_the_padding_does(tmp_path):
+    root = make_scene_folders(tmp_path / "tl", scenes=2, frames=2, hw=(20, 20))
+    with pytest.warns(UserWarning) as record:
+        data = TimeLapseFolder(root, crop_size=64)
+    assert len(record) == 1 and str(record[0].message) == data.crop_warning
+    assert data.crop_warning.startswith(f"4 of the 4 frames in {root} are smaller than the 64x64 (HxW) crop (e.g. "
+                                        f"scene0/00.png: 20x20)")
+    assert "mirroring" in data.crop_warning and "90%" in data.crop_warning
+    assert "lower the crop size to 20 or less" in data.crop_warning
+    assert data[0]["frame1"].shape == (3, 64, 64)  # what the warning says: padded, not refused
+    assert TimeLapseFolder(root, crop_size=20).crop_warning is None
+    # side-by-side pairs: a frame is half the image (24x20 frames of 24x40 pairs)
+    pairs = make_mgid(tmp_path / "pairs", n=2)
+    with pytest.warns(UserWarning, match=r"4 of the 4 frames .* 32x32 \(HxW\) crop .*24x20, the half of a side-by"):
+        assert TimeLapseFolder(pairs, crop_size=32).crop_warning is not None
+    assert TimeLapseFolder(pairs, crop_size=(24, 20)).crop_warning is None
+
+
+def test_images_three_levels_down_name_the_folder_and_layout_to_pass(tmp_path):
+    scenes = tmp_path / "scenes_deep"
+    make_scene_folders(scenes / "x" / "y", scenes=2, frames=2)
+    with pytest.raises(ValueError) as err:
+        TimeLapseFolder(scenes)
+    message = str(err.value)
+    assert "found in" not in message and "\n" not in message
+    assert (f"4 image(s) lie deeper, e.g. x/y/scene0/00.png: images found three levels down, 2 scene folder(s) in "
+            f"{scenes / 'x' / 'y'} (layout 'scenes'") in message
+    assert message.endswith(f": pass --data {scenes / 'x' / 'y'}")
+    assert TimeLapseFolder(scenes / "x" / "y").layout == "scenes"  # what the message says to pass
+    # side-by-side pairs three levels down: the folder of pairs itself
+    pairs = tmp_path / "pairs_deep"
+    make_mgid(pairs / "a" / "b" / "train", n=2)
+    make_mgid(pairs / "a" / "b" / "test", n=2)
+    with pytest.raises(ValueError, match=rf"side-by-side pair images in {pairs / 'a' / 'b' / 'train'} \(layout "
+                                         rf"'mgid'; 2 such folders\): pass --data {pairs / 'a' / 'b' / 'train'}$"):
+        TimeLapseFolder(pairs)
+    # flat <scene>_<frame> files three levels down: their folder, read flat (not one scene of mixed frames)
+    flat = tmp_path / "flat_deep"
+    make_flat(flat / "a" / "b" / "frames")
+    with pytest.raises(ValueError, match=rf"flat <scene>_<frame> files in {flat / 'a' / 'b' / 'frames'} \(layout "
+                                         rf"'flat'\): pass --data {flat / 'a' / 'b' / 'frames'}$"):
+        TimeLapseFolder(flat)
+    assert TimeLapseFolder(flat / "a" / "b" / "frames").layout == "flat"
+
+
+def test_pairs_two_levels_down_name_the_folder_of_pairs(tmp_path):
+    root = tmp_path / "root"
+    make_mgid(root / "x" / "pairs", n=2)
+    message = refused(root, r"images found two levels down: 1 sub-folder\(s\) hold 1 folder\(s\) of side-by-side "
+                            r"pair images \(e\.g\. x/pairs/0000\.png\)")
+    assert message.endswith(f"e.g. --data {root / 'x' / 'pairs'} (layout 'mgid')")
+    assert TimeLapseFolder(root / "x" / "pairs").layout == "mgid"
+
+
+def test_the_search_below_is_bounded(tmp_path, monkeypatch):
+    """Images deeper than SEARCH_DEPTH are not looked for, and no more than SEARCH_ENTRIES entries are read."""
+    import mgid.data.folders as folders
+
+    deep = tmp_path / "deep"
+    make_scene_folders(deep / "a" / "b" / "c", scenes=1, frames=2)
+    with pytest.raises(ValueError, match=rf"no images .* found in {deep}, its sub-folders or below them, down to "
+                                         r"three levels; expected MGID pair images"):
+        TimeLapseFolder(deep)
+    wide = tmp_path / "wide"
+    for i in range(30):
+        (wide / f"empty{i:02d}" / "nothing").mkdir(parents=True)
+    make_scene_folders(wide / "zz" / "y", scenes=1, frames=2)
+    monkeypatch.setattr(folders, "SEARCH_ENTRIES", 20)
+    with pytest.raises(ValueError, match=r"down to three levels \(the search stopped after 20 entries\)"):
+        TimeLapseFolder(wide)
+    monkeypatch.setattr(folders, "SEARCH_ENTRIES", 1000)
+    with pytest.raises(ValueError, match=rf"pass --data {wide / 'zz' / 'y'}$"):
+        TimeLapseFolder(wide)

@@ -113,15 +113,12 @@ print("EXIT", derain({str(tmp_path / "in")!r}, {str(tmp_path / "out")!r}))
     assert run.growth < budget, f"peak RSS grew by {run.growth / 2**20:.0f} MB, budget {budget / 2**20:.0f} MB"
 
 
-def test_available_memory_needs_neither_sysconf_nor_proc(monkeypatch):
-    """Issue 26: the CPU's available memory comes from psutil, so a platform without ``os.sysconf`` and without
-    ``/proc`` (Windows) plans tiles from the same number."""
+def _platform_without_proc(monkeypatch, available: int) -> None:
+    """Fake a machine without ``/proc`` and ``/sys`` (reading them fails) whose psutil reports ``available`` bytes."""
     import collections
-    import os
 
     import psutil
 
-    monkeypatch.delattr(os, "sysconf", raising=False)
     real_read_text = Path.read_text
 
     def no_proc(self, *args, **kwargs):
@@ -130,6 +127,27 @@ def test_available_memory_needs_neither_sysconf_nor_proc(monkeypatch):
         return real_read_text(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "read_text", no_proc)
-    memory = collections.namedtuple("svmem", "total available")(8 << 30, 3 << 30)
-    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory)
+    monkeypatch.setattr(psutil, "virtual_memory",
+                        lambda: collections.namedtuple("svmem", "total available")(8 << 30, available))
+
+
+def test_available_memory_needs_neither_sysconf_nor_proc(monkeypatch):
+    """Issue 26: the CPU's available memory comes from psutil, so a platform without ``os.sysconf`` and without
+    ``/proc`` (Windows) plans tiles from the same number."""
+    import os
+
+    monkeypatch.delattr(os, "sysconf", raising=False)
+    _platform_without_proc(monkeypatch, available=3 << 30)
     assert mb.available_memory("cpu") == 3 << 30
+
+
+def test_memory_limit_without_proc_sys_or_resource(monkeypatch):
+    """Issue 27 on a platform without /proc, /sys and the ``resource`` module (Windows): the limit is the available
+    physical memory, named so, and the budget line says which limit it planned from."""
+    import sys
+
+    _platform_without_proc(monkeypatch, available=3 << 30)
+    monkeypatch.setitem(sys.modules, "resource", None)
+    assert mb.process_memory_limit("cpu") == mb.MemoryLimit(3 << 30, mb.PHYSICAL_MEMORY)
+    assert mb.plan_budget(mb.process_memory_limit("cpu")).description == (
+        "80% of the 3.0 GB of available physical memory")

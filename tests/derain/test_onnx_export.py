@@ -471,3 +471,21 @@ def test_default_export_is_an_image_filter_stock_onnxruntime_runs_with_only_the_
         assert np.abs(derained - rgb.astype(int)).max() > 2  # the network changed the image
     batch = np.random.default_rng(0).random((3, 3, 24, 40)).astype(np.float32)
     assert session.run(None, {"image": batch})[0].shape == (3, 3, 24, 40)  # any batch
+
+
+def test_an_opset_below_the_dynamo_exporters_is_written_by_torchscript(tiny, tmp_path):
+    """Issue 27: ``--opset 13`` gives an opset-13 file (the dynamo exporter would keep 18 without a word), written by
+    the TorchScript exporter, which the result says."""
+    result = export.export_onnx(tiny[1], tmp_path / "o13.onnx", 13)
+    assert result.opset == 13 and result.exporter == "torchscript" and result.max_abs_error < TOL
+    assert "instead of the dynamo exporter: opset 13 is below its lowest, 18" in result.describe()
+
+
+def test_opset_ranges_follow_the_installed_exporters():
+    """`OPSET_RANGES` are the installed torch's and onnxscript's limits (a new version that moves them fails here)."""
+    from torch.onnx import _constants
+
+    converter = pytest.importorskip("onnxscript.version_converter._version_converter")
+    torchlib = pytest.importorskip("torch.onnx._internal.exporter._constants")
+    assert export.OPSET_RANGES["dynamo"] == (torchlib.TORCHLIB_OPSET, converter.SUPPORTED_MAX_ONNX_OPSET)
+    assert export.OPSET_RANGES["torchscript"][1] == _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET

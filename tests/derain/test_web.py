@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import http.client
 import inspect
 import io
+import json
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -180,13 +185,16 @@ def test_cli_subcommand(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.
                               "--device", "cpu", "--max-upload-mb", "5"])
     assert args.func(args) == 0
     assert calls == [(("0.0.0.0", 8000, "w.safetensors", "cpu", 5.0, "auto"),
-                      {"max_pixels": 40_000_000, "job_seconds": 300.0, "max_waiting": 4, "max_memory": None})]
+                      {"max_pixels": 40_000_000, "job_seconds": 300.0, "max_waiting": 4, "max_memory": None,
+                       "read_timeout": 30.0, "upload_timeout": 120.0})]
     calls.clear()
     args = parser.parse_args(["web", "--max-megapixels", "12", "--job-seconds", "60", "--queue", "0",
-                              "--max-memory", "2G"])
+                              "--max-memory", "2G", "--read-timeout", "5", "--upload-timeout", "20"])
     assert args.func(args) == 0
-    assert calls[0][1] == {"max_pixels": 12_000_000, "job_seconds": 60.0, "max_waiting": 0, "max_memory": 2 << 30}
+    assert calls[0][1] == {"max_pixels": 12_000_000, "job_seconds": 60.0, "max_waiting": 0, "max_memory": 2 << 30,
+                           "read_timeout": 5.0, "upload_timeout": 20.0}
     assert args.func(parser.parse_args(["web", "--job-seconds", "0"])) == 2
+    assert args.func(parser.parse_args(["web", "--read-timeout", "0"])) == 2
     assert "reachable from other machines" in capsys.readouterr().err
     assert args.func(parser.parse_args(["web", "--host", "localhost"])) == 0
     assert capsys.readouterr().err == ""
@@ -203,17 +211,26 @@ def chromium_path() -> str | None:
 
 
 @contextlib.contextmanager
-def live_server(derainer: mgid.Derainer, **app_kwargs) -> Iterator[str]:
-    """The app served by werkzeug's threaded server on a free localhost port, in a thread; yields its URL."""
-    server = web.make_web_server(web.create_app(derainer, **app_kwargs), port=0)
+def running_server(derainer: mgid.Derainer, max_connections: int | None = None, **app_kwargs) -> Iterator:
+    """The app served by `mgid.derain.web.make_web_server` on a free localhost port, in a thread; yields the
+    server (its port: ``server.port``)."""
+    bound = {} if max_connections is None else {"max_connections": max_connections}
+    server = web.make_web_server(web.create_app(derainer, **app_kwargs), port=0, **bound)
     thread = threading.Thread(target=server.serve_forever, name="mgid-web-test", daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.port}/"
+        yield server
     finally:
         server.shutdown()
         thread.join(timeout=10)
         server.server_close()
+
+
+@contextlib.contextmanager
+def live_server(derainer: mgid.Derainer, **app_kwargs) -> Iterator[str]:
+    """`running_server`, yielding its URL."""
+    with running_server(derainer, **app_kwargs) as server:
+        yield f"http://127.0.0.1:{server.port}/"
 
 
 def upload_and_wait(page, path: Path) -> None:
@@ -444,3 +461,185 @@ def test_uploads_never_touch_the_disk(client, tiny_derainer, monkeypatch) -> Non
     assert len(data) > 500 * 1024
     resp = post_image(web.create_app(tiny_derainer, max_upload_mb=2).test_client(), data, "big.png")
     assert resp.status_code == 200, resp.get_json()
+
+
+# ------------------------------------------------------------------------------------- stalled connections
+
+BOUNDARY = "mgid-test-boundary"
+
+
+def multipart(data: bytes, filename: str = "a.png") -> bytes:
+    """A multipart/form-data body (boundary `BOUNDARY`) holding ``data`` as the form's ``image``."""
+    head = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"\r\n'
+            f"Content-Type: image/png\r\n\r\n").encode()
+    return head + data + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def http_upload(port: int, data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """POST ``data`` to /api/derain as a real client would; (status, headers, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("POST", "/api/derain", body=multipart(data),
+                     headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
+def stalled_upload(port: int, declared: int = 100_000) -> socket.socket:
+    """A client that sends a POST's headers (Content-Length ``declared``) and the start of a multipart body, then
+    nothing."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    start = multipart(b"\x89PNG\r\n\x1a\n")[:120]
+    sock.sendall((f"POST /api/derain HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+                  f"boundary={BOUNDARY}\r\nContent-Length: {declared}\r\n\r\n").encode() + start)
+    return sock
+
+
+def still_open(sock: socket.socket) -> bool:
+    """Whether the server has neither answered nor closed ``sock``."""
+    sock.setblocking(False)
+    try:
+        sock.recv(1)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.setblocking(True)
+    return False
+
+
+def wait_closed(sock: socket.socket, timeout: float = 15.0) -> bytes:
+    """Read ``sock`` until the server closes it (a socket.timeout past ``timeout``); what the server sent."""
+    sock.settimeout(timeout)
+    got = b""
+    try:
+        while data := sock.recv(65536):
+            got += data
+    except ConnectionResetError:  # closed with the client's unread bytes: a reset
+        pass
+    finally:
+        sock.close()
+    return got
+
+
+def health(port: int) -> dict:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/health")
+        return json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+
+
+def test_stalled_uploads_do_not_hold_the_job_slots(tiny_derainer: mgid.Derainer) -> None:
+    """Issue 27: six clients that send a POST's headers and the start of an upload, then nothing, held the five job
+    slots (503 "busy" for every real upload, as long as they stayed open). Now a slot is taken only once an upload
+    has arrived whole: a real upload is de-rained while they are open, and the server closes them after the read
+    timeout, freeing everything."""
+    read_timeout = 3.0
+    rgb = np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    with running_server(tiny_derainer, read_timeout=read_timeout) as server:
+        opened = time.monotonic()
+        stalled = [stalled_upload(server.port) for _ in range(6)]  # more than the 5 job slots
+        deadline = time.monotonic() + 10
+        while health(server.port)["reading"] < 6 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert health(server.port)["reading"] == 6 and health(server.port)["busy"] == 0
+
+        status, _, body = http_upload(server.port, png_bytes(rgb))
+        assert status == 200, body[:300]
+        assert decode_data_url(json.loads(body)["derained"]).shape == rgb.shape
+        assert time.monotonic() - opened < read_timeout and all(still_open(s) for s in stalled)
+
+        answers = [wait_closed(s) for s in stalled]
+        waited = time.monotonic() - opened
+        assert read_timeout - 0.2 < waited < read_timeout + 6, waited
+        for answer in answers:  # a 408 when it could still be written, else just the close
+            assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert any(b"upload timed out: no data for 3 s" in a for a in answers), answers[0][:300]
+        after = health(server.port)
+        assert (after["reading"], after["busy"]) == (0, 0)
+
+
+def test_trickling_upload_is_cut_at_the_upload_timeout(tiny_derainer: mgid.Derainer) -> None:
+    """A client sending a byte every 0.3 s never trips the 1 s read timeout; the 2 s upload deadline cuts it."""
+    with running_server(tiny_derainer, read_timeout=1.0, upload_timeout=2.0) as server:
+        opened = time.monotonic()
+        sock = stalled_upload(server.port)
+        stop = threading.Event()
+
+        def trickle() -> None:
+            while not stop.wait(0.3):
+                try:
+                    sock.send(b"x")
+                except OSError:
+                    return
+
+        thread = threading.Thread(target=trickle, daemon=True)
+        thread.start()
+        try:
+            answer = wait_closed(sock)
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+        waited = time.monotonic() - opened
+        assert 1.8 < waited < 7, waited
+        assert answer == b"" or (answer.startswith(b"HTTP/1.1 408") and b"within 2 s" in answer), answer[:300]
+        assert health(server.port)["reading"] == 0
+
+
+def test_uploads_being_read_and_connections_are_bounded(tiny_derainer: mgid.Derainer) -> None:
+    """Past ``max_reading`` uploads being read, one more is a 503 with Retry-After; past ``max_connections``, a
+    connection is answered 503 and closed at once; once the stalled ones time out, uploads go through again."""
+    rgb = np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    with running_server(tiny_derainer, read_timeout=1.5, max_reading=2, max_connections=4) as server:
+        stalled = [stalled_upload(server.port) for _ in range(2)]
+        deadline = time.monotonic() + 10
+        while health(server.port)["reading"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        status, headers, body = http_upload(server.port, png_bytes(rgb))
+        assert status == 503 and int(headers["Retry-After"]) >= 1
+        assert "2 uploads are being received" in json.loads(body)["error"]
+
+        while server.connections > 2 and time.monotonic() < deadline:  # the answered ones have gone
+            time.sleep(0.02)
+        idle = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(2)]  # 4 open
+        while server.connections < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        extra = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        refused = wait_closed(extra, timeout=5)
+        assert refused.startswith(b"HTTP/1.1 503") and b"Retry-After: 2" in refused, refused[:300]
+        assert b"4 connections are open" in refused
+
+        for sock in stalled + idle:  # each closed after the read timeout
+            wait_closed(sock)
+        assert http_upload(server.port, png_bytes(rgb))[0] == 200
+
+
+# ---------------------------------------------------------------------------------------------- footprint
+
+#: Modules de-raining does not need that the page's process imported at startup before issue 27 (the trainer's,
+#: through the full command-line parser, and torch._dynamo with sympy, through building a network on the meta
+#: device): 210 MB and 160 MB of its 754 MB.
+NOT_FOR_INFERENCE = ("mgid.train.trainer", "mgid.eval.metrics", "scipy", "skimage", "torch._dynamo", "sympy",
+                     "triton", "matplotlib", "tensorboard", "onnx", "onnxruntime")
+
+
+def test_web_startup_imports_nothing_inference_does_not_need(tiny_derainer: mgid.Derainer) -> None:
+    """`mgid web`, as started from the command line, up to the moment it serves: none of `NOT_FOR_INFERENCE`."""
+    script = f"""
+import sys
+import werkzeug.serving
+def report(self, *args, **kwargs):
+    print("LOADED", [m for m in {NOT_FOR_INFERENCE!r} if m in sys.modules], flush=True)
+werkzeug.serving.BaseWSGIServer.serve_forever = report
+from mgid.cli import main
+sys.exit(main(["web", "--port", "0", "--device", "cpu", "--weights", {str(tiny_derainer.weights)!r}]))
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, cwd=REPO,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "LOADED []" in run.stdout, run.stdout

@@ -227,3 +227,45 @@ def test_auto_on_the_reference_says_why_and_fused_is_a_one_line_error(tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "fused mgid ops are unavailable on cpu" in err[0] and "pip install ." in err[0]
     assert not (tmp_path / "fused" / "checkpoints").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# issue 27 part 4: --out naming a file, frames smaller than the crop
+
+
+def test_out_naming_a_file_is_a_one_line_error_before_anything_is_written(tmp_path, capsys):
+    existing = tmp_path / "notes.txt"
+    existing.write_text("keep me")
+    for prog, main, out, extra in (("train.py", train_main, existing, []),
+                                   ("mgid train", lambda argv: cli_main(["train", *argv]), existing, []),
+                                   ("train.py", train_main, existing / "run", []),
+                                   ("train.py", train_main, existing, ["--resume"])):
+        assert main(TINY + ["--out", str(out), "--max-steps", "1", *extra]) == 2
+        captured = capsys.readouterr()
+        err = captured.err.strip().splitlines()
+        assert len(err) == 1 and "Traceback" not in captured.err, captured.err
+        assert err[0] == (f"{prog}: error: --out {out}: {existing} is a file, not a folder; pass a folder for the "
+                          f"run's outputs (checkpoints/, tb/, samples/; created when missing)")
+    assert existing.read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_frames_smaller_than_the_crop_are_warned_of_once(tmp_path):
+    """20x20 frames under a 32-pixel crop: one warning line in the run's log saying they are padded by mirroring."""
+    import numpy as np
+
+    from mgid.data import write_image
+
+    rng = np.random.default_rng(0)
+    for scene in ("a", "b"):
+        for k in range(2):
+            write_image(tmp_path / "data" / scene / f"{k}.png", rng.integers(0, 256, (20, 20, 3), dtype=np.uint8))
+    lines: list[str] = []
+    Trainer(tiny_config(tmp_path / "run", data=str(tmp_path / "data"), max_steps=1, batch_size=2), log=lines.append)
+    warned = [line for line in lines if line.startswith("warning:")]
+    assert len(warned) == 1, lines
+    assert "4 of the 4 frames" in warned[0] and "smaller than the 32x32 (HxW) crop" in warned[0]
+    assert "mirroring" in warned[0] and "lower the crop size to 20 or less" in warned[0]
+    lines.clear()
+    Trainer(tiny_config(tmp_path / "run2", data=str(tmp_path / "data"), max_steps=1, batch_size=2, crop_size=16),
+            log=lines.append)
+    assert not [line for line in lines if line.startswith("warning:")]

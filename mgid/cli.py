@@ -1,12 +1,12 @@
 """The ``mgid`` command line: ``mgid train``, ``mgid finetune``, ``mgid data synth``, ``mgid derain``,
-``mgid export``, ``mgid evaluate``, ``mgid heldout``, ``mgid web``, ``mgid bench``.
+``mgid export``, ``mgid evaluate``, ``mgid heldout``, ``mgid web``, ``mgid bench``, ``mgid info``.
 
-Over 400 lines because it is the one place that parses arguments, for nine commands that share their
+Over 400 lines because it is the one place that parses arguments, for ten commands that share their
 model, device, precision and tiling options; each command's library lives elsewhere.
 
-Each command is a ``register(subparsers)`` function in `COMMANDS` that adds its parser and sets
+Each command is a ``register(subparsers)`` function in `COMMANDS` (by name) that adds its parser and sets
 ``func`` (called with the parsed arguments, returns the exit code); a new command (derain,
-evaluate, bench, ...) is one more function in that list. The commands only parse arguments, call
+evaluate, bench, ...) is one more entry there; ``mgid NAME`` registers only that command's parser. The commands only parse arguments, call
 the library (`mgid.derain.files` and `mgid.derain.video` for derain, `mgid.train.finetune`, `mgid.derain.onnx_export`,
 `mgid.derain.web`, `mgid.eval.scoring`, `mgid.eval.heldout`, `mgid.data`, `mgid.train`) and print its results and exit codes.
 """
@@ -759,11 +759,11 @@ def register_info(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_info_command)
 
 
-#: The subcommands, in --help order.
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [register_train, register_finetune, register_data,
-                                                                register_derain, register_export, register_evaluate,
-                                                                register_heldout, register_web, register_bench,
-                                                                register_info]
+#: The subcommands by name, in --help order.
+COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
+    "train": register_train, "finetune": register_finetune, "data": register_data, "derain": register_derain,
+    "export": register_export, "evaluate": register_evaluate, "heldout": register_heldout, "web": register_web,
+    "bench": register_bench, "info": register_info}
 
 
 def build_parser(commands: Sequence[Callable[[argparse._SubParsersAction], None]] | None = None
@@ -773,7 +773,7 @@ def build_parser(commands: Sequence[Callable[[argparse._SubParsersAction], None]
                                                               "time-lapse data.")
     parser.add_argument("--version", action="version", version=f"mgid {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for register in COMMANDS if commands is None else commands:
+    for register in COMMANDS.values() if commands is None else commands:
         register(sub)
     return parser
 
@@ -783,9 +783,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:  # every option after `bench` belongs to bench_ops (argparse would claim -h)
         return run_bench(argv[1:])
-    # `mgid web` registers only itself: the other parsers import the trainer (scipy, scikit-image, torch._dynamo),
-    # 210 MB the page's long-lived process would hold for nothing.
-    args = build_parser([register_web] if argv[:1] == ["web"] else COMMANDS).parse_args(argv)
+    # A named command registers only its own parser: the train parsers import the trainer (scipy, scikit-image,
+    # torch._dynamo: 210 MB and about 2 s), which `mgid web`'s long-lived process and `mgid derain` never use.
+    named = COMMANDS.get(argv[0]) if argv else None
+    args = build_parser([named] if named else None).parse_args(argv)
     return int(args.func(args))
 
 

@@ -18,8 +18,9 @@ values), two lines:
 * whole images at ``--sizes-mp`` megapixels: the least-squares line ``growth = fixed + bytes_per_pixel x pixels``
   (the untiled cost; the tile cost of ``--tile auto`` uses the same bytes per pixel for a tile's pixels);
 * tiled (``--tile``) at ``--tiled-sizes-mp``: the line ``growth = tile_fixed + image_bytes_per_pixel x pixels``,
-  the whole-image buffers tiling keeps (input, output, the blend's accumulator); ``tile_fixed`` minus
-  ``bytes_per_pixel x tile^2`` is what a tile costs beyond its activations.
+  the buffers of the image's size tiling keeps (since issue 27 only the uint8 results: tiles are converted from
+  the uint8 image as needed and the blend streams through a band of one row of tiles); ``tile_fixed`` minus
+  ``bytes_per_pixel x tile^2`` is what a tile costs beyond its activations (the band included).
 
 `mgid.derain.memory_budget.load_costs` interpolates the four numbers linearly in the width between the two measured.
 
@@ -153,9 +154,14 @@ def summarise(rows: list[dict[str, Any]], tile: int) -> tuple[dict[str, Any], di
     The planner's numbers are the worst measured, not the fitted line: the same measurement repeated moved by up
     to a quarter (oneDNN's caches and the allocator's arenas), and a line through noisy points can undershoot a
     size it was fitted on. ``bytes_per_pixel`` is the largest growth per pixel of the whole-image sizes (its
-    fixed part folded in, ``fixed_bytes`` 0), ``tiled_image_bytes_per_pixel`` the fitted slope of the tiled sizes,
-    ``tile_extra_bytes`` the largest tiled growth beyond that slope and the tile's pixels at ``bytes_per_pixel``.
+    fixed part folded in, ``fixed_bytes`` 0), ``tiled_image_bytes_per_pixel`` the fitted slope of the narrowest
+    network's tiled sizes for every width (the buffers of the image's size do not depend on the width, and the wide
+    network's few tiles per second leave its line the noisier: before `mgid.derain.memory_budget.mmap_large_buffers`
+    its first-use costs spread by +-50 MB between fresh processes, more than its images' uint8 results), at least `mgid.derain.memory_budget.STREAMED_IMAGE_BYTES_PER_PIXEL` (those
+    results), ``tile_extra_bytes`` the largest tiled growth beyond that and the tile's pixels at ``bytes_per_pixel``.
     """
+    from mgid.derain.memory_budget import STREAMED_IMAGE_BYTES_PER_PIXEL
+
     fits: dict[str, Any] = {}
     variants: dict[str, Any] = {}
     for r in rows:
@@ -163,11 +169,12 @@ def summarise(rows: list[dict[str, Any]], tile: int) -> tuple[dict[str, Any], di
             (r["width"] * r["height"] if "width" in r else round(r["megapixels"] * 1e6), r["growth_bytes"]))
     for variant, by_width in fits.items():
         variants[variant] = {}
+        narrowest = min(by_width, key=int)
+        image_bpp = max(fit(by_width[narrowest]["tiled"])[1], STREAMED_IMAGE_BYTES_PER_PIXEL)
         for width, kinds in by_width.items():
             whole, tiled = kinds["whole"], kinds["tiled"]
             (fixed, slope), (tile_fixed, image_slope) = fit(whole), fit(tiled)
             bpp = max(g / px for px, g in whole)
-            image_bpp = max(image_slope, 0.0)
             extra = max(max(g - image_bpp * px - bpp * tile ** 2 for px, g in tiled), 0.0)
             variants[variant][width] = {"bytes_per_pixel": round(bpp, 1), "fixed_bytes": 0,
                                         "tiled_image_bytes_per_pixel": round(image_bpp, 1),
@@ -193,8 +200,9 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {r['variant']} | {r['channels']} | {kind} | {r['size']} | {r['megapixels']:.2f} | "
                      f"{r['growth_bytes'] / 2**20:.0f} MB | {r['bytes_per_pixel']:.0f} | {r['seconds']:.1f} |")
     lines += ["", "Least-squares lines over the sizes above, and the numbers `--tile auto` plans with: the worst "
-                  "measured (the largest whole-image growth per pixel; the tiled slope; the largest tiled growth "
-                  "beyond them), since a repeated measurement moved by up to a quarter (MB = 2^20 bytes):", "",
+                  "measured (the largest whole-image growth per pixel; the tiled slope of the narrowest network, "
+                  "at least the 6 bytes of the uint8 results; the largest tiled growth beyond them), since a "
+                  "repeated measurement moved by up to a quarter (MB = 2^20 bytes):", "",
               "| variant | C | whole: fitted bytes/pixel + fixed | tiled: fitted bytes per image pixel + fixed | "
               "**planned: bytes per pixel** | **planned: tiled bytes per image pixel** | planned: tile extra |",
               "|---|---|---|---|---|---|---|"]

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import overload
+from typing import TypeVar, overload
 
 import numpy as np
 import torch
@@ -47,6 +47,7 @@ from mgid.derain.memory_budget import (
     choose_tile,
     is_out_of_memory,
     load_costs,
+    mmap_large_buffers,
     plan_budget,
     process_memory_limit,
     release_memory,
@@ -54,7 +55,16 @@ from mgid.derain.memory_budget import (
     smallest_tile,
 )
 from mgid.derain.self_ensemble import dihedral_mean
-from mgid.derain.tiling import DEFAULT_OVERLAP, TILE_AUTO, predict_rain, tile_geometry
+from mgid.derain.tiling import (
+    DEFAULT_OVERLAP,
+    TILE_AUTO,
+    PixelSource,
+    RowsFn,
+    predict_rain,
+    stream_rain,
+    tile_geometry,
+    tiling_of,
+)
 from mgid.devices import resolve_device
 from mgid.models import DOWNSAMPLE, MGIDNet, ModelConfig
 from mgid.precision import resolve_arithmetic, resolve_precision
@@ -209,6 +219,9 @@ def _notify_retry(message: str) -> None:
         callback(message)
 
 
+_T = TypeVar("_T")
+
+
 def _tile_text(tile: int | None) -> str:
     return "the whole image" if tile is None else str(tile)
 
@@ -234,6 +247,12 @@ class Derainer:
         self_ensemble: default of the per-call option: the rain layer is the mean over the 8 flips and
             quarter turns of the image (`mgid.derain.self_ensemble`; 8 network passes). Off by default.
         last_tile: the tile the last prediction finished with (None: whole), after any out-of-memory retries.
+
+    NumPy images de-rained in tiles are streamed (`mgid.derain.tiling.stream_rain`): each tile is converted to
+    floats from the image as it is needed, and the blended rows are converted to the uint8 (or uint16) results as
+    soon as no later tile reaches them, so the only buffers of the image's size are the input and the results (3
+    bytes per pixel each in uint8), not float copies of them; the results are those of tiling a float copy, bit
+    for bit. Whole images, tensors and the self-ensemble are predicted as float tensors.
 
     An out-of-memory error while predicting (`derain`, `rain_layer`, `derain_with_rain`) is retried in smaller
     tiles: a whole image in the largest tiles the budget allows, a tile in tiles of half its size, down to
@@ -324,16 +343,25 @@ class Derainer:
         """One prediction of the rain layer (B, 3, H, W) of ``batch`` (B, 3, H, W), tiled or whole (`predict_rain`)."""
         return predict_rain(self.net, batch, tile, overlap, precision=self.precision, channels_last=self.channels_last)
 
+    def _pad_mode(self) -> str:
+        """How the network pads images to multiples of 8 (its config's ``pad_mode``)."""
+        return self.net.config.pad_mode
+
+    def _stream(self, source: PixelSource, tile: int, overlap: int, emit: RowsFn) -> None:
+        """One tiled prediction of the rain layer of ``source``, its final rows handed to ``emit`` as they come
+        (`mgid.derain.tiling.stream_rain`); ``tile``/``overlap`` as `mgid.derain.tiling.tiling_of` gives them."""
+        stream_rain(self.net, source, tile, overlap, emit, precision=self.precision, channels_last=self.channels_last)
+
     def _predict_once(self, batch: torch.Tensor, tile: int | None, overlap: int, ensemble: bool) -> torch.Tensor:
         """One attempt at the rain layer (B, 3, H, W): tiled or whole, with the self-ensemble or without."""
         if ensemble:  # around the whole (tiled) prediction: each turned image is padded and tiled in its own frame
             return dihedral_mean(lambda x: self._predict(x, tile, overlap), batch)
         return self._predict(batch, tile, overlap)
 
-    def _retry_size(self, batch: torch.Tensor, failed: int | None, overlap: int, held: int) -> int | None:
-        """The tile to retry with after ``failed`` ran out of memory (None: none is left to try); ``held``: bytes
-        of the image's buffers allocated for this call (`auto_tile`'s ``held_bytes``)."""
-        b, _, h, w = batch.shape
+    def _retry_size(self, shape: tuple[int, int, int], failed: int | None, overlap: int, held: int) -> int | None:
+        """The tile to retry with after ``failed`` ran out of memory on images of ``shape`` (B, H, W) (None: none is
+        left to try); ``held``: bytes of the image's buffers allocated for this call (`auto_tile`'s ``held_bytes``)."""
+        b, h, w = shape
         side = max(-(-h // DOWNSAMPLE), -(-w // DOWNSAMPLE)) * DOWNSAMPLE
         if failed is not None and failed < side:
             return retry_tile(failed, overlap)
@@ -352,24 +380,29 @@ class Derainer:
             t = self.auto_tile(*shape, o)
         return t, o
 
-    def _rain(self, batch: torch.Tensor, tile: int | None, overlap: int, self_ensemble: bool | None,
-              held: int = 0) -> torch.Tensor:
-        """The rain layer (B, 3, H, W) at the tiling of `_tiling`; out-of-memory errors retried in smaller tiles (see
-        the class doc). ``held``: bytes allocated for this call before it (the float image, the results)."""
+    def _retrying(self, attempt: Callable[[int | None], _T], shape: tuple[int, int, int], tile: int | None,
+                  overlap: int, held: int) -> _T:
+        """``attempt(tile)``, its out-of-memory errors retried in smaller tiles (see the class doc); sets `last_tile`.
+
+        Args:
+            attempt: one prediction at a tiling (None: whole).
+            shape: (B, H, W) of the images.
+            tile, overlap: the first tiling.
+            held: bytes allocated for this call before it (`auto_tile`'s ``held_bytes``).
+        """
         t, o = tile, overlap
-        ensemble = self.self_ensemble if self_ensemble is None else check_self_ensemble(self_ensemble)
         tried: list[int | None] = []
         while True:
             tried.append(t)
             try:
-                rain = self._predict_once(batch, t, o, ensemble)
+                result = attempt(t)
                 break
             except (RuntimeError, MemoryError) as exc:
                 if isinstance(exc, MemoryBudgetError) or not is_out_of_memory(exc):
                     raise
             # Out of the except block the traceback, and with it the failed attempt's tensors, is gone.
             release_memory(self.device)
-            nxt = self._retry_size(batch, t, o, held)
+            nxt = self._retry_size(shape, t, o, held)
             if nxt is None:
                 raise OutOfMemoryAtSmallestTile(_exhausted(tried, o), tuple(tried))
             if len(tried) == 1:
@@ -377,13 +410,66 @@ class Derainer:
                               f"{nxt} (halving down to {smallest_tile(o)} pixels if needed)")
             t = nxt
         self.last_tile = t
+        return result
+
+    def _non_finite(self) -> NonFiniteOutputError:
+        return NonFiniteOutputError(
+            f"the network gave NaN or infinite values with the weights {self.weights or '(a network in memory)'} "
+            f"({self.arithmetic.precision}): they are broken, or overflow in this arithmetic"
+            + (" (try --precision fp32)" if self.precision != "fp32" else "")
+            + "; nothing was written for this image")
+
+    def _rain(self, batch: torch.Tensor, tile: int | None, overlap: int, self_ensemble: bool | None,
+              held: int = 0) -> torch.Tensor:
+        """The rain layer (B, 3, H, W) of a float batch at the tiling of `_tiling`; out-of-memory errors retried in
+        smaller tiles (see the class doc). ``held``: bytes allocated for this call before it (the results)."""
+        ensemble = self.self_ensemble if self_ensemble is None else check_self_ensemble(self_ensemble)
+        b, _, h, w = batch.shape
+        rain = self._retrying(lambda t: self._predict_once(batch, t, overlap, ensemble), (b, h, w), tile, overlap,
+                              held)
         if not _all_finite(rain):
-            raise NonFiniteOutputError(
-                f"the network gave NaN or infinite values with the weights {self.weights or '(a network in memory)'} "
-                f"({self.arithmetic.precision}): they are broken, or overflow in this arithmetic"
-                + (" (try --precision fp32)" if self.precision != "fp32" else "")
-                + "; nothing was written for this image")
+            raise self._non_finite()
         return rain
+
+    def _pixels(self, image: np.ndarray, tile: int | None, overlap: int, self_ensemble: bool | None,
+                clean: np.ndarray | None, rain: np.ndarray | None) -> None:
+        """Fill ``clean`` (the de-rained image, in ``image``'s dtype) and/or ``rain`` (the rain layer in uint8 pixel
+        units) of the HxWx3 ``image`` at the tiling of `_tiling`, out-of-memory errors retried in smaller tiles.
+
+        Tiled (without the self-ensemble) the prediction is streamed (`mgid.derain.tiling.stream_rain`): rows are
+        converted as they become final, each band checked for NaN first, so no float buffer of the image's size
+        exists; whole (or with the self-ensemble) the float image and its rain layer are, as in `derain` of a tensor.
+        The pixels are those of converting the float results of `derain` of ``to_tensor(image)``, bit for bit.
+        """
+        ensemble = self.self_ensemble if self_ensemble is None else check_self_ensemble(self_ensemble)
+        if self.device.type == "cpu" and process_memory_limit("cpu").is_hard:
+            mmap_large_buffers()  # a finished tile's memory goes back to the system (see MMAP_THRESHOLD)
+        source = PixelSource(image, self._pad_mode())
+        h, w = source.height, source.width
+        held = sum(a.nbytes for a in (clean, rain) if a is not None)
+
+        def emit(r0: int, r1: int, layer: torch.Tensor) -> None:  # rows r0:r1 of the rain layer, (1, 3, r1 - r0, W)
+            if not _all_finite(layer):
+                raise self._non_finite()
+            for a in range(r0, r1, _PIXEL_ROWS):
+                b = min(r1, a + _PIXEL_ROWS)
+                part = layer[0, :, a - r0:b - r0]
+                if rain is not None:
+                    rain[a:b] = to_pixels(part, np.uint8, offset=0.0)
+                if clean is not None:  # -R + I, in R's rows (ours: used up here), as _background
+                    clean[a:b] = to_pixels(part.neg_().add_(source.crop(a, b, 0, w)[0]), clean.dtype)
+
+        def attempt(t: int | None) -> None:
+            geometry = None if ensemble else tiling_of(h, w, t, overlap)
+            if geometry is not None:
+                self._stream(source, *geometry, emit)
+                return
+            batch = source.tensor()
+            layer = self._predict_once(batch, t, overlap, ensemble)
+            del batch  # the float image: the clean rows are made from the pixels
+            emit(0, h, layer)
+
+        self._retrying(attempt, (1, h, w), tile, overlap, held)
 
     @staticmethod
     def _input_shape(image: np.ndarray | torch.Tensor) -> tuple[int, int, int]:
@@ -423,12 +509,12 @@ class Derainer:
         ``self_ensemble`` (True/False) overrides the default (None: `self_ensemble` of the Derainer).
         """
         t, o = self._tiling(self._input_shape(image), tile, overlap)  # planned before the image's buffers exist
+        if isinstance(image, np.ndarray):
+            out = np.empty(image.shape, image.dtype)  # fails before the work if it cannot
+            self._pixels(image, t, o, self_ensemble, clean=out, rain=None)
+            return out
         batch, kind = self._as_batch(image)
-        out = np.empty(image.shape, image.dtype) if kind == "numpy" else None  # fails before the work if it cannot
-        held = 0 if out is None else batch.nbytes + out.nbytes
-        background = _background(batch, self._rain(batch, t, o, self_ensemble, held))
-        if out is not None:
-            return _pixels_into(out, background[0])
+        background = _background(batch, self._rain(batch, t, o, self_ensemble))
         return background[0] if kind == "chw" else background
 
     def rain_layer(self, image, tile="default", overlap=None, self_ensemble=None):
@@ -439,12 +525,12 @@ class Derainer:
         Tensor in: R itself, same shape as the input, in (-1, 1).
         """
         t, o = self._tiling(self._input_shape(image), tile, overlap)
+        if isinstance(image, np.ndarray):
+            out = np.empty(image.shape, np.uint8)
+            self._pixels(image, t, o, self_ensemble, clean=None, rain=out)
+            return out
         batch, kind = self._as_batch(image)
-        out = np.empty(image.shape, np.uint8) if kind == "numpy" else None
-        held = 0 if out is None else batch.nbytes + out.nbytes
-        rain = self._rain(batch, t, o, self_ensemble, held)
-        if out is not None:
-            return _pixels_into(out, rain[0], offset=0.0)
+        rain = self._rain(batch, t, o, self_ensemble)
         return rain[0] if kind == "chw" else rain
 
     def derain_with_rain(self, image: np.ndarray, tile: int | None | str = "default", overlap: int | None = None,
@@ -454,23 +540,14 @@ class Derainer:
         if not isinstance(image, np.ndarray):
             raise TypeError("derain_with_rain takes an HxWx3 uint8 NumPy image")
         t, o = self._tiling(self._input_shape(image), tile, overlap)  # planned before the image's buffers exist
-        batch, _ = self._as_batch(image)
         # The results are allocated first: an image whose results do not fit fails before the work, not after it.
         clean, rain_pixels = np.empty(image.shape, image.dtype), np.empty(image.shape, np.uint8)
-        rain = self._rain(batch, t, o, self_ensemble, batch.nbytes + clean.nbytes + rain_pixels.nbytes)
-        _pixels_into(rain_pixels, rain[0], offset=0.0)
-        return _pixels_into(clean, _background(batch, rain)[0]), rain_pixels
+        self._pixels(image, t, o, self_ensemble, clean=clean, rain=rain_pixels)
+        return clean, rain_pixels
 
 
-#: Rows `_pixels_into` converts at a time.
+#: Rows of the results converted at a time (`Derainer._pixels`: its float temporaries are this many rows).
 _PIXEL_ROWS = 64
-
-
-def _pixels_into(out: np.ndarray, tensor: torch.Tensor, offset: float = 1.0) -> np.ndarray:
-    """``out`` (HxWx3, uint8 or uint16) filled with `to_pixels` of ``tensor`` (3, H, W), a band of rows at a time."""
-    for r0 in range(0, out.shape[0], _PIXEL_ROWS):
-        out[r0:r0 + _PIXEL_ROWS] = to_pixels(tensor[:, r0:r0 + _PIXEL_ROWS], out.dtype, offset)
-    return out
 
 
 def _all_finite(tensor: torch.Tensor, rows: int = 256) -> bool:

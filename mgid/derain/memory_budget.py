@@ -4,8 +4,10 @@
   ``benchmarks/bench_derain_memory.py --update-record`` writes from the peak resident memory of fresh processes
   (its report is named in the record as the source). A whole image of P pixels (batch included) costs
   ``fixed_bytes + bytes_per_pixel * P``; tiled, ``tiled_image_bytes_per_pixel * P`` for the buffers kept at the
-  image's size (input, output, the blend's accumulator) plus ``bytes_per_pixel * T^2 + tile_extra_bytes`` for a
-  T x T tile. Measured at two widths (the shipped network's and a narrow one: the activations grow with the
+  image's size plus ``bytes_per_pixel * T^2 + tile_extra_bytes`` for a T x T tile. Tiled de-raining of a NumPy
+  image streams (`mgid.derain.tiling.stream_rain`): the buffers of the image's size are only its uint8 results
+  (`STREAMED_IMAGE_BYTES_PER_PIXEL`, the planned number's floor), not float copies of the image and of the blend
+  (44 bytes per pixel before issue 27). Measured at two widths (the shipped network's and a narrow one: the activations grow with the
   width, the image-sized buffers do not), and interpolated linearly in the width of the network at hand.
 * `process_memory_limit`: what this process may still allocate, and which limit says so (`MemoryLimit`): the
   smallest of the system's available physical memory, the room under the process's cgroup limit (v2
@@ -59,6 +61,15 @@ MIN_AUTO_TILE = 128
 #: started some threads), at most 71 MB per thread beyond the first, and by 4-6 MB less with one thread.
 ADDRESS_SPACE_PER_THREAD = 72 << 20
 
+#: Bytes per image pixel that tiled de-raining keeps at the image's size beyond the input: the uint8 de-rained image
+#: and the uint8 rain layer that ``mgid derain`` (`mgid.derain.derainer.Derainer.derain_with_rain`) fills, 3 bytes
+#: each (a 16-bit image's result takes 6). The tiles are converted to floats from the input as they are needed, and
+#: the blend is a float band of one row of tiles (12 bytes x tile x image width: 77 MB for 800-pixel tiles across
+#: 8000 pixels), which the measured tile costs cover (see docs/DERAIN.md, "Tiles and memory"). The floor of the
+#: planned ``tiled_image_bytes_per_pixel`` (`benchmarks/bench_derain_memory.py`): at the benchmark's sizes the
+#: slope of a few megapixels is within the measurement's spread.
+STREAMED_IMAGE_BYTES_PER_PIXEL = 6
+
 #: Names of the limits `process_memory_limit` reads, as the budget line prints them.
 PHYSICAL_MEMORY = "available physical memory"
 CGROUP_V2 = "cgroup v2 memory.max"
@@ -72,9 +83,11 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_SELF_STATUS = Path("/proc/self/status")
 
 #: Fragments of the messages of allocation failures that arrive as a plain RuntimeError (the CPU allocator of
-#: torch: "DefaultCPUAllocator: can't allocate memory"; CUDA before OutOfMemoryError existed) or a cv2.error.
+#: torch: "DefaultCPUAllocator: can't allocate memory"; CUDA before OutOfMemoryError existed; oneDNN, whose
+#: convolutions say "could not create a primitive" when their buffers cannot be allocated, as under ``ulimit -v``)
+#: or a cv2.error.
 _OOM_MESSAGES = ("DefaultCPUAllocator", "can't allocate memory", "out of memory", "not enough memory",
-                 "Insufficient memory", "Failed to allocate")
+                 "Insufficient memory", "Failed to allocate", "could not create a primitive")
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -110,6 +123,12 @@ class MemoryLimit:
     def counts_address_space(self) -> bool:
         """Whether the limit counts address space (reserved, not only resident, memory)."""
         return self.source == RLIMIT_AS_SOURCE
+
+    @property
+    def is_hard(self) -> bool:
+        """Whether going past the limit fails (an allocation under ``RLIMIT_AS``) or kills the process (a cgroup's),
+        rather than slowing the machine down (physical memory, which the system can page out)."""
+        return self.source in (RLIMIT_AS_SOURCE, CGROUP_V2, CGROUP_V1)
 
 
 @dataclass(frozen=True)
@@ -384,6 +403,38 @@ def retry_tile(failed: int, overlap: int) -> int | None:
     if failed <= floor:
         return None
     return max(failed // 2 // 8 * 8, floor)
+
+
+#: Size from which glibc serves an allocation from its own ``mmap`` once `mmap_large_buffers` has run: freed, it goes
+#: back to the system at once. Without it glibc raises its threshold to the largest block freed so far (up to 32 MB),
+#: so after the first tile most of a tile's activations come from the heap, which fragments from tile to tile: with
+#: the tiny test network, 1008-pixel tiles over a 2000x2000 image grew the address space by 376-442 MB (the same
+#: tile on a 1008x1008 image, whole: 222 MB), with a 1 MB threshold by 221 MB; the shipped network, bf16, 736-pixel
+#: tiles over 2000x2000: 395-459 MB, 335 MB with it. The price is page faults: 20-25 % more time in that run (7.6-8.3
+#: -> 9.8-10.0 s, two threads), so it is set only under a limit past which an allocation fails
+#: (`MemoryLimit.is_hard`; `mgid.derain.derainer.Derainer` checks before each NumPy image).
+MMAP_THRESHOLD = 1 << 20
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+
+
+@lru_cache(maxsize=1)
+def mmap_large_buffers() -> bool:
+    """Have glibc serve allocations of `MMAP_THRESHOLD` bytes or more by ``mmap`` from now on, for the whole
+    process, so the memory of a finished tile goes back to the system instead of fragmenting the heap
+    (`mgid.derain.derainer.Derainer` does it before it de-rains a NumPy image under a hard limit,
+    `MemoryLimit.is_hard`; set once per process).
+
+    Returns:
+        Whether it was set (False where the C library is not glibc).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    except (OSError, AttributeError):  # not glibc
+        return False
 
 
 def release_memory(device: str | torch.device = "cpu") -> None:

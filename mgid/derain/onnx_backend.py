@@ -8,7 +8,8 @@ Same interface and the same results as the PyTorch `Derainer` in fp32 (to float 
 [-1, 1] scale): `derain`, `rain_layer` and `derain_with_rain` are Derainer's own methods; only the network
 pass differs. Images of any size are padded to multiples of 8 here (the graph takes multiples of 8 only,
 see `mgid.derain.onnx_export`) with the model's ``pad_mode`` and cropped back, as `MGIDNet.forward` does. Tiling is
-`mgid.derain.tiling.tiled_rain` itself, given two callables that run the session: the whole image's instance-norm
+`mgid.derain.tiling.tiled_rain` itself (streamed for NumPy images: `mgid.derain.tiling.stream_tiled_rain`), given
+two callables that run the session: the whole image's instance-norm
 statistics are gathered from the graph's ``pre_norm_query`` output (from the encoder alone, a subgraph extracted
 at load time when the ``onnx`` package is installed, see `_encoder_session`) and fed back through its
 ``norm_mean``/``norm_var`` inputs, so tiled results match the torch path's tiled results, not just its untiled ones.
@@ -27,7 +28,16 @@ import torch
 
 from mgid.derain.derainer import Derainer, check_max_memory, check_self_ensemble, check_tile
 from mgid.derain.onnx_graphs import IMAGE_FILTER, TILING
-from mgid.derain.tiling import DEFAULT_OVERLAP, TILE_AUTO, tile_geometry, tiled_rain
+from mgid.derain.tiling import (
+    DEFAULT_OVERLAP,
+    TILE_AUTO,
+    PixelSource,
+    RowsFn,
+    cropped_rows,
+    stream_tiled_rain,
+    tile_geometry,
+    tiled_rain,
+)
 from mgid.models import DOWNSAMPLE, ModelConfig, NormStats, image_size_problem, pad_to_multiple
 from mgid.precision import Arithmetic
 
@@ -215,6 +225,16 @@ class OnnxDerainer(Derainer):
     def _predict(self, batch: torch.Tensor, tile: int | None, overlap: int) -> torch.Tensor:
         """One prediction of the rain layer (`Derainer._predict`): the session, tiled or whole."""
         return self.predict_rain(batch, tile, overlap)
+
+    def _pad_mode(self) -> str:
+        """The file's recorded ``pad_mode`` (`Derainer._pad_mode`)."""
+        return self.config.pad_mode
+
+    def _stream(self, source: PixelSource, tile: int, overlap: int, emit: RowsFn) -> None:
+        """One tiled prediction streamed to ``emit`` (`Derainer._stream`): the session's tiles, blended as
+        `tiled_rain` blends them."""
+        stream_tiled_rain(source, tile, overlap, self.run_tile, self.pre_norm_query,
+                          cropped_rows(emit, source.height, source.width))
 
 
 def load_onnx_derainer(path: str | Path, tile: int | str | None = TILE_AUTO, overlap: int = DEFAULT_OVERLAP,

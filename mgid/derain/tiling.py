@@ -4,9 +4,11 @@
 de-rained image is ``image - R`` (`mgid.derain.derainer.Derainer.derain`). With ``tile=None``, or when the image fits in one
 tile, the network runs once on the whole image (padded to multiples of 8 by the model).
 
-Tiled inference keeps memory bounded by the tile size (a 4000x3000 photo with ``tile=512`` needs
-the activations of one 512x512 tile, plus the input and two float32 accumulators of the photo's
-size on the input's device):
+Tiled inference keeps memory bounded by the tile size (a 4000x3000 photo with ``tile=512`` needs the activations of
+one 512x512 tile and a float32 band of one row of tiles, 512 x 4000; `predict_rain` of a tensor also returns the
+float32 rain layer of the photo's size, while `stream_rain` of a NumPy image (`PixelSource`) converts each tile from
+its pixels as it is needed and hands the blended rows out as they become final, keeping no float buffer of the
+photo's size):
 
 1. The image is padded once to multiples of 8 (bottom/right, the model's ``pad_mode``), as the
    untiled network does; tile and overlap are multiples of 8, so each tile's query grid (1/8
@@ -15,8 +17,11 @@ size on the input's device):
    bottom/right edge.
 3. Each tile's rain layer is multiplied by a separable raised-cosine window (rising over the first
    ``overlap`` pixels, flat in the middle, falling over the last ``overlap``; flat at the image
-   border), summed, and divided by the summed windows (summed a band of rows at a time, so no image-sized
-   weight is stored). Seams fade over the overlap.
+   border), summed, and divided by the summed windows. Seams fade over the overlap. The sum is kept in a band of
+   one row of tiles (`stream_tiled_rain`): once a row of tiles is added, the rows above the next row of tiles are
+   final, are divided (their summed windows computed a band of rows at a time, so no image-sized weight is stored)
+   and handed out, and the overlapped rows move to the band's top; the tiles are added in the same order as into an
+   image-sized accumulator, so the result is the same bit for bit.
 
 What tiling changes: the memory read is per query pixel and BatchNorm in eval mode is a fixed
 per-channel affine map, so both are tile-independent; the 3x3 convolutions see zero padding at the
@@ -42,10 +47,14 @@ on AVX2, 4-5x with bf16 on AVX512-BF16/AMX): measured by ``benchmarks/bench_dera
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
 
+import numpy as np
 import torch
 
+from mgid.data.imageio import to_tensor
 from mgid.derain.time_limit import check_time_limit
 from mgid.models import DOWNSAMPLE, MGIDNet, pad_to_multiple
 from mgid.models.encoder import NormStats
@@ -133,11 +142,83 @@ TileFn = Callable[[torch.Tensor, NormStats | None], torch.Tensor]
 QueryFn = Callable[[torch.Tensor], torch.Tensor]
 
 
+#: Receives final rows of a blended rain layer: ``(r0, r1, rain (B, 3, r1 - r0, W))``, top to bottom, each row once.
+#: The rows are a view of the blend's band buffer: the callee may change them in place, and must copy what it keeps.
+RowsFn = Callable[[int, int, torch.Tensor], None]
+
+
+class TileSource(Protocol):
+    """What tiled inference reads: a (B, 3, H, W) float image (H, W multiples of 8) one crop at a time."""
+
+    #: (B, 3, H, W) of the (padded) image.
+    shape: tuple[int, int, int, int]
+    #: Where the crops are, and where the blend is kept.
+    device: torch.device
+
+    def crop(self, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+        """Rows ``y0:y1``, columns ``x0:x1`` of the image: float (B, 3, y1 - y0, x1 - x0)."""
+        ...
+
+
+class TensorSource:
+    """A `TileSource` over a padded float tensor (B, 3, H, W), H and W multiples of 8 (crops are views)."""
+
+    def __init__(self, padded: torch.Tensor) -> None:
+        self.padded = padded
+        self.shape = tuple(padded.shape)
+        self.device = padded.device
+
+    def crop(self, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+        return self.padded[..., y0:y1, x0:x1]
+
+
+def _pad_index(n: int, padded: int, mode: str) -> np.ndarray:
+    """Source index of each of ``padded`` positions of an axis of ``n`` padded at its end (`pad_to_multiple`'s
+    ``reflect``: the edge not repeated; ``replicate``: the edge repeated)."""
+    i = np.arange(padded)
+    return np.where(i < n, i, 2 * (n - 1) - i) if mode == "reflect" else np.minimum(i, n - 1)
+
+
+class PixelSource:
+    """An HxWx3 uint8 (or uint16) RGB image as the float (1, 3, H', W') tiled inference reads: `to_tensor` of it,
+    padded by `pad_to_multiple` (H', W' multiples of 8), converted a crop at a time, so no float copy of the
+    image is ever made (12 bytes per pixel less than ``to_tensor`` of it). Crops are bit for bit the crops of
+    ``pad_to_multiple(to_tensor(rgb)[None], 8, pad_mode)``: the conversion is per element and the padding of
+    both modes copies pixels.
+
+    Attributes:
+        rgb: the image (not copied).
+        height, width: its size; shape: (1, 3, H', W') padded; device: the CPU.
+    """
+
+    def __init__(self, rgb: np.ndarray, pad_mode: str = "reflect", multiple: int = DOWNSAMPLE) -> None:
+        to_tensor(rgb[:1, :1])  # the checks of to_tensor (HxWx3, uint8/uint16), on one pixel
+        self.rgb = rgb
+        self.height, self.width = rgb.shape[:2]
+        hp, wp = -(-self.height // multiple) * multiple, -(-self.width // multiple) * multiple
+        if pad_mode == "reflect" and (hp - self.height >= self.height or wp - self.width >= self.width):
+            pad_mode = "replicate"  # as pad_to_multiple: reflect needs the pad to be smaller than the side
+        self.rows, self.cols = _pad_index(self.height, hp, pad_mode), _pad_index(self.width, wp, pad_mode)
+        self.shape = (1, 3, hp, wp)
+        self.device = torch.device("cpu")
+
+    def crop(self, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+        if y1 <= self.height and x1 <= self.width:
+            pixels = self.rgb[y0:y1, x0:x1]
+        else:  # reaches into the padding: gather its source pixels
+            pixels = self.rgb[np.ix_(self.rows[y0:y1], self.cols[x0:x1])]
+        return to_tensor(pixels)[None]
+
+    def tensor(self) -> torch.Tensor:
+        """The whole image, unpadded: ``to_tensor(rgb)[None]`` (12 bytes per pixel)."""
+        return to_tensor(self.rgb)[None]
+
+
 @torch.no_grad()
-def _global_query_stats(pre_norm_query: QueryFn, padded: torch.Tensor, tile: int, overlap: int) -> NormStats:
+def _global_query_stats(pre_norm_query: QueryFn, source: TileSource, tile: int, overlap: int) -> NormStats:
     """Per-sample, per-channel mean and biased variance (B, C, 1, 1) of the pre-norm query over the whole
     (padded) image, from the tiles' ``pre_norm_query`` (`MGIDNet.pre_norm_query`), each 1/8-res pixel counted once."""
-    h, w = padded.shape[-2:]
+    h, w = source.shape[-2:]
     ys, xs, th, tw = _grid(h, w, tile, overlap)
     ycores, xcores = _cores(ys, th, tile), _cores(xs, tw, tile)
     total: torch.Tensor | None = None
@@ -145,7 +226,7 @@ def _global_query_stats(pre_norm_query: QueryFn, padded: torch.Tensor, tile: int
     for y, (ylo, yhi) in zip(ys, ycores):
         for x, (xlo, xhi) in zip(xs, xcores):
             check_time_limit()
-            q = pre_norm_query(padded[..., y:y + th, x:x + tw])
+            q = pre_norm_query(source.crop(y, y + th, x, x + tw))
             f = q[..., (ylo - y) // DOWNSAMPLE:(yhi - y) // DOWNSAMPLE,
                   (xlo - x) // DOWNSAMPLE:(xhi - x) // DOWNSAMPLE].double().cpu()
             s, s2 = f.sum(dim=(2, 3), keepdim=True), (f * f).sum(dim=(2, 3), keepdim=True)
@@ -155,6 +236,47 @@ def _global_query_stats(pre_norm_query: QueryFn, padded: torch.Tensor, tile: int
     mean = total / n
     var = (total_sq / n - mean * mean).clamp_min(0)
     return NormStats(mean.float(), var.float())
+
+
+def tiling_of(height: int, width: int, tile: int | None, overlap: int) -> tuple[int, int] | None:
+    """(tile, overlap) as `tile_geometry` rounds them when an image of ``height`` x ``width`` is de-rained in
+    tiles of ``tile``, or None when `predict_rain` runs it whole (``tile`` None, or one tile covers the image
+    padded to multiples of 8)."""
+    if tile is None or (height <= tile and width <= tile):
+        return None
+    t, o = tile_geometry(tile, overlap)
+    hp, wp = -(-height // DOWNSAMPLE) * DOWNSAMPLE, -(-width // DOWNSAMPLE) * DOWNSAMPLE
+    return (t, o) if hp > t or wp > t else None
+
+
+@contextmanager
+def _inference(net: MGIDNet, precision: str, channels_last: bool | None) -> Iterator[tuple[torch.device, Any]]:
+    """``net`` in eval mode (its mode restored afterwards) under the resolved arithmetic: yields (its device, the
+    inputs' memory format)."""
+    was_training = net.training
+    net.eval()
+    try:
+        device = next(net.parameters()).device
+        precision = resolve_precision(precision, device, "inference")
+        if channels_last is None:
+            channels_last = resolve_channels_last(None, precision, device, "inference")
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        with autocast(device, precision):
+            yield device, fmt
+    finally:
+        net.train(was_training)
+
+
+def _runners(net: MGIDNet, device: torch.device, fmt: Any) -> tuple[TileFn, QueryFn]:
+    """The `TileFn` and `QueryFn` of ``net`` on ``device``, inputs in memory format ``fmt``."""
+    def run_tile(crop: torch.Tensor, stats: NormStats | None) -> torch.Tensor:
+        return net(crop.to(device).contiguous(memory_format=fmt), update_memory=False, memory_losses=False,
+                   norm_stats=stats).rain
+
+    def query(crop: torch.Tensor) -> torch.Tensor:
+        return net.pre_norm_query(crop.to(device).contiguous(memory_format=fmt))
+
+    return run_tile, query
 
 
 @torch.no_grad()
@@ -170,73 +292,107 @@ def predict_rain(net: MGIDNet, image: torch.Tensor, tile: int | None = None, ove
     says; the network's own memory format is left as it is (`mgid.derain.derainer.Derainer` converts it once).
     """
     _check_image(image)
-    was_training = net.training
-    net.eval()
-    try:
-        device = next(net.parameters()).device
-        precision = resolve_precision(precision, device, "inference")
-        if channels_last is None:
-            channels_last = resolve_channels_last(None, precision, device, "inference")
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        h, w = image.shape[-2:]
-        with autocast(device, precision):
-            if tile is not None and (h > tile or w > tile):
-                tile, overlap = tile_geometry(tile, overlap)
-                padded = pad_to_multiple(image, DOWNSAMPLE, net.config.pad_mode)
-                if padded.shape[-2] > tile or padded.shape[-1] > tile:
-                    return _predict_tiled(net, padded, tile, overlap, global_norm, fmt)[..., :h, :w]
-            out = net(image.to(device).contiguous(memory_format=fmt), update_memory=False, memory_losses=False)
-            return out.rain.to(image.device, image.dtype)
-    finally:
-        net.train(was_training)
+    h, w = image.shape[-2:]
+    geometry = tiling_of(h, w, tile, overlap)
+    with _inference(net, precision, channels_last) as (device, fmt):
+        if geometry is not None:
+            padded = pad_to_multiple(image, DOWNSAMPLE, net.config.pad_mode)
+            run_tile, query = _runners(net, device, fmt)
+            return tiled_rain(padded, *geometry, run_tile, query if global_norm else None)[..., :h, :w]
+        out = net(image.to(device).contiguous(memory_format=fmt), update_memory=False, memory_losses=False)
+        return out.rain.to(image.device, image.dtype)
+
+
+@torch.no_grad()
+def stream_rain(net: MGIDNet, source: PixelSource, tile: int, overlap: int, emit: RowsFn, global_norm: bool = True,
+                precision: str = "fp32", channels_last: bool | None = False) -> None:
+    """`predict_rain`'s tiled result for an image read from ``source`` (its ``pad_mode`` the network's), handed to
+    ``emit`` a band of final rows at a time (cropped to the image: rows ``r0:r1`` of (1, 3, r1 - r0, W) float32)
+    instead of returned: bit for bit the rows of ``predict_rain(net, source.tensor(), tile, overlap, ...)``.
+
+    ``tile``/``overlap`` as `tiling_of` returns them (the image does need tiles). What stays of the image's size
+    is the caller's (``source`` and what ``emit`` fills); the float state is one band of tile rows (see
+    `stream_tiled_rain`).
+    """
+    with _inference(net, precision, channels_last) as (device, fmt):
+        run_tile, query = _runners(net, device, fmt)
+        stream_tiled_rain(source, tile, overlap, run_tile, query if global_norm else None,
+                          cropped_rows(emit, source.height, source.width))
+
+
+def cropped_rows(emit: RowsFn, height: int, width: int) -> RowsFn:
+    """``emit`` given only rows ``< height`` and columns ``< width`` of the padded image's rows (the padding
+    dropped)."""
+    def rows(r0: int, r1: int, rain: torch.Tensor) -> None:
+        if r0 < height:
+            r1 = min(r1, height)
+            emit(r0, r1, rain[..., :r1 - r0, :width])
+
+    return rows
+
+
+@torch.no_grad()
+def stream_tiled_rain(source: TileSource, tile: int, overlap: int, run_tile: TileFn, pre_norm_query: QueryFn | None,
+                      emit: RowsFn, rows: int = _ROWS_PER_CHUNK) -> None:
+    """The blended rain layer (B, 3, H, W) of ``source`` (H, W multiples of 8), float32 on its device, handed to
+    ``emit`` a band of at most ``rows`` final rows at a time, top to bottom (the module doc's steps 2-3).
+
+    The blend is kept in a band of one row of tiles (B, 3, tile, W) float32: the tiles of a row are added into it
+    (each weighted by its window, in the tiles' order, as an image-sized accumulator would add them), then the
+    rows no later tile reaches (above the next row of tiles) are divided by their summed windows and emitted, and
+    the rows the next row of tiles overlaps move to the band's top. So the float state is 12 bytes x B x tile x W
+    (plus a ``rows`` x W temporary for the summed windows), not the image's size, and the rows are bit for bit those
+    of the image-sized accumulator. ``tile``/``overlap`` as `tile_geometry` returns them; ``pre_norm_query`` and
+    ``run_tile`` as `tiled_rain`.
+    """
+    b, c, h, w = source.shape
+    device = source.device
+    ys, xs, th, tw = _grid(h, w, tile, overlap)
+    wys = [_ramp(th, overlap, rise=iy > 0, fall=iy < len(ys) - 1).to(device) for iy in range(len(ys))]
+    wxs = [_ramp(tw, overlap, rise=ix > 0, fall=ix < len(xs) - 1).to(device) for ix in range(len(xs))]
+    stats = _global_query_stats(pre_norm_query, source, tile, overlap) if pre_norm_query is not None else None
+    band = torch.zeros(b, c, th, w, dtype=torch.float32, device=device)  # rows y .. y + th of the image
+    for iy, (y, wy) in enumerate(zip(ys, wys)):
+        for x, wx in zip(xs, wxs):
+            check_time_limit()  # a time limit set around the call (mgid.derain.time_limit) is kept between tiles
+            rain = run_tile(source.crop(y, y + th, x, x + tw), stats)
+            band[..., :, x:x + tw] += rain.to(device, torch.float32) * (wy[:, None] * wx[None, :])
+        done = ys[iy + 1] if iy + 1 < len(ys) else y + th  # rows above the next row of tiles are final
+        for r0 in range(y, done, rows):
+            r1 = min(done, r0 + rows)
+            # The summed windows of these rows, adding the tiles' windows in the tiles' order, so the division is
+            # the one an image-sized weight buffer would give, bit for bit.
+            weight = torch.zeros(r1 - r0, w, dtype=torch.float32, device=device)
+            for yy, wyy in zip(ys, wys):
+                lo, hi = max(yy, r0), min(yy + th, r1)
+                if lo < hi:
+                    for x, wx in zip(xs, wxs):
+                        weight[lo - r0:hi - r0, x:x + tw] += wyy[lo - yy:hi - yy, None] * wx[None, :]
+            emit(r0, r1, band[..., r0 - y:r1 - y, :].div_(weight))
+        if iy + 1 < len(ys):  # the rows the next row of tiles overlaps move up; the rest of the band starts at 0
+            shift, keep = done - y, y + th - done
+            for k in range(0, keep, shift):  # moved a shift at a time: source and destination never overlap
+                n = min(shift, keep - k)
+                band[..., k:k + n, :] = band[..., k + shift:k + shift + n, :]
+            band[..., keep:, :].zero_()
 
 
 @torch.no_grad()
 def tiled_rain(padded: torch.Tensor, tile: int, overlap: int, run_tile: TileFn,
                pre_norm_query: QueryFn | None = None) -> torch.Tensor:
     """The blended rain layer (B, 3, H, W) of ``padded`` (B, 3, H, W), H and W multiples of 8, in ``padded``'s dtype
-    and on its device, from tiles run by ``run_tile`` (the module doc's steps 2-3).
+    and on its device, from tiles run by ``run_tile`` (the module doc's steps 2-3; `stream_tiled_rain` gathered
+    into one tensor).
 
     ``tile``/``overlap`` as `tile_geometry` returns them. With ``pre_norm_query`` (global normalisation) a first
     pass gathers the whole image's instance-norm statistics from it and every tile is run with them; without
     it, ``run_tile(crop, None)`` normalises each tile by itself. The network is reached only through the two
     callables, so other runtimes (`mgid.derain.onnx_backend`) tile exactly as `predict_rain` does.
     """
-    b, c, h, w = padded.shape
-    ys, xs, th, tw = _grid(h, w, tile, overlap)
-    acc = torch.zeros(b, c, h, w, dtype=torch.float32, device=padded.device)
-    wys = [_ramp(th, overlap, rise=iy > 0, fall=iy < len(ys) - 1).to(padded.device) for iy in range(len(ys))]
-    wxs = [_ramp(tw, overlap, rise=ix > 0, fall=ix < len(xs) - 1).to(padded.device) for ix in range(len(xs))]
-    stats = _global_query_stats(pre_norm_query, padded, tile, overlap) if pre_norm_query is not None else None
-    for y, wy in zip(ys, wys):
-        for x, wx in zip(xs, wxs):
-            check_time_limit()  # a time limit set around the call (mgid.derain.time_limit) is kept between tiles
-            rain = run_tile(padded[..., y:y + th, x:x + tw], stats)
-            acc[..., y:y + th, x:x + tw] += rain.to(padded.device, torch.float32) * (wy[:, None] * wx[None, :])
-    # The summed windows, a band of rows at a time (each band adds the tiles' windows in the tiles' order, so
-    # the division is the one an image-sized weight buffer would give, bit for bit), divided in place.
-    for r0 in range(0, h, _ROWS_PER_CHUNK):
-        r1 = min(h, r0 + _ROWS_PER_CHUNK)
-        weight = torch.zeros(r1 - r0, w, dtype=torch.float32, device=padded.device)
-        for y, wy in zip(ys, wys):
-            lo, hi = max(y, r0), min(y + th, r1)
-            if lo < hi:
-                for x, wx in zip(xs, wxs):
-                    weight[lo - r0:hi - r0, x:x + tw] += wy[lo - y:hi - y, None] * wx[None, :]
-        acc[..., r0:r1, :].div_(weight)
-    return acc.to(padded.dtype)
+    out = torch.empty(padded.shape, dtype=torch.float32, device=padded.device)
 
+    def keep(r0: int, r1: int, rain: torch.Tensor) -> None:
+        out[..., r0:r1, :] = rain
 
-def _predict_tiled(net: MGIDNet, padded: torch.Tensor, tile: int, overlap: int, global_norm: bool,
-                   fmt: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
-    """`tiled_rain` with ``net`` on its device, inputs in memory format ``fmt``."""
-    device = next(net.parameters()).device
-
-    def run_tile(crop: torch.Tensor, stats: NormStats | None) -> torch.Tensor:
-        return net(crop.to(device).contiguous(memory_format=fmt), update_memory=False, memory_losses=False,
-                   norm_stats=stats).rain
-
-    def query(crop: torch.Tensor) -> torch.Tensor:
-        return net.pre_norm_query(crop.to(device).contiguous(memory_format=fmt))
-
-    return tiled_rain(padded, tile, overlap, run_tile, query if global_norm else None)
+    stream_tiled_rain(TensorSource(padded), tile, overlap, run_tile, pre_norm_query, keep)
+    return out.to(padded.dtype)

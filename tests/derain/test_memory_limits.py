@@ -7,6 +7,7 @@ the one that binds, and it caps ``--max-memory``. An out-of-memory error while d
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import re
@@ -201,27 +202,35 @@ def _image(h: int, w: int) -> np.ndarray:
 
 
 def _failing(monkeypatch, times: int | None):
-    """``Derainer._predict`` raising the CPU allocator's error the first ``times`` calls on an image wider than 64
-    pixels (None: always), holding
-    an image-sized tensor when it does; returns (the tiles it was called with, weak references to those
-    tensors)."""
-    real = Derainer._predict
+    """A prediction raising the CPU allocator's error the first ``times`` attempts on an image wider than 64 pixels
+    (None: always), holding an image-sized tensor when it does: ``Derainer._predict`` (whole images) and
+    ``Derainer._stream`` (NumPy images in tiles, streamed). Returns (the tiles it was called with, weak references to
+    those tensors)."""
+    real_predict, real_stream = Derainer._predict, Derainer._stream
     calls: list[int | None] = []
     held: list[weakref.ref] = []
 
-    def predict(self, batch, tile, overlap):
-        if batch.shape[-1] <= 64:  # small images fit
-            return real(self, batch, tile, overlap)
+    def attempt(shape: tuple[int, ...], tile: int | None) -> None:
+        if shape[-1] <= 64:  # small images fit
+            return
         calls.append(tile)
         if times is None or len(calls) <= times:
-            partial = torch.empty_like(batch)  # what a failed attempt leaves behind, held by its traceback
+            partial = torch.empty(shape)  # what a failed attempt leaves behind, held by its traceback
             held.append(weakref.ref(partial))
             assert all(ref() is None for ref in held[:-1]), "an earlier attempt's tensors were not freed"
             raise RuntimeError(CPU_OOM)
         assert all(ref() is None for ref in held), "the failed attempt's tensors were not freed before the retry"
-        return real(self, batch, tile, overlap)
+
+    def predict(self, batch, tile, overlap):
+        attempt(tuple(batch.shape), tile)
+        return real_predict(self, batch, tile, overlap)
+
+    def stream(self, source, tile, overlap, emit):
+        attempt(source.shape, tile)
+        return real_stream(self, source, tile, overlap, emit)
 
     monkeypatch.setattr(Derainer, "_predict", predict)
+    monkeypatch.setattr(Derainer, "_stream", stream)
     return calls, held
 
 
@@ -247,8 +256,10 @@ def test_a_whole_image_is_retried_in_the_largest_tiles_the_plan_allows(monkeypat
     rainy, _ = EmbeddedPairedSet(1, size=264, rain="streaks").images(0)
     rgb = np.ascontiguousarray(rainy[:200, :264])
     shipped = mgid.load_model(None, "cpu", tile=None, precision="fp32")
-    budget = int(shipped.memory_costs.tiled(200 * 264, 160 * 160) / mb.MAX_MEMORY_PLANNED_SHARE) + 1
+    costs = dataclasses.replace(shipped.memory_costs, tile_extra_bytes=0.0)  # as test_memory_budget's tolerance test
+    budget = int(costs.tiled(200 * 264, 160 * 160) / mb.MAX_MEMORY_PLANNED_SHARE) + 1
     tight = Derainer(shipped.net, "cpu", precision="fp32", max_memory=budget)
+    tight.memory_costs = costs
     assert tight.auto_tile(1, 200, 264) == 160
     expected, whole = tight.derain(rgb, tile=160), tight.derain(rgb, tile=None)
     calls, _ = _failing(monkeypatch, times=1)

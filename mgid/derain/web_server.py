@@ -19,12 +19,13 @@ import io
 import json
 import math
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
+
+from mgid.derain.web_jobs import CountedSlots
 
 #: Bytes asked of the socket per read of an upload.
 READ_CHUNK = 64 * 1024
@@ -143,38 +144,29 @@ class BoundedWSGIServer(ThreadedWSGIServer):
             raise ValueError(f"max_connections must be >= 1, got {max_connections}")
         super().__init__(host, port, app, handler)
         self.max_connections, self.retry_after = max_connections, retry_after
-        self._connections = threading.BoundedSemaphore(max_connections)
-        self._guard = threading.Lock()
-        self._open = 0
+        self._connections = CountedSlots(max_connections)
 
     @property
     def connections(self) -> int:
         """Connections being served now."""
-        return self._open
+        return self._connections.taken
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._connections.acquire(blocking=False):
+        if not self._connections.try_take():
             self._refuse(request)
             self.shutdown_request(request)
             return
-        with self._guard:
-            self._open += 1
         try:
             super().process_request(request, client_address)  # starts the connection's thread
         except BaseException:
-            self._release()
+            self._connections.give()
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._release()
-
-    def _release(self) -> None:
-        with self._guard:
-            self._open -= 1
-        self._connections.release()
+            self._connections.give()
 
     def _refuse(self, request: socket.socket) -> None:
         """Answer 503 on a connection over the limit, from the accepting thread (a fresh socket's send buffer is
@@ -208,14 +200,12 @@ class UploadReader:
             raise ValueError(f"max_reading must be >= 1, got {max_reading}")
         self.app, self.paths, self.max_bytes = app, frozenset(paths), max_bytes
         self.max_reading, self.read_timeout, self.upload_timeout = max_reading, read_timeout, upload_timeout
-        self._slots = threading.BoundedSemaphore(max_reading)
-        self._guard = threading.Lock()
-        self._reading = 0
+        self._slots = CountedSlots(max_reading)
 
     @property
     def reading(self) -> int:
         """Uploads being read now."""
-        return self._reading
+        return self._slots.taken
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         # Requests passed on without their body read keep the connection's deadline for what werkzeug reads
@@ -229,12 +219,10 @@ class UploadReader:
             return self._answer(start_response, "400 Bad Request", "bad Content-Length header")
         if length is not None and (length > self.max_bytes or length < 0):
             return self.app(environ, start_response)  # refused (413) before the body is read
-        if not self._slots.acquire(blocking=False):
+        if not self._slots.try_take():
             return self._answer(start_response, "503 Service Unavailable",
                                 f"the server is busy: {self.max_reading} uploads are being received; try again "
                                 f"in a moment", retry_after=max(1, math.ceil(self.read_timeout)))
-        with self._guard:
-            self._reading += 1
         try:
             body = self._read(environ, length)
         except TimeoutError as exc:
@@ -251,9 +239,7 @@ class UploadReader:
             why = "the connection closed before the declared length arrived" if isinstance(exc, EOFError) else exc
             return self._answer(start_response, "400 Bad Request", f"upload incomplete: {why}")
         finally:
-            with self._guard:
-                self._reading -= 1
-            self._slots.release()
+            self._slots.give()
         if reader is not None:
             reader.finish()
         environ["wsgi.input"] = body

@@ -1,390 +1,424 @@
 #!/usr/bin/env python
-"""De-raining speed on this CPU, fp32 vs bf16 autocast, contiguous vs channels_last, and what it costs in PSNR.
+"""De-raining speed on the CPU against its limit: megapixels per second, GFLOP/s and share of peak of every engine.
 
-It de-rains one rainy image per ``--sizes`` entry (WxH; default 1707x1280, a photo of the size the
-issue measured, plus 1024x1024 and 512x512) with the shipped weights through the path `mgid derain`
-takes (`mgid.load_model(...).derain_with_rain`, uint8 in and out) for each variant:
+For each arithmetic this CPU runs natively (fp32 everywhere, bf16 where the CPU has native bf16), it de-rains the
+same rainy photo (``--sizes``, default 1024x1024: the issue's measurement) with the shipped weights, uint8 in and
+out, through each engine, in one interleaved run (warm-ups, then ``--repeats`` rounds of one run per engine):
 
-* ``fp32``: float32, contiguous (the reference);
-* ``fp32+cl``: float32, network and input in channels_last memory format;
-* ``bf16``: the network under ``torch.autocast(bfloat16)``, contiguous;
-* ``bf16+cl``: bf16 autocast + channels_last;
+* ``before <p>``: the path `mgid` ran until the frozen graph: `MGIDNet.forward` under ``torch.autocast`` (bf16) or
+  in fp32, channels_last (`EagerDerainer`);
+* ``mgid <p>``: ``mgid.load_model(precision=p).derain`` (the default path: `mgid.models.inference_graph`);
+* ``torch.compile <p>``: `MGIDNet.forward` compiled by inductor with freezing (``torch._inductor.config.freezing``),
+  same conversions; its compile time is reported beside;
+* ``onnxruntime fp32``: the exported image filter (``mgid export``) on onnxruntime's CPU provider.
 
-untiled, plus ``--tile`` (default 512) rows for ``--tiled-variants`` on images larger than a tile,
-at every ``--threads`` value (``torch.set_num_threads``). Each (size, threads) group warms every
-variant up (``--warmup`` runs) and then times ``--repeats`` rounds, one run of every variant per
-round (so a burst of load from other processes hits all variants alike); the report gives the best
-and the median seconds per image and megapixels per second from the best run.
+Each row gives seconds per image (best and median), MP/s, achieved GFLOP/s (the network's FLOP count from
+``torch.utils.flop_counter`` at the padded size, divided by the best time) and its share of the CPU's peak
+(`benchmarks.cpu_peak`: theoretical = threads x clock x FLOP/cycle of the instruction set, and a measured large
+GEMM), the speed-up over ``before`` of the same arithmetic and the output's PSNR against ``before fp32``.
+Video rows (``--video-sizes``, default 1280x720 and 1920x1080): frames per second of `mgid.derain.video.derain_video`
+(decode, de-rain, encode) on a short synthetic clip, before vs mgid (default arithmetic) vs onnxruntime.
+A profile of the ``mgid`` engine (torch.profiler, grouped by op) says where its time goes.
 
-Accuracy, two ways (Y channel of BT.601, uint8, peak 255: `mgid.eval.metrics`, as the package scores):
+``--settings native avx2`` (default on a CPU with AVX512) also runs everything in a child process under
+``DNNL_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2`` (what an AVX2-only CPU runs: fp32) and puts both in one record.
 
-* on the timed images: PSNR of each variant's output against the fp32 output (same size and
-  threads; ``inf`` = identical) and the largest per-pixel difference in grey levels;
-* on the project's held-out sets (`mgid.eval.heldout.evaluate_heldout`, the function behind ``mgid
-  heldout``: `mgid.data.heldout_sets.HELDOUT_SETS`, 24 images each): mean PSNR/SSIM against the clean
-  images per variant, the change of that PSNR against fp32 and the PSNR of the outputs against
-  fp32's. A variant passes when the mean held-out PSNR of every set moves by less than
-  ``--criterion-db`` (0.05 dB) from fp32's.
-
-The decision row names the fastest passing variant (geometric mean of its speed-ups over fp32 over
-all untiled (size, threads) rows) and what ``precision="auto"`` resolves to on this CPU.
-
-Writes ``bench_derain_cpu_<UTC timestamp>.json`` / ``.md`` under ``--out`` (environment: CPU model
-and flags, threads, torch, commit, load) and prints the markdown. Run from the repository root with
-the package installed: ``python -m benchmarks.bench_derain`` (about 25 min on 2 cores), or
-``--quick`` for a smoke test (seconds).
+Writes ``bench_derain_cpu_<UTC timestamp>.json`` / ``.md`` under ``--out`` and prints the markdown. Run from the
+repository root: ``python -m benchmarks.bench_derain`` (about 15 min on 2 cores), ``--quick`` for a smoke test.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import re
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks import harness
+from benchmarks import cpu_peak, harness
 from benchmarks.harness import OtherLoad, log
 from mgid.data import EmbeddedPairedSet
-from mgid.data.heldout_sets import HELDOUT_SETS
 from mgid.derain.derainer import DEFAULT_WEIGHTS, Derainer, load_model
-from mgid.derain.tiling import DEFAULT_OVERLAP, tile_geometry
-from mgid.eval.heldout import evaluate_heldout
 from mgid.eval.metrics import psnr
-from mgid.precision import resolve_channels_last, resolve_precision
+from mgid.models import DOWNSAMPLE, MGIDNet
+from mgid.precision import autocast, cpu_info, resolve_precision
 
 DEFAULT_OUT = harness.RESULTS
-DEFAULT_SIZES = ("1707x1280", "1024x1024", "512x512")
-#: Settings of --quick (each can still be given explicitly).
-QUICK = {"sizes": ["64x48"], "threads": [1], "repeats": 1, "warmup": 1, "heldout_count": 1, "tile": 32,
-         "tile_overlap": 16}
-FULL = {"sizes": list(DEFAULT_SIZES), "threads": [1, 2], "repeats": 3, "warmup": 1, "heldout_count": None,
-        "tile": 512, "tile_overlap": DEFAULT_OVERLAP}
-#: Max |held-out PSNR change| (dB) a fast variant may cause.
-CRITERION_DB = 0.05
-
-
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    precision: str
-    channels_last: bool
-
-
-VARIANTS = {v.name: v for v in (Variant("fp32", "fp32", False), Variant("fp32+cl", "fp32", True),
-                                Variant("bf16", "bf16", False), Variant("bf16+cl", "bf16", True))}
-REFERENCE = "fp32"
-
-
-# --------------------------------------------------------------------------------------------------
-# environment
-
-
-def environment(weights: Path) -> dict[str, Any]:
-    """The harness's record (CPU, flags, torch, git, build_info, load) plus the weights and what
-    ``precision=auto`` / ``channels_last=auto`` resolve to here."""
-    return {**harness.environment(), "weights": str(weights),
-            "auto_precision": resolve_precision("auto", "cpu", "inference"),
-            "auto_channels_last": resolve_channels_last(None, "auto", "cpu", "inference")}
-
-
-# --------------------------------------------------------------------------------------------------
-# measuring
+DEFAULT_SIZES = ("1024x1024",)
+DEFAULT_VIDEO_SIZES = ("1280x720", "1920x1080")
+#: The ISA settings a record may hold: name -> environment of the child process.
+SETTINGS = {"native": {}, "avx2": {"DNNL_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}}
+QUICK = {"sizes": ["64x48"], "video_sizes": ["64x48"], "video_frames": 2, "threads": 1, "repeats": 1, "warmup": 1,
+         "settings": ["native"], "compile": False}
+FULL = {"sizes": list(DEFAULT_SIZES), "video_sizes": list(DEFAULT_VIDEO_SIZES), "video_frames": 4, "threads": 2,
+        "repeats": 3, "warmup": 1, "settings": None, "compile": True}
+#: The engine every output is compared with.
+REFERENCE = "before fp32"
 
 
 def parse_size(text: str) -> tuple[int, int]:
     """``"WxH"`` -> (W, H)."""
     m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
     if not m or int(m.group(1)) < 8 or int(m.group(2)) < 8:
-        raise argparse.ArgumentTypeError(f"size must be WxH with W, H >= 8 (e.g. 1707x1280), got {text!r}")
+        raise argparse.ArgumentTypeError(f"size must be WxH with W, H >= 8 (e.g. 1024x1024), got {text!r}")
     return int(m.group(1)), int(m.group(2))
 
 
-def rainy_image(w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rainy, clean) HxWx3 uint8: the first held-out scene (coffee) at max(W, H) px, the held-out
-    "streaks" rain, cropped to H x W."""
-    rainy, clean = EmbeddedPairedSet(1, size=max(w, h), rain="streaks").images(0)
-    return np.ascontiguousarray(rainy[:h, :w]), np.ascontiguousarray(clean[:h, :w])
+def rainy_image(w: int, h: int) -> np.ndarray:
+    """HxWx3 uint8: the first held-out scene at max(W, H) px with the held-out "streaks" rain, cropped."""
+    rainy, _ = EmbeddedPairedSet(1, size=max(w, h), rain="streaks").images(0)
+    return np.ascontiguousarray(rainy[:h, :w])
 
 
-def _finite(x: float) -> float | None:
-    """JSON-safe float: inf (identical images) -> None."""
-    return None if math.isinf(x) else round(x, 4)
+# ---------------------------------------------------------------------------------------------- engines
 
 
-def time_group(derainers: dict[str, Derainer], runs: list[tuple[str, int | None]], image: np.ndarray,
-               warmup: int, repeats: int, overlap: int) -> dict[tuple[str, int | None], dict[str, Any]]:
-    """Times every (variant, tile) run on ``image``: warm-ups, then ``repeats`` interleaved rounds."""
-    result: dict[tuple[str, int | None], dict[str, Any]] = {}
+class EagerDerainer(Derainer):
+    """The path mgid ran before `mgid.models.inference_graph`: `MGIDNet.forward` on whole images, under
+    ``torch.autocast`` for bf16, channels_last."""
 
-    def once(name: str, tile: int | None) -> float:
-        t0 = time.perf_counter()
-        clean, _ = derainers[name].derain_with_rain(image, tile=tile, overlap=overlap)
-        dt = time.perf_counter() - t0
-        result[(name, tile)]["output"] = clean
-        return dt
+    def _predict(self, batch: torch.Tensor, tile: int | None, overlap: int) -> torch.Tensor:
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        with torch.no_grad(), autocast(self.device, self.precision):
+            return self.net(batch.contiguous(memory_format=fmt), update_memory=False,
+                            memory_losses=False).rain.float()
 
+
+class CompiledDerainer(EagerDerainer):
+    """`EagerDerainer` with `MGIDNet.forward` compiled by inductor with freezing (constant weights folded)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        import torch._inductor.config as inductor_config
+        inductor_config.freezing = True
+        net = self.net
+        self._compiled = torch.compile(lambda x: net(x, update_memory=False, memory_losses=False).rain,
+                                       dynamic=False)
+
+    def _predict(self, batch: torch.Tensor, tile: int | None, overlap: int) -> torch.Tensor:
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        with torch.no_grad(), autocast(self.device, self.precision):
+            return self._compiled(batch.contiguous(memory_format=fmt)).float()
+
+
+def onnx_filter(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    """uint8 HxWx3 -> uint8 HxWx3 through the exported image filter on onnxruntime's CPU provider."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run(rgb: np.ndarray) -> np.ndarray:
+        x = (rgb.transpose(2, 0, 1)[None].astype(np.float32) / 255.0)
+        y = session.run(None, {"image": x})[0][0]
+        return np.clip(np.rint(y.transpose(1, 2, 0) * 255.0), 0, 255).astype(np.uint8)
+
+    return run
+
+
+def flops(net: MGIDNet, w: int, h: int) -> int:
+    """FLOPs of one eval-mode forward pass on a WxH image, counted by ``FlopCounterMode`` on a (1, 3, 64, 64) image
+    and scaled by the padded pixel count (every counted op is a convolution or matmul whose cost is per pixel; the
+    memory read, under 0.1 %, is a custom op the counter does not see)."""
+    side = 64
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        net(torch.zeros(1, 3, side, side), update_memory=False, memory_losses=False)
+    padded = (-(-h // DOWNSAMPLE) * DOWNSAMPLE) * (-(-w // DOWNSAMPLE) * DOWNSAMPLE)
+    return round(counter.get_total_flops() * padded / side ** 2)
+
+
+def build_engines(weights: Path, precisions: list[str], compile_too: bool, onnx_path: Path | None, threads: int
+                  ) -> tuple[dict[str, Callable[[np.ndarray], np.ndarray]], dict[str, Any]]:
+    """{engine name: uint8 image -> uint8 image} and {name: its Derainer or None} for the image rows."""
+    engines: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+    objects: dict[str, Any] = {}
+    base = load_model(weights, "cpu", tile=None, precision="fp32")
+    for p in precisions:
+        for name, cls in (("before", EagerDerainer), ("mgid", Derainer)) + (
+                (("torch.compile", CompiledDerainer),) if compile_too else ()):
+            d = cls(_copy(base.net), "cpu", tile=None, precision=p, weights=weights)
+            engines[f"{name} {p}"] = d.derain
+            objects[f"{name} {p}"] = d
+    if onnx_path is not None:
+        engines["onnxruntime fp32"] = onnx_filter(onnx_path, threads)
+        objects["onnxruntime fp32"] = None
+    return engines, objects
+
+
+def _copy(net: MGIDNet) -> MGIDNet:
+    """An independent copy of ``net`` (each engine converts its own network's memory format)."""
+    fresh = MGIDNet(net.config)
+    fresh.load_state_dict(net.state_dict())
+    return fresh.eval()
+
+
+def time_engines(engines: dict[str, Callable[[np.ndarray], np.ndarray]], image: np.ndarray, warmup: int,
+                 repeats: int) -> dict[str, dict[str, Any]]:
+    """Warm-ups (the first one timed apart: compile time), then ``repeats`` interleaved rounds."""
+    result: dict[str, dict[str, Any]] = {name: {"times": []} for name in engines}
     load = OtherLoad()
-    for key in runs:
-        result[key] = {"times": []}
-        for _ in range(warmup):
-            once(*key)
+    for name, fn in engines.items():
+        for i in range(warmup):
+            t0 = time.perf_counter()
+            result[name]["output"] = fn(image)
+            if i == 0:
+                result[name]["first_s"] = round(time.perf_counter() - t0, 3)
     for _ in range(repeats):
-        for key in runs:
-            result[key]["times"].append(once(*key))
+        for name, fn in engines.items():
+            t0 = time.perf_counter()
+            result[name]["output"] = fn(image)
+            result[name]["times"].append(time.perf_counter() - t0)
     share = load.fraction()
-    for key in runs:
-        result[key]["other_load"] = share
+    for r in result.values():
+        r["other_load"] = share
     return result
 
 
-def recorder(fn: Callable[[np.ndarray], np.ndarray], store: list[np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
-    def wrapped(rgb: np.ndarray) -> np.ndarray:
-        out = fn(rgb)
-        store.append(out)
-        return out
-    return wrapped
+def profile_engine(fn: Callable[[np.ndarray], np.ndarray], image: np.ndarray, top: int = 10) -> list[dict[str, Any]]:
+    """torch.profiler of one run of ``fn``: self CPU time per op name, largest first, with shares."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn(image)
+    events = [(e.key, e.self_cpu_time_total / 1e3, e.count) for e in prof.key_averages()]
+    total = sum(ms for _, ms, _ in events) or 1.0
+    events.sort(key=lambda e: -e[1])
+    rows = [{"op": k, "ms": round(ms, 1), "calls": n, "share": round(ms / total, 3)} for k, ms, n in events[:top]]
+    rows.append({"op": "(all ops)", "ms": round(total, 1), "calls": sum(n for _, _, n in events), "share": 1.0})
+    return rows
 
 
-def heldout_check(derainers: dict[str, Derainer], count: int | None, sets: Sequence[str],
-                  criterion: float) -> dict[str, Any]:
-    """Held-out PSNR/SSIM against clean per variant and set, changes against fp32, pass/fail."""
-    outputs: dict[str, list[np.ndarray]] = {name: [] for name in derainers}
-    models = {name: recorder(d.derain, outputs[name]) for name, d in derainers.items()}
-    t0 = time.perf_counter()
-    table = evaluate_heldout(models, sets=sets, count=count, baselines=False)
-    per_set: dict[str, dict[str, Any]] = {}
-    offset = 0
-    for kind in sets:
-        row = table[kind]
-        n = row[REFERENCE].count
-        ref_out = outputs[REFERENCE][offset:offset + n]
-        per_set[kind] = {}
-        for name in derainers:
-            r = row[name]
-            agreement = [psnr(a, b) for a, b in zip(outputs[name][offset:offset + n], ref_out)]
-            finite = [p for p in agreement if not math.isinf(p)]
-            per_set[kind][name] = {
-                "psnr": round(r.psnr, 4), "ssim": round(r.ssim, 5), "count": r.count,
-                "delta_psnr_vs_fp32": round(r.psnr - row[REFERENCE].psnr, 4),
-                "delta_ssim_vs_fp32": round(r.ssim - row[REFERENCE].ssim, 5),
-                "output_psnr_vs_fp32_min": round(min(finite), 3) if finite else None,
-                "identical_to_fp32": sum(math.isinf(p) for p in agreement),
-            }
-        offset += n
-    verdict = {}
-    for name in derainers:
-        worst = max(abs(per_set[k][name]["delta_psnr_vs_fp32"]) for k in sets)
-        verdict[name] = {"max_abs_delta_psnr": round(worst, 4), "passes": worst < criterion}
-    return {"sets": per_set, "verdict": verdict, "criterion_db": criterion, "count_per_set": count,
-            "seconds": round(time.perf_counter() - t0, 1)}
+def video_rows(weights: Path, sizes: list[tuple[int, int]], frames: int, threads: int,
+               onnx_tiling: Path | None) -> list[dict[str, Any]]:
+    """Frames per second of `derain_video` (decode, de-rain, encode) on a synthetic clip per size: before, mgid
+    (the default arithmetic) and onnxruntime (the tiling graph, whole frames)."""
+    from mgid.data.video import FrameWriter
+    from mgid.derain.onnx_backend import OnnxDerainer
+    from mgid.derain.video import derain_video
+    auto = resolve_precision("auto", "cpu", "inference")
+    base = load_model(weights, "cpu", tile=None, precision="fp32")
+    derainers: dict[str, Any] = {f"before {auto}": EagerDerainer(_copy(base.net), "cpu", tile=None, precision=auto),
+                                 f"mgid {auto}": Derainer(_copy(base.net), "cpu", tile=None, precision=auto)}
+    if onnx_tiling is not None:
+        derainers["onnxruntime fp32"] = OnnxDerainer(onnx_tiling, tile=None, threads=threads)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="mgid_bench_video_") as tmp:
+        for w, h in sizes:
+            clip = Path(tmp) / f"rain_{w}x{h}.mp4"
+            frame = rainy_image(w, h)
+            with FrameWriter(clip, Fraction(25)) as writer:
+                for i in range(frames):
+                    writer.write(np.roll(frame, 3 * i, axis=1))
+            for name, d in derainers.items():
+                d.derain(frame)  # warm-up
+                report = derain_video(d, clip, Path(tmp) / f"out_{name.replace(' ', '_')}.mp4", overwrite=True,
+                                      progress=False)
+                rows.append({"size": f"{w}x{h}", "engine": name, "frames": report.frames,
+                             "seconds": round(report.seconds, 3), "fps": round(report.frames / report.seconds, 4)})
+                log(f"    video {w}x{h} {name}: {rows[-1]['fps']:.3f} fps")
+    return rows
 
 
-def decide(rows: list[dict[str, Any]], heldout: dict[str, Any] | None, env: dict[str, Any]) -> dict[str, Any]:
-    """The fastest variant that passes the held-out criterion (geometric-mean speed-up, untiled rows)."""
-    speedups: dict[str, list[float]] = {}
-    for r in rows:
-        if r["tile"] is None and r["status"] == "ok" and r["speedup_vs_fp32"]:
-            speedups.setdefault(r["variant"], []).append(r["speedup_vs_fp32"])
-    geo = {v: round(math.exp(statistics.fmean(math.log(s) for s in xs)), 3) for v, xs in speedups.items()}
-    passing = {v: g for v, g in geo.items()
-               if heldout is not None and heldout["verdict"].get(v, {}).get("passes")}
-    best = max(passing, key=passing.get) if passing else REFERENCE
-    auto = VARIANTS[best].precision == env["auto_precision"] and VARIANTS[best].channels_last == env["auto_channels_last"]
-    auto_name = next((v.name for v in VARIANTS.values() if v.precision == env["auto_precision"]
-                      and v.channels_last == env["auto_channels_last"]), "?")
-    return {"geomean_speedup_vs_fp32": geo, "fastest_passing": best, "auto_resolves_to": auto_name,
-            "auto_is_fastest_passing": auto, "heldout_checked": heldout is not None}
+# ---------------------------------------------------------------------------------------------- one setting
 
 
-# --------------------------------------------------------------------------------------------------
-# report
+def run_setting(args: argparse.Namespace, setting: str) -> dict[str, Any]:
+    """Everything measured under this process's ISA setting."""
+    torch.set_num_threads(args.threads)
+    weights = Path(args.weights) if args.weights else DEFAULT_WEIGHTS
+    info = cpu_info()
+    precisions = ["bf16", "fp32"] if info.native_bf16 else ["fp32"]
+    env = harness.environment()
+    log(f"bench_derain [{setting}]: {env['cpu']['line']}, precisions {precisions}, {args.threads} thread(s)")
+    peaks = {p: {**cpu_peak.theoretical_peak(p, args.threads), "gemm_gflops": cpu_peak.measured_gemm(p)}
+             for p in precisions}
+    with tempfile.TemporaryDirectory(prefix="mgid_bench_onnx_") as tmp:
+        onnx_path = onnx_tiling = None
+        if not args.no_onnx:
+            from mgid.derain.onnx_export import export_onnx
+            onnx_path, onnx_tiling = Path(tmp) / "filter.onnx", Path(tmp) / "tiling.onnx"
+            export_onnx(weights, onnx_path)
+            export_onnx(weights, onnx_tiling, tiling_inputs=True)
+        engines, _ = build_engines(weights, precisions, args.compile, onnx_path, args.threads)
+        net = _copy(load_model(weights, "cpu", tile=None, precision="fp32").net)
+        rows, profiles = [], {}
+        for w, h in args.sizes:
+            image = rainy_image(w, h)
+            mp, gflop = w * h / 1e6, flops(net, w, h) / 1e9
+            log(f"  {w}x{h} ({gflop:.0f} GFLOP): {len(engines)} engines x ({args.warmup} + {args.repeats}) ...")
+            group = time_engines(engines, image, args.warmup, args.repeats)
+            ref = group[REFERENCE]["output"]
+            for name, g in group.items():
+                engine, precision = name.rsplit(" ", 1)
+                best = min(g["times"])
+                before = min(group[f"before {precision}"]["times"])
+                peak = peaks.get(precision, {})
+                achieved = gflop / best
+                agreement = psnr(g["output"], ref)
+                rows.append({
+                    "setting": setting, "size": f"{w}x{h}", "megapixels": round(mp, 4), "engine": engine,
+                    "precision": precision, "times_s": [round(t, 4) for t in g["times"]], "best_s": round(best, 4),
+                    "median_s": round(statistics.median(g["times"]), 4), "first_s": g.get("first_s"),
+                    "s_per_mp": round(best / mp, 4), "mp_per_s": round(mp / best, 4), "gflop": round(gflop, 4),
+                    "gflops": round(achieved, 2),
+                    "share_of_peak": round(achieved / peak["gflops"], 4) if peak.get("gflops") else None,
+                    "share_of_gemm": round(achieved / peak["gemm_gflops"], 4) if peak.get("gemm_gflops") else None,
+                    "speedup_vs_before": round(before / best, 3),
+                    "psnr_vs_reference": None if math.isinf(agreement) else round(agreement, 2),
+                    "max_abs_diff_vs_reference": int(np.abs(g["output"].astype(np.int16) - ref).max()),
+                    "other_load": g["other_load"]})
+                log(f"    {name:22s} {best:.3f} s ({rows[-1]['s_per_mp']:.3f} s/MP), {achieved:.0f} GFLOP/s, "
+                    f"{rows[-1]['speedup_vs_before']:.2f}x before")
+            if args.profile:
+                for p in precisions:
+                    profiles[f"{w}x{h} mgid {p}"] = profile_engine(engines[f"mgid {p}"], image)
+        video = video_rows(weights, args.video_sizes, args.video_frames, args.threads, onnx_tiling) \
+            if args.video_sizes else []
+    return {"setting": setting, "environment": env, "precisions": precisions, "peaks": peaks, "rows": rows,
+            "profiles": profiles, "video": video, "loadavg_end": harness.loadavg()}
 
 
-def _fmt_psnr(x: float | None, identical: bool = False) -> str:
-    if identical:
-        return "identical"
-    return "—" if x is None else f"{x:.2f} dB"
+def run_child(args: argparse.Namespace, setting: str) -> dict[str, Any]:
+    """`run_setting` in a child process under ``SETTINGS[setting]``'s environment (set before torch starts)."""
+    with tempfile.TemporaryDirectory(prefix="mgid_bench_child_") as tmp:
+        out = Path(tmp) / "setting.json"
+        cmd = [sys.executable, "-m", "benchmarks.bench_derain", *args.argv, "--child-setting", setting,
+               "--child-out", str(out)]
+        subprocess.run(cmd, check=True, env={**os.environ, **SETTINGS[setting]}, cwd=harness.REPO)
+        return json.loads(out.read_text())
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.0f} %"
 
 
 def markdown(report: dict[str, Any]) -> str:
-    env, cfg = report["environment"], report["settings"]
-    lines = ["# De-raining speed on the CPU: fp32 vs bf16 autocast, contiguous vs channels_last",
-             "",
-             f"`{report['command']}`",
-             "",
-             f"CPU: {env['cpu']['line']}; torch {env['torch']}, commit {env['git']['commit']}"
-             f"{' (dirty tree)' if env['git']['dirty'] else ''}, {env['date_utc']}; load average at start "
-             f"{env['loadavg_start']}, at end {report['loadavg_end']}. Weights: `{Path(env['weights']).name}`. "
-             f"Best of {cfg['repeats']} runs after {cfg['warmup']} warm-up(s); `mgid.load_model(...)."
-             f"derain_with_rain` on uint8 images (the `mgid derain` path, file I/O excluded). "
-             f"'other load' = share of the machine's CPU time other processes used during the group.",
-             "",
-             "| size | threads | variant | tile | s/image (best) | median | MP/s | × fp32 (untiled) | output PSNR vs fp32 "
-             "| max Δ (grey) | PSNR vs clean | other load |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in report["rows"]:
-        if r["status"] != "ok":
-            lines.append(f"| {r['size']} | {r['threads'] or '—'} | {r['variant']} | {r['tile'] or '—'} | {r['status']} "
-                         f"| | | | | | | |")
-            continue
-        lines.append(
-            f"| {r['size']} | {r['threads']} | {r['variant']} | {r['tile'] or '—'} | {r['best_s']:.3f} | "
-            f"{r['median_s']:.3f} | {r['mp_per_s']:.3f} | {r['speedup_vs_fp32']:.2f} | "
-            f"{_fmt_psnr(r['psnr_vs_fp32'], r['identical_to_fp32'])} | {r['max_abs_diff_vs_fp32']} | "
-            f"{r['psnr_vs_clean']:.2f} | {r['other_load'] if r['other_load'] is not None else '?'} |")
-    held = report["heldout"]
-    if held is not None:
-        sets = list(held["sets"])
-        lines += ["", f"Held-out sets ({held['count_per_set'] or 'all'} images each; mean Y PSNR / SSIM against "
-                      f"clean, change against fp32; criterion |Δ PSNR| < {held['criterion_db']} dB in every set):",
-                  "",
-                  "| variant | " + " | ".join(f"{s}: PSNR (Δ) / SSIM" for s in sets)
-                  + " | worst output PSNR vs fp32 | max abs Δ PSNR | passes |",
-                  "|---" * (len(sets) + 4) + "|"]
-        for name, v in held["verdict"].items():
-            cells = [f"{held['sets'][s][name]['psnr']:.3f} ({held['sets'][s][name]['delta_psnr_vs_fp32']:+.4f}) / "
-                     f"{held['sets'][s][name]['ssim']:.4f}" for s in sets]
-            mins = [held["sets"][s][name]["output_psnr_vs_fp32_min"] for s in sets]
-            worst = min((m for m in mins if m is not None), default=None)
-            lines.append(f"| {name} | " + " | ".join(cells) + f" | {_fmt_psnr(worst, worst is None)} | "
-                         f"{v['max_abs_delta_psnr']:.4f} | {'yes' if v['passes'] else 'no'} |")
-    d = report["decision"]
-    geo = ", ".join(f"{k} {v:.2f}×" for k, v in d["geomean_speedup_vs_fp32"].items())
-    lines += ["", f"Geometric-mean speed-up over fp32 (untiled rows): {geo}. Fastest variant passing the "
-                  f"held-out criterion: **{d['fastest_passing']}**"
-              + ("" if d["heldout_checked"] else " (held-out check not run: fp32 kept)")
-              + f"; `precision=auto` resolves to {d['auto_resolves_to']} on this CPU"
-              + (" (the same)." if d["auto_is_fastest_passing"] else " (NOT the fastest passing variant).")]
+    lines = ["# De-raining speed on the CPU against its peak: before, mgid, torch.compile, onnxruntime", "",
+             f"`{report['command']}`", ""]
+    for s in report["settings"]:
+        env, peaks = s["environment"], s["peaks"]
+        lines += [f"## Setting `{s['setting']}`" + (" (DNNL_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2)"
+                                                   if s["setting"] == "avx2" else ""), "",
+                  harness.provenance(env) + f"; load average at start {env['loadavg_start']}, at end "
+                  f"{s['loadavg_end']}. {report['threads']} torch thread(s); best of {report['repeats']} interleaved "
+                  f"runs after {report['warmup']} warm-up(s); uint8 image in and out (conversions included).", "",
+                  "Peaks: " + "; ".join(
+                      f"**{p}**: theoretical {v['gflops'] if v['gflops'] is not None else '—'} GFLOP/s = "
+                      f"{v['formula']} (clock from {v['clock_source']}), measured {cpu_peak.GEMM_SIZE}² GEMM "
+                      f"{v['gemm_gflops']} GFLOP/s" for p, v in peaks.items()), "",
+                  "| size | engine | precision | s/image (best) | median | s/MP | MP/s | GFLOP/s | share of peak "
+                  "| share of GEMM | × before | first run (s) | PSNR vs before fp32 | max Δ | other load |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in s["rows"]:
+            agree = "identical" if r["psnr_vs_reference"] is None else f"{r['psnr_vs_reference']:.1f} dB"
+            lines.append(f"| {r['size']} | {r['engine']} | {r['precision']} | {r['best_s']:.3f} | {r['median_s']:.3f} "
+                         f"| {r['s_per_mp']:.3f} | {r['mp_per_s']:.3f} | {r['gflops']:.0f} | {_pct(r['share_of_peak'])} "
+                         f"| {_pct(r['share_of_gemm'])} | {r['speedup_vs_before']:.2f} | {r['first_s']} | {agree} "
+                         f"| {r['max_abs_diff_vs_reference']} | {r['other_load']} |")
+        if s["video"]:
+            lines += ["", "Video (`derain_video`: decode, de-rain, encode; synthetic clip):", "",
+                      "| size | engine | frames | seconds | frames/s |", "|---|---|---|---|---|"]
+            lines += [f"| {v['size']} | {v['engine']} | {v['frames']} | {v['seconds']:.2f} | {v['fps']:.3f} |"
+                      for v in s["video"]]
+        for key, prof in s["profiles"].items():
+            lines += ["", f"Profile of {key} (torch.profiler, self CPU time by op):", "",
+                      "| op | ms | calls | share |", "|---|---|---|---|"]
+            lines += [f"| `{r['op']}` | {r['ms']:.1f} | {r['calls']} | {_pct(r['share'])} |" for r in prof]
+        lines.append("")
+    lines += ["## Targets", ""] + [f"- {t}" for t in report["targets"]]
     return "\n".join(lines) + "\n"
 
 
-# --------------------------------------------------------------------------------------------------
-# main
+def targets(settings: list[dict[str, Any]]) -> list[str]:
+    """The issue's targets, each with the measured ratio and whether it is met."""
+    out = []
+    for s in settings:
+        rows = {(r["size"], r["engine"], r["precision"]): r for r in s["rows"]}
+        for (size, engine, p), r in rows.items():
+            if engine != "mgid":
+                continue
+            out.append(f"[{s['setting']}] {size} mgid {p}: {r['speedup_vs_before']:.2f}x before {p} (target 2x): "
+                       + ("met" if r["speedup_vs_before"] >= 2 else "NOT met"))
+            ort = rows.get((size, "onnxruntime", "fp32"))
+            if ort and p == "fp32":
+                ratio = ort["best_s"] / r["best_s"]
+                out.append(f"[{s['setting']}] {size} mgid fp32 vs onnxruntime fp32: {ratio:.2f}x "
+                           + ("(mgid faster)" if ratio >= 1 else "(onnxruntime faster)"))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- main
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.bench_derain",
-        description="Time mgid de-raining on the CPU (fp32 / bf16 autocast x contiguous / channels_last, untiled "
-                    "and tiled, per thread count) and check the held-out PSNR change of each fast variant "
-                    "against fp32. Writes bench_derain_cpu_<timestamp>.json/.md under --out.")
+        description="Time mgid de-raining on the CPU (before / mgid / torch.compile / onnxruntime, fp32 and native "
+                    "bf16) with GFLOP/s and share of the CPU's peak, video frames per second, and a profile; "
+                    "optionally also under the AVX2 setting. Writes bench_derain_cpu_<timestamp>.json/.md.")
     p.add_argument("--sizes", nargs="+", type=parse_size, default=None, metavar="WxH",
-                   help=f"image sizes [default: {' '.join(DEFAULT_SIZES)}; --quick: 64x48]")
-    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
-                   help="variants to time (fp32 always runs: it is the reference) [default: all]")
-    p.add_argument("--threads", nargs="+", type=int, default=None, metavar="N",
-                   help="torch intra-op thread counts [default: 1 2; --quick: 1]")
-    p.add_argument("--repeats", type=int, default=None, metavar="N", help="timed runs per row [3; --quick: 1]")
+                   help=f"photo sizes [{' '.join(DEFAULT_SIZES)}; --quick: 64x48]")
+    p.add_argument("--video-sizes", nargs="*", type=parse_size, default=None, metavar="WxH",
+                   help=f"video frame sizes, none to skip [{' '.join(DEFAULT_VIDEO_SIZES)}]")
+    p.add_argument("--video-frames", type=int, default=None, metavar="N", help="frames per clip [4; --quick: 2]")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="torch and onnxruntime threads [2]")
+    p.add_argument("--repeats", type=int, default=None, metavar="N", help="timed rounds [3; --quick: 1]")
     p.add_argument("--warmup", type=int, default=None, metavar="N", help="untimed runs first [1]")
-    p.add_argument("--tile", type=int, default=None, metavar="SIZE",
-                   help="also time tiled inference with this tile on images larger than one tile; 0 = no tiled "
-                        "rows [512; --quick: 32]")
-    p.add_argument("--tile-overlap", type=int, default=None, metavar="PX",
-                   help=f"overlap of the tiled rows [{DEFAULT_OVERLAP}; --quick: 16]")
-    p.add_argument("--tiled-variants", nargs="+", choices=list(VARIANTS), default=["fp32", "bf16+cl"],
-                   help="variants of the tiled rows [default: fp32 bf16+cl]")
-    p.add_argument("--heldout-count", type=int, default=None, metavar="N",
-                   help="held-out images per set [default: all (24); --quick: 1]")
-    p.add_argument("--heldout-sets", nargs="+", choices=list(HELDOUT_SETS), default=list(HELDOUT_SETS),
-                   help="held-out sets [default: all]")
-    p.add_argument("--no-heldout", action="store_true", help="skip the held-out PSNR check")
-    p.add_argument("--criterion-db", type=float, default=CRITERION_DB, metavar="DB",
-                   help="largest allowed |held-out PSNR change| against fp32 [%(default)s]")
-    p.add_argument("--weights", default=None, metavar="FILE.safetensors", help="weights [default: the shipped ones]")
+    p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=None,
+                   help="ISA settings [native avx2 on an AVX512 CPU, else native; --quick: native]")
+    p.add_argument("--no-compile", dest="compile", action="store_false", default=None,
+                   help="skip torch.compile (its compile takes minutes on 2 cores)")
+    p.add_argument("--no-onnx", action="store_true", help="skip onnxruntime")
+    p.add_argument("--no-profile", dest="profile", action="store_false", help="skip the profile")
+    p.add_argument("--weights", default=None, metavar="FILE.safetensors", help="weights [the shipped ones]")
     p.add_argument("--out", default=str(DEFAULT_OUT), metavar="DIR", help="output folder [benchmarks/results]")
-    p.add_argument("--quick", action="store_true", help="smoke test: one tiny image, one run, one held-out image per set")
+    p.add_argument("--quick", action="store_true", help="smoke test: one tiny image, one run, native only")
+    p.add_argument("--child-setting", choices=list(SETTINGS), help=argparse.SUPPRESS)
+    p.add_argument("--child-out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     preset = QUICK if args.quick else FULL
     for key, value in preset.items():
         if getattr(args, key) is None:
-            setattr(args, key, value if key != "sizes" else [parse_size(s) for s in value])
-    if min(args.threads) < 1 or args.repeats < 1 or args.warmup < 0:
-        p.error("--threads and --repeats must be >= 1, --warmup >= 0")
-    if args.tile:
-        try:
-            tile_geometry(args.tile, args.tile_overlap)
-        except ValueError as exc:
-            p.error(str(exc))
-    if REFERENCE not in args.variants:
-        args.variants = [REFERENCE, *args.variants]
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+            setattr(args, key, [parse_size(v) for v in value] if key in ("sizes", "video_sizes") else value)
+    if args.settings is None:
+        args.settings = ["native", "avx2"] if "avx512f" in cpu_info().flags else ["native"]
+    if args.threads < 1 or args.repeats < 1 or args.warmup < 1 or args.video_frames < 1:
+        p.error("--threads, --repeats, --warmup and --video-frames must be >= 1")
+    args.argv = [a for a in (sys.argv[1:] if argv is None else list(argv))]
     return args
-
-
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Measure everything; the report as a dict (also what the JSON holds)."""
-    weights = Path(args.weights) if args.weights else DEFAULT_WEIGHTS
-    env = environment(weights)
-    threads_at_start = torch.get_num_threads()
-    derainers = {name: load_model(weights, "cpu", precision=VARIANTS[name].precision,
-                                  channels_last=VARIANTS[name].channels_last) for name in args.variants}
-    tiled = [v for v in args.tiled_variants if v in derainers] if args.tile else []
-    log(f"bench_derain: {env['cpu']['line']}, torch {env['torch']}, variants {args.variants}, tiled "
-        f"{tiled or 'none'}, sizes {args.sizes}, threads {args.threads}, load {env['loadavg_start']}")
-    rows: list[dict[str, Any]] = []
-    try:
-        for w, h in args.sizes:
-            rainy, clean = rainy_image(w, h)
-            mp = w * h / 1e6
-            fits = args.tile and max(-(-h // 8) * 8, -(-w // 8) * 8) <= tile_geometry(args.tile, args.tile_overlap)[0]
-            runs = [(v, None) for v in args.variants] + [(v, args.tile) for v in tiled if not fits]
-            for t in args.threads:
-                torch.set_num_threads(t)
-                log(f"  {w}x{h}, {t} thread(s): {len(runs)} runs x ({args.warmup} + {args.repeats}) ...")
-                group = time_group(derainers, runs, rainy, args.warmup, args.repeats, args.tile_overlap)
-                ref = group[(REFERENCE, None)]
-                for (name, tile), g in group.items():
-                    best, out = min(g["times"]), g["output"]
-                    agreement = psnr(out, ref["output"])
-                    row = {"size": f"{w}x{h}", "megapixels": round(mp, 4), "threads": t, "variant": name,
-                           "precision": VARIANTS[name].precision, "channels_last": VARIANTS[name].channels_last,
-                           "tile": tile, "status": "ok", "times_s": [round(x, 4) for x in g["times"]],
-                           "best_s": round(best, 4), "median_s": round(statistics.median(g["times"]), 4),
-                           "mp_per_s": round(mp / best, 4),
-                           "speedup_vs_fp32": round(min(ref["times"]) / best, 3),
-                           "psnr_vs_fp32": _finite(agreement), "identical_to_fp32": math.isinf(agreement),
-                           "max_abs_diff_vs_fp32": int(np.abs(out.astype(np.int16) - ref["output"]).max()),
-                           "psnr_vs_clean": round(psnr(out, clean), 4), "other_load": g["other_load"]}
-                    rows.append(row)
-                    log(f"    {name:8s} tile {tile or '-':>4}: {row['best_s']:.3f} s, {row['mp_per_s']:.3f} MP/s, "
-                        f"{row['speedup_vs_fp32']:.2f}x, vs fp32 {_fmt_psnr(row['psnr_vs_fp32'], row['identical_to_fp32'])}")
-            if fits:
-                for v in tiled:
-                    rows.append({"size": f"{w}x{h}", "megapixels": round(mp, 4), "threads": None, "variant": v,
-                                 "precision": VARIANTS[v].precision, "channels_last": VARIANTS[v].channels_last,
-                                 "tile": args.tile, "status": "skipped: fits in one tile"})
-        heldout = None
-        if not args.no_heldout:
-            torch.set_num_threads(max(args.threads))
-            log(f"  held-out check ({', '.join(args.heldout_sets)}, {args.heldout_count or 'all'} per set) ...")
-            heldout = heldout_check(derainers, args.heldout_count, args.heldout_sets, args.criterion_db)
-            for name, v in heldout["verdict"].items():
-                log(f"    {name:8s} max |delta PSNR| {v['max_abs_delta_psnr']:.4f} dB: "
-                    f"{'passes' if v['passes'] else 'fails'}")
-    finally:
-        torch.set_num_threads(threads_at_start)
-    return {"command": " ".join(["python -m benchmarks.bench_derain", *args.argv]),
-            "settings": {"sizes": [f"{w}x{h}" for w, h in args.sizes], "variants": args.variants,
-                         "tiled_variants": tiled, "tile": args.tile or None, "tile_overlap": args.tile_overlap,
-                         "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup,
-                         "quick": args.quick},
-            "environment": env, "rows": rows, "heldout": heldout, "decision": decide(rows, heldout, env),
-            "loadavg_end": harness.loadavg()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    report = run(args)
-    text = markdown(report)
-    harness.publish(args.out, "bench_derain_cpu", report, text)
+    if args.child_setting:
+        result = run_setting(args, args.child_setting)
+        Path(args.child_out).write_text(json.dumps(result, default=str))
+        return 0
+    threads_at_start = torch.get_num_threads()
+    try:
+        settings = [run_setting(args, s) if s == "native" else run_child(args, s) for s in args.settings]
+    finally:
+        torch.set_num_threads(threads_at_start)
+    report = {"command": " ".join(["python -m benchmarks.bench_derain", *args.argv]), "threads": args.threads,
+              "repeats": args.repeats, "warmup": args.warmup, "quick": args.quick, "settings": settings}
+    report["targets"] = targets(settings)
+    harness.publish(args.out, "bench_derain_cpu", report, markdown(report))
     return 0
 
 

@@ -67,6 +67,7 @@ from mgid.derain.tiling import (
 )
 from mgid.devices import resolve_device
 from mgid.models import DOWNSAMPLE, MGIDNet, ModelConfig
+from mgid.models.inference_graph import InferenceGraph
 from mgid.precision import resolve_arithmetic, resolve_precision
 
 #: Folder of the weights shipped inside the package.
@@ -231,6 +232,9 @@ class Derainer:
 
     Attributes:
         net: the network (eval mode; its memory is only read).
+        graph: ``net`` frozen for inference in the arithmetic below (`mgid.models.inference_graph.InferenceGraph`),
+            which every prediction runs; built when the Derainer is, so later changes to ``net``'s weights are not
+            seen (build a new Derainer).
         device: where it runs.
         tile, overlap: default tiling: ``"auto"`` (`TILE_AUTO`, the default) = the whole image when it fits
             the memory budget, else the largest tiles that do (`mgid.derain.memory_budget.choose_tile`); ``None`` =
@@ -238,7 +242,7 @@ class Derainer:
         max_memory: the budget of ``"auto"`` in bytes (None: `AUTO_BUDGET_FRACTION` of the memory available
             on the device when each image starts).
         weights: the file the weights came from (None when built from a network).
-        precision: the arithmetic, resolved: ``fp32`` or ``bf16`` (autocast). Given as ``auto``
+        precision: the arithmetic, resolved: ``fp32`` or ``bf16`` (the graph's weights and activations). Given as ``auto``
             (the default) it is bf16 on a CPU with native bf16 instructions, fp32 elsewhere
             (`mgid.precision.resolve_precision`).
         channels_last: whether the network and its inputs use channels_last memory format
@@ -270,6 +274,7 @@ class Derainer:
         self.precision, self.channels_last = self.arithmetic.precision, self.arithmetic.channels_last
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.net = net.to(self.device, memory_format=fmt).eval()
+        self.graph = InferenceGraph(self.net, self.precision, self.channels_last)
         self.tile, self.overlap, self.weights = check_tile(tile, overlap), overlap, weights
         self.max_memory = check_max_memory(max_memory)
         self.self_ensemble = check_self_ensemble(self_ensemble)
@@ -341,7 +346,7 @@ class Derainer:
 
     def _predict(self, batch: torch.Tensor, tile: int | None, overlap: int) -> torch.Tensor:
         """One prediction of the rain layer (B, 3, H, W) of ``batch`` (B, 3, H, W), tiled or whole (`predict_rain`)."""
-        return predict_rain(self.net, batch, tile, overlap, precision=self.precision, channels_last=self.channels_last)
+        return predict_rain(self.graph, batch, tile, overlap)
 
     def _pad_mode(self) -> str:
         """How the network pads images to multiples of 8 (its config's ``pad_mode``)."""
@@ -350,7 +355,7 @@ class Derainer:
     def _stream(self, source: PixelSource, tile: int, overlap: int, emit: RowsFn) -> None:
         """One tiled prediction of the rain layer of ``source``, its final rows handed to ``emit`` as they come
         (`mgid.derain.tiling.stream_rain`); ``tile``/``overlap`` as `mgid.derain.tiling.tiling_of` gives them."""
-        stream_rain(self.net, source, tile, overlap, emit, precision=self.precision, channels_last=self.channels_last)
+        stream_rain(self.graph, source, tile, overlap, emit)
 
     def _predict_once(self, batch: torch.Tensor, tile: int | None, overlap: int, ensemble: bool) -> torch.Tensor:
         """One attempt at the rain layer (B, 3, H, W): tiled or whole, with the self-ensemble or without."""
@@ -412,6 +417,11 @@ class Derainer:
         self.last_tile = t
         return result
 
+    def _weights_finite(self) -> bool:
+        """Whether the frozen network's weights are finite (`InferenceGraph.finite`): NaN weights are reported as
+        the NaN output they would give, which the graph's fused ReLU would otherwise hide."""
+        return self.graph.finite
+
     def _non_finite(self) -> NonFiniteOutputError:
         return NonFiniteOutputError(
             f"the network gave NaN or infinite values with the weights {self.weights or '(a network in memory)'} "
@@ -424,6 +434,8 @@ class Derainer:
         """The rain layer (B, 3, H, W) of a float batch at the tiling of `_tiling`; out-of-memory errors retried in
         smaller tiles (see the class doc). ``held``: bytes allocated for this call before it (the results)."""
         ensemble = self.self_ensemble if self_ensemble is None else check_self_ensemble(self_ensemble)
+        if not self._weights_finite():
+            raise self._non_finite()
         b, _, h, w = batch.shape
         rain = self._retrying(lambda t: self._predict_once(batch, t, overlap, ensemble), (b, h, w), tile, overlap,
                               held)
@@ -442,6 +454,8 @@ class Derainer:
         The pixels are those of converting the float results of `derain` of ``to_tensor(image)``, bit for bit.
         """
         ensemble = self.self_ensemble if self_ensemble is None else check_self_ensemble(self_ensemble)
+        if not self._weights_finite():
+            raise self._non_finite()
         if self.device.type == "cpu" and process_memory_limit("cpu").is_hard:
             mmap_large_buffers()  # a finished tile's memory goes back to the system (see MMAP_THRESHOLD)
         source = PixelSource(image, self._pad_mode())
@@ -614,7 +628,7 @@ def load_model(weights: str | Path | None = None, device: str | torch.device = "
     folder (``config.json`` + ``model.safetensors``, written by `mgid.models.pretrained.save_pretrained`).
     ``tile``/``overlap``: the default tiling of `Derainer.derain` (``"auto"``: tiles only when the whole image
     would not fit ``max_memory`` bytes, default a share of the available memory; None: whole images).
-    ``precision``: ``auto`` (bf16 autocast on a CPU with native bf16 instructions, else fp32), ``fp32``
+    ``precision``: ``auto`` (bf16 on a CPU with native bf16 instructions, else fp32), ``fp32``
     or ``bf16``; ``channels_last``: None = auto, on for inference on any CPU (see `Derainer`).
     ``self_ensemble``: the default of `Derainer.derain`'s option (mean over the 8 flips and quarter turns,
     8x the time; off by default).

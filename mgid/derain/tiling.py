@@ -37,19 +37,18 @@ Only that public API of the network is used: no hooks, no module swapping, no su
 The tiling itself (`tiled_rain`) reaches the network only through two callables (run a tile, the pre-norm
 query of a tile), so another runtime of the same network (`mgid.derain.onnx_backend`) tiles identically.
 
-Arithmetic (``precision``, ``channels_last``): ``fp32``, or ``bf16`` = the network under
-``torch.autocast`` (bfloat16 convolutions, fp32 weights and memory items; the rain layer is returned
-in the input's dtype; tiles are blended in fp32), with the input in channels_last memory format when
-``channels_last`` is set. ``auto`` (`mgid.precision.resolve_precision`) = bf16 on a CPU with native bf16 instructions
-(AVX512-BF16 or AMX, the detection training uses), fp32 elsewhere; channels_last on every CPU (1.4x in fp32
-on AVX2, 4-5x with bf16 on AVX512-BF16/AMX): measured by ``benchmarks/bench_derain.py`` on both kinds.
+Arithmetic (``precision``, ``channels_last``): the network runs frozen (`mgid.models.inference_graph`: BatchNorm
+folded into the convolutions, ReLU and the decoder's concatenations fused into them) in ``fp32`` or ``bf16``
+(weights and activations in bfloat16; the instance norm, memory read and rain layer in float32; tiles are blended in
+float32), in channels_last memory format when ``channels_last`` is set. ``auto`` (`mgid.precision.resolve_precision`)
+= bf16 on a CPU with native bf16 instructions (AVX512-BF16 or AMX, the detection training uses), fp32 elsewhere;
+channels_last on every CPU: measured by ``benchmarks/bench_derain.py`` on both kinds (docs/DERAIN.md).
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -58,7 +57,8 @@ from mgid.data.imageio import to_tensor
 from mgid.derain.time_limit import check_time_limit
 from mgid.models import DOWNSAMPLE, MGIDNet, pad_to_multiple
 from mgid.models.encoder import NormStats
-from mgid.precision import autocast, resolve_channels_last, resolve_precision
+from mgid.models.inference_graph import InferenceGraph
+from mgid.precision import resolve_channels_last, resolve_precision
 
 #: Default overlap (pixels) between neighbouring tiles.
 DEFAULT_OVERLAP = 64
@@ -249,63 +249,53 @@ def tiling_of(height: int, width: int, tile: int | None, overlap: int) -> tuple[
     return (t, o) if hp > t or wp > t else None
 
 
-@contextmanager
-def _inference(net: MGIDNet, precision: str, channels_last: bool | None) -> Iterator[tuple[torch.device, Any]]:
-    """``net`` in eval mode (its mode restored afterwards) under the resolved arithmetic: yields (its device, the
-    inputs' memory format)."""
-    was_training = net.training
-    net.eval()
-    try:
-        device = next(net.parameters()).device
-        precision = resolve_precision(precision, device, "inference")
-        if channels_last is None:
-            channels_last = resolve_channels_last(None, precision, device, "inference")
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        with autocast(device, precision):
-            yield device, fmt
-    finally:
-        net.train(was_training)
+def inference_graph(net: MGIDNet | InferenceGraph, precision: str = "fp32",
+                    channels_last: bool | None = False) -> InferenceGraph:
+    """``net`` as the `InferenceGraph` predictions run: a graph as it is (``precision`` and ``channels_last`` are
+    its own then), an `MGIDNet` frozen at ``precision`` (fp32, bf16 or auto, `mgid.precision.resolve_precision`)
+    and ``channels_last`` (None: auto, `mgid.precision.resolve_channels_last`) on its device (a few milliseconds:
+    the weights are folded anew, so each call sees the network's current weights)."""
+    if isinstance(net, InferenceGraph):
+        return net
+    device = next(net.parameters()).device
+    precision = resolve_precision(precision, device, "inference")
+    if channels_last is None:
+        channels_last = resolve_channels_last(None, precision, device, "inference")
+    return InferenceGraph(net, precision, channels_last)
 
 
-def _runners(net: MGIDNet, device: torch.device, fmt: Any) -> tuple[TileFn, QueryFn]:
-    """The `TileFn` and `QueryFn` of ``net`` on ``device``, inputs in memory format ``fmt``."""
-    def run_tile(crop: torch.Tensor, stats: NormStats | None) -> torch.Tensor:
-        return net(crop.to(device).contiguous(memory_format=fmt), update_memory=False, memory_losses=False,
-                   norm_stats=stats).rain
-
-    def query(crop: torch.Tensor) -> torch.Tensor:
-        return net.pre_norm_query(crop.to(device).contiguous(memory_format=fmt))
-
-    return run_tile, query
+def _runners(graph: InferenceGraph) -> tuple[TileFn, QueryFn]:
+    """The `TileFn` and `QueryFn` of ``graph``."""
+    return graph.rain, graph.pre_norm_query
 
 
 @torch.no_grad()
-def predict_rain(net: MGIDNet, image: torch.Tensor, tile: int | None = None, overlap: int = DEFAULT_OVERLAP,
-                 global_norm: bool = True, precision: str = "fp32", channels_last: bool | None = False) -> torch.Tensor:
+def predict_rain(net: MGIDNet | InferenceGraph, image: torch.Tensor, tile: int | None = None,
+                 overlap: int = DEFAULT_OVERLAP, global_norm: bool = True, precision: str = "fp32",
+                 channels_last: bool | None = False) -> torch.Tensor:
     """The rain layer R (B, 3, H, W) of ``image`` (B, 3, H, W) in [-1, 1], memory read only.
 
     ``tile=None`` (or an image that fits in one tile) runs the network once. Otherwise tiles of
     ``tile`` px (rounded down to a multiple of 8) overlapping by ``overlap`` px (rounded up) are
     blended as the module doc describes. Tiles run on the network's device; the result is on
-    ``image``'s device, in its dtype. The network's train/eval mode is restored afterwards.
-    ``precision`` (fp32, bf16 autocast or auto) and ``channels_last`` (None: auto) as the module doc
-    says; the network's own memory format is left as it is (`mgid.derain.derainer.Derainer` converts it once).
+    ``image``'s device, in its dtype. ``net``: an `MGIDNet` (frozen for the call at ``precision`` (fp32, bf16 or
+    auto) and ``channels_last`` (None: auto), `inference_graph`; its own mode and weights are left as they are) or
+    an `InferenceGraph` (which has its own arithmetic).
     """
     _check_image(image)
     h, w = image.shape[-2:]
     geometry = tiling_of(h, w, tile, overlap)
-    with _inference(net, precision, channels_last) as (device, fmt):
-        if geometry is not None:
-            padded = pad_to_multiple(image, DOWNSAMPLE, net.config.pad_mode)
-            run_tile, query = _runners(net, device, fmt)
-            return tiled_rain(padded, *geometry, run_tile, query if global_norm else None)[..., :h, :w]
-        out = net(image.to(device).contiguous(memory_format=fmt), update_memory=False, memory_losses=False)
-        return out.rain.to(image.device, image.dtype)
+    graph = inference_graph(net, precision, channels_last)
+    if geometry is not None:
+        padded = pad_to_multiple(image, DOWNSAMPLE, graph.config.pad_mode)
+        run_tile, query = _runners(graph)
+        return tiled_rain(padded, *geometry, run_tile, query if global_norm else None)[..., :h, :w]
+    return graph.rain(image).to(image.device, image.dtype)
 
 
 @torch.no_grad()
-def stream_rain(net: MGIDNet, source: PixelSource, tile: int, overlap: int, emit: RowsFn, global_norm: bool = True,
-                precision: str = "fp32", channels_last: bool | None = False) -> None:
+def stream_rain(net: MGIDNet | InferenceGraph, source: PixelSource, tile: int, overlap: int, emit: RowsFn,
+                global_norm: bool = True, precision: str = "fp32", channels_last: bool | None = False) -> None:
     """`predict_rain`'s tiled result for an image read from ``source`` (its ``pad_mode`` the network's), handed to
     ``emit`` a band of final rows at a time (cropped to the image: rows ``r0:r1`` of (1, 3, r1 - r0, W) float32)
     instead of returned: bit for bit the rows of ``predict_rain(net, source.tensor(), tile, overlap, ...)``.
@@ -314,10 +304,9 @@ def stream_rain(net: MGIDNet, source: PixelSource, tile: int, overlap: int, emit
     is the caller's (``source`` and what ``emit`` fills); the float state is one band of tile rows (see
     `stream_tiled_rain`).
     """
-    with _inference(net, precision, channels_last) as (device, fmt):
-        run_tile, query = _runners(net, device, fmt)
-        stream_tiled_rain(source, tile, overlap, run_tile, query if global_norm else None,
-                          cropped_rows(emit, source.height, source.width))
+    run_tile, query = _runners(inference_graph(net, precision, channels_last))
+    stream_tiled_rain(source, tile, overlap, run_tile, query if global_norm else None,
+                      cropped_rows(emit, source.height, source.width))
 
 
 def cropped_rows(emit: RowsFn, height: int, width: int) -> RowsFn:

@@ -1,8 +1,7 @@
-"""Smoke test of benchmarks.bench_derain: its main() in the --quick setting on one tiny image.
+"""Smoke test of benchmarks.bench_derain: its main() in the --quick setting on one tiny image with a tiny network.
 
 The benchmark ships with the source tree (not the package): ``benchmarks`` imports from the repository root,
-where pytest runs. It runs in this process with the shipped weights (one torch thread, a 40x32 image, one
-held-out image per set: seconds).
+where pytest runs. It runs in this process (one torch thread, a 64x48 image and a two-frame 64x48 clip): seconds.
 """
 from __future__ import annotations
 
@@ -11,56 +10,58 @@ import json
 import pytest
 
 import benchmarks.bench_derain as bench
-from mgid.data.heldout_sets import HELDOUT_SETS
+from benchmarks import cpu_peak
+from mgid.precision import cpu_info
+from tests.derain.tiny_network import tiny_weights
 
 
-def test_quick_run_reports_every_variant(tmp_path, capsys):
-    assert bench.main(["--quick", "--sizes", "40x32", "--out", str(tmp_path)]) == 0
+def test_quick_run_reports_every_engine(tmp_path, capsys):
+    weights = tiny_weights(tmp_path / "w")
+    assert bench.main(["--quick", "--weights", str(weights), "--out", str(tmp_path)]) == 0
     files = sorted(tmp_path.glob("bench_derain_cpu_*.json"))
     assert len(files) == 1, list(tmp_path.iterdir())
-    md = files[0].with_suffix(".md")
-    assert md.exists()
     report = json.loads(files[0].read_text())
+    assert report["quick"] and report["threads"] == 1
+    (setting,) = report["settings"]
+    assert setting["setting"] == "native" and setting["environment"]["cpu"]["model"]
+    precisions = ["bf16", "fp32"] if cpu_info().native_bf16 else ["fp32"]
+    assert setting["precisions"] == precisions
+    for p in precisions:
+        peak = setting["peaks"][p]
+        assert peak["gemm_gflops"] > 0 and "FLOP/cycle" in peak["formula"] or peak["gflops"] is None
+    rows = {(r["engine"], r["precision"]): r for r in setting["rows"]}
+    expected = {(e, p) for e in ("before", "mgid") for p in precisions} | {("onnxruntime", "fp32")}
+    assert set(rows) == expected
+    for r in rows.values():
+        assert r["size"] == "64x48" and r["best_s"] > 0 and r["mp_per_s"] > 0 and r["gflop"] > 0
+        assert r["gflops"] == pytest.approx(r["gflop"] / r["best_s"], rel=0.05)  # both rounded
+    assert rows[("before", "fp32")]["psnr_vs_reference"] is None  # the reference itself: identical
+    assert rows[("mgid", "fp32")]["max_abs_diff_vs_reference"] <= 1  # the frozen graph: rounding only
+    assert rows[("onnxruntime", "fp32")]["max_abs_diff_vs_reference"] <= 1
+    video = {(v["engine"], v["size"]) for v in setting["video"]}
+    assert {e for e, _ in video} >= {f"mgid {precisions[0]}", "onnxruntime fp32"}
+    assert all(v["fps"] > 0 and v["frames"] == 2 for v in setting["video"])
+    assert set(setting["profiles"]) == {f"64x48 mgid {p}" for p in precisions}
+    assert any("convolution" in r["op"] for r in setting["profiles"]["64x48 mgid fp32"])
+    assert any("mgid fp32" in t and "before fp32" in t for t in report["targets"])
+    text = files[0].with_suffix(".md").read_text()
+    assert "| size | engine | precision | s/image (best) |" in text and "## Targets" in text
+    assert "Profile of 64x48 mgid fp32" in text and "## Targets" in capsys.readouterr().out
 
-    assert report["settings"]["quick"] and report["settings"]["threads"] == [1]
-    env = report["environment"]
-    assert env["torch"] and env["cpu"]["model"] and env["git"]["commit"] and env["loadavg_start"] is not None
-    assert env["auto_precision"] in ("fp32", "bf16")
 
-    rows = {(r["variant"], r["tile"]): r for r in report["rows"]}
-    untiled = [(v, None) for v in ("fp32", "fp32+cl", "bf16", "bf16+cl")]
-    tiled = [("fp32", 32), ("bf16+cl", 32)]  # 40 px wide > one 32 px tile
-    assert set(rows) == set(untiled + tiled)
-    for key in untiled + tiled:
-        r = rows[key]
-        assert r["status"] == "ok" and r["size"] == "40x32" and r["threads"] == 1, r
-        assert r["best_s"] > 0 and r["mp_per_s"] > 0 and len(r["times_s"]) == 1
-        assert r["psnr_vs_clean"] > 0
-    assert rows[("fp32", None)]["identical_to_fp32"] and rows[("fp32", None)]["speedup_vs_fp32"] == 1.0
-    for v in ("bf16", "bf16+cl"):  # bf16 changes the output a little, not much
-        r = rows[(v, None)]
-        assert r["identical_to_fp32"] or r["psnr_vs_fp32"] > 35, r
-
-    held = report["heldout"]
-    assert set(held["sets"]) == set(HELDOUT_SETS)  # every held-out set the package defines
-    for s in held["sets"].values():
-        assert set(s) == {"fp32", "fp32+cl", "bf16", "bf16+cl"}
-        assert s["fp32"]["delta_psnr_vs_fp32"] == 0 and s["fp32"]["count"] == 1
-    assert set(held["verdict"]) == {"fp32", "fp32+cl", "bf16", "bf16+cl"} and held["verdict"]["fp32"]["passes"]
-    decision = report["decision"]
-    assert decision["fastest_passing"] in held["verdict"] and decision["heldout_checked"]
-
-    text = md.read_text()
-    assert "| size | threads | variant | tile |" in text and "| 40x32 | 1 | bf16+cl | — |" in text
-    assert "| variant | streaks: PSNR (Δ) / SSIM |" in text and "Fastest variant passing" in text
-    assert "Fastest variant passing" in capsys.readouterr().out
+def test_peak_formula_follows_the_flags():
+    peak = cpu_peak.theoretical_peak("fp32", 2)
+    if peak["gflops"] is not None:
+        per_cycle = cpu_peak.FLOP_PER_CYCLE[("fp32", peak["isa"])]
+        assert peak["gflops"] == pytest.approx(2 * peak["clock_ghz"] * per_cycle, abs=0.1)
+        assert f"{per_cycle} FLOP/cycle" in peak["formula"]
 
 
 def test_bad_arguments_are_refused():
     with pytest.raises(SystemExit):
         bench.parse_args(["--sizes", "12"])
     with pytest.raises(SystemExit):
-        bench.parse_args(["--quick", "--tile", "32", "--tile-overlap", "32"])
-    args = bench.parse_args(["--quick", "--variants", "bf16"])
-    assert args.variants == ["fp32", "bf16"]  # the reference always runs
-    assert bench.parse_args([]).sizes == [(1707, 1280), (1024, 1024), (512, 512)]
+        bench.parse_args(["--quick", "--repeats", "0"])
+    args = bench.parse_args([])
+    assert args.sizes == [(1024, 1024)] and args.video_sizes == [(1280, 720), (1920, 1080)]
+    assert args.settings == (["native", "avx2"] if "avx512f" in cpu_info().flags else ["native"])

@@ -43,13 +43,14 @@ def test_nan_weights_are_refused_at_load_naming_the_file(tmp_path, capsys):
 def test_non_finite_output_is_an_error_naming_the_weights(tmp_path, capsys):
     """Finite weights can still give NaN (an infinite running variance here); the image is not written."""
     path = tiny_weights(tmp_path)
-    derainer = mgid.load_model(path, device="cpu", precision="fp32")
+    net = mgid.load_model(path, device="cpu", precision="fp32").net
     with torch.no_grad():
-        derainer.net.decoder.head[0][1].running_var.fill_(-1.0)  # sqrt of a negative variance: NaN
+        net.decoder.head[0][1].running_var.fill_(-1.0)  # sqrt of a negative variance: NaN
+    derainer = Derainer(net, "cpu", precision="fp32", weights=path)  # the graph is frozen from the broken net
     with pytest.raises(NonFiniteOutputError, match=str(path)):
         derainer.derain(np.full((16, 16, 3), 128, np.uint8))
     with pytest.raises(NonFiniteOutputError, match="a network in memory"):
-        Derainer(derainer.net, "cpu", precision="fp32").derain(np.full((16, 16, 3), 128, np.uint8))
+        Derainer(net, "cpu", precision="fp32").derain(np.full((16, 16, 3), 128, np.uint8))
 
 
 def test_record_is_checked_against_the_tensors_before_building(tmp_path):

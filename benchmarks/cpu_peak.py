@@ -52,16 +52,13 @@ def isa_of(precision: str) -> str | None:
     """The instruction set a ``precision`` (fp32/bf16) runs on here, as `FLOP_PER_CYCLE` names it (None: bf16 is
     emulated, no peak), within torch's caps (ATEN_CPU_CAPABILITY, DNNL_MAX_CPU_ISA)."""
     info = cpu_info()
-    capped = info.capped_below_bf16 is not None
-    avx512 = "avx512f" in info.flags and info.aten_capability.upper() != "AVX2" and not (
-        info.dnnl_max_isa and info.dnnl_max_isa.upper().startswith("AVX2"))
     if precision == "bf16":
-        if capped:
+        if info.capped_below_bf16 is not None:
             return None
         if "amx_bf16" in info.flags:
             return "amx"
         return "avx512_bf16" if "avx512_bf16" in info.flags else None
-    if avx512:
+    if info.avx512_usable:
         return "avx512"
     return "avx2" if "avx2" in info.flags else "default"
 

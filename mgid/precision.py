@@ -74,6 +74,14 @@ class CpuInfo:
         return None
 
     @property
+    def avx512_usable(self) -> bool:
+        """Whether torch's fp32 kernels may use AVX512 here: the CPU has it and neither ATEN_CPU_CAPABILITY nor
+        DNNL_MAX_CPU_ISA caps it (to AVX2 or below)."""
+        if "avx512f" not in self.flags or not self.aten_capability.upper().startswith(("AVX512", "AMX")):
+            return False
+        return self.dnnl_max_isa is None or not self.dnnl_max_isa.upper().startswith(("AVX2", "AVX_", "SSE"))
+
+    @property
     def native_bf16(self) -> bool:
         return self.has_bf16_instructions and self.capped_below_bf16 is None
 
@@ -134,15 +142,29 @@ def resolve_channels_last(channels_last: bool | None, precision: str, device: st
                           purpose: Purpose = "training") -> bool:
     """Unset (None, auto) -> channels_last on a CPU for inference, and for training in bf16; else as given.
 
-    Measured (README): de-raining in fp32 is 1.4x (AVX2) to 1.5-2.2x (AVX512) faster in channels_last,
-    so inference takes it at any precision; a fp32 training step is no faster (AVX2: 5 % slower at
-    batch 8, 128x128), a bf16 one is.
+    Inference in fp32 without AVX512 is the exception: it runs NCHW, where the frozen graph's convolutions run on
+    NNPACK's Winograd kernels (`mgid.models.inference_graph`), when NNPACK is available. Measured
+    (``benchmarks/bench_derain.py``, docs/DERAIN.md): oneDNN in channels_last is fastest for bf16 and for fp32 on
+    AVX512; NNPACK in NCHW beats it for fp32 on AVX2 (1.2x the whole network); a fp32 training step is no faster in
+    channels_last (AVX2: 5 % slower at batch 8, 128x128), a bf16 one is.
     """
     if channels_last is not None:
         return bool(channels_last)
     if torch.device(device).type != "cpu":
         return False
-    return purpose == "inference" or resolve_precision(precision, device, purpose) == "bf16"
+    resolved = resolve_precision(precision, device, purpose)
+    if purpose == "inference":
+        return resolved != "fp32" or cpu_info().avx512_usable or not nnpack_available()
+    return resolved == "bf16"
+
+
+@functools.cache
+def nnpack_available() -> bool:
+    """Whether torch's NNPACK runs here (asking initialises it, which its convolution needs first)."""
+    try:
+        return bool(torch.backends.nnpack.is_available()) and hasattr(torch, "_nnpack_spatial_convolution")
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def autocast(device: str | torch.device, precision: str) -> contextlib.AbstractContextManager:

@@ -18,7 +18,7 @@ from mgid.checkpoint import save_checkpoint
 from mgid.cli import build_parser, main
 from mgid.derain.tiling import predict_rain
 from mgid.models import MGIDNet, ModelConfig
-from mgid.precision import resolve_channels_last, resolve_precision
+from mgid.precision import CpuInfo, cpu_info, nnpack_available, resolve_channels_last, resolve_precision
 
 TINY = ModelConfig(channels=8, memory_items=4)
 
@@ -58,16 +58,20 @@ def test_options_parse():
 
 def test_auto_is_bf16_channels_last_only_on_a_cpu_with_bf16(bf16_cpu):
     assert resolve_precision("auto", "cpu", "inference") == ("bf16" if bf16_cpu else "fp32")
-    # inference takes channels_last on every CPU: faster in fp32 too (bench_derain: 1.4x on AVX2)
-    assert resolve_channels_last(None, "auto", "cpu", "inference") is True and resolve_channels_last(None, "fp32", "cpu", "inference") is True
+    # inference takes channels_last on every CPU except fp32 without AVX512, which runs NCHW on NNPACK's Winograd
+    # kernels where torch has them (bench_derain: 1.2x the channels_last graph on the AVX2 setting)
+    fp32_cl = cpu_info().avx512_usable or not nnpack_available()
+    assert resolve_channels_last(None, "auto", "cpu", "inference") is (bf16_cpu or fp32_cl)
+    assert resolve_channels_last(None, "fp32", "cpu", "inference") is fp32_cl
     assert resolve_precision("auto", "cuda", "inference") == "fp32" and resolve_channels_last(None, "auto", "cuda", "inference") is False
     assert resolve_precision("bf16", "cpu", "inference") == "bf16" and resolve_channels_last(False, "bf16", "cpu", "inference") is False
 
 
 def test_load_model_auto_and_fp32(weights, bf16_cpu):
     auto = mgid.load_model(weights, "cpu")
-    assert auto.precision == ("bf16" if bf16_cpu else "fp32") and auto.channels_last is True
-    assert _conv_weights_channels_last(auto.net)
+    fp32_cl = cpu_info().avx512_usable or not nnpack_available()
+    assert auto.precision == ("bf16" if bf16_cpu else "fp32") and auto.channels_last is (bf16_cpu or fp32_cl)
+    assert _conv_weights_channels_last(auto.net) is auto.channels_last
     forced = mgid.load_model(weights, "cpu", precision="fp32", channels_last=False)
     assert forced.precision == "fp32" and forced.channels_last is False
     assert not _conv_weights_channels_last(forced.net)
@@ -101,3 +105,17 @@ def test_derain_command_says_and_uses_the_arithmetic(tmp_path, weights, bf16_cpu
     out = capsys.readouterr().out
     assert "on cpu, fp32 + channels_last (precision set explicitly; auto memory format: channels_last on for inference in fp32 on cpu" in out
     assert (tmp_path / "fp32" / "in.png").is_file()
+
+
+@pytest.mark.parametrize("aten, dnnl, avx512", [("AVX512", None, True), ("AVX2", None, False),
+                                                ("AVX512", "AVX2", False), ("AVX512", "AVX512_CORE_AMX", True)])
+def test_fp32_inference_memory_format_follows_avx512(monkeypatch, aten, dnnl, avx512):
+    """fp32 inference: channels_last (oneDNN) where torch may use AVX512, NCHW (NNPACK) where it may not."""
+    import mgid.precision as precision
+    info = CpuInfo("test CPU", ("avx2", "avx512f"), aten, dnnl)
+    assert info.avx512_usable is avx512
+    monkeypatch.setattr(precision, "cpu_info", lambda: info)
+    expected = avx512 or not nnpack_available()
+    assert resolve_channels_last(None, "fp32", "cpu", "inference") is expected
+    assert resolve_channels_last(None, "fp32", "cpu", "training") is False  # training: unchanged
+    assert resolve_channels_last(True, "fp32", "cpu", "inference") is True  # set explicitly: as given

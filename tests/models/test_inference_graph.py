@@ -8,7 +8,7 @@ from torch import nn
 from mgid.derain.derainer import load_model
 from mgid.models import MGIDNet, ModelConfig, NormStats
 from mgid.models.inference_graph import InferenceGraph, _fold, fused_cpu_convolutions
-from mgid.precision import autocast
+from mgid.precision import autocast, nnpack_available
 from tests.derain.tiny_network import TINY, calibrated, smooth_image
 
 #: fp32 graph vs fp32 network, in units of the rain layer ([-1, 1]): folding BN and splitting the concatenations
@@ -62,6 +62,12 @@ def test_unfused_path_equals_the_fused_one():
     if fused_cpu_convolutions():
         assert fused.fused
         torch.testing.assert_close(fused.rain(image), plain.rain(image), rtol=0, atol=FP32_ATOL)
+    nchw = InferenceGraph(net, "fp32", channels_last=False)  # NNPACK's Winograd convolutions where torch has them
+    assert nchw.nnpack is nnpack_available() and not InferenceGraph(net, "bf16", channels_last=False).nnpack
+    onednn = InferenceGraph(net, "fp32", channels_last=False)
+    onednn.nnpack = False
+    torch.testing.assert_close(nchw.rain(image), onednn.rain(image), rtol=0, atol=FP32_ATOL)
+    torch.testing.assert_close(nchw.pre_norm_query(image), onednn.pre_norm_query(image), rtol=0, atol=FP32_ATOL)
 
 
 def test_bf16_graph_on_the_shipped_weights_within_half_a_grey_level():

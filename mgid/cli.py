@@ -177,10 +177,11 @@ def _derain_command(args: argparse.Namespace) -> int:
         print(f"{prog}: ignoring {plan.ignored} file(s) under the OUTPUT folder {plan.output_folder}",
               file=sys.stderr)
     try:
-        derainer = _load_derainer(args)
+        derainer, runtime = _load_derainer(args)
     except (FileNotFoundError, CheckpointError, ModuleNotFoundError, RuntimeError, ValueError) as exc:
         return _err(prog, str(exc))
-    print(f"{prog}: on {derainer.device}, {_arithmetic(derainer)}; {derainer.describe_tiling()}", file=sys.stderr)
+    print(f"{prog}: on {derainer.device}, {runtime}, {_arithmetic(derainer)}; {derainer.describe_tiling()}",
+          file=sys.stderr)
     try:
         report = derain_files(derainer, plan.jobs, progress=not args.quiet, on_skip=_print_skip, on_retry=_print_retry,
                               max_pixels=_max_pixels(args), jpeg_quality=args.jpeg_quality or JPEG_QUALITY)
@@ -198,20 +199,29 @@ def _derain_command(args: argparse.Namespace) -> int:
 
 
 def _load_derainer(args: argparse.Namespace):
-    """The derainer of ``mgid derain``'s options: `mgid.load_model`, or an ONNX file in onnxruntime."""
-    if args.backend == "onnxruntime":
+    """(the derainer of ``mgid derain``'s options, a phrase naming its runtime and why): `mgid.load_model`, or an
+    ONNX file in onnxruntime (`mgid.derain.backend_choice.choose_backend` decides ``--backend auto``)."""
+    from mgid.derain.backend_choice import cached_onnx_export, choose_backend
+
+    choice = choose_backend(args.backend, args.weights, args.device, args.precision)
+    runtime = f"backend {choice.backend} ({'auto: ' if args.backend == 'auto' else ''}{choice.reason})"
+    if choice.backend == "onnxruntime":
         from mgid.derain.onnx_backend import load_onnx_derainer
 
-        if args.weights is None:
-            raise ValueError("--backend onnxruntime needs --weights FILE.onnx (write one with mgid export "
-                             "--tiling-inputs --onnx FILE.onnx)")
-        return load_onnx_derainer(args.weights, tile=args.tile, overlap=args.tile_overlap, device=args.device,
+        weights = args.weights
+        if weights is None or Path(weights).suffix.lower() != ".onnx":
+            if args.backend == "onnxruntime":
+                raise ValueError("--backend onnxruntime needs --weights FILE.onnx (write one with mgid export "
+                                 "--tiling-inputs --onnx FILE.onnx)")
+            weights = cached_onnx_export(weights)  # auto chose onnxruntime for PyTorch weights
+        return load_onnx_derainer(weights, tile=args.tile, overlap=args.tile_overlap, device=args.device,
                                   self_ensemble=args.self_ensemble, max_memory=args.max_memory,
-                                  **_precision_kwargs(args))
+                                  **_precision_kwargs(args)), runtime
     from mgid.derain.derainer import load_model
 
     return load_model(args.weights, args.device, tile=args.tile, overlap=args.tile_overlap,
-                      self_ensemble=args.self_ensemble, max_memory=args.max_memory, **_precision_kwargs(args))
+                      self_ensemble=args.self_ensemble, max_memory=args.max_memory,
+                      **_precision_kwargs(args)), runtime
 
 
 def _derain_video_command(args: argparse.Namespace, prog: str) -> int:
@@ -233,10 +243,10 @@ def _derain_video_command(args: argparse.Namespace, prog: str) -> int:
                                   overwrite=args.overwrite, progress=not args.quiet)
             how = f"temporal median of {args.temporal_median} frames"
         else:
-            derainer = _load_derainer(args)
+            derainer, runtime = _load_derainer(args)
             report = derain_video(derainer, args.input, args.output, batch_size=args.batch_size, fps=args.fps,
                                   overwrite=args.overwrite, progress=not args.quiet)
-            how = f"on {derainer.device}, {_arithmetic(derainer)}"
+            how = f"on {derainer.device}, {runtime}, {_arithmetic(derainer)}"
     except (VideoError, FileNotFoundError, CheckpointError, ModuleNotFoundError, RuntimeError, ValueError) as exc:
         return _err(prog, str(exc))
     print(f"wrote {report.frames} frames to {report.output} ({report.fps:.2f} frames/s, {how}"
@@ -261,13 +271,15 @@ def _add_precision_arguments(p: argparse.ArgumentParser) -> None:
     from mgid.precision import CHANNELS_LAST_SETTINGS, PRECISIONS
 
     p.add_argument("--precision", default="auto", choices=list(PRECISIONS["inference"]),
-                   help="arithmetic of the network: fp32, or bf16 = bfloat16 autocast (fp32 weights and memory "
-                        "items); auto = bf16 on a CPU whose native bf16 instructions (AVX512-BF16 or AMX) torch can "
+                   help="arithmetic of the network (frozen for inference: BatchNorm folded into the convolutions): "
+                        "fp32, or bf16 = bfloat16 weights and activations (the norm, memory read and output in fp32); "
+                        "auto = bf16 on a CPU whose native bf16 instructions (AVX512-BF16 or AMX) torch can "
                         "use, fp32 elsewhere (GPUs included); the command prints what auto chose and why. "
-                        "Measured on both CPU kinds by benchmarks/bench_derain.py (README) [default: auto]")
+                        "Measured on both CPU kinds by benchmarks/bench_derain.py (docs/DERAIN.md) [default: auto]")
     p.add_argument("--channels-last", default="auto", choices=list(CHANNELS_LAST_SETTINGS),
-                   help="channels_last memory format for the network and its inputs; auto = on on a CPU (faster "
-                        "there in fp32 and bf16), off elsewhere [default: auto]")
+                   help="channels_last memory format for the network and its inputs; auto = on on a CPU, except "
+                        "fp32 without AVX512, which runs NCHW on NNPACK's Winograd convolutions; off elsewhere "
+                        "[default: auto]")
 
 
 def _precision_kwargs(args: argparse.Namespace) -> dict:
@@ -346,6 +358,7 @@ def _max_pixels(args: argparse.Namespace) -> int | None:
 def register_derain(sub: argparse._SubParsersAction) -> None:
     from mgid.data.image_header import DEFAULT_MAX_PIXELS
     from mgid.data.video import VIDEO_SUFFIXES
+    from mgid.derain.backend_choice import BACKENDS
 
     p = sub.add_parser(
         "derain", help="de-rain images (a file, a folder or a glob) into an output folder, or a video",
@@ -378,9 +391,11 @@ def register_derain(sub: argparse._SubParsersAction) -> None:
     video.add_argument("--allow-truncated", action="store_true",
                        help="exit 0 when the input gives fewer frames than its header announces (a truncated "
                             "file; the frames read are written either way, with a warning)")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
+    p.add_argument("--backend", default="auto", choices=list(BACKENDS),
                    help="run the network in PyTorch, or an exported ONNX file (mgid export --tiling-inputs --onnx) "
-                        "in onnxruntime on the CPU (then --weights names the .onnx file) [default: torch]")
+                        "in onnxruntime on the CPU (then --weights names the .onnx file); auto: onnxruntime for an "
+                        ".onnx file, or where it measured faster than PyTorch on this kind of CPU in fp32 "
+                        "(mgid/derain/backend_speed.json), else PyTorch [default: auto]")
     p.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_PIXELS / 1e6, metavar="MP",
                    help="skip images larger than this, judged from the file's header before anything is decoded "
                         "(a few-kilobyte PNG can claim 400 megapixels); 0 = no limit [default: %(default)g]")

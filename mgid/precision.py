@@ -181,18 +181,24 @@ class Arithmetic:
     """A resolved choice of arithmetic and the reason for it, for logs and messages.
 
     Attributes:
-        precision: ``fp32``, ``bf16`` (autocast) or ``fp16`` (autocast + gradient scaling).
+        precision: ``fp32``, ``bf16`` (training: autocast; inference: the frozen graph's weights and activations,
+            `mgid.models.inference_graph`) or ``fp16`` (training: autocast + gradient scaling).
         channels_last: whether the network and its inputs are channels_last.
         reason: why: what ``auto`` saw (the CPU and its flags), or that a setting forced it.
+        purpose: ``training`` or ``inference`` (what the arithmetic is for; it names bf16 differently).
     """
 
     precision: str
     channels_last: bool
     reason: str
+    purpose: Purpose = "training"
 
     def describe(self) -> str:
-        """``"bf16 autocast + channels_last (auto: ...)"``."""
-        name = {"bf16": "bf16 autocast", "fp16": "fp16 autocast"}.get(self.precision, self.precision)
+        """``"bf16 autocast + channels_last (auto: ...)"`` (training) or ``"bf16 + channels_last (auto: ...)"``
+        (inference, where bf16 is the frozen graph's storage, not autocast)."""
+        name = self.precision
+        if self.purpose == "training":
+            name = {"bf16": "bf16 autocast", "fp16": "fp16 autocast"}.get(self.precision, self.precision)
         return f"{name}{' + channels_last' if self.channels_last else ''} ({self.reason})"
 
 
@@ -223,10 +229,12 @@ def resolve_arithmetic(precision: str, channels_last: bool | None, device: str |
         if channels_last is None:
             parts.append(f"auto memory format: channels_last {'on' if cl else 'off'} for {purpose} in {resolved} "
                          f"on {device.type}")
+    if channels_last is None and purpose == "inference" and resolved == "fp32" and not cl and device.type == "cpu":
+        parts.append("NCHW: NNPACK's Winograd convolutions, faster than channels_last without AVX512")
     if channels_last is not None:
         parts.append("memory format set explicitly")
     if precision != "auto" and device.type == "cpu":
         parts.append(f"CPU {cpu_info().describe()}")
         if resolved == "bf16" and not cpu_has_native_bf16():
             parts.append("warning: without native bf16 instructions bf16 runs about 10x slower than fp32")
-    return Arithmetic(resolved, cl, "; ".join(parts))
+    return Arithmetic(resolved, cl, "; ".join(parts), purpose)

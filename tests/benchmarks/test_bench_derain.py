@@ -11,13 +11,16 @@ import pytest
 
 import benchmarks.bench_derain as bench
 from benchmarks import cpu_peak
+from mgid.derain import backend_choice as choice
 from mgid.precision import cpu_info
 from tests.derain.tiny_network import tiny_weights
 
 
 def test_quick_run_reports_every_engine(tmp_path, capsys):
     weights = tiny_weights(tmp_path / "w")
-    assert bench.main(["--quick", "--weights", str(weights), "--out", str(tmp_path)]) == 0
+    record_path = tmp_path / "speed.json"
+    assert bench.main(["--quick", "--weights", str(weights), "--out", str(tmp_path), "--write-record",
+                       str(record_path)]) == 0
     files = sorted(tmp_path.glob("bench_derain_cpu_*.json"))
     assert len(files) == 1, list(tmp_path.iterdir())
     report = json.loads(files[0].read_text())
@@ -44,6 +47,11 @@ def test_quick_run_reports_every_engine(tmp_path, capsys):
     assert set(setting["profiles"]) == {f"64x48 mgid {p}" for p in precisions}
     assert any("convolution" in r["op"] for r in setting["profiles"]["64x48 mgid fp32"])
     assert any("mgid fp32" in t and "before fp32" in t for t in report["targets"])
+    record = json.loads(record_path.read_text())
+    (kind,) = record["kinds"]  # the native setting's fp32 speeds, the key --backend auto looks up here
+    assert kind == choice.cpu_kind("fp32") and record["source"].endswith(".json")
+    assert record["kinds"][kind]["torch_s_per_mp"] == rows[("mgid", "fp32")]["s_per_mp"]
+    assert record["kinds"][kind]["onnxruntime_s_per_mp"] == rows[("onnxruntime", "fp32")]["s_per_mp"]
     text = files[0].with_suffix(".md").read_text()
     assert "| size | engine | precision | s/image (best) |" in text and "## Targets" in text
     assert "Profile of 64x48 mgid fp32" in text and "## Targets" in capsys.readouterr().out

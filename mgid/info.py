@@ -31,6 +31,11 @@ def _auto_choice(purpose: str) -> dict[str, str]:
     reason = ops.unavailable_reason(device)
     if reason is not None:
         choice["ops_note"] = reason
+    if purpose == "inference":
+        from mgid.derain.backend_choice import choose_backend
+
+        backend = choose_backend("auto", None, device)
+        choice["backend"] = f"{backend.backend} ({backend.reason})"
     return choice
 
 
@@ -86,6 +91,8 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append((f"auto for {purpose}", f"{choice['device']}, ops: {choice['ops']}; {choice['arithmetic']}"))
         if "ops_note" in choice:
             lines.append(("", f"(reference because {choice['ops_note']})"))
+        if "backend" in choice:
+            lines.append(("", f"mgid derain --backend auto: {choice['backend']}"))
     weights = report["shipped_weights"]
     state = ("missing" if weights["sha256"] is None else
              f"sha256 {weights['sha256']}{'' if weights['matches_record'] else ', NOT the hash its JSON records'}")

@@ -92,7 +92,7 @@ def test_info_reports_the_build_the_cpu_auto_and_the_weights(capsys):
     assert main(["info"]) == 0
     text = capsys.readouterr().out
     for field in ("kernels", "CPU ISA copy" if ops.build_info()["extension"] else "why", "CPU", "auto for training",
-                  "auto for inference", "shipped weights"):
+                  "auto for inference", "mgid derain --backend auto: ", "shipped weights"):
         assert field in text, field
     import json
 
@@ -104,3 +104,8 @@ def test_info_reports_the_build_the_cpu_auto_and_the_weights(capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["auto"]["training"]["ops"] == ops.op_path(report["auto"]["training"]["device"])
     assert report["shipped_weights"]["sha256"] == recorded and report["shipped_weights"]["matches_record"]
+    from mgid.derain.backend_choice import choose_backend
+
+    expected = choose_backend("auto", None, report["auto"]["inference"]["device"])
+    assert report["auto"]["inference"]["backend"] == f"{expected.backend} ({expected.reason})"
+    assert "training" in report["auto"] and "backend" not in report["auto"]["training"]

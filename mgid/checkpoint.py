@@ -44,6 +44,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mgid.errors import MgidError
+
 FORMAT = "mgid-checkpoint"
 FORMAT_VERSION = 1
 MODEL_SUFFIX = ".safetensors"
@@ -58,7 +60,7 @@ _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol >= 2; zip (torch.sav
 _HASH_CHUNK = 1 << 20
 
 
-class CheckpointError(ValueError):
+class CheckpointError(MgidError, ValueError):
     """A checkpoint is missing, not in mgid's format, truncated or inconsistent; the message says what to do."""
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import torch
 
+from mgid.errors import MgidError
 
-class DeviceError(RuntimeError, ValueError):
+
+class DeviceError(MgidError, RuntimeError, ValueError):
     """A device setting is unknown or names hardware torch cannot use; the message says what to pass instead.
 
     A `RuntimeError` (as torch's own device errors) and a `ValueError` (a bad setting), so callers

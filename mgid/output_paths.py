@@ -18,8 +18,10 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from mgid.errors import MgidError
 
-class OutputPathError(ValueError):
+
+class OutputPathError(MgidError, ValueError):
     """An output path that cannot or must not be written; the message says why and what to do."""
 
 

@@ -22,12 +22,13 @@ from typing import Any
 import docstring_parser
 
 from mgid.config.literals import check_choice, literal_values
+from mgid.errors import MgidError
 
 #: Prefix of the argparse ``dest`` of generated options, so they never clash with other options.
 DEST_PREFIX = "cfg:"
 
 
-class ConfigError(ValueError):
+class ConfigError(MgidError, ValueError):
     """A setting is unknown, of the wrong type or out of range; the message says which and how to fix it."""
 
 # --------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from mgid.config.literals import check_choice
+from mgid.errors import MgidError
 
 from .imageio import IMAGE_SUFFIXES, PathLike, image_size, is_image_file, list_images, read_image
 from .pair_sampling import _other_frame, _PairDataset
@@ -47,7 +48,7 @@ SEARCH_DEPTH = 3
 SEARCH_ENTRIES = 20_000
 
 
-class AmbiguousLayoutError(ValueError):
+class AmbiguousLayoutError(MgidError, ValueError):
     """A time-lapse folder whose layout `detect_layout` will not guess, because a wrong guess would pair frames of
     different scenes; the message (one line) says what was found and what to pass instead."""
 

@@ -20,6 +20,7 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
+from mgid.errors import MgidError
 from mgid.models import image_size_problem
 
 #: Pillow format names whose headers `read_header` parses: the formats `mgid.data.imageio` reads.
@@ -35,15 +36,15 @@ ANIMATED_FORMATS = ("PNG", "WEBP")
 DEFAULT_MAX_PIXELS = 200_000_000
 
 
-class ImageTooLargeError(ValueError):
+class ImageTooLargeError(MgidError, ValueError):
     """An image over the pixel limit (refused from its header, nothing decoded)."""
 
 
-class ImageTooSmallError(ValueError):
+class ImageTooSmallError(MgidError, ValueError):
     """An image too small for the network (fewer than two 8x8 cells after padding)."""
 
 
-class AnimatedImageError(ValueError):
+class AnimatedImageError(MgidError, ValueError):
     """An animated image (several frames), which mgid does not read as one still image."""
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from mgid.data.imageio import IMAGE_SUFFIXES, list_images, read_image, write_image
+from mgid.errors import MgidError
 
 #: Frame rate given to a folder of frames when the caller names none.
 DEFAULT_FOLDER_FPS = Fraction(25)
@@ -35,7 +36,7 @@ DEFAULT_FOLDER_FPS = Fraction(25)
 DEFAULT_CRF = 17
 
 
-class VideoError(ValueError):
+class VideoError(MgidError, ValueError):
     """A video that cannot be read or written; the message says what was wrong and what to do."""
 
 

@@ -66,6 +66,7 @@ from mgid.derain.tiling import (
     tiling_of,
 )
 from mgid.devices import resolve_device
+from mgid.errors import MgidError
 from mgid.models import DOWNSAMPLE, MGIDNet, ModelConfig
 from mgid.models.inference_graph import InferenceGraph
 from mgid.precision import resolve_arithmetic, resolve_precision
@@ -188,7 +189,7 @@ def load_network(path: str | Path, device: str | torch.device = "cpu") -> MGIDNe
     return net.to(resolve_device(device)).eval()
 
 
-class NonFiniteOutputError(RuntimeError):
+class NonFiniteOutputError(MgidError, RuntimeError):
     """The network gave NaN or infinite values; the message names the weights."""
 
 

@@ -34,13 +34,14 @@ from mgid.data.imageio import (
     write_image,
     write_photo,
 )
+from mgid.errors import MgidError
 
 #: Suffixes of the extra outputs beside ``<stem>.<ext>``: the rain layer and the comparison picture.
 RAIN_TAG, COMPARE_TAG = "_rain", "_compare"
 _GLOB_MAGIC = set("*?[")
 
 
-class PlanError(ValueError):
+class PlanError(MgidError, ValueError):
     """INPUT / OUTPUT cannot be de-rained as given (nothing was written); the message says why."""
 
 

@@ -37,6 +37,8 @@ from pathlib import Path
 import psutil
 import torch
 
+from mgid.errors import MgidError
+
 #: The measured memory of de-raining that ``--tile auto`` sizes tiles by (written by
 #: ``benchmarks/bench_derain_memory.py --update-record``, which names its report as the source).
 MEMORY_RECORD = Path(__file__).resolve().parent / "inference_memory.json"
@@ -91,7 +93,7 @@ _OOM_MESSAGES = ("DefaultCPUAllocator", "can't allocate memory", "out of memory"
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
-class MemoryBudgetError(MemoryError):
+class MemoryBudgetError(MgidError, MemoryError):
     """An image that cannot be de-rained within the memory budget, not even in the smallest tiles."""
 
 

@@ -38,13 +38,14 @@ from mgid.derain.tiling import (
     tile_geometry,
     tiled_rain,
 )
+from mgid.errors import MgidError
 from mgid.models import DOWNSAMPLE, ModelConfig, NormStats, image_size_problem, pad_to_multiple
 from mgid.precision import Arithmetic
 
 _NO_ORT = "the onnxruntime backend needs onnxruntime, which is not installed: pip install onnxruntime"
 
 
-class OnnxModelError(ValueError):
+class OnnxModelError(MgidError, ValueError):
     """The file is not an ONNX model, or not one written by `mgid.derain.onnx_export`."""
 
 

@@ -13,10 +13,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+from mgid.errors import MgidError
+
 _DEADLINE: ContextVar[tuple[float, float] | None] = ContextVar("mgid_time_limit", default=None)
 
 
-class TimeLimitExceeded(RuntimeError):
+class TimeLimitExceeded(MgidError, RuntimeError):
     """The de-raining ran past its time limit (raised between tiles)."""
 
 

@@ -57,6 +57,7 @@ from mgid.data.image_header import (
     read_header,
 )
 from mgid.derain.tiling import TILE_AUTO
+from mgid.errors import MgidError
 
 if TYPE_CHECKING:  # Flask and werkzeug are imported where used, so `mgid --help` works without Flask
     from flask import Flask
@@ -96,7 +97,7 @@ MIN_READING = 8
 READ_FORMATS = f"{FORMAT_NAMES} are read"
 
 
-class UploadError(ValueError):
+class UploadError(MgidError, ValueError):
     """A refused upload; ``status`` is the HTTP status of the JSON error answer."""
 
     def __init__(self, message: str, status: int = 400) -> None:

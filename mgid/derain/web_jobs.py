@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from mgid.derain.time_limit import time_limit
+from mgid.errors import MgidError
 
 T = TypeVar("T")
 #: Recent job durations kept for the Retry-After estimate.
 _HISTORY = 8
 
 
-class QueueFull(RuntimeError):
+class QueueFull(MgidError, RuntimeError):
     """Every slot is taken; ``retry_after``: seconds after which one is expected to be free."""
 
     def __init__(self, message: str, retry_after: int) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
 from mgid.derain.web_jobs import CountedSlots
+from mgid.errors import MgidError
 
 #: Bytes asked of the socket per read of an upload.
 READ_CHUNK = 64 * 1024
@@ -33,7 +34,7 @@ READ_CHUNK = 64 * 1024
 READER_KEY = "mgid.web.reader"
 
 
-class UploadDeadline(TimeoutError):
+class UploadDeadline(MgidError, TimeoutError):
     """The request did not arrive whole within its deadline."""
 
 

@@ -14,11 +14,13 @@ from typing import Any
 
 import torch
 
+from mgid.errors import MgidError
+
 #: Exit code of a run stopped by a signal after writing its checkpoint: 128 + signal number.
 EXIT_INTERRUPTED = {signal.SIGTERM: 128 + signal.SIGTERM, signal.SIGINT: 128 + signal.SIGINT}
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(MgidError, RuntimeError):
     """The loss became NaN or infinite; ``step`` and ``terms`` (the non-finite ones) say where."""
 
     def __init__(self, step: int, terms: dict[str, float], message: str) -> None:
@@ -27,7 +29,7 @@ class NonFiniteLossError(RuntimeError):
         self.terms = terms
 
 
-class TrainingInterrupted(RuntimeError):
+class TrainingInterrupted(MgidError, RuntimeError):
     """SIGTERM/SIGINT stopped the run between two steps; a checkpoint of ``step`` was written first."""
 
     def __init__(self, signum: int, step: int, checkpoint: Path | None) -> None:

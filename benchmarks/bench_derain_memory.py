@@ -44,6 +44,7 @@ from typing import Any
 
 from benchmarks import harness
 from benchmarks.harness import log
+from mgid.derain.memory_budget import inference_code_sha256
 
 DEFAULT_SIZES_MP = (0.25, 0.5, 1.0)
 DEFAULT_TILED_SIZES_MP = (0.5, 1.0, 2.0)
@@ -243,7 +244,8 @@ def record(report: dict[str, Any], report_json: Path) -> dict[str, Any]:
     env = report["environment"]
     return {"source": str(report_json.relative_to(harness.REPO)) if report_json.is_relative_to(harness.REPO)
             else str(report_json), "cpu": env["cpu"]["line"], "torch": env["torch"], "commit": env["git"]["commit"],
-            "date_utc": env["date_utc"], "variants": report["variants"]}
+            "date_utc": env["date_utc"], "inference_code_sha256": inference_code_sha256(),
+            "variants": report["variants"]}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -325,7 +325,7 @@ def _bytes_argument(text: str) -> int:
 
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
-    from mgid.derain.memory_budget import AUTO_BUDGET_FRACTION
+    from mgid.derain.memory_budget import PLANNED_SHARE
     from mgid.derain.tiling import DEFAULT_OVERLAP, TILE_AUTO
 
     p.add_argument("--weights", metavar="PATH",
@@ -345,7 +345,7 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-memory", type=_bytes_argument, default=None, metavar="SIZE",
                    help="memory the de-raining of one image may take, e.g. 4G or 512M (--tile auto tiles to stay "
                         "under it; the limit that applies to the process caps it: available memory, cgroup, ulimit -v) "
-                        f"[default: {AUTO_BUDGET_FRACTION * 100:.0f}%% of what that limit leaves when each image "
+                        f"[default: {PLANNED_SHARE * 100:.0f}%% of what that limit leaves when each image "
                         f"starts]")
     _add_self_ensemble_argument(p)
 
@@ -499,7 +499,7 @@ def _web_command(args: argparse.Namespace) -> int:
 
 def register_web(sub: argparse._SubParsersAction) -> None:
     """``mgid web``: serve the try-it page (`mgid.derain.web`)."""
-    from mgid.derain.memory_budget import AUTO_BUDGET_FRACTION
+    from mgid.derain.memory_budget import PLANNED_SHARE
     from mgid.derain.web import (
         DEFAULT_HOST,
         DEFAULT_JOB_SECONDS,
@@ -537,7 +537,7 @@ def register_web(sub: argparse._SubParsersAction) -> None:
                    help="largest image accepted, read from its header before decoding [default: %(default)g]")
     p.add_argument("--max-memory", type=_bytes_argument, default=None, metavar="SIZE",
                    help="memory one de-raining may take, e.g. 4G (automatic tiling stays under it) [default: "
-                        f"{AUTO_BUDGET_FRACTION * 100:.0f}%% of the memory available when each photo starts]")
+                        f"{PLANNED_SHARE * 100:.0f}%% of the memory available when each photo starts]")
     p.add_argument("--job-seconds", type=float, default=DEFAULT_JOB_SECONDS, metavar="S",
                    help="time limit of one photo, checked between tiles (503 past it) [default: %(default)g]")
     p.add_argument("--queue", type=int, default=DEFAULT_MAX_WAITING, metavar="N",

@@ -240,7 +240,7 @@ class Derainer:
         tile, overlap: default tiling: ``"auto"`` (`TILE_AUTO`, the default) = the whole image when it fits
             the memory budget, else the largest tiles that do (`mgid.derain.memory_budget.choose_tile`); ``None`` =
             whole images; a size = tiles of that size. See `mgid.derain.tiling`.
-        max_memory: the budget of ``"auto"`` in bytes (None: `AUTO_BUDGET_FRACTION` of the memory available
+        max_memory: the budget of ``"auto"`` in bytes (None: `PLANNED_SHARE` of the memory available
             on the device when each image starts).
         weights: the file the weights came from (None when built from a network).
         precision: the arithmetic, resolved: ``fp32`` or ``bf16`` (the graph's weights and activations). Given as ``auto``

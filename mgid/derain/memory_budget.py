@@ -25,11 +25,14 @@
 """
 from __future__ import annotations
 
+import functools
 import gc
+import hashlib
 import json
 import math
 import re
 import sys
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -42,15 +45,13 @@ from mgid.errors import MgidError
 #: The measured memory of de-raining that ``--tile auto`` sizes tiles by (written by
 #: ``benchmarks/bench_derain_memory.py --update-record``, which names its report as the source).
 MEMORY_RECORD = Path(__file__).resolve().parent / "inference_memory.json"
-#: Share of the available memory ``--tile auto`` plans to use when no ``--max-memory`` is given: the rest is a
-#: margin for the measurement's spread and for other programs.
-AUTO_BUDGET_FRACTION = 0.8
-#: Share of an explicit ``--max-memory`` that ``--tile auto`` plans to use. The measured costs leave some of a run's
-#: peak unaccounted for, and the peak spreads from run to run: a 12-megapixel photo through the tiny test network
-#: (tests/derain/test_memory_budget.py) planned at the whole 700 MB peaked 632-726 MB above its baseline in six
-#: runs, planned at 90 % 624-713 MB, planned at 80 % 575-616 MB. So the plan keeps 20 % of the budget back, and the
-#: peak stays under the budget the user gave.
-MAX_MEMORY_PLANNED_SHARE = 0.8
+#: Share of its budget ``--tile auto`` plans to use: of the memory available when no ``--max-memory`` is given, and
+#: of an explicit ``--max-memory``. The rest is a margin for the measurement's spread and for other programs: the
+#: measured costs leave some of a run's peak unaccounted for, and the peak spreads from run to run (a 12-megapixel
+#: photo through the tiny test network, tests/derain/test_memory_budget.py, planned at the whole 700 MB peaked
+#: 632-726 MB above its baseline in six runs, planned at 90 % 624-713 MB, planned at 80 % 575-616 MB), so the peak
+#: stays under the budget the user gave.
+PLANNED_SHARE = 0.8
 #: Smallest tile ``--tile auto`` picks, and the floor of the retries after an out-of-memory error (`smallest_tile`:
 #: also more than twice the overlap): below it the tiles' overlaps and the statistics pass cost more than the
 #: tiles themselves; an image that does not fit with it is refused (`MemoryBudgetError`).
@@ -193,11 +194,39 @@ class MemoryCosts:
 @lru_cache(maxsize=1)
 def _record() -> dict:
     try:
-        return json.loads(MEMORY_RECORD.read_text(encoding="utf-8"))
+        record = json.loads(MEMORY_RECORD.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise RuntimeError(f"{MEMORY_RECORD} (the measured memory --tile auto needs) is missing or unreadable "
                            f"({exc}); reinstall mgid or measure it: python -m benchmarks.bench_derain_memory "
                            f"--update-record") from exc
+    _warn_if_other_code(record.get("inference_code_sha256"))
+    return record
+
+
+#: The modules whose code decides what de-raining allocates (the network, its frozen graph, the tiling), relative to
+#: the package: the memory record is measured for one version of them (`inference_code_sha256`).
+MEMORY_SOURCES = ("models/mgid.py", "models/encoder.py", "models/decoder.py", "models/memory.py",
+                  "models/inference_graph.py", "derain/tiling.py")
+
+
+def inference_code_sha256() -> str:
+    """SHA-256 of `MEMORY_SOURCES` (their text, line endings normalised), the fingerprint the memory record keeps."""
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for name in MEMORY_SOURCES:
+        digest.update(name.encode())
+        digest.update((package / name).read_text(encoding="utf-8").replace("\r\n", "\n").encode())
+    return digest.hexdigest()
+
+
+@functools.cache
+def _warn_if_other_code(recorded: str | None) -> None:
+    """Warn (once per process) when the memory record was measured for other inference code than this one's."""
+    if recorded != inference_code_sha256():
+        warnings.warn(f"{MEMORY_RECORD.name} was measured for other inference code than this mgid's ("
+                      f"{'no fingerprint recorded' if recorded is None else 'fingerprint ' + recorded[:12]}): "
+                      f"--tile auto may misjudge the memory a photo needs; measure it again with python -m "
+                      f"benchmarks.bench_derain_memory --update-record", RuntimeWarning, stacklevel=3)
 
 
 def variant_name(precision: str, channels_last: bool) -> str:
@@ -352,8 +381,8 @@ def address_space_overhead(threads: int | None = None) -> int:
 
 
 def plan_budget(limit: MemoryLimit, max_memory: int | None = None) -> MemoryBudget:
-    """The budget of ``--tile auto``: `AUTO_BUDGET_FRACTION` of what ``limit`` leaves (less
-    `address_space_overhead` where it counts address space), or `MAX_MEMORY_PLANNED_SHARE` of ``max_memory`` when
+    """The budget of ``--tile auto``: `PLANNED_SHARE` of what ``limit`` leaves (less
+    `address_space_overhead` where it counts address space), or `PLANNED_SHARE` of ``max_memory`` when
     that is smaller (the limit caps ``--max-memory``).
 
     Args:
@@ -364,15 +393,15 @@ def plan_budget(limit: MemoryLimit, max_memory: int | None = None) -> MemoryBudg
         The budget and the words of the budget line.
     """
     margin = address_space_overhead() if limit.counts_address_space else 0
-    own = AUTO_BUDGET_FRACTION * max(limit.bytes - margin, 0)
-    where = (f"{AUTO_BUDGET_FRACTION:.0%} of the {format_bytes(limit.bytes)} of {limit.source}"
+    own = PLANNED_SHARE * max(limit.bytes - margin, 0)
+    where = (f"{PLANNED_SHARE:.0%} of the {format_bytes(limit.bytes)} of {limit.source}"
              if limit.source == PHYSICAL_MEMORY else
-             f"{AUTO_BUDGET_FRACTION:.0%} of the {format_bytes(limit.bytes)} left under {limit.source}")
+             f"{PLANNED_SHARE:.0%} of the {format_bytes(limit.bytes)} left under {limit.source}")
     if margin:
         where += f" less {format_bytes(margin)} of address space for torch's threads"
     if max_memory is None:
         return MemoryBudget(own, where)
-    asked = MAX_MEMORY_PLANNED_SHARE * max_memory
+    asked = PLANNED_SHARE * max_memory
     if asked <= own:
         return MemoryBudget(asked, f"--max-memory {format_bytes(max_memory)}")
     return MemoryBudget(own, f"--max-memory {format_bytes(max_memory)}, capped at {where}")

@@ -30,6 +30,7 @@ def test_record_is_the_committed_reports_summary():
     fits, variants = bench.summarise(report["rows"], report["settings"]["tile"])
     assert variants == report["variants"] == record["variants"] and fits == report["fits"]
     assert bench.record(report, report_path)["variants"] == record["variants"]
+    assert len(bench.record(report, report_path)["inference_code_sha256"]) == 64  # the code it was measured with
     for name, by_width in variants.items():  # the planned cost is the worst measured, above the fitted line
         for width, v in by_width.items():
             assert v["bytes_per_pixel"] >= fits[name][width]["whole_bytes_per_pixel"] * 0.9

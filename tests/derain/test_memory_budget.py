@@ -79,8 +79,8 @@ def test_auto_equals_whole_within_the_tiling_tolerance():
     # the spread of a fresh process's first-use costs), with which tiling this small image never costs less than
     # the whole image.
     costs = dataclasses.replace(whole_d.memory_costs, tile_extra_bytes=0.0)
-    # --max-memory is planned at MAX_MEMORY_PLANNED_SHARE of itself: the budget whose plan has room for 160-pixel tiles
-    budget = int(costs.tiled(200 * 264, 160 * 160) / mb.MAX_MEMORY_PLANNED_SHARE) + 1
+    # --max-memory is planned at PLANNED_SHARE of itself: the budget whose plan has room for 160-pixel tiles
+    budget = int(costs.tiled(200 * 264, 160 * 160) / mb.PLANNED_SHARE) + 1
     tight = Derainer(whole_d.net, "cpu", precision="fp32", max_memory=budget)
     tight.memory_costs = costs
     assert tight.auto_tile(1, 200, 264) == 160  # room for 160-pixel tiles and no more
@@ -156,3 +156,26 @@ def test_memory_limit_without_proc_sys_or_resource(monkeypatch):
     assert mb.process_memory_limit("cpu") == mb.MemoryLimit(3 << 30, mb.PHYSICAL_MEMORY)
     assert mb.plan_budget(mb.process_memory_limit("cpu")).description == (
         "80% of the 3.0 GB of available physical memory")
+
+
+def test_a_record_of_other_inference_code_warns(monkeypatch):
+    """The record keeps the fingerprint of the code it was measured with; other code gets one warning saying how to
+    measure again (the shipped record carries a fingerprint)."""
+    import json
+    import warnings
+
+    shipped = json.loads(mb.MEMORY_RECORD.read_text())
+    assert len(shipped["inference_code_sha256"]) == 64
+    mb._warn_if_other_code.cache_clear()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            mb._warn_if_other_code(mb.inference_code_sha256())  # this code: silent
+        for recorded in ("0" * 64, None):
+            with pytest.warns(RuntimeWarning, match="bench_derain_memory --update-record"):
+                mb._warn_if_other_code(recorded)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            mb._warn_if_other_code("0" * 64)  # once per process
+    finally:
+        mb._warn_if_other_code.cache_clear()

@@ -110,19 +110,19 @@ def test_the_smallest_limit_binds_and_is_named(monkeypatch, tmp_path):
 def test_plan_budget_counts_thread_address_space_and_caps_max_memory():
     physical = mb.MemoryLimit(10 * GB, mb.PHYSICAL_MEMORY)
     budget = mb.plan_budget(physical)
-    assert budget.bytes == mb.AUTO_BUDGET_FRACTION * 10 * GB
+    assert budget.bytes == mb.PLANNED_SHARE * 10 * GB
     assert budget.description == "80% of the 10.0 GB of available physical memory"
     asked = mb.plan_budget(physical, 4 * GB)
-    assert asked.bytes == mb.MAX_MEMORY_PLANNED_SHARE * 4 * GB and asked.description == "--max-memory 4.0 GB"
+    assert asked.bytes == mb.PLANNED_SHARE * 4 * GB and asked.description == "--max-memory 4.0 GB"
     ulimit = mb.MemoryLimit(2 * GB, mb.RLIMIT_AS_SOURCE)
     threads = torch.get_num_threads()
     margin = mb.ADDRESS_SPACE_PER_THREAD * (threads - 1)
     assert mb.address_space_overhead() == margin and mb.address_space_overhead(4) == 3 * mb.ADDRESS_SPACE_PER_THREAD
     capped = mb.plan_budget(ulimit, 4 * GB)  # --max-memory 4G under a 2 GB address-space room: the room binds
-    assert capped.bytes == mb.AUTO_BUDGET_FRACTION * (2 * GB - margin)
+    assert capped.bytes == mb.PLANNED_SHARE * (2 * GB - margin)
     assert capped.description.startswith("--max-memory 4.0 GB, capped at 80% of the 2.0 GB left under RLIMIT_AS")
     cgroup = mb.plan_budget(mb.MemoryLimit(2 * GB, mb.CGROUP_V2))  # resident memory: no address-space margin
-    assert cgroup.bytes == mb.AUTO_BUDGET_FRACTION * 2 * GB and "cgroup v2 memory.max" in cgroup.description
+    assert cgroup.bytes == mb.PLANNED_SHARE * 2 * GB and "cgroup v2 memory.max" in cgroup.description
 
 
 def test_the_budget_line_names_the_binding_limit(monkeypatch, tmp_path):
@@ -135,7 +135,7 @@ def test_the_budget_line_names_the_binding_limit(monkeypatch, tmp_path):
     assert line.startswith("tiles only where needed, from a budget of 80% of the 1.9 GB left under RLIMIT_AS "
                            "(ulimit -v)"), line
     room = 2_000_000 * 1024 - mb.address_space_overhead()
-    assert derainer.memory_budget() == mb.AUTO_BUDGET_FRACTION * room
+    assert derainer.memory_budget() == mb.PLANNED_SHARE * room
     with pytest.raises(mb.MemoryBudgetError, match=r"budget is .* \(80% of the 1.9 GB left under RLIMIT_AS"):
         derainer.auto_tile(1, 30000, 30000)  # the image-sized buffers alone exceed the room
 
@@ -257,7 +257,7 @@ def test_a_whole_image_is_retried_in_the_largest_tiles_the_plan_allows(monkeypat
     rgb = np.ascontiguousarray(rainy[:200, :264])
     shipped = mgid.load_model(None, "cpu", tile=None, precision="fp32")
     costs = dataclasses.replace(shipped.memory_costs, tile_extra_bytes=0.0)  # as test_memory_budget's tolerance test
-    budget = int(costs.tiled(200 * 264, 160 * 160) / mb.MAX_MEMORY_PLANNED_SHARE) + 1
+    budget = int(costs.tiled(200 * 264, 160 * 160) / mb.PLANNED_SHARE) + 1
     tight = Derainer(shipped.net, "cpu", precision="fp32", max_memory=budget)
     tight.memory_costs = costs
     assert tight.auto_tile(1, 200, 264) == 160

@@ -267,7 +267,7 @@ def test_the_plan_for_64_megapixels_fits_what_torch_leaves_under_6_gb():
     """``ulimit -v 6000000`` leaves about 1.4 GB beyond the 4.2 GB that CUDA-enabled torch and mgid have mapped
     (docs/DERAIN.md): the plan for an 8000x8000 image fits it, with the shipped network in each measured
     arithmetic, at two threads (before issue 27: refused, 2.7 GB of image-sized buffers)."""
-    budget = mb.AUTO_BUDGET_FRACTION * (int(1.4 * (1 << 30)) - mb.address_space_overhead(2))
+    budget = mb.PLANNED_SHARE * (int(1.4 * (1 << 30)) - mb.address_space_overhead(2))
     for precision, channels_last in (("fp32", True), ("bf16", True), ("fp32", False)):
         costs = mb.load_costs(precision, channels_last, 64)
         tile = mb.choose_tile(8000 * 8000, 1, 8000, 8000, budget, costs, 64)

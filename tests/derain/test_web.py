@@ -40,7 +40,7 @@ from mgid.data.photos import load_photo  # noqa: E402
 from mgid.data.synthetic_rain import add_rain  # noqa: E402
 from mgid.derain import web  # noqa: E402 - after the Flask check, so a missing Flask skips instead of erroring
 from mgid.derain.derainer import Derainer  # noqa: E402
-from mgid.derain.memory_budget import MAX_MEMORY_PLANNED_SHARE  # noqa: E402
+from mgid.derain.memory_budget import PLANNED_SHARE  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOT = REPO / "docs" / "images" / "web_demo.png"
@@ -434,9 +434,9 @@ def test_memory_budget_is_a_413_and_auto_tiles_large_photos(tiny_derainer, monke
     """A photo that fits the budget only in tiles is tiled (at most MAX_WEB_TILE); one that fits not even in
     the smallest tiles is a 413; tile=none is no longer offered (400)."""
     costs = Derainer(tiny_derainer.net, "cpu", precision="fp32").memory_costs
-    # room for 256-pixel tiles in the plan, which uses MAX_MEMORY_PLANNED_SHARE of --max-memory
+    # room for 256-pixel tiles in the plan, which uses PLANNED_SHARE of --max-memory
     derainer = Derainer(tiny_derainer.net, "cpu", precision="fp32",
-                        max_memory=int(costs.tiled(400 * 600, 256 * 256) / MAX_MEMORY_PLANNED_SHARE) + 1)
+                        max_memory=int(costs.tiled(400 * 600, 256 * 256) / PLANNED_SHARE) + 1)
     client = web.create_app(derainer).test_client()
     data = png_bytes(np.random.default_rng(0).integers(0, 256, (400, 600, 3), dtype=np.uint8))
     body = post_image(client, data, "a.png").get_json()

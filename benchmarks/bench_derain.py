@@ -51,7 +51,7 @@ from benchmarks import cpu_peak, harness
 from benchmarks.harness import OtherLoad, log
 from mgid.data import EmbeddedPairedSet
 from mgid.derain.backend_choice import SPEED_RECORD
-from mgid.derain.derainer import DEFAULT_WEIGHTS, Derainer, load_model
+from mgid.derain.derainer import DEFAULT_WEIGHTS, Derainer, load_network
 from mgid.eval.metrics import psnr
 from mgid.models import DOWNSAMPLE, MGIDNet
 from mgid.precision import CpuInfo, autocast, cpu_info, resolve_precision
@@ -155,22 +155,17 @@ def flops(net: MGIDNet, w: int, h: int) -> int:
     return round(counter.get_total_flops() * padded / side ** 2)
 
 
-def build_engines(weights: Path, precisions: list[str], compile_too: bool, onnx_path: Path | None, threads: int
-                  ) -> tuple[dict[str, Callable[[np.ndarray], np.ndarray]], dict[str, Any]]:
-    """{engine name: uint8 image -> uint8 image} and {name: its Derainer or None} for the image rows."""
+def build_engines(net: MGIDNet, weights: Path, precisions: list[str], compile_too: bool, onnx_path: Path | None,
+                  threads: int) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """{engine name: uint8 image -> uint8 image} of the image rows, each PyTorch engine on its own copy of ``net``."""
     engines: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
-    objects: dict[str, Any] = {}
-    base = load_model(weights, "cpu", tile=None, precision="fp32")
     for p in precisions:
         for name, cls in (("before", EagerDerainer), ("mgid", Derainer)) + (
                 (("torch.compile", CompiledDerainer),) if compile_too else ()):
-            d = cls(_copy(base.net), "cpu", tile=None, precision=p, weights=weights)
-            engines[f"{name} {p}"] = d.derain
-            objects[f"{name} {p}"] = d
+            engines[f"{name} {p}"] = cls(_copy(net), "cpu", tile=None, precision=p, weights=weights).derain
     if onnx_path is not None:
         engines["onnxruntime fp32"] = onnx_filter(onnx_path, threads)
-        objects["onnxruntime fp32"] = None
-    return engines, objects
+    return engines
 
 
 def _copy(net: MGIDNet) -> MGIDNet:
@@ -215,7 +210,7 @@ def profile_engine(fn: Callable[[np.ndarray], np.ndarray], image: np.ndarray, to
     return rows
 
 
-def video_rows(weights: Path, sizes: list[tuple[int, int]], frames: int, threads: int,
+def video_rows(net: MGIDNet, sizes: list[tuple[int, int]], frames: int, threads: int,
                onnx_tiling: Path | None) -> list[dict[str, Any]]:
     """Frames per second of `derain_video` (decode, de-rain, encode) on a synthetic clip per size: before, mgid
     (the default arithmetic) and onnxruntime (the tiling graph, whole frames)."""
@@ -223,9 +218,8 @@ def video_rows(weights: Path, sizes: list[tuple[int, int]], frames: int, threads
     from mgid.derain.onnx_backend import OnnxDerainer
     from mgid.derain.video import derain_video
     auto = resolve_precision("auto", "cpu", "inference")
-    base = load_model(weights, "cpu", tile=None, precision="fp32")
-    derainers: dict[str, Any] = {f"before {auto}": EagerDerainer(_copy(base.net), "cpu", tile=None, precision=auto),
-                                 f"mgid {auto}": Derainer(_copy(base.net), "cpu", tile=None, precision=auto)}
+    derainers: dict[str, Any] = {f"before {auto}": EagerDerainer(_copy(net), "cpu", tile=None, precision=auto),
+                                 f"mgid {auto}": Derainer(_copy(net), "cpu", tile=None, precision=auto)}
     if onnx_tiling is not None:
         derainers["onnxruntime fp32"] = OnnxDerainer(onnx_tiling, tile=None, threads=threads)
     rows = []
@@ -241,7 +235,7 @@ def video_rows(weights: Path, sizes: list[tuple[int, int]], frames: int, threads
                 report = derain_video(d, clip, Path(tmp) / f"out_{name.replace(' ', '_')}.mp4", overwrite=True,
                                       progress=False)
                 rows.append({"size": f"{w}x{h}", "engine": name, "frames": report.frames,
-                             "seconds": round(report.seconds, 3), "fps": round(report.frames / report.seconds, 4)})
+                             "seconds": round(report.seconds, 3), "fps": round(report.fps, 4)})
                 log(f"    video {w}x{h} {name}: {rows[-1]['fps']:.3f} fps")
     return rows
 
@@ -266,8 +260,8 @@ def run_setting(args: argparse.Namespace, setting: str) -> dict[str, Any]:
             onnx_path, onnx_tiling = Path(tmp) / "filter.onnx", Path(tmp) / "tiling.onnx"
             export_onnx(weights, onnx_path)
             export_onnx(weights, onnx_tiling, tiling_inputs=True)
-        engines, _ = build_engines(weights, precisions, args.compile, onnx_path, args.threads)
-        net = _copy(load_model(weights, "cpu", tile=None, precision="fp32").net)
+        net = load_network(weights)
+        engines = build_engines(net, weights, precisions, args.compile, onnx_path, args.threads)
         rows, profiles = [], {}
         for w, h in args.sizes:
             image = rainy_image(w, h)
@@ -301,7 +295,7 @@ def run_setting(args: argparse.Namespace, setting: str) -> dict[str, Any]:
             if args.profile:
                 for p in precisions:
                     profiles[f"{w}x{h} mgid {p}"] = profile_engine(engines[f"mgid {p}"], image)
-        video = video_rows(weights, args.video_sizes, args.video_frames, args.threads, onnx_tiling) \
+        video = video_rows(net, args.video_sizes, args.video_frames, args.threads, onnx_tiling) \
             if args.video_sizes else []
         frozen = round(freezing_error(net), 5) if args.compile else None
     return {"setting": setting, "environment": env, "precisions": precisions, "peaks": peaks, "rows": rows,
@@ -441,7 +435,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.settings = ["native", "avx2"] if "avx512f" in cpu_info().flags else ["native"]
     if args.threads < 1 or args.repeats < 1 or args.warmup < 1 or args.video_frames < 1:
         p.error("--threads, --repeats, --warmup and --video-frames must be >= 1")
-    args.argv = [a for a in (sys.argv[1:] if argv is None else list(argv))]
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     return args
 
 

@@ -247,7 +247,8 @@ class Derainer:
             (the default) it is bf16 on a CPU with native bf16 instructions, fp32 elsewhere
             (`mgid.precision.resolve_precision`).
         channels_last: whether the network and its inputs use channels_last memory format
-            (given as None, the default: on a CPU, where it measured faster at both precisions).
+            (given as None, the default: on a CPU, except fp32 without AVX512, which runs NCHW on NNPACK;
+            `mgid.precision.resolve_channels_last`).
         arithmetic: the two above and why they were chosen (`mgid.precision.Arithmetic`).
         self_ensemble: default of the per-call option: the rain layer is the mean over the 8 flips and
             quarter turns of the image (`mgid.derain.self_ensemble`; 8 network passes). Off by default.
@@ -418,10 +419,11 @@ class Derainer:
         self.last_tile = t
         return result
 
-    def _weights_finite(self) -> bool:
-        """Whether the frozen network's weights are finite (`InferenceGraph.finite`): NaN weights are reported as
-        the NaN output they would give, which the graph's fused ReLU would otherwise hide."""
-        return self.graph.finite
+    def _check_weights_finite(self) -> None:
+        """Raise `NonFiniteOutputError` unless the frozen network's weights are finite (`InferenceGraph.finite`): NaN
+        weights are reported as the NaN output they would give, which the graph's fused ReLU would otherwise hide."""
+        if not self.graph.finite:
+            raise self._non_finite()
 
     def _non_finite(self) -> NonFiniteOutputError:
         return NonFiniteOutputError(
@@ -435,8 +437,7 @@ class Derainer:
         """The rain layer (B, 3, H, W) of a float batch at the tiling of `_tiling`; out-of-memory errors retried in
         smaller tiles (see the class doc). ``held``: bytes allocated for this call before it (the results)."""
         ensemble = self.self_ensemble if self_ensemble is None else check_self_ensemble(self_ensemble)
-        if not self._weights_finite():
-            raise self._non_finite()
+        self._check_weights_finite()
         b, _, h, w = batch.shape
         rain = self._retrying(lambda t: self._predict_once(batch, t, overlap, ensemble), (b, h, w), tile, overlap,
                               held)
@@ -455,8 +456,7 @@ class Derainer:
         The pixels are those of converting the float results of `derain` of ``to_tensor(image)``, bit for bit.
         """
         ensemble = self.self_ensemble if self_ensemble is None else check_self_ensemble(self_ensemble)
-        if not self._weights_finite():
-            raise self._non_finite()
+        self._check_weights_finite()
         if self.device.type == "cpu" and process_memory_limit("cpu").is_hard:
             mmap_large_buffers()  # a finished tile's memory goes back to the system (see MMAP_THRESHOLD)
         source = PixelSource(image, self._pad_mode())
@@ -630,7 +630,7 @@ def load_model(weights: str | Path | None = None, device: str | torch.device = "
     ``tile``/``overlap``: the default tiling of `Derainer.derain` (``"auto"``: tiles only when the whole image
     would not fit ``max_memory`` bytes, default a share of the available memory; None: whole images).
     ``precision``: ``auto`` (bf16 on a CPU with native bf16 instructions, else fp32), ``fp32``
-    or ``bf16``; ``channels_last``: None = auto, on for inference on any CPU (see `Derainer`).
+    or ``bf16``; ``channels_last``: None = auto (on a CPU, except fp32 without AVX512; see `Derainer`).
     ``self_ensemble``: the default of `Derainer.derain`'s option (mean over the 8 flips and quarter turns,
     8x the time; off by default).
     Raises ``FileNotFoundError`` when the weights are missing (the message says how to get some)

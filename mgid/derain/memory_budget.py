@@ -25,7 +25,6 @@
 """
 from __future__ import annotations
 
-import functools
 import gc
 import hashlib
 import json
@@ -34,7 +33,7 @@ import re
 import sys
 import warnings
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import psutil
@@ -219,7 +218,7 @@ def inference_code_sha256() -> str:
     return digest.hexdigest()
 
 
-@functools.cache
+@cache
 def _warn_if_other_code(recorded: str | None) -> None:
     """Warn (once per process) when the memory record was measured for other inference code than this one's."""
     if recorded != inference_code_sha256():

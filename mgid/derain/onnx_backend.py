@@ -227,9 +227,9 @@ class OnnxDerainer(Derainer):
         """One prediction of the rain layer (`Derainer._predict`): the session, tiled or whole."""
         return self.predict_rain(batch, tile, overlap)
 
-    def _weights_finite(self) -> bool:
-        """Always True: an ONNX file's NaN weights show as NaN output, which the bands are checked for."""
-        return True
+    def _check_weights_finite(self) -> None:
+        """Nothing to check before the run: an ONNX file's NaN weights show as NaN output, which the bands are
+        checked for."""
 
     def _pad_mode(self) -> str:
         """The file's recorded ``pad_mode`` (`Derainer._pad_mode`)."""

@@ -42,7 +42,8 @@ folded into the convolutions, ReLU and the decoder's concatenations fused into t
 (weights and activations in bfloat16; the instance norm, memory read and rain layer in float32; tiles are blended in
 float32), in channels_last memory format when ``channels_last`` is set. ``auto`` (`mgid.precision.resolve_precision`)
 = bf16 on a CPU with native bf16 instructions (AVX512-BF16 or AMX, the detection training uses), fp32 elsewhere;
-channels_last on every CPU: measured by ``benchmarks/bench_derain.py`` on both kinds (docs/DERAIN.md).
+channels_last on every CPU except in fp32 without AVX512, which runs NCHW on NNPACK
+(`mgid.precision.resolve_channels_last`): measured by ``benchmarks/bench_derain.py`` on both kinds (docs/DERAIN.md).
 """
 from __future__ import annotations
 
@@ -264,11 +265,6 @@ def inference_graph(net: MGIDNet | InferenceGraph, precision: str = "fp32",
     return InferenceGraph(net, precision, channels_last)
 
 
-def _runners(graph: InferenceGraph) -> tuple[TileFn, QueryFn]:
-    """The `TileFn` and `QueryFn` of ``graph``."""
-    return graph.rain, graph.pre_norm_query
-
-
 @torch.no_grad()
 def predict_rain(net: MGIDNet | InferenceGraph, image: torch.Tensor, tile: int | None = None,
                  overlap: int = DEFAULT_OVERLAP, global_norm: bool = True, precision: str = "fp32",
@@ -288,8 +284,7 @@ def predict_rain(net: MGIDNet | InferenceGraph, image: torch.Tensor, tile: int |
     graph = inference_graph(net, precision, channels_last)
     if geometry is not None:
         padded = pad_to_multiple(image, DOWNSAMPLE, graph.config.pad_mode)
-        run_tile, query = _runners(graph)
-        return tiled_rain(padded, *geometry, run_tile, query if global_norm else None)[..., :h, :w]
+        return tiled_rain(padded, *geometry, graph.rain, graph.pre_norm_query if global_norm else None)[..., :h, :w]
     return graph.rain(image).to(image.device, image.dtype)
 
 
@@ -304,8 +299,8 @@ def stream_rain(net: MGIDNet | InferenceGraph, source: PixelSource, tile: int, o
     is the caller's (``source`` and what ``emit`` fills); the float state is one band of tile rows (see
     `stream_tiled_rain`).
     """
-    run_tile, query = _runners(inference_graph(net, precision, channels_last))
-    stream_tiled_rain(source, tile, overlap, run_tile, query if global_norm else None,
+    graph = inference_graph(net, precision, channels_last)
+    stream_tiled_rain(source, tile, overlap, graph.rain, graph.pre_norm_query if global_norm else None,
                       cropped_rows(emit, source.height, source.width))
 
 

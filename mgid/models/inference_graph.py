@@ -23,7 +23,7 @@ What runs is the network's eval-mode arithmetic (memory read only), rearranged:
 The instance norm, the memory read (`mgid.ops.memory_read`) and the padding are the network's own. The output
 differs from `MGIDNet.forward` under the same precision by rounding only (the tolerances are in
 ``tests/models/test_inference_graph.py``; docs/DERAIN.md has the speed). The graph holds copies of the
-weights: a change to the network's weights after `InferenceGraph.freeze` is not seen.
+weights: a change to the network's weights after the graph is built is not seen.
 """
 from __future__ import annotations
 
@@ -167,6 +167,16 @@ class InferenceGraph(nn.Module):
         """``relu?(conv(x) + add?)`` in the compute dtype."""
         k = conv.weight.shape[-1]
         pad = [k // 2] * 2
+        if self.fused and not self.nnpack:  # oneDNN runs the sum and the ReLU as post-ops
+            attr = "relu" if conv.relu else "none"
+            if conv.transposed:
+                return torch.ops.mkldnn._convolution_transpose_pointwise(
+                    x, conv.weight, conv.bias, pad, [1, 1], [2, 2], [1, 1], 1, attr, [], "")
+            if add is not None:
+                return torch.ops.mkldnn._convolution_pointwise.binary(
+                    x, add, conv.weight, conv.bias, pad, [1, 1], [1, 1], 1, "add", 1.0, attr, [], "")
+            return torch.ops.mkldnn._convolution_pointwise(x, conv.weight, conv.bias, pad, [1, 1], [1, 1], 1, attr,
+                                                           [], "")
         if self.nnpack:
             weight = conv.weight
             if conv.transposed:
@@ -178,20 +188,7 @@ class InferenceGraph(nn.Module):
                 spread[..., ::2, ::2] = x
                 x, weight = spread, weight.transpose(0, 1).flip(-1, -2)
             y = torch._nnpack_spatial_convolution(x.contiguous(), weight.contiguous(), conv.bias, pad, [1, 1])
-            if add is not None:
-                y = y.add_(add)
-            return y.relu_() if conv.relu else y
-        if self.fused:
-            attr = "relu" if conv.relu else "none"
-            if conv.transposed:
-                return torch.ops.mkldnn._convolution_transpose_pointwise(
-                    x, conv.weight, conv.bias, pad, [1, 1], [2, 2], [1, 1], 1, attr, [], "")
-            if add is not None:
-                return torch.ops.mkldnn._convolution_pointwise.binary(
-                    x, add, conv.weight, conv.bias, pad, [1, 1], [1, 1], 1, "add", 1.0, attr, [], "")
-            return torch.ops.mkldnn._convolution_pointwise(x, conv.weight, conv.bias, pad, [1, 1], [1, 1], 1, attr,
-                                                           [], "")
-        if conv.transposed:
+        elif conv.transposed:
             y = F.conv_transpose2d(x, conv.weight, conv.bias, stride=2, padding=pad, output_padding=1)
         else:
             y = F.conv2d(x, conv.weight, conv.bias, padding=pad)
@@ -244,11 +241,8 @@ class InferenceGraph(nn.Module):
         h, w = image.shape[-2:]
         query, skips = self._encode(self._input(image))
         query = query.float()
-        if norm_stats is None:
-            mean = query.mean(dim=(2, 3), keepdim=True)
-            var = query.var(dim=(2, 3), unbiased=False, keepdim=True)
-        else:
-            mean, var = (t.to(query.device, torch.float32) for t in norm_stats)
+        mean, var = (NormStats.of(query) if norm_stats is None
+                     else (t.to(query.device, torch.float32) for t in norm_stats))
         query = (query - mean) / torch.sqrt(var + self.norm_eps)
         x = ops.memory_read(query, self.items, grad_through_weights=self.grad_through_weights)
         x = self._run(x.to(self.dtype).contiguous(memory_format=self.memory_format), self._bottleneck)

@@ -256,7 +256,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help=f"whole-image sizes [default: {' '.join(map(str, DEFAULT_SIZES_MP))}]")
     p.add_argument("--tiled-sizes-mp", nargs="+", type=float, default=None, metavar="MP",
                    help=f"tiled sizes [default: {' '.join(map(str, DEFAULT_TILED_SIZES_MP))}]")
-    p.add_argument("--tile", type=int, default=None, help=f"tile of the tiled rows [default: {DEFAULT_TILE}]")
+    p.add_argument("--tile", type=int, default=argparse.SUPPRESS,
+                   help=f"tile of the tiled rows, in pixels [default: {DEFAULT_TILE}; --quick: {QUICK['tile']}]")
     p.add_argument("--narrow", type=int, default=DEFAULT_NARROW, metavar="C",
                    help="width of the narrow network measured beside the shipped one [%(default)s]")
     p.add_argument("--threads", type=int, default=1, help="torch threads in each child [1]")
@@ -276,7 +277,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     preset = QUICK if args.quick else {"sizes_mp": list(DEFAULT_SIZES_MP), "tiled_sizes_mp": list(DEFAULT_TILED_SIZES_MP),
                                        "tile": DEFAULT_TILE, "variants": None}
     for key, value in preset.items():
-        if getattr(args, key) is None:
+        if getattr(args, key, None) is None:  # not given (--tile is then absent: None is no tile here)
             setattr(args, key, value)
     if args.variants is None:
         from mgid.precision import resolve_precision

@@ -1,29 +1,11 @@
 """Checkpoints as safetensors + JSON, written atomically, read without pickle.
 
-Over ~400 lines on purpose: one concept, the checkpoint file format with its atomic writes, recovery and
-validation, whose parts share private helpers (_write_temp, _fsync_dir, _commit_set; file_sha256 is public).
-
-One checkpoint named ``NAME`` in a folder is three files::
-
-    NAME.safetensors        the model state dict, memory items (``memory.items``) included
-    NAME.optim.safetensors  the optimiser's tensor state, flattened ("state.<param>.<key>")
-    NAME.json               config, step, epoch, RNG states, the optimiser's non-tensor state,
-                            op path, versions, and the SHA-256 of the two tensor files
-
-Each file is written to a temporary file in the same folder, flushed and fsynced, then moved over
-the old one with ``os.replace`` (atomic on POSIX and Windows). All three temporaries are written
-before the first is moved, so a failure while writing (disk full) leaves the previous checkpoint
-untouched. The JSON, which holds the SHA-256 of the tensor files, is moved FIRST (the commit point),
-then the tensor files: a kill (SIGKILL, power loss) between the moves leaves the new tensor files
-as temporaries whose hashes the JSON names; `load_checkpoint` reads them from there and the next
-save moves them into place (`recover_checkpoint`). A kill at any moment therefore leaves either the
-previous or the new checkpoint loadable.
-
-Nothing here unpickles: files are parsed by `safetensors` and `json` only, and anything else is
-refused with a message saying what was expected.
-
-A network's weights alone can also be a folder in the Hugging Face Hub layout, ``model.safetensors`` +
-``config.json`` (`write_pretrained`, `read_pretrained`), written with the same atomic commit.
+A checkpoint ``NAME`` is ``NAME.safetensors`` (model state, memory items included), ``NAME.optim.safetensors``
+and ``NAME.json`` (config, step, RNG states, hashes): `save_checkpoint`, `load_checkpoint`, `recover_checkpoint`.
+A kill at any moment leaves the previous or the new checkpoint loadable; nothing is unpickled (anything else is
+refused with `CheckpointError`). Weights alone in the Hugging Face Hub layout: `write_pretrained`,
+`read_pretrained`; any weights file or folder: `read_weights`. The file format and commit order:
+docs/SCALING.md, "Design notes".
 """
 from __future__ import annotations
 
@@ -44,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mgid.errors import MgidError
+from mgid.errors import InputError, MgidError
 
 FORMAT = "mgid-checkpoint"
 FORMAT_VERSION = 1
@@ -149,7 +131,19 @@ def check_safetensors_file(path: str | Path) -> None:
 
 
 def load_safetensors(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file (no pickle), after `check_safetensors_file`."""
+    """The tensors of a safetensors file (no pickle), after `check_safetensors_file`.
+
+    Args:
+        path: a ``.safetensors`` file.
+        device: where the tensors are loaded.
+
+    Returns:
+        ``{name: tensor}``.
+
+    Raises:
+        CheckpointError: another suffix (pickled ``.pt``/``.pth``/``.ckpt`` files are refused), or a file that
+            is not a complete safetensors file.
+    """
     p = Path(path)
     if p.suffix != ".safetensors":
         raise CheckpointError(f"{p}: mgid loads only .safetensors files (weights) with a .json beside them; "
@@ -283,9 +277,17 @@ def checkpoint_paths(directory: str | Path, name: str = "last") -> dict[str, Pat
 
 
 def locate_checkpoint(path: str | Path) -> tuple[Path, str]:
-    """(folder, NAME) of the checkpoint a file belongs to: ``NAME.safetensors`` (its weights) or ``NAME.json``
-    (its record); `CheckpointError` for any other file name (``checkpoint_paths(*locate_checkpoint(p))``
-    gives all its files)."""
+    """The checkpoint a file belongs to (``checkpoint_paths(*locate_checkpoint(p))`` gives all its files).
+
+    Args:
+        path: ``NAME.safetensors`` (its weights) or ``NAME.json`` (its record).
+
+    Returns:
+        ``(folder, NAME)``.
+
+    Raises:
+        CheckpointError: any other file name.
+    """
     p = Path(path)
     for suffix in (MODEL_SUFFIX, META_SUFFIX):
         if p.name.endswith(suffix) and len(p.name) > len(suffix):
@@ -306,11 +308,23 @@ def versions() -> dict[str, str]:
 
 def save_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
                     meta: Mapping[str, Any], names: Iterable[str] = ("last",)) -> dict[str, Path]:
-    """Write checkpoint ``names`` (e.g. ``("last", "step_000100")``) of ``model`` and ``optimizer``.
+    """Write a checkpoint of a model and its optimiser, atomically, under one or more names.
 
-    ``meta`` (JSON-ready: config, step, epoch, ...) is stored in the JSON with the format, the
-    current RNG states, the optimiser's non-tensor state, versions and the tensor files' hashes.
-    Every name gets identical contents. Returns the paths of the first name.
+    Every name gets identical contents; a save a crash interrupted is completed first (`recover_checkpoint`).
+
+    Args:
+        directory: the checkpoint folder.
+        model: its ``state_dict`` goes to ``NAME.safetensors`` (memory items included).
+        optimizer: its tensor state goes to ``NAME.optim.safetensors``; ``None`` writes no optimiser file.
+        meta: JSON-ready record (config, step, epoch, ...), stored in ``NAME.json`` with the format, the
+            current RNG states, the optimiser's non-tensor state, versions and the tensor files' hashes.
+        names: the names to write, e.g. ``("last", "step_000100")``; at least one.
+
+    Returns:
+        The `checkpoint_paths` of the first name.
+
+    Raises:
+        OSError: a write failed (the previous checkpoint is left intact).
     """
     model_bytes = save_safetensors_bytes(model.state_dict(), {"format": FORMAT})
     record: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION, **_jsonable(dict(meta)),
@@ -348,7 +362,17 @@ class Checkpoint:
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
-    """The JSON record of a checkpoint (``NAME.json``), checked to be mgid's format."""
+    """The JSON record of a checkpoint (``NAME.json``), checked to be mgid's format.
+
+    Args:
+        path: the ``NAME.json`` file.
+
+    Returns:
+        The record.
+
+    Raises:
+        CheckpointError: missing, not valid JSON, not mgid's format, or written by a newer mgid.
+    """
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint record not found: {p}")
@@ -365,7 +389,22 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 
 def load_checkpoint(directory: str | Path, name: str = "last", *, with_optimizer: bool = True,
                     device: str | torch.device = "cpu") -> Checkpoint:
-    """Read checkpoint ``name`` from ``directory``, verifying the files against the JSON's hashes."""
+    """Read a checkpoint, verifying its files against the JSON's hashes.
+
+    Tensor files a crash left as hash-verified temporaries are read from there.
+
+    Args:
+        directory: the checkpoint folder.
+        name: the checkpoint's name (``NAME.json`` and its tensor files).
+        with_optimizer: also read the optimiser state, where the checkpoint has one.
+        device: where the tensors are loaded.
+
+    Returns:
+        The `Checkpoint` (``optimizer_state`` None without the optimiser).
+
+    Raises:
+        CheckpointError: a file is missing, not mgid's format, truncated, or from another save.
+    """
     paths = checkpoint_paths(directory, name)
     meta = read_meta(paths["meta"])
     hashes = meta.get("sha256", {})
@@ -410,8 +449,15 @@ def recover_checkpoint(directory: str | Path, name: str = "last") -> bool:
 
     A save commits by moving its JSON into place and only then moves the tensor files; a kill in
     between leaves the new tensors as temporaries. Those whose hash the JSON names are moved into
-    place here; every other temporary of ``name`` (an uncommitted save) is deleted. Returns True when
-    a file was moved. Only the process that writes checkpoints should call this.
+    place here; every other temporary of ``name`` (an uncommitted save) is deleted. Only the process that
+    writes checkpoints should call this.
+
+    Args:
+        directory: the checkpoint folder.
+        name: the checkpoint's name.
+
+    Returns:
+        True when a file was moved into place.
     """
     paths = checkpoint_paths(directory, name)
     return _recover(paths, lambda: read_meta(paths["meta"]).get("sha256", {}))
@@ -531,12 +577,25 @@ def write_pretrained(directory: str | Path, state: Mapping[str, torch.Tensor], m
 
     ``config.json`` holds ``model_type`` "mgid", ``architectures`` ["MGIDNet"], the fields of ``model_config``
     at the top level and an ``mgid`` section: format, the SHA-256 of ``model.safetensors``, the versions
-    writing it and ``provenance`` (JSON-ready). Written like a checkpoint (`_commit_set`): a crash at any
-    moment leaves the previous or the new pair loadable. Returns `pretrained_paths`.
+    writing it and ``provenance``. Written like a checkpoint: a crash at any moment leaves the previous or the
+    new pair loadable.
+
+    Args:
+        directory: the folder (created if missing).
+        state: the network's state dict.
+        model_config: the `mgid.models.ModelConfig` fields.
+        provenance: JSON-ready record of where the weights come from.
+
+    Returns:
+        The `pretrained_paths` of ``directory``.
+
+    Raises:
+        InputError: ``model_config`` uses a key reserved by `PRETRAINED_RESERVED` (a ``ValueError``).
+        OSError: a write failed (the previous files are left intact).
     """
     clash = sorted(set(model_config) & set(PRETRAINED_RESERVED))
     if clash:
-        raise ValueError(f"model config fields {clash} clash with the reserved keys of {PRETRAINED_CONFIG}")
+        raise InputError(f"model config fields {clash} clash with the reserved keys of {PRETRAINED_CONFIG}")
     paths = pretrained_paths(directory)
     model_bytes = save_safetensors_bytes(state, {"format": "pt"})
     record = {"model_type": "mgid", "architectures": ["MGIDNet"], **_jsonable(dict(model_config)),

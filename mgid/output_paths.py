@@ -1,14 +1,9 @@
 """Output paths checked before any work, and files written atomically.
 
-A command that will write a file finds out first whether it can:
-
-`check_output_file` is called by commands that compute for a while and then write (``mgid export``,
-``mgid evaluate``), so that a path under a file, in a folder nobody may write, with the wrong suffix, or on an
-existing file without ``--overwrite`` is refused at once with one line, not after the work (or with a
-traceback). Writability is probed by creating and removing a temporary file in the nearest existing folder,
-which is the only test that holds for every user (root passes ``os.access`` everywhere), read-only mounts and
-pseudo file systems (``/proc``). `write_atomic` writes bytes through a temporary file beside the target and
-``os.replace``, so a failed write leaves no partial file and an existing one intact.
+`check_output_file` refuses at once, in one line, a path a long command could not write (under a file, in an
+unwritable folder, with the wrong suffix, or an existing file without ``--overwrite``); `folder_problem` says why
+a folder cannot be written; `write_atomic` writes bytes through a temporary file and ``os.replace``. Why
+writability is probed by writing: docs/SCALING.md, "Design notes".
 """
 from __future__ import annotations
 

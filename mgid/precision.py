@@ -1,14 +1,10 @@
 """Which arithmetic runs: precision and memory format, ``auto`` resolved from the machine, and why.
 
-One place for training, inference and the benchmarks. ``auto`` = bf16 autocast + channels_last on a CPU
-whose bf16 dot products are native (AVX512-BF16 or AMX-BF16) and usable by torch (neither
-``ATEN_CPU_CAPABILITY`` nor ``DNNL_MAX_CPU_ISA`` caps it below them), fp32 and the default memory format
-elsewhere, GPUs included. Measured on both CPU kinds (``benchmarks/bench_train.py``,
-``benchmarks/bench_derain.py``): with native bf16 the fast path is about 2x fp32; without it autocast bf16
-is emulated and about 10x slower than fp32, and channels_last in fp32 is no faster.
-
-`CpuInfo` (model and the flags that decide this) is what every benchmark record and every printed speed
-names. Imports only torch.
+One place for training, inference and the benchmarks: `resolve_arithmetic` (and `resolve_precision`,
+`resolve_channels_last`) turn ``auto`` into bf16 autocast + channels_last on a CPU with native bf16 dot products
+and fp32 elsewhere, GPUs included, with the reason in `Arithmetic`; `autocast` enters the chosen precision;
+`CpuInfo` / `cpu_info` name the CPU in every benchmark record. Imports only torch. The measurements behind
+``auto``: docs/TRAIN.md and docs/KERNELS.md.
 """
 from __future__ import annotations
 
@@ -21,6 +17,8 @@ from pathlib import Path
 from typing import Literal, get_args
 
 import torch
+
+from mgid.errors import InputError
 
 #: A memory-format setting: ``auto`` (channels_last exactly when bf16 runs on a CPU), ``on`` or ``off``.
 ChannelsLast = Literal["auto", "on", "off"]
@@ -49,7 +47,7 @@ class CpuInfo:
 
     Attributes:
         model: the model name (/proc/cpuinfo ``model name``, else `platform.processor`).
-        flags: those of :data:`REPORTED_FLAGS` the CPU has.
+        flags: those of `REPORTED_FLAGS` the CPU has.
         aten_capability: torch's vector capability (``torch.backends.cpu.get_cpu_capability()``:
             AVX512, AVX2, DEFAULT, ...; lowered by ``ATEN_CPU_CAPABILITY``).
         dnnl_max_isa: ``DNNL_MAX_CPU_ISA`` / ``ONEDNN_MAX_CPU_ISA`` when set, else None.
@@ -132,7 +130,7 @@ def resolve_precision(precision: str, device: str | torch.device, purpose: Purpo
     Raises ``ValueError`` for a precision ``purpose`` does not take (`PRECISIONS`: inference has no fp16).
     """
     if precision not in PRECISIONS[purpose]:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS[purpose])}, got {precision!r}")
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS[purpose])}, got {precision!r}")
     if precision != "auto":
         return precision
     return "bf16" if torch.device(device).type == "cpu" and cpu_has_native_bf16() else "fp32"
@@ -172,7 +170,7 @@ def autocast(device: str | torch.device, precision: str) -> contextlib.AbstractC
     if precision == "fp32":
         return contextlib.nullcontext()
     if precision not in AUTOCAST_DTYPES:
-        raise ValueError(f"precision must be fp32, bf16 or fp16 here (resolve auto first), got {precision!r}")
+        raise InputError(f"precision must be fp32, bf16 or fp16 here (resolve auto first), got {precision!r}")
     return torch.autocast(device_type=torch.device(device).type, dtype=AUTOCAST_DTYPES[precision])
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from mgid.data import to_uint8
+from mgid.errors import InputError
 
 PAD = 2
 PAD_VALUE = 255
@@ -33,15 +34,15 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]], headers: Sequence[str] | No
     Returns (rows*(H+pad)+pad [+ header], cols*(W+pad)+pad, 3) uint8.
     """
     if not rows or not rows[0]:
-        raise ValueError("image_grid needs at least one row with one image")
+        raise InputError("image_grid needs at least one row with one image")
     h, w = rows[0][0].shape[:2]
     cols = len(rows[0])
     for r, row in enumerate(rows):
         if len(row) != cols:
-            raise ValueError(f"row {r} has {len(row)} images, row 0 has {cols}")
+            raise InputError(f"row {r} has {len(row)} images, row 0 has {cols}")
         for img in row:
             if img.shape != (h, w, 3) or img.dtype != np.uint8:
-                raise ValueError(f"every image must be {h}x{w}x3 uint8, got {img.dtype} {img.shape}")
+                raise InputError(f"every image must be {h}x{w}x3 uint8, got {img.dtype} {img.shape}")
     scale, thickness, header = title_layout(w)
     top = header if headers else 0
     grid = np.full((top + pad + len(rows) * (h + pad), pad + cols * (w + pad), 3), pad_value, np.uint8)

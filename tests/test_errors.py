@@ -45,3 +45,28 @@ def test_builtin_kinds_are_kept():
     assert issubclass(DeviceError, RuntimeError) and issubclass(DeviceError, ValueError)
     error = CheckpointError("bad file")
     assert isinstance(error, MgidError) and str(error) == "bad file"
+
+
+#: ``raise`` of a builtin that a caller's bad input can reach: mgid raises its own classes instead, so the command
+#: line's one handler (`mgid.cli.common.run_command`, which catches MgidError and OSError) reports it in one line.
+BUILTIN_RAISE = re.compile(r"raise (ValueError|RuntimeError|ModuleNotFoundError|ImportError)\(")
+#: Raises of builtins that are bugs, not bad input (a traceback is right): ``file: builtin``.
+BUG_RAISES = {"derain/web.py: RuntimeError"}  # OpenCV failing to encode uint8 pixels as PNG
+
+
+def test_bad_input_raises_mgid_errors():
+    found = {f"{path.relative_to(PACKAGE).as_posix()}: {m.group(1)}"
+             for path in PACKAGE.rglob("*.py") for m in BUILTIN_RAISE.finditer(path.read_text(encoding="utf-8"))}
+    assert found == BUG_RAISES, f"raise an MgidError subclass (mgid.errors.InputError, ...) instead: {found}"
+
+
+def test_the_cli_has_one_error_handler():
+    """Only `run_command` catches errors for reporting; no command module catches RuntimeError or ValueError (a
+    kernel or torch bug would then turn into a one-line message without its traceback)."""
+    broad = re.compile(r"except \(?[^:]*\b(RuntimeError|ValueError|Exception|ImportError|MgidError)\b")
+    found = [f"{path.name}:{n}: {line.strip()}" for path in sorted((PACKAGE / "cli").glob("*.py"))
+             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+             if broad.search(line) and path.name != "common.py"]
+    assert not found, found
+    common = (PACKAGE / "cli" / "common.py").read_text(encoding="utf-8")
+    assert common.count("except (MgidError, OSError)") == 1

@@ -1,12 +1,9 @@
 """Typed dataclasses <-> nested dicts <-> command-line options: the general layer under `mgid.config.train_config`.
 
-Nothing here knows mgid's settings. `build_dataclass` builds a (nested) dataclass from a partial nested
-mapping, checking each value against the field's annotation (``Literal`` choices, ``X | None``, tuples,
-nested dataclasses) and raising `ConfigError` naming the dotted field; `merge` layers nested dicts.
-`add_config_arguments` adds one ``argparse`` option per leaf field (help from the field's docstring via
-`docstring_parser`, default shown, choices from ``Literal``), and `overrides_from_args` returns only the
-options actually given, as a nested dict. Why this stays by hand rather than tyro / jsonargparse /
-simple-parsing / OmegaConf: see the `mgid.config.train_config` module docstring.
+Nothing here knows mgid's settings. `build_dataclass` builds a nested dataclass from a partial nested mapping,
+checking each value against its annotation (`ConfigError` names the dotted field); `merge` layers nested dicts;
+`add_config_arguments` adds one ``argparse`` option per leaf field and `overrides_from_args` returns only the
+options given. Why by hand: docs/TRAIN.md, "Design notes".
 """
 from __future__ import annotations
 
@@ -115,9 +112,17 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
 def build_dataclass(cls: type, values: Mapping[str, Any], path: str = "") -> Any:
     """An instance of dataclass ``cls`` from a (partial) nested mapping, types checked.
 
-    Unknown keys raise `ConfigError` listing the valid ones; ``Literal`` fields must hold one of their
-    values; the dataclass's own checks (``__post_init__``) run too, and their ``ValueError`` is
-    re-raised as `ConfigError`.
+    Args:
+        cls: the dataclass.
+        values: the settings; missing fields keep their defaults, nested dataclasses take nested mappings.
+        path: dotted prefix of the fields, for messages.
+
+    Returns:
+        The instance.
+
+    Raises:
+        ConfigError: an unknown key (listing the valid ones), a value of the wrong type or outside its
+            ``Literal`` values, or a ``ValueError`` of the dataclass's own ``__post_init__`` checks.
     """
     hints = _hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
@@ -253,8 +258,17 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, defaults: A
     Options default to "not given" (``argparse.SUPPRESS``) so `overrides_from_args` can tell an
     explicit value from a default; the help text shows each field's default (from ``defaults``,
     default ``cls()``). ``prefix`` prepends to every option and field path (``rain.`` ...). Every
-    option also has a dashed spelling (``--max-steps`` for ``--max_steps``). ``metavars`` maps a
-    dotted field path to its --help metavar (``{"out": "DIR"}``). Returns the specs added.
+    option also has a dashed spelling (``--max-steps`` for ``--max_steps``).
+
+    Args:
+        parser: the parser to extend.
+        cls: the config dataclass.
+        defaults: the instance whose values ``--help`` shows (default ``cls()``).
+        prefix: prepended to every option and field path (``rain.`` ...).
+        metavars: maps a dotted field path to its ``--help`` metavar (``{"out": "DIR"}``).
+
+    Returns:
+        The specs added.
     """
     instance = defaults if defaults is not None else cls()
     specs = iter_fields(cls, instance, prefix)

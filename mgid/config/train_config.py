@@ -1,36 +1,11 @@
 """Training settings as one typed object, named recipes (YAML files), YAML files and command-line options.
 
-`TrainConfig` composes the settings of every part (`ModelConfig`, `LossWeights`,
-`EmbeddedDataConfig`, `OptimConfig`) plus the run's own (batch, crops, length, logging, paths). Its
-defaults are the paper's settings. A configuration is resolved in this order, later wins:
-
-1. the dataclass defaults (the paper),
-2. a named recipe (``paper``, ``cpu``, ``quick``: ``mgid/config/recipes/NAME.yaml``, shipped with the package, see
-   `NAMED_CONFIGS`) or a YAML file (``--config``); either may start from a named recipe with ``base: NAME``,
-3. command-line overrides, one option per field (``--batch_size 4``, ``--model.memory_items 30``,
-   ``--embedded.rain.density_range 5 20``; top-level fields also spell with dashes: ``--max-steps``).
-
-One source for each fact: a field's type, default and help are its annotation, its default and its
-docstring (an attribute docstring or a Google ``Attributes:`` entry); the allowed values of a choice are
-its ``Literal[...]`` type (`mgid.config.literals`), which YAML/JSON loading, the dataclass itself and ``--help``
-all read.
-
-Libraries and what stays by hand
---------------------------------
-The general dataclass <-> dict <-> argparse layer (`build_dataclass`, `merge`, `add_config_arguments`,
-`overrides_from_args`, field help) lives in `mgid.config.fields` and is re-exported here.
-Field help comes from `docstring_parser` (the docstring reader tyro, jsonargparse and simple-parsing use).
-The command-line layer stays by hand (`add_config_arguments`, `overrides_from_args`, ~80 lines): the
-parsers belong to ``mgid.train`` and ``mgid.cli`` (plain `argparse` parsers with options of their own)
-and the run is resolved in two stages (defaults or a resumed checkpoint's config < ``--config`` <
-*the options actually given*). tyro, simple-parsing and jsonargparse each own the parser and return a
-finished object, not the options given; and their flag styles differ from the documented ones (tyro:
-``--model.memory-items``, ``--model.no-double-tanh``; jsonargparse: no bare ``--model.grad_through_weights``,
-tuples as ``[1,2]``, no ``--max-steps`` spelling). OmegaConf structured configs reject ``Literal`` (enums
-only). Building the dataclasses from nested dicts (`build_dataclass`, ~40 lines) stays by hand too, so a
-bad value is a `ConfigError` that names the dotted field and the expected type or allowed values and an
-unknown key lists the valid ones, and YAML lists become tuples (checked element by element, ints accepted
-as floats) without a second validation library.
+`TrainConfig` composes the settings of every part (`ModelConfig`, `LossWeights`, `EmbeddedDataConfig`,
+`OptimConfig`) plus the run's own; its defaults are the paper's. `resolve_config` resolves, later winning: the
+defaults, a named recipe (`NAMED_CONFIGS`, ``mgid/config/recipes/NAME.yaml``) or a YAML file (``--config``, may
+start from a recipe with ``base: NAME``), then command-line overrides, one option per field (``--batch_size 4``,
+``--model.memory_items 30``). A field's help is its docstring. Why the command-line layer is by hand:
+docs/TRAIN.md, "Design notes".
 """
 from __future__ import annotations
 
@@ -298,7 +273,17 @@ NAMED_CONFIGS: dict[str, dict[str, Any]] = {name: _recipe(name) for name in _rec
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """The mapping in a YAML config file (empty file = no overrides; ``base: NAME`` expanded)."""
+    """The mapping in a YAML config file, with ``base: NAME`` expanded.
+
+    Args:
+        path: the YAML file.
+
+    Returns:
+        The nested settings (empty for an empty file: no overrides).
+
+    Raises:
+        ConfigError: a missing file, invalid YAML, not a mapping, or a bad ``base``.
+    """
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
@@ -306,7 +291,17 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def config_overrides(name_or_path: str | None) -> dict[str, Any]:
-    """The overrides of a named config (`NAMED_CONFIGS`) or of a YAML file; ``None`` = none."""
+    """The overrides of a named config or of a YAML file.
+
+    Args:
+        name_or_path: a name of `NAMED_CONFIGS`, the path of a YAML file, or ``None`` (no overrides).
+
+    Returns:
+        The nested overrides (a copy).
+
+    Raises:
+        ConfigError: neither a named config nor a readable YAML file.
+    """
     if name_or_path is None:
         return {}
     if name_or_path in NAMED_CONFIGS:
@@ -319,7 +314,19 @@ def config_overrides(name_or_path: str | None) -> dict[str, Any]:
 
 def resolve_config(config: str | None = None, overrides: Mapping[str, Any] | None = None,
                    base: Mapping[str, Any] | None = None) -> TrainConfig:
-    """``base`` (default: the defaults) < named config / YAML file ``config`` < ``overrides`` (nested dict)."""
+    """Resolve a configuration: ``base`` < named config or YAML file ``config`` < ``overrides``.
+
+    Args:
+        config: a name of `NAMED_CONFIGS`, the path of a YAML file, or ``None``.
+        overrides: nested settings that win over the rest (e.g. ``{"model": {"memory_items": 30}}``).
+        base: nested settings to start from (default: the dataclass defaults, the paper's).
+
+    Returns:
+        The checked `TrainConfig`.
+
+    Raises:
+        ConfigError: an unknown config, a bad file, an unknown key or a bad value (naming the dotted field).
+    """
     values = dict(base) if base is not None else TrainConfig().to_dict()
     values = merge(values, config_overrides(config))
     values = merge(values, overrides or {})

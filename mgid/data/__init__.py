@@ -1,30 +1,14 @@
 """Data for MGID: image I/O, bundled photos, synthetic rain, time-lapse pairs and paired test sets.
 
-Network tensors are (3, H, W) float32 in [-1, 1] (RGB, ``x / 127.5 - 1``); host images are HxWx3
-uint8 RGB. See `mgid.data.imageio`.
-
-Every time-lapse data set returns, per index, a dict::
+Network tensors are (3, H, W) float32 in [-1, 1] (RGB, ``x / 127.5 - 1``); host images are (H, W, 3) uint8 RGB
+(`mgid.data.imageio`). Every time-lapse data set returns, per index, two *different* frames of one scene cut by
+the same random crop and flip::
 
     {"frame1": (3, h, w) float32 in [-1, 1], "frame2": (3, h, w) float32 in [-1, 1], "scene": str}
 
-where the two frames are two *different* frames of one scene, cut by the same random crop and the
-same random horizontal flip. Sources, one module each:
-
-* `mgid.data.embedded` (`EmbeddedTimeLapse`): the embedded default, fixed scenes generated from photos
-  bundled with scikit-image plus our synthetic rain (`mgid.data.synthetic_rain`, and the benchmarks'
-  Photoshop-style streak layers of `mgid.data.layer_rain` as one of its kinds); no download.
-* `mgid.data.stream` (`StreamingTimeLapse`): the embedded default with new pairs rendered for every sample.
-* `mgid.data.folders` (`TimeLapseFolder`): real data on disk in one of three layouts (MGID side-by-side
-  pairs, scene folders, flat ``<scene>_<frame>`` files).
-* `make_dataset` (here): picks one of them from a ``data`` argument (None or a path).
-
-Reproducible randomness that is safe with DataLoader workers (`mgid.data.pair_sampling`): the crop, flip
-and partner frame of index ``i`` come from a NumPy generator seeded with ``(seed, epoch, i)`` only, never
-from global or per-worker state, so any worker count gives the same samples. Call ``set_epoch(epoch)``
-before each epoch to get new crops (with ``persistent_workers=True`` the workers hold a copy of the data
-set made when they started, so set the epoch before creating the iterator, or use non-persistent workers).
-Held-out paired sets: `mgid.data.heldout_sets`; video clips as scenes: `mgid.data.video_scenes`; video
-I/O: `mgid.data.video`.
+`make_dataset` picks the data set for a ``data`` setting: `StreamingTimeLapse` / `EmbeddedTimeLapse` (the
+embedded default, no download) or `TimeLapseFolder` (real data on disk). Call ``set_epoch(epoch)`` before each
+epoch for new crops. Sources and reproducibility: docs/TRAIN.md, "Design notes".
 """
 from __future__ import annotations
 
@@ -32,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from torch.utils.data import Dataset
+
+from mgid.errors import InputError
 
 from .embedded import EmbeddedDataConfig, EmbeddedTimeLapse
 from .folders import PairPreprocessing, TimeLapseFolder, detect_layout
@@ -79,24 +65,37 @@ def make_dataset(data: PathLike | None, split: str = "train", crop_size: int | S
                  flip: bool | None = None, pair_preprocessing: PairPreprocessing = "crop") -> Dataset:
     """The training/validation pair data set for a ``data`` setting.
 
-    * ``data=None``: the embedded default, settings from ``embedded``: for "train" in stream mode
-      `mgid.data.stream.StreamingTimeLapse` (new pairs rendered for every sample), otherwise
-      `EmbeddedTimeLapse` (fixed scenes; "val" always).
-    * ``data=PATH``: `TimeLapseFolder`. If PATH has a ``train/`` sub-folder (as written by
-      `write_synthetic_dataset`), ``PATH/<split>`` is read; otherwise PATH itself is the training
-      set and ``split="val"`` raises ``FileNotFoundError``.
+    Args:
+        data: ``None`` for the embedded default: for ``"train"`` in stream mode
+            `mgid.data.stream.StreamingTimeLapse` (new pairs rendered for every sample), otherwise
+            `EmbeddedTimeLapse` (fixed scenes; ``"val"`` always). A path for `TimeLapseFolder`: if it has a
+            ``train/`` sub-folder (as written by `write_synthetic_dataset`), ``PATH/<split>`` is read; otherwise
+            PATH itself is the training set.
+        split: ``"train"`` or ``"val"`` (`SPLITS`).
+        crop_size: side of the square crop, or (h, w); ``None`` keeps whole frames (not for the streamed set).
+        seed: seed of the per-index random streams.
+        embedded: settings of the embedded data (default ``EmbeddedDataConfig()``); ignored with a path.
+        layout: folder layout for a path: ``"auto"``, ``"mgid"``, ``"scenes"`` or ``"flat"``.
+        flip: random horizontal flips; default True for ``"train"``, False for ``"val"``.
+        pair_preprocessing: ``"crop"`` or ``"official"`` (see `TimeLapseFolder`); applies to MGID side-by-side
+            pair folders only, the embedded data and the other layouts crop.
 
-    ``flip`` defaults to True for "train" and False for "val". ``pair_preprocessing`` ("crop" or "official", see
-    `TimeLapseFolder`) applies to MGID side-by-side pair folders only; the embedded data and the other layouts crop.
+    Returns:
+        A `torch.utils.data.Dataset` of ``{"frame1", "frame2", "scene"}`` samples.
+
+    Raises:
+        InputError: ``split`` is not one of `SPLITS`, or the streamed set is asked for without ``crop_size``.
+        FileNotFoundError: ``data`` does not exist, lacks the ``<split>/`` folder next to ``train/``, or has
+            no ``train/`` and ``val/`` sub-folders when ``split="val"``.
     """
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise InputError(f"split must be one of {SPLITS}, got {split!r}")
     flip = (split == "train") if flip is None else flip
     if data is None:
         cfg = embedded or EmbeddedDataConfig()
         if cfg.mode == "stream" and split == "train":
             if crop_size is None:
-                raise ValueError("the streamed embedded data set renders crops: give a crop_size")
+                raise InputError("the streamed embedded data set renders crops: give a crop_size")
             return StreamingTimeLapse(config=cfg, crop_size=crop_size, seed=seed)
         return EmbeddedTimeLapse(split, config=cfg, crop_size=crop_size, seed=seed, flip=flip)
     root = Path(data)

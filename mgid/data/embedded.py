@@ -1,11 +1,8 @@
 """The embedded time-lapse default (no download): its config, the photo split and the fixed-scene data set.
 
-`EmbeddedDataConfig` holds every setting of the embedded synthetic data (stream or scene mode,
-photo zoom, procedural scenes, held-out seed and sizes, rain); `split_photos` splits the bundled
-photos into disjoint train/val sets; `EmbeddedTimeLapse` cuts fixed scenes (`SceneSpec`) from the
-photos and renders each frame's synthetic rain lazily from a seed-fixed random stream. The random
-stream ids (``_STREAM_IDS``, ``_FRAME_STREAM``, ``_SCENE_STREAM``) and the float/uint8 helpers are
-shared with the held-out sets and the streamed data set (`mgid.data.stream`).
+`EmbeddedDataConfig` holds every setting of the embedded synthetic data; `split_photos` splits the bundled photos
+into disjoint train/val sets; `EmbeddedTimeLapse` cuts fixed scenes (`SceneSpec`) from the photos and renders each
+frame's rain lazily from a seed-fixed random stream (shared with `mgid.data.stream` and the held-out sets).
 """
 from __future__ import annotations
 
@@ -19,6 +16,7 @@ import cv2
 import numpy as np
 
 from mgid.config.literals import check_literals
+from mgid.errors import InputError
 
 from .pair_sampling import SPLITS, _other_frame, _PairDataset, _stable_id
 from .photo_folders import PhotoFolders, PhotoSplit
@@ -107,32 +105,32 @@ class EmbeddedDataConfig:
     def __post_init__(self) -> None:
         check_literals(self)  # mode: from its Literal type
         if self.size < 8:
-            raise ValueError(f"EmbeddedDataConfig.size must be >= 8, got {self.size}")
+            raise InputError(f"EmbeddedDataConfig.size must be >= 8, got {self.size}")
         if self.frames_per_scene < 2:
-            raise ValueError(f"EmbeddedDataConfig.frames_per_scene must be >= 2 (pairs), got {self.frames_per_scene}")
+            raise InputError(f"EmbeddedDataConfig.frames_per_scene must be >= 2 (pairs), got {self.frames_per_scene}")
         if self.train_scenes_per_photo < 1 or self.val_scenes_per_photo < 1:
-            raise ValueError("EmbeddedDataConfig: scenes per photo must be >= 1")
+            raise InputError("EmbeddedDataConfig: scenes per photo must be >= 1")
         lo, hi = self.scale_range
         if not 0 < lo <= hi:
-            raise ValueError(f"EmbeddedDataConfig.scale_range must satisfy 0 < low <= high, got {self.scale_range}")
+            raise InputError(f"EmbeddedDataConfig.scale_range must satisfy 0 < low <= high, got {self.scale_range}")
         if self.pairs_per_epoch < 1:
-            raise ValueError(f"EmbeddedDataConfig.pairs_per_epoch must be >= 1, got {self.pairs_per_epoch}")
+            raise InputError(f"EmbeddedDataConfig.pairs_per_epoch must be >= 1, got {self.pairs_per_epoch}")
         if not 0.0 <= self.procedural_probability <= 1.0:
-            raise ValueError("EmbeddedDataConfig.procedural_probability must lie in [0, 1], got "
+            raise InputError("EmbeddedDataConfig.procedural_probability must lie in [0, 1], got "
                              f"{self.procedural_probability}")
         zlo, zhi = self.zoom_range
         if not 0 < zlo <= zhi:
-            raise ValueError(f"EmbeddedDataConfig.zoom_range must satisfy 0 < low <= high, got {self.zoom_range}")
+            raise InputError(f"EmbeddedDataConfig.zoom_range must satisfy 0 < low <= high, got {self.zoom_range}")
         if not 0.0 <= self.colour_jitter < 0.5:
-            raise ValueError(f"EmbeddedDataConfig.colour_jitter must lie in [0, 0.5), got {self.colour_jitter}")
+            raise InputError(f"EmbeddedDataConfig.colour_jitter must lie in [0, 0.5), got {self.colour_jitter}")
         shares = self.photo_folder_shares
         if shares and len(shares) != len(self.photo_folders):
-            raise ValueError(f"EmbeddedDataConfig.photo_folder_shares needs one share per photo folder: "
+            raise InputError(f"EmbeddedDataConfig.photo_folder_shares needs one share per photo folder: "
                              f"{len(shares)} shares for {len(self.photo_folders)} folders")
         if any(s < 0 for s in shares) or sum(shares) > 1.0 + 1e-9:
-            raise ValueError(f"EmbeddedDataConfig.photo_folder_shares must be >= 0 and sum to at most 1, got {shares}")
+            raise InputError(f"EmbeddedDataConfig.photo_folder_shares must be >= 0 and sum to at most 1, got {shares}")
         if self.photo_heldout_per_folder < 0 or self.photo_max_side < 8 or self.photo_cache_mb <= 0:
-            raise ValueError("EmbeddedDataConfig: need photo_heldout_per_folder >= 0, photo_max_side >= 8 and "
+            raise InputError("EmbeddedDataConfig: need photo_heldout_per_folder >= 0, photo_max_side >= 8 and "
                              f"photo_cache_mb > 0, got {self.photo_heldout_per_folder}, {self.photo_max_side}, "
                              f"{self.photo_cache_mb}")
 
@@ -163,13 +161,13 @@ def split_photos(config: EmbeddedDataConfig) -> dict[str, tuple[str, ...]]:
         raise FileNotFoundError("no bundled photos found: is scikit-image installed?")
     unknown = [p for p in config.val_photos if p not in available]
     if unknown:
-        raise ValueError(f"EmbeddedDataConfig.val_photos names photos that are not available: {unknown}; "
+        raise InputError(f"EmbeddedDataConfig.val_photos names photos that are not available: {unknown}; "
                          f"available: {', '.join(available)}")
     val_groups = {PHOTO_GROUPS.get(p, p) for p in config.val_photos}
     val = tuple(p for p in available if PHOTO_GROUPS.get(p, p) in val_groups)
     train = tuple(p for p in available if p not in val)
     if not train or not val:
-        raise ValueError("EmbeddedDataConfig.val_photos must leave at least one photo for each split")
+        raise InputError("EmbeddedDataConfig.val_photos must leave at least one photo for each split")
     return {"train": train, "val": val}
 
 
@@ -269,7 +267,7 @@ class EmbeddedTimeLapse(_PairDataset):
                  frames_per_scene: int | None = None, size: int | None = None,
                  scenes_per_photo: int | None = None) -> None:
         if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+            raise InputError(f"split must be one of {SPLITS}, got {split!r}")
         cfg = config or EmbeddedDataConfig()
         overrides: dict[str, Any] = {}
         if frames_per_scene is not None:
@@ -281,7 +279,7 @@ class EmbeddedTimeLapse(_PairDataset):
         cfg = dataclasses.replace(cfg, **overrides) if overrides else cfg
         super().__init__(crop_size, seed, flip)
         if self.crop is not None and (self.crop[0] > cfg.size or self.crop[1] > cfg.size):
-            raise ValueError(f"crop_size {self.crop} is larger than the embedded scene size {cfg.size}; "
+            raise InputError(f"crop_size {self.crop} is larger than the embedded scene size {cfg.size}; "
                              f"lower crop_size or raise size")
         self.config = cfg
         self.split = split

@@ -1,14 +1,8 @@
 """Real time-lapse data on disk: layout detection (`detect_layout`) and the `TimeLapseFolder` data set.
 
-Three layouts are read: MGID side-by-side pair images (``"mgid"``), one folder per scene
-(``"scenes"``, ``ROOT/<scene>/<frame>.png``) and flat ``<scene>_<frame>`` files (``"flat"``).
-A folder whose layout cannot be told safely (images at two depths, image folders inside the
-sub-folders, side-by-side pairs in sub-folders) is refused by `detect_layout` with an
-`AmbiguousLayoutError` rather than read in a way that pairs frames of different scenes.
-Image headers are validated at construction (frame counts, sizes, MGID widths) so bad data is
-reported before training; pixels are decoded lazily and each index yields a pair of two frames of
-one scene with the shared crop/flip of `mgid.data.pair_sampling`, or, for MGID pairs with
-``pair_preprocessing="official"``, as the public code's loader cuts them.
+Three layouts are read: MGID side-by-side pair images (``"mgid"``), one folder per scene (``"scenes"``,
+``ROOT/<scene>/<frame>.png``) and flat ``<scene>_<frame>`` files (``"flat"``). A folder whose layout cannot be
+told safely raises `AmbiguousLayoutError` rather than pair frames of different scenes.
 """
 from __future__ import annotations
 
@@ -22,7 +16,7 @@ import cv2
 import numpy as np
 
 from mgid.config.literals import check_choice
-from mgid.errors import MgidError
+from mgid.errors import InputError, MgidError
 
 from .imageio import IMAGE_SUFFIXES, PathLike, image_size, is_image_file, list_images, read_image
 from .pair_sampling import _other_frame, _PairDataset
@@ -225,9 +219,9 @@ def detect_layout(root: PathLike) -> str:
         return "scenes"
     if not top:
         if (root / "train").is_dir():
-            raise ValueError(f"no images ({_SUFFIX_LIST}) found in {root} or its sub-folders (it has a train/ "
+            raise InputError(f"no images ({_SUFFIX_LIST}) found in {root} or its sub-folders (it has a train/ "
                              f"folder: point at {root / 'train'} or use make_dataset with a split)")
-        raise ValueError(_deeper_images_message(root))
+        raise InputError(_deeper_images_message(root))
     return "mgid" if _is_wide(top[0]) else "flat"
 
 
@@ -273,14 +267,14 @@ class TimeLapseFolder(_PairDataset):
         if layout == "auto":
             layout = detect_layout(self.root)
         if layout not in LAYOUTS:
-            raise ValueError(f"layout must be 'auto' or one of {LAYOUTS}, got {layout!r}")
+            raise InputError(f"layout must be 'auto' or one of {LAYOUTS}, got {layout!r}")
         self.layout = layout
         self.validate = bool(validate)
         self.official = layout == "mgid" and pair_preprocessing == "official"
         if self.official:
             frame = (OFFICIAL_PAIR_HW[0], OFFICIAL_PAIR_HW[1] // 2)
             if self.crop not in (None, frame):
-                raise ValueError(f"pair_preprocessing 'official' gives {frame[0]}x{frame[1]} frames with no crop, so "
+                raise InputError(f"pair_preprocessing 'official' gives {frame[0]}x{frame[1]} frames with no crop, so "
                                  f"crop size {self.crop} cannot apply; use crop size {frame[0]} or "
                                  f"pair_preprocessing 'crop'")
             # the shared crop/flip step then keeps the resized frames as they are
@@ -333,7 +327,7 @@ class TimeLapseFolder(_PairDataset):
         for p in files:
             scene, sep, frame = p.stem.rpartition("_")
             if not sep or not scene or not frame:
-                raise ValueError(f"{p}: cannot tell its scene; flat layout files must be named "
+                raise InputError(f"{p}: cannot tell its scene; flat layout files must be named "
                                  f"<scene>_<frame>{p.suffix} (or use scene folders ROOT/<scene>/<frame>{p.suffix})")
             groups.setdefault(scene, []).append(p)
         self.scenes = sorted(groups.items())
@@ -342,7 +336,7 @@ class TimeLapseFolder(_PairDataset):
     def _check_frame_counts(self, what: str) -> None:
         for name, frames in self.scenes:
             if len(frames) < 2:
-                raise ValueError(f"{what} {name!r} in {self.root} has only one frame ({frames[0].name}); a "
+                raise InputError(f"{what} {name!r} in {self.root} has only one frame ({frames[0].name}); a "
                                  f"pair needs two frames of one scene: add frames or remove the scene")
 
     # ---- validation
@@ -362,7 +356,7 @@ class TimeLapseFolder(_PairDataset):
                 by_size = {s: [p.name for p, t in sizes.items() if t == s] for s in distinct}
                 desc = "; ".join(f"{h}x{w} (HxW): {', '.join(n[:3])}{' ...' if len(n) > 3 else ''}"
                                  for (h, w), n in by_size.items())
-                raise ValueError(f"frames of scene {name!r} in {self.root} differ in size: {desc}; all frames "
+                raise InputError(f"frames of scene {name!r} in {self.root} differ in size: {desc}; all frames "
                                  f"of a scene must have one size (resize or crop them alike)")
             small += [(p, hw, 1) for p, hw in sizes.items() if self._smaller_than_crop(*hw)]
         if small:
@@ -394,7 +388,7 @@ class TimeLapseFolder(_PairDataset):
     @staticmethod
     def _check_mgid_width(path: Path, hw: tuple[int, int]) -> None:
         if hw[1] % 2:
-            raise ValueError(f"{path}: width {hw[1]} is odd, so it cannot be split into two side-by-side "
+            raise InputError(f"{path}: width {hw[1]} is odd, so it cannot be split into two side-by-side "
                              f"frames (MGID layout expects e.g. 512x256 = two 256x256 frames)")
 
     # ---- access
@@ -419,6 +413,6 @@ class TimeLapseFolder(_PairDataset):
         j = _other_frame(i, len(frames), rng)
         a, b = read_image(frames[i]), read_image(frames[j])
         if a.shape != b.shape:
-            raise ValueError(f"frames of scene {name!r} differ in size: {frames[i].name} is "
+            raise InputError(f"frames of scene {name!r} differ in size: {frames[i].name} is "
                              f"{a.shape[0]}x{a.shape[1]}, {frames[j].name} is {b.shape[0]}x{b.shape[1]} (HxW)")
         return a, b, name

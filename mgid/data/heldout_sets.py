@@ -1,12 +1,9 @@
 """The fixed held-out paired evaluation sets: their rain (`HELDOUT_RAIN`, `HELDOUT_SETS`) and `EmbeddedPairedSet`.
 
-Each held-out set pairs clean crops of the held-out (``val``) photos with a rainy version made by a
-renderer fixed here, not taken from the training config, so that numbers compare across runs and
-recipes: ``streaks`` (the training renderer), ``perspective`` (the independent renderer of
-`mgid.data.perspective_rain`), ``heavy`` and ``varied`` (several directions, long streaks, drizzle and
-near-camera streaks), ``layered`` (the benchmarks' Photoshop-style streak layers and veil,
-`mgid.data.layer_rain`). `EmbeddedPairedSet.rainy_frames` gives extra rainy frames of a pair's scene for
-multi-frame references; `heldout_folder` names each set's folder on disk.
+Each set pairs clean crops of the held-out (``val``) photos with a rainy version made by a renderer fixed here,
+not by the training config, so numbers compare across runs and recipes (the sets: docs/EVALUATE.md).
+`EmbeddedPairedSet.rainy_frames` gives extra rainy frames of a pair's scene; `heldout_folder` names each set's
+folder on disk.
 """
 from __future__ import annotations
 
@@ -15,6 +12,8 @@ from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset
+
+from mgid.errors import InputError
 
 from .embedded import (
     _FRAME_STREAM,
@@ -127,15 +126,15 @@ class EmbeddedPairedSet(Dataset):
                  photo_folder: PathLike | None = None) -> None:
         cfg = config or EmbeddedDataConfig()
         if rain not in HELDOUT_RAIN:
-            raise ValueError(f"unknown held-out rain {rain!r}; choose one of {', '.join(HELDOUT_SETS)}")
+            raise InputError(f"unknown held-out rain {rain!r}; choose one of {', '.join(HELDOUT_SETS)}")
         self.rain = rain
         self.size = int(cfg.paired_size if size is None else size)
         if self.size < 8:
-            raise ValueError(f"EmbeddedPairedSet needs size >= 8, got {self.size}")
+            raise InputError(f"EmbeddedPairedSet needs size >= 8, got {self.size}")
         self.config = cfg
         self.n = cfg.paired_count if n is None else int(n)
         if self.n < 1:
-            raise ValueError(f"EmbeddedPairedSet needs n >= 1, got {self.n}")
+            raise InputError(f"EmbeddedPairedSet needs n >= 1, got {self.n}")
         self.seed = int(cfg.heldout_seed if seed is None else seed)
         self._loader: PhotoLoader = load_photo
         self._photo_stream: tuple[int, ...] = ()
@@ -143,7 +142,7 @@ class EmbeddedPairedSet(Dataset):
             photos = split_photos(cfg)["val"]
         else:
             if cfg.photo_heldout_per_folder < 1:
-                raise ValueError(f"a held-out set of {photo_folder} needs held-out photos: set "
+                raise InputError(f"a held-out set of {photo_folder} needs held-out photos: set "
                                  f"photo_heldout_per_folder >= 1 (it is {cfg.photo_heldout_per_folder})")
             photos, self._loader = folder_photo_loader(cfg.photo_sets("heldout", self.size, folders=[photo_folder]))
             self._photo_stream = (_PHOTO_SET_STREAM, _stable_id(Path(photo_folder).name))

@@ -1,18 +1,9 @@
 """An image file's size and kind from its header, before any pixel is decoded, and the pixel limit checked on it.
 
-A PNG of a few kilobytes can hold a 20000x20000 image (zlib compresses a blank image a thousandfold): decoding
-it first and checking after is the attack. `read_header` parses only the header of the formats mgid reads
-(`HEADER_FORMATS`: PNG, JPEG, BMP, TIFF, WebP) with Pillow's format plugins, and `check_pixels` refuses an image
-over a pixel limit (or too small for the network) from those numbers alone.
-
-Pillow's own ``Image.open`` is not used: above ``Image.MAX_IMAGE_PIXELS`` (89 MP warns, 179 MP raises
-``DecompressionBombError``) it refuses to say the size, and changing that limit is a process-wide setting. The
-plugins' header parsers are what ``Image.open`` runs before that check; they read the header only (a WebP file
-is read whole, which the callers' upload or file size bounds).
-
-The header also says whether the file is animated (an animated WebP, or an APNG: a PNG with an animation control
-chunk): decoders give only the first frame of those, so `check_still` refuses them rather than cut the animation
-to one frame without a word.
+`read_header` parses the header of the formats mgid reads (`HEADER_FORMATS`: PNG, JPEG, BMP, TIFF, WebP);
+`check_pixels` refuses an image over a pixel limit or too small for the network (a decompression bomb is
+refused before it is decoded); `check_still` refuses an animated image. Why Pillow's ``Image.open`` is not used:
+docs/TRAIN.md, "Design notes".
 """
 from __future__ import annotations
 

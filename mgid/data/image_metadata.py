@@ -1,12 +1,8 @@
 """An image file's EXIF and ICC colour profile: read from its header, and put into encoded JPEG/PNG/WebP bytes.
 
-`read_metadata` reads the EXIF and ICC profile of JPEG, PNG and WebP files from the header with Pillow's format
-parser (no pixel decoded), returns the EXIF with Orientation 1 and the orientation it had; `upright` turns pixels
-upright by that orientation (by mgid, the same way for every format and OpenCV version). `embed_metadata` puts an
-`ImageMetadata` into the bytes OpenCV encoded (JPEG APP1/APP2 segments, PNG eXIf/iCCP chunks, WebP EXIF/ICCP
-chunks), so the pixels are encoded exactly as without metadata; TIFF and BMP outputs carry none. Metadata never
-makes a readable image unreadable: what cannot be read is left out. `mgid.data.imageio` (`read_photo`,
-`write_image`) is the user of this module.
+`read_metadata` reads them (no pixel decoded) with the EXIF orientation; `upright` turns pixels upright by that
+orientation; `embed_metadata` puts an `ImageMetadata` into the bytes OpenCV encoded. Metadata never makes a
+readable image unreadable. Used by `mgid.data.imageio`; details: docs/TRAIN.md, "Design notes".
 """
 from __future__ import annotations
 
@@ -16,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from mgid.errors import InputError
 
 #: Suffixes whose files `mgid.data.imageio.write_image` gives the EXIF and ICC profile of an `ImageMetadata`.
 METADATA_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp")
@@ -137,7 +135,7 @@ _JPEG_SEGMENT, _ICC_PER_SEGMENT = 0xFFFF - 2, 0xFFFF - 2 - 14
 
 def _jpeg_segment(marker: int, payload: bytes, what: str) -> bytes:
     if len(payload) > _JPEG_SEGMENT:
-        raise ValueError(f"{what} of {len(payload)} bytes does not fit a JPEG segment ({_JPEG_SEGMENT} bytes)")
+        raise InputError(f"{what} of {len(payload)} bytes does not fit a JPEG segment ({_JPEG_SEGMENT} bytes)")
     return struct.pack(">BBH", 0xFF, marker, len(payload) + 2) + payload
 
 
@@ -196,7 +194,7 @@ def embed_metadata(suffix: str, data: bytes, metadata: ImageMetadata, size: tupl
     if icc:
         parts = [icc[k:k + _ICC_PER_SEGMENT] for k in range(0, len(icc), _ICC_PER_SEGMENT)]
         if len(parts) > 255:
-            raise ValueError(f"an ICC profile of {len(icc)} bytes does not fit a JPEG (255 segments)")
+            raise InputError(f"an ICC profile of {len(icc)} bytes does not fit a JPEG (255 segments)")
         segments += [_jpeg_segment(0xE2, b"ICC_PROFILE\x00" + bytes([k + 1, len(parts)]) + part, "ICC profile")
                      for k, part in enumerate(parts)]
     at = 2

@@ -1,28 +1,9 @@
 """Image reading and writing, and the conversion between images and network tensors.
 
-Conventions used everywhere in `mgid.data`:
-
-* An image on the host is a NumPy array of shape HxWx3, dtype uint8, channel order **RGB**.
-  Greyscale files are expanded to 3 equal channels; an alpha channel is dropped; 16-bit files
-  are reduced to 8 bits (OpenCV's ``IMREAD_COLOR`` does all three): `read_image`, what training and
-  scoring read.
-* A `Photo` is what ``mgid derain`` de-rains and writes back: the colour as HxWx3 RGB in the file's own depth
-  (uint8, or uint16 for 16-bit PNG/TIFF), the alpha channel, if any, kept aside, and the file's EXIF and ICC
-  colour profile (`mgid.data.image_metadata.ImageMetadata`) (`read_photo`, `write_photo`), so a transparent
-  PNG stays transparent, a 16-bit one stays 16-bit, and a photo keeps its camera data and colour space.
-  `read_image` reads no metadata.
-* A network input is a float32 tensor of shape (3, H, W) in [-1, 1], computed as ``x / 127.5 - 1``
-  of the RGB uint8 image. The public MGID code fed BGR (as OpenCV reads it); we feed RGB. For a model
-  trained from scratch the channel order makes no difference, but weights converted from the public
-  code expect BGR input (swap channels 0 and 2 first).
-
-Files are read through ``numpy.fromfile`` + ``cv2.imdecode`` rather than ``cv2.imread`` so that
-paths with non-ASCII characters work on every platform and a missing file can be told apart from an
-unreadable one. Before any decode the header is read (`mgid.data.image_header`): a file no header parser
-recognises is refused, an animated WebP or APNG is refused (decoded, it would be cut to its first frame), and with
-``max_pixels`` an image over the limit (a decompression bomb) or too small for the network is refused from its
-header alone. The EXIF and ICC profile of a `Photo` are read from the header
-and put into the encoded bytes by `mgid.data.image_metadata`.
+A host image is (H, W, 3) uint8 RGB (`read_image`, `write_image`); a network input is a (3, H, W) float32 tensor
+in [-1, 1], ``x / 127.5 - 1`` (`to_tensor`, `to_uint8`, `to_pixels`). A `Photo` (`read_photo`, `write_photo`)
+keeps a file's depth, alpha channel, EXIF and ICC profile for ``mgid derain``. Headers are checked before any
+decode (`mgid.data.image_header`). Conventions and rationale: docs/TRAIN.md, "Design notes".
 """
 from __future__ import annotations
 
@@ -36,6 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+
+from mgid.errors import InputError
 
 from .image_header import ImageHeader, check_pixels, check_still, read_header
 from .image_metadata import METADATA_FORMATS, METADATA_SUFFIXES, ImageMetadata, embed_metadata, read_metadata, upright
@@ -61,20 +44,34 @@ _FILE_MODE = _umask_mode()
 
 
 def is_image_file(path: PathLike) -> bool:
-    """True if ``path`` has an image suffix and is not a hidden file.
+    """Whether ``path`` has an image suffix (`IMAGE_SUFFIXES`) and is not a hidden file.
 
     Hidden files (``.DS_Store``, the ``._name.png`` resource forks macOS leaves in archives) are
     skipped: they often carry an image suffix without being images.
+
+    Args:
+        path: a file name or path (the file is not opened).
+
+    Returns:
+        True for an image file name.
     """
     p = Path(path)
     return p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
 
 
 def list_images(folder: PathLike, recursive: bool = False) -> list[Path]:
-    """Sorted list of the image files in ``folder`` (by suffix, see `IMAGE_SUFFIXES`).
+    """The image files in a folder, by suffix (see `is_image_file`).
 
-    With ``recursive=True`` sub-folders are searched too. Raises ``FileNotFoundError`` if the
-    folder does not exist and ``NotADirectoryError`` if it is a file.
+    Args:
+        folder: the folder to list.
+        recursive: search sub-folders too.
+
+    Returns:
+        The paths, sorted.
+
+    Raises:
+        FileNotFoundError: ``folder`` does not exist.
+        NotADirectoryError: ``folder`` is a file.
     """
     root = Path(folder)
     if not root.exists():
@@ -127,13 +124,22 @@ def _existing(path: PathLike) -> Path:
 
 
 def read_image(path: PathLike, max_pixels: int | None = None) -> np.ndarray:
-    """Read an image file as HxWx3 uint8 RGB (alpha dropped, 16 bits reduced to 8).
+    """Read an image file as (H, W, 3) uint8 RGB (grey expanded, alpha dropped, 16 bits reduced to 8).
 
-    Raises ``FileNotFoundError`` (naming the path) if the file does not exist and ``ValueError``
-    (naming the file) if it exists but cannot be decoded as an image (corrupt, truncated, not an image) or is
-    animated (`mgid.data.image_header.AnimatedImageError`: an animated WebP or APNG, refused from its header).
-    ``max_pixels``: refuse larger images (and images too small for the network) from the header, before
-    decoding (`mgid.data.image_header.check_pixels`); None: any size.
+    Args:
+        path: the image file.
+        max_pixels: refuse larger images (and images too small for the network) from the header, before
+            decoding (`mgid.data.image_header.check_pixels`); ``None``: any size.
+
+    Returns:
+        The pixels, (H, W, 3) uint8 RGB.
+
+    Raises:
+        FileNotFoundError: the file does not exist (naming the path).
+        ValueError: the file cannot be decoded as an image (corrupt, truncated, not an image), naming it.
+        mgid.data.image_header.AnimatedImageError: an animated WebP or APNG, refused from its header.
+        mgid.data.image_header.ImageTooLargeError: over ``max_pixels``.
+        mgid.data.image_header.ImageTooSmallError: with ``max_pixels``, too small for the network.
     """
     p = _existing(path)
     _header(p, max_pixels)
@@ -145,8 +151,8 @@ def read_image(path: PathLike, max_pixels: int | None = None) -> np.ndarray:
 
 @dataclass
 class Photo:
-    """An image file's pixels as ``mgid derain`` de-rains them: ``rgb`` HxWx3 RGB, uint8 or uint16 (the file's
-    depth); ``alpha`` HxW of the same dtype, or None; ``note``: how the file's pixels were changed to fit
+    """An image file's pixels as ``mgid derain`` de-rains them: ``rgb`` (H, W, 3) RGB, uint8 or uint16 (the
+    file's depth); ``alpha`` (H, W) of the same dtype, or None; ``note``: how the file's pixels were changed to fit
     (e.g. a float TIFF read as 8-bit), or None; ``metadata``: the file's EXIF and ICC profile, or None."""
 
     rgb: np.ndarray
@@ -172,8 +178,19 @@ def read_photo(path: PathLike, max_pixels: int | None = None) -> Photo:
     EXIF and ICC profile (JPEG, PNG, WebP; a grey or CMYK profile is left out, the pixels being RGB).
 
     Grey files become 3 equal channels. The pixels are turned upright by the EXIF orientation (JPEG, PNG, WebP;
-    a TIFF's own orientation tag is left to OpenCV, as before) and the EXIF returned says Orientation 1. Errors
-    and ``max_pixels`` as `read_image`.
+    a TIFF's own orientation tag is left to OpenCV) and the EXIF returned says Orientation 1.
+
+    Args:
+        path: the image file.
+        max_pixels: as for `read_image`.
+
+    Returns:
+        The file's `Photo`.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file cannot be decoded, or decodes to neither grey, 3 nor 4 channels; and the
+            header errors of `read_image`.
     """
     p = _existing(path)
     header = _header(p, max_pixels)
@@ -199,16 +216,34 @@ def read_photo(path: PathLike, max_pixels: int | None = None) -> Photo:
 
 
 def write_photo(path: PathLike, photo: Photo, jpeg_quality: int = JPEG_QUALITY) -> Path:
-    """Write a `Photo` (its alpha back beside the colour, its metadata where the format holds it) with
-    `write_image`."""
+    """Write a `Photo` with `write_image`: its alpha back beside the colour, its metadata where the format holds it.
+
+    Args:
+        path: the file to write; the format follows its suffix.
+        photo: what `read_photo` returned, possibly with new ``rgb`` pixels.
+        jpeg_quality: 1 to 100, for JPEG files.
+
+    Returns:
+        The path written.
+
+    Raises:
+        InputError, TypeError: as `write_image`.
+    """
     pixels = photo.rgb if photo.alpha is None else np.dstack([photo.rgb, photo.alpha.astype(photo.rgb.dtype)])
     return write_image(path, pixels, photo.metadata, jpeg_quality=jpeg_quality)
 
 
 def image_size(path: PathLike) -> tuple[int, int]:
-    """(height, width) of an image file from its header (`mgid.data.image_header`), decoding nothing.
+    """The size of an image file from its header (`mgid.data.image_header`), decoding nothing.
 
-    Used to validate large folders at construction time without decoding every pixel. Raises like `read_image`.
+    Args:
+        path: the image file.
+
+    Returns:
+        ``(height, width)`` in pixels.
+
+    Raises:
+        FileNotFoundError, ValueError: as `read_image`.
     """
     header = _header(_existing(path), None)
     return header.height, header.width
@@ -216,8 +251,7 @@ def image_size(path: PathLike) -> tuple[int, int]:
 
 def write_image(path: PathLike, rgb: np.ndarray, metadata: ImageMetadata | None = None, *,
                 jpeg_quality: int = JPEG_QUALITY) -> Path:
-    """Write an HxWx3 RGB, HxWx4 RGBA or HxW grey image, uint8 or (PNG, TIFF) uint16; the format follows the
-    suffix of ``path``.
+    """Write an (H, W, 3) RGB, (H, W, 4) RGBA or (H, W) grey image; the format follows the suffix of ``path``.
 
     Parent folders are created. The file is written atomically: the encoded bytes go to a hidden
     temporary file beside ``path`` that is then renamed over it, so a failed write (disk full, an
@@ -225,7 +259,7 @@ def write_image(path: PathLike, rgb: np.ndarray, metadata: ImageMetadata | None 
 
     Args:
         path: the file to write.
-        rgb: the pixels.
+        rgb: the pixels, uint8, or uint16 for PNG and TIFF.
         metadata: EXIF and ICC profile to put into the file, written as they are (JPEG: APP1/APP2 segments,
             PNG: eXIf/iCCP chunks, WebP: EXIF/ICCP chunks); ignored for TIFF and BMP.
         jpeg_quality: 1 to 100, for ``.jpg``/``.jpeg`` files (WebP is written lossless).
@@ -234,30 +268,31 @@ def write_image(path: PathLike, rgb: np.ndarray, metadata: ImageMetadata | None 
         The path written.
 
     Raises:
-        ValueError: an unknown suffix, a shape or depth the format cannot hold, a quality outside 1 to 100,
-            metadata too large for the format (an EXIF over 64 KB in a JPEG), or pixels OpenCV cannot encode.
+        InputError: an unknown suffix, a shape or depth the format cannot hold, a quality outside 1 to 100,
+            metadata too large for the format (an EXIF over 64 KB in a JPEG), or pixels OpenCV cannot encode
+            (a ``ValueError``).
         TypeError: pixels neither uint8 nor uint16.
     """
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
-        raise ValueError(f"cannot write {p}: unknown image suffix {p.suffix!r} (use one of {IMAGE_SUFFIXES})")
+        raise InputError(f"cannot write {p}: unknown image suffix {p.suffix!r} (use one of {IMAGE_SUFFIXES})")
     if isinstance(jpeg_quality, bool) or not isinstance(jpeg_quality, int) or not 1 <= jpeg_quality <= 100:
-        raise ValueError(f"JPEG quality must be a whole number from 1 to 100, got {jpeg_quality!r}")
+        raise InputError(f"JPEG quality must be a whole number from 1 to 100, got {jpeg_quality!r}")
     arr = np.asarray(rgb)
     if arr.dtype not in (np.uint8, np.uint16):
         raise TypeError(f"write_image expects uint8 or uint16 pixels, got {arr.dtype} (use to_uint8 first)")
     if arr.dtype == np.uint16 and suffix not in SIXTEEN_BIT_SUFFIXES:
-        raise ValueError(f"cannot write 16-bit pixels to {p}: {p.suffix} holds 8 bits (use "
+        raise InputError(f"cannot write 16-bit pixels to {p}: {p.suffix} holds 8 bits (use "
                          f"{' or '.join(SIXTEEN_BIT_SUFFIXES)})")
     if arr.ndim == 3 and arr.shape[2] in (3, 4):
         arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR if arr.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
     elif arr.ndim != 2:
-        raise ValueError(f"write_image expects HxWx3, HxWx4 or HxW pixels, got shape {arr.shape}")
+        raise InputError(f"write_image expects HxWx3, HxWx4 or HxW pixels, got shape {arr.shape}")
     params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if suffix in (".jpg", ".jpeg") else []
     ok, buf = cv2.imencode(suffix, arr, params)
     if not ok:
-        raise ValueError(f"OpenCV could not encode {p}")
+        raise InputError(f"OpenCV could not encode {p}")
     data = buf.tobytes()
     if metadata is not None and suffix in METADATA_SUFFIXES and (metadata.exif or metadata.icc_profile):
         data = embed_metadata(suffix, data, metadata, arr.shape[:2], alpha=arr.ndim == 3 and arr.shape[2] == 4)
@@ -280,11 +315,20 @@ _HALF = {np.dtype(np.uint8): 127.5, np.dtype(np.uint16): 32767.5}
 
 
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:
-    """HxWx3 uint8 (or uint16) RGB -> float32 tensor (3, H, W) in [-1, 1], computed as ``x / 127.5 - 1``
-    (``x / 32767.5 - 1`` for 16 bits)."""
+    """Convert an image to a network tensor: ``x / 127.5 - 1`` (``x / 32767.5 - 1`` for 16 bits).
+
+    Args:
+        rgb: (H, W, 3) uint8 or uint16 RGB.
+
+    Returns:
+        A (3, H, W) float32 tensor in [-1, 1].
+
+    Raises:
+        InputError: not an (H, W, 3) uint8 or uint16 array (a ``ValueError``).
+    """
     arr = np.asarray(rgb)
     if arr.dtype not in _HALF or arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"to_tensor expects an HxWx3 uint8 or uint16 image, got {arr.dtype} {arr.shape}")
+        raise InputError(f"to_tensor expects an HxWx3 uint8 or uint16 image, got {arr.dtype} {arr.shape}")
     t = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).to(torch.float32)
     return t.div_(_HALF[arr.dtype]).sub_(1.0)  # in place: one float copy of the image, not three
 
@@ -294,13 +338,25 @@ _ROWS_PER_BAND = 64
 
 
 def to_pixels(tensor: torch.Tensor, dtype: np.dtype | type = np.uint8, offset: float = 1.0) -> np.ndarray:
-    """Float tensor (3, H, W) -> HxWx3 RGB of ``dtype`` (uint8 or uint16): ``(x + offset) * 127.5`` (``* 32767.5``
-    for 16 bits), rounded, clipped to the dtype's range. ``offset`` 1 maps an image in [-1, 1]; 0 gives a rain
-    layer in pixel units. Converted a band of rows at a time into the output array, so the only temporary is a
-    band of floats (not an image-sized copy)."""
+    """Convert a tensor to pixels: ``(x + offset) * 127.5`` (``* 32767.5`` for 16 bits), rounded, clipped.
+
+    Converted a band of rows at a time into the output array, so the only temporary is a band of floats (not an
+    image-sized copy).
+
+    Args:
+        tensor: (3, H, W) float.
+        dtype: ``np.uint8`` or ``np.uint16``.
+        offset: 1 maps an image in [-1, 1]; 0 gives a rain layer in pixel units.
+
+    Returns:
+        (H, W, 3) RGB of ``dtype``.
+
+    Raises:
+        InputError: ``tensor`` is not (3, H, W) (a ``ValueError``).
+    """
     t = tensor.detach()
     if t.ndim != 3 or t.shape[0] != 3:
-        raise ValueError(f"to_pixels expects a (3, H, W) tensor, got shape {tuple(t.shape)}")
+        raise InputError(f"to_pixels expects a (3, H, W) tensor, got shape {tuple(t.shape)}")
     half = _HALF[np.dtype(dtype)]
     h, w = t.shape[1:]
     out = np.empty((h, w, 3), dtype)
@@ -312,5 +368,12 @@ def to_pixels(tensor: torch.Tensor, dtype: np.dtype | type = np.uint8, offset: f
 
 
 def to_uint8(tensor: torch.Tensor) -> np.ndarray:
-    """Float tensor (3, H, W) in [-1, 1] -> HxWx3 uint8 RGB: ``(x + 1) * 127.5``, rounded, clipped."""
+    """Convert a network tensor to an image: ``(x + 1) * 127.5``, rounded, clipped.
+
+    Args:
+        tensor: (3, H, W) float in [-1, 1].
+
+    Returns:
+        (H, W, 3) uint8 RGB.
+    """
     return to_pixels(tensor, np.uint8)

@@ -1,55 +1,9 @@
-"""The benchmarks' kind of rain: a Photoshop-style streak layer with an optional veil (our own code).
+"""The benchmarks' kind of rain: Photoshop-style streak layers with an optional veil (our own code).
 
-The training sets behind Rain100L/H, Rain12 and DDN (Rain14000) are described as made in an image editor:
-dense noise, blurred a little, thresholded by "levels" so that only the brightest specks survive, motion-blurred
-along one direction and screen-blended onto the background; heavy sets add accumulation (the image mixed towards
-an atmospheric light) and several streak layers. This module renders that from the description alone (no code
-taken from anyone); `mgid.data.synthetic_rain` uses it as one more kind of rain
-(``RainConfig.layer_probability``), and the held-out set ``layered`` (`mgid.data.heldout_sets`) renders with it.
-
-Model of one frame's rain layer ``R`` (HxW, values in [0, 1]). Per frame: the number of streak layers ``n``,
-the speck density ``d`` (percent of pixels, shared evenly by the layers), the fall angle ``a`` (degrees from
-vertical, positive leans right going down). Per layer ``k``: angle ``a_k`` (``a`` for the first layer, ``a`` plus
-up to ``angle_spread`` for the others), streak length ``L_k``, speck softness ``sigma_k``, brightness ``b_k``.
-
-1. Noise: ``N ~ U(0, 1)`` per pixel, on a canvas grown by half the longest streak (plus the speck blur), so
-   streaks enter through the borders; the frame is cut from its middle.
-2. Blur: ``G = GaussianBlur(N, sigma_k)``: neighbours correlate, so what survives step 3 are small round specks
-   (about ``2 sigma_k`` wide, which is the width of the streaks).
-3. Levels: the black point ``lo`` is the value of ``G`` that leaves ``d / n`` percent of the pixels above it,
-   the white point ``hi`` the one that leaves ``saturated_share`` of those (order statistics of ``G``);
-   ``S = clip((G - lo) / (hi - lo), 0, 1)``: exactly ``d / n`` percent of the pixels survive and the brightest
-   ``saturated_share`` of them are at full brightness.
-4. Motion blur: ``M = S * K`` with ``K`` a box average along a segment of length ``L_k`` at angle ``a_k``
-   (`segment_kernel`); values under ``_ROUNDOFF_FLOOR`` of M's maximum are set to exactly 0.
-5. Levels again (the streaks' brightness): ``R_k = clip(b_k * M / m_k, 0, 1)`` with ``m_k`` the
-   ``streak_white_quantile`` quantile of M's non-zero pixels, so the body of a streak is ``b_k`` bright whatever
-   its length (the motion blur divides a speck's brightness by ``L_k``).
-6. Layers combine by screen blending, ``R = 1 - prod_k (1 - R_k)``.
-
-Veil (accumulation), per frame: with probability ``veil_probability`` a strength ``s = 1 - t`` (t the
-transmission) from ``veil_range`` and a grey atmospheric light ``A`` from ``airlight_range``; otherwise
-``s = 0``. `apply_veil` makes ``B' = B t + A (1 - t)``; `mgid.data.synthetic_rain.add_rain` veils the background
-first and then screens the streaks on top, ``I = 1 - (1 - B') (1 - R)`` (streaks are nearer than the haze).
-
-Why the defaults are what they are: the time-lapse objective only sees a pixel's background where one frame of a
-pair is clean there, and treats what both frames share as background. A Rain100H-density layer (0.4-3 % specks,
-15-45 px) covered 82 % of a frame and 70 % of both frames of a pair, and training on it collapsed (issue 25). So
-the density varies per frame (light frames like Rain100L, dense ones like Rain100H) with a mean that keeps the
-pixels rainy in both frames of a pair to a few percent, and the veil is present in only some frames, with a
-strength drawn per frame, so that most of it differs between the two frames of a pair. Measured at the defaults
-over 500 pairs of 128x128 frames (``rain_coverage``, threshold 0.05; ``docs/RAIN.md`` has the command,
-``tests/data/test_layer_rain.py`` bounds them on 50 pairs): one frame 17.5 % rainy (a tenth of the frames under
-6.4 %, a tenth over 29 %, the densest 43 %; the ``long`` recipe's streaks: 17.5 %), both frames of a pair
-3.1 % (the ``long`` recipe: 3.4 %). The veil strength ``s`` differs between the two frames of a pair by 0.098
-on average (mean strength 0.070), and the part both frames share, ``E[min(s_a, s_b)] / E[s]``, is 30 % of it
-(0.021 of strength; in expectation ``p (a + (b - a) / 3) / ((a + b) / 2)`` = 0.30 for probability ``p`` and
-``veil_range`` ``(a, b)``). A 128x128 frame renders in 2-4 ms on one (shared) core.
-
-Everything is drawn from the ``numpy.random.Generator`` passed in, in a fixed order (`sample_layer_frame`:
-layer count, density, angle, per-layer angle offsets, lengths, softness, brightness, then the veil's coin,
-strength and light; then one noise field per layer), so a seed reproduces a frame exactly, and changing the veil
-settings leaves the streaks as they were.
+`render_layer_rain` renders one frame's rain layer and draws its `LayerVeil`; `apply_veil` applies the veil;
+`LayerRainConfig` holds the settings, `sample_layer_frame` the per-frame draws, `segment_kernel` the motion blur.
+`mgid.data.synthetic_rain` uses it as one kind of rain (``RainConfig.layer_probability``) and the held-out set
+``layered`` renders with it. The model, the defaults and their measurements: docs/RAIN.md.
 """
 from __future__ import annotations
 
@@ -58,6 +12,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from mgid.errors import InputError
 
 from .ranges import check_range, check_value
 
@@ -81,8 +37,8 @@ _OWNER = "LayerRainConfig"
 @dataclass(frozen=True)
 class LayerRainConfig:
     """Every knob of the layer rain renderer. Ranges are (low, high), drawn uniformly per frame (per layer where
-    said). The defaults are the training setting (see the module docstring for why); `mgid.data.heldout_sets`
-    fixes its own setting for the ``layered`` held-out set."""
+    said). The defaults are the training setting (docs/RAIN.md says why); `mgid.data.heldout_sets` fixes its
+    own setting for the ``layered`` held-out set."""
 
     layers_range: tuple[int, int] = (1, 3)
     """Number of streak layers in one frame, drawn per frame (whole numbers, inclusive)."""
@@ -117,7 +73,7 @@ class LayerRainConfig:
     def __post_init__(self) -> None:
         if len(self.layers_range) != 2 or any(int(n) != n for n in self.layers_range) \
                 or not 1 <= self.layers_range[0] <= self.layers_range[1]:
-            raise ValueError(f"LayerRainConfig.layers_range must be two whole numbers 1 <= low <= high, "
+            raise InputError(f"LayerRainConfig.layers_range must be two whole numbers 1 <= low <= high, "
                              f"got {self.layers_range}")
         check_range(_OWNER, "density_range", self.density_range, lo=0.0, hi=_PERCENT)
         check_range(_OWNER, "angle_range", self.angle_range, lo=-60.0, hi=60.0)
@@ -161,8 +117,18 @@ class LayerFrame:
 
 
 def sample_layer_frame(rng: np.random.Generator, cfg: LayerRainConfig) -> LayerFrame:
-    """Draw one frame's values from ``cfg`` in a fixed order (see the module docstring); the veil comes last,
-    so the veil settings never move the streaks."""
+    """Draw one frame's values from ``cfg`` in a fixed order.
+
+    The order is layer count, density, angle, per-layer angle offsets, lengths, softness, brightness, then the
+    veil's coin, strength and light; the veil comes last, so the veil settings never move the streaks.
+
+    Args:
+        rng: source of every draw (a seeded generator reproduces the frame).
+        cfg: renderer settings.
+
+    Returns:
+        The frame's `LayerFrame`.
+    """
     u = lambda r: float(rng.uniform(r[0], r[1]))  # noqa: E731 - one uniform draw per range
     n = int(rng.integers(int(cfg.layers_range[0]), int(cfg.layers_range[1]) + 1))
     density = u(cfg.density_range)
@@ -182,10 +148,18 @@ def sample_layer_frame(rng: np.random.Generator, cfg: LayerRainConfig) -> LayerF
 
 
 def segment_kernel(length: float, angle_deg: float) -> np.ndarray:
-    """Motion-blur kernel: a box average along a segment of ``length`` pixels through the centre at
-    ``angle_deg`` from vertical. Returns a k x k float32 array (k odd) summing to 1; ``length <= 1`` gives the
-    1x1 identity. The segment is sampled ``_KERNEL_SAMPLES_PER_PIXEL`` times per pixel and each sample splatted
-    bilinearly, so slanted and fractional lengths blur as evenly as vertical whole ones."""
+    """Motion-blur kernel: a box average along a segment through the kernel's centre.
+
+    The segment is sampled ``_KERNEL_SAMPLES_PER_PIXEL`` times per pixel and each sample splatted bilinearly, so
+    slanted and fractional lengths blur as evenly as vertical whole ones.
+
+    Args:
+        length: segment length in pixels; ``<= 1`` gives the 1x1 identity.
+        angle_deg: direction in degrees from vertical, positive leaning right going down.
+
+    Returns:
+        A (k, k) float32 array, k odd, summing to 1.
+    """
     if length <= 1.0:
         return np.ones((1, 1), np.float32)
     k = (int(math.ceil(length)) + 2) | 1  # odd, with a pixel of room for the bilinear splats at the ends
@@ -212,7 +186,7 @@ def _order_statistics(values: np.ndarray, ranks: list[int]) -> list[float]:
 
 def _streak_layer(canvas_h: int, canvas_w: int, rng: np.random.Generator, share: float, angle: float, length: float,
                   softness: float, brightness: float, cfg: LayerRainConfig) -> np.ndarray:
-    """One streak layer on a ``canvas_h`` x ``canvas_w`` canvas (steps 1-5 of the module docstring), float32 in
+    """One streak layer on a ``canvas_h`` x ``canvas_w`` canvas (steps 1-5 of docs/RAIN.md), float32 in
     [0, 1]; ``share`` is the fraction (not percent) of pixels that survive the levels."""
     noise = rng.random((canvas_h, canvas_w), dtype=np.float32)
     pixels = canvas_h * canvas_w
@@ -242,22 +216,23 @@ def _streak_layer(canvas_h: int, canvas_w: int, rng: np.random.Generator, share:
 
 def render_layer_rain(h: int, w: int, rng: np.random.Generator,
                       cfg: LayerRainConfig | None = None) -> tuple[np.ndarray, LayerVeil]:
-    """Render one frame's layer rain and draw its veil (the model: see the module docstring).
+    """Render one frame's layer rain and draw its veil (the model: docs/RAIN.md).
 
     Args:
-        h, w: size of the frame in pixels (>= 1).
+        h: frame height in pixels (>= 1).
+        w: frame width in pixels (>= 1).
         rng: source of all randomness (a seeded generator reproduces the frame).
         cfg: renderer settings (default ``LayerRainConfig()``, the training setting).
 
     Returns:
-        ``(rain, veil)``: the rain layer R, HxW float32 in [0, 1] (0 = no rain), and the frame's `LayerVeil`
+        ``(rain, veil)``: the rain layer R, (H, W) float32 in [0, 1] (0 = no rain), and the frame's `LayerVeil`
         (apply it to the background with `apply_veil` before screening R on top).
 
     Raises:
-        ValueError: ``h`` or ``w`` is below 1.
+        InputError: ``h`` or ``w`` is below 1 (a ``ValueError``).
     """
     if h < 1 or w < 1:
-        raise ValueError(f"render_layer_rain needs h, w >= 1, got {h}x{w}")
+        raise InputError(f"render_layer_rain needs h, w >= 1, got {h}x{w}")
     cfg = cfg or LayerRainConfig()
     frame = sample_layer_frame(rng, cfg)
     # Streaks are rendered on a canvas grown by half the longest streak plus the speck blur, so that streaks
@@ -273,8 +248,15 @@ def render_layer_rain(h: int, w: int, rng: np.random.Generator,
 
 
 def apply_veil(image: np.ndarray, veil: LayerVeil) -> np.ndarray:
-    """``image * t + A * (1 - t)`` with ``t = 1 - veil.strength``: HxWx3 (or HxW) float32 in [0, 1] in, same
-    shape and dtype out; ``image`` itself is returned when the strength is 0 (no veil)."""
+    """Veil an image: ``image * t + A * (1 - t)`` with ``t = 1 - veil.strength``.
+
+    Args:
+        image: (H, W, 3) or (H, W) float32 in [0, 1].
+        veil: the frame's veil, from `render_layer_rain`.
+
+    Returns:
+        The veiled image, same shape, float32; ``image`` itself when the strength is 0 (no veil).
+    """
     if veil.strength <= 0.0:
         return image
     t = np.float32(1.0 - veil.strength)

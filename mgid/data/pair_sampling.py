@@ -1,10 +1,9 @@
 """Pair sampling shared by the time-lapse data sets: per-index RNG, the common crop/flip and the base Dataset.
 
-Every time-lapse data set returns, per index, ``{"frame1", "frame2"}`` ((3, h, w) float32 in [-1, 1])
-and ``"scene"`` (str): two different frames of one scene cut by the same random crop and flip. The
-randomness of index ``i`` comes from `index_rng` seeded with ``(seed, epoch, i)`` only, so any
-DataLoader worker count gives the same samples; `_PairDataset` holds that machinery (``set_epoch``,
-``__getitem__``) and subclasses supply ``_pair``. ``SPLITS`` names the training/validation splits.
+`index_rng` seeds index ``i``'s randomness with ``(seed, epoch, i)`` only, so any DataLoader worker count gives
+the same samples; `crop_flip_pair` cuts two frames by the same crop and flip; `pad_to` pads by reflection;
+`_PairDataset` holds ``set_epoch`` and ``__getitem__`` for subclasses that supply ``_pair``; `SPLITS` names the
+splits.
 """
 from __future__ import annotations
 
@@ -14,6 +13,8 @@ from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset
+
+from mgid.errors import InputError
 
 from .imageio import to_tensor
 
@@ -42,9 +43,9 @@ def _as_hw(size: int | Sequence[int] | None) -> tuple[int, int] | None:
     else:
         hw = tuple(int(s) for s in size)  # type: ignore[assignment]
         if len(hw) != 2:
-            raise ValueError(f"crop size must be an int or (height, width), got {size!r}")
+            raise InputError(f"crop size must be an int or (height, width), got {size!r}")
     if min(hw) < 1:
-        raise ValueError(f"crop size must be positive, got {size!r}")
+        raise InputError(f"crop size must be positive, got {size!r}")
     return hw  # type: ignore[return-value]
 
 
@@ -69,7 +70,7 @@ def crop_flip_pair(a: np.ndarray, b: np.ndarray, crop: tuple[int, int] | None, f
     Draws exactly three numbers from ``rng`` (y, x, flip) whatever the sizes, for reproducibility.
     """
     if a.shape != b.shape:
-        raise ValueError(f"the two frames of a pair differ in size: {a.shape} vs {b.shape}")
+        raise InputError(f"the two frames of a pair differ in size: {a.shape} vs {b.shape}")
     ry, rx, rf = rng.random(3)
     if crop is not None:
         ch, cw = crop

@@ -1,19 +1,8 @@
 """Paired (rainy, clean) evaluation data: matching files of two folders, and a Dataset over them.
 
-Layouts as papers publish them:
-
-* ``rain/`` + ``norain/`` (Rain100L/H): ``rain-001.png`` <-> ``norain-001.png``.
-* ``input/`` + ``target/`` (Restormer, MPRNet test sets): the same file name on both sides.
-
-Matching rule of `find_pairs`, in order:
-
-1. the same file stem (``0001.png`` <-> ``0001.jpg``);
-2. the same *key*: the stem lower-cased, with a leading ``rain`` / ``norain`` token (followed by
-   ``-``, ``_`` or a digit) removed, and a numeric rest read as a number. So ``rain-12.png``,
-   ``norain-012.png`` and ``12.png`` all have key 12: a prediction that kept the rainy file name
-   (``rain-12.png``) pairs with the ground truth ``norain-12.png``.
-
-Files left without a partner are reported, never silently dropped.
+Layouts as papers publish them: ``rain/`` + ``norain/`` (Rain100L/H: ``rain-001.png`` <-> ``norain-001.png``) and
+``input/`` + ``target/`` (Restormer, MPRNet test sets: the same name on both sides). `find_pairs` matches the
+files (its rule is in its docstring), `PairedFolder` reads the pairs.
 """
 from __future__ import annotations
 
@@ -25,6 +14,8 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from mgid.errors import InputError
+
 from .imageio import PathLike, list_images, read_image, to_tensor
 
 #: (rainy folder, clean folder) names that `PairedFolder` recognises, in order of preference.
@@ -35,7 +26,7 @@ _RAIN_PREFIX = re.compile(r"^(?:no)?rain(?:[-_](?=.)|(?=\d))")
 
 
 def pair_key(stem: str) -> str | int:
-    """Normalised matching key of a file stem (see the module doc): ``"norain-012"`` -> ``12``."""
+    """Normalised matching key of a file stem (see `find_pairs`): ``"norain-012"`` -> ``12``."""
     rest = _RAIN_PREFIX.sub("", stem.lower(), count=1)
     return int(rest) if rest.isdigit() else rest
 
@@ -71,7 +62,7 @@ def _index(files: list[Path], key_fn, side: Path) -> dict[Any, Path]:
     for p in files:
         k = key_fn(p)
         if k in out:
-            raise ValueError(f"{side}: {out[k].name} and {p.name} match the same partner (key {k!r}); "
+            raise InputError(f"{side}: {out[k].name} and {p.name} match the same partner (key {k!r}); "
                              f"rename or remove one of them")
         out[k] = p
     return out
@@ -80,9 +71,27 @@ def _index(files: list[Path], key_fn, side: Path) -> dict[Any, Path]:
 def find_pairs(inputs_dir: PathLike, targets_dir: PathLike) -> PairingResult:
     """Pair image files of ``inputs_dir`` (rainy images or predictions) with ``targets_dir`` (clean).
 
-    Returns a `PairingResult` with pairs sorted by target name and the unmatched files of each side.
-    Raises ``FileNotFoundError`` for a missing folder and ``ValueError`` if two files of one side
-    match the same partner (e.g. ``rain-1.png`` and ``rain-001.png``).
+    Matching rule, in order:
+
+    1. the same file stem (``0001.png`` <-> ``0001.jpg``);
+    2. the same *key* (`pair_key`): the stem lower-cased, with a leading ``rain`` / ``norain`` token (followed by
+       ``-``, ``_`` or a digit) removed, and a numeric rest read as a number. So ``rain-12.png``,
+       ``norain-012.png`` and ``12.png`` all have key 12: a prediction that kept the rainy file name
+       (``rain-12.png``) pairs with the ground truth ``norain-12.png``.
+
+    Files left without a partner are reported, never silently dropped.
+
+    Args:
+        inputs_dir: folder of rainy images or predictions.
+        targets_dir: folder of clean images.
+
+    Returns:
+        A `PairingResult` with pairs sorted by target name and the unmatched files of each side.
+
+    Raises:
+        FileNotFoundError: a folder is missing.
+        InputError: two files of one side match the same partner, e.g. ``rain-1.png`` and ``rain-001.png``
+            (a ``ValueError``).
     """
     a_dir, b_dir = Path(inputs_dir), Path(targets_dir)
     a_files, b_files = list_images(a_dir), list_images(b_dir)
@@ -106,7 +115,18 @@ def find_pairs(inputs_dir: PathLike, targets_dir: PathLike) -> PairingResult:
 
 
 def detect_paired_layout(root: PathLike) -> tuple[Path, Path]:
-    """The (rainy, clean) sub-folders of a paired test set root (see `PAIRED_LAYOUTS`)."""
+    """The (rainy, clean) sub-folders of a paired test set.
+
+    Args:
+        root: the set's folder, holding one of `PAIRED_LAYOUTS`.
+
+    Returns:
+        ``(rainy_dir, clean_dir)``.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder.
+        InputError: no known pair of sub-folders (a ``ValueError``).
+    """
     r = Path(root)
     if not r.is_dir():
         raise FileNotFoundError(f"paired data folder not found: {r}")
@@ -114,7 +134,7 @@ def detect_paired_layout(root: PathLike) -> tuple[Path, Path]:
         if (r / a).is_dir() and (r / b).is_dir():
             return r / a, r / b
     wanted = " or ".join(f"{a}/ + {b}/" for a, b in PAIRED_LAYOUTS)
-    raise ValueError(f"{r} is not a paired data set: expected sub-folders {wanted}")
+    raise InputError(f"{r} is not a paired data set: expected sub-folders {wanted}")
 
 
 class PairedFolder(Dataset):
@@ -122,25 +142,35 @@ class PairedFolder(Dataset):
 
     ``root`` holds ``rain/`` + ``norain/`` or ``input/`` + ``target/`` (or pass ``rainy_dir`` and
     ``clean_dir`` explicitly). Items: ``{"rainy", "clean"}`` (3, H, W) float in [-1, 1] and
-    ``"name"`` (the rainy file's stem). Unmatched files raise with ``strict=True`` and give a warning
-    otherwise; no pair at all raises ``ValueError``.
+    ``"name"`` (the rainy file's stem).
+
+    Args:
+        root: the set's folder; or leave it out and give both ``rainy_dir`` and ``clean_dir``.
+        rainy_dir: folder of rainy images.
+        clean_dir: folder of clean images.
+        strict: unmatched files raise instead of giving a warning.
+
+    Raises:
+        FileNotFoundError: a folder is missing.
+        InputError: neither ``root`` nor both folders given, no pair at all, unmatched files with ``strict``,
+            or (when an item is read) a rainy image whose size differs from its target (a ``ValueError``).
     """
 
     def __init__(self, root: PathLike | None = None, *, rainy_dir: PathLike | None = None,
                  clean_dir: PathLike | None = None, strict: bool = False) -> None:
         if rainy_dir is None or clean_dir is None:
             if root is None:
-                raise ValueError("PairedFolder needs root, or both rainy_dir and clean_dir")
+                raise InputError("PairedFolder needs root, or both rainy_dir and clean_dir")
             rainy_dir, clean_dir = detect_paired_layout(root)
         self.rainy_dir, self.clean_dir = Path(rainy_dir), Path(clean_dir)
         self.result = find_pairs(self.rainy_dir, self.clean_dir)
         if not self.result.pairs:
-            raise ValueError(f"no (rainy, clean) pairs between {self.rainy_dir} and {self.clean_dir}: "
+            raise InputError(f"no (rainy, clean) pairs between {self.rainy_dir} and {self.clean_dir}: "
                              f"{self.result.describe()}")
         if not self.result.complete:
             msg = f"{self.rainy_dir} / {self.clean_dir}: {self.result.describe()}"
             if strict:
-                raise ValueError(msg)
+                raise InputError(msg)
             warnings.warn(msg + " (unmatched files are skipped)", stacklevel=2)
         self.pairs = self.result.pairs
 
@@ -151,6 +181,6 @@ class PairedFolder(Dataset):
         rainy_path, clean_path = self.pairs[index]
         rainy, clean = read_image(rainy_path), read_image(clean_path)
         if rainy.shape != clean.shape:
-            raise ValueError(f"{rainy_path} is {rainy.shape[0]}x{rainy.shape[1]} but its target {clean_path} is "
+            raise InputError(f"{rainy_path} is {rainy.shape[0]}x{rainy.shape[1]} but its target {clean_path} is "
                              f"{clean.shape[0]}x{clean.shape[1]} (HxW); a pair must have one size")
         return {"rainy": to_tensor(rainy), "clean": to_tensor(clean), "name": rainy_path.stem}

@@ -1,47 +1,9 @@
 """A second, independent rain renderer, used ONLY to build held-out evaluation sets (never for training).
 
-Why it exists: the model trains on rain from `mgid.data.synthetic_rain` (anti-aliased ``cv2.line``
-strokes, ``cv2.filter2D`` motion blur, a few discrete depth layers, screen blending). Scoring on the
-same renderer would measure how well the network learned that renderer's quirks. This module shares
-no code with it and differs in geometry, profile, depth model and compositing, so a score on its
-output measures generalisation to rain the network has never seen. Do not use it in training data.
-
-Model of one rainy frame, all values in [0, 1], image H x W:
-
-1. Depth (continuous, one per streak): ``z`` in ``[z_near, z_far]`` with density ``p(z) ~ z^depth_power``
-   (power 2 = drops uniform in the viewing frustum, so far drops outnumber near ones). With inverse
-   depth ``q = z_near / z`` (1 for the nearest drop) everything in image space scales with ``q``:
-   length ``~ q``, Gaussian cross-section sigma ``~ q`` (floored at ``min_sigma``), opacity
-   ``~ q^opacity_depth_exponent``.
-2. Perspective placement: a streak's row follows its depth, near drops low in the frame and far drops
-   high up (the ground recedes towards a horizon above the image): with nearness
-   ``t = (q - q_far) / (1 - q_far)`` in [0, 1], the centre row is at fraction
-   ``perspective * t + (1 - perspective) * u`` (u uniform) of the height, grown by the streak's own
-   extent so it can enter through the borders. Columns are uniform. Together with ``p(z)`` this makes
-   the top dense with short, thin, dim streaks and the bottom sparse with long, wide, bright ones.
-3. Rasterisation, analytic and per streak over its bounding box (vectorised NumPy): a streak is a line
-   segment of half length ``l`` along unit direction ``u = (sin a, cos a)`` (``a`` the fall angle from
-   vertical, positive leans right going down). For a pixel at offset ``d`` from the centre,
-   ``s = d . u`` (along) and ``p = d x u`` (across), and
-   ``alpha = opacity * exp(-p^2 / (2 sigma^2)) * exp(-max(|s| - l, 0)^2 / (2 tau^2))`` with end taper
-   ``tau = end_softness * 2l + sigma`` (Gaussian-soft ends). Streaks combine as
-   ``A = 1 - prod_i (1 - alpha_i)``. The box is cut at 3.5 sigma / 3.5 tau, so ``A`` is exactly 0 away
-   from every streak.
-4. Refraction composite: a drop acts as a wide-angle lens that shows a blurred, brightened view of its
-   surroundings, mostly the bright sky. Drop colour
-   ``L = sky_mix * S + (1 - sky_mix) * clip(env_gain * G(B) + env_lift)`` with grey sky level ``S`` (one
-   per frame) and ``G`` a Gaussian blur (sigma ``refraction_blur``) of the clean background ``B``.
-   Then ``I = B + A * max(L - B, 0)``: streaks brighten dark regions noticeably, carry the local colour,
-   and vanish over regions already brighter than the drop (never darken; no veil, no fog).
-
-Per-frame draws (in this order): density, fall angle, nearest-streak length, sigma, opacity, sky level,
-then the candidate count (Poisson) and the per-candidate arrays (depth, angle jitter, length jitter,
-opacity jitter, border thinning, row, column); see `sample_streaks`. Everything comes from the
-``numpy.random.Generator`` passed in, so a seed reproduces a frame exactly.
-
-Shapes: `add_perspective_rain` takes an HxWx3 float image in [0, 1] and returns the rainy HxWx3 float32
-image and the HxW float32 streak alpha ``A``. Cost is proportional to the area the streaks cover: on
-one CPU core a 128x128 frame takes ~4 ms and a 256x256 frame ~15 ms (~450 streaks) with either preset.
+`add_perspective_rain` makes a rainy frame from a clean one; `PerspectiveRainConfig` holds the settings
+(`PERSPECTIVE_RAIN` the default), `sample_streaks`, `render_streaks` and `drop_colour` are its steps. It shares
+no code with `mgid.data.synthetic_rain`, so a score on its output measures generalisation to unseen rain.
+The model and its cost: docs/EVALUATE.md, "Design notes".
 """
 from __future__ import annotations
 
@@ -50,6 +12,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from mgid.errors import InputError
 
 from .ranges import check_range, check_value
 
@@ -68,7 +32,7 @@ class PerspectiveRainConfig:
     """Every knob of the perspective rain renderer. Ranges are (low, high), sampled uniformly per frame.
 
     Geometric sizes and the opacity describe the NEAREST drop (depth ``z_near``); a drop at depth ``z``
-    is scaled by ``q = z_near / z`` (see the module docstring).
+    is scaled by ``q = z_near / z`` (the model: docs/EVALUATE.md).
     """
 
     density_range: tuple[float, float] = (46.0, 66.0)
@@ -198,14 +162,23 @@ def _half_extents(ux: np.ndarray, uy: np.ndarray, half: np.ndarray, sigma: np.nd
 
 
 def sample_streaks(h: int, w: int, rng: np.random.Generator, cfg: PerspectiveRainConfig) -> tuple[Streaks, float]:
-    """Draw one frame's streaks for an HxW image and its sky level (see the module docstring for the model).
+    """Draw one frame's streaks for an HxW image and its sky level (the model: docs/EVALUATE.md).
 
     Streaks may enter through the borders: each one's centre is placed over the image grown by its own
     box half extents, so the density of every streak size stays ``density`` per 100x100 px right up to
     the borders. That is done by drawing a Poisson count over the image grown by the LARGEST possible
     extent and thinning each candidate with probability (its grown area) / (largest grown area).
 
-    Returns ``(streaks, sky)``. The draw order is fixed so the same generator state gives the same frame.
+    The draw order is fixed so the same generator state gives the same frame.
+
+    Args:
+        h: image height in pixels.
+        w: image width in pixels.
+        rng: source of every draw.
+        cfg: renderer settings.
+
+    Returns:
+        ``(streaks, sky)``: the kept `Streaks` and the frame's grey sky level in [0, 1].
     """
     u = lambda r: float(rng.uniform(r[0], r[1]))  # noqa: E731 - one uniform draw per range
     density = u(cfg.density_range)
@@ -254,10 +227,18 @@ def sample_streaks(h: int, w: int, rng: np.random.Generator, cfg: PerspectiveRai
 
 
 def render_streaks(h: int, w: int, streaks: Streaks) -> np.ndarray:
-    """Rasterise streaks analytically: alpha map HxW float32 in [0, 1], ``A = 1 - prod_i (1 - alpha_i)``.
+    """Rasterise streaks analytically into an alpha map ``A = 1 - prod_i (1 - alpha_i)``.
 
     Each streak is evaluated over its own bounding box only (vectorised over the box's pixels), so the
     cost is proportional to the covered area; pixel (row i, column j) sits at ``(x, y) = (j, i)``.
+
+    Args:
+        h: image height in pixels.
+        w: image width in pixels.
+        streaks: the streaks to draw (from `sample_streaks`).
+
+    Returns:
+        The alpha map, (H, W) float32 in [0, 1], exactly 0 away from every streak.
     """
     keep = np.ones((h, w), np.float32)  # prod_i (1 - alpha_i)
     if len(streaks) == 0:
@@ -287,7 +268,16 @@ def render_streaks(h: int, w: int, streaks: Streaks) -> np.ndarray:
 
 
 def drop_colour(clean: np.ndarray, sky: float, cfg: PerspectiveRainConfig) -> np.ndarray:
-    """Colour L seen through a drop, HxWx3 float32 in [0, 1]: grey sky mixed with the blurred, brightened background."""
+    """Colour L seen through a drop: grey sky mixed with the blurred, brightened background.
+
+    Args:
+        clean: the background, (H, W, 3) float32 in [0, 1].
+        sky: the frame's grey sky level in [0, 1].
+        cfg: renderer settings (``sky_mix``, ``refraction_blur``, ``env_gain``, ``env_lift``).
+
+    Returns:
+        L, (H, W, 3) float32 in [0, 1].
+    """
     blurred = cv2.GaussianBlur(clean, (0, 0), sigmaX=cfg.refraction_blur, borderType=cv2.BORDER_REFLECT_101)
     env = np.clip(blurred * np.float32(cfg.env_gain) + np.float32(cfg.env_lift), 0.0, 1.0)
     return (np.float32(cfg.sky_mix * sky) + np.float32(1.0 - cfg.sky_mix) * env).astype(np.float32)
@@ -295,24 +285,24 @@ def drop_colour(clean: np.ndarray, sky: float, cfg: PerspectiveRainConfig) -> np
 
 def add_perspective_rain(clean: np.ndarray, rng: np.random.Generator,
                          cfg: PerspectiveRainConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Make a rainy frame for evaluation from a clean background (model: see the module docstring).
+    """Make a rainy frame for evaluation from a clean background (the model: docs/EVALUATE.md).
 
     Args:
-        clean: HxWx3 float in [0, 1] (the background B; it is the exact ground truth of the pair).
+        clean: (H, W, 3) float in [0, 1] (the background B; it is the exact ground truth of the pair).
         rng: source of all randomness (a seeded generator reproduces the frame).
         cfg: renderer settings (default `PERSPECTIVE_RAIN`).
 
     Returns:
-        ``(rainy, alpha)``: rainy HxWx3 float32 in [0, 1] with ``rainy >= clean`` everywhere, and the
-        streak alpha A, HxW float32 in [0, 1]; where ``A == 0`` the rainy pixel equals the clean one.
+        ``(rainy, alpha)``: rainy (H, W, 3) float32 in [0, 1] with ``rainy >= clean`` everywhere, and the
+        streak alpha A, (H, W) float32 in [0, 1]; where ``A == 0`` the rainy pixel equals the clean one.
 
     Raises:
-        ValueError: ``clean`` is not HxWx3 (H, W >= 1).
+        InputError: ``clean`` is not (H, W, 3) with H, W >= 1 (a ``ValueError``).
     """
     cfg = PERSPECTIVE_RAIN if cfg is None else cfg
     img = np.asarray(clean, dtype=np.float32)
     if img.ndim != 3 or img.shape[2] != 3 or img.shape[0] < 1 or img.shape[1] < 1:
-        raise ValueError(f"add_perspective_rain expects an HxWx3 image in [0, 1], got shape {img.shape}")
+        raise InputError(f"add_perspective_rain expects an HxWx3 image in [0, 1], got shape {img.shape}")
     h, w = img.shape[:2]
     streaks, sky = sample_streaks(h, w, rng, cfg)
     alpha = render_streaks(h, w, streaks)

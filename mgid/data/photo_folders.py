@@ -1,27 +1,8 @@
 """Folders of clean photos as training backgrounds: found recursively, decoded lazily, cached within a bound.
 
-`PhotoFolders` lists the image files under one or more folders (recursively: JPEG, PNG, WebP, TIFF, BMP;
-8 or 16 bit, grey or colour, all read as HxWx3 uint8 RGB by `mgid.data.imageio.read_image`), reads every
-header at construction (no pixels) to drop what cannot be used, and decodes a photo only when a background
-is first cut from it, downscaled so its long side is at most ``max_side``; decoded photos stay in a
-least-recently-used cache of at most ``cache_mb`` megabytes.
-
-Held-out photos (`heldout_photos`): in every folder that directly holds photos, the ``per_folder`` photos
-whose file names have the smallest SHA-1 digests. The rule depends on the names alone (not on the order
-files are listed, nor on the other photos), so it is fixed before any training and the same on every
-machine; the training split never sees them and the held-out paired sets (`mgid.data.heldout_sets`) are
-made from them.
-
-What is refused or skipped, each with one message:
-
-* a folder that does not exist or is not a folder: ``FileNotFoundError`` / ``NotADirectoryError``;
-* a folder (with its sub-folders) that holds no image file: ``ValueError`` naming the folder;
-* files whose header cannot be read (not an image, empty, truncated before the size): skipped, counted,
-  and named in one warning; a file that fails later, when its pixels are decoded, is skipped the same way
-  (the draw moves on to the next photo) and counted in `PhotoFolders.unreadable`;
-* photos whose short side is below ``min_side`` (the training crop): skipped, counted and named in one
-  warning;
-* nothing usable left in a split: ``ValueError`` saying what was found and what to change.
+`PhotoFolders` lists and checks the photos of one or more folders and decodes one when first used;
+`heldout_photos` picks the held-out photos of each folder by the SHA-1 digests of their names, so the split
+depends on the names alone. What is refused or skipped, and why: docs/TRAIN.md, "Design notes".
 """
 from __future__ import annotations
 
@@ -36,6 +17,8 @@ from typing import Literal
 
 import cv2
 import numpy as np
+
+from mgid.errors import InputError
 
 from .image_header import read_header
 from .imageio import IMAGE_SUFFIXES, PathLike, list_images, read_image
@@ -52,9 +35,20 @@ def _name_digest(path: Path) -> str:
 
 def heldout_photos(files: Sequence[Path], per_folder: int) -> frozenset[Path]:
     """The held-out photos among ``files``: in each parent folder, the ``per_folder`` files whose names have
-    the smallest SHA-1 digests (ties, which need equal names, cannot happen within a folder)."""
+    the smallest SHA-1 digests (ties, which need equal names, cannot happen within a folder).
+
+    Args:
+        files: the photo files.
+        per_folder: held-out photos per parent folder (0: none).
+
+    Returns:
+        The held-out files.
+
+    Raises:
+        InputError: ``per_folder`` is negative (a ``ValueError``).
+    """
     if per_folder < 0:
-        raise ValueError(f"per_folder must be >= 0, got {per_folder}")
+        raise InputError(f"per_folder must be >= 0, got {per_folder}")
     by_folder: dict[Path, list[Path]] = {}
     for f in files:
         by_folder.setdefault(f.parent, []).append(f)
@@ -80,11 +74,13 @@ class PhotoEntry:
 
 
 class PhotoFolders:
-    """The usable clean photos of one or more folders, loaded lazily (see the module docstring).
+    """The usable clean photos of one or more folders, loaded lazily.
+
+    Unreadable files and photos smaller than ``min_side`` are skipped, counted and named in one warning.
 
     Args:
         folders: the folders, each searched recursively.
-        split: "train" (every photo but the held-out ones), "heldout" (only those) or "all".
+        split: ``"train"`` (every photo but the held-out ones), ``"heldout"`` (only those) or ``"all"``.
         heldout_per_folder: held-out photos per folder that directly holds photos (`heldout_photos`).
         min_side: photos whose short side (after the ``max_side`` downscale) is below this are skipped.
         max_side: decoded photos are downscaled (area interpolation) so their long side is at most this.
@@ -92,15 +88,16 @@ class PhotoFolders:
 
     Raises:
         FileNotFoundError, NotADirectoryError: a folder is missing or a file.
-        ValueError: a folder holds no image, or no usable photo is left in ``split``.
+        InputError: no folder, bad sizes, a folder that holds no image, or no usable photo left in ``split``
+            (a ``ValueError``).
     """
 
     def __init__(self, folders: Sequence[PathLike], *, split: PhotoSplit = "train", heldout_per_folder: int = 0,
                  min_side: int = 1, max_side: int = 1024, cache_mb: float = 512.0) -> None:
         if not folders:
-            raise ValueError("PhotoFolders needs at least one folder")
+            raise InputError("PhotoFolders needs at least one folder")
         if max_side < 1 or min_side < 1 or cache_mb <= 0:
-            raise ValueError(f"PhotoFolders: need max_side >= 1, min_side >= 1, cache_mb > 0; got {max_side}, "
+            raise InputError(f"PhotoFolders: need max_side >= 1, min_side >= 1, cache_mb > 0; got {max_side}, "
                              f"{min_side}, {cache_mb}")
         self.folders = tuple(Path(f) for f in folders)
         self.max_side = int(max_side)
@@ -108,7 +105,7 @@ class PhotoFolders:
         for folder in self.folders:
             found = list_images(folder, recursive=True)
             if not found:
-                raise ValueError(f"no images ({', '.join(s[1:] for s in IMAGE_SUFFIXES)}) found in {folder} or its "
+                raise InputError(f"no images ({', '.join(s[1:] for s in IMAGE_SUFFIXES)}) found in {folder} or its "
                                  f"sub-folders; give a folder of clean photos")
             files.extend(found)
         held = heldout_photos(files, heldout_per_folder)
@@ -137,7 +134,7 @@ class PhotoFolders:
             warnings.warn(f"{len(small)} of {len(chosen)} photos in {where} are smaller than {min_side} pixels on "
                           f"their short side (the crop) and are skipped: {_summary(small)}", stacklevel=2)
         if not entries:
-            raise ValueError(
+            raise InputError(
                 f"no usable {split} photos in {where}: {len(files)} image files, {len(held)} held out, "
                 f"{len(unreadable)} unreadable, {len(small)} smaller than {min_side} pixels; add photos, "
                 f"lower the held-out count or the crop size")
@@ -201,7 +198,7 @@ class PhotoFolders:
         usable one is returned, so the draw stays deterministic for the same files.
 
         Raises:
-            ValueError: no photo of the set can be decoded.
+            InputError: no photo of the set can be decoded (a ``ValueError``).
         """
         n = len(self.entries)
         for k in range(n):
@@ -214,4 +211,4 @@ class PhotoFolders:
             except (ValueError, OSError) as exc:
                 self.unreadable.add(path)
                 warnings.warn(f"skipping a photo that cannot be decoded: {exc}", stacklevel=2)
-        raise ValueError(f"none of the {n} photos in {', '.join(map(str, self.folders))} can be decoded")
+        raise InputError(f"none of the {n} photos in {', '.join(map(str, self.folders))} can be decoded")

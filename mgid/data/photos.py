@@ -1,18 +1,7 @@
 """Real photographs that scikit-image ships inside its wheel: backgrounds for the embedded data set.
 
-Only photos whose files are bundled with the package are listed, so nothing is ever downloaded:
-scikit-image's ``kidney``, ``lily``, ``skin`` and ``eagle`` need a download and are left out. The
-files are read directly from the installed ``skimage/data`` folder with `read_image` (the pixels are
-identical to what ``skimage.data.<name>()`` returns), so scikit-image's fetcher is never involved.
-
-Left out on purpose:
-
-* ``horse``: a binary silhouette (two values), not a photograph; rain on it teaches nothing.
-* ``chessboard``, ``logo``, ``text``, ``page``, ``coins``, ``cell``, ``retina`` and the microscopy
-  images: synthetic drawings, documents or medical images rather than outdoor-like scenes.
-
-Grey photos are returned as 3 equal channels. ``stereo_motorcycle`` contributes its two views as two
-photos (``motorcycle_left``, ``motorcycle_right``); being one scene, they must stay in the same split.
+`list_photos` names the bundled photos (nothing is ever downloaded) and `load_photo` reads one as (H, W, 3) uint8
+RGB from the installed ``skimage/data`` folder. Which photos are left out and why: docs/TRAIN.md, "Design notes".
 """
 from __future__ import annotations
 
@@ -52,7 +41,18 @@ def _data_dir() -> Path:
 
 
 def photo_path(name: str) -> Path:
-    """Path of the bundled file for photo ``name``; raises ``KeyError`` for an unknown name."""
+    """Path of the bundled file for a photo.
+
+    Args:
+        name: one of `PHOTO_FILES`' names.
+
+    Returns:
+        The file's path (it may be absent from this installation).
+
+    Raises:
+        KeyError: an unknown name.
+        ImportError: scikit-image is not installed.
+    """
     if name not in PHOTO_FILES:
         raise KeyError(f"unknown photo {name!r}; available: {', '.join(PHOTO_FILES)}")
     return _data_dir() / PHOTO_FILES[name]
@@ -76,10 +76,17 @@ def _load_cached(name: str) -> np.ndarray:
 
 
 def load_photo(name: str) -> np.ndarray:
-    """Photo ``name`` as an HxWx3 uint8 RGB array (read-only; cached after the first call).
+    """A bundled photo's pixels (read-only; cached after the first call).
 
-    Raises ``KeyError`` for an unknown name and ``FileNotFoundError`` if this scikit-image
-    installation does not bundle the file.
+    Args:
+        name: one of `list_photos`' names.
+
+    Returns:
+        (H, W, 3) uint8 RGB; grey photos as 3 equal channels.
+
+    Raises:
+        KeyError: an unknown name.
+        FileNotFoundError: this scikit-image installation does not bundle the file.
     """
     path = photo_path(name)
     if not path.is_file():

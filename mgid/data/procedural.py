@@ -1,16 +1,8 @@
 """Procedural backgrounds: dead-leaves scenes with textured shapes, gradients, edges and lines.
 
-Dead-leaves images (occluding random shapes whose sizes follow a power law) share the statistics
-that matter to restoration networks with natural photos: scale invariance, sharp occlusion edges
-and flat or smoothly varying regions. Achddou et al. (SSVM 2021) and Dead Leaves++ report that
-such images train restoration networks to within about 0.5-2 dB of natural photos. Here they
-widen the embedded training data beyond the dozen photos scikit-image bundles.
-
-One scene (`dead_leaves`) is drawn back to front on a label map with OpenCV (discs, rotated
-rectangles, thick lines), then every pixel is coloured from its shape's parameters at once
-(vectorised): a base colour, a linear gradient and an optional sinusoidal or noise texture. A
-background gradient, a mild blur (depth of field) and sensor noise complete it. Everything comes
-from the ``numpy.random.Generator`` passed in, so a seed gives the same image.
+`dead_leaves` draws one scene back to front (discs, rotated rectangles, thick lines), colours every shape with a
+base colour, a linear gradient and an optional texture, and adds a background gradient, a mild blur and sensor
+noise; a seeded ``numpy.random.Generator`` reproduces it. Why dead leaves: docs/TRAIN.md, "Design notes".
 """
 from __future__ import annotations
 
@@ -18,6 +10,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from mgid.errors import InputError
 
 #: Sub-pixel bits for OpenCV's drawing calls.
 _SHIFT = 4
@@ -49,17 +43,17 @@ class DeadLeavesConfig:
     def __post_init__(self) -> None:
         lo, hi = self.shapes_range
         if not 1 <= lo <= hi:
-            raise ValueError(f"DeadLeavesConfig.shapes_range must satisfy 1 <= low <= high, got {self.shapes_range}")
+            raise InputError(f"DeadLeavesConfig.shapes_range must satisfy 1 <= low <= high, got {self.shapes_range}")
         rlo, rhi = self.radius_range
         if not 0 < rlo <= rhi:
-            raise ValueError(f"DeadLeavesConfig.radius_range must satisfy 0 < low <= high, got {self.radius_range}")
+            raise InputError(f"DeadLeavesConfig.radius_range must satisfy 0 < low <= high, got {self.radius_range}")
         if len(self.shape_probabilities) != 3 or min(self.shape_probabilities) < 0 or sum(self.shape_probabilities) <= 0:
-            raise ValueError("DeadLeavesConfig.shape_probabilities must be three non-negative numbers, not all 0")
+            raise InputError("DeadLeavesConfig.shape_probabilities must be three non-negative numbers, not all 0")
         for name in ("texture_probability", "blur_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"DeadLeavesConfig.{name} must lie in [0, 1], got {getattr(self, name)}")
+                raise InputError(f"DeadLeavesConfig.{name} must lie in [0, 1], got {getattr(self, name)}")
         if self.noise_std < 0 or self.alpha <= 1.0:
-            raise ValueError("DeadLeavesConfig: noise_std must be >= 0 and alpha > 1")
+            raise InputError("DeadLeavesConfig: noise_std must be >= 0 and alpha > 1")
 
 
 def _power_law(rng: np.random.Generator, n: int, lo: float, hi: float, alpha: float) -> np.ndarray:
@@ -85,12 +79,18 @@ def dead_leaves(size: int | tuple[int, int], rng: np.random.Generator,
     Args:
         size: side, or (height, width), in pixels.
         rng: source of all randomness.
-        config: shape, texture and noise settings.
+        config: shape, texture and noise settings (default ``DeadLeavesConfig()``).
+
+    Returns:
+        The scene, (H, W, 3) float32 RGB in [0, 1].
+
+    Raises:
+        InputError: a size that is not positive (a ``ValueError``).
     """
     cfg = config or DeadLeavesConfig()
     h, w = (size, size) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
     if h < 1 or w < 1:
-        raise ValueError(f"dead_leaves: size must be positive, got {size!r}")
+        raise InputError(f"dead_leaves: size must be positive, got {size!r}")
     side = float(max(h, w))
     n = int(rng.integers(cfg.shapes_range[0], cfg.shapes_range[1] + 1))
     saturation = float(rng.uniform(*cfg.saturation_range))

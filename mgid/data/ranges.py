@@ -8,22 +8,24 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from mgid.errors import InputError
+
 
 def check_range(owner: str, name: str, r: Sequence[float], lo: float | None = None, hi: float | None = None,
                 lo_open: bool = False) -> None:
     """Raise ``ValueError`` unless ``r`` is a finite (low, high) pair with low <= high, low >= ``lo`` (> with
     ``lo_open``) and high <= ``hi`` (None: no bound)."""
     if len(r) != 2:
-        raise ValueError(f"{owner}.{name} must be a (low, high) pair, got {r!r}")
+        raise InputError(f"{owner}.{name} must be a (low, high) pair, got {r!r}")
     a, b = float(r[0]), float(r[1])
     if not (math.isfinite(a) and math.isfinite(b)):
-        raise ValueError(f"{owner}.{name} must be finite, got {r!r}")
+        raise InputError(f"{owner}.{name} must be finite, got {r!r}")
     if a > b:
-        raise ValueError(f"{owner}.{name}: lower bound {a} is above upper bound {b}")
+        raise InputError(f"{owner}.{name}: lower bound {a} is above upper bound {b}")
     if lo is not None and (a <= lo if lo_open else a < lo):
-        raise ValueError(f"{owner}.{name}: {a} is below the allowed minimum {lo}{' (exclusive)' if lo_open else ''}")
+        raise InputError(f"{owner}.{name}: {a} is below the allowed minimum {lo}{' (exclusive)' if lo_open else ''}")
     if hi is not None and b > hi:
-        raise ValueError(f"{owner}.{name}: {b} is above the allowed maximum {hi}")
+        raise InputError(f"{owner}.{name}: {b} is above the allowed maximum {hi}")
 
 
 def check_value(owner: str, name: str, v: float, lo: float | None = None, hi: float | None = None,
@@ -38,4 +40,4 @@ def check_value(owner: str, name: str, v: float, lo: float | None = None, hi: fl
         lo_s = "-inf" if lo is None else str(lo)
         hi_s = "inf" if hi is None else str(hi)
         interval = f"{'(' if lo_open or lo is None else '['}{lo_s}, {hi_s}{')' if hi_open or hi is None else ']'}"
-        raise ValueError(f"{owner}.{name} must lie in {interval}, got {v}")
+        raise InputError(f"{owner}.{name} must lie in {interval}, got {v}")

@@ -1,23 +1,8 @@
 """Time-lapse training pairs rendered on the fly: a fresh background and two fresh rain frames per sample.
 
-`StreamingTimeLapse` is the embedded default's training set (``EmbeddedDataConfig.mode = "stream"``).
-Sample ``i`` of epoch ``e`` is made from a NumPy generator seeded with ``(seed, e, i)`` alone:
-
-1. a background of ``crop x crop`` pixels (`sample_background`): with each photo folder's share
-   (``photo_folders``, `mgid.data.photo_folders`) a region of one of its training photos; otherwise,
-   with probability ``procedural_probability`` a dead-leaves scene (`mgid.data.procedural`), else a
-   region of a bundled training photo (a region: random zoom, position, horizontal flip, 90-degree
-   turn and colour jitter), so no two samples share a background crop;
-2. two rainy frames of it, each with its own rain (streak positions, density, angle, length,
-   width, brightness, blur, layers; heavy rain with ``rain.heavy_probability``) and a mild
-   illumination change centred on the clean background (`mgid.data.synthetic_rain.add_rain`),
-   quantised to uint8 as a camera would store them.
-
-No state is kept between samples, so any number of DataLoader workers gives the same samples, a
-resumed run sees exactly the pairs an uninterrupted run would, and the data never repeats (every
-epoch draws new ones). ``len()`` is ``pairs_per_epoch``: it only sets how often an epoch ends
-(validation, new epoch seed). The clean backgrounds never reach the loss; `render` returns them
-for tests and pictures.
+`StreamingTimeLapse` is the embedded default's training set (``EmbeddedDataConfig.mode = "stream"``); sample
+``i`` of epoch ``e`` depends on ``(seed, e, i)`` alone. `sample_background`, `photo_background` and
+`jitter_colours` make its clean backgrounds. How a sample is made: docs/TRAIN.md, "Design notes".
 """
 from __future__ import annotations
 
@@ -26,6 +11,8 @@ from typing import Any
 
 import cv2
 import numpy as np
+
+from mgid.errors import InputError
 
 from .embedded import EmbeddedDataConfig, _float01, _uint8, split_photos
 from .imageio import to_tensor
@@ -121,7 +108,7 @@ class StreamingTimeLapse(_PairDataset):
                  seed: int = 0) -> None:
         super().__init__(crop_size, seed, flip=False)  # flips are part of the background sampling
         if self.crop is None:
-            raise ValueError("StreamingTimeLapse needs a crop_size (the side of the rendered frames)")
+            raise InputError("StreamingTimeLapse needs a crop_size (the side of the rendered frames)")
         self.config = config or EmbeddedDataConfig()
         self.photos = split_photos(self.config)[_TRAIN]
         self.folders = self.config.photo_sets(_TRAIN, min_side=min(self.crop))

@@ -13,6 +13,8 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
+from mgid.errors import InputError
+
 from .embedded import EmbeddedDataConfig, EmbeddedTimeLapse
 from .heldout_sets import HELDOUT_SETS, EmbeddedPairedSet, heldout_folder
 from .imageio import PathLike, write_image
@@ -53,7 +55,7 @@ def write_synthetic_dataset(out_dir: PathLike, *, config: EmbeddedDataConfig | N
         raise FileExistsError(f"{out} already contains {', '.join(existing)}/; choose an empty folder "
                               f"or pass overwrite=True")
     if layout not in EXPORT_LAYOUTS:
-        raise ValueError(f"layout must be one of {', '.join(EXPORT_LAYOUTS)}, got {layout!r}")
+        raise InputError(f"layout must be one of {', '.join(EXPORT_LAYOUTS)}, got {layout!r}")
     summary: dict[str, Any] = {"root": str(out), "seed": int(seed), "size": cfg.size,
                                "frames_per_scene": cfg.frames_per_scene, "layout": layout}
     files = 0

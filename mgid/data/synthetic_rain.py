@@ -1,39 +1,9 @@
 """Our synthetic rain renderer (NumPy + OpenCV), used to build time-lapse scenes from still photos.
 
-Model of one rainy frame, all values in [0, 1]:
-
-1. Illumination (mild global change between frames of a scene): ``B' = clip(gain * B + offset)``,
-   gain and offset centred on 1 and 0, so that what the frames of a scene agree on is the clean B.
-2. Veil (rain accumulated far away, optional per frame, off by default): ``B'' = B' * t + A * (1 - t)``
-   with transmission ``t`` and grey atmospheric light ``A``.
-3. Rain layer ``R`` (HxW): ``layers`` depth layers of straight streaks, each drawn anti-aliased with
-   ``cv2.line`` and motion-blurred along the fall direction with ``cv2.filter2D``. Near layers have
-   long, wide, bright, strongly blurred streaks; far layers short, thin, dim, dense ones. Layers are
-   combined by screen blending, ``R = 1 - prod_k (1 - R_k)``.
-4. Composite by screen blending: ``I = 1 - (1 - B'') * (1 - R)`` (rain only ever brightens).
-
-Per frame one fall angle is drawn (degrees from vertical, positive leans right going down) and each
-streak deviates from it by a small jitter; density, length, width, brightness and blur are drawn per
-frame too, so frames of one scene differ in all of them.
-
-Optional kinds of rain, each off by default and drawing nothing from the random stream while off (so
-that a configuration without them renders exactly what it rendered before they existed):
-
-- several fall directions in one frame (``directions_range``): the streaks are split among them;
-- long streaks (``long_probability``): fewer streaks, long enough to cross a 128-pixel crop;
-- drizzle (``drizzle_probability``): a dense layer of very short, thin, dim streaks;
-- near-camera streaks (``near_probability``): a few wide, soft (Gaussian-blurred), faint streaks;
-- the benchmarks' kind (``layer_probability``): the frame's rain is a Photoshop-style streak layer
-  (`mgid.data.layer_rain`, settings in ``layer``) *instead of* the streaks and kinds above, with that
-  renderer's own veil (see `add_rain`).
-
-Each of the first four is screened on top like a depth layer, so rain still only brightens, and the extra
-layers are dim or sparse so that, across two frames, most pixels stay clean in at least one of them (what
-the time-lapse objective needs; `rain_coverage` measures it). The layer kind replaces the streaks rather
-than adding to them so that a frame's coverage is that of one renderer, each bounded on its own.
-Everything is drawn from the ``numpy.random.Generator`` passed in, in a fixed order, so a seed
-reproduces a frame exactly.
-A 256x256 frame takes a few milliseconds.
+`add_rain` makes a rainy frame from a clean background; `render_rain_layer` renders the rain layer alone;
+`RainConfig` holds every setting (optional kinds of rain are off by default and then draw nothing from the random
+stream); `rain_coverage` measures how much of a frame, or of every frame of a scene, is rainy. The model:
+docs/RAIN.md, "Design notes".
 """
 from __future__ import annotations
 
@@ -42,6 +12,8 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+
+from mgid.errors import InputError
 
 from .layer_rain import LayerRainConfig, LayerVeil, apply_veil, render_layer_rain
 from .ranges import check_range
@@ -175,23 +147,23 @@ class RainConfig:
         for name in ("heavy_probability", "long_probability", "drizzle_probability", "near_probability",
                      "layer_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"RainConfig.{name} must lie in [0, 1], got {getattr(self, name)}")
+                raise InputError(f"RainConfig.{name} must lie in [0, 1], got {getattr(self, name)}")
         lo_dir, hi_dir = self.directions_range
         if int(lo_dir) != lo_dir or int(hi_dir) != hi_dir or not 1 <= lo_dir <= hi_dir:
-            raise ValueError(f"RainConfig.directions_range must be two whole numbers 1 <= low <= high, "
+            raise InputError(f"RainConfig.directions_range must be two whole numbers 1 <= low <= high, "
                              f"got {self.directions_range}")
         if self.layers < 1:
-            raise ValueError(f"RainConfig.layers must be >= 1, got {self.layers}")
+            raise InputError(f"RainConfig.layers must be >= 1, got {self.layers}")
         for name in ("angle_jitter", "length_jitter", "intensity_jitter", "far_scale", "far_intensity",
                      "veil_probability"):
             if getattr(self, name) < 0:
-                raise ValueError(f"RainConfig.{name} must be >= 0, got {getattr(self, name)}")
+                raise InputError(f"RainConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 < self.far_scale <= 1.0 or not 0.0 < self.far_intensity <= 1.0:
-            raise ValueError("RainConfig.far_scale and far_intensity must lie in (0, 1]")
+            raise InputError("RainConfig.far_scale and far_intensity must lie in (0, 1]")
         if self.length_jitter >= 1.0 or self.intensity_jitter > 1.0 or self.veil_probability > 1.0:
-            raise ValueError("RainConfig: length_jitter must be < 1, intensity_jitter and veil_probability <= 1")
+            raise InputError("RainConfig: length_jitter must be < 1, intensity_jitter and veil_probability <= 1")
         if not isinstance(self.layer, LayerRainConfig):
-            raise ValueError(f"RainConfig.layer must be a LayerRainConfig, got {type(self.layer).__name__}")
+            raise InputError(f"RainConfig.layer must be a LayerRainConfig, got {type(self.layer).__name__}")
 
 
 @dataclass(frozen=True)
@@ -215,6 +187,13 @@ def sample_frame_rain(rng: np.random.Generator, cfg: RainConfig) -> FrameRain:
     heavy rain keep their random streams) and a heavy frame takes density, length, width and blur from
     the ``heavy_*`` ranges. Then, likewise only with ``cfg.long_probability > 0``, a second coin makes it
     a long-streak frame, whose length and density come from the ``long_*`` ranges.
+
+    Args:
+        rng: source of every draw.
+        cfg: renderer settings.
+
+    Returns:
+        The frame's `FrameRain` (nearest-layer values and per-depth-layer scales).
     """
     u = lambda r: float(rng.uniform(r[0], r[1]))  # noqa: E731 - one uniform draw per range
     n = cfg.layers
@@ -240,9 +219,14 @@ def sample_frame_rain(rng: np.random.Generator, cfg: RainConfig) -> FrameRain:
 
 
 def motion_blur_kernel(length: float, angle_deg: float) -> np.ndarray | None:
-    """Normalised line kernel (k x k float32, k odd) that smears along ``angle_deg`` from vertical.
+    """Normalised line kernel that smears along a direction.
 
-    Returns ``None`` for ``length <= 1`` (no blur).
+    Args:
+        length: blur length in pixels.
+        angle_deg: direction in degrees from vertical, positive leaning right going down.
+
+    Returns:
+        A (k, k) float32 array, k odd, summing to 1; ``None`` for ``length <= 1`` (no blur).
     """
     if length <= 1.0:
         return None
@@ -320,13 +304,22 @@ def _extra_layer(h: int, w: int, rng: np.random.Generator, cfg: RainConfig, fr: 
 
 
 def render_rain_layer(h: int, w: int, rng: np.random.Generator, cfg: RainConfig | None = None) -> np.ndarray:
-    """Render one frame's rain layer R: float32 HxW in [0, 1] (0 = no rain).
+    """Render one frame's rain layer R (0 = no rain).
 
     Per-frame parameters come from `sample_frame_rain`. With ``cfg.directions_range`` above 1 the
     streaks are split among that many fall directions; drizzle and near-camera layers are added with
     their probabilities. All layers are combined by screen blending, ``R = 1 - prod (1 - R_k)``.
     With ``cfg.layer_probability > 0`` a coin is drawn first (only then) and a frame it picks is the
     layer rain of `mgid.data.layer_rain` instead (its veil needs an image: see `add_rain`).
+
+    Args:
+        h: frame height in pixels.
+        w: frame width in pixels.
+        rng: source of every draw (a seeded generator reproduces the frame).
+        cfg: renderer settings (default ``RainConfig()``).
+
+    Returns:
+        R, (H, W) float32 in [0, 1].
     """
     return _render_rain(h, w, rng, cfg or RainConfig())[0]
 
@@ -353,15 +346,32 @@ def _render_rain(h: int, w: int, rng: np.random.Generator, cfg: RainConfig) -> t
 
 
 def rain_coverage(rain: np.ndarray, threshold: float = 0.05) -> float:
-    """Share of pixels whose rain layer ``rain`` (HxW or (N, H, W) in [0, 1]) exceeds ``threshold``
-    (rain brighter than about 13 grey levels over a black background). For N frames of one scene,
-    ``rain_coverage(rain.min(axis=0))`` is the share of pixels rainy in *every* frame: the pixels the
-    time-lapse objective cannot see clean in any of them."""
+    """Share of pixels whose rain exceeds a threshold.
+
+    For N frames of one scene, ``rain_coverage(rain.min(axis=0))`` is the share of pixels rainy in *every*
+    frame: the pixels the time-lapse objective cannot see clean in any of them.
+
+    Args:
+        rain: rain layer(s), (H, W) or (N, H, W), values in [0, 1].
+        threshold: rain above it counts (default 0.05: about 13 grey levels over a black background).
+
+    Returns:
+        The share in [0, 1].
+    """
     return float((np.asarray(rain) > threshold).mean())
 
 
 def change_illumination(image: np.ndarray, rng: np.random.Generator, cfg: RainConfig) -> np.ndarray:
-    """Mild global illumination change: ``clip(gain * image + offset, 0, 1)``, HxWx3 float32."""
+    """Mild global illumination change: ``clip(gain * image + offset, 0, 1)``.
+
+    Args:
+        image: (H, W, 3) float32 in [0, 1].
+        rng: source of the gain and offset draws.
+        cfg: renderer settings (``gain_range``, ``offset_range``).
+
+    Returns:
+        The changed image, (H, W, 3) float32 in [0, 1].
+    """
     gain = rng.uniform(*cfg.gain_range)
     offset = rng.uniform(*cfg.offset_range)
     return np.clip(image * np.float32(gain) + np.float32(offset), 0.0, 1.0).astype(np.float32)
@@ -372,21 +382,24 @@ def add_rain(clean: np.ndarray, rng: np.random.Generator, cfg: RainConfig | None
     """Make a rainy frame from a clean background.
 
     Args:
-        clean: HxWx3 float in [0, 1] (the background B).
+        clean: (H, W, 3) float in [0, 1] (the background B).
         rng: source of all randomness (a seeded generator reproduces the frame).
-        cfg: renderer settings.
+        cfg: renderer settings (default ``RainConfig()``).
         illumination: apply the per-frame gain/offset change (off for paired clean/rainy sets,
             where the clean image must be the exact background).
         veil: allow a veil (still subject to ``cfg.veil_probability``, and for a layer-rain frame to
             ``cfg.layer.veil_probability``; its values are drawn either way, so the stream is the same).
 
     Returns:
-        ``(rainy, rain)``: rainy HxWx3 float32 in [0, 1] and the rain layer R, HxW float32 in [0, 1].
+        ``(rainy, rain)``: rainy (H, W, 3) float32 in [0, 1] and the rain layer R, (H, W) float32 in [0, 1].
+
+    Raises:
+        InputError: ``clean`` is not (H, W, 3) (a ``ValueError``).
     """
     cfg = cfg or RainConfig()
     img = np.asarray(clean, dtype=np.float32)
     if img.ndim != 3 or img.shape[2] != 3:
-        raise ValueError(f"add_rain expects an HxWx3 image in [0, 1], got shape {img.shape}")
+        raise InputError(f"add_rain expects an HxWx3 image in [0, 1], got shape {img.shape}")
     h, w = img.shape[:2]
     # Draw order is fixed (illumination, veil, rain) so a seed gives the same frame every time.
     if illumination:

@@ -1,14 +1,8 @@
 """A synthetic static camera: clips of one still scene under rain, with their clean frames.
 
-The stand-in for a user's fixed camera (traffic, security, webcam footage), made here because no real
-rainy footage can be downloaded: a fixed region of a photo scikit-image ships, seen through a sensor with
-a little noise, under slowly drifting illumination, with rain rendered afresh in every frame by
-`mgid.data.synthetic_rain`. Two clips of one `StaticCamera` with different seeds are two recordings of
-the same camera (other rain, other noise, another phase of the drift): one to fine-tune on, one held out.
-The clean frame t is the scene under frame t's illumination, without rain or noise: the exact target.
-
-A camera with ``pan_px_per_frame > 0`` moves (the region slides sideways), for the static-camera check.
-`write_clip` encodes a clip as a video file (H.264 by default) with an optional audio tone.
+`StaticCamera` renders a clip (rain from `mgid.data.synthetic_rain` afresh in every frame, and the clean frame
+under the same illumination as the exact target); two seeds are two recordings of the same camera. `write_clip`
+encodes a clip as a video file. What it stands in for: docs/TRAIN.md, "Design notes".
 """
 from __future__ import annotations
 
@@ -20,6 +14,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from mgid.errors import InputError
 
 from .photos import load_photo
 from .synthetic_rain import RainConfig, add_rain
@@ -56,7 +52,7 @@ class StaticCamera:
     def __post_init__(self) -> None:
         h, w = self.size
         if h < 16 or w < 16 or self.frames < 1 or self.fps <= 0 or self.zoom <= 0:
-            raise ValueError(f"StaticCamera: need size >= 16x16, frames >= 1, fps > 0, zoom > 0; got {self}")
+            raise InputError(f"StaticCamera: need size >= 16x16, frames >= 1, fps > 0, zoom > 0; got {self}")
 
 
 def scene(camera: StaticCamera, seed: int = 0) -> np.ndarray:

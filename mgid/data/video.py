@@ -1,18 +1,10 @@
 """Video in and out, streamed frame by frame: `open_frames` reads a video file or a folder of frames,
 `FrameWriter` writes one, atomically.
 
-Video files go through PyAV (FFmpeg, bundled in its wheel, so nothing is installed by hand): unlike
-OpenCV's video I/O it reads and writes audio, and it exposes the stream's frame rate and codec. Frames
-are decoded and encoded one at a time, so a long video never sits in memory; the audio packets of the
-input are copied into the output as they are demuxed, between the video frames (no re-encoding, so
-the track is kept bit for bit where the output container accepts its codec, and re-encoded otherwise).
-
-Frames are HxWx3 uint8 RGB NumPy arrays throughout. A folder of images (any suffix `mgid.data.imageio`
-reads, in name order) stands for a video without audio; its frame rate is given by the caller.
-
-Output is written under a temporary name beside the final one (``.NAME.partial.SUFFIX``, or
-``.NAME.partial/`` for a folder) and renamed on success, so an interrupted run leaves no half file under
-the final name; on an error the temporary output is removed.
+Video files go through PyAV (FFmpeg bundled in its wheel); the input's audio is copied into the output. Frames are
+(H, W, 3) uint8 RGB NumPy arrays throughout. A folder of images (any suffix `mgid.data.imageio` reads, in name
+order) stands for a video without audio; its frame rate is given by the caller. Output goes to a temporary name
+and is renamed on success. Why PyAV, and the audio and temporary-name details: docs/TRAIN.md, "Design notes".
 """
 from __future__ import annotations
 
@@ -238,7 +230,7 @@ def check_output(path: str | Path) -> Path:
 
 class FrameWriter:
     """Writes frames (HxWx3 uint8 RGB) to a video file (container and codec from the suffix, `CONTAINERS`)
-    or, for a name without suffix, to a folder of PNG frames; atomically (see the module docstring).
+    or, for a name without suffix, to a folder of PNG frames; atomically (under ``.NAME.partial``, renamed).
 
     Use as a context manager: leaving it normally renames the output into place, leaving it by an
     exception removes the partial output. ``audio_from``: the input's PyAV audio stream, whose packets

@@ -1,13 +1,9 @@
 """Static-camera clips as time-lapse scenes: the training data of ``mgid finetune``.
 
-A clip of a fixed camera under rain is what MGID trains on: one static scene, many frames, changing
-rain, no clean frame. `extract_scenes` samples up to ``frames_per_clip`` frames spread evenly over each
-clip (so any two are at least ``clip length / frames_per_clip`` apart in time: their rain is
-independent), checks that the camera did not move (`camera_shifts`, phase correlation of each sampled
-frame against the first), and writes them as one scene folder per clip (``ROOT/<clip>/frame_XXXXXX.png``,
-the "scenes" layout of `mgid.data.folders.TimeLapseFolder`, which draws pairs of two frames of one
-scene with random crops). Decoding is streamed: only the sampled frames are converted, and each is
-written as soon as it is decoded, so a long clip never sits in memory.
+`extract_scenes` samples up to ``frames_per_clip`` frames spread evenly over each clip, checks with
+`camera_shifts` that the camera did not move (`MovingCameraError`), and writes one scene folder per clip
+(``ROOT/<NN>_<clip>/frame_XXXXXX.png``, the ``"scenes"`` layout of `mgid.data.folders.TimeLapseFolder`),
+streaming the decode. Why evenly spread frames: docs/TRAIN.md, "Design notes".
 """
 from __future__ import annotations
 
@@ -129,12 +125,26 @@ def _extract_one(clip: Path, folder: Path, count: int, max_shift: float, fps: fl
 
 def extract_scenes(clips: Sequence[str | Path], root: str | Path, frames_per_clip: int = 64,
                    max_shift: float = 1.0, fps: float | None = None) -> list[ClipScene]:
-    """Write each clip's sampled frames to ``root/<NN>_<clip name>/`` (see the module docstring) and return
-    what was taken; a `MovingCameraError` names the clip, the frame and the shift it measured.
+    """Write each clip's sampled frames to ``root/<NN>_<clip name>/`` and return what was taken.
 
-    The folder is built under a temporary name and renamed when every clip passed, so it never holds a
-    partial set; when ``root`` already holds the frames of the same clips (same files, sizes, times) and
-    settings, they are reused as they are (a resumed fine-tuning run).
+    Frames are spread evenly over the clip, so any two are at least ``clip length / frames_per_clip`` apart and
+    their rain is independent. The folder is built under a temporary name and renamed when every clip passed, so
+    it never holds a partial set; when ``root`` already holds the frames of the same clips (same files, sizes,
+    times) and settings, they are reused as they are (a resumed fine-tuning run).
+
+    Args:
+        clips: the video files (or frame folders) of a static camera.
+        root: the folder to write.
+        frames_per_clip: frames sampled per clip, at most.
+        max_shift: largest camera shift in pixels tolerated between a sampled frame and the first.
+        fps: frame rate of a frame folder (or of a file that stores none).
+
+    Returns:
+        One `ClipScene` per clip.
+
+    Raises:
+        MovingCameraError: a camera moved; it names the clip, the frame and the shift it measured.
+        mgid.data.video.VideoError: no clips, fewer than 2 frames per clip, a missing or unreadable clip.
     """
     if not clips:
         raise VideoError("no clips given; pass --video CLIP [CLIP ...] (video files or folders of frames)")

@@ -1,14 +1,9 @@
 """Which runtime ``mgid derain --backend auto`` (the default) runs: PyTorch, or onnxruntime where it measured faster.
 
-`choose_backend` decides from what is given and from the speed record ``backend_speed.json`` beside this module
-(seconds per megapixel of `mgid.load_model` and of onnxruntime's CPU provider on the same 1 MP photo, per CPU kind
-and arithmetic, written by ``python -m benchmarks.bench_derain --write-record``):
-
-* an ``.onnx`` file runs in onnxruntime (the only runtime that reads it);
-* a GPU, or bf16 (onnxruntime's CPU provider computes in fp32), runs in PyTorch;
-* fp32 on a CPU: onnxruntime when the record has this CPU kind (``fp32/avx512`` or ``fp32/avx2``, `cpu_kind`) and
-  onnxruntime was faster there by more than `SWITCH_MARGIN`, else PyTorch. A PyTorch checkpoint is then exported once to the tiling graph in the
-  user's cache (`cached_onnx_export`).
+`choose_backend` decides from the weights, the device, the precision and the speed record ``backend_speed.json``
+beside this module (per CPU kind, `cpu_kind`; the margin `SWITCH_MARGIN`); a PyTorch checkpoint that should run
+in onnxruntime is exported once into the user's cache (`cached_onnx_export`). The rules: docs/DEPLOY.md,
+"Design notes".
 """
 from __future__ import annotations
 
@@ -20,6 +15,7 @@ from typing import Literal, get_args
 
 import torch
 
+from mgid.errors import InputError
 from mgid.precision import cpu_info, resolve_precision
 
 Backend = Literal["auto", "torch", "onnxruntime"]
@@ -59,7 +55,7 @@ def choose_backend(backend: str, weights: str | Path | None, device: str | torch
     """The runtime of ``backend`` (one of `BACKENDS`; ValueError otherwise) for ``weights`` on ``device`` at
     ``precision`` (module doc); ``record``: the speed record (None: `read_speed_record`)."""
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend != "auto":
         return BackendChoice(backend, "set explicitly")
     if weights is not None and Path(weights).suffix.lower() == ".onnx":

@@ -1,18 +1,11 @@
 """De-raining image files on disk: which files an INPUT names, where their results go, the loop.
 
-The library behind ``mgid derain`` (the command only parses arguments and prints):
-
-* `plan_derain` turns INPUT (a file, a folder searched recursively, or a glob) and OUTPUT (a folder,
-  or with a single file INPUT a file name with the same suffix) into a checked `DerainPlan`: one
-  `Job` per input file, named ``<stem><suffix><ext>`` (``suffix`` empty by default: the input's name), no
-  output on an input, no two outputs on one path, no existing output without ``overwrite``. Its parts are
-  `collect_inputs`, `plan_jobs` and `check_jobs`.
-* `derain_files` de-rains the jobs with a `mgid.derain.derainer.Derainer`, writes each result (and the
-  rain layer / comparison picture when asked for) through `mgid.data.write_image`, which writes
-  atomically, and returns a `DerainReport`: files done, files skipped with the reason (not an image,
-  unreadable, out of memory, not writable). One bad file never stops the others. A result is upright (the
-  EXIF orientation applied) and keeps its input's EXIF (Orientation 1) and ICC profile where the format holds
-  them (JPEG, PNG, WebP: `mgid.data.imageio.read_photo`).
+The library behind ``mgid derain``: `plan_derain` turns INPUT (a file, a folder searched recursively, or a glob)
+and OUTPUT into a checked `DerainPlan`, one `Job` per input file (no output on an input, no two outputs on one
+path, no existing output without ``overwrite``; its parts are `collect_inputs`, `plan_jobs` and `check_jobs`).
+`derain_files` de-rains the jobs with a `mgid.derain.derainer.Derainer`, writes each result atomically (upright,
+with its input's EXIF and ICC profile where the format holds them) and returns a `DerainReport` of the files done
+and skipped with the reason; one bad file never stops the others.
 """
 from __future__ import annotations
 
@@ -208,12 +201,24 @@ def _without_earlier_results(jobs: list[Job], all_files: list[Path]) -> tuple[li
 
 def plan_derain(input_spec: str, output: str | Path, save_rain: bool = False, compare: bool = False,
                 overwrite: bool = False, suffix: str = "") -> DerainPlan:
-    """The checked jobs of de-raining INPUT into OUTPUT (see the module docstring); writes nothing.
+    """The checked jobs of de-raining INPUT into OUTPUT; writes nothing.
 
-    OUTPUT is a result file name exactly when INPUT is one file and OUTPUT has an image suffix and is
-    not an existing folder; it must then keep INPUT's suffix. Results in an OUTPUT folder are named
-    ``<stem><suffix><ext>``; with a ``suffix`` OUTPUT may be INPUT's folder, and input files named as another
-    input's result are left out as earlier results (counted in `DerainPlan.ignored`).
+    INPUT is a file, a folder searched recursively, or a glob. OUTPUT is a result file name exactly when INPUT
+    is one file and OUTPUT has an image suffix and is not an existing folder; it must then keep INPUT's suffix.
+    Results in an OUTPUT folder are named ``<stem><suffix><ext>``; with a ``suffix`` OUTPUT may be INPUT's folder,
+    and input files named as another input's result are left out as earlier results (counted in
+    `DerainPlan.ignored`).
+
+    Args:
+        input_spec: INPUT.
+        output: OUTPUT, a folder or (for one input file) a file name with the same suffix.
+        save_rain: also plan the rain layer's file of each result.
+        compare: also plan a comparison picture of each result.
+        overwrite: allow replacing existing outputs.
+        suffix: added to each result's stem (empty: the input's name).
+
+    Returns:
+        The checked `DerainPlan`.
 
     Raises:
         PlanError: an existing file as OUTPUT folder, a format change, a ``suffix`` with a path separator or

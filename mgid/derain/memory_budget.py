@@ -6,9 +6,8 @@
   ``fixed_bytes + bytes_per_pixel * P``; tiled, ``tiled_image_bytes_per_pixel * P`` for the buffers kept at the
   image's size plus ``bytes_per_pixel * T^2 + tile_extra_bytes`` for a T x T tile. Tiled de-raining of a NumPy
   image streams (`mgid.derain.tiling.stream_rain`): the buffers of the image's size are only its uint8 results
-  (`STREAMED_IMAGE_BYTES_PER_PIXEL`, the planned number's floor), not float copies of the image and of the blend
-  (44 bytes per pixel before issue 27). Measured at two widths (the shipped network's and a narrow one: the activations grow with the
-  width, the image-sized buffers do not), and interpolated linearly in the width of the network at hand.
+  (`STREAMED_IMAGE_BYTES_PER_PIXEL`, the planned number's floor). Measured at two widths (the shipped network's and
+  a narrow one) and interpolated linearly in the width of the network at hand.
 * `process_memory_limit`: what this process may still allocate, and which limit says so (`MemoryLimit`): the
   smallest of the system's available physical memory, the room under the process's cgroup limit (v2
   ``memory.max``, v1 ``memory.limit_in_bytes``) and the address space left under ``RLIMIT_AS`` (``ulimit -v``);
@@ -39,37 +38,28 @@ from pathlib import Path
 import psutil
 import torch
 
-from mgid.errors import MgidError
+from mgid.errors import InputError, MgidError
 
 #: The measured memory of de-raining that ``--tile auto`` sizes tiles by (written by
 #: ``benchmarks/bench_derain_memory.py --update-record``, which names its report as the source).
 MEMORY_RECORD = Path(__file__).resolve().parent / "inference_memory.json"
 #: Share of its budget ``--tile auto`` plans to use: of the memory available when no ``--max-memory`` is given, and
-#: of an explicit ``--max-memory``. The rest is a margin for the measurement's spread and for other programs: the
-#: measured costs leave some of a run's peak unaccounted for, and the peak spreads from run to run (a 12-megapixel
-#: photo through the tiny test network, tests/derain/test_memory_budget.py, planned at the whole 700 MB peaked
-#: 632-726 MB above its baseline in six runs, planned at 90 % 624-713 MB, planned at 80 % 575-616 MB), so the peak
-#: stays under the budget the user gave.
+#: of an explicit ``--max-memory``; the rest is a margin for the measurement's spread and for other programs
+#: (docs/DERAIN.md, "Tiles and memory").
 PLANNED_SHARE = 0.8
 #: Smallest tile ``--tile auto`` picks, and the floor of the retries after an out-of-memory error (`smallest_tile`:
 #: also more than twice the overlap): below it the tiles' overlaps and the statistics pass cost more than the
 #: tiles themselves; an image that does not fit with it is refused (`MemoryBudgetError`).
 MIN_AUTO_TILE = 128
-#: Address space a worker thread of torch reserves beyond what it keeps resident, counted once per thread where
-#: the binding limit is ``RLIMIT_AS``: glibc gives each thread that allocates its own 64 MB malloc arena, plus an
-#: 8 MB stack, both mapped but mostly untouched. Measured (docs/DERAIN.md, "Tiles and memory"): a first tiled
-#: de-raining in a fresh process grew the address space by 66, 210 and 497 MB more than its resident memory with
-#: 2, 4 and 8 threads (the tiny test network; 3, 58 and 323 MB with the shipped one, whose loading had already
-#: started some threads), at most 71 MB per thread beyond the first, and by 4-6 MB less with one thread.
+#: Address space a worker thread of torch reserves beyond what it keeps resident, counted once per thread beyond the
+#: first where the binding limit is ``RLIMIT_AS``: a 64 MB glibc malloc arena plus an 8 MB stack (measured:
+#: docs/DERAIN.md, "Tiles and memory").
 ADDRESS_SPACE_PER_THREAD = 72 << 20
 
 #: Bytes per image pixel that tiled de-raining keeps at the image's size beyond the input: the uint8 de-rained image
-#: and the uint8 rain layer that ``mgid derain`` (`mgid.derain.derainer.Derainer.derain_with_rain`) fills, 3 bytes
-#: each (a 16-bit image's result takes 6). The tiles are converted to floats from the input as they are needed, and
-#: the blend is a float band of one row of tiles (12 bytes x tile x image width: 77 MB for 800-pixel tiles across
-#: 8000 pixels), which the measured tile costs cover (see docs/DERAIN.md, "Tiles and memory"). The floor of the
-#: planned ``tiled_image_bytes_per_pixel`` (`benchmarks/bench_derain_memory.py`): at the benchmark's sizes the
-#: slope of a few megapixels is within the measurement's spread.
+#: and the uint8 rain layer that ``mgid derain`` (`mgid.derain.derainer.BaseDerainer.derain_with_rain`) fills, 3
+#: bytes each. The floor of the planned ``tiled_image_bytes_per_pixel`` (`benchmarks/bench_derain_memory.py`; why:
+#: docs/DERAIN.md, "Tiles and memory").
 STREAMED_IMAGE_BYTES_PER_PIXEL = 6
 
 #: Names of the limits `process_memory_limit` reads, as the budget line prints them.
@@ -89,8 +79,13 @@ PROC_SELF_STATUS = Path("/proc/self/status")
 #: convolutions say "could not create a primitive" when their buffers cannot be allocated, as under ``ulimit -v``)
 #: or a cv2.error.
 _OOM_MESSAGES = ("DefaultCPUAllocator", "can't allocate memory", "out of memory", "not enough memory",
-                 "Insufficient memory", "Failed to allocate", "could not create a primitive")
+                 "Insufficient memory", "Failed to allocate", "could not create a primitive",
+                 "Cannot allocate memory")  # the last: NNPACK's workspace (posix_memalign, errno ENOMEM)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+class MemoryRecordError(MgidError, RuntimeError):
+    """The measured memory record `--tile auto` plans from is missing or unreadable."""
 
 
 class MemoryBudgetError(MgidError, MemoryError):
@@ -147,23 +142,47 @@ class MemoryBudget:
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """True when ``exc`` says an allocation failed (the image needs more memory than there is)."""
+    """Whether an exception is an allocation failure (the image needs more memory than there is).
+
+    Args:
+        exc: the exception.
+
+    Returns:
+        True for torch's ``OutOfMemoryError``, ``MemoryError`` and exceptions whose message names an allocation
+        failure (`_OOM_MESSAGES`).
+    """
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True
     return isinstance(exc, Exception) and any(m in str(exc) for m in _OOM_MESSAGES)
 
 
 def parse_bytes(text: str) -> int:
-    """``"4G"``, ``"4GB"``, ``"4 GiB"``, ``"512M"``, ``"1.5g"``, ``"1000000"`` -> bytes (binary units);
-    ValueError for anything else or a size that is not positive."""
+    """A memory size in bytes (``--max-memory``).
+
+    Args:
+        text: ``"4G"``, ``"4GB"``, ``"4 GiB"``, ``"512M"``, ``"1.5g"``, ``"1000000"`` (binary units).
+
+    Returns:
+        Bytes.
+
+    Raises:
+        InputError: anything else, or a size that is not positive.
+    """
     m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?)(?:I?B)?\s*", str(text), re.IGNORECASE)
     if not m or float(m.group(1)) <= 0:
-        raise ValueError(f"expected a memory size such as 4G, 512M or 1.5GB, got {text!r}")
+        raise InputError(f"expected a memory size such as 4G, 512M or 1.5GB, got {text!r}")
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
 def format_bytes(n: float) -> str:
-    """Bytes for messages: ``"3.2 GB"`` (binary units)."""
+    """Bytes for messages.
+
+    Args:
+        n: bytes.
+
+    Returns:
+        E.g. ``"3.2 GB"`` (binary units: TB, GB, MB, else KB).
+    """
     for unit, size in (("TB", 1 << 40), ("GB", 1 << 30), ("MB", 1 << 20)):
         if abs(n) >= size:
             return f"{n / size:.1f} {unit}"
@@ -182,11 +201,26 @@ class MemoryCosts:
     source: str
 
     def whole(self, pixels: int) -> float:
-        """Bytes to de-rain ``pixels`` (batch x padded H x W) in one pass."""
+        """Bytes to de-rain images in one pass.
+
+        Args:
+            pixels: batch x padded H x W.
+
+        Returns:
+            ``fixed_bytes + bytes_per_pixel * pixels``.
+        """
         return self.fixed_bytes + self.bytes_per_pixel * pixels
 
     def tiled(self, pixels: int, tile_pixels: int) -> float:
-        """Bytes to de-rain ``pixels`` in tiles of ``tile_pixels`` (batch included in both)."""
+        """Bytes to de-rain images in tiles.
+
+        Args:
+            pixels: batch x padded H x W.
+            tile_pixels: batch x the pixels of one tile.
+
+        Returns:
+            ``tile_extra_bytes + tiled_image_bytes_per_pixel * pixels + bytes_per_pixel * tile_pixels``.
+        """
         return self.tile_extra_bytes + self.tiled_image_bytes_per_pixel * pixels + self.bytes_per_pixel * tile_pixels
 
 
@@ -195,7 +229,7 @@ def _record() -> dict:
     try:
         record = json.loads(MEMORY_RECORD.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise RuntimeError(f"{MEMORY_RECORD} (the measured memory --tile auto needs) is missing or unreadable "
+        raise MemoryRecordError(f"{MEMORY_RECORD} (the measured memory --tile auto needs) is missing or unreadable "
                            f"({exc}); reinstall mgid or measure it: python -m benchmarks.bench_derain_memory "
                            f"--update-record") from exc
     _warn_if_other_code(record.get("inference_code_sha256"))
@@ -209,7 +243,11 @@ MEMORY_SOURCES = ("models/mgid.py", "models/encoder.py", "models/decoder.py", "m
 
 
 def inference_code_sha256() -> str:
-    """SHA-256 of `MEMORY_SOURCES` (their text, line endings normalised), the fingerprint the memory record keeps."""
+    """The fingerprint the memory record keeps of the inference code.
+
+    Returns:
+        The SHA-256 (hex) of `MEMORY_SOURCES`: their names and texts, line endings normalised.
+    """
     package = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
     for name in MEMORY_SOURCES:
@@ -229,7 +267,15 @@ def _warn_if_other_code(recorded: str | None) -> None:
 
 
 def variant_name(precision: str, channels_last: bool) -> str:
-    """The benchmark's name of an arithmetic: ``fp32``, ``fp32+cl``, ``bf16``, ``bf16+cl``."""
+    """The benchmark's name of an arithmetic.
+
+    Args:
+        precision: ``"fp32"`` or ``"bf16"``.
+        channels_last: whether channels_last.
+
+    Returns:
+        ``fp32``, ``fp32+cl``, ``bf16`` or ``bf16+cl``.
+    """
     return precision + ("+cl" if channels_last else "")
 
 
@@ -237,10 +283,21 @@ _COST_FIELDS = ("bytes_per_pixel", "fixed_bytes", "tiled_image_bytes_per_pixel",
 
 
 def load_costs(precision: str, channels_last: bool, channels: int) -> MemoryCosts:
-    """The `MemoryCosts` of a resolved arithmetic (``fp32``/``bf16``, channels_last) for a network ``channels``
-    wide: each number interpolated (or extrapolated) linearly in the width between the two measured widths,
-    never below the narrower width's. A variant the record lacks (bf16 is measured only where a CPU has it
-    natively) takes the largest measured cost, which the source then says."""
+    """The measured costs of an arithmetic and network width, from `MEMORY_RECORD`.
+
+    Args:
+        precision: ``"fp32"`` or ``"bf16"`` (resolved).
+        channels_last: whether channels_last.
+        channels: the network's width.
+
+    Returns:
+        Each number interpolated (or extrapolated) linearly in the width between the two measured widths, never
+        below the narrower width's. A variant the record lacks (bf16 is measured only where a CPU has it natively)
+        takes the largest measured cost, which ``source`` then says.
+
+    Raises:
+        MemoryRecordError: the record is missing or unreadable.
+    """
     record = _record()
     variants = record["variants"]
     name = variant_name(precision, channels_last)
@@ -436,13 +493,9 @@ def retry_tile(failed: int, overlap: int) -> int | None:
 
 
 #: Size from which glibc serves an allocation from its own ``mmap`` once `mmap_large_buffers` has run: freed, it goes
-#: back to the system at once. Without it glibc raises its threshold to the largest block freed so far (up to 32 MB),
-#: so after the first tile most of a tile's activations come from the heap, which fragments from tile to tile: with
-#: the tiny test network, 1008-pixel tiles over a 2000x2000 image grew the address space by 376-442 MB (the same
-#: tile on a 1008x1008 image, whole: 222 MB), with a 1 MB threshold by 221 MB; the shipped network, bf16, 736-pixel
-#: tiles over 2000x2000: 395-459 MB, 335 MB with it. The price is page faults: 20-25 % more time in that run (7.6-8.3
-#: -> 9.8-10.0 s, two threads), so it is set only under a limit past which an allocation fails
-#: (`MemoryLimit.is_hard`; `mgid.derain.derainer.Derainer` checks before each NumPy image).
+#: back to the system at once instead of fragmenting the heap from tile to tile. It costs page faults, so it is set
+#: only under a limit past which an allocation fails (`MemoryLimit.is_hard`; `mgid.derain.derainer.BaseDerainer`
+#: checks before each NumPy image). Measured: docs/DERAIN.md, "Tiles and memory".
 MMAP_THRESHOLD = 1 << 20
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 
@@ -451,7 +504,7 @@ _M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 def mmap_large_buffers() -> bool:
     """Have glibc serve allocations of `MMAP_THRESHOLD` bytes or more by ``mmap`` from now on, for the whole
     process, so the memory of a finished tile goes back to the system instead of fragmenting the heap
-    (`mgid.derain.derainer.Derainer` does it before it de-rains a NumPy image under a hard limit,
+    (`mgid.derain.derainer.BaseDerainer` does it before it de-rains a NumPy image under a hard limit,
     `MemoryLimit.is_hard`; set once per process).
 
     Returns:

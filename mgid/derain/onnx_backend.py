@@ -1,18 +1,17 @@
-"""De-raining with onnxruntime: `OnnxDerainer`, a `mgid.derain.derainer.Derainer` running a file of `mgid.derain.onnx_export`.
+"""De-raining with onnxruntime: `OnnxDerainer`, the sibling of the PyTorch `mgid.derain.derainer.Derainer`.
 
     >>> from mgid.derain.onnx_backend import load_onnx_derainer
     >>> derainer = load_onnx_derainer("mgid.onnx", tile=512)   # by `mgid export --tiling-inputs --onnx mgid.onnx`
     >>> clean = derainer.derain(rgb)                            # HxWx3 uint8 RGB in and out, as Derainer
 
-Same interface and the same results as the PyTorch `Derainer` in fp32 (to float rounding, ~1e-6 on the
-[-1, 1] scale): `derain`, `rain_layer` and `derain_with_rain` are Derainer's own methods; only the network
-pass differs. Images of any size are padded to multiples of 8 here (the graph takes multiples of 8 only,
-see `mgid.derain.onnx_export`) with the model's ``pad_mode`` and cropped back, as `MGIDNet.forward` does. Tiling is
-`mgid.derain.tiling.tiled_rain` itself (streamed for NumPy images: `mgid.derain.tiling.stream_tiled_rain`), given
-two callables that run the session: the whole image's instance-norm
-statistics are gathered from the graph's ``pre_norm_query`` output (from the encoder alone, a subgraph extracted
-at load time when the ``onnx`` package is installed, see `_encoder_session`) and fed back through its
-``norm_mean``/``norm_var`` inputs, so tiled results match the torch path's tiled results, not just its untiled ones.
+Both derainers are `mgid.derain.derainer.BaseDerainer`s: `derain`, `rain_layer` and `derain_with_rain`, the tiling
+settings and the memory budget are the base's; only the network pass differs, and the results equal the PyTorch
+`Derainer`'s in fp32 to float rounding (~1e-6 on the [-1, 1] scale). The file must be the tiling graph of
+`mgid.derain.onnx_export` (``--tiling-inputs``), which takes images (B, 3, H, W) with H and W multiples of 8: images
+are padded here with the model's ``pad_mode`` and cropped back, as `MGIDNet.forward` does. Tiles are blended by
+`mgid.derain.tiling.tiled_rain` / `mgid.derain.tiling.stream_tiled_rain` themselves, with the whole image's
+instance-norm statistics (from the graph's ``pre_norm_query`` output, fed back through its ``norm_mean`` /
+``norm_var`` inputs), so tiled results match the PyTorch path's tiled results.
 
 Runs on the CPU (``CPUExecutionProvider``) in float32: ``device`` is ``cpu``, ``precision`` ``fp32``,
 ``channels_last`` False; tensors on another device are copied to the CPU and the result copied back.
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mgid.derain.derainer import Derainer, check_max_memory, check_self_ensemble, check_tile
+from mgid.derain.derainer import BaseDerainer
 from mgid.derain.onnx_graphs import IMAGE_FILTER, TILING
 from mgid.derain.tiling import (
     DEFAULT_OVERLAP,
@@ -38,7 +37,7 @@ from mgid.derain.tiling import (
     tile_geometry,
     tiled_rain,
 )
-from mgid.errors import MgidError
+from mgid.errors import InputError, MgidError, MissingDependencyError
 from mgid.models import DOWNSAMPLE, ModelConfig, NormStats, image_size_problem, pad_to_multiple
 from mgid.precision import Arithmetic
 
@@ -50,11 +49,19 @@ class OnnxModelError(MgidError, ValueError):
 
 
 def import_onnxruntime() -> Any:
-    """The ``onnxruntime`` module; ModuleNotFoundError saying ``pip install onnxruntime`` when it is missing."""
+    """The ``onnxruntime`` module.
+
+    Returns:
+        The module.
+
+    Raises:
+        mgid.errors.MissingDependencyError: it is not installed (a ModuleNotFoundError saying
+            ``pip install onnxruntime``).
+    """
     try:
         import onnxruntime
     except ImportError as err:
-        raise ModuleNotFoundError(_NO_ORT) from err
+        raise MissingDependencyError(_NO_ORT) from err
     return onnxruntime
 
 
@@ -72,11 +79,21 @@ def _check_file(path: Path) -> None:
 
 
 def open_session(path: str | Path, threads: int | None = None) -> Any:
-    """An ``onnxruntime.InferenceSession`` (CPU) of ONNX file ``path``, checked to be the tiling graph of
-    `mgid.derain.onnx_export` (``--tiling-inputs``; an image filter, the default export, is refused with a message saying so).
+    """An onnxruntime session of an ONNX file, checked to be the tiling graph of `mgid.derain.onnx_export`.
 
-    ``threads``: intra-op threads (None: onnxruntime's default, one per physical core).
-    Raises FileNotFoundError, `OnnxModelError` (not ONNX / not an mgid export) or ModuleNotFoundError.
+    Args:
+        path: the ``.onnx`` file (``mgid export --tiling-inputs``).
+        threads: intra-op threads (None, the default: onnxruntime's, one per physical core).
+
+    Returns:
+        An ``onnxruntime.InferenceSession`` on the ``CPUExecutionProvider``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        OnnxModelError: not an ONNX model, not an mgid export, an image filter (the default export, refused with a
+            message saying so) or another graph format.
+        InputError: ``threads`` < 1.
+        mgid.errors.MissingDependencyError: onnxruntime is not installed.
     """
     ort = import_onnxruntime()
     path = Path(path).expanduser()
@@ -84,7 +101,7 @@ def open_session(path: str | Path, threads: int | None = None) -> Any:
     options = ort.SessionOptions()
     if threads is not None:
         if int(threads) < 1:
-            raise ValueError(f"threads must be >= 1 (or None for onnxruntime's default), got {threads}")
+            raise InputError(f"threads must be >= 1 (or None for onnxruntime's default), got {threads}")
         options.intra_op_num_threads = int(threads)
     options.log_severity_level = 3  # errors only: its warnings about unused initialisers are not the user's
     try:
@@ -110,13 +127,16 @@ def open_session(path: str | Path, threads: int | None = None) -> Any:
 
 
 def _encoder_session(path: Path, threads: int | None) -> Any:
-    """A session of the file's subgraph image -> pre_norm_query (the encoder alone), or None without ``onnx``.
+    """A session of the file's subgraph ``image -> pre_norm_query`` (the encoder alone), which the statistics pass
+    of tiled inference runs (why: docs/DERAIN.md, "Design notes").
 
-    Why a second session: onnxruntime 1.32 runs the whole graph even when only ``pre_norm_query`` is fetched
-    (``RunOptions.only_execute_path_to_fetches`` measured no faster), so the statistics pass of tiled inference
-    would cost a full network pass per tile; the extracted encoder costs ~1/4 of one (measured at 256x256 with
-    the shipped weights: 0.095 s vs 0.35 s, one thread). Extracting needs the ``onnx`` package; without it the
-    full graph is used (same result, slower tiling).
+    Args:
+        path: the ``.onnx`` file.
+        threads: intra-op threads (None: onnxruntime's default).
+
+    Returns:
+        The session, or None where the ``onnx`` package is not installed (the full graph is used then: the same
+        result, slower).
     """
     try:
         import onnx
@@ -133,50 +153,58 @@ def _encoder_session(path: Path, threads: int | None) -> Any:
     return ort.InferenceSession(encoder.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-class OnnxDerainer(Derainer):
-    """A `Derainer` whose network pass is an onnxruntime session of a file of `mgid.derain.onnx_export`.
+class OnnxDerainer(BaseDerainer):
+    """A derainer whose network pass is an onnxruntime session of a tiling graph of `mgid.derain.onnx_export`.
+
+    The sibling of the PyTorch `mgid.derain.derainer.Derainer`; its calls are `BaseDerainer`'s. Runs on the CPU in
+    fp32; ``"auto"`` tiling plans with the fp32 memory measured for PyTorch (`mgid.derain.memory_budget`).
+
+    Args:
+        path: the ``.onnx`` file (``mgid export --tiling-inputs --onnx FILE``).
+        tile: as `BaseDerainer`.
+        overlap: as `BaseDerainer`.
+        threads: onnxruntime's intra-op threads (None, the default: its own choice).
+        self_ensemble: as `BaseDerainer`.
+        max_memory: as `BaseDerainer`.
+
+    Raises:
+        FileNotFoundError: no such file.
+        OnnxModelError: not an mgid tiling graph, or one without a readable ``mgid.model_config``.
+        mgid.errors.MissingDependencyError: onnxruntime is not installed.
+        InputError: ``threads`` < 1, or as `BaseDerainer`.
+        TypeError: as `BaseDerainer`.
 
     Attributes:
         session: the ``onnxruntime.InferenceSession``.
-        net: None (there is no PyTorch network).
-        config: the `ModelConfig` recorded in the file (its ``pad_mode`` pads images to multiples of 8).
         metadata: the file's metadata_props (``mgid.version``, ``mgid.weights_sha256``, ...).
-        device: ``torch.device("cpu")``; precision: ``"fp32"``; channels_last: False.
-        tile, overlap: default tiling (``tile=None``: whole images), as `Derainer`.
-        self_ensemble: default of the per-call option, as `Derainer`.
+        net: None: there is no PyTorch network.
+        config: the `ModelConfig` recorded in the file (its ``pad_mode`` pads images to multiples of 8).
         weights: the ONNX file.
+        The other attributes of `BaseDerainer`: ``device`` is the CPU, ``precision`` ``"fp32"``, ``channels_last``
+        False.
     """
+
+    net: None = None
 
     def __init__(self, path: str | Path, tile: int | str | None = TILE_AUTO, overlap: int = DEFAULT_OVERLAP,
                  threads: int | None = None, self_ensemble: bool = False, max_memory: int | None = None) -> None:
-        # Derainer.__init__ moves a torch network; nothing of it applies here.
-        self.session = open_session(path, threads)
-        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        session = open_session(path, threads)
+        metadata: dict[str, str] = dict(session.get_modelmeta().custom_metadata_map)
         try:
-            self.config = ModelConfig.from_dict(json.loads(self.metadata["mgid.model_config"]))
+            config = ModelConfig.from_dict(json.loads(metadata["mgid.model_config"]))
         except (KeyError, TypeError, ValueError) as err:
             raise OnnxModelError(f"{path} has no readable mgid.model_config metadata ({err}); re-export it") from err
-        self.net = None
-        self.device = torch.device("cpu")
-        self.precision, self.channels_last = "fp32", False
-        self.arithmetic = Arithmetic("fp32", False, "onnxruntime CPUExecutionProvider computes in fp32")
-        self.tile, self.overlap, self.weights = check_tile(tile, overlap), overlap, Path(path).expanduser()
-        self.max_memory = check_max_memory(max_memory)
-        self.self_ensemble = check_self_ensemble(self_ensemble)
+        arithmetic = Arithmetic("fp32", False, "onnxruntime CPUExecutionProvider computes in fp32", "inference")
+        super().__init__(config, torch.device("cpu"), arithmetic, tile=tile, overlap=overlap,
+                         weights=Path(path).expanduser(), self_ensemble=self_ensemble, max_memory=max_memory)
+        self.session, self.metadata = session, metadata
         self._encoder_session = _encoder_session(self.weights, threads)
-
-    def _channels(self) -> int:
-        """The network's width C, from the file's recorded config (`Derainer.memory_costs` scales by it)."""
-        return self.config.channels
-
-    def __repr__(self) -> str:
-        return (f"OnnxDerainer(weights={str(self.weights)!r}, device='cpu', tile={self.tile}, overlap={self.overlap}, "
-                f"precision='fp32', channels_last=False, self_ensemble={self.self_ensemble})")
 
     # ------------------------------------------------------------------------------------- the graph
 
     def _feeds(self, crop: torch.Tensor, stats: NormStats | None) -> dict[str, np.ndarray]:
-        """Graph inputs for ``crop`` (B, 3, h, w), h and w multiples of 8, with given or own statistics."""
+        """The graph's inputs for ``crop`` (B, 3, h, w), h and w multiples of 8, with the statistics ``stats``
+        (None: the crop's own)."""
         b, c = crop.shape[0], self.config.channels
         image = crop.detach().to("cpu", torch.float32).contiguous().numpy()
         if stats is None:
@@ -186,32 +214,62 @@ class OnnxDerainer(Derainer):
         return {"image": image, "norm_mean": mean, "norm_var": var, "use_norm_stats": np.array([True])}
 
     def run_tile(self, crop: torch.Tensor, stats: NormStats | None = None) -> torch.Tensor:
-        """Rain layer (B, 3, h, w) float32 CPU of ``crop`` (B, 3, h, w), h and w multiples of 8 (`inference.TileFn`)."""
+        """The rain layer of one crop (a `mgid.derain.tiling.TileFn`).
+
+        Args:
+            crop: float (B, 3, h, w) in [-1, 1], h and w multiples of 8.
+            stats: the instance-norm statistics to normalise with, mean and variance (B, C, 1, 1) (None, the
+                default: the crop's own).
+
+        Returns:
+            The rain layer (B, 3, h, w), float32 on the CPU.
+        """
         return torch.from_numpy(self.session.run(["rain"], self._feeds(crop, stats))[0])
 
     def pre_norm_query(self, crop: torch.Tensor) -> torch.Tensor:
-        """Pre-norm query (B, C, h/8, w/8) of ``crop`` (B, 3, h, w), encoder only (`inference.QueryFn`)."""
+        """The pre-norm query of one crop, from the encoder alone where it was extracted (a
+        `mgid.derain.tiling.QueryFn`).
+
+        Args:
+            crop: float (B, 3, h, w) in [-1, 1], h and w multiples of 8.
+
+        Returns:
+            float32 (B, C, h/8, w/8) on the CPU.
+        """
         if self._encoder_session is not None:
             image = crop.detach().to("cpu", torch.float32).contiguous().numpy()
             return torch.from_numpy(self._encoder_session.run(["pre_norm_query"], {"image": image})[0])
         return torch.from_numpy(self.session.run(["pre_norm_query"], self._feeds(crop, None))[0])
 
     def _check_image(self, image: torch.Tensor) -> None:
-        """MGIDNet's checks: (B, 3, H, W) float, at least two query pixels after padding."""
+        """MGIDNet's checks: (B, 3, H, W) float, at least two query pixels after padding; InputError otherwise."""
         ch = self.config.image_channels
         if not isinstance(image, torch.Tensor) or image.dim() != 4 or not image.is_floating_point() \
                 or image.shape[1] != ch:
             shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-            raise ValueError(f"expected a float tensor (B, {ch}, H, W) in [-1, 1], got {shape}")
+            raise InputError(f"expected a float tensor (B, {ch}, H, W) in [-1, 1], got {shape}")
         problem = image_size_problem(*image.shape[-2:])
         if problem is not None:
-            raise ValueError(problem)
+            raise InputError(problem)
 
     @torch.no_grad()
     def predict_rain(self, image: torch.Tensor, tile: int | None = None, overlap: int = DEFAULT_OVERLAP,
                      global_norm: bool = True) -> torch.Tensor:
-        """The rain layer R (B, 3, H, W) of ``image`` (B, 3, H, W) in [-1, 1], as `mgid.derain.tiling.predict_rain`
-        (same tiling rules and arguments; fp32 on the CPU), on ``image``'s device, in its dtype."""
+        """The rain layer R of images, as `mgid.derain.tiling.predict_rain` computes it (fp32 on the CPU).
+
+        Args:
+            image: float (B, 3, H, W) in [-1, 1], any H and W (at least two query pixels after padding).
+            tile: the tile size in pixels (None, the default: the whole image, as where one tile covers it).
+            overlap: the tile overlap in pixels. Default `DEFAULT_OVERLAP`.
+            global_norm: normalise the tiles with the whole image's statistics (True, the default) or each with
+                its own.
+
+        Returns:
+            R (B, 3, H, W) on ``image``'s device, in its dtype.
+
+        Raises:
+            InputError: a bad image or tiling.
+        """
         self._check_image(image)
         h, w = image.shape[-2:]
         x = image.detach().to("cpu", torch.float32)
@@ -224,45 +282,53 @@ class OnnxDerainer(Derainer):
         return self.run_tile(padded)[..., :h, :w].to(image.device, image.dtype)
 
     def _predict(self, batch: torch.Tensor, tile: int | None, overlap: int) -> torch.Tensor:
-        """One prediction of the rain layer (`Derainer._predict`): the session, tiled or whole."""
+        """`BaseDerainer._predict`: the session, tiled or whole (`predict_rain`)."""
         return self.predict_rain(batch, tile, overlap)
 
-    def _check_weights_finite(self) -> None:
-        """Nothing to check before the run: an ONNX file's NaN weights show as NaN output, which the bands are
-        checked for."""
-
-    def _pad_mode(self) -> str:
-        """The file's recorded ``pad_mode`` (`Derainer._pad_mode`)."""
-        return self.config.pad_mode
-
     def _stream(self, source: PixelSource, tile: int, overlap: int, emit: RowsFn) -> None:
-        """One tiled prediction streamed to ``emit`` (`Derainer._stream`): the session's tiles, blended as
-        `tiled_rain` blends them."""
+        """`BaseDerainer._stream`: the session's tiles, blended by `mgid.derain.tiling.stream_tiled_rain`."""
         stream_tiled_rain(source, tile, overlap, self.run_tile, self.pre_norm_query,
                           cropped_rows(emit, source.height, source.width))
+
+    def _check_weights_finite(self) -> None:
+        """`BaseDerainer._check_weights_finite`: nothing to check before the run (an ONNX file's NaN weights show as
+        NaN output, which is checked)."""
 
 
 def load_onnx_derainer(path: str | Path, tile: int | str | None = TILE_AUTO, overlap: int = DEFAULT_OVERLAP,
                        device: str | torch.device | None = None, precision: str = "auto",
                        channels_last: bool | None = None, threads: int | None = None,
                        self_ensemble: bool = False, max_memory: int | None = None) -> OnnxDerainer:
-    """An `OnnxDerainer` of ONNX file ``path`` (``mgid derain --backend onnxruntime --weights model.onnx``).
+    """An `OnnxDerainer` of an ONNX file, taking the options of `mgid.derain.derainer.load_model` (what
+    ``mgid derain --backend onnxruntime --weights model.onnx`` calls).
 
-    ``tile``/``overlap``/``max_memory``: default tiling, checked here (as `mgid.load_model`; ``"auto"`` plans with
-    the fp32 memory measured for PyTorch, `mgid.derain.memory_budget`). ``device`` (None, ``auto`` or
-    ``cpu``), ``precision`` (``auto`` or ``fp32``) and ``channels_last`` (None or False) are accepted so the
-    command line can pass its options through; anything else raises ValueError, as onnxruntime runs fp32 on
-    the CPU here. ``threads``: onnxruntime's intra-op threads (None: its default). ``self_ensemble``: the default
-    of `Derainer.derain`'s option (mean over the 8 flips and quarter turns, 8x the time).
-    Raises FileNotFoundError, `OnnxModelError` (a ValueError) or ModuleNotFoundError (``pip install onnxruntime``).
+    Args:
+        path: the ``.onnx`` file (``mgid export --tiling-inputs --onnx FILE``).
+        tile: the default tiling: `TILE_AUTO` (the default), None (whole images) or a tile size in pixels.
+        overlap: the default tile overlap in pixels. Default `DEFAULT_OVERLAP`.
+        device: None (the default), ``"auto"`` or ``"cpu"``: onnxruntime runs on the CPU here.
+        precision: ``"auto"`` (the default) or ``"fp32"``: onnxruntime computes in fp32 here.
+        channels_last: None (the default) or False.
+        threads: onnxruntime's intra-op threads (None, the default: its own choice).
+        self_ensemble: the default of `BaseDerainer.derain`'s option. Default False.
+        max_memory: the budget of `TILE_AUTO` in bytes (None, the default: a share of the available memory).
+
+    Returns:
+        The `OnnxDerainer`.
+
+    Raises:
+        InputError: another ``device``, ``precision`` or ``channels_last``, or a bad tiling or ``max_memory``.
+        FileNotFoundError: no such file.
+        OnnxModelError: not an mgid tiling graph (a ValueError).
+        mgid.errors.MissingDependencyError: onnxruntime is not installed (``pip install onnxruntime``).
     """
     if device is not None and str(device) not in ("auto", "cpu"):
-        raise ValueError(f"the onnxruntime backend runs on the CPU only; got --device {device} (use --backend torch "
+        raise InputError(f"the onnxruntime backend runs on the CPU only; got --device {device} (use --backend torch "
                          f"for {device})")
     if precision not in ("auto", "fp32"):
-        raise ValueError(f"the onnxruntime backend computes in fp32; got precision {precision!r} (use --backend torch "
+        raise InputError(f"the onnxruntime backend computes in fp32; got precision {precision!r} (use --backend torch "
                          f"for bf16)")
     if channels_last:
-        raise ValueError("channels_last applies to the torch backend only")
+        raise InputError("channels_last applies to the torch backend only")
     return OnnxDerainer(path, tile=tile, overlap=overlap, threads=threads, self_ensemble=self_ensemble,
                         max_memory=max_memory)

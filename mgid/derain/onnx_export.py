@@ -1,52 +1,10 @@
 """ONNX export of the inference network, for stock onnxruntime (``mgid export --onnx model.onnx``).
 
-`export_onnx` writes the eval-mode network (memory read only: ``update_memory=False, memory_losses=False``)
-as one ONNX graph that runs with no mgid code: the custom memory op is exported through its plain-PyTorch
-reference decomposition (the export runs under `mgid.ops.use_reference`, so the fused kernels never enter the
-trace), leaving only standard ``ai.onnx`` operators (Conv, MatMul, Softmax, ...); the export checks that.
-
-Two graphs (`mgid.derain.onnx_graphs`), B/N, H, W dynamic, C the network width:
-
-* the default, an **image filter** (`mgid.derain.onnx_graphs.IMAGE_FILTER`): ``image`` (N, 3, H, W) float32 in
-  [0, 1] -> ``derained`` (N, 3, H, W) in [0, 1], any H, W >= 8, the padding to multiples of 8 inside the graph:
-  what a deployer feeds as is;
-* with ``tiling_inputs`` (``mgid export --tiling-inputs``, `mgid.derain.onnx_graphs.TILING`), the graph
-  `mgid.derain.onnx_backend` tiles with: ``image`` (B, 3, H, W) float32 in [-1, 1], **H and W multiples of 8**;
-  ``norm_mean``, ``norm_var`` (B, C, 1, 1) float32 and ``use_norm_stats`` (1,) bool: when true the encoder's
-  instance norm uses these statistics (those of a whole image a tile is cut from, as
-  ``MGIDNet.forward(norm_stats=...)``), when false the query's own (the statistics inputs are then ignored,
-  feed zeros) -> ``rain`` (B, 3, H, W), the rain layer R (the background is ``image - rain``; tiled inference
-  blends R), and ``pre_norm_query`` (B, C, H/8, W/8), from which tiled inference gathers the whole image's
-  statistics (`mgid.derain.onnx_backend` runs the extracted subgraph image -> pre_norm_query for it).
-
-Padding: `MGIDNet.forward` pads H and W to multiples of 8 with `mgid.models.pad_to_multiple`, whose choice
-(none / reflect / replicate when the image is too small to reflect) depends on the size. Under the dynamo
-exporter such a branch would specialise to the example's size. The image filter pads with reflect computed from
-the input's shape (``Pad`` with dynamic pads; sides < 8, where the model would replicate, are outside its
-contract and said so in its metadata) and calls `MGIDNet.padded_rain`; the tiling graph declares H and W as
-multiples of 8 (``8 * Dim``), so the model's padding is provably a no-op, and its caller pads
-(`mgid.derain.onnx_backend.OnnxDerainer` pads with the model's ``pad_mode`` and crops back, as the torch path does).
-
-Exporter: ``torch.onnx.export(dynamo=True)`` (torch.export + onnxscript; needs ``onnxscript``), which was
-measured to work for this network (torch 2.14, onnxscript 0.7: the exported graph has the encoder once, its
-optimiser merging the encoder that `pre_norm_query` and the forward pass share). If it fails (or with
-``exporter="torchscript"``) the TorchScript exporter (``dynamo=False``, ``dynamic_axes``) is used, with a
-warning; which one wrote the file is recorded in the metadata (``mgid.exporter``) and in `ExportResult`.
-
-Opsets (`OPSET_RANGES`, checked before any work): the dynamo exporter implements ai.onnx opset 18 and converts the
-graph up to onnxscript's newest (``onnxscript.version_converter.SUPPORTED_MAX_ONNX_OPSET``, 25); asked for less
-than 18 it keeps 18 without failing, so lower opsets go to the TorchScript exporter, which writes this network
-from opset 11 (its padding and slicing take sizes computed in the graph) to torch's
-``ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET`` (20). Both graphs were exported and verified in onnxruntime at the ends of
-those ranges (torch 2.14, onnxscript 0.7, onnx 1.23, onnxruntime 1.32).
-
-The output path is checked before the export starts (suffix ``.onnx``, a folder that can be written, and no
-existing file unless ``overwrite``: `mgid.output_paths.check_output_file`), so a wrong path costs nothing. The
-file is written atomically (a temporary name in the target's folder, fsync, then ``os.replace``), so a failed
-export never leaves a partial file nor touches an existing one. ``metadata_props`` record the mgid
-version (``mgid.version``), the model config as JSON (``mgid.model_config``), the source weights' sha256
-(``mgid.weights_sha256``, when known) and the graph's contract (``mgid.graph_kind``, ``mgid.graph_format``,
-``mgid.output``, the input's range and size rules).
+`export_onnx` writes the eval-mode network (memory read only) as one ONNX graph of standard ``ai.onnx`` operators
+that runs with no mgid code: by default the image filter `mgid.derain.onnx_graphs.IMAGE_FILTER`, with
+``tiling_inputs`` the graph `mgid.derain.onnx_graphs.TILING` that `mgid.derain.onnx_backend` tiles with. The path
+is checked before any work, the file written atomically, and `ExportResult` says what was written. The graphs,
+the padding, the exporters, the opsets and the metadata: docs/DEPLOY.md, "Design notes".
 """
 from __future__ import annotations
 
@@ -66,6 +24,7 @@ from mgid import __version__
 from mgid import ops as mgid_ops
 from mgid.checkpoint import file_sha256
 from mgid.derain.onnx_graphs import IMAGE_FILTER, TILING, GraphSpec
+from mgid.errors import InputError, MgidError, MissingDependencyError
 from mgid.models import MGIDNet
 from mgid.output_paths import check_output_file, write_atomic
 
@@ -81,6 +40,11 @@ ONNX_SUFFIX = ".onnx"
 OPSET_RANGES: dict[str, tuple[int, int]] = {"dynamo": (18, 25), "torchscript": (11, 20)}
 
 _NEED_ONNX = "ONNX export needs the onnx package{extra}: pip install onnx onnxscript (and onnxruntime to run the file)"
+
+
+class ExportError(MgidError, RuntimeError):
+    """The exported graph would not run as the PyTorch network does (custom domains, fixed sizes, other results);
+    nothing was written."""
 
 
 @dataclass
@@ -122,7 +86,7 @@ def _import_onnx() -> Any:
     try:
         import onnx
     except ImportError as err:
-        raise ModuleNotFoundError(_NEED_ONNX.format(extra="")) from err
+        raise MissingDependencyError(_NEED_ONNX.format(extra="")) from err
     return onnx
 
 
@@ -150,7 +114,7 @@ def _export_dynamo(spec: GraphSpec, graph: nn.Module, example: tuple[torch.Tenso
     try:
         import onnxscript  # noqa: F401  (the dynamo exporter's dependency: fail early with a clear message)
     except ImportError as err:
-        raise ModuleNotFoundError(_NEED_ONNX.format(extra=" and onnxscript (for the dynamo exporter)")) from err
+        raise MissingDependencyError(_NEED_ONNX.format(extra=" and onnxscript (for the dynamo exporter)")) from err
     dynamic_shapes = spec.dynamic_shapes()
     registration = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = registration.level
@@ -208,7 +172,7 @@ def _verify(data: bytes, spec: GraphSpec, net: MGIDNet, example: tuple[torch.Ten
     feeds, reference = spec.check(net, example)
     out = torch.from_numpy(session.run([spec.outputs[0]], feeds)[0])
     if out.shape != reference.shape:
-        raise RuntimeError(f"the exported graph gives {spec.outputs[0]} of shape {tuple(out.shape)} for an input of "
+        raise ExportError(f"the exported graph gives {spec.outputs[0]} of shape {tuple(out.shape)} for an input of "
                            f"{tuple(feeds['image'].shape)}: its sizes are not dynamic")
     return float((out - reference).abs().max())
 
@@ -231,7 +195,7 @@ def opset_exporter(opset: int | None, exporter: Exporter = "auto") -> Exporter:
     if opset is None:
         return exporter
     if isinstance(opset, bool) or not isinstance(opset, int):
-        raise ValueError(f"the ONNX opset must be a whole number, got {opset!r}")
+        raise InputError(f"the ONNX opset must be a whole number, got {opset!r}")
     (dynamo_lo, dynamo_hi), script_lo = OPSET_RANGES["dynamo"], OPSET_RANGES["torchscript"][0]
     if exporter == "auto":
         if dynamo_lo <= opset <= dynamo_hi:
@@ -245,7 +209,7 @@ def opset_exporter(opset: int | None, exporter: Exporter = "auto") -> Exporter:
         if lo <= opset <= hi:
             return exporter
         allowed = f"the {exporter} exporter writes opsets {lo} to {hi}"
-    raise ValueError(f"ONNX opset {opset} is not supported: {allowed}; pass one of those, or no opset for the "
+    raise InputError(f"ONNX opset {opset} is not supported: {allowed}; pass one of those, or no opset for the "
                      f"exporter's default; nothing was written")
 
 
@@ -277,7 +241,7 @@ def export_onnx(net_or_weights: MGIDNet | str | Path | None, path: str | Path, o
     ValueError for an opset the exporter cannot write (before any work).
     """
     if exporter not in ("auto", "dynamo", "torchscript"):
-        raise ValueError(f"exporter must be auto, dynamo or torchscript, got {exporter!r}")
+        raise InputError(f"exporter must be auto, dynamo or torchscript, got {exporter!r}")
     chosen = opset_exporter(opset, exporter)
     path = check_output_file(path, overwrite=overwrite, suffixes=(ONNX_SUFFIX,), what="ONNX file")
     onnx = _import_onnx()
@@ -304,7 +268,7 @@ def export_onnx(net_or_weights: MGIDNet | str | Path | None, path: str | Path, o
             model, used = _export_torchscript(spec, graph, example, opset), "torchscript"
     leftover = custom_domains(model)
     if leftover:
-        raise RuntimeError(f"the exported graph uses non-standard operator domains {sorted(leftover)}: it would not "
+        raise ExportError(f"the exported graph uses non-standard operator domains {sorted(leftover)}: it would not "
                            f"run in stock onnxruntime (the mgid ops should have exported through their reference)")
     metadata = {
         "mgid.graph_kind": spec.kind,
@@ -326,7 +290,7 @@ def export_onnx(net_or_weights: MGIDNet | str | Path | None, path: str | Path, o
     data = model.SerializeToString()
     max_err = _verify(data, spec, net, example) if verify else None
     if max_err is not None and not max_err <= VERIFY_TOLERANCE:
-        raise RuntimeError(f"the exported graph differs from PyTorch by {max_err:.3g} (> {VERIFY_TOLERANCE}) in "
+        raise ExportError(f"the exported graph differs from PyTorch by {max_err:.3g} (> {VERIFY_TOLERANCE}) in "
                            f"onnxruntime; nothing was written to {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, data)

@@ -1,19 +1,9 @@
 """The two graphs `mgid.derain.onnx_export` writes, each with what its export and verification need (`GraphSpec`).
 
-* `IMAGE_FILTER` (the default): ``image`` (N, 3, H, W) float32 in [0, 1] -> ``derained`` (N, 3, H, W) in [0, 1],
-  any N, H, W with H, W >= 8 (and H*W >= 128 after padding to multiples of 8, the network's own limit). The
-  padding to multiples of 8 happens inside the graph: reflect padding at the bottom and right, computed from
-  the input's shape (``Pad`` with ``mode=reflect``), the network, the crop back and ``clip((x - R + 1) / 2, 0, 1)``
-  with x = 2 * image - 1: what ``mgid derain`` computes in fp32 for a whole image, with nothing to do around it.
-  An image filter a deployer feeds as is (stock onnxruntime, onnxruntime-web, TensorRT, mobile runtimes).
-* `TILING` (``mgid export --tiling-inputs``): the graph ``mgid derain --backend onnxruntime`` tiles with:
-  ``image`` (B, 3, H, W) in [-1, 1], H and W multiples of 8 (the caller pads), ``norm_mean``/``norm_var``
-  (B, C, 1, 1) and ``use_norm_stats`` (1,) bool (the whole image's instance-norm statistics for a tile, see
-  `mgid.derain.onnx_export`) -> ``rain`` (B, 3, H, W) and ``pre_norm_query`` (B, C, H/8, W/8).
-
-Sides below 8 are not in the image filter's contract: `mgid.models.pad_to_multiple` switches to replicate
-padding there (reflect needs a side longer than the pad), a size-dependent choice one graph cannot hold; the
-file's metadata says so (``mgid.input_min_side``).
+`IMAGE_FILTER` (the default): ``image`` (N, 3, H, W) float32 in [0, 1], H, W >= 8 -> ``derained`` in [0, 1], the
+padding inside the graph. `TILING` (``mgid export --tiling-inputs``): ``image`` (B, 3, H, W) in [-1, 1], H and W
+multiples of 8, with the whole image's instance-norm statistics -> ``rain`` and ``pre_norm_query``. Their full
+contracts: docs/DEPLOY.md, "Design notes".
 """
 from __future__ import annotations
 

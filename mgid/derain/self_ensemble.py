@@ -22,36 +22,64 @@ from collections.abc import Callable
 
 import torch
 
+from mgid.errors import InputError
+
 #: Size of the dihedral group: 4 turns, each with and without a mirror.
 TRANSFORMS = 8
 
 
 def _check_k(k: int) -> None:
     if not 0 <= k < TRANSFORMS:
-        raise ValueError(f"transform index must be in 0..{TRANSFORMS - 1}, got {k}")
+        raise InputError(f"transform index must be in 0..{TRANSFORMS - 1}, got {k}")
 
 
 def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
-    """``T_k(x)`` of ``x`` (..., H, W): ``k % 4`` quarter turns (counter-clockwise, `torch.rot90` over the last two
-    dims), then a left-right mirror when ``k >= 4``. Returns (..., H, W) for an even number of turns, else (..., W, H)."""
+    """The transform ``T_k``: ``k % 4`` quarter turns (counter-clockwise, `torch.rot90` over the last two dims), then
+    a left-right mirror when ``k >= 4``.
+
+    Args:
+        x: (..., H, W).
+        k: the transform, 0..7.
+
+    Returns:
+        ``T_k(x)``: (..., H, W) for an even number of turns, else (..., W, H).
+
+    Raises:
+        InputError: ``k`` is not in 0..7.
+    """
     _check_k(k)
     y = torch.rot90(x, k % 4, dims=(-2, -1))
     return y.flip(-1) if k >= 4 else y
 
 
 def dihedral_inverse(y: torch.Tensor, k: int) -> torch.Tensor:
-    """``T_k^-1(y)``: undoes `dihedral` (mirror first, then the turns backwards), so that
-    ``dihedral_inverse(dihedral(x, k), k)`` is ``x`` with its shape (..., H, W)."""
+    """The inverse ``T_k^-1`` of `dihedral` (the mirror first, then the turns backwards).
+
+    Args:
+        y: (..., h, w).
+        k: the transform, 0..7.
+
+    Returns:
+        ``T_k^-1(y)``: ``dihedral_inverse(dihedral(x, k), k)`` is ``x``, with its shape.
+
+    Raises:
+        InputError: ``k`` is not in 0..7.
+    """
     _check_k(k)
     y = y.flip(-1) if k >= 4 else y
     return torch.rot90(y, -(k % 4), dims=(-2, -1))
 
 
 def dihedral_mean(predict: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor) -> torch.Tensor:
-    """The mean of ``T_k^-1(predict(T_k(image)))`` over the 8 transforms: (B, C, H, W) for ``image`` (B, C, H, W).
+    """The self-ensemble: the mean of ``T_k^-1(predict(T_k(image)))`` over the 8 transforms, summed in float64 (a
+    predictor equivariant to the group gets its own output back bit for bit).
 
-    ``predict`` maps (B, C, h, w) to a tensor of the same shape (the rain layer) for any h, w. The result
-    has the dtype and device of the first prediction.
+    Args:
+        predict: maps (B, C, h, w) to a tensor of the same shape (the rain layer), for any h and w.
+        image: (B, C, H, W).
+
+    Returns:
+        (B, C, H, W), in the dtype and on the device of the first prediction.
     """
     total: torch.Tensor | None = None
     out: torch.Tensor | None = None

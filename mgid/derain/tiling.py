@@ -1,49 +1,32 @@
 """Inference on images of any size: whole, or in overlapping tiles blended smoothly.
 
-`predict_rain` returns the rain layer R (B, 3, H, W) of an image (B, 3, H, W) in [-1, 1]; the
-de-rained image is ``image - R`` (`mgid.derain.derainer.Derainer.derain`). With ``tile=None``, or when the image fits in one
-tile, the network runs once on the whole image (padded to multiples of 8 by the model).
+`predict_rain` returns the rain layer R (B, 3, H, W) of images (B, 3, H, W) in [-1, 1] (the de-rained image is
+``image - R``, `mgid.derain.derainer.BaseDerainer.derain`); `stream_rain` hands out the rows of the same result
+for a NumPy image (`PixelSource`) as they become final, so no float buffer of the image's size is made. Here a
+tiling is a tile size in pixels or None: the whole image, in one network pass (also where one tile covers the
+image padded to multiples of 8). The derainers' `TILE_AUTO` is resolved to one of the two before it gets here
+(`mgid.derain.memory_budget.choose_tile`).
 
-Tiled inference keeps memory bounded by the tile size (a 4000x3000 photo with ``tile=512`` needs the activations of
-one 512x512 tile and a float32 band of one row of tiles, 512 x 4000; `predict_rain` of a tensor also returns the
-float32 rain layer of the photo's size, while `stream_rain` of a NumPy image (`PixelSource`) converts each tile from
-its pixels as it is needed and hands the blended rows out as they become final, keeping no float buffer of the
-photo's size):
+Tiled inference:
 
-1. The image is padded once to multiples of 8 (bottom/right, the model's ``pad_mode``), as the
-   untiled network does; tile and overlap are multiples of 8, so each tile's query grid (1/8
-   resolution) lines up with the whole image's.
-2. Tiles of ``tile x tile`` pixels start every ``tile - overlap`` pixels, the last one flush with the
-   bottom/right edge.
-3. Each tile's rain layer is multiplied by a separable raised-cosine window (rising over the first
-   ``overlap`` pixels, flat in the middle, falling over the last ``overlap``; flat at the image
-   border), summed, and divided by the summed windows. Seams fade over the overlap. The sum is kept in a band of
-   one row of tiles (`stream_tiled_rain`): once a row of tiles is added, the rows above the next row of tiles are
-   final, are divided (their summed windows computed a band of rows at a time, so no image-sized weight is stored)
-   and handed out, and the overlapped rows move to the band's top; the tiles are added in the same order as into an
-   image-sized accumulator, so the result is the same bit for bit.
+1. The image is padded once to multiples of 8 (bottom/right, the model's ``pad_mode``); tile and overlap are
+   rounded to multiples of 8 (`tile_geometry`), so each tile's 1/8-resolution query grid lines up with the whole
+   image's.
+2. Tiles of ``tile x tile`` pixels start every ``tile - overlap`` pixels, the last one flush with the bottom/right
+   edge (`tile_starts`).
+3. Each tile's rain layer is weighted by a separable raised-cosine window (rising over the first ``overlap``
+   pixels, flat in the middle, falling over the last ``overlap``; flat at the image border), summed, and divided by
+   the summed windows. The sum is kept in a float32 band of one row of tiles (`stream_tiled_rain`), whose final
+   rows are handed out as soon as no later tile reaches them: bit for bit the result of an image-sized accumulator.
+4. With ``global_norm=True`` (the default) a first pass gathers the per-channel mean and variance of the encoder's
+   pre-norm query over the whole image (`MGIDNet.pre_norm_query`; each 1/8-resolution pixel counted once, from the
+   tile whose core holds it) and every tile is normalised with them (``norm_stats``, each (B, C, 1, 1));
+   ``global_norm=False`` normalises each tile by itself (one pass).
 
-What tiling changes: the memory read is per query pixel and BatchNorm in eval mode is a fixed
-per-channel affine map, so both are tile-independent; the 3x3 convolutions see zero padding at the
-tile borders (their receptive field reaches ~85 px from a pixel), which the blending fades out. The encoder's
-``InstanceNorm2d`` on the query is *not* local: its mean and variance are taken over the whole input.
-Per-tile statistics would shift each tile's features (visible as tiles of different rain strength),
-so by default (``global_norm=True``) a first pass runs the encoder alone over the tiles
-(`MGIDNet.pre_norm_query`), gathers the per-channel mean and variance of the pre-norm features over
-the whole image (each 1/8-res pixel counted once, from the tile whose core holds it), and the second
-pass normalises every tile with those (``net(tile, norm_stats=(mean, var))``, each (B, C, 1, 1)).
-Only that public API of the network is used: no hooks, no module swapping, no submodule names. The result then differs from untiled inference only by the convolutions' border effects.
-``global_norm=False`` normalises each tile by itself (one pass; the disagreement is larger).
-The tiling itself (`tiled_rain`) reaches the network only through two callables (run a tile, the pre-norm
-query of a tile), so another runtime of the same network (`mgid.derain.onnx_backend`) tiles identically.
-
-Arithmetic (``precision``, ``channels_last``): the network runs frozen (`mgid.models.inference_graph`: BatchNorm
-folded into the convolutions, ReLU and the decoder's concatenations fused into them) in ``fp32`` or ``bf16``
-(weights and activations in bfloat16; the instance norm, memory read and rain layer in float32; tiles are blended in
-float32), in channels_last memory format when ``channels_last`` is set. ``auto`` (`mgid.precision.resolve_precision`)
-= bf16 on a CPU with native bf16 instructions (AVX512-BF16 or AMX, the detection training uses), fp32 elsewhere;
-channels_last on every CPU except in fp32 without AVX512, which runs NCHW on NNPACK
-(`mgid.precision.resolve_channels_last`): measured by ``benchmarks/bench_derain.py`` on both kinds (docs/DERAIN.md).
+The network is reached only through two callables (`TileFn`, `QueryFn`), so another runtime of it
+(`mgid.derain.onnx_backend`) tiles identically. It runs frozen (`inference_graph`) in ``precision`` fp32 or bf16
+and channels_last or not (`mgid.precision`); tiles are blended in float32. What tiling changes in the result, and
+why these choices: docs/DERAIN.md, "Design notes".
 """
 from __future__ import annotations
 
@@ -56,6 +39,7 @@ import torch
 
 from mgid.data.imageio import to_tensor
 from mgid.derain.time_limit import check_time_limit
+from mgid.errors import InputError
 from mgid.models import DOWNSAMPLE, MGIDNet, pad_to_multiple
 from mgid.models.encoder import NormStats
 from mgid.models.inference_graph import InferenceGraph
@@ -63,8 +47,8 @@ from mgid.precision import resolve_channels_last, resolve_precision
 
 #: Default overlap (pixels) between neighbouring tiles.
 DEFAULT_OVERLAP = 64
-#: The tile setting that picks whole images or tiles from a memory budget (`mgid.derain.derainer.Derainer`,
-#: `mgid.derain.memory_budget.choose_tile`).
+#: The tiling that picks the whole image or tiles from a memory budget (`mgid.derain.derainer.BaseDerainer`,
+#: `mgid.derain.memory_budget.choose_tile`); the derainers' other tilings are None (whole) and a tile size.
 TILE_AUTO = "auto"
 #: Smallest tile side accepted (two query pixels per side).
 MIN_TILE = 2 * DOWNSAMPLE
@@ -75,28 +59,46 @@ _ROWS_PER_CHUNK = 256
 def _check_image(image: torch.Tensor) -> None:
     if not isinstance(image, torch.Tensor) or image.dim() != 4 or not image.is_floating_point():
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-        raise ValueError(f"expected a float tensor (B, 3, H, W) in [-1, 1], got {shape}")
+        raise InputError(f"expected a float tensor (B, 3, H, W) in [-1, 1], got {shape}")
 
 
 def tile_geometry(tile: int, overlap: int) -> tuple[int, int]:
-    """(tile, overlap) rounded to multiples of 8: tile down (at least 16), overlap up; checked."""
+    """A tiling rounded to multiples of 8 and checked.
+
+    Args:
+        tile: the tile size in pixels.
+        overlap: the overlap of neighbouring tiles in pixels.
+
+    Returns:
+        (tile rounded down, overlap rounded up), multiples of 8.
+
+    Raises:
+        InputError: ``tile`` is None or under `MIN_TILE`, ``overlap`` is None or negative, or the rounded overlap
+            is not smaller than the rounded tile.
+    """
     if tile is None or int(tile) < MIN_TILE:
-        raise ValueError(f"tile must be at least {MIN_TILE} pixels, got {tile}")
+        raise InputError(f"tile must be at least {MIN_TILE} pixels, got {tile}")
     if overlap is None or int(overlap) < 0:
-        raise ValueError(f"tile overlap must be >= 0 pixels, got {overlap}")
+        raise InputError(f"tile overlap must be >= 0 pixels, got {overlap}")
     t = int(tile) // DOWNSAMPLE * DOWNSAMPLE
     o = -(-int(overlap) // DOWNSAMPLE) * DOWNSAMPLE
     if o >= t:
-        raise ValueError(f"tile overlap ({overlap} -> {o} px, a multiple of {DOWNSAMPLE}) must be smaller than "
+        raise InputError(f"tile overlap ({overlap} -> {o} px, a multiple of {DOWNSAMPLE}) must be smaller than "
                          f"the tile ({tile} -> {t} px); e.g. --tile 512 --tile-overlap 32")
     return t, o
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of ``tile`` px covering ``length`` px with at least ``overlap`` px overlap.
+    """Where tiles start along one axis.
 
-    The last tile ends at ``length``. With ``length <= tile``: ``[0]`` (one tile of ``length`` px).
-    All starts are multiples of 8 when ``length``, ``tile`` and ``overlap`` are.
+    Args:
+        length: the axis's length in pixels.
+        tile: the tile size in pixels.
+        overlap: the least overlap of neighbouring tiles in pixels (smaller than ``tile``).
+
+    Returns:
+        The start offsets, every ``tile - overlap`` pixels, the last tile ending at ``length``; ``[0]`` (one tile
+        of ``length`` pixels) when ``length <= tile``. Multiples of 8 when the three arguments are.
     """
     if length <= tile:
         return [0]
@@ -149,7 +151,7 @@ RowsFn = Callable[[int, int, torch.Tensor], None]
 
 
 class TileSource(Protocol):
-    """What tiled inference reads: a (B, 3, H, W) float image (H, W multiples of 8) one crop at a time."""
+    """What tiled inference reads: a float (B, 3, H, W) image (H, W multiples of 8) one crop at a time."""
 
     #: (B, 3, H, W) of the (padded) image.
     shape: tuple[int, int, int, int]
@@ -181,15 +183,24 @@ def _pad_index(n: int, padded: int, mode: str) -> np.ndarray:
 
 
 class PixelSource:
-    """An HxWx3 uint8 (or uint16) RGB image as the float (1, 3, H', W') tiled inference reads: `to_tensor` of it,
-    padded by `pad_to_multiple` (H', W' multiples of 8), converted a crop at a time, so no float copy of the
-    image is ever made (12 bytes per pixel less than ``to_tensor`` of it). Crops are bit for bit the crops of
-    ``pad_to_multiple(to_tensor(rgb)[None], 8, pad_mode)``: the conversion is per element and the padding of
-    both modes copies pixels.
+    """A `TileSource` over an RGB image: float (1, 3, H', W') crops of ``pad_to_multiple(to_tensor(rgb)[None],
+    multiple, pad_mode)``, bit for bit, converted a crop at a time (no float copy of the image is made).
+
+    Args:
+        rgb: HxWx3 uint8 (or uint16) RGB (not copied).
+        pad_mode: ``"reflect"`` (the default; ``"replicate"`` where the pad is not smaller than the side, as
+            `pad_to_multiple`) or ``"replicate"``.
+        multiple: H' and W' are H and W rounded up to it. Default 8.
+
+    Raises:
+        InputError: ``rgb`` is not HxWx3 uint8 or uint16 (`to_tensor`'s checks).
 
     Attributes:
-        rgb: the image (not copied).
-        height, width: its size; shape: (1, 3, H', W') padded; device: the CPU.
+        rgb: the image.
+        height: H.
+        width: W.
+        shape: (1, 3, H', W'), padded.
+        device: the CPU.
     """
 
     def __init__(self, rgb: np.ndarray, pad_mode: str = "reflect", multiple: int = DOWNSAMPLE) -> None:
@@ -211,7 +222,11 @@ class PixelSource:
         return to_tensor(pixels)[None]
 
     def tensor(self) -> torch.Tensor:
-        """The whole image, unpadded: ``to_tensor(rgb)[None]`` (12 bytes per pixel)."""
+        """The whole image, unpadded.
+
+        Returns:
+            ``to_tensor(rgb)[None]``: float32 (1, 3, H, W) in [-1, 1].
+        """
         return to_tensor(self.rgb)[None]
 
 
@@ -240,9 +255,21 @@ def _global_query_stats(pre_norm_query: QueryFn, source: TileSource, tile: int, 
 
 
 def tiling_of(height: int, width: int, tile: int | None, overlap: int) -> tuple[int, int] | None:
-    """(tile, overlap) as `tile_geometry` rounds them when an image of ``height`` x ``width`` is de-rained in
-    tiles of ``tile``, or None when `predict_rain` runs it whole (``tile`` None, or one tile covers the image
-    padded to multiples of 8)."""
+    """How `predict_rain` runs an image at a tiling.
+
+    Args:
+        height: the image's height in pixels.
+        width: its width.
+        tile: the tile size in pixels, or None (whole).
+        overlap: the tile overlap in pixels.
+
+    Returns:
+        (tile, overlap) as `tile_geometry` rounds them when the image is run in tiles; None when it is run whole
+        (``tile`` None, or one tile covers the image padded to multiples of 8).
+
+    Raises:
+        InputError: as `tile_geometry`, where tiles are needed.
+    """
     if tile is None or (height <= tile and width <= tile):
         return None
     t, o = tile_geometry(tile, overlap)
@@ -252,10 +279,17 @@ def tiling_of(height: int, width: int, tile: int | None, overlap: int) -> tuple[
 
 def inference_graph(net: MGIDNet | InferenceGraph, precision: str = "fp32",
                     channels_last: bool | None = False) -> InferenceGraph:
-    """``net`` as the `InferenceGraph` predictions run: a graph as it is (``precision`` and ``channels_last`` are
-    its own then), an `MGIDNet` frozen at ``precision`` (fp32, bf16 or auto, `mgid.precision.resolve_precision`)
-    and ``channels_last`` (None: auto, `mgid.precision.resolve_channels_last`) on its device (a few milliseconds:
-    the weights are folded anew, so each call sees the network's current weights)."""
+    """The `InferenceGraph` predictions run.
+
+    Args:
+        net: a graph (returned as it is: it has its own arithmetic) or an `MGIDNet` (frozen anew on its device, so
+            each call sees the network's current weights).
+        precision: ``"fp32"`` (the default), ``"bf16"`` or ``"auto"`` (`mgid.precision.resolve_precision`).
+        channels_last: False (the default), True or None (auto, `mgid.precision.resolve_channels_last`).
+
+    Returns:
+        The graph.
+    """
     if isinstance(net, InferenceGraph):
         return net
     device = next(net.parameters()).device
@@ -269,14 +303,25 @@ def inference_graph(net: MGIDNet | InferenceGraph, precision: str = "fp32",
 def predict_rain(net: MGIDNet | InferenceGraph, image: torch.Tensor, tile: int | None = None,
                  overlap: int = DEFAULT_OVERLAP, global_norm: bool = True, precision: str = "fp32",
                  channels_last: bool | None = False) -> torch.Tensor:
-    """The rain layer R (B, 3, H, W) of ``image`` (B, 3, H, W) in [-1, 1], memory read only.
+    """The rain layer R of images (the network's memory is only read).
 
-    ``tile=None`` (or an image that fits in one tile) runs the network once. Otherwise tiles of
-    ``tile`` px (rounded down to a multiple of 8) overlapping by ``overlap`` px (rounded up) are
-    blended as the module doc describes. Tiles run on the network's device; the result is on
-    ``image``'s device, in its dtype. ``net``: an `MGIDNet` (frozen for the call at ``precision`` (fp32, bf16 or
-    auto) and ``channels_last`` (None: auto), `inference_graph`; its own mode and weights are left as they are) or
-    an `InferenceGraph` (which has its own arithmetic).
+    Args:
+        net: an `MGIDNet` (frozen for the call, `inference_graph`; its own mode and weights are left as they are)
+            or an `InferenceGraph`.
+        image: float (B, 3, H, W) in [-1, 1], any H and W.
+        tile: the tile size in pixels (rounded down to a multiple of 8), or None (the default: the whole image, as
+            where one tile covers it).
+        overlap: the tile overlap in pixels (rounded up to a multiple of 8). Default `DEFAULT_OVERLAP`.
+        global_norm: normalise the tiles with the whole image's statistics (True, the default) or each with its
+            own.
+        precision: the arithmetic of an `MGIDNet` (`inference_graph`). Default ``"fp32"``.
+        channels_last: likewise. Default False.
+
+    Returns:
+        R (B, 3, H, W) on ``image``'s device, in its dtype (tiles run on the network's device).
+
+    Raises:
+        InputError: ``image`` is not a float (B, C, H, W) tensor, or a bad tiling (`tile_geometry`).
     """
     _check_image(image)
     h, w = image.shape[-2:]
@@ -291,13 +336,20 @@ def predict_rain(net: MGIDNet | InferenceGraph, image: torch.Tensor, tile: int |
 @torch.no_grad()
 def stream_rain(net: MGIDNet | InferenceGraph, source: PixelSource, tile: int, overlap: int, emit: RowsFn,
                 global_norm: bool = True, precision: str = "fp32", channels_last: bool | None = False) -> None:
-    """`predict_rain`'s tiled result for an image read from ``source`` (its ``pad_mode`` the network's), handed to
-    ``emit`` a band of final rows at a time (cropped to the image: rows ``r0:r1`` of (1, 3, r1 - r0, W) float32)
-    instead of returned: bit for bit the rows of ``predict_rain(net, source.tensor(), tile, overlap, ...)``.
+    """`predict_rain`'s tiled result for an image, handed out a band of final rows at a time instead of returned:
+    bit for bit the rows of ``predict_rain(net, source.tensor(), tile, overlap, ...)``. The float state is one band
+    of tile rows (`stream_tiled_rain`); nothing of the image's size is allocated here.
 
-    ``tile``/``overlap`` as `tiling_of` returns them (the image does need tiles). What stays of the image's size
-    is the caller's (``source`` and what ``emit`` fills); the float state is one band of tile rows (see
-    `stream_tiled_rain`).
+    Args:
+        net: as `predict_rain`.
+        source: the image (its ``pad_mode`` the network's).
+        tile: the tile size, as `tiling_of` returns it (the image does need tiles).
+        overlap: the tile overlap, likewise.
+        emit: receives rows ``r0:r1`` of the rain layer, float32 (1, 3, r1 - r0, W), cropped to the image, top to
+            bottom (a `RowsFn`).
+        global_norm: as `predict_rain`.
+        precision: as `predict_rain`.
+        channels_last: as `predict_rain`.
     """
     graph = inference_graph(net, precision, channels_last)
     stream_tiled_rain(source, tile, overlap, graph.rain, graph.pre_norm_query if global_norm else None,
@@ -305,8 +357,16 @@ def stream_rain(net: MGIDNet | InferenceGraph, source: PixelSource, tile: int, o
 
 
 def cropped_rows(emit: RowsFn, height: int, width: int) -> RowsFn:
-    """``emit`` given only rows ``< height`` and columns ``< width`` of the padded image's rows (the padding
-    dropped)."""
+    """A `RowsFn` that drops the padding.
+
+    Args:
+        emit: receives the rows, cropped.
+        height: the image's height, before padding.
+        width: its width.
+
+    Returns:
+        A `RowsFn` of the padded image's rows handing ``emit`` only rows ``< height`` and columns ``< width``.
+    """
     def rows(r0: int, r1: int, rain: torch.Tensor) -> None:
         if r0 < height:
             r1 = min(r1, height)
@@ -318,16 +378,22 @@ def cropped_rows(emit: RowsFn, height: int, width: int) -> RowsFn:
 @torch.no_grad()
 def stream_tiled_rain(source: TileSource, tile: int, overlap: int, run_tile: TileFn, pre_norm_query: QueryFn | None,
                       emit: RowsFn, rows: int = _ROWS_PER_CHUNK) -> None:
-    """The blended rain layer (B, 3, H, W) of ``source`` (H, W multiples of 8), float32 on its device, handed to
-    ``emit`` a band of at most ``rows`` final rows at a time, top to bottom (the module doc's steps 2-3).
+    """The blended rain layer of ``source``, handed out a band of final rows at a time (the module doc's steps 2-4).
 
-    The blend is kept in a band of one row of tiles (B, 3, tile, W) float32: the tiles of a row are added into it
-    (each weighted by its window, in the tiles' order, as an image-sized accumulator would add them), then the
-    rows no later tile reaches (above the next row of tiles) are divided by their summed windows and emitted, and
-    the rows the next row of tiles overlaps move to the band's top. So the float state is 12 bytes x B x tile x W
-    (plus a ``rows`` x W temporary for the summed windows), not the image's size, and the rows are bit for bit those
-    of the image-sized accumulator. ``tile``/``overlap`` as `tile_geometry` returns them; ``pre_norm_query`` and
-    ``run_tile`` as `tiled_rain`.
+    The blend is kept in a float32 band (B, 3, tile, W), one row of tiles: the tiles of a row are added into it in
+    the tiles' order, the rows no later tile reaches are divided by their summed windows and emitted, and the rows
+    the next row of tiles overlaps move to the band's top. The rows are bit for bit those of an image-sized
+    accumulator.
+
+    Args:
+        source: the image, float (B, 3, H, W), H and W multiples of 8.
+        tile: the tile size, as `tile_geometry` returns it.
+        overlap: the tile overlap, likewise.
+        run_tile: runs the network on a crop (`TileFn`).
+        pre_norm_query: the pre-norm query of a crop (`QueryFn`), for the whole image's statistics; None: each
+            tile normalised by itself.
+        emit: receives rows ``r0:r1``, float32 (B, 3, r1 - r0, W) on ``source.device`` (a `RowsFn`).
+        rows: the most rows handed out at a time. Default 256.
     """
     b, c, h, w = source.shape
     device = source.device
@@ -364,14 +430,18 @@ def stream_tiled_rain(source: TileSource, tile: int, overlap: int, run_tile: Til
 @torch.no_grad()
 def tiled_rain(padded: torch.Tensor, tile: int, overlap: int, run_tile: TileFn,
                pre_norm_query: QueryFn | None = None) -> torch.Tensor:
-    """The blended rain layer (B, 3, H, W) of ``padded`` (B, 3, H, W), H and W multiples of 8, in ``padded``'s dtype
-    and on its device, from tiles run by ``run_tile`` (the module doc's steps 2-3; `stream_tiled_rain` gathered
-    into one tensor).
+    """The blended rain layer of a padded image (`stream_tiled_rain` gathered into one tensor).
 
-    ``tile``/``overlap`` as `tile_geometry` returns them. With ``pre_norm_query`` (global normalisation) a first
-    pass gathers the whole image's instance-norm statistics from it and every tile is run with them; without
-    it, ``run_tile(crop, None)`` normalises each tile by itself. The network is reached only through the two
-    callables, so other runtimes (`mgid.derain.onnx_backend`) tile exactly as `predict_rain` does.
+    Args:
+        padded: float (B, 3, H, W), H and W multiples of 8.
+        tile: the tile size, as `tile_geometry` returns it.
+        overlap: the tile overlap, likewise.
+        run_tile: runs the network on a crop (`TileFn`).
+        pre_norm_query: the pre-norm query of a crop (`QueryFn`), for the whole image's statistics (None, the
+            default: ``run_tile(crop, None)`` normalises each tile by itself).
+
+    Returns:
+        The rain layer (B, 3, H, W) in ``padded``'s dtype, on its device.
     """
     out = torch.empty(padded.shape, dtype=torch.float32, device=padded.device)
 

@@ -1,14 +1,10 @@
 """De-raining a video (a file or a folder of frames) into another, streamed: the library behind
 ``mgid derain IN.mp4 OUT.mp4``.
 
-* `derain_video` runs a `mgid.derain.derainer.Derainer` frame by frame (memory read only: the network never
-  changes), ``batch_size`` frames per network call (a GPU is used best with several), tiling as the
-  derainer is set up. Frames are decoded, de-rained and encoded as they come (`mgid.data.video`), so memory
-  holds one batch whatever the video's length; size, frame rate, frame count and the audio track are kept.
-* `median_video` is the classical baseline for a static camera: each output frame is the per-pixel
-  median of a sliding window of N frames (`temporal_median_stream`, which holds N frames at a time).
-
-Both write to a temporary name and rename at the end (`mgid.data.video.FrameWriter`), and return a `VideoReport`.
+`derain_video` runs a `mgid.derain.derainer.Derainer` frame by frame (memory read only), ``batch_size`` frames per
+network call, holding one batch in memory whatever the video's length; `median_video` is the classical
+static-camera baseline, the per-pixel median of a sliding window of N frames (`temporal_median_stream`). Both keep
+size, frame rate, frame count and audio, write to a temporary name renamed at the end, and return a `VideoReport`.
 """
 from __future__ import annotations
 
@@ -23,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mgid.data.video import FrameSource, FrameWriter, VideoError, VideoInfo, is_video_file, open_frames
+from mgid.errors import InputError
 
 #: Frames per network call by device type when the caller names no batch size.
 DEFAULT_BATCH = {"cuda": 8, "cpu": 1}
@@ -141,7 +138,7 @@ def temporal_median_stream(frames: Iterable[np.ndarray], window: int) -> Iterato
     ``window`` frames are held at a time. An even window's median is the mean of the middle two, rounded.
     """
     if window < 1:
-        raise ValueError(f"the temporal median needs a window of at least 1 frame, got {window}")
+        raise InputError(f"the temporal median needs a window of at least 1 frame, got {window}")
     before, after = (window - 1) // 2, window // 2
     buffer: deque[np.ndarray] = deque(maxlen=window)
     first = 0  # index of buffer[0]

@@ -1,39 +1,15 @@
 """A small web page to try the model in a browser: ``mgid web`` -> http://127.0.0.1:7860.
 
-Over 400 lines because the page itself (`PAGE`, about 200 lines of HTML, CSS and JavaScript) is inline:
-one file to serve, nothing fetched from elsewhere.
-
     >>> import mgid
     >>> from mgid.derain.web import create_app, serve
     >>> app = create_app(mgid.load_model(device="cpu"))   # a Flask app (tests use app.test_client())
     >>> serve(port=7860)                                   # loads the shipped weights and serves until Ctrl-C
 
-The page (`PAGE`: one HTML document with inline CSS and JavaScript, nothing fetched from elsewhere, so it
-works without internet) uploads a photo to ``POST /api/derain`` and shows rainy | de-rained | rain layer
-side by side, a before/after slider and a download link of the de-rained PNG. Endpoints:
-
-* ``GET /``: the page.
-* ``POST /api/derain``: multipart form with ``image`` (the file) and ``tile`` (``auto``, the default, ``512`` or
-  ``256``); answers JSON ``{"width", "height", "tile", "tile_choice", "seconds", "queued_seconds", "filename",
-  "rainy", "derained", "rain"}`` (``tile``: the tile used, null for the whole image; ``seconds``: the
-  de-raining alone, ``queued_seconds``: the wait before it), the three images as ``data:image/png;base64,...``
-  URLs. Errors are JSON ``{"error": message}`` with HTTP 400 (not an image, too small, bad form), 408 (the upload
-  stalled), 413 (upload, pixels or memory need too large), 503 (the queue, the uploads being received or the
-  connections are full, with Retry-After; the time limit passed; out of memory) or 500 (the network failed
-  otherwise).
-* ``GET /health``: ``{"status": "ok", ...}`` with the weights, device, limits and the slots taken.
-
-Limits, so that anyone who can reach the page cannot knock the server over: the upload size
-(``MAX_CONTENT_LENGTH``); the pixels, read from the image's header before anything is decoded
-(`decode_image`); the memory, by automatic tiling from the measured cost of the network
-(`mgid.derain.memory_budget`); one de-raining at a time, at most ``max_waiting`` waiting, each under a time limit
-checked between tiles (`mgid.derain.web_jobs.JobQueue`); the connections, by `mgid.derain.web_server`: an upload is
-read whole (at most ``max_reading`` at a time) before it takes a job slot, every read waits at most
-``read_timeout`` and the upload must arrive within ``upload_timeout`` (408 and the connection closed otherwise), and
-at most ``max_connections`` connections are served at once. Uploads are read into memory (`InMemoryUploads`:
-werkzeug would spool those over 500 KB to a temporary file) and decoded there; nothing is written to disk. The
-server is werkzeug's threaded server, bound to 127.0.0.1 unless ``--host`` says otherwise: it has no
-authentication, so exposing it is a deliberate choice (``mgid web`` warns).
+Endpoints: ``GET /`` (the page, `PAGE`, nothing fetched from elsewhere), ``POST /api/derain`` (an image in, JSON
+with the rainy, de-rained and rain images out; errors as JSON ``{"error": message}`` with an HTTP status) and
+``GET /health``. Uploads, pixels, memory, jobs and connections are bounded; the server has no authentication and
+binds 127.0.0.1 unless told otherwise. The endpoints' fields and statuses, and the limits: docs/DEPLOY.md,
+"Design notes".
 """
 from __future__ import annotations
 
@@ -57,7 +33,7 @@ from mgid.data.image_header import (
     read_header,
 )
 from mgid.derain.tiling import TILE_AUTO
-from mgid.errors import MgidError
+from mgid.errors import InputError, MgidError, MissingDependencyError
 
 if TYPE_CHECKING:  # Flask and werkzeug are imported where used, so `mgid --help` works without Flask
     from flask import Flask
@@ -71,7 +47,7 @@ DEFAULT_PORT = 7860
 DEFAULT_MAX_UPLOAD_MB = 20.0
 #: Largest image (width x height) accepted: a decompression bomb (a small PNG of a huge blank image)
 #: would otherwise allocate gigabytes before the network even starts.
-DEFAULT_MAX_PIXELS = 40_000_000
+WEB_MAX_PIXELS = 40_000_000
 #: Tiling choices on the page: auto (the whole photo when it fits the memory, else tiles; the default), or
 #: tiles of a size in px.
 TILE_CHOICES: tuple[int | str, ...] = (TILE_AUTO, 512, 256)
@@ -97,6 +73,10 @@ MIN_READING = 8
 READ_FORMATS = f"{FORMAT_NAMES} are read"
 
 
+class ListenError(MgidError, OSError):
+    """The server's address cannot be bound (port in use, address not available)."""
+
+
 class UploadError(MgidError, ValueError):
     """A refused upload; ``status`` is the HTTP status of the JSON error answer."""
 
@@ -117,7 +97,7 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
     return (np.clip(img.astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def decode_image(data: bytes, filename: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_image(data: bytes, filename: str = "upload", max_pixels: int = WEB_MAX_PIXELS) -> np.ndarray:
     """The bytes of an image file -> HxWx3 uint8 RGB, decoded in memory with OpenCV.
 
     The header is read first (`mgid.data.image_header`): data no header parser of the formats read here
@@ -216,7 +196,7 @@ class InMemoryUploads:
 
 
 def create_app(derainer: Derainer, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
-               max_pixels: int = DEFAULT_MAX_PIXELS, overlap: int | None = None,
+               max_pixels: int = WEB_MAX_PIXELS, overlap: int | None = None,
                job_seconds: float | None = DEFAULT_JOB_SECONDS, max_waiting: int = DEFAULT_MAX_WAITING,
                read_timeout: float = DEFAULT_READ_TIMEOUT, upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT,
                max_reading: int | None = None) -> Flask:
@@ -244,7 +224,10 @@ def create_app(derainer: Derainer, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     Raises:
         ValueError: A limit is not positive.
     """
-    from flask import Flask, Request, jsonify, request
+    try:
+        from flask import Flask, Request, jsonify, request
+    except ImportError as exc:
+        raise MissingDependencyError(f"{exc} (install it: pip install flask)") from exc
     from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
     from werkzeug.utils import secure_filename
 
@@ -254,9 +237,9 @@ def create_app(derainer: Derainer, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     from mgid.derain.web_server import UploadReader
 
     if max_upload_mb <= 0:
-        raise ValueError(f"max_upload_mb must be positive, got {max_upload_mb}")
+        raise InputError(f"max_upload_mb must be positive, got {max_upload_mb}")
     if not (read_timeout > 0 and upload_timeout > 0):
-        raise ValueError(f"read_timeout and upload_timeout must be positive seconds, got {read_timeout} and "
+        raise InputError(f"read_timeout and upload_timeout must be positive seconds, got {read_timeout} and "
                          f"{upload_timeout}")
     app = Flask(__name__)
     app.request_class = type("InMemoryRequest", (InMemoryUploads, Request), {})
@@ -379,19 +362,22 @@ def make_web_server(app: Flask, host: str = DEFAULT_HOST, port: int = DEFAULT_PO
         The server (`mgid.derain.web_server.BoundedWSGIServer`).
 
     Raises:
-        OSError: The address cannot be bound.
+        ListenError: The address cannot be bound (an `OSError`).
     """
     from mgid.derain.web_server import BoundedWSGIServer, handler_class
 
     read_timeout = app.config.get("MGID_READ_TIMEOUT", DEFAULT_READ_TIMEOUT)
     upload_timeout = app.config.get("MGID_UPLOAD_TIMEOUT", DEFAULT_UPLOAD_TIMEOUT)
-    return BoundedWSGIServer(host, port, app, handler_class(read_timeout, upload_timeout), max_connections,
-                             retry_after=max(1, math.ceil(read_timeout)))
+    try:
+        return BoundedWSGIServer(host, port, app, handler_class(read_timeout, upload_timeout), max_connections,
+                                 retry_after=max(1, math.ceil(read_timeout)))
+    except OSError as exc:
+        raise ListenError(f"cannot listen on {host}:{port}: {exc}") from exc
 
 
 def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, weights: str | Path | None = None,
           device: str = "auto", max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, precision: str = "auto",
-          max_pixels: int = DEFAULT_MAX_PIXELS, derainer: Derainer | None = None,
+          max_pixels: int = WEB_MAX_PIXELS, derainer: Derainer | None = None,
           job_seconds: float | None = DEFAULT_JOB_SECONDS, max_waiting: int = DEFAULT_MAX_WAITING,
           max_memory: int | None = None, read_timeout: float = DEFAULT_READ_TIMEOUT,
           upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT) -> None:
@@ -414,9 +400,9 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, weights: str | Pat
         upload_timeout: As `create_app`.
 
     Raises:
-        ImportError: Flask is missing.
-        OSError: The address cannot be bound.
-        ValueError: A limit is not valid.
+        MissingDependencyError: Flask is missing.
+        ListenError: The address cannot be bound (an `OSError`).
+        InputError: A limit is not valid.
     """
     if derainer is None:
         from mgid.derain.derainer import load_model

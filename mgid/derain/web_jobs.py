@@ -1,13 +1,8 @@
 """The web page's jobs: one de-raining at a time, a bounded queue, a time limit per job (`mgid.derain.web`).
 
-`JobQueue` is what keeps a page that anyone on the network may use from being knocked over:
-
-* a request first takes a *slot* (`JobQueue.slot`): one running job and at most ``max_waiting`` waiting; a
-  request that finds every slot taken is refused at once with `QueueFull`, whose ``retry_after`` (seconds)
-  estimates when a slot frees (the mean of the recent jobs' times the jobs ahead), for HTTP 503 + Retry-After;
-* `JobQueue.run` waits for the network (a lock: one job at a time, as two would only compete for the same
-  cores or GPU memory), then runs the job under `mgid.derain.time_limit.time_limit` (checked between tiles), and
-  returns its result with the seconds it waited and the seconds it ran, apart.
+`JobQueue.slot` takes one of the slots (one running job, at most ``max_waiting`` waiting) or raises `QueueFull`
+with a ``retry_after`` estimate; `JobQueue.run` runs a job alone under `mgid.derain.time_limit.time_limit` and
+returns its result with the seconds it waited and ran. Details: docs/DEPLOY.md, "Design notes".
 """
 from __future__ import annotations
 
@@ -21,7 +16,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from mgid.derain.time_limit import time_limit
-from mgid.errors import MgidError
+from mgid.errors import InputError, MgidError
 
 T = TypeVar("T")
 #: Recent job durations kept for the Retry-After estimate.
@@ -82,9 +77,9 @@ class JobQueue:
 
     def __init__(self, max_waiting: int, job_seconds: float | None) -> None:
         if max_waiting < 0:
-            raise ValueError(f"the queue holds >= 0 waiting jobs, got {max_waiting}")
+            raise InputError(f"the queue holds >= 0 waiting jobs, got {max_waiting}")
         if job_seconds is not None and not job_seconds > 0:
-            raise ValueError(f"the time limit of a job must be positive seconds (or None), got {job_seconds}")
+            raise InputError(f"the time limit of a job must be positive seconds (or None), got {job_seconds}")
         self.max_waiting, self.job_seconds = max_waiting, job_seconds
         self._slots = CountedSlots(max_waiting + 1)
         self._network = threading.Lock()

@@ -1,17 +1,9 @@
 """The web page's server: connections bounded in number and time, uploads read whole before a job slot is taken.
 
-`mgid.derain.web` serves its Flask app with werkzeug's threaded server, one thread per connection. Left as it
-is, that server waits forever for a client that stops sending, and starts a thread for every connection; six
-clients that send the start of an upload and then nothing would hold every job slot. Here:
-
-* `DeadlineReader` reads each connection: every read waits at most ``read_timeout`` seconds for data, and the
-  request (its head and, for an upload, its body) must arrive whole within ``upload_timeout`` seconds of the
-  connection, so a client that trickles a byte every few seconds is cut as well as one that stops;
-* `UploadReader` (WSGI middleware) reads the body of each upload whole, at most ``max_reading`` at a time (503
-  with Retry-After beyond them), before the app (and its job queue, `mgid.derain.web_jobs`) sees the request;
-  an upload that times out gets a 408 and its connection is closed;
-* `BoundedWSGIServer` holds at most ``max_connections`` connections; one more is answered 503 at once and
-  closed.
+`DeadlineReader` bounds each read (``read_timeout``) and each request (``upload_timeout``); `UploadReader` (WSGI
+middleware) reads each upload whole, at most ``max_reading`` at a time, before the app sees it;
+`BoundedWSGIServer` serves at most ``max_connections`` connections. Why werkzeug's server needs this:
+docs/DEPLOY.md, "Design notes".
 """
 from __future__ import annotations
 
@@ -26,7 +18,7 @@ from typing import Any
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
 from mgid.derain.web_jobs import CountedSlots
-from mgid.errors import MgidError
+from mgid.errors import InputError, MgidError
 
 #: Bytes asked of the socket per read of an upload.
 READ_CHUNK = 64 * 1024
@@ -142,7 +134,7 @@ class BoundedWSGIServer(ThreadedWSGIServer):
     def __init__(self, host: str, port: int, app: Callable[..., Iterable[bytes]],
                  handler: type[WSGIRequestHandler], max_connections: int, retry_after: int = 5) -> None:
         if max_connections < 1:
-            raise ValueError(f"max_connections must be >= 1, got {max_connections}")
+            raise InputError(f"max_connections must be >= 1, got {max_connections}")
         super().__init__(host, port, app, handler)
         self.max_connections, self.retry_after = max_connections, retry_after
         self._connections = CountedSlots(max_connections)
@@ -198,7 +190,7 @@ class UploadReader:
     def __init__(self, app: Callable[..., Iterable[bytes]], paths: Iterable[str], max_bytes: int, max_reading: int,
                  read_timeout: float, upload_timeout: float) -> None:
         if max_reading < 1:
-            raise ValueError(f"max_reading must be >= 1, got {max_reading}")
+            raise InputError(f"max_reading must be >= 1, got {max_reading}")
         self.app, self.paths, self.max_bytes = app, frozenset(paths), max_bytes
         self.max_reading, self.read_timeout, self.upload_timeout = max_reading, read_timeout, upload_timeout
         self._slots = CountedSlots(max_reading)

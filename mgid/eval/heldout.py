@@ -1,22 +1,9 @@
 """The project's held-out evaluation: every embedded held-out set, the rainy input, two baselines and models.
 
-For each held-out paired set (`mgid.data.heldout_sets.HELDOUT_SETS`: ``streaks``, the training renderer
-at the original rain density; ``perspective``, a second renderer the model never trains on;
-``heavy``, heavy rain; ``varied``, several directions, long streaks, drizzle and near-camera streaks;
-``layered``, the benchmarks' kind of rain of `mgid.data.layer_rain`; and, with ``photo_folders``, one set per
-folder of clean photos, named after it, of its held-out photos under the ``streaks`` rain)
-the table holds, per method, the mean Y-channel PSNR / SSIM against the clean images (paper convention,
-`mgid.eval.metrics`) and the mean brightness shift (mean Y of the output minus mean Y of the clean image, in
-grey levels; a veil or tone change shows here). Methods:
-
-* ``rainy input``: the rainy image itself;
-* ``median 3x3``: a 3x3 median filter of the rainy image (single-frame baseline);
-* ``temporal median 8``: the per-pixel median of 8 rainy frames of the same scene, each with its own
-  rain of the set's renderer (a multi-frame reference: what a static camera could do with 8 frames);
-* each model given: ``name -> function(HxWx3 uint8 RGB) -> HxWx3 uint8 RGB``.
-
-Scores come from `mgid.eval.scoring.score_pairs` (the loop of ``mgid evaluate`` and of training
-validation) as `mgid.eval.scoring.Scores`.
+`evaluate_heldout` returns, per held-out set and method (``rainy input``, ``median 3x3``, ``temporal median 8``
+and each model given), the mean Y PSNR / SSIM and brightness shift as `mgid.eval.scoring.Scores`;
+`format_table` and `write_json` report it, `comparison_rows` makes the picture. The methods: docs/EVALUATE.md,
+"Design notes".
 """
 from __future__ import annotations
 
@@ -30,6 +17,7 @@ import numpy as np
 from mgid.data import EmbeddedDataConfig, EmbeddedPairedSet
 from mgid.data.heldout_sets import HELDOUT_SETS
 from mgid.derain.video import temporal_median
+from mgid.errors import InputError
 from mgid.eval.scoring import DerainFn, Scores, score_images
 from mgid.output_paths import write_atomic
 
@@ -41,7 +29,7 @@ TEMPORAL_FRAMES = 8
 
 
 def median3x3(rainy: np.ndarray) -> np.ndarray:
-    """3x3 median filter of an HxWx3 uint8 image, per channel."""
+    """3x3 median filter of an (H, W, 3) uint8 image, per channel (the single-frame baseline)."""
     return cv2.medianBlur(np.ascontiguousarray(rainy), 3)
 
 
@@ -51,14 +39,23 @@ def heldout_sets(sets: Iterable[str] = HELDOUT_SETS, photo_folders: Iterable[str
     per photo folder, named after the folder, of its held-out photos under the ``streaks`` rain
     (`EmbeddedPairedSet` with ``photo_folder``).
 
+    Args:
+        sets: names of `HELDOUT_SETS` to make.
+        photo_folders: folders of clean photos, one more set each.
+        count: images per set (``None``: the default count).
+        config: the embedded data settings (default ``EmbeddedDataConfig()``).
+
+    Returns:
+        ``{name: EmbeddedPairedSet}``, in that order.
+
     Raises:
-        ValueError: two photo folders share a name, or a name of ``sets``.
+        InputError: two photo folders share a name, or a name of ``sets`` (a ``ValueError``).
     """
     named: dict[str, EmbeddedPairedSet] = {kind: EmbeddedPairedSet(count, config=config, rain=kind) for kind in sets}
     for folder in photo_folders:
         name = Path(folder).name
         if name in named:
-            raise ValueError(f"two held-out sets would be named {name!r}: give photo folders with distinct names")
+            raise InputError(f"two held-out sets would be named {name!r}: give photo folders with distinct names")
         named[name] = EmbeddedPairedSet(count, config=config, rain=PHOTO_SET_RAIN, photo_folder=folder)
     return named
 
@@ -66,8 +63,22 @@ def heldout_sets(sets: Iterable[str] = HELDOUT_SETS, photo_folders: Iterable[str
 def evaluate_heldout(models: Mapping[str, DerainFn], *, sets: Iterable[str] = HELDOUT_SETS,
                      photo_folders: Iterable[str | Path] = (), count: int | None = None,
                      config: EmbeddedDataConfig | None = None, baselines: bool = True) -> dict[str, dict[str, Scores]]:
-    """``{set: {method: Scores}}`` for the rainy input, the baselines (optional) and ``models``, on every set of
-    `heldout_sets` (``sets``, then one per photo folder)."""
+    """Score the rainy input, the baselines and each model on every held-out set.
+
+    Args:
+        models: ``{name: derain}``, each (H, W, 3) uint8 RGB -> (H, W, 3) uint8 RGB.
+        sets: names of `HELDOUT_SETS` to score on.
+        photo_folders: folders of clean photos, one more set each (`heldout_sets`).
+        count: images per set (``None``: the default count).
+        config: the embedded data settings.
+        baselines: also score the 3x3 median and the temporal median of 8 rainy frames.
+
+    Returns:
+        ``{set: {method: Scores}}``.
+
+    Raises:
+        InputError: as `heldout_sets` (a ``ValueError``).
+    """
     table: dict[str, dict[str, Scores]] = {}
     for kind, paired in heldout_sets(sets, photo_folders, count=count, config=config).items():
         pairs = [paired.images(i) for i in range(len(paired))]

@@ -1,23 +1,9 @@
 """Scoring de-rained images against clean ones: the one scoring loop, its result types, CSV and JSON.
 
-`score_pairs` is the loop every evaluation runs: for each (rainy, clean) pair it de-rains the rainy
-image with a given function (or scores it as it is), scores the output against the clean image
-(PSNR/SSIM, `mgid.eval.metrics`), optionally the rainy input too and the brightness shift, and returns
-one `ImageScore` per pair; `Scores` holds their means. Callers:
-
-* `evaluate_folders` (``mgid evaluate --pred DIR --gt DIR``): predictions already on disk. Files
-  are paired by `mgid.data.find_pairs`: same stem first, then the ``rain``/``norain`` key, so a
-  prediction that kept the rainy name (``rain-12.png``) pairs with ``norain-12.png``.
-* `evaluate_model` (``mgid evaluate --data DIR``): a paired set (``rain/`` + ``norain/``, or
-  ``input/`` + ``target/``) is de-rained by a `mgid.derain.derainer.Derainer`, then scored; the rainy input is
-  scored too, so the report shows what de-raining gained.
-* `score_paired_set`: an in-memory paired set (`mgid.data.EmbeddedPairedSet`, `mgid.data.PairedFolder`),
-  the validation during training (`mgid.train.validation.validate`).
-* `mgid.eval.heldout.evaluate_heldout` (``mgid heldout``): the held-out sets, baselines and models.
-
-Metrics follow `mgid.eval.metrics` (Y channel of BT.601 by default, ``channel="rgb"`` for RGB).
-Files without a partner are listed in the report; pairs that cannot be read (or differ in size)
-are skipped and listed with the reason.
+`score_pairs` is the loop every evaluation runs (one `ImageScore` per pair, `Scores` their means);
+`evaluate_folders` (``mgid evaluate --pred DIR --gt DIR``), `evaluate_model` (``mgid evaluate --data DIR``) and
+`score_paired_set` (training validation) feed it; `EvaluationReport` writes ``metrics.csv`` and ``metrics.json``.
+Who calls what: docs/EVALUATE.md, "Design notes".
 """
 from __future__ import annotations
 
@@ -35,6 +21,7 @@ import torch
 
 from mgid.data import find_pairs, read_image, to_tensor, to_uint8, write_image
 from mgid.data.paired import PAIRED_LAYOUTS, detect_paired_layout
+from mgid.errors import InputError
 from mgid.eval.metrics import SSIM_MIN_SIDE, Channel, rgb_to_y, score
 from mgid.output_paths import OutputPathError, check_output_file, folder_problem, write_atomic
 
@@ -111,12 +98,20 @@ class Pair:
 
 
 def check_pair(image: np.ndarray, clean: np.ndarray) -> None:
-    """``ValueError`` when two images cannot be scored together (sizes differ, smaller than the SSIM window)."""
+    """Refuse two images that cannot be scored together.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        clean: (H, W, 3) uint8 RGB.
+
+    Raises:
+        InputError: sizes differ, or smaller than the SSIM window (a ``ValueError``).
+    """
     if image.shape != clean.shape:
-        raise ValueError(f"size {image.shape[1]}x{image.shape[0]} differs from the target's "
+        raise InputError(f"size {image.shape[1]}x{image.shape[0]} differs from the target's "
                          f"{clean.shape[1]}x{clean.shape[0]}")
     if min(clean.shape[:2]) < SSIM_MIN_SIDE:
-        raise ValueError(f"smaller than the {SSIM_MIN_SIDE}x{SSIM_MIN_SIDE} SSIM window")
+        raise InputError(f"smaller than the {SSIM_MIN_SIDE}x{SSIM_MIN_SIDE} SSIM window")
 
 
 def brightness_shift(image: np.ndarray, clean: np.ndarray) -> float:
@@ -128,12 +123,24 @@ def score_pairs(pairs: Iterable[Pair], derain: DerainFn | None = None, *, channe
                 with_input: bool = False, brightness: bool = False,
                 skipped: list[tuple[Any, str]] | None = None,
                 on_output: Callable[[Pair, np.ndarray], None] | None = None) -> list[ImageScore]:
-    """The evaluation loop: score ``derain(rainy)`` (``derain`` None: the image as loaded) against clean.
+    """The evaluation loop: score ``derain(rainy)`` against the clean image of each pair.
 
-    ``with_input``: score the rainy image too; ``brightness``: measure the brightness shift.
-    A pair that cannot be loaded or scored (``OSError``/``ValueError`` before de-raining) is added
-    to ``skipped`` as ``(pair.source, reason)``, or raised when ``skipped`` is None. ``on_output``
-    sees each output before it is scored (to save it).
+    Args:
+        pairs: the pairs to score.
+        derain: (H, W, 3) uint8 RGB -> (H, W, 3) uint8 RGB; ``None`` scores the rainy image as loaded.
+        channel: ``"y"`` or ``"rgb"`` (`mgid.eval.metrics`).
+        with_input: score the rainy image too.
+        brightness: measure the brightness shift.
+        skipped: a pair that cannot be loaded or scored (``OSError``/``ValueError`` before de-raining) is
+            appended here as ``(pair.source, reason)``; ``None`` raises instead.
+        on_output: sees each pair and its output before it is scored (to save it).
+
+    Returns:
+        One `ImageScore` per scored pair.
+
+    Raises:
+        OSError, ValueError: a pair cannot be loaded or scored and ``skipped`` is None; and anything ``derain``
+            raises.
     """
     rows: list[ImageScore] = []
     for pair in pairs:
@@ -297,9 +304,18 @@ class EvaluationReport:
 
 
 def check_report_paths(out_dir: str | Path, overwrite: bool, save_dir: str | Path | None = None) -> None:
-    """Before any scoring: `EvaluationReport.write` can write ``OUT/metrics.csv`` and ``OUT/metrics.json`` (a
-    folder that can be written, no existing files unless ``overwrite``) and, when de-rained images are saved,
-    ``save_dir`` is a writable folder holding no files yet (unless ``overwrite``). Raises `OutputPathError`."""
+    """Check, before any scoring, that the report and the de-rained images can be written.
+
+    Args:
+        out_dir: where `EvaluationReport.write` puts ``metrics.csv`` and ``metrics.json``: a folder that can be
+            written, without those files unless ``overwrite``.
+        overwrite: allow replacing existing files.
+        save_dir: where de-rained images are saved, or ``None``: a writable folder holding no files yet
+            (unless ``overwrite``).
+
+    Raises:
+        OutputPathError: a path cannot be written or already holds files.
+    """
     out = Path(out_dir)
     for name in (CSV_NAME, JSON_NAME):
         check_output_file(out / name, overwrite=overwrite, what="score file")
@@ -344,8 +360,23 @@ def _file_pair(image_path: Path, clean_path: Path, max_pixels: int | None = None
 
 def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, channel: Channel = "y",
                      progress: bool = False, max_pixels: int | None = None) -> EvaluationReport:
-    """Score the images of ``pred_dir`` against their partners in ``gt_dir`` (see the module doc); a pair with
-    an image over ``max_pixels`` (read from its header, before decoding; None: any size) is skipped."""
+    """Score the images of a folder against their partners in another (paired by `mgid.data.find_pairs`).
+
+    Args:
+        pred_dir: the de-rained images.
+        gt_dir: the clean images.
+        channel: ``"y"`` or ``"rgb"``.
+        progress: show a progress bar.
+        max_pixels: a pair with an image over this (read from its header, before decoding) is skipped;
+            ``None``: any size.
+
+    Returns:
+        The `EvaluationReport`, with the unmatched and skipped files.
+
+    Raises:
+        FileNotFoundError: a folder is missing.
+        InputError: two files of one side match the same partner (a ``ValueError``).
+    """
     pairing = find_pairs(pred_dir, gt_dir)
     report = EvaluationReport(channel, str(pred_dir), str(gt_dir),
                               unmatched_predictions=pairing.unmatched_inputs,
@@ -356,7 +387,18 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, channel: Channel 
 
 
 def paired_folders(data_dir: str | Path) -> tuple[Path, Path]:
-    """(rainy, clean) sub-folders of a paired set; ``ValueError`` naming the layouts expected otherwise."""
+    """The (rainy, clean) sub-folders of a paired set (`mgid.data.paired.detect_paired_layout`).
+
+    Args:
+        data_dir: the set's folder.
+
+    Returns:
+        ``(rainy_dir, clean_dir)``.
+
+    Raises:
+        FileNotFoundError: ``data_dir`` is not a folder.
+        InputError: none of `PAIRED_LAYOUTS` (a ``ValueError`` naming the layouts expected).
+    """
     return detect_paired_layout(data_dir)
 
 
@@ -366,15 +408,28 @@ def evaluate_model(derainer: Any, data_dir: str | Path, channel: Channel = "y", 
                    max_pixels: int | None = None) -> EvaluationReport:
     """De-rain the rainy images of the paired set ``data_dir`` and score them (and the rainy inputs).
 
-    ``derainer``: a `mgid.derain.derainer.Derainer` (its default tiling and self-ensemble apply); ``derain`` overrides
-    how an HxWx3 uint8 image is de-rained. ``save_dir``: also write each de-rained image there under the
-    rainy file's name. ``brightness``: also measure the brightness shift (in the summary). ``limit``: score
-    only the first ``limit`` pairs (in `find_pairs`' order, by name). ``max_pixels``: a pair with an image
-    larger than this (from its header, before decoding; None: any size) is skipped.
-    Layouts: ``rain/`` + ``norain/`` or ``input/`` + ``target/`` (`PAIRED_LAYOUTS`).
+    Args:
+        derainer: a `mgid.derain.derainer.Derainer` (its default tiling and self-ensemble apply).
+        data_dir: the set: ``rain/`` + ``norain/`` or ``input/`` + ``target/`` (`PAIRED_LAYOUTS`).
+        channel: ``"y"`` or ``"rgb"``.
+        save_dir: also write each de-rained image there under the rainy file's name.
+        progress: show a progress bar.
+        derain: overrides how an (H, W, 3) uint8 image is de-rained.
+        brightness: also measure the brightness shift (in the summary).
+        limit: score only the first ``limit`` pairs (in `find_pairs`' order, by name).
+        max_pixels: a pair with an image larger than this (from its header, before decoding) is skipped;
+            ``None``: any size.
+
+    Returns:
+        The `EvaluationReport` (output and rainy-input scores).
+
+    Raises:
+        InputError: ``limit`` below 1, an unknown layout, or two files matching the same partner
+            (a ``ValueError``).
+        FileNotFoundError: ``data_dir`` is not a folder.
     """
     if limit is not None and limit < 1:
-        raise ValueError(f"limit must be at least 1 pair, got {limit}")
+        raise InputError(f"limit must be at least 1 pair, got {limit}")
     rainy_dir, clean_dir = paired_folders(data_dir)
     run = derain if derain is not None else derainer.derain
     pairing = find_pairs(rainy_dir, clean_dir)

@@ -19,6 +19,7 @@ from torch import nn
 
 from mgid import ops
 from mgid.config.literals import check_literals
+from mgid.errors import InputError
 from mgid.losses.ssim import DATA_RANGE, SSIMBorder, SSIMConfig, ssim
 from mgid.models.mgid import MGIDOutput
 
@@ -70,7 +71,7 @@ class LossWeights:
     def __post_init__(self) -> None:
         check_literals(self)  # compactness_mode, ssim_border: from their Literal types
         if isinstance(self.bsw_k, bool) or not isinstance(self.bsw_k, int) or self.bsw_k < 1:
-            raise ValueError(f"bsw_k must be a positive int, got {self.bsw_k!r}")
+            raise InputError(f"bsw_k must be a positive int, got {self.bsw_k!r}")
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -79,12 +80,11 @@ class LossWeights:
 class MGIDLoss(nn.Module):
     """MGID objective of two frames: ``total, terms = MGIDLoss()(out1, out2, image1, image2)``.
 
-    ``out1``/``out2`` are the :class:`~mgid.models.MGIDOutput` of frames ``image1``/``image2``
-    (B, 3, H, W) each, run in that order. Returns the 0-dim total (differentiable) and a dict of
-    detached 0-dim tensors (no host sync; call ``.item()`` to log): the unweighted terms
-    ``l1_bg, l1_bg1_i2, l1_i1_bg2, l1_recon1, l1_recon2, compactness, separateness, bsw, ssim``
-    and ``total``. A term whose weight is 0 is still reported (computed without gradient where it
-    is not already part of the graph) but does not enter the total.
+    A term whose weight is 0 is still reported (computed without gradient where it is not already part of the
+    graph) but does not enter the total.
+
+    Args:
+        weights: the term weights and options (default ``LossWeights()``, the public training code's).
     """
 
     def __init__(self, weights: LossWeights | None = None) -> None:
@@ -104,10 +104,27 @@ class MGIDLoss(nn.Module):
     def forward(
         self, out1: MGIDOutput, out2: MGIDOutput, image1: torch.Tensor, image2: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The objective of two frames of one scene.
+
+        Args:
+            out1: the `mgid.models.MGIDOutput` of ``image1``.
+            out2: the `mgid.models.MGIDOutput` of ``image2``, run after ``out1``.
+            image1: frame 1, (B, 3, H, W) in [-1, 1].
+            image2: frame 2, (B, 3, H, W), the same shape.
+
+        Returns:
+            ``(total, terms)``: the 0-dim total (differentiable) and a dict of detached 0-dim tensors (no host
+            sync; call ``.item()`` to log): the unweighted terms ``l1_bg, l1_bg1_i2, l1_i1_bg2, l1_recon1,
+            l1_recon2, compactness, separateness, bsw, ssim`` and ``total``.
+
+        Raises:
+            InputError: the outputs and images differ in shape, or a weighted memory loss is missing (run the
+                model in train mode or with ``memory_losses=True``) (a ``ValueError``).
+        """
         w = self.weights
         b1, b2, r1, r2 = out1.background, out2.background, out1.rain, out2.rain
         if not (b1.shape == b2.shape == image1.shape == image2.shape):
-            raise ValueError(f"both frames' outputs and images must share one shape (B, 3, H, W), got "
+            raise InputError(f"both frames' outputs and images must share one shape (B, 3, H, W), got "
                              f"{tuple(b1.shape)}, {tuple(b2.shape)}, {tuple(image1.shape)}, {tuple(image2.shape)}")
         # Note (B2 + R1) - I1 = B2 - B1 and (B1 + R2) - I2 = B1 - B2 since B = I - R: the two
         # reconstruction terms equal l1_bg in value. Kept as separate, separately weighted terms
@@ -129,7 +146,7 @@ class MGIDLoss(nn.Module):
             weight = getattr(w, name)
             if value is None:
                 if weight != 0:
-                    raise ValueError(f"MGIDLoss needs the {name} loss of both frames; run the model in "
+                    raise InputError(f"MGIDLoss needs the {name} loss of both frames; run the model in "
                                      f"train mode or with memory_losses=True")
                 value = b1.new_tensor(float("nan"))
             terms[name] = value

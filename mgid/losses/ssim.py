@@ -1,18 +1,9 @@
 """Differentiable SSIM (Wang et al. 2004) with the standard Gaussian window, for training.
 
-Window: 11x11 Gaussian, sigma 1.5 (separable), K1 = 0.01, K2 = 0.03, C1 = (K1 L)^2, C2 = (K2 L)^2
-with L the data range. Images in this package are in [-1, 1], so L = 2.0 by default.
-
-Borders: with ``border="valid"`` (default) the SSIM map is computed only where the window lies
-inside the image ((H-10) x (W-10) positions) and averaged there. That is exactly what
-``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
-use_sample_covariance=False)`` averages (it filters with padding, then crops 5 pixels per side
-before the mean). ``border="same"`` zero-pads by 5 and averages the full H x W map, as the common
-``pytorch_ssim`` package does. Channels are filtered separately and their maps averaged.
-
-The public MGID training code uses the zero-padded form with C1 = 0.01^2 and C2 = 0.03^2 on its
-[-1, 1] images, i.e. ``SSIMConfig(data_range=1.0, border="same")`` here (the ``paper`` recipe's); the defaults
-(data range 2, valid borders) are scikit-image's reading of the same images, with constants 4x larger.
+`ssim` and its module form `SSIM` compare (B, C, H, W) images with an 11x11 Gaussian window (sigma 1.5), K1 0.01,
+K2 0.03 and the data range of `SSIMConfig` (2.0 for [-1, 1] images). ``border="valid"`` (default) averages the map
+where the window lies inside the image, as scikit-image does; ``border="same"`` zero-pads, as the public MGID code.
+The border conventions and the public code's constants: docs/ALGORITHM.md, "Design notes".
 """
 from __future__ import annotations
 
@@ -22,6 +13,8 @@ from typing import Literal, get_args
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from mgid.errors import InputError
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
@@ -38,8 +31,12 @@ REDUCTIONS = ("mean", "none")
 class SSIMConfig:
     """SSIM constants; the defaults are the standard ones for images in [-1, 1].
 
-    ``border`` is one of `BORDERS` (see the module docstring); a bad value, an even or non-positive
-    ``window_size`` or a non-positive ``data_range`` or ``sigma`` raises ValueError.
+    ``border`` is one of `BORDERS`: ``"valid"`` (the map where the window lies inside the image) or ``"same"``
+    (zero-padded, the full map).
+
+    Raises:
+        InputError: an unknown ``border``, an even or non-positive ``window_size``, or a non-positive
+            ``data_range`` or ``sigma`` (a ``ValueError``).
     """
 
     data_range: float = DATA_RANGE
@@ -51,16 +48,26 @@ class SSIMConfig:
 
     def __post_init__(self) -> None:
         if self.window_size < 1 or self.window_size % 2 == 0:
-            raise ValueError(f"window_size must be a positive odd int, got {self.window_size}")
+            raise InputError(f"window_size must be a positive odd int, got {self.window_size}")
         if self.border not in BORDERS:
-            raise ValueError(f"border must be one of {BORDERS}, got {self.border!r}")
+            raise InputError(f"border must be one of {BORDERS}, got {self.border!r}")
         if self.data_range <= 0 or self.sigma <= 0:
-            raise ValueError(f"data_range and sigma must be positive, got {self.data_range}, {self.sigma}")
+            raise InputError(f"data_range and sigma must be positive, got {self.data_range}, {self.sigma}")
 
 
 def gaussian_window(size: int, sigma: float, dtype: torch.dtype = torch.float32,
                     device: torch.device | str | None = None) -> torch.Tensor:
-    """1-D Gaussian (size,) summing to 1, centred on the middle tap."""
+    """1-D Gaussian window summing to 1, centred on the middle tap.
+
+    Args:
+        size: taps.
+        sigma: standard deviation in taps.
+        dtype: dtype of the result.
+        device: device of the result.
+
+    Returns:
+        A (size,) tensor.
+    """
     x = torch.arange(size, dtype=torch.float64, device=device) - (size - 1) / 2
     g = torch.exp(-0.5 * (x / sigma) ** 2)
     return (g / g.sum()).to(dtype)
@@ -77,19 +84,30 @@ def _blur(x: torch.Tensor, window: torch.Tensor, padding: int) -> torch.Tensor:
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor, config: SSIMConfig = SSIMConfig(), reduction: str = "mean") -> torch.Tensor:
-    """SSIM of x and y, each (B, C, H, W); differentiable in both.
+    """SSIM of two batches of images; differentiable in both.
 
-    Returns a 0-dim mean over batch, channels and positions (``reduction="mean"``) or one value per
-    image (B,) (``"none"``). Half-precision inputs are computed in float32 (the variance is a
-    difference of nearly equal moments).
+    Half-precision inputs are computed in float32 (the variance is a difference of nearly equal moments).
+
+    Args:
+        x: (B, C, H, W) float.
+        y: (B, C, H, W) float, the same shape.
+        config: constants and borders (default: data range 2.0 for [-1, 1] images, valid borders).
+        reduction: ``"mean"`` for the mean over batch, channels and positions, ``"none"`` for one value per image.
+
+    Returns:
+        A 0-dim tensor (``"mean"``) or a (B,) tensor (``"none"``).
+
+    Raises:
+        InputError: shapes differ or are not 4-D, an unknown ``reduction``, or images smaller than the window
+            with ``border="valid"`` (a ``ValueError``).
     """
     if x.shape != y.shape or x.dim() != 4:
-        raise ValueError(f"ssim needs two (B, C, H, W) tensors of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise InputError(f"ssim needs two (B, C, H, W) tensors of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
     if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        raise InputError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     size = config.window_size
     if config.border == "valid" and min(x.shape[-2:]) < size:
-        raise ValueError(f"ssim with border='valid' needs H, W >= {size}, got {tuple(x.shape[-2:])}")
+        raise InputError(f"ssim with border='valid' needs H, W >= {size}, got {tuple(x.shape[-2:])}")
     if x.dtype in (torch.float16, torch.bfloat16):
         x, y = x.float(), y.float()
     c = x.shape[1]
@@ -108,7 +126,12 @@ def ssim(x: torch.Tensor, y: torch.Tensor, config: SSIMConfig = SSIMConfig(), re
 
 
 class SSIM(nn.Module):
-    """Module form of :func:`ssim`: ``SSIM()(x, y)`` -> 0-dim mean SSIM of (B, C, H, W) images."""
+    """Module form of `ssim`: ``SSIM()(x, y)`` -> 0-dim mean SSIM of (B, C, H, W) images.
+
+    Args:
+        config: constants and borders.
+        reduction: ``"mean"`` or ``"none"``, as `ssim`.
+    """
 
     def __init__(self, config: SSIMConfig = SSIMConfig(), reduction: str = "mean") -> None:
         super().__init__()

@@ -1,4 +1,4 @@
-"""MGID network: encoder, memory, decoder and the assembled :class:`MGIDNet`."""
+"""MGID network: encoder, memory, decoder and the assembled `MGIDNet`."""
 from mgid.models.decoder import Decoder
 from mgid.models.encoder import DOWNSAMPLE, Encoder, EncoderFeatures, NormStats
 from mgid.models.memory import MemoryModule, MemoryOutput, random_unit_items

@@ -15,6 +15,7 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
+from mgid.errors import InputError
 from mgid.models.encoder import KERNEL_SIZE, PADDING, conv_bn_relu, double_conv, sequential_layers
 
 #: Ways to double the resolution in the decoder (`ModelConfig.upsample`).
@@ -39,7 +40,7 @@ def upsample(channels: int, mode: str = "transpose") -> nn.Sequential:
     elif mode == "resize_conv":
         up = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(channels, channels, KERNEL_SIZE, padding=PADDING)]
     else:
-        raise ValueError(f"upsample mode must be one of {UPSAMPLE_MODES}, got {mode!r}")
+        raise InputError(f"upsample mode must be one of {UPSAMPLE_MODES}, got {mode!r}")
     return nn.Sequential(*up, nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
 
 
@@ -57,7 +58,7 @@ class Decoder(nn.Module):
                  concat_order: ConcatOrder = "upsampled_first") -> None:
         super().__init__()
         if concat_order not in CONCAT_ORDERS:
-            raise ValueError(f"concat_order must be one of {CONCAT_ORDERS}, got {concat_order!r}")
+            raise InputError(f"concat_order must be one of {CONCAT_ORDERS}, got {concat_order!r}")
         self.skip_first = concat_order == "skip_first"
         self.bottleneck = double_conv(2 * channels, channels)  # on concat[q_hat, read]
         self.up3 = upsample(channels, upsample_mode)

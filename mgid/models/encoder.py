@@ -1,16 +1,9 @@
 """MGID encoder: the MNAD U-Net encoder at a constant width, followed by instance normalisation.
 
-Three stages of (conv3x3-BN-ReLU) x2 + 2x2 max-pool, a fourth stage conv3x3-BN-ReLU-conv3x3 at 1/8
-resolution, then ``InstanceNorm2d(C, affine=False)``. The instance-normalised output is both the
-memory query and the feature whose covariance the BSW loss whitens; the pre-pool outputs of
-stages 1-3 are the decoder's skip connections.
-
-The instance norm is the one non-local layer: its statistics are taken over the whole input. To
-normalise a crop (a tile) with the statistics of a larger image, the encoder exposes the pieces:
-`Encoder.pre_norm_features` (the query before normalisation, plus the skips),
-`Encoder.norm_statistics` (the :class:`NormStats` the instance norm would use) and
-``Encoder.forward(image, norm_stats=...)`` / `Encoder.normalise` (normalise with given statistics).
-`mgid.derain.tiling` builds tiled inference on these alone.
+Three stages of (conv3x3-BN-ReLU) x2 + 2x2 max-pool, a fourth stage conv3x3-BN-ReLU-conv3x3 at 1/8 resolution, then
+``InstanceNorm2d(C, affine=False)``: the normalised output is the memory query and the BSW loss's feature; the
+pre-pool outputs of stages 1-3 are the skips. `Encoder.pre_norm_features`, `Encoder.norm_statistics` and
+`Encoder.normalise` let a tile be normalised with a larger image's statistics (`mgid.derain.tiling`).
 """
 from __future__ import annotations
 
@@ -19,6 +12,8 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
+
+from mgid.errors import InputError
 
 KERNEL_SIZE = 3
 PADDING = 1  # "same" padding for the 3x3 convolutions
@@ -47,7 +42,7 @@ def sequential_layers(module: nn.Module) -> Iterator[nn.Module]:
 
 
 def double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
-    """Two :func:`conv_bn_relu` layers, (B, in, H, W) -> (B, out, H, W); MNAD's ``Basic`` block."""
+    """Two `conv_bn_relu` layers, (B, in, H, W) -> (B, out, H, W); MNAD's ``Basic`` block."""
     return nn.Sequential(conv_bn_relu(in_channels, out_channels), conv_bn_relu(out_channels, out_channels))
 
 
@@ -66,7 +61,7 @@ class NormStats(NamedTuple):
         """The statistics of pre-norm ``features`` (B, C, h, w) over h x w (what InstanceNorm2d computes)."""
         if not isinstance(features, torch.Tensor) or features.dim() != 4:
             shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
-            raise ValueError(f"features must have shape (B, C, h, w), got {shape}")
+            raise InputError(f"features must have shape (B, C, h, w), got {shape}")
         return cls(features.mean(dim=(2, 3), keepdim=True),
                    features.var(dim=(2, 3), unbiased=False, keepdim=True))
 
@@ -84,7 +79,7 @@ class EncoderFeatures(NamedTuple):
 
 
 class Encoder(nn.Module):
-    """(B, in_channels, H, W) -> :class:`EncoderFeatures`; H and W must be multiples of 8.
+    """(B, in_channels, H, W) -> `EncoderFeatures`; H and W must be multiples of 8.
 
     With ``in_channels=3`` and ``channels=64``: 261,184 trainable parameters.
     """
@@ -114,7 +109,7 @@ class Encoder(nn.Module):
         return float(self.norm.eps)
 
     def pre_norm_features(self, image: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(query before the instance norm (B, C, H/8, W/8), skips as in :class:`EncoderFeatures`).
+        """(query before the instance norm (B, C, H/8, W/8), skips as in `EncoderFeatures`).
 
         The stages run layer by layer (`sequential_layers`) rather than as whole modules, so each activation is
         freed as soon as the next layer has read it: at most a layer's input and output are alive at once (a
@@ -132,11 +127,11 @@ class Encoder(nn.Module):
         return x, skips
 
     def norm_statistics(self, image: torch.Tensor) -> NormStats:
-        """The :class:`NormStats` (mean, var: (B, C, 1, 1)) the instance norm takes over ``image``'s query."""
+        """The `NormStats` (mean, var: (B, C, 1, 1)) the instance norm takes over ``image``'s query."""
         return NormStats.of(self.pre_norm_features(image)[0])
 
     def check_norm_stats(self, norm_stats: NormStats | tuple[torch.Tensor, torch.Tensor], batch: int) -> NormStats:
-        """``norm_stats`` as :class:`NormStats` after checking it: (mean, var), each (batch, C, 1, 1).
+        """``norm_stats`` as `NormStats` after checking it: (mean, var), each (batch, C, 1, 1).
 
         Raises TypeError for anything but a pair of floating tensors, ValueError for a wrong shape.
         """
@@ -150,7 +145,7 @@ class Encoder(nn.Module):
                                 f"({batch}, {c}, 1, 1), got {type(t).__name__}"
                                 + (f" of dtype {t.dtype}" if isinstance(t, torch.Tensor) else ""))
             if tuple(t.shape) != (batch, c, 1, 1):
-                raise ValueError(f"norm_stats.{name} must have shape (B, C, 1, 1) = ({batch}, {c}, 1, 1) "
+                raise InputError(f"norm_stats.{name} must have shape (B, C, 1, 1) = ({batch}, {c}, 1, 1) "
                                  f"(per sample and channel of the pre-norm query), got {tuple(t.shape)}")
         return NormStats(*norm_stats)
 
@@ -171,7 +166,7 @@ class Encoder(nn.Module):
 
     def forward(self, image: torch.Tensor,
                 norm_stats: NormStats | tuple[torch.Tensor, torch.Tensor] | None = None) -> EncoderFeatures:
-        """:class:`EncoderFeatures` of ``image`` (B, in_channels, H, W); the query is normalised by its own
+        """`EncoderFeatures` of ``image`` (B, in_channels, H, W); the query is normalised by its own
         statistics, or by ``norm_stats`` (mean, var), each (B, C, 1, 1), when given (see `normalise`)."""
         query, skips = self.pre_norm_features(image)
         return EncoderFeatures(self.normalise(query, norm_stats), skips)

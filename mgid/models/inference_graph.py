@@ -1,29 +1,10 @@
 """`MGIDNet` frozen for inference: BatchNorm folded into the convolutions, ReLU and the decoder's concatenations
 fused into them, weights stored once in the arithmetic and memory format that runs.
 
-What runs is the network's eval-mode arithmetic (memory read only), rearranged:
-
-* Every conv-BN pair becomes one convolution: in eval mode BN is the per-channel affine map
-  ``y = (x - mean) * gamma / sqrt(var + eps) + beta``, so it scales the convolution's weight along its output
-  channels and shifts its bias (also for the transposed convolutions, whose output channels are the weight's
-  second dimension).
-* ReLU runs as the convolution's post-op (oneDNN's ``mkldnn::_convolution_pointwise``) on the CPU, in place
-  elsewhere.
-* A decoder block's first convolution reads ``cat([upsampled, skip])`` (2C channels); it runs as two
-  convolutions of C input channels each, the first one's output added by the second as a post-op
-  (``conv(cat[a, b], W) = conv(a, W_a) + conv(b, W_b)``), so the 2C-channel tensor at full resolution is never
-  written.
-* ``precision="bf16"``: weights and activations of the encoder and decoder in bfloat16 (stored once, no
-  ``torch.autocast`` on every layer); the instance norm, the memory read and the returned rain layer in float32.
-* float32 in NCHW (``channels_last=False``; what ``auto`` picks on a CPU without AVX512) runs every convolution on
-  NNPACK's Winograd kernels (``torch._nnpack_spatial_convolution``) where torch has NNPACK, the transposed ones as
-  the 3x3 convolution of the input spread out with zeros; ReLU and the sums follow in place.
-* The 2x2 max-pools are maxima of row and column pairs of views (no index tensor, unlike ``max_pool2d``).
-
-The instance norm, the memory read (`mgid.ops.memory_read`) and the padding are the network's own. The output
-differs from `MGIDNet.forward` under the same precision by rounding only (the tolerances are in
-``tests/models/test_inference_graph.py``; docs/DERAIN.md has the speed). The graph holds copies of the
-weights: a change to the network's weights after the graph is built is not seen.
+`InferenceGraph` runs the network's eval-mode arithmetic (memory read only) and differs from `MGIDNet.forward`
+under the same precision by rounding only; it holds copies of the weights, so later changes to the network are
+not seen. `fused_cpu_convolutions` says whether the oneDNN fused convolutions are available. What is folded and
+fused: docs/KERNELS.md, "Design notes".
 """
 from __future__ import annotations
 
@@ -44,14 +25,17 @@ GRAPH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 @functools.cache
-def fused_cpu_convolutions() -> bool:
-    """Whether this torch has oneDNN's fused convolution ops (``mkldnn::_convolution_pointwise`` and its
-    transposed twin), which run a convolution with its ReLU and sum as post-ops."""
+def fused_cpu_convolutions(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether oneDNN's fused convolution ops (``mkldnn::_convolution_pointwise`` and its transposed twin, which run
+    a convolution with its ReLU and sum as post-ops) run ``dtype`` here: torch has them and, for bfloat16, the CPU
+    has the instructions oneDNN's bf16 convolutions need (AVX512-BW/VL/DQ or AVX-NE-CONVERT; an AVX2-only CPU has
+    not, and the graph then runs ``F.conv2d``)."""
     if not torch.backends.mkldnn.is_available():
         return False
     try:
-        return all(hasattr(torch.ops.mkldnn, name)
-                   for name in ("_convolution_pointwise", "_convolution_transpose_pointwise"))
+        present = all(hasattr(torch.ops.mkldnn, name)
+                      for name in ("_convolution_pointwise", "_convolution_transpose_pointwise"))
+        return present and (dtype != torch.bfloat16 or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
     except (AttributeError, RuntimeError):
         return False
 
@@ -123,7 +107,7 @@ class InferenceGraph(nn.Module):
         self.dtype = GRAPH_DTYPES[self.precision]
         self.config: ModelConfig = net.config
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.fused = device.type == "cpu" and fused_cpu_convolutions()
+        self.fused = device.type == "cpu" and fused_cpu_convolutions(self.dtype)
         self.nnpack = (device.type == "cpu" and self.precision == "fp32" and not channels_last
                        and nnpack_available())
         self.norm_eps = net.encoder.norm_eps

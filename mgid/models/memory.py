@@ -1,7 +1,7 @@
 """The MNAD memory as a module: M unit-length items (M, C) read by every query, updated in training.
 
 The items are state, not a trained parameter: a buffer (saved in ``state_dict``, moved by ``.to``,
-never given a gradient), carried from step to step. All arithmetic is in :mod:`mgid.ops`.
+never given a gradient), carried from step to step. All arithmetic is in `mgid.ops`.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mgid import ops
+from mgid.errors import InputError
 
 
 @dataclass
@@ -61,7 +62,7 @@ class MemoryModule(nn.Module):
         super().__init__()
         if num_items < 2:
             # The separateness loss needs a second-nearest item.
-            raise ValueError(f"num_items must be >= 2, got {num_items}")
+            raise InputError(f"num_items must be >= 2, got {num_items}")
         self.num_items = num_items
         self.channels = channels
         self.grad_through_weights = grad_through_weights
@@ -70,7 +71,7 @@ class MemoryModule(nn.Module):
         self.reset_items(generator)
         #: Turns this process's update statistics into the new items when set:
         #: ``fn(stats, items) -> new items``. Distributed training sets it to an all-reduce across ranks
-        #: (`mgid.train.distributed.attach_memory_sync`); unset, the items are :func:`mgid.ops.finish_update`.
+        #: (`mgid.train.distributed.attach_memory_sync`); unset, the items are `mgid.ops.finish_update`.
         self.stats_reducer: Callable[[ops.UpdateStats, torch.Tensor], torch.Tensor] | None = None
 
     def extra_repr(self) -> str:
@@ -95,7 +96,7 @@ class MemoryModule(nn.Module):
         ``with_losses`` defaults to ``update``.
         """
         if query.dim() != 4 or query.shape[1] != self.channels:
-            raise ValueError(f"query must have shape (B, {self.channels}, h, w), got {tuple(query.shape)}")
+            raise InputError(f"query must have shape (B, {self.channels}, h, w), got {tuple(query.shape)}")
         if with_losses is None:
             with_losses = update
         # Autograd may save the items for the backward pass; the update below replaces the buffer

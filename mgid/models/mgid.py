@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mgid.config.literals import check_literals
+from mgid.errors import InputError
 from mgid.models.decoder import UPSAMPLE_MODES, ConcatOrder, Decoder, UpsampleMode  # noqa: F401  (UPSAMPLE_MODES)
 from mgid.models.encoder import DOWNSAMPLE, Encoder, EncoderFeatures, NormStats
 from mgid.models.memory import MemoryModule, MemoryOutput
@@ -19,7 +20,7 @@ PAD_MODES = get_args(PadMode)
 
 @dataclass
 class ModelConfig:
-    """Architecture and memory options of :class:`MGIDNet`.
+    """Architecture and memory options of `MGIDNet`.
 
     Attributes:
         image_channels: channels of the input image and of the predicted rain layer (3, BGR or RGB
@@ -56,10 +57,10 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.image_channels < 1 or self.channels < 1:
-            raise ValueError(f"image_channels and channels must be positive, got {self.image_channels}, "
+            raise InputError(f"image_channels and channels must be positive, got {self.image_channels}, "
                              f"{self.channels}")
         if self.memory_items < 2:
-            raise ValueError(f"memory_items must be >= 2 (separateness needs two items), got {self.memory_items}")
+            raise InputError(f"memory_items must be >= 2 (separateness needs two items), got {self.memory_items}")
         check_literals(self)  # upsample, pad_mode, concat_order: from their Literal types
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,7 +73,7 @@ class ModelConfig:
 
 @dataclass
 class MGIDOutput:
-    """Outputs of one :class:`MGIDNet` forward pass for an image (B, 3, H, W).
+    """Outputs of one `MGIDNet` forward pass for an image (B, 3, H, W).
 
     rain: R (B, 3, H, W), the layer subtracted from the image (after the second tanh when
         ``double_tanh``), so ``background + rain == image``.
@@ -124,7 +125,7 @@ class MGIDNet(nn.Module):
     (or ``update_memory=False``) the memory is only read.
 
     Args:
-        config: :class:`ModelConfig`; defaults to the public architecture.
+        config: `ModelConfig`; defaults to the public architecture.
         generator: seeds the initial memory items (network weights use the global RNG as
             ``nn.Module`` does).
     """
@@ -148,13 +149,13 @@ class MGIDNet(nn.Module):
                             f"got {type(image).__name__}")
         if image.dim() != 4 or image.shape[1] != self.config.image_channels:
             hint = " (add a batch dimension with image[None])" if image.dim() == 3 else ""
-            raise ValueError(f"image must have shape (B, {self.config.image_channels}, H, W), got "
+            raise InputError(f"image must have shape (B, {self.config.image_channels}, H, W), got "
                              f"{tuple(image.shape)}{hint}")
         if not image.is_floating_point():
             raise TypeError(f"image must be a floating tensor in [-1, 1], got dtype {image.dtype}")
         problem = image_size_problem(*image.shape[-2:])
         if problem is not None:
-            raise ValueError(problem)
+            raise InputError(problem)
 
     def forward(
         self,
@@ -163,16 +164,26 @@ class MGIDNet(nn.Module):
         memory_losses: bool | None = None,
         norm_stats: NormStats | tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> MGIDOutput:
-        """De-rain ``image`` (B, 3, H, W) in [-1, 1].
+        """De-rain a batch of images.
 
         Args:
+            image: (B, 3, H, W) floating in [-1, 1], any H, W (padded to multiples of 8; at least 2 query
+                pixels after padding).
             update_memory: read and then update the memory items; defaults to ``self.training``.
             memory_losses: compute compactness/separateness; defaults to ``update_memory``
                 (ask for them explicitly to get a validation loss in eval mode).
             norm_stats: None: the encoder's instance norm uses the query's own statistics. Else
-                (mean, var) (a :class:`~mgid.models.encoder.NormStats`), each (B, C, 1, 1), to
+                (mean, var) (a `mgid.models.encoder.NormStats`), each (B, C, 1, 1), to
                 normalise the pre-norm query with instead, e.g. those of the whole image ``image`` is
-                a tile of (see `pre_norm_query`); a wrong shape raises ValueError.
+                a tile of (see `pre_norm_query`).
+
+        Returns:
+            The `MGIDOutput`: rain layer, background ``image - rain``, query and memory losses.
+
+        Raises:
+            TypeError: ``image`` is not a floating tensor.
+            InputError: ``image`` is not (B, 3, H, W), is too small, or ``norm_stats`` has a wrong shape
+                (a ``ValueError``).
         """
         self._check_image(image)
         if update_memory is None:
@@ -220,9 +231,18 @@ class MGIDNet(nn.Module):
 
     @torch.no_grad()
     def derain(self, image: torch.Tensor) -> torch.Tensor:
-        """The background B (B, 3, H, W) of ``image``, in eval mode, memory read only.
+        """The background B of an image, in eval mode, memory read only, without gradients.
 
-        The module's train/eval mode is restored afterwards. Not clamped to [-1, 1].
+        The module's train/eval mode is restored afterwards.
+
+        Args:
+            image: (B, 3, H, W) floating in [-1, 1].
+
+        Returns:
+            B, (B, 3, H, W), not clamped to [-1, 1].
+
+        Raises:
+            TypeError, InputError: as `forward`.
         """
         was_training = self.training
         self.eval()

@@ -1,26 +1,17 @@
 """Weights of the public MGID code (github.com/jhcho90/MGID) as a state dict of `MGIDNet`.
 
-The public code's network (``model/Reconstruction_skip.py``, ``convAE``) has the same layers as `MGIDNet` under
-MNAD's module names; its checkpoints (``model_XXXXX.pth``) hold ``{"model": state_dict, "memory_items": (M, C),
-...}``. `convert_official_state_dict` renames the state dict's entries, module by module (`OFFICIAL_MODULES`):
-
-* MNAD's ``Basic`` block is ``Sequential(conv, BN, ReLU, conv, BN, ReLU)``, indices 0, 1, 3, 4 holding the
-  parameters; ours is two ``conv_bn_relu`` blocks, ``0.0, 0.1, 1.0, 1.1``. ``Basic_`` (encoder stage 4) ends after
-  the second conv (index 3, ours ``1``); ``Gen`` (the head) adds the output conv at index 6 (ours ``2``).
-* ``encoder.moduleBatchNorm`` is declared but never called by the public code (`mgid.models.encoder`): it is
-  dropped. The memory and the instance norm have no parameters there.
-
-The public decoder concatenates ``[skip, upsampled]``, so the converted weights are for a network built with
-``ModelConfig(concat_order="skip_first")`` (and the default ``upsample="transpose"``, ``channels=64``,
-``image_channels=3``). The public code feeds BGR images (OpenCV), this package RGB: ``bgr_to_rgb=True`` reverses
-the first convolution's input channels and the output convolution's output channels, so that the converted
-network takes and returns RGB with the same result.
+`convert_official_state_dict` renames a public checkpoint's state dict (``model_XXXXX.pth``: ``{"model":
+state_dict, "memory_items": (M, C), ...}``) module by module (`OFFICIAL_MODULES`). The result is for a network
+built with ``ModelConfig(concat_order="skip_first")``; ``bgr_to_rgb=True`` makes it take and return RGB. The
+name mapping: docs/ALGORITHM.md, "Design notes".
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 import torch
+
+from mgid.errors import InputError
 
 #: MNAD's ``Basic`` block (conv-BN-ReLU twice): its parameter-holding indices -> ours (two ``conv_bn_relu``).
 _BASIC = {"0": "0.0", "1": "0.1", "3": "1.0", "4": "1.1"}
@@ -62,7 +53,7 @@ def _our_name(key: str) -> str | None:
         return f"{ours}.{indices[index]}.{rest}"
     if any(key.startswith(f"{name}.") for name in OFFICIAL_UNUSED):
         return None
-    raise ValueError(f"{key!r} is not a parameter of the public MGID network (convAE); expected entries of "
+    raise InputError(f"{key!r} is not a parameter of the public MGID network (convAE); expected entries of "
                      f"{', '.join(OFFICIAL_MODULES)} (pass the checkpoint's 'model' state dict)")
 
 
@@ -72,16 +63,22 @@ def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor], memory_i
 
     Args:
         state_dict: official names (``encoder.moduleConv1.0.weight``, ...) -> tensors; every entry must belong to
-            `OFFICIAL_MODULES` or `OFFICIAL_UNUSED` (dropped), else ValueError naming the entry.
+            `OFFICIAL_MODULES` or `OFFICIAL_UNUSED` (dropped).
         memory_items: the checkpoint's ``"memory_items"`` (M, C); added as ``memory.items`` so the result loads
             with ``strict=True`` into ``MGIDNet(ModelConfig(concat_order="skip_first", memory_items=M))``. Without
             it the result has no items: load it with ``strict=False`` (the network keeps its own items).
         bgr_to_rgb: reverse the colour channels of the first and the output convolution, for RGB input (this
             package's images) to a network trained on BGR (the public code's).
 
-    Returns a new dict (tensors shared with ``state_dict`` unless reordered). Entries missing from
-    ``state_dict`` are not detected here (but for those ``bgr_to_rgb`` reorders): ``load_state_dict(strict=True)``
-    reports them with our names.
+    Entries missing from ``state_dict`` are not detected here (but for those ``bgr_to_rgb`` reorders):
+    ``load_state_dict(strict=True)`` reports them with our names.
+
+    Returns:
+        A new dict under `MGIDNet`'s names (tensors shared with ``state_dict`` unless reordered).
+
+    Raises:
+        InputError: an entry of no known module, naming it; an entry ``bgr_to_rgb`` needs is missing; or
+            ``memory_items`` is not (M, C) (a ``ValueError``).
     """
     converted: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
@@ -92,11 +89,11 @@ def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor], memory_i
         colour_axes = {f"{_FIRST_CONV}.weight": 1, f"{_OUTPUT_CONV}.weight": 0, f"{_OUTPUT_CONV}.bias": 0}
         missing = [name for name in colour_axes if name not in converted]
         if missing:
-            raise ValueError(f"bgr_to_rgb needs the first and the output convolution, missing {missing}")
+            raise InputError(f"bgr_to_rgb needs the first and the output convolution, missing {missing}")
         for name, axis in colour_axes.items():  # weights (out, in, k, k): the first conv's inputs are the colours
             converted[name] = converted[name].flip(axis)
     if memory_items is not None:
         if memory_items.dim() != 2:
-            raise ValueError(f"memory_items must have shape (M, C), got {tuple(memory_items.shape)}")
+            raise InputError(f"memory_items must have shape (M, C), got {tuple(memory_items.shape)}")
         converted[_MEMORY_ITEMS] = memory_items
     return converted

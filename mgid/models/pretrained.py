@@ -29,6 +29,7 @@ from mgid.checkpoint import (
     write_pretrained,
 )
 from mgid.derain.derainer import Derainer, load_network, resolve_weights
+from mgid.errors import InputError, MissingDependencyError
 from mgid.models.mgid import MGIDNet
 
 #: Keys of a checkpoint record (``NAME.json``) left out of the provenance: the file format, the states to
@@ -117,7 +118,7 @@ def from_pretrained(dir_or_repo_id: str | Path, device: str | torch.device = "cp
     path = Path(dir_or_repo_id).expanduser()
     if path.exists():
         if revision is not None:
-            raise ValueError(f"revision={revision!r} applies to Hub repo ids; {path} is a local path")
+            raise InputError(f"revision={revision!r} applies to Hub repo ids; {path} is a local path")
         return load_network(resolve_weights(path), device)
     folder = _download(str(dir_or_repo_id), revision, cache_dir)
     return load_network(resolve_weights(folder), device)
@@ -129,7 +130,7 @@ def _download(repo_id: str, revision: str | None, cache_dir: str | Path | None) 
     try:
         from huggingface_hub import snapshot_download
     except ModuleNotFoundError as exc:
-        raise ModuleNotFoundError(f"{repo_id!r} is not a local folder, and loading a Hugging Face Hub repo needs "
+        raise MissingDependencyError(f"{repo_id!r} is not a local folder, and loading a Hugging Face Hub repo needs "
                                   f"huggingface_hub: pip install huggingface_hub") from exc
     from mgid import __version__
 

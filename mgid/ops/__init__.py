@@ -3,7 +3,7 @@
 Public functional API (the model and the benchmarks use only this). Each op dispatches to the
 compiled kernel for the tensor's device (CUDA kernel, or the C++ CPU kernel that shares its
 arithmetic) and to the pure-PyTorch reference where the extension is absent or where
-``MGID_OPS=reference`` / :func:`use_reference` asks for it.
+``MGID_OPS=reference`` / `use_reference` asks for it.
 """
 from mgid.ops._build import build_info
 from mgid.ops._dispatch import fused_available, op_path, ops_mode, set_ops_mode, unavailable_reason, use_reference

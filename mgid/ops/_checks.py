@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from mgid.errors import InputError
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -20,12 +22,12 @@ def check_tensor(name: str, t: object, ndim: int, layout: str) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape {layout}, got {type(t).__name__}")
     if t.dim() != ndim:
-        raise ValueError(f"{name} must have shape {layout} ({ndim} dims), got {_describe(t)}")
+        raise InputError(f"{name} must have shape {layout} ({ndim} dims), got {_describe(t)}")
     if t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be a floating tensor (float16, bfloat16, float32 or float64), got "
                         f"{_describe(t)}; convert it with .float()")
     if t.numel() == 0:
-        raise ValueError(f"{name} must not be empty, got {_describe(t)}")
+        raise InputError(f"{name} must not be empty, got {_describe(t)}")
     return t
 
 
@@ -33,7 +35,7 @@ def check_same_device(**tensors: torch.Tensor) -> None:
     devices = {name: t.device for name, t in tensors.items()}
     if len(set(devices.values())) > 1:
         listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
-        raise ValueError(f"all inputs must be on one device, got {listing}; move them with .to(device)")
+        raise InputError(f"all inputs must be on one device, got {listing}; move them with .to(device)")
 
 
 def check_query_items(query: torch.Tensor, items: torch.Tensor) -> None:
@@ -42,7 +44,7 @@ def check_query_items(query: torch.Tensor, items: torch.Tensor) -> None:
     check_tensor("items", items, 2, "(M, C)")
     check_same_device(query=query, items=items)
     if items.shape[1] != query.shape[1]:
-        raise ValueError(f"items must have shape (M, C) with C = query.shape[1] = {query.shape[1]}, got "
+        raise InputError(f"items must have shape (M, C) with C = query.shape[1] = {query.shape[1]}, got "
                          f"items {_describe(items)}")
 
 
@@ -51,9 +53,9 @@ def check_covariances(cov1: torch.Tensor, cov2: torch.Tensor) -> None:
     check_tensor("cov2", cov2, 3, "(B, C, C)")
     check_same_device(cov1=cov1, cov2=cov2)
     if cov1.shape[1] != cov1.shape[2]:
-        raise ValueError(f"cov1 must be square per sample, (B, C, C), got {_describe(cov1)}")
+        raise InputError(f"cov1 must be square per sample, (B, C, C), got {_describe(cov1)}")
     if cov1.shape != cov2.shape:
-        raise ValueError(f"cov1 and cov2 must have the same shape (B, C, C), got {tuple(cov1.shape)} and "
+        raise InputError(f"cov1 and cov2 must have the same shape (B, C, C), got {tuple(cov1.shape)} and "
                          f"{tuple(cov2.shape)}")
 
 
@@ -62,18 +64,18 @@ def check_feature_pair(features1: torch.Tensor, features2: torch.Tensor) -> None
     check_tensor("features2", features2, 4, "(B, C, H, W)")
     check_same_device(features1=features1, features2=features2)
     if features1.shape != features2.shape:
-        raise ValueError(f"features1 and features2 must have the same shape (B, C, H, W), got "
+        raise InputError(f"features1 and features2 must have the same shape (B, C, H, W), got "
                          f"{tuple(features1.shape)} and {tuple(features2.shape)}")
 
 
 def check_features(features: torch.Tensor) -> None:
     check_tensor("features", features, 4, "(B, C, H, W)")
     if features.shape[2] * features.shape[3] < 2:
-        raise ValueError(f"features need H*W >= 2 pixels for a covariance (divides by HW - 1), got "
+        raise InputError(f"features need H*W >= 2 pixels for a covariance (divides by HW - 1), got "
                          f"{_describe(features)}")
 
 
 def check_k(k: object) -> int:
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k (the number of 1-D k-means clusters) must be a positive int, got {k!r}")
+        raise InputError(f"k (the number of 1-D k-means clusters) must be a positive int, got {k!r}")
     return k

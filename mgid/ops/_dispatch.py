@@ -1,7 +1,7 @@
 """Which implementation an op runs: the compiled kernels ("fused") or the PyTorch reference.
 
 ``MGID_OPS`` = ``auto`` (default: fused where the extension is built), ``fused`` (fail if it is
-not) or ``reference``. :func:`use_reference` forces the reference inside a ``with`` block.
+not) or ``reference``. `use_reference` forces the reference inside a ``with`` block.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Literal, get_args
 
 import torch
 
+from mgid.errors import InputError, MgidError
 from mgid.ops._build import BUILD_HINT, EXTENSION_ERROR, extension_loaded
 
 OpsMode = Literal["auto", "fused", "reference"]
@@ -19,11 +20,15 @@ MODES = get_args(OpsMode)
 _mode_override: str | None = None
 
 
+class FusedOpsUnavailableError(MgidError, RuntimeError):
+    """Ops mode ``fused`` was asked for where the fused kernels cannot run (not built, or not for this device)."""
+
+
 def ops_mode() -> str:
-    """The mode in force: the override of :func:`set_ops_mode`/:func:`use_reference`, else ``MGID_OPS``."""
+    """The mode in force: the override of `set_ops_mode`/`use_reference`, else ``MGID_OPS``."""
     mode = _mode_override or os.environ.get("MGID_OPS", "auto").strip().lower() or "auto"
     if mode not in MODES:
-        raise ValueError(f"MGID_OPS must be one of {MODES}, got {mode!r}")
+        raise InputError(f"MGID_OPS must be one of {MODES}, got {mode!r}")
     return mode
 
 
@@ -31,7 +36,7 @@ def set_ops_mode(mode: str | None) -> None:
     """Set the mode for this process (``None`` returns to ``MGID_OPS``)."""
     global _mode_override
     if mode is not None and mode not in MODES:
-        raise ValueError(f"ops mode must be one of {MODES}, got {mode!r}")
+        raise InputError(f"ops mode must be one of {MODES}, got {mode!r}")
     _mode_override = mode
 
 
@@ -82,7 +87,7 @@ def use_fused(device: torch.device) -> bool:
         return False
     reason = unavailable_reason(device)
     if mode == "fused" and reason is not None:
-        raise RuntimeError(f"ops mode 'fused' but the fused mgid ops are unavailable on {device}: {reason} "
+        raise FusedOpsUnavailableError(f"ops mode 'fused' but the fused mgid ops are unavailable on {device}: {reason} "
                            "(or use ops mode 'auto' for the PyTorch reference)")
     return reason is None
 

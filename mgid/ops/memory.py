@@ -1,7 +1,7 @@
 """Public memory ops: MNAD read, top-1 update, the compactness/separateness losses, and all three in one step.
 
 Each validates its inputs, then runs the compiled kernel of the tensor's device (see
-:mod:`mgid.ops._dispatch`) or the PyTorch reference.
+`mgid.ops._dispatch`) or the PyTorch reference.
 """
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
+from mgid.errors import InputError
 from mgid.ops import reference
 from mgid.ops._checks import check_query_items
 from mgid.ops._dispatch import use_fused
@@ -20,6 +21,19 @@ def memory_read(query: torch.Tensor, items: torch.Tensor, grad_through_weights: 
     q_hat is the query scaled to unit norm per pixel, W = softmax over items of q_hat P^T. Items
     get no gradient; the read half carries none either unless ``grad_through_weights`` (the
     public code detaches W). fp16/bf16 queries accumulate in fp32 and items may stay fp32.
+
+    Args:
+        query: (B, C, H, W) floating, the encoder's query.
+        items: (M, C) floating, the memory items, on the query's device.
+        grad_through_weights: let the gradient flow through the softmax weights W.
+
+    Returns:
+        (B, 2C, H, W): ``concat[q_hat, W P]``.
+
+    Raises:
+        TypeError: an input is not a floating tensor.
+        InputError: bad shapes, empty inputs or different devices (a ``ValueError``).
+        mgid.ops._dispatch.FusedOpsUnavailableError: ``MGID_OPS=fused`` without the compiled kernels.
     """
     check_query_items(query, items)
     if use_fused(query.device):
@@ -34,7 +48,18 @@ def memory_update_stats(
 
     What a multi-process update reduces: with G = all-reduce-max(col_max), the global sum is the
     all-reduce-sum of weighted_sum * exp(col_max - G) (0 where col_max is -inf), and the new items
-    are normalize(P + sum). See :func:`mgid.ops.reference.memory_update_stats`.
+    are normalize(P + sum). See `mgid.ops.reference.memory_update_stats`.
+
+    Args:
+        query: (B, C, H, W) floating.
+        items: (M, C) floating, on the query's device.
+        max_over_assigned: the max over each item's assigned queries (the paper) rather than over all.
+
+    Returns:
+        ``(col_max, weighted_sum)``: (M,) and (M, C), no gradient.
+
+    Raises:
+        TypeError, InputError, mgid.ops._dispatch.FusedOpsUnavailableError: as `memory_read`.
     """
     check_query_items(query, items)
     with torch.no_grad():
@@ -50,6 +75,17 @@ def memory_update(query: torch.Tensor, items: torch.Tensor, max_over_assigned: b
     normalize(P[m] + sum over its queries of exp(S[k,m] - max S[:,m]) q_hat_k), the max over all
     queries (public code) or over the assigned ones (``max_over_assigned``, the paper). No
     gradient, no host synchronisation, deterministic.
+
+    Args:
+        query: (B, C, H, W) floating.
+        items: (M, C) floating, on the query's device.
+        max_over_assigned: normalise by the max over the assigned queries (the paper).
+
+    Returns:
+        The new unit-norm items, (M, C).
+
+    Raises:
+        TypeError, InputError, mgid.ops._dispatch.FusedOpsUnavailableError: as `memory_read`.
     """
     check_query_items(query, items)
     with torch.no_grad():
@@ -59,14 +95,25 @@ def memory_update(query: torch.Tensor, items: torch.Tensor, max_over_assigned: b
 
 
 def memory_losses(query: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(compactness, separateness), both 0-dim and differentiable in ``query``; needs M >= 2.
+    """The MNAD memory losses of a query.
 
     compactness = mean over queries and channels of (q_hat - P[top1])^2; separateness =
     TripletMarginLoss(margin 1, eps 1e-6)(q_hat, P[top1], P[top2]) (MNAD).
+
+    Args:
+        query: (B, C, H, W) floating.
+        items: (M, C) floating with M >= 2, on the query's device; they get no gradient.
+
+    Returns:
+        ``(compactness, separateness)``, both 0-dim and differentiable in ``query``.
+
+    Raises:
+        InputError: fewer than 2 items, and as `memory_read` (a ``ValueError``).
+        TypeError, mgid.ops._dispatch.FusedOpsUnavailableError: as `memory_read`.
     """
     check_query_items(query, items)
     if items.shape[0] < 2:
-        raise ValueError(f"memory_losses needs at least 2 memory items (separateness uses the top two), got "
+        raise InputError(f"memory_losses needs at least 2 memory items (separateness uses the top two), got "
                          f"items of shape {tuple(items.shape)}")
     if use_fused(query.device):
         return torch.ops.mgid.memory_losses(query, items.detach())
@@ -76,7 +123,7 @@ def memory_losses(query: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tenso
 class UpdateStats(NamedTuple):
     """What the MNAD update reduces over queries (and ranks): col_max (M,), weighted_sum (M, C).
 
-    See :func:`memory_update_stats`; :func:`finish_update` turns them into the new items.
+    See `memory_update_stats`; `finish_update` turns them into the new items.
     """
 
     col_max: torch.Tensor
@@ -84,11 +131,11 @@ class UpdateStats(NamedTuple):
 
 
 class MemoryStep(NamedTuple):
-    """Result of :func:`memory_step`.
+    """Result of `memory_step`.
 
-    read: (B, 2C, H, W), as :func:`memory_read`. items: the updated items (M, C) (``update="items"``),
-    the :class:`UpdateStats` (``update="stats"``) or None (``update="none"``). compactness,
-    separateness: 0-dim, as :func:`memory_losses`, or None without ``with_losses``.
+    read: (B, 2C, H, W), as `memory_read`. items: the updated items (M, C) (``update="items"``),
+    the `UpdateStats` (``update="stats"``) or None (``update="none"``). compactness,
+    separateness: 0-dim, as `memory_losses`, or None without ``with_losses``.
     """
 
     read: torch.Tensor
@@ -101,7 +148,15 @@ UPDATE_MODES = ("items", "stats", "none")
 
 
 def finish_update(items: torch.Tensor, stats: UpdateStats) -> torch.Tensor:
-    """New unit-norm items (M, C) = normalize(P + weighted_sum), in the items' dtype; no gradient."""
+    """New unit-norm items ``normalize(P + weighted_sum)``, in the items' dtype; no gradient.
+
+    Args:
+        items: the current items P, (M, C).
+        stats: the (all-reduced) `UpdateStats`.
+
+    Returns:
+        The new items, (M, C).
+    """
     with torch.no_grad():
         return reference.memory_update_finish(items, stats.weighted_sum)
 
@@ -117,18 +172,34 @@ def memory_step(
 ) -> MemoryStep:
     """Read, losses and update of the memory in one pass: query (B, C, H, W), items (M, C).
 
-    Equal to :func:`memory_read`, :func:`memory_losses` and :func:`memory_update` (or
-    :func:`memory_update_stats` with ``update="stats"``, what a multi-process update all-reduces)
+    Equal to `memory_read`, `memory_losses` and `memory_update` (or
+    `memory_update_stats` with ``update="stats"``, what a multi-process update all-reduces)
     called separately on the same inputs, but the compiled kernels normalise each query and score
     it against the items once for all three, and one backward pass returns the query's gradient
     of the read and both losses. The read and the losses are differentiable in ``query``; items
     get no gradient; the update statistics carry none.
+
+    Args:
+        query: (B, C, H, W) floating.
+        items: (M, C) floating, on the query's device (M >= 2 with ``with_losses``).
+        grad_through_weights: as `memory_read`.
+        max_over_assigned: as `memory_update`.
+        with_losses: also compute the compactness and separateness losses.
+        update: ``"items"`` (the new items), ``"stats"`` (the `UpdateStats`) or ``"none"``.
+
+    Returns:
+        The `MemoryStep`.
+
+    Raises:
+        InputError: an unknown ``update``, fewer than 2 items with losses, and as `memory_read`
+            (a ``ValueError``).
+        TypeError, mgid.ops._dispatch.FusedOpsUnavailableError: as `memory_read`.
     """
     check_query_items(query, items)
     if update not in UPDATE_MODES:
-        raise ValueError(f"memory_step: update must be one of {UPDATE_MODES}, got {update!r}")
+        raise InputError(f"memory_step: update must be one of {UPDATE_MODES}, got {update!r}")
     if with_losses and items.shape[0] < 2:
-        raise ValueError(f"memory_step with losses needs at least 2 memory items (separateness uses the top two), "
+        raise InputError(f"memory_step with losses needs at least 2 memory items (separateness uses the top two), "
                          f"got items of shape {tuple(items.shape)}")
     with_update = update != "none"
     if use_fused(query.device):

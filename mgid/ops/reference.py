@@ -14,6 +14,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from mgid.errors import InputError, MissingDependencyError
+
 NORM_EPS = 1e-12  # as F.normalize
 COV_EPS = 1e-5  # ridge added to every covariance (public code)
 TRIPLET_MARGIN = 1.0
@@ -27,7 +29,7 @@ def flatten_queries(query: torch.Tensor) -> torch.Tensor:
 
 
 def unflatten_queries(x: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
-    """(N, C) -> (B, C, H, W); inverse of :func:`flatten_queries`."""
+    """(N, C) -> (B, C, H, W); inverse of `flatten_queries`."""
     return x.reshape(b, h, w, -1).permute(0, 3, 1, 2)
 
 
@@ -96,7 +98,7 @@ def memory_update(query: torch.Tensor, items: torch.Tensor, max_over_assigned: b
     """MNAD top-1 memory update: query (B, C, H, W), items (M, C) -> new unit-norm items (M, C).
 
     P_new[m] = normalize(P[m] + sum_{k: a(k)=m} exp(S[k,m] - col_max[m]) q_hat[k]); see
-    :func:`memory_update_stats`. Items with no assigned query are only re-normalised.
+    `memory_update_stats`. Items with no assigned query are only re-normalised.
     """
     _, weighted_sum = memory_update_stats(query, items, max_over_assigned)
     return memory_update_finish(items, weighted_sum)
@@ -127,8 +129,8 @@ def memory_step(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One training step of the memory: ``(read, compactness, separateness, col_max, weighted_sum)``.
 
-    The ops above, each on the same query and items: :func:`memory_read` (B, 2C, H, W),
-    :func:`memory_losses` (two 0-dim; 0 without ``with_losses``) and :func:`memory_update_stats`
+    The ops above, each on the same query and items: `memory_read` (B, 2C, H, W),
+    `memory_losses` (two 0-dim; 0 without ``with_losses``) and `memory_update_stats`
     ((M,), (M, C); -inf and 0 without ``with_update``), computed independently: the oracle of the
     fused kernel, which gets all of them from one set of scores.
     """
@@ -238,11 +240,11 @@ class _Scan(NamedTuple):
 
 
 class KmeansProgramme(NamedTuple):
-    """The grid dynamic programme of :func:`kmeans1d_fast_threshold`.
+    """The grid dynamic programme of `kmeans1d_fast_threshold`.
 
     d: (k, G+1) float64, D[l][g] (layer 0 for every g; layer l >= 1 for g >= l + 1, +inf elsewhere).
     arg: (k, G+1) int64, the leftmost minimiser of D[l][g] for l >= 1, g >= l + 1 (0 elsewhere).
-    pos: (G+1,) int64, :func:`kmeans_grid_positions`. full_scans: cells whose certificate failed and
+    pos: (G+1,) int64, `kmeans_grid_positions`. full_scans: cells whose certificate failed and
     that scanned every candidate (the kernels' fallback, the full scan's O(G) cost for that cell).
     """
 
@@ -258,7 +260,7 @@ def _kmeans_inputs(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, to
     The same ATen calls as the kernels' inputs (kmeans_inputs in csrc/checks.h), so the same floats.
     """
     if values.numel() == 0:
-        raise ValueError("bsw threshold: values must hold at least one element")
+        raise InputError("bsw threshold: values must hold at least one element")
     x, _ = torch.sort(values.detach().reshape(-1).to(torch.float64))
     y = x - x.mean()
     zero = x.new_zeros(1)
@@ -335,7 +337,7 @@ def _dc_layer(layer: int, d_prev: torch.Tensor, grid: _KmeansGrid, tol: _Toleran
     """Layer ``layer`` >= 1 of the programme by the kernels' certified divide and conquer.
 
     The cells [layer + 1, G] form a tree whose node [lo, hi] has up to ``fanout`` - 1 pivots spread
-    evenly (:func:`_pivots`), its children the gaps between them. A pivot g scans only
+    evenly (`_pivots`), its children the gaps between them. A pivot g scans only
     [opt(lo - 1), min(g - 1, opt(hi + 1))], from cells of earlier tree levels, since the leftmost
     minimiser is monotone in g in exact arithmetic. Each pivot certifies that no skipped candidate
     beats (left: or ties) its minimum, from the quadrangle inequality, the margins of cells lo - 1 and
@@ -402,7 +404,7 @@ def _dc_layer(layer: int, d_prev: torch.Tensor, grid: _KmeansGrid, tol: _Toleran
 
 
 def kmeans_grid_programme(values: torch.Tensor, k: int, fanout: int = KMEANS_DC_FANOUT) -> KmeansProgramme:
-    """Stage 1 of :func:`kmeans1d_fast_threshold`: the grid dynamic programme, with its tables.
+    """Stage 1 of `kmeans1d_fast_threshold`: the grid dynamic programme, with its tables.
 
     values: any shape and floating dtype, at least one element (ValueError otherwise), clustered in
     float64; k: clusters, clamped to [1, G]; fanout >= 2 (ValueError otherwise): the tree's width,
@@ -411,14 +413,14 @@ def kmeans_grid_programme(values: torch.Tensor, k: int, fanout: int = KMEANS_DC_
     candidates hold NaN or inf scans in full, as in the kernels, but the result is not specified.
     """
     if fanout < 2:
-        raise ValueError(f"kmeans_grid_programme: fanout must be >= 2, got {fanout}")
+        raise InputError(f"kmeans_grid_programme: fanout must be >= 2, got {fanout}")
     x, y, p1, p2 = _kmeans_inputs(values)
     return _grid_programme(x, y, p1, p2, k, fanout)
 
 
 def _grid_programme(x: torch.Tensor, y: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, k: int,
                     fanout: int) -> KmeansProgramme:
-    """:func:`kmeans_grid_programme` on the prepared inputs of :func:`_kmeans_inputs`."""
+    """`kmeans_grid_programme` on the prepared inputs of `_kmeans_inputs`."""
     n = x.numel()
     pos = kmeans_grid_positions(n, x.device)
     big = pos.numel() - 1
@@ -444,10 +446,10 @@ def kmeans1d_fast_threshold(values: torch.Tensor, k: int) -> torch.Tensor:
     values: any shape and floating dtype, at least one element (ValueError otherwise), finite; k:
     clusters, clamped to [1, min(n, 1024)]. What the kernels compute, in two deterministic stages on
     the sorted values x (float64), bit for bit (``torch.ops.mgid.bsw_threshold``):
-    1. exact dynamic programming with boundaries restricted to :func:`kmeans_grid_positions`
+    1. exact dynamic programming with boundaries restricted to `kmeans_grid_positions`
        (D[l][g] = min_h D[l-1][h] + SSE(p_h, p_g), leftmost minimiser on ties): the optimal
        clustering when there are at most 1024 values. Each layer by the kernels' certified divide
-       and conquer (:func:`kmeans_grid_programme`), whose every value and minimiser is the full
+       and conquer (`kmeans_grid_programme`), whose every value and minimiser is the full
        O(G^2) scan's;
     2. Lloyd iterations from that partition (a boundary is the first value above the midpoint of
        two adjacent centres; an empty cluster keeps its centre) until no boundary moves.
@@ -461,9 +463,9 @@ def kmeans1d_fast_threshold(values: torch.Tensor, k: int) -> torch.Tensor:
 
 def lloyd_threshold(x: torch.Tensor, y: torch.Tensor, p1: torch.Tensor, pos: torch.Tensor,
                     arg: torch.Tensor) -> torch.Tensor:
-    """Stage 2 of :func:`kmeans1d_fast_threshold`: backtrack the grid programme, refine by Lloyd, 0-dim float64.
+    """Stage 2 of `kmeans1d_fast_threshold`: backtrack the grid programme, refine by Lloyd, 0-dim float64.
 
-    x, y, p1: the prepared inputs of :func:`_kmeans_inputs` (sorted values, centred values, prefix sums of y);
+    x, y, p1: the prepared inputs of `_kmeans_inputs` (sorted values, centred values, prefix sums of y);
     pos: (G + 1,) int64 grid positions; arg: (k, G + 1) int64 leftmost minimisers of the programme (row l >= 1
     used). Returns the largest value of the lowest cluster (-inf when it is empty).
     """
@@ -494,7 +496,7 @@ def lloyd_threshold(x: torch.Tensor, y: torch.Tensor, p1: torch.Tensor, pos: tor
 
 
 def kmeans1d_exact_threshold(values: torch.Tensor, k: int) -> torch.Tensor:
-    """Like :func:`kmeans1d_fast_threshold` with the globally optimal 1-D k-means.
+    """Like `kmeans1d_fast_threshold` with the globally optimal 1-D k-means.
 
     Uses the ``kmeans1d`` package (the public code's choice, O(kn) SMAWK); runs on the host, so a
     CUDA input synchronises.
@@ -502,7 +504,7 @@ def kmeans1d_exact_threshold(values: torch.Tensor, k: int) -> torch.Tensor:
     try:
         import kmeans1d
     except ImportError as err:  # pragma: no cover - kmeans1d is an install requirement
-        raise RuntimeError("bsw_mask(method='exact') needs the 'kmeans1d' package: pip install kmeans1d") from err
+        raise MissingDependencyError("bsw_mask(method='exact') needs the 'kmeans1d' package: pip install kmeans1d") from err
     flat = values.detach().reshape(-1).to("cpu", torch.float64)
     k = max(1, min(int(k), flat.numel()))
     clusters, _ = kmeans1d.cluster(flat.tolist(), k)
@@ -519,7 +521,7 @@ def bsw_mask(cov1: torch.Tensor, cov2: torch.Tensor, k: int = 50, method: str = 
 
     Vr = (cov1 - cov2)^2 / 4 over all B*C*C elements is clustered by 1-D k-means; the elements of
     the lowest-variance cluster, restricted to the upper triangle with its diagonal, are selected.
-    ``method`` "fast" (default, what the kernels run: :func:`kmeans1d_fast_threshold`) or
+    ``method`` "fast" (default, what the kernels run: `kmeans1d_fast_threshold`) or
     "exact" (the optimal clustering of the public code's ``kmeans1d``, on the host).
     """
     vr = cross_frame_variance(cov1.detach(), cov2.detach())
@@ -528,7 +530,7 @@ def bsw_mask(cov1: torch.Tensor, cov2: torch.Tensor, k: int = 50, method: str = 
     elif method == "exact":
         thr = kmeans1d_exact_threshold(vr, k)
     else:
-        raise ValueError(f"bsw_mask: method must be 'fast' or 'exact', got {method!r}")
+        raise InputError(f"bsw_mask: method must be 'fast' or 'exact', got {method!r}")
     c = cov1.shape[-1]
     upper = torch.ones(c, c, dtype=torch.bool, device=cov1.device).triu()
     return (vr.to(torch.float64) <= thr) & upper

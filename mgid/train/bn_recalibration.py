@@ -1,13 +1,8 @@
 """Re-estimate a network's BatchNorm running statistics for its final weights.
 
-BatchNorm's running mean and variance are exponential averages taken while the weights moved, so at
-the end of a run they describe the weights of the last few hundred steps, not the final ones; the
-network then normalises differently at test time (eval mode) than it learned to. Re-estimating
-them with the final weights, as a plain average over a number of training batches, removes that
-lag (measured on the shipped CPU run at step 1,250: +0.75 dB held-out PSNR on every held-out set).
-Weights and memory items do not change: the forward passes read the memory without updating it,
-and nothing is back-propagated. Uses training data only: `recalibration_batches` draws them from an
-epoch of the training set that training never reaches, so they are the same whenever it runs.
+`recalibrate_batchnorm` replaces the running mean and variance by a plain average over training batches with the
+final weights (weights and memory items unchanged, nothing back-propagated); `recalibration_batches` draws those
+batches from an epoch training never reaches. Why and what it gains: docs/TRAIN.md, "Design notes".
 """
 from __future__ import annotations
 

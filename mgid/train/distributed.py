@@ -1,25 +1,9 @@
 """Multi-process (DDP) training support: process group, batch sharding helpers, memory and BN sync.
 
-Launch with ``torchrun`` (``env://`` rendezvous: ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
-``MASTER_ADDR``, ``MASTER_PORT``); see ``docs/SCALING.md``. Conventions:
-
-* ``batch_size`` is the GLOBAL batch (pairs per optimiser step summed over all ranks); each rank
-  takes a contiguous slice of ``batch_size / world_size`` pairs of every global batch
-  (`mgid.train.sampler.EpochBatchSampler`). The batch order therefore does not depend on the number of
-  processes, and a run may be resumed with another world size.
-* DDP averages the gradients, so a step with N ranks equals a single-process step on the union of
-  the N slices for every loss term that is a mean over samples. The BSW loss is not: its k-means
-  mask and its normaliser are computed over the rank's own slice (see ``docs/SCALING.md``).
-* The memory items are kept identical on every rank: each update computes the per-rank statistics
-  (``mgid.ops.memory_step(..., update="stats")``, as :func:`mgid.ops.memory_update_stats`) and combines them with one all-reduce (max) of the
-  column maxima and one all-reduce (sum) of the rescaled weighted sums; the result equals the update
-  over all ranks' queries up to float rounding. DDP runs with ``broadcast_buffers=False`` (its
-  default would overwrite every rank's items with rank 0's at each forward).
-* BatchNorm: with ``dist.sync_bn`` the batch statistics are computed over the global batch
-  (``torch.nn.SyncBatchNorm`` on CUDA; `GlobalBatchNorm2d` on CPU/gloo, where SyncBatchNorm is not
-  supported). Without it each rank normalises over its own slice and the running statistics (used
-  only at evaluation) are averaged over ranks before each validation/checkpoint
-  (`average_bn_running_stats`).
+Launch with ``torchrun`` (``env://`` rendezvous). `setup` makes the process group (`DistContext`);
+`attach_memory_sync` and `all_reduce_update_stats` keep the memory items identical on every rank;
+`GlobalBatchNorm2d`, `convert_sync_batchnorm` and `average_bn_running_stats` handle BatchNorm across ranks.
+``batch_size`` is the global batch. The conventions: docs/SCALING.md.
 """
 from __future__ import annotations
 
@@ -33,9 +17,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from mgid import ops
+from mgid.errors import InputError, MgidError
 from mgid.ops.reference import NORM_EPS
 
 BACKENDS = ("auto", "nccl", "gloo")
+
+
+class DistributedSetupError(MgidError, RuntimeError):
+    """The environment asks for several processes (``WORLD_SIZE`` > 1) that this torch cannot connect."""
 
 
 @dataclass
@@ -77,11 +66,11 @@ def env_world_size() -> int:
 def resolve_backend(backend: str, device: torch.device) -> str:
     """``auto`` -> NCCL for CUDA devices, gloo otherwise."""
     if backend not in BACKENDS:
-        raise ValueError(f"dist.backend must be one of {BACKENDS}, got {backend!r}")
+        raise InputError(f"dist.backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
         return "nccl" if device.type == "cuda" else "gloo"
     if backend == "nccl" and device.type != "cuda":
-        raise ValueError("dist.backend nccl needs CUDA devices; use gloo (or auto) for CPU training")
+        raise InputError("dist.backend nccl needs CUDA devices; use gloo (or auto) for CPU training")
     return backend
 
 
@@ -97,7 +86,7 @@ def setup(backend: str, device: torch.device, timeout_s: float = 1800.0) -> Dist
     if env_world_size() <= 1:
         return DistContext()
     if not dist.is_available():
-        raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+        raise DistributedSetupError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
     name = resolve_backend(backend, device)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
@@ -119,7 +108,7 @@ def rank_device(device: torch.device, ctx: DistContext) -> torch.device:
 
 def all_reduce_update_stats(stats: ops.UpdateStats, items: torch.Tensor,
                             group: dist.ProcessGroup | None = None) -> torch.Tensor:
-    """The new items (M, C) from every rank's update statistics (:class:`mgid.ops.UpdateStats`).
+    """The new items (M, C) from every rank's update statistics (`mgid.ops.UpdateStats`).
 
     G = all-reduce-max(col_max); sum = all-reduce-sum(weighted_sum * exp(col_max - G)) (0 where
     col_max is -inf: no local query for that item); new items = normalize(P + sum). Since

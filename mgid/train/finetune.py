@@ -1,12 +1,9 @@
 """Fine-tuning on a user's own static camera: the library behind ``mgid finetune --video CLIP ...``.
 
-A fixed camera's rainy footage is MGID's training data as it is: each clip becomes one time-lapse scene
-(`mgid.data.video_scenes.extract_scenes`: frames sampled evenly over the clip, the static-camera check,
-one scene folder per clip under ``OUT/frames``), and the run is an ordinary training run
-(`mgid.train.Trainer`: pairs of two frames of a scene, random crops, the MGID objective and nothing else,
-progress, checkpoints, ``--resume``) that starts from the given weights (`TrainConfig.init_weights`,
-the shipped ones by default) with the recipe ``finetune`` (`mgid/config/recipes/finetune.yaml`). The result,
-``OUT/checkpoints/last.safetensors``, is what ``mgid derain --weights`` takes.
+Each clip becomes one time-lapse scene (`mgid.data.video_scenes.extract_scenes`) and the run is an ordinary
+training run (`mgid.train.Trainer`) from the given weights (the shipped ones by default) with the recipe
+``finetune``; ``OUT/checkpoints/last.safetensors`` is what ``mgid derain --weights`` takes. How: docs/TRAIN.md,
+"Design notes".
 """
 from __future__ import annotations
 

@@ -1,13 +1,9 @@
 """The training objective: the network on both frames of a pair and the loss, as one module, and the step.
 
-`MGIDObjective` is what the loop calls once per step and what DDP (and, for the network inside it,
-``torch.compile``) wraps: one forward per backward, as DDP expects. Frame 1 reads the memory items P
-and updates them to P'; frame 2 reads P' and leaves P'' (carried to the next step). This is the one
-place the memory changes during training (a distributed run all-reduces the update statistics of
-`mgid.ops.memory_step` in `mgid.models.MemoryModule`, see `mgid.train.distributed`). Under bf16/fp16 the
-network runs in autocast and the loss in fp32. `optimizer_step` back-propagates the total and steps the
-optimiser. One training step is ``total, terms, out1 = objective(frame1, frame2)``, the finiteness check,
-then ``optimizer_step(optimizer, total, scaler)``: what the loop runs and what the benchmarks time.
+`MGIDObjective` is what the loop calls once per step and what DDP (and ``torch.compile``, for the network inside
+it) wraps: ``total, terms, out1 = objective(frame1, frame2)``; frame 1 reads and updates the memory, frame 2 reads
+the update. `optimizer_step` back-propagates the total and steps the optimiser. How the memory changes in a step:
+docs/TRAIN.md, "Design notes".
 """
 from __future__ import annotations
 

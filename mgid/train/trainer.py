@@ -1,12 +1,10 @@
 """The training loop: `Trainer` sets a run up from a `TrainConfig` (fresh, or resumed from
 ``OUT/checkpoints/last.*``) in small named steps and runs it.
 
-The loop feeds batches in an order fixed by ``(seed, epoch)`` (`mgid.train.sampler`), runs the
-objective (`mgid.train.objective.MGIDObjective`, DDP-wrapped under torchrun), checks the loss is
-finite every step (`mgid.train.stopping`), logs to TensorBoard (``OUT/tb``), validates on held-out
-paired sets (`mgid.train.validation`), saves ``OUT/checkpoints/last.*`` atomically
-(`mgid.checkpoint`), re-estimates the BatchNorm statistics on request
-(`mgid.train.bn_recalibration`) and, at the end, writes ``OUT/samples/compare.png`` (rainy | de-rained | clean).
+Each step runs `mgid.train.objective.MGIDObjective` on batches in an order fixed by ``(seed, epoch)``, checks the
+loss is finite, logs to TensorBoard (``OUT/tb``), validates on the held-out sets, saves checkpoints atomically
+(`mgid.checkpoint`), optionally re-estimates BatchNorm statistics, and at the end writes
+``OUT/samples/compare.png`` (rainy | de-rained | clean).
 """
 from __future__ import annotations
 

@@ -6,8 +6,8 @@ import argparse
 import numpy as np
 
 from benchmarks import data_ablation, real_rain_grid
+from mgid.cli.train import build_parser
 from mgid.config.train_config import resolve_config
-from mgid.train.cli import build_parser
 
 
 def _config_of(cmd: list[str]):

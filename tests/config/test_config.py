@@ -12,12 +12,12 @@ import yaml
 
 from mgid.checkpoint import read_meta
 from mgid.cli import build_parser as cli_parser
+from mgid.cli.train import build_parser
+from mgid.cli.train import main as train_main
 from mgid.config.fields import ConfigError, iter_fields, overrides_from_args
 from mgid.config.literals import literal_values
 from mgid.config.train_config import NAMED_CONFIGS, TrainConfig, diff, resolve_config, to_yaml
 from mgid.data import EmbeddedDataConfig
-from mgid.train.cli import build_parser
-from mgid.train.cli import main as train_main
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -19,13 +19,13 @@ import timeit
 import numpy as np
 import pytest
 
+from mgid.cli.train import build_parser
 from mgid.config.fields import ConfigError, build_dataclass, overrides_from_args
 from mgid.config.train_config import resolve_config
 from mgid.data import LayerRainConfig, RainConfig, add_rain, render_layer_rain, render_rain_layer
 from mgid.data.heldout_sets import _HELDOUT_STREAM, HELDOUT_SETS, LAYERED_RAIN, VARIED_RAIN, EmbeddedPairedSet
 from mgid.data.layer_rain import LayerVeil, apply_veil, sample_layer_frame, segment_kernel
 from mgid.data.synthetic_rain import rain_coverage
-from mgid.train.cli import build_parser
 from tests.data.builders import pattern
 
 #: The measurement the bounds below are checked on: pairs of frames of this size, at the default setting.

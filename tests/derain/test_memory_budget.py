@@ -179,3 +179,15 @@ def test_a_record_of_other_inference_code_warns(monkeypatch):
             mb._warn_if_other_code("0" * 64)  # once per process
     finally:
         mb._warn_if_other_code.cache_clear()
+
+
+def test_allocation_failures_are_recognised():
+    """Every allocator's failure counts as out of memory (then the image is retried in tiles); other errors do not."""
+    import torch
+
+    from mgid.derain.memory_budget import is_out_of_memory
+
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory")) and is_out_of_memory(MemoryError())
+    assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 GB"))
+    assert is_out_of_memory(RuntimeError("posix_memalign failed:Cannot allocate memory (12)"))  # NNPACK's workspace
+    assert not is_out_of_memory(RuntimeError("mkldnn_convolution: bf16 path needs the cpu support avx512bw"))

@@ -21,7 +21,7 @@ import mgid.derain.onnx_export as export
 from mgid import cli, ops
 from mgid.checkpoint import file_sha256, save_checkpoint
 from mgid.data.imageio import read_image, write_image
-from mgid.derain.derainer import Derainer, load_network
+from mgid.derain.derainer import BaseDerainer, Derainer, load_network
 from mgid.derain.onnx_backend import OnnxDerainer, OnnxModelError, load_onnx_derainer
 from mgid.derain.onnx_graphs import IMAGE_FILTER, TILING
 from mgid.derain.tiling import predict_rain
@@ -193,6 +193,23 @@ def test_derainer_interface(derainers, exported):
     assert onnx_d.tile == mgid.derain.tiling.TILE_AUTO and onnx_d.overlap == mgid.derain.tiling.DEFAULT_OVERLAP
     assert onnx_d.weights == exported.path and onnx_d.net is None and onnx_d.config == TINY
     assert "OnnxDerainer(" in repr(onnx_d)
+
+
+def test_both_derainers_run_the_base_init(tiny, exported, monkeypatch):
+    """An attribute set only in `BaseDerainer.__init__` reaches the onnxruntime and the PyTorch derainer alike: neither
+    skips its parent's ``__init__``."""
+    real = BaseDerainer.__init__
+
+    def init(self, *args, **kwargs) -> None:
+        real(self, *args, **kwargs)
+        self.set_by_the_base = type(self).__name__
+
+    monkeypatch.setattr(BaseDerainer, "__init__", init)
+    onnx_d = OnnxDerainer(exported.path, threads=1, max_memory=1 << 30, self_ensemble=True)
+    torch_d = Derainer(tiny[1], "cpu", precision="fp32", max_memory=1 << 30, self_ensemble=True)
+    assert onnx_d.set_by_the_base == "OnnxDerainer" and torch_d.set_by_the_base == "Derainer"
+    for d in (onnx_d, torch_d):
+        assert d.config == TINY and d.max_memory == 1 << 30 and d.self_ensemble and d.last_tile is None
 
 
 @pytest.mark.parametrize("b,h,w", SIZES[:3] + ODD_SIZES)

@@ -35,7 +35,8 @@ from tests.derain.tiny_network import tiny_weights
 
 pytest.importorskip("flask", reason="mgid.derain.web needs Flask (pip install flask)")
 
-from mgid import cli
+from mgid.cli import web as web_cli
+from mgid.cli.common import run_command
 from mgid.data.photos import load_photo  # noqa: E402
 from mgid.data.synthetic_rain import add_rain  # noqa: E402
 from mgid.derain import web  # noqa: E402 - after the Flask check, so a missing Flask skips instead of erroring
@@ -175,7 +176,7 @@ def test_cli_subcommand(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.
     import argparse
 
     parser = argparse.ArgumentParser(prog="mgid")
-    cli.register_web(parser.add_subparsers(dest="command"))
+    web_cli.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["web"])
     assert (args.host, args.port, args.weights, args.device, args.max_upload_mb) == ("127.0.0.1", 7860, None,
                                                                                      "auto", 20.0)
@@ -183,20 +184,20 @@ def test_cli_subcommand(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.
     monkeypatch.setattr(web, "serve", lambda *a, **k: calls.append((a, k)))
     args = parser.parse_args(["web", "--host", "0.0.0.0", "--port", "8000", "--weights", "w.safetensors",
                               "--device", "cpu", "--max-upload-mb", "5"])
-    assert args.func(args) == 0
+    assert run_command(args.run, args, args.prog) == 0
     assert calls == [(("0.0.0.0", 8000, "w.safetensors", "cpu", 5.0, "auto"),
                       {"max_pixels": 40_000_000, "job_seconds": 300.0, "max_waiting": 4, "max_memory": None,
                        "read_timeout": 30.0, "upload_timeout": 120.0})]
     calls.clear()
     args = parser.parse_args(["web", "--max-megapixels", "12", "--job-seconds", "60", "--queue", "0",
                               "--max-memory", "2G", "--read-timeout", "5", "--upload-timeout", "20"])
-    assert args.func(args) == 0
+    assert run_command(args.run, args, args.prog) == 0
     assert calls[0][1] == {"max_pixels": 12_000_000, "job_seconds": 60.0, "max_waiting": 0, "max_memory": 2 << 30,
                            "read_timeout": 5.0, "upload_timeout": 20.0}
-    assert args.func(parser.parse_args(["web", "--job-seconds", "0"])) == 2
-    assert args.func(parser.parse_args(["web", "--read-timeout", "0"])) == 2
+    assert run_command(args.run, parser.parse_args(["web", "--job-seconds", "0"]), args.prog) == 2
+    assert run_command(args.run, parser.parse_args(["web", "--read-timeout", "0"]), args.prog) == 2
     assert "reachable from other machines" in capsys.readouterr().err
-    assert args.func(parser.parse_args(["web", "--host", "localhost"])) == 0
+    assert run_command(args.run, parser.parse_args(["web", "--host", "localhost"]), args.prog) == 0
     assert capsys.readouterr().err == ""
     assert web.is_loopback("::1") and web.is_loopback("127.0.0.2") and not web.is_loopback("example.org")
 

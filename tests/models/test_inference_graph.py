@@ -62,6 +62,9 @@ def test_unfused_path_equals_the_fused_one():
     if fused_cpu_convolutions():
         assert fused.fused
         torch.testing.assert_close(fused.rain(image), plain.rain(image), rtol=0, atol=FP32_ATOL)
+    bf16 = InferenceGraph(net, "bf16")  # oneDNN's bf16 convolutions need AVX512 (or AVX-NE-CONVERT): F.conv2d else
+    assert bf16.fused is fused_cpu_convolutions(torch.bfloat16)
+    assert torch.isfinite(bf16.rain(image)).all()
     nchw = InferenceGraph(net, "fp32", channels_last=False)  # NNPACK's Winograd convolutions where torch has them
     assert nchw.nnpack is nnpack_available() and not InferenceGraph(net, "bf16", channels_last=False).nnpack
     onednn = InferenceGraph(net, "fp32", channels_last=False)

@@ -11,11 +11,11 @@ import torch
 import mgid.ops
 from mgid import checkpoint as ck
 from mgid.cli import main as cli_main
+from mgid.cli.train import main as train_main
 from mgid.config.fields import ConfigError
 from mgid.config.train_config import TrainConfig, resolve_config
 from mgid.data import EmbeddedDataConfig, write_synthetic_dataset
 from mgid.models import MGIDNet, ModelConfig
-from mgid.train.cli import main as train_main
 from mgid.train.sampler import EpochBatchSampler, learning_rate
 from mgid.train.stopping import NonFiniteLossError
 from mgid.train.trainer import Trainer
@@ -30,8 +30,8 @@ TINY = TINY_EMBEDDED + ["--model.channels", "16", "--model.memory_items", "4", "
 
 
 def tiny_config(out: Path, **overrides) -> TrainConfig:
+    from mgid.cli.train import build_parser
     from mgid.config.fields import overrides_from_args
-    from mgid.train.cli import build_parser
 
     args = build_parser().parse_args(TINY + ["--out", str(out)])
     values = overrides_from_args(args)

@@ -1,4 +1,4 @@
-"""The command line of ``train.py`` and ``mgid train``: options, the resume policy, exit codes."""
+"""``mgid train`` and ``train.py``: train MGID; the options, the resume policy and the exit codes of training."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mgid.checkpoint import TRAINING_CHECKPOINT_DIR, CheckpointError, checkpoint_paths, read_meta
+from mgid.cli import common
 from mgid.config.fields import ConfigError, overrides_from_args
 from mgid.config.train_config import (
     NAMED_CONFIGS,
@@ -20,9 +21,16 @@ from mgid.config.train_config import (
 from mgid.train.stopping import NonFiniteLossError, TrainingInterrupted
 from mgid.train.trainer import LAST, Trainer, check_out_folder
 
+PROG = "mgid train"
+#: Exit code of a run stopped by a non-finite loss (the last good checkpoint is kept).
+EXIT_NON_FINITE = 1
+DESCRIPTION = ("Train MGID on time-lapse pairs (default: the embedded synthetic set, no download).\n"
+               "Settings: defaults (the paper) < --config NAME|FILE.yaml < the options below.")
+
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``train.py`` / ``mgid train``: --config, --resume, ... and one per config field."""
+    """The options of ``train.py`` / ``mgid train`` / ``mgid finetune``: --config, --resume, ... and one per config
+    field."""
     parser.add_argument("--config", metavar="NAME|FILE.yaml",
                         help=f"a named config ({', '.join(NAMED_CONFIGS)}) or a YAML file (as --print-config writes); "
                              f"options given on the command line override it [default: the paper's settings]")
@@ -36,11 +44,18 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
 
 
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``mgid train``'s parser to ``sub``."""
+    p = sub.add_parser("train", help="train MGID (same options as train.py)", description=DESCRIPTION,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_train_arguments(p)
+    p.set_defaults(run=run, prog=PROG)
+
+
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The parser of ``train.py`` (named ``prog``)."""
     parser = argparse.ArgumentParser(
-        prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Train MGID on time-lapse pairs (default: the embedded synthetic set, no download).\n"
-                    "Settings: defaults (the paper) < --config NAME|FILE.yaml < the options below.",
+        prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter, description=DESCRIPTION,
         epilog="examples:\n  train.py --config quick\n  train.py --config paper --data /data/mgid --out runs/paper\n"
                "  train.py --config quick --max-steps 300 --resume")
     add_train_arguments(parser)
@@ -48,11 +63,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace, log: Callable[[str], None] = print) -> TrainConfig:
-    """The run's config: named config/YAML and options; with --resume, on top of the saved config.
+    """The run's config: the named config or YAML file and the options; with ``--resume``, on top of the saved
+    config.
 
     Resuming may change the fields marked ``RESUME_MAY_CHANGE`` in `mgid.config.train_config` (run length, logging,
-    checkpointing, devices) silently; a different model is refused,
-    other differences are listed (the run then differs from an uninterrupted one).
+    checkpointing, devices) silently; other differences are logged through ``log`` as a warning.
+
+    Raises:
+        CheckpointError: ``--resume`` without a checkpoint in ``--out``.
+        ConfigError: ``--resume`` with a different model, or bad settings.
     """
     overrides = overrides_from_args(args)
     cfg = resolve_config(args.config, overrides)
@@ -73,43 +92,41 @@ def config_from_args(args: argparse.Namespace, log: Callable[[str], None] = prin
     if model_changes:
         raise ConfigError(f"--resume cannot change the model ({', '.join(model_changes)}); the checkpoint's "
                           f"weights would not fit. Drop those options or start a new run with another --out")
-    harmless = resume_may_change()  # the fields marked RESUME_MAY_CHANGE in mgid.config.train_config
-    notable = {k: v for k, v in changes.items() if k not in harmless}
+    notable = {k: v for k, v in changes.items() if k not in resume_may_change()}
     if notable:
         log("warning: resuming with changed settings (the run will differ from an uninterrupted one): "
             + "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in notable.items()))
     return resumed
 
 
-def run_from_args(args: argparse.Namespace, prog: str = "train.py",
-                  prepare: Callable[[TrainConfig], TrainConfig] | None = None,
-                  errors: tuple[type[Exception], ...] = ()) -> int:
-    """Run what parsed ``args`` ask for; returns the exit code (errors are printed, not raised).
+def run(args: argparse.Namespace, prepare: Callable[[TrainConfig], TrainConfig] | None = None) -> int:
+    """Train as the parsed ``args`` ask (or print the config with ``--print-config``).
 
-    ``prepare`` turns the resolved config into the one to run (``mgid finetune``: its data and initial
-    weights), and ``errors`` are its exceptions to report as bad settings.
-    Exit codes: 0 done; 1 non-finite loss (the last good checkpoint is kept); 2 bad settings or
-    checkpoint; 128 + signal (143 SIGTERM, 130 SIGINT) stopped by a signal after writing a checkpoint.
+    Args:
+        args: Parsed options of `add_train_arguments` (and ``prog``, the name in messages).
+        prepare: Turns the resolved config into the one to run (``mgid finetune``: its data and initial weights).
+
+    Returns:
+        0 done; `EXIT_NON_FINITE` after a non-finite loss (the last good checkpoint is kept); 128 + signal (143
+        SIGTERM, 130 SIGINT) when a signal stopped the run after it wrote a checkpoint.
+
+    Raises:
+        MgidError: Bad settings, data or checkpoint (`mgid.cli.common.run_command` reports them: exit code 2).
     """
-    try:
-        cfg = config_from_args(args)
-        if prepare is not None:
-            cfg = prepare(cfg)
-        if args.print_config:
-            print(to_yaml(cfg), end="")
-            return 0
-        trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
-    except (ConfigError, CheckpointError, FileNotFoundError, NotADirectoryError, ValueError, RuntimeError,
-            *errors) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
+    cfg = config_from_args(args)
+    if prepare is not None:
+        cfg = prepare(cfg)
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
+    trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
     try:
         trainer.run()
     except NonFiniteLossError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 1
+        print(f"{args.prog}: error: {exc}", file=sys.stderr)
+        return EXIT_NON_FINITE
     except TrainingInterrupted as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
+        print(f"{args.prog}: {exc}", file=sys.stderr)
         return exc.exit_code
     finally:
         trainer.close()
@@ -119,4 +136,5 @@ def run_from_args(args: argparse.Namespace, prog: str = "train.py",
 def main(argv: Sequence[str] | None = None) -> int:
     """``train.py``: parse the command line and train; returns the exit code."""
     args = build_parser("train.py").parse_args(argv)
-    return run_from_args(args, "train.py")
+    args.prog = "train.py"
+    return common.run_command(run, args, args.prog)

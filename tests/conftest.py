@@ -1,11 +1,15 @@
 """Shared test setup: the `cuda` marker skips with a reason where no GPU (or no CUDA build) exists; one torch
-thread per test. The benchmarks are the package ``benchmarks`` of the repository root: tests import them by name."""
+thread per test; the `weights` of a tiny untrained model. The benchmarks are the package ``benchmarks`` of the
+repository root: tests import them by name."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 
 import mgid.ops
+from tests.derain.tiny_network import tiny_weights
 
 
 def cuda_skip_reason() -> str | None:
@@ -43,3 +47,10 @@ def _one_thread_default_ops():
     torch.set_num_threads(saved)
     mgid.ops.set_ops_mode(None)
 
+
+@pytest.fixture
+def weights(tmp_path: Path) -> Path:
+    """The weights of a tiny untrained MGIDNet (tests/derain/tiny_network.py), saved in tmp_path/w, one copy per
+    test. Building them seeds torch's global generator (0): a test that asks for them draws reproducible values
+    from it afterwards (tests/derain/test_precision.py does)."""
+    return tiny_weights(tmp_path / "w")

@@ -6,22 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import mgid.cli as cli
+import mgid.cli.bench as bench_cli
 import mgid.derain.derainer as api
-from mgid.checkpoint import save_checkpoint
 from mgid.data import read_image, write_image
-from mgid.models import MGIDNet, ModelConfig
-
-TINY = ModelConfig(channels=8, memory_items=4)
-
-
-@pytest.fixture()
-def weights(tmp_path: Path) -> Path:
-    torch.manual_seed(0)
-    return save_checkpoint(tmp_path / "w", MGIDNet(TINY), None, {"config": {"model": TINY.to_dict()}},
-                           names=("tiny",))["model"]
 
 
 @pytest.fixture()
@@ -123,14 +112,14 @@ def test_missing_inputs_and_weights(tmp_path, photos, weights, monkeypatch, caps
 
 def test_bench_passes_arguments_through(monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(cli.subprocess, "call", lambda argv, **kwargs: calls.append((argv, kwargs)) or 0)
+    monkeypatch.setattr(bench_cli.subprocess, "call", lambda argv, **kwargs: calls.append((argv, kwargs)) or 0)
     assert cli.main(["bench", "--quick", "--device", "cpu", "-h"]) == 0
     argv, kwargs = calls[0]
-    assert argv[1:3] == ["-m", cli.BENCH_MODULE] and argv[3:] == ["--quick", "--device", "cpu", "-h"]
-    root = cli.bench_source_tree()
+    assert argv[1:3] == ["-m", bench_cli.BENCH_MODULE] and argv[3:] == ["--quick", "--device", "cpu", "-h"]
+    root = bench_cli.bench_source_tree()
     assert root is not None and (root / "benchmarks" / "bench_ops.py").is_file()  # in the source tree
     assert kwargs["env"]["PYTHONPATH"].split(os.pathsep)[0] == str(root)
-    monkeypatch.setattr(cli, "bench_source_tree", lambda: None)  # a normal install, run outside a checkout
+    monkeypatch.setattr(bench_cli, "bench_source_tree", lambda: None)  # a normal install, run outside a checkout
     assert cli.main(["bench"]) == 2
     assert "source tree only" in capsys.readouterr().err
 
@@ -232,3 +221,40 @@ def test_evaluate_with_nothing_scored_is_one_error_line_without_a_summary(tmp_pa
                             f"{tmp_path / 'gt'}: 1 pair(s) skipped (a.png: size 32x32 differs from the target's "
                             f"32x40); 1 prediction(s) without a target (b.png)\n")
     assert not (tmp_path / "pred" / "metrics.csv").exists()
+
+
+def test_one_handler_reports_mgid_and_os_errors_and_lets_bugs_through(monkeypatch, capsys):
+    """`run_command`: an MgidError or OSError is one line and exit code 2; anything else keeps its traceback."""
+    import mgid.cli.info as info_cli
+    from mgid.errors import InputError
+
+    def raising(error):
+        def run(args):
+            raise error
+        return run
+
+    monkeypatch.setattr(info_cli, "run", raising(InputError("the value is wrong")))
+    assert cli.main(["info"]) == 2
+    assert capsys.readouterr().err == "mgid info: error: the value is wrong\n"
+    monkeypatch.setattr(info_cli, "run", raising(PermissionError(13, "Permission denied", "x.png")))
+    assert cli.main(["info"]) == 2
+    assert capsys.readouterr().err.startswith("mgid info: error: [Errno 13] Permission denied")
+    monkeypatch.setattr(info_cli, "run", raising(RuntimeError("a kernel bug")))
+    with pytest.raises(RuntimeError, match="a kernel bug"):
+        cli.main(["info"])
+    monkeypatch.setattr(info_cli, "run", raising(ValueError("a library's own ValueError")))
+    with pytest.raises(ValueError, match="library"):
+        cli.main(["info"])
+
+
+def test_every_command_module_registers_run_and_prog():
+    """One module per command: each adds its parser with ``run`` and ``prog``."""
+    import argparse
+    import importlib
+
+    for name, module in cli.COMMANDS.items():
+        parser = argparse.ArgumentParser(prog="mgid")
+        importlib.import_module(module).register(parser.add_subparsers(dest="command"))
+        sub = parser._subparsers._group_actions[0].choices[name]
+        defaults = sub._defaults if name != "data" else sub._subparsers._group_actions[0].choices["synth"]._defaults
+        assert callable(defaults["run"]) and defaults["prog"].startswith("mgid " + name), name

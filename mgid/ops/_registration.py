@@ -3,6 +3,8 @@
 The operators and their CPU/CUDA kernels are registered in C++ (``csrc/``); this module adds what
 ``torch.compile`` needs to trace them (fake implementations: shapes and dtypes only) and their
 backward passes, which are themselves compiled operators. Imported once, when the extension loads.
+Op by op: the fake of the forward op, the fake of its backward op and, for a differentiable op, the
+autograd formula that calls the backward op.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return _ACC.get(dtype, torch.float32)
 
 
-# ---- fake implementations ---------------------------------------------------------------------
+# ---- memory_read ---------------------------------------------------------------------------------
 
 @torch.library.register_fake("mgid::memory_read")
 def _(query, items, grad_through_weights=False):
@@ -27,72 +29,6 @@ def _(query, items, grad_through_weights=False):
 def _(grad_out, query, items, grad_through_weights):
     return torch.empty_like(query, memory_format=torch.contiguous_format)
 
-
-@torch.library.register_fake("mgid::memory_update_stats")
-def _(query, items, max_over_assigned=False):
-    acc = _acc_dtype(query.dtype)
-    return items.new_empty((items.shape[0],), dtype=acc), items.new_empty(items.shape, dtype=acc)
-
-
-@torch.library.register_fake("mgid::memory_update")
-def _(query, items, max_over_assigned=False):
-    return items.new_empty(items.shape)
-
-
-@torch.library.register_fake("mgid::memory_losses")
-def _(query, items):
-    return query.new_empty(()), query.new_empty(())
-
-
-@torch.library.register_fake("mgid::memory_losses_backward")
-def _(grad_compactness, grad_separateness, query, items):
-    return torch.empty_like(query, memory_format=torch.contiguous_format)
-
-
-@torch.library.register_fake("mgid::memory_step")
-def _(query, items, grad_through_weights=False, max_over_assigned=False, with_losses=True, with_update=True):
-    b, c, h, w = query.shape
-    acc = _acc_dtype(query.dtype)
-    return (query.new_empty((b, 2 * c, h, w)), query.new_empty(()), query.new_empty(()),
-            items.new_empty((items.shape[0],), dtype=acc), items.new_empty(items.shape, dtype=acc),
-            query.new_empty((b * h * w if with_losses else 0, 2), dtype=torch.int32))
-
-
-@torch.library.register_fake("mgid::memory_step_backward")
-def _(grad_read, grad_compactness, grad_separateness, query, items, top, grad_through_weights, with_losses):
-    return torch.empty_like(query, memory_format=torch.contiguous_format)
-
-
-@torch.library.register_fake("mgid::bsw_threshold")
-def _(values, k):
-    return values.new_empty((), dtype=torch.float64)
-
-
-@torch.library.register_fake("mgid::bsw_loss_masked")
-def _(cov1, cov2, mask):
-    return cov1.new_empty(()), cov1.new_empty((), dtype=_acc_dtype(cov1.dtype))
-
-
-@torch.library.register_fake("mgid::bsw_loss_masked_backward")
-def _(grad, cov1, cov2, mask, count):
-    return torch.empty_like(cov1, memory_format=torch.contiguous_format), torch.empty_like(
-        cov2, memory_format=torch.contiguous_format)
-
-
-# feature_covariance and bsw_mask are CompositeExplicitAutograd (ATen calls + the kernels above),
-# which has no meta kernel of its own for every call it makes; give them fakes too.
-@torch.library.register_fake("mgid::feature_covariance")
-def _(features):
-    b, c = features.shape[:2]
-    return features.new_empty((b, c, c))
-
-
-@torch.library.register_fake("mgid::bsw_mask")
-def _(cov1, cov2, k=50):
-    return cov1.new_empty(cov1.shape, dtype=torch.bool)
-
-
-# ---- autograd ----------------------------------------------------------------------------------
 
 def _read_setup(ctx, inputs, output):
     query, items, grad_through_weights = inputs
@@ -109,6 +45,31 @@ def _read_backward(ctx, grad_out):
 
 
 torch.library.register_autograd("mgid::memory_read", _read_backward, setup_context=_read_setup)
+
+
+# ---- memory_update_stats, memory_update (no gradient) --------------------------------------------
+
+@torch.library.register_fake("mgid::memory_update_stats")
+def _(query, items, max_over_assigned=False):
+    acc = _acc_dtype(query.dtype)
+    return items.new_empty((items.shape[0],), dtype=acc), items.new_empty(items.shape, dtype=acc)
+
+
+@torch.library.register_fake("mgid::memory_update")
+def _(query, items, max_over_assigned=False):
+    return items.new_empty(items.shape)
+
+
+# ---- memory_losses -------------------------------------------------------------------------------
+
+@torch.library.register_fake("mgid::memory_losses")
+def _(query, items):
+    return query.new_empty(()), query.new_empty(())
+
+
+@torch.library.register_fake("mgid::memory_losses_backward")
+def _(grad_compactness, grad_separateness, query, items):
+    return torch.empty_like(query, memory_format=torch.contiguous_format)
 
 
 def _losses_setup(ctx, inputs, output):
@@ -128,6 +89,22 @@ def _losses_backward(ctx, grad_compactness, grad_separateness):
 
 
 torch.library.register_autograd("mgid::memory_losses", _losses_backward, setup_context=_losses_setup)
+
+
+# ---- memory_step ---------------------------------------------------------------------------------
+
+@torch.library.register_fake("mgid::memory_step")
+def _(query, items, grad_through_weights=False, max_over_assigned=False, with_losses=True, with_update=True):
+    b, c, h, w = query.shape
+    acc = _acc_dtype(query.dtype)
+    return (query.new_empty((b, 2 * c, h, w)), query.new_empty(()), query.new_empty(()),
+            items.new_empty((items.shape[0],), dtype=acc), items.new_empty(items.shape, dtype=acc),
+            query.new_empty((b * h * w if with_losses else 0, 2), dtype=torch.int32))
+
+
+@torch.library.register_fake("mgid::memory_step_backward")
+def _(grad_read, grad_compactness, grad_separateness, query, items, top, grad_through_weights, with_losses):
+    return torch.empty_like(query, memory_format=torch.contiguous_format)
 
 
 def _step_setup(ctx, inputs, output):
@@ -157,6 +134,16 @@ def _step_backward(ctx, grad_read, grad_compactness, grad_separateness, _grad_co
 torch.library.register_autograd("mgid::memory_step", _step_backward, setup_context=_step_setup)
 
 
+# ---- feature_covariance --------------------------------------------------------------------------
+
+# feature_covariance and bsw_mask are CompositeExplicitAutograd (ATen calls + the kernels below),
+# which has no meta kernel of its own for every call it makes; give them fakes too.
+@torch.library.register_fake("mgid::feature_covariance")
+def _(features):
+    b, c = features.shape[:2]
+    return features.new_empty((b, c, c))
+
+
 def _covariance_setup(ctx, inputs, output):
     (features,) = inputs
     ctx.save_for_backward(features)
@@ -172,6 +159,31 @@ def _covariance_backward(ctx, grad_cov):
 
 
 torch.library.register_autograd("mgid::feature_covariance", _covariance_backward, setup_context=_covariance_setup)
+
+
+# ---- bsw_threshold, bsw_mask (no gradient) -------------------------------------------------------
+
+@torch.library.register_fake("mgid::bsw_threshold")
+def _(values, k):
+    return values.new_empty((), dtype=torch.float64)
+
+
+@torch.library.register_fake("mgid::bsw_mask")
+def _(cov1, cov2, k=50):
+    return cov1.new_empty(cov1.shape, dtype=torch.bool)
+
+
+# ---- bsw_loss_masked -----------------------------------------------------------------------------
+
+@torch.library.register_fake("mgid::bsw_loss_masked")
+def _(cov1, cov2, mask):
+    return cov1.new_empty(()), cov1.new_empty((), dtype=_acc_dtype(cov1.dtype))
+
+
+@torch.library.register_fake("mgid::bsw_loss_masked_backward")
+def _(grad, cov1, cov2, mask, count):
+    return torch.empty_like(cov1, memory_format=torch.contiguous_format), torch.empty_like(
+        cov2, memory_format=torch.contiguous_format)
 
 
 def _bsw_setup(ctx, inputs, output):

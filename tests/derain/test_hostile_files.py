@@ -12,14 +12,8 @@ import pytest
 import mgid
 import mgid.cli as cli
 from mgid.data.imageio import read_photo, write_image
-from tests.derain.tiny_network import tiny_weights
 from tests.image_bombs import png_bomb
 from tests.peak_memory import run_measured
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_weights(tmp_path_factory.mktemp("w"))
 
 
 def derain(*argv: str | Path) -> int:

@@ -5,8 +5,6 @@ the CPU detection (`mgid.precision.cpu_has_native_bf16`) is monkeypatched both w
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
@@ -14,20 +12,9 @@ import torch
 
 import mgid
 import mgid.precision
-from mgid.checkpoint import save_checkpoint
 from mgid.cli import build_parser, main
 from mgid.derain.tiling import predict_rain
-from mgid.models import MGIDNet, ModelConfig
 from mgid.precision import CpuInfo, cpu_info, nnpack_available, resolve_channels_last, resolve_precision
-
-TINY = ModelConfig(channels=8, memory_items=4)
-
-
-@pytest.fixture
-def weights(tmp_path: Path) -> Path:
-    torch.manual_seed(0)
-    return save_checkpoint(tmp_path / "w", MGIDNet(TINY), None, {"config": {"model": TINY.to_dict()}},
-                           names=("tiny",))["model"]
 
 
 @pytest.fixture(params=[True, False], ids=["cpu-with-bf16", "cpu-without-bf16"])

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 import mgid.cli as cli
-from mgid.checkpoint import save_checkpoint
 from mgid.data import read_image, write_image
 from mgid.derain.derainer import Derainer, load_model
 from mgid.derain.self_ensemble import TRANSFORMS, dihedral, dihedral_inverse, dihedral_mean
 from mgid.derain.tiling import predict_rain
-from mgid.models import MGIDNet, ModelConfig
+from mgid.models import ModelConfig
+from tests.derain import tiny_network
 
 TINY = ModelConfig(channels=8, memory_items=4)
 
@@ -86,9 +86,7 @@ def test_each_output_is_mapped_back_to_the_input_frame():
 
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("w")
-    return save_checkpoint(folder, MGIDNet(TINY), None, {"config": {"model": TINY.to_dict()}}, names=("tiny",))["model"]
+    return tiny_network.tiny_weights(tmp_path_factory.mktemp("w"))
 
 
 @pytest.mark.parametrize("h, w, tile", [(19, 30, None), (37, 21, None), (37, 29, 16)])

@@ -20,7 +20,6 @@ from mgid.data.video import FrameWriter, VideoError, open_frames
 from mgid.data.video_scenes import MovingCameraError, camera_shift, extract_scenes, sample_indices
 from mgid.derain.derainer import load_model
 from mgid.derain.video import derain_frames, derain_video, median_video, temporal_median_stream
-from tests.derain.tiny_network import tiny_weights
 
 av = pytest.importorskip("av")
 
@@ -30,11 +29,6 @@ CAMERA = StaticCamera(size=(48, 64), frames=12, fps=10.0)
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> Path:
     return write_clip(tmp_path_factory.mktemp("clip") / "cam.mp4", CAMERA, seed=3)
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    return tiny_weights(tmp_path_factory.mktemp("w"))
 
 
 def _streams(path: Path) -> tuple[int, Fraction, tuple[int, int], bool]:

@@ -8,18 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import mgid
 import mgid.cli as cli
 import mgid.derain.derainer as api
-from mgid.checkpoint import save_checkpoint
 from mgid.data import write_image
 from mgid.eval.metrics import psnr, ssim
 from mgid.eval.scoring import evaluate_folders, evaluate_model
-from mgid.models import MGIDNet, ModelConfig
 
-TINY = ModelConfig(channels=8, memory_items=4)
 RNG = np.random.default_rng(0)
 
 
@@ -29,13 +25,6 @@ def _img(h: int = 24, w: int = 32) -> np.ndarray:
 
 def _noisy(a: np.ndarray, amount: int = 20) -> np.ndarray:
     return np.clip(a.astype(int) + RNG.integers(-amount, amount + 1, a.shape), 0, 255).astype(np.uint8)
-
-
-@pytest.fixture()
-def weights(tmp_path: Path) -> Path:
-    torch.manual_seed(0)
-    return save_checkpoint(tmp_path / "w", MGIDNet(TINY), None, {"config": {"model": TINY.to_dict()}},
-                           names=("tiny",))["model"]
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:

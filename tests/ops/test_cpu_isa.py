@@ -7,43 +7,27 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import mgid.ops as ops
+from tests.ops.cases import FLOAT_DTYPES, Size, samples
 
 pytestmark = pytest.mark.skipif(not ops.fused_available("cpu"), reason="mgid._C extension not built")
 
-
-def run_every_memory_op(dtype: torch.dtype) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(3)
-    query = torch.randn(2, 24, 13, 17, generator=g).to(dtype)  # 442 queries: full and partial lane groups and tiles
-    items = F.normalize(torch.randn(20, 24, generator=g), dim=1)
-    outs: list[torch.Tensor] = []
-    for gtw in (False, True):
-        q = query.clone().requires_grad_(True)
-        step = ops.memory_step(q, items, grad_through_weights=gtw, update="stats")
-        loss = (step.read.float() * 0.5).square().sum() + step.compactness + 0.3 * step.separateness
-        outs += [step.read, step.compactness, step.separateness, *step.items, torch.autograd.grad(loss, q)[0]]
-        q = query.clone().requires_grad_(True)
-        read = ops.memory_read(q, items, gtw)
-        outs += [read, torch.autograd.grad(read.float().square().sum(), q)[0]]
-    q = query.clone().requires_grad_(True)
-    c, s = ops.memory_losses(q, items)
-    outs += [c, s, torch.autograd.grad(c + s, q)[0], ops.memory_update(query, items, True),
-             *ops.memory_update_stats(query, items, False)]
-    return [t.detach() for t in outs]
+ISA = Size((2, 24, 13, 17), 20)  # 442 queries: full and partial lane groups and tiles
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_avx2_and_baseline_copies_are_bitwise_equal(monkeypatch, dtype):
+@pytest.mark.parametrize("sample", samples("memory"), ids=str)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_avx2_and_baseline_copies_are_bitwise_equal(monkeypatch, dtype, sample):
+    """Every memory op, forward and backward (tests/ops/cases.py): outputs and input gradients."""
     monkeypatch.delenv("MGID_CPU_ISA", raising=False)
     default_isa = torch.ops.mgid.cpu_isa()
     if default_isa != "avx2":
         pytest.skip(f"this CPU runs the {default_isa} copy only (no AVX2)")
-    fast = run_every_memory_op(dtype)
+    fast = sample.run("cpu", dtype, ISA, seed=3)
     monkeypatch.setenv("MGID_CPU_ISA", "baseline")
     assert torch.ops.mgid.cpu_isa() == "baseline"
-    base = run_every_memory_op(dtype)
+    base = sample.run("cpu", dtype, ISA, seed=3)
     for i, (a, b) in enumerate(zip(fast, base)):
         assert torch.equal(a, b), f"output {i}: max difference {(a.double() - b.double()).abs().max()}"
 

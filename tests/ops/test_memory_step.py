@@ -1,7 +1,8 @@
 """`mgid.ops.memory_step`: read, losses and update in one pass, against the reference and the separate ops.
 
 Runs the C++ CPU kernel here (it shares its arithmetic with the CUDA kernel, csrc/memory_math.h); the
-`cuda` parametrisations run the CUDA kernel on a GPU machine.
+`cuda` parametrisations run the CUDA kernel on a GPU machine. Its opcheck, float64 gradcheck and thread-count
+check are those of every op (tests/ops/test_ops_fused.py, inputs from tests/ops/cases.py).
 """
 from __future__ import annotations
 
@@ -10,23 +11,16 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.library import opcheck
 
 import mgid.ops as ops
 from mgid.models.memory import MemoryModule
 from tests.conftest import device_params
+from tests.ops.cases import make_inputs
 
 pytestmark = pytest.mark.skipif(not ops.fused_available("cpu"), reason="mgid._C extension not built")
 
 DEVICES = device_params()
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-2, torch.bfloat16: 5e-2}
-
-
-def make_inputs(b, c, h, w, m, dtype=torch.float32, device="cpu", seed=0):
-    g = torch.Generator().manual_seed(seed)
-    query = torch.randn(b, c, h, w, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
-    items = F.normalize(torch.randn(m, c, generator=g, dtype=torch.float64), dim=1).to(device=device, dtype=dtype)
-    return query, items
 
 
 def reference_step(query, items, **kwargs):
@@ -138,36 +132,6 @@ def test_stats_with_one_item_and_no_losses(device):
     torch.testing.assert_close(step.items, reference_step(query, items, with_losses=False).items)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_gradcheck_float64(device):
-    query, items = make_inputs(1, 5, 3, 2, 4, torch.float64, device, seed=7)
-    query.requires_grad_(True)
-
-    def outputs(q, gtw):
-        step = ops.memory_step(q, items, grad_through_weights=gtw, update="none")
-        # The public code's read half is detached by design: its true derivative is checked with gtw.
-        read = step.read if gtw else step.read[:, :5]
-        return read, step.compactness, step.separateness
-
-    assert torch.autograd.gradcheck(lambda q: outputs(q, False), (query,))
-    assert torch.autograd.gradcheck(lambda q: outputs(q, True), (query,))
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_opcheck(device):
-    query, items = make_inputs(2, 8, 3, 5, 6, torch.float32, device, seed=11)
-    q = query.clone().requires_grad_(True)
-    step = torch.ops.mgid.memory_step
-    for flags in [(False, False, True, True), (True, True, True, True), (False, False, False, True),
-                  (True, False, True, False)]:
-        opcheck(step, (q, items, *flags))
-    grad_read = torch.randn(2, 16, 3, 5, device=device)
-    one, half = torch.tensor(1.0, device=device), torch.tensor(0.5, device=device)
-    for gtw, with_losses in [(False, True), (True, True), (True, False)]:
-        top = step(query, items, False, False, with_losses, False)[5]
-        opcheck(torch.ops.mgid.memory_step_backward, (grad_read, one, half, query, items, top, gtw, with_losses))
-
-
 def test_torch_compile_fullgraph_matches_eager():
     query, items = make_inputs(2, 8, 4, 4, 6, torch.float32, seed=13)
 
@@ -215,26 +179,6 @@ def test_half_precision_query_with_fp32_items(device, dtype):
     torch.testing.assert_close(step.separateness.float(), refd.separateness, atol=TOL[dtype], rtol=TOL[dtype])
     (step.read.float().sum() + step.compactness + step.separateness).backward()
     assert query.grad.dtype == dtype and torch.isfinite(query.grad).all()
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_bitwise_deterministic_and_thread_count_independent(device):
-    query, items = make_inputs(4, 32, 16, 16, 20, torch.float32, device, seed=17)
-    grad_read = torch.randn(4, 64, 16, 16, device=device)
-    threads = torch.get_num_threads()
-    try:
-        results = []
-        for n_threads in (1, max(2, threads), 1):
-            torch.set_num_threads(n_threads)
-            q = query.clone().requires_grad_(True)
-            step = ops.memory_step(q, items, grad_through_weights=True)
-            step_loss(step, grad_read).backward()
-            results.append((step.read, step.items, step.compactness, step.separateness, q.grad))
-        for other in results[1:]:
-            for a, b in zip(results[0], other):
-                assert torch.equal(a, b)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def test_bad_inputs_raise_clear_errors():

@@ -22,6 +22,7 @@ also runs on the C++ CPU kernels; the tests themselves always pass ``"cuda"``.
 5. A non-default stream: every op launched on a side stream while the default stream sleeps,
    only the side stream synchronised: complete, correct results.
 6. Bitwise repeatability: every op forward and backward, twice and after another workload.
+   5 and 6 run every op of tests/ops/cases.py, every variant, on its inputs.
 
 Tolerances. fp32 kernels vs the fp32 reference: the same math in another summation order (the
 reference uses GEMMs and, for the update, ``index_add_``), so a few fp32 ulps of the accumulated
@@ -47,10 +48,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from mgid import ops
 from mgid.ops import reference
+from tests.ops.cases import OP_CASES, Size, covariance_pair, query_and_items
 
 cuda = pytest.mark.cuda
 
@@ -163,14 +164,8 @@ def memory_inputs(shape, m, *, dtype=torch.float32, items_dtype=None, device="cu
     every dtype). ``lonely``: the last ``lonely`` items point away from every query (a large negative
     channel 0 where the queries' is large and positive), so no query is ever assigned to them."""
     b, c, h, w = shape
-    g = _gen(seed)
-    q = torch.randn(b, c, h, w, generator=g, dtype=torch.float64)
-    p = torch.randn(m, c, generator=g, dtype=torch.float64)
-    if lonely:
-        q[:, 0] = q[:, 0].abs() + 3
-        p[: m - lonely, 0] += 4
-        p[m - lonely:, 0] -= 8
-    items = F.normalize(p, dim=1).to(items_dtype or dtype)
+    q, p = query_and_items(_gen(seed), shape, m, torch.float64, torch.float64, "cpu", lonely)
+    items = p.to(items_dtype or dtype)
     query = q.to(dtype)
     gap = query_margins(query, items, losses)
     bad = (gap < margin).nonzero()[:, 0]
@@ -256,18 +251,9 @@ def test_kmeans_grid_threshold_matches_cpu_reference(kind, n):
 
 
 def bsw_covariances(b: int, c: int, seed: int, ties: bool, dtype=torch.float64):
-    """Two frames' covariances (B, C, C) computed in float64 on the CPU (the GPU sees the same values):
-    instance-normalised features f1 and f2 = IN(f1 + 0.3 noise) with log-normal channel scales. With
-    ``ties`` a random symmetric third of the entries of cov2 equals cov1's (variance exactly 0)."""
-    g = _gen(seed)
-    scale = torch.exp(0.5 * torch.randn(b, c, 1, 1, generator=g, dtype=torch.float64))
-    f1 = scale * F.instance_norm(torch.randn(b, c, 16, 16, generator=g, dtype=torch.float64))
-    f2 = scale * F.instance_norm(f1 / scale + 0.3 * torch.randn(b, c, 16, 16, generator=g, dtype=torch.float64))
-    cov1, cov2 = reference.feature_covariance(f1), reference.feature_covariance(f2)
-    if ties:
-        same = torch.rand(b, c, c, generator=g) < 1 / 3
-        same = same | same.transpose(1, 2)
-        cov2 = torch.where(same, cov1, cov2)
+    """Two frames' covariances (B, C, C) of features (B, C, 16, 16), :func:`tests.ops.cases.covariance_pair`,
+    computed in float64 on the CPU (the GPU sees the same values) and cast to ``dtype``."""
+    cov1, cov2 = covariance_pair(_gen(seed), (b, c, 16, 16), ties)
     return cov1.to(dtype), cov2.to(dtype)
 
 
@@ -646,104 +632,21 @@ def test_half_precision_bsw_ops_match_fp32_reference(dtype):
     _check_half_bsw_ops(dtype, "cuda")
 
 
-# ---- cases of every op, for the stream and repeatability tests --------------------------------------------
+# ---- every op, for the stream and repeatability tests --------------------------------------------------
 
-MEM_SHAPE, MEM_M = (4, 32, 24, 20), 20  # N 1920: 15 tiles
-BSW_SHAPE = (2, 64, 16, 16)  # 8192 covariance entries: the k-means grid path
-
-
-def _case_read(device, seed, dtype=torch.float32, gtw=False):
-    q, p = memory_inputs(MEM_SHAPE, MEM_M, dtype=dtype, items_dtype=torch.float32, device="cpu", seed=seed)
-    b, c, h, w = MEM_SHAPE
-    grad_out = torch.randn(b, 2 * c, h, w, generator=_gen(seed + 1)).to(dtype)
-    q, p, grad_out = q.to(device).requires_grad_(True), p.to(device), grad_out.to(device)
-    out = ops.memory_read(q, p, gtw)
-    return out.detach(), _grad(out, q, grad_out)
+# Both sizes in every run: one partial tile and covariances of 128 values (the k-means without the grid);
+# N 1920 queries (15 tiles), 2 items no query picks, and covariances of 4096 values (the grid path).
+OP_SIZES = (Size((2, 8, 3, 5), 6), Size((4, 32, 24, 20), 20, lonely=2))
+# The stream test runs every op in fp32 and these also in one half type (each sleep costs a second).
+STREAM_HALF = {"memory_read": torch.float16, "memory_update": torch.bfloat16, "memory_losses": torch.float16,
+               "memory_step": torch.bfloat16, "feature_covariance": torch.float16, "bsw_loss_masked": torch.bfloat16}
+STREAM_RUNS = [(name, torch.float32) for name in sorted(OP_CASES)] + sorted(STREAM_HALF.items())
 
 
-def _case_update(device, seed, dtype=torch.float32):
-    q, p = memory_inputs(MEM_SHAPE, MEM_M, dtype=dtype, items_dtype=torch.float32, device="cpu", seed=seed, lonely=2)
-    q, p = q.to(device), p.to(device)
-    return (ops.memory_update(q, p, False), ops.memory_update(q, p, True),
-            *ops.memory_update_stats(q, p, False), *ops.memory_update_stats(q, p, True))
-
-
-def _case_losses(device, seed, dtype=torch.float32):
-    q, p = memory_inputs(MEM_SHAPE, MEM_M, dtype=dtype, items_dtype=torch.float32, device="cpu", seed=seed,
-                         losses=True)
-    q, p = q.to(device).requires_grad_(True), p.to(device)
-    c, s = ops.memory_losses(q, p)
-    g_mix = torch.autograd.grad(0.25 * c + 0.75 * s, q, retain_graph=True)[0]
-    g_sep = torch.autograd.grad(s, q)[0]  # the unused output's gradient arrives as None
-    return c.detach(), s.detach(), g_mix, g_sep
-
-
-def _case_step(device, seed, dtype=torch.float32, gtw=False):
-    q, p = memory_inputs(MEM_SHAPE, MEM_M, dtype=dtype, items_dtype=torch.float32, device="cpu", seed=seed,
-                         losses=True, lonely=2)
-    b, c, h, w = MEM_SHAPE
-    grad_out = torch.randn(b, 2 * c, h, w, generator=_gen(seed + 1)).to(dtype)
-    q, p, grad_out = q.to(device).requires_grad_(True), p.to(device), grad_out.to(device)
-    st = ops.memory_step(q, p, grad_through_weights=gtw, update="stats")
-    loss = (st.read.float() * grad_out.float()).sum() + 0.25 * st.compactness + 0.75 * st.separateness
-    return (st.read.detach(), st.compactness.detach(), st.separateness.detach(), *st.items,
-            torch.autograd.grad(loss, q)[0])
-
-
-def _case_covariance(device, seed, dtype=torch.float32):
-    g = _gen(seed)
-    f = torch.randn(*BSW_SHAPE, generator=g).to(dtype)
-    grad_cov = torch.randn(BSW_SHAPE[0], BSW_SHAPE[1], BSW_SHAPE[1], generator=g).to(dtype)
-    f, grad_cov = f.to(device).requires_grad_(True), grad_cov.to(device)
-    cov = ops.feature_covariance(f)
-    return cov.detach(), _grad(cov, f, grad_cov)
-
-
-def _case_threshold(device, seed):
-    grid = kmeans_values("cov_sqdiff", 8192, seed).to(device)
-    exact = kmeans_values("exponential", 700, seed).to(device)
-    return torch.ops.mgid.bsw_threshold(grid, 50), torch.ops.mgid.bsw_threshold(exact, 7)
-
-
-def _case_mask(device, seed, dtype=torch.float32):
-    c1, c2 = bsw_covariances(BSW_SHAPE[0], BSW_SHAPE[1], seed, ties=True, dtype=dtype)
-    return (ops.bsw_mask(c1.to(device), c2.to(device), 50),)
-
-
-def _case_loss_masked(device, seed, dtype=torch.float32):
-    c1, c2 = bsw_covariances(BSW_SHAPE[0], BSW_SHAPE[1], seed, ties=False, dtype=dtype)
-    mask = torch.rand(c1.shape, generator=_gen(seed + 1)) < 0.3
-    c1, c2, mask = c1.to(device).requires_grad_(True), c2.to(device).requires_grad_(True), mask.to(device)
-    loss, count = torch.ops.mgid.bsw_loss_masked(c1, c2, mask)
-    return (loss.detach(), count, *torch.autograd.grad(loss, (c1, c2)))
-
-
-def _case_bsw_loss(device, seed, dtype=torch.float32):
-    f1, f2 = positive_features(BSW_SHAPE[0], BSW_SHAPE[1], BSW_SHAPE[2] * BSW_SHAPE[3], seed)
-    f1, f2 = f1.to(dtype).to(device).requires_grad_(True), f2.to(dtype).to(device).requires_grad_(True)
-    loss = ops.bsw_loss(f1, f2, 50)
-    return (loss.detach(), *torch.autograd.grad(loss, (f1, f2)))
-
-
-# name -> (builder(device, seed) -> tuple of output tensors, whether cuBLAS GEMMs are involved)
-OP_CASES = {
-    "memory_read": (_case_read, False),
-    "memory_read_gtw": (functools.partial(_case_read, gtw=True), False),
-    "memory_read_fp16_gtw": (functools.partial(_case_read, dtype=torch.float16, gtw=True), False),
-    "memory_update": (_case_update, False),
-    "memory_update_bf16": (functools.partial(_case_update, dtype=torch.bfloat16), False),
-    "memory_losses": (_case_losses, False),
-    "memory_losses_fp16": (functools.partial(_case_losses, dtype=torch.float16), False),
-    "memory_step": (_case_step, False),
-    "memory_step_gtw_bf16": (functools.partial(_case_step, dtype=torch.bfloat16, gtw=True), False),
-    "feature_covariance": (_case_covariance, True),
-    "bsw_threshold": (_case_threshold, False),
-    "bsw_mask": (_case_mask, False),
-    "bsw_loss_masked": (_case_loss_masked, False),
-    "bsw_loss_masked_bf16": (functools.partial(_case_loss_masked, dtype=torch.bfloat16), False),
-    "bsw_loss": (_case_bsw_loss, True),
-    "bsw_loss_fp16": (functools.partial(_case_bsw_loss, dtype=torch.float16), True),
-}
+def op_outputs(name: str, device, dtype: torch.dtype, seed: int) -> list[torch.Tensor]:
+    """Every variant of op ``name`` (tests/ops/cases.py) at both sizes: outputs and input gradients."""
+    return [t for size in OP_SIZES for sample in OP_CASES[name].samples()
+            for t in sample.run(device, dtype, size, seed)]
 
 
 def _cpu(outputs) -> list[torch.Tensor]:
@@ -780,15 +683,20 @@ def _sleep_cycles(ms: float) -> int:
 
 
 @cuda
-@pytest.mark.parametrize("case", sorted(OP_CASES))
-def test_ops_run_on_the_current_stream(case):
+@pytest.mark.parametrize("name,dtype", STREAM_RUNS, ids=[f"{n}-{d}" for n, d in STREAM_RUNS])
+def test_ops_run_on_the_current_stream(name, dtype):
     """Inputs made on a fresh side stream, the op (forward and backward) launched there while the
     default stream is blocked by a ~1 s sleep, results copied to the host through the side stream
     only: they must be complete and equal to the default stream's, and the default stream still
     busy (nothing waited for it). A kernel launched on the default stream would still be queued
     behind the sleep: the copy would read the buffers before it ran (the side stream's buffers hold
     a warm-up run's results of other inputs, so stale data cannot pass for the answer)."""
-    build, uses_cublas = OP_CASES[case]
+    case = f"{name} {dtype}"
+    uses_cublas = OP_CASES[name].uses_blas
+
+    def build(device, seed):
+        return op_outputs(name, device, dtype, seed)
+
     seed = 101
     want = _cpu(build("cuda", seed))  # default stream
     torch.cuda.synchronize()
@@ -827,20 +735,23 @@ def _other_workload(device) -> list[torch.Tensor]:
     return keep
 
 
+REPEAT_RUNS = [(name, dtype) for name in sorted(OP_CASES) for dtype in OP_CASES[name].dtypes]
+
+
 @cuda
-@pytest.mark.parametrize("case", sorted(OP_CASES))
-def test_every_op_is_bitwise_repeatable(case):
+@pytest.mark.parametrize("name,dtype", REPEAT_RUNS, ids=[f"{n}-{d}" for n, d in REPEAT_RUNS])
+def test_every_op_is_bitwise_repeatable(name, dtype):
     """Fixed tiles and a fixed reduction order, no float atomics: the same inputs give the same bits,
     run twice in a row and again after another workload (other shapes, other buffer addresses)."""
-    _check_repeatable(case, "cuda")
+    _check_repeatable(name, dtype, "cuda")
 
 
-def _check_repeatable(case: str, device: str) -> None:
-    build, _ = OP_CASES[case]
-    first = _cpu(build(device, 202))
-    second = _cpu(build(device, 202))
+def _check_repeatable(name: str, dtype: torch.dtype, device: str) -> None:
+    case = f"{name} {dtype}"
+    first = _cpu(op_outputs(name, device, dtype, 202))
+    second = _cpu(op_outputs(name, device, dtype, 202))
     keep = _other_workload(device)
-    third = _cpu(build(device, 202))
+    third = _cpu(op_outputs(name, device, dtype, 202))
     del keep
     assert_same_outputs(second, first, exact=True, what=f"{case}, second run")
     assert_same_outputs(third, first, exact=True, what=f"{case}, after another workload")

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import mgid.ops as ops
+from tests.ops.cases import samples
 
 B, C, H, W, M = 2, 5, 3, 4, 4
 
@@ -47,14 +48,8 @@ def _cov(*shape, dtype=torch.float32, device="cpu", seed=2):
     return torch.randn(*shape, generator=g).to(dtype).to(device)
 
 
-MEMORY_OPS = {
-    "memory_read": lambda q, p: ops.memory_read(q, p),
-    "memory_read_full_grad": lambda q, p: ops.memory_read(q, p, grad_through_weights=True),
-    "memory_update": lambda q, p: ops.memory_update(q, p),
-    "memory_update_paper": lambda q, p: ops.memory_update(q, p, max_over_assigned=True),
-    "memory_update_stats": lambda q, p: ops.memory_update_stats(q, p),
-    "memory_losses": lambda q, p: ops.memory_losses(q, p),
-}
+# Every variant of every public memory op (tests/ops/cases.py), called as f(query, items).
+MEMORY_OPS = {str(s): s.call_public for s in samples("memory") if s.case.public is not None}
 
 
 @pytest.fixture(params=sorted(MEMORY_OPS))

@@ -16,17 +16,11 @@ from torch.library import opcheck
 
 import mgid.ops as ops
 from tests.conftest import device_params
+from tests.ops.cases import Size, make_inputs, samples
 
 pytestmark = pytest.mark.skipif(not ops.fused_available("cpu"), reason="mgid._C extension not built")
 
 DEVICES = device_params()
-
-
-def make_inputs(b, c, h, w, m, dtype=torch.float32, device="cpu", seed=0, items_dtype=None):
-    g = torch.Generator().manual_seed(seed)
-    query = torch.randn(b, c, h, w, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
-    items = F.normalize(torch.randn(m, c, generator=g, dtype=torch.float64), dim=1)
-    return query, items.to(device=device, dtype=items_dtype or dtype)
 
 
 def ref(fn, *args, **kwargs):
@@ -248,54 +242,30 @@ def test_bsw_loss_of_covariances_of_two_dtypes(device):
 
 # ---- gradcheck (float64) ------------------------------------------------------------------------------
 
+GRADCHECK = Size((1, 5, 3, 2), 4)
+
+
+@pytest.mark.parametrize("sample", samples(differentiable=True), ids=str)
 @pytest.mark.parametrize("device", DEVICES)
-def test_gradcheck_fused(device):
-    query, items = make_inputs(1, 5, 3, 2, 4, torch.float64, device, seed=7)
-    query.requires_grad_(True)
-    # The public code's read half is detached by design (not its true derivative): check the
-    # q_hat half there, and the whole output with the gradient through the weights.
-    assert torch.autograd.gradcheck(lambda q: ops.memory_read(q, items, False)[:, :5], (query,))
-    assert torch.autograd.gradcheck(lambda q: ops.memory_read(q, items, True), (query,))
-    assert torch.autograd.gradcheck(lambda q: ops.memory_losses(q, items), (query,))
-    f = torch.randn(2, 4, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
-    assert torch.autograd.gradcheck(ops.feature_covariance, (f,))
-    c1 = torch.randn(2, 4, 4, dtype=torch.float64, device=device, requires_grad=True)
-    c2 = torch.randn(2, 4, 4, dtype=torch.float64, device=device, requires_grad=True)
-    mask = torch.rand(2, 4, 4, device=device) < 0.5
-    assert torch.autograd.gradcheck(lambda a, b: torch.ops.mgid.bsw_loss_masked(a, b, mask)[0], (c1, c2))
+def test_gradcheck_fused(device, sample):
+    """Every op with an autograd formula, every variant, in float64 (tests/ops/cases.py). The public code's
+    read half is detached by design (not its true derivative): only the q_hat half of the read is checked
+    there, the whole read with the gradient through the weights."""
+    args = sample.args(device, torch.float64, GRADCHECK, seed=7, requires_grad=True)
+    assert torch.autograd.gradcheck(*sample.gradcheck_inputs(args))
 
 
 # ---- opcheck and torch.compile ------------------------------------------------------------------------
 
-def _opcheck_cases(device):
-    query, items = make_inputs(2, 8, 3, 5, 6, torch.float32, device, seed=11)
-    q = query.clone().requires_grad_(True)
-    cov1 = ops.feature_covariance(torch.randn(2, 8, 4, 4, device=device))
-    cov2 = ops.feature_covariance(torch.randn(2, 8, 4, 4, device=device))
-    mask = torch.rand(2, 8, 8, device=device) < 0.3
-    c1, c2 = cov1.clone().requires_grad_(True), cov2.clone().requires_grad_(True)
-    f = torch.randn(2, 8, 4, 4, device=device, requires_grad=True)
-    m = torch.ops.mgid
-    return [
-        (m.memory_read, (q, items, False)), (m.memory_read, (q, items, True)),
-        (m.memory_read_backward, (torch.randn(2, 16, 3, 5, device=device), query, items, True)),
-        (m.memory_update, (query, items, False)), (m.memory_update, (query, items, True)),
-        (m.memory_update_stats, (query, items, False)),
-        (m.memory_losses, (q, items)),
-        (m.memory_losses_backward, (torch.tensor(1.0, device=device), torch.tensor(0.5, device=device), query, items)),
-        (m.feature_covariance, (f,)),
-        (m.bsw_threshold, (torch.rand(50, device=device, dtype=torch.float64), 5)),
-        (m.bsw_mask, (cov1, cov2, 5)),
-        (m.bsw_loss_masked, (c1, c2, mask)),
-        (m.bsw_loss_masked_backward, (torch.tensor(1.0, device=device), cov1, cov2, mask,
-                                      mask.sum().float())),
-    ]
+OPCHECK = Size((2, 8, 3, 5), 6)
 
 
+@pytest.mark.parametrize("sample", samples(), ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("device", DEVICES)
-def test_opcheck_every_op(device):
-    for op, args in _opcheck_cases(device):
-        opcheck(op, args)
+def test_opcheck_every_op(device, dtype, sample):
+    """Every op, forward and backward, every variant (tests/ops/cases.py); differentiable arguments require grad."""
+    opcheck(sample.case.op, sample.args(device, dtype, OPCHECK, seed=11, requires_grad=True))
 
 
 def test_torch_compile_traces_the_ops_without_graph_breaks():
@@ -322,18 +292,23 @@ def test_torch_compile_traces_the_ops_without_graph_breaks():
 
 # ---- determinism, host syncs, errors ---------------------------------------------------------------
 
+THREADS = Size((4, 32, 16, 16), 20)
+
+
+@pytest.mark.parametrize("sample", samples(blas=False), ids=str)
 @pytest.mark.parametrize("device", DEVICES)
-def test_bitwise_deterministic_and_thread_count_independent(device):
-    query, items = make_inputs(4, 32, 16, 16, 20, torch.float32, device, seed=17)
+def test_bitwise_deterministic_and_thread_count_independent(device, sample):
+    """Every op but the BLAS GEMMs of feature_covariance, forward and backward (tests/ops/cases.py): the
+    same bits with 1, more and again 1 thread."""
     threads = torch.get_num_threads()
     try:
         results = []
-        for n_threads in (1, max(2, threads)):
+        for n_threads in (1, max(2, threads), 1):
             torch.set_num_threads(n_threads)
-            results.append((ops.memory_update(query, items), *ops.memory_losses(query, items),
-                            ops.memory_update_stats(query, items)[1]))
-        for a, b in zip(*results):
-            assert torch.equal(a, b)
+            results.append(sample.run(device, torch.float32, THREADS, seed=17))
+        for other in results[1:]:
+            for a, b in zip(results[0], other):
+                assert torch.equal(a, b)
     finally:
         torch.set_num_threads(threads)
 
@@ -356,14 +331,19 @@ def test_cuda_ops_do_not_synchronise_with_the_host():
     assert torch.isfinite(new).all()
 
 
+CUDA_VS_CPU = Size((2, 64, 32, 32), 20)
+
+
 @pytest.mark.cuda
-def test_cuda_kernel_matches_cpu_kernel():
-    """Same shared arithmetic on both devices: results agree to float rounding."""
-    query, items = make_inputs(2, 64, 32, 32, 20, torch.float64, "cpu", seed=23)
-    for fn in (ops.memory_read, ops.memory_update, ops.memory_losses):
-        a, b = fn(query, items), fn(query.cuda(), items.cuda())
-        for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
-            torch.testing.assert_close(x, y.cpu(), atol=1e-12, rtol=1e-12)
+@pytest.mark.parametrize("sample", samples("memory"), ids=str)
+def test_cuda_kernel_matches_cpu_kernel(sample):
+    """Same shared arithmetic on both devices (every memory op, forward and backward): results agree to
+    float rounding."""
+    a = sample.run("cpu", torch.float64, CUDA_VS_CPU, seed=23, requires_grad=False)
+    b = sample.run("cuda", torch.float64, CUDA_VS_CPU, seed=23, requires_grad=False)
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y.cpu(), atol=1e-12, rtol=1e-12)
 
 
 @pytest.mark.cuda

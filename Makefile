@@ -32,9 +32,10 @@ demo: install
 	$(PY) -m mgid heldout --weights mgid/weights/mgid_embedded.safetensors $(DEMO_OUT)/checkpoints/last.safetensors \
 		--names "shipped weights" "quick model (just trained)" --picture --out $(DEMO_OUT)/heldout
 
-# Lint first (ruff, configured in pyproject.toml), then the suite.
+# Lint first (ruff, configured in pyproject.toml; clang-format on csrc/, configured in .clang-format), then the suite.
 test: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/clang-format --dry-run --Werror csrc/*.cpp csrc/*.cu csrc/*.h csrc/*.cuh
 	$(PY) -m pytest -q
 
 bench: install

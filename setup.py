@@ -3,7 +3,8 @@
 CUDA sources are compiled by nvcc when the installed torch has CUDA (``torch.version.cuda`` is
 not None) and nvcc is found; otherwise the CPU kernels alone are built, with a warning where torch
 has CUDA but nvcc is missing. ``MGID_FORCE_CUDA=1`` makes a missing CUDA toolchain an error;
-``MGID_FORCE_CPU=1`` skips the CUDA sources.
+``MGID_FORCE_CPU=1`` skips the CUDA sources. ``MGID_DEBUG=1`` builds for a debugger: no optimisation, debug
+information (``-G`` device code for cuda-gdb) and the extra checks of ``MGID_DEBUG`` in csrc/.
 """
 import glob
 import importlib.util
@@ -64,13 +65,26 @@ def _want_cuda() -> bool:
     return have_torch_cuda
 
 
+def _debug() -> bool:
+    """``MGID_DEBUG=1``: a debug build (``build_info()["debug"]`` says so at run time)."""
+    return _truthy("MGID_DEBUG")
+
+
+def _cxx_flags() -> list[str]:
+    """Host compiler flags; the C++ standard is the one torch.utils.cpp_extension picks for this torch."""
+    return ["-O0", "-g"] if _debug() else ["-O3"]
+
+
 def _nvcc_flags() -> list[str]:
     """nvcc flags. ``-fmad=false``: the host compiler (no -mfma) never contracts a*b + c, so nvcc must
     not either; then every score q_hat . P, and so every top-1 / top-2 choice, is the same float on
-    the CPU and the GPU (only exp differs, by <= 2 ulp). ``MGID_FAST_MATH=1`` trades that for speed."""
-    if _truthy("MGID_FAST_MATH"):
-        return ["-O3", "--use_fast_math"]
-    return ["-O3", "-lineinfo", "-fmad=false"]
+    the CPU and the GPU (only exp differs, by <= 2 ulp). ``MGID_FAST_MATH=1`` trades that for speed.
+    ``MGID_DEBUG=1``: host code ``-O0 -g``, device code ``-G`` (unoptimised, with the debug information
+    cuda-gdb and compute-sanitizer use) instead of ``-O3 -lineinfo``; the math flag stays."""
+    fast = _truthy("MGID_FAST_MATH")
+    if _debug():
+        return ["-O0", "-g", "-G", "--use_fast_math" if fast else "-fmad=false"]
+    return ["-O3", "--use_fast_math"] if fast else ["-O3", "-lineinfo", "-fmad=false"]
 
 
 def extensions():
@@ -78,7 +92,9 @@ def extensions():
     cu_sources = sorted(glob.glob(os.path.join("csrc", "*.cu")))
     # Values are stringised in C++ (MGID_STR): quotes or ';' would not survive the build's shell.
     defines = [("MGID_TORCH_VERSION", torch.__version__), ("MGID_SOURCE_SHA256", _kernel_source_sha256())]
-    cxx_flags = ["-O3"]  # the C++ standard is the one torch.utils.cpp_extension picks for this torch
+    if _debug():
+        defines.append(("MGID_DEBUG", None))  # the MGID_DEBUG_CHECK checks of csrc/checks.h
+    cxx_flags = _cxx_flags()
     if _want_cuda():
         arch = os.environ["TORCH_CUDA_ARCH_LIST"]
         defines += [("MGID_WITH_CUDA", None), ("MGID_CUDA_ARCH_LIST", re.sub(r"[;\s,]+", "/", arch.strip()))]

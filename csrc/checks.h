@@ -14,13 +14,22 @@
 #define MGID_DISPATCH(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
+// A TORCH_CHECK compiled only into MGID_DEBUG=1 builds (setup.py defines MGID_DEBUG): checks that read
+// tensor values, which costs a pass over them and, on CUDA, a host synchronisation that the release
+// build never makes. In a release build the condition is not evaluated.
+#ifdef MGID_DEBUG
+#define MGID_DEBUG_CHECK(COND, ...) TORCH_CHECK(COND, __VA_ARGS__)
+#else
+#define MGID_DEBUG_CHECK(COND, ...) ((void)0)
+#endif
+
 namespace mgid {
 
-inline void check_float(const at::Tensor& t, const char* name, const char* layout) {
-  const auto s = t.scalar_type();
-  TORCH_CHECK(s == at::kHalf || s == at::kBFloat16 || s == at::kFloat || s == at::kDouble,
-              "mgid: ", name, " must be a floating tensor (float16, bfloat16, float32 or float64) of shape ",
-              layout, ", got dtype ", t.scalar_type());
+inline void check_float(const at::Tensor& tensor, const char* name, const char* layout) {
+  const auto dtype = tensor.scalar_type();
+  TORCH_CHECK(dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kFloat || dtype == at::kDouble,
+              "mgid: ", name, " must be a floating tensor (float16, bfloat16, float32 or float64) of shape ", layout,
+              ", got dtype ", tensor.scalar_type());
 }
 
 inline void check_query_items(const at::Tensor& query, const at::Tensor& items) {
@@ -30,12 +39,12 @@ inline void check_query_items(const at::Tensor& query, const at::Tensor& items) 
   check_float(items, "items", "(M, C)");
   TORCH_CHECK(query.device() == items.device(), "mgid: query and items must be on one device, got query on ",
               query.device(), " and items on ", items.device());
-  TORCH_CHECK(items.size(1) == query.size(1), "mgid: items must have shape (M, C) with C = query.size(1) = ",
-              query.size(1), ", got ", items.sizes());
+  TORCH_CHECK(items.size(1) == query.size(1),
+              "mgid: items must have shape (M, C) with C = query.size(1) = ", query.size(1), ", got ", items.sizes());
   TORCH_CHECK(query.numel() > 0 && items.numel() > 0, "mgid: query and items must not be empty, got query ",
               query.sizes(), " and items ", items.sizes());
-  TORCH_CHECK(items.size(0) <= kMaxItems, "mgid: at most ", kMaxItems, " memory items are supported, got M = ",
-              items.size(0));
+  TORCH_CHECK(items.size(0) <= kMaxItems, "mgid: at most ", kMaxItems,
+              " memory items are supported, got M = ", items.size(0));
 }
 
 inline void check_covariances(const at::Tensor& cov1, const at::Tensor& cov2) {
@@ -45,8 +54,8 @@ inline void check_covariances(const at::Tensor& cov1, const at::Tensor& cov2) {
               cov2.sizes());
   check_float(cov1, "cov1", "(B, C, C)");
   check_float(cov2, "cov2", "(B, C, C)");
-  TORCH_CHECK(cov1.device() == cov2.device(), "mgid: cov1 and cov2 must be on one device, got ", cov1.device(),
-              " and ", cov2.device());
+  TORCH_CHECK(cov1.device() == cov2.device(), "mgid: cov1 and cov2 must be on one device, got ", cov1.device(), " and ",
+              cov2.device());
   TORCH_CHECK(cov1.numel() > 0, "mgid: cov1 must not be empty, got ", cov1.sizes());
 }
 
@@ -88,8 +97,8 @@ inline MemoryInputs prepare_memory_inputs(const at::Tensor& query, const at::Ten
 // query's dtype.
 inline at::Tensor checked_read_grad(const at::Tensor& grad_out, const MemoryInputs& in) {
   const std::vector<int64_t> expected = {in.B, 2 * in.C, in.H, in.W};
-  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef(expected), "mgid: grad_out must have shape (B, 2C, H, W) = ",
-              at::IntArrayRef(expected), ", got ", grad_out.sizes());
+  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef(expected),
+              "mgid: grad_out must have shape (B, 2C, H, W) = ", at::IntArrayRef(expected), ", got ", grad_out.sizes());
   return grad_out.to(in.query.scalar_type()).contiguous();
 }
 
@@ -103,11 +112,15 @@ inline at::Tensor stacked_loss_grads(const at::Tensor& grad_compact, const at::T
 
 // The step's saved nearest items (N, 2) int32 (in.N rows with the losses, none without), contiguous.
 inline at::Tensor checked_step_top(const at::Tensor& top, const MemoryInputs& in, bool with_losses) {
-  TORCH_CHECK(top.scalar_type() == at::kInt && top.dim() == 2 && top.size(1) == 2 &&
-                  top.size(0) == (with_losses ? in.N : 0),
-              "mgid: top must be the int32 (N, 2) = (", with_losses ? in.N : 0, ", 2) nearest items memory_step "
-              "returned, got ", top.scalar_type(), " ", top.sizes());
+  TORCH_CHECK(
+      top.scalar_type() == at::kInt && top.dim() == 2 && top.size(1) == 2 && top.size(0) == (with_losses ? in.N : 0),
+      "mgid: top must be the int32 (N, 2) = (", with_losses ? in.N : 0, ", 2) nearest items memory_step returned, got ",
+      top.scalar_type(), " ", top.sizes());
   TORCH_CHECK(top.device() == in.query.device(), "mgid: top must be on ", in.query.device(), ", got ", top.device());
+  // The kernels index the items with these values: out of range, they would read outside them.
+  MGID_DEBUG_CHECK(top.numel() == 0 || (top.min().item<int32_t>() >= 0 && top.max().item<int32_t>() < in.M),
+                   "mgid: top must hold item indices in [0, ", in.M, "), got values in [", top.min().item<int32_t>(),
+                   ", ", top.max().item<int32_t>(), "]");
   return top.contiguous();
 }
 
@@ -118,9 +131,7 @@ inline void check_loss_items(const at::Tensor& items) {
               items.sizes());
 }
 
-inline int64_t num_query_tiles(int64_t N) {
-  return (N + kQueryTile - 1) / kQueryTile;
-}
+inline int64_t num_query_tiles(int64_t N) { return (N + kQueryTile - 1) / kQueryTile; }
 
 // Inputs of the 1-D k-means (whitening_math.h), made by ATen calls on the values' device without a
 // host synchronisation: the sorted values (float64), their mean mu (0-dim), and the prefix sums
@@ -146,8 +157,6 @@ inline KmeansInputs kmeans_inputs(const at::Tensor& values) {
 }
 
 // The accumulation dtype of an input dtype: float64 stays, everything else accumulates in float32.
-inline at::ScalarType acc_dtype(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
+inline at::ScalarType acc_dtype(at::ScalarType dtype) { return dtype == at::kDouble ? at::kDouble : at::kFloat; }
 
 }  // namespace mgid

@@ -36,7 +36,7 @@ constexpr int64_t kKmeansGridTail = 512;
 constexpr int kKmeansThreads = 1024;
 constexpr int kLloydMaxIter = 300;
 
-constexpr double kNormEps = 1e-12;     // F.normalize's eps
+constexpr double kNormEps = 1e-12;      // F.normalize's eps
 constexpr double kTripletMargin = 1.0;  // MNAD separateness margin
 constexpr double kTripletEps = 1e-6;    // torch.pairwise_distance eps of TripletMarginLoss
 constexpr double kCovEps = 1e-5;        // ridge added to every covariance (public code)

@@ -11,45 +11,43 @@
 
 namespace mgid {
 
-MGID_HD int64_t query_offset(int64_t n, int64_t hw, int64_t C) {
-  return (n / hw) * C * hw + (n % hw);
-}
+MGID_HD int64_t query_offset(int64_t n, int64_t hw, int64_t C) { return (n / hw) * C * hw + (n % hw); }
 
 // ---- Per-query math, on L lanes at once. ----
 // A group of L queries at consecutive pixels of one image: lane l, channel c is q[c*stride + l].
 // The GPU runs L = 1 (one thread, one query); the CPU kernel runs L = kCpuLanes neighbouring pixels
 // so that the compiler vectorises the loops over lanes. Each lane's arithmetic (every operation
 // and its order) is the same for every L, so the CPU and GPU kernels compute the same numbers.
-// Per-lane arrays: x[l]; per-item-per-lane arrays: s[m*L + l].
+// Per-lane arrays: x[l]; per-item-per-lane arrays: scores[m*L + l].
 
 // inv[l] = 1 / max(||q_l||, eps) (a NaN norm stays NaN); norm[l] = ||q_l||.
 template <int L, typename T, typename A>
 MGID_HD void lanes_inv_norm(const T* q, int64_t stride, int64_t C, A* norm, A* inv) {
-  A ss[L];
-  for (int l = 0; l < L; ++l) ss[l] = 0;
+  A sum_sq[L];
+  for (int l = 0; l < L; ++l) sum_sq[l] = 0;
   for (int64_t c = 0; c < C; ++c)
     for (int l = 0; l < L; ++l) {
-      const A v = static_cast<A>(q[c * stride + l]);
-      ss[l] += v * v;
+      const A value = static_cast<A>(q[c * stride + l]);
+      sum_sq[l] += value * value;
     }
   for (int l = 0; l < L; ++l) {
-    const A n = msqrt(ss[l]);
-    norm[l] = n;
-    inv[l] = A(1) / (n <= A(kNormEps) ? A(kNormEps) : n);
+    const A length = msqrt(sum_sq[l]);
+    norm[l] = length;
+    inv[l] = A(1) / (length <= A(kNormEps) ? A(kNormEps) : length);
   }
 }
 
-// s[m*L + l] = q_hat_l . P[m] (cosine similarity), accumulated over c in order.
+// scores[m*L + l] = q_hat_l . P[m] (cosine similarity), accumulated over c in order.
 template <int L, typename T, typename A>
-MGID_HD void lanes_scores(const T* q, int64_t stride, int64_t C, const A* items, int M, const A* inv, A* s) {
-  for (int i = 0; i < M * L; ++i) s[i] = 0;
+MGID_HD void lanes_scores(const T* q, int64_t stride, int64_t C, const A* items, int M, const A* inv, A* scores) {
+  for (int i = 0; i < M * L; ++i) scores[i] = 0;
   for (int64_t c = 0; c < C; ++c) {
-    A v[L];
-    for (int l = 0; l < L; ++l) v[l] = static_cast<A>(q[c * stride + l]) * inv[l];
+    A q_hat[L];
+    for (int l = 0; l < L; ++l) q_hat[l] = static_cast<A>(q[c * stride + l]) * inv[l];
     for (int m = 0; m < M; ++m) {
-      const A p = items[c * M + m];
-      A* sm = s + m * L;  // a row pointer: -fwrapv int index math would block vectorisation
-      for (int l = 0; l < L; ++l) sm[l] += v[l] * p;
+      const A item_value = items[c * M + m];
+      A* scores_m = scores + m * L;  // a row pointer: -fwrapv int index math would block vectorisation
+      for (int l = 0; l < L; ++l) scores_m[l] += q_hat[l] * item_value;
     }
   }
 }
@@ -58,35 +56,35 @@ MGID_HD void lanes_scores(const T* q, int64_t stride, int64_t C, const A* items,
 // without branches (a select per item and lane) so that the CPU vectorises it over the lanes: a
 // branch per comparison mispredicted on random scores. Comparisons as written (a NaN never wins).
 template <int L, typename A>
-MGID_HD void lanes_argmax(const A* s, int M, A* best, int* arg) {
+MGID_HD void lanes_argmax(const A* scores, int M, A* best, int* arg) {
   for (int l = 0; l < L; ++l) {
-    best[l] = s[l];
+    best[l] = scores[l];
     arg[l] = 0;
   }
   for (int m = 1; m < M; ++m) {
-    const A* sm = s + m * L;
+    const A* scores_m = scores + m * L;
     for (int l = 0; l < L; ++l) {
-      const bool gt = sm[l] > best[l];
-      best[l] = gt ? sm[l] : best[l];
-      arg[l] = gt ? m : arg[l];
+      const bool greater = scores_m[l] > best[l];
+      best[l] = greater ? scores_m[l] : best[l];
+      arg[l] = greater ? m : arg[l];
     }
   }
 }
 
 // Index of every lane's largest score other than ``first[l]`` (M >= 2), the first one on ties.
 template <int L, typename A>
-MGID_HD void lanes_argmax_second(const A* s, int M, const int* first, int* arg) {
+MGID_HD void lanes_argmax_second(const A* scores, int M, const int* first, int* arg) {
   A best[L];
   for (int l = 0; l < L; ++l) {
     arg[l] = first[l] == 0 ? 1 : 0;
-    best[l] = s[arg[l] * L + l];
+    best[l] = scores[arg[l] * L + l];
   }
   for (int m = 1; m < M; ++m) {
-    const A* sm = s + m * L;
+    const A* scores_m = scores + m * L;
     for (int l = 0; l < L; ++l) {
       // m below the start is only ever first[l]; m equal to it does not compare greater.
-      const bool take = m != first[l] && sm[l] > best[l];
-      best[l] = take ? sm[l] : best[l];
+      const bool take = m != first[l] && scores_m[l] > best[l];
+      best[l] = take ? scores_m[l] : best[l];
       arg[l] = take ? m : arg[l];
     }
   }
@@ -94,106 +92,106 @@ MGID_HD void lanes_argmax_second(const A* s, int M, const int* first, int* arg) 
 
 // Row softmax over items of every lane, in place.
 template <int L, typename A>
-MGID_HD void lanes_softmax(A* s, int M) {
-  A mx[L], sum[L];
+MGID_HD void lanes_softmax(A* scores, int M) {
+  A max_score[L], sum[L];
   int arg[L];
-  lanes_argmax<L>(s, M, mx, arg);
+  lanes_argmax<L>(scores, M, max_score, arg);
   for (int l = 0; l < L; ++l) sum[l] = 0;
   for (int m = 0; m < M; ++m) {
-    A* sm = s + m * L;
+    A* scores_m = scores + m * L;
     for (int l = 0; l < L; ++l) {
-      const A e = mexp(sm[l] - mx[l]);
-      sm[l] = e;
-      sum[l] += e;
+      const A exp_score = mexp(scores_m[l] - max_score[l]);
+      scores_m[l] = exp_score;
+      sum[l] += exp_score;
     }
   }
   for (int l = 0; l < L; ++l) sum[l] = A(1) / sum[l];
   for (int m = 0; m < M; ++m) {
-    A* sm = s + m * L;
-    for (int l = 0; l < L; ++l) sm[l] *= sum[l];
+    A* scores_m = scores + m * L;
+    for (int l = 0; l < L; ++l) scores_m[l] *= sum[l];
   }
 }
 
-// Memory read of L queries: out_qhat[c] = q_hat_c, out_read[c] = sum_m softmax(s)_m P[m, c].
-// ``s`` is scratch of M*L entries.
-// Second half of the read, given each lane's 1/||q|| and raw scores ``s`` (overwritten by the weights).
+// Second half of the read, given each lane's 1/||q|| and raw ``scores`` (overwritten by the weights).
+// out_qhat[c] = q_hat_c, out_read[c] = sum_m softmax(scores)_m P[m, c].
 template <int L, typename T, typename A>
 MGID_HD void read_from_scores_lanes(const T* q, T* out_qhat, T* out_read, int64_t stride, int64_t C, const A* items,
-                                    int M, const A* inv, A* s) {
-  lanes_softmax<L>(s, M);
+                                    int M, const A* inv, A* scores) {
+  lanes_softmax<L>(scores, M);
   for (int64_t c = 0; c < C; ++c) {
-    A r[L];
-    // The first item's term added to 0 as its own loop, not after zeroing r: GCC turned the zeroing
+    A read_acc[L];
+    // The first item's term added to 0 as its own loop, not after zeroing read_acc: GCC turned the zeroing
     // into a memset (rep stos) per channel, which profiled at a quarter of the CPU forward. The same
     // operations (0 + w_0 p_0, then the next items in order), so the same floats.
-    const A p0 = M > 0 ? items[c * M] : A(0);
-    for (int l = 0; l < L; ++l) r[l] = A(0) + (M > 0 ? s[l] * p0 : A(0));
+    const A item0_value = M > 0 ? items[c * M] : A(0);
+    for (int l = 0; l < L; ++l) read_acc[l] = A(0) + (M > 0 ? scores[l] * item0_value : A(0));
     for (int m = 1; m < M; ++m) {
-      const A p = items[c * M + m];
-      const A* sm = s + m * L;
-      for (int l = 0; l < L; ++l) r[l] += sm[l] * p;
+      const A item_value = items[c * M + m];
+      const A* weights_m = scores + m * L;
+      for (int l = 0; l < L; ++l) read_acc[l] += weights_m[l] * item_value;
     }
-    for (int l = 0; l < L; ++l) out_read[c * stride + l] = static_cast<T>(r[l]);
+    for (int l = 0; l < L; ++l) out_read[c * stride + l] = static_cast<T>(read_acc[l]);
     for (int l = 0; l < L; ++l) out_qhat[c * stride + l] = static_cast<T>(static_cast<A>(q[c * stride + l]) * inv[l]);
   }
 }
 
+// Memory read of L queries (read_from_scores_lanes). ``scores`` is scratch of M*L entries.
 template <int L, typename T, typename A>
-MGID_HD void read_forward_lanes(const T* q, T* out_qhat, T* out_read, int64_t stride, int64_t C, const A* items,
-                                int M, A* s) {
+MGID_HD void read_forward_lanes(const T* q, T* out_qhat, T* out_read, int64_t stride, int64_t C, const A* items, int M,
+                                A* scores) {
   A norm[L], inv[L];
   lanes_inv_norm<L>(q, stride, C, norm, inv);
-  lanes_scores<L>(q, stride, C, items, M, inv, s);
-  read_from_scores_lanes<L>(q, out_qhat, out_read, stride, C, items, M, inv, s);
+  lanes_scores<L>(q, stride, C, items, M, inv, scores);
+  read_from_scores_lanes<L>(q, out_qhat, out_read, stride, C, items, M, inv, scores);
 }
 
 // Backward of y = x / max(||x||, eps) for L queries, given the gradient on y as a functor
-// grad(c, g) filling g[L]: dx = (g - y (y.g)) / ||x|| where ||x|| >= eps, g / eps where the norm is
-// clamped (the y.g term is then dropped, as clamp_min passes no gradient to the norm).
+// grad(c, grad_qhat) filling grad_qhat[L] (g below): dx = (g - y (y.g)) / ||x|| where ||x|| >= eps, g / eps where the
+// norm is clamped (the y.g term is then dropped, as clamp_min passes no gradient to the norm).
 template <int L, typename T, typename A, typename GradFn>
 MGID_HD void normalize_backward_lanes(const T* q, T* dq, int64_t stride, int64_t C, const A* norm, const A* inv,
                                       const GradFn& grad) {
   A dot[L];
   for (int l = 0; l < L; ++l) dot[l] = 0;
   for (int64_t c = 0; c < C; ++c) {
-    A g[L];
-    grad(c, g);
-    for (int l = 0; l < L; ++l) dot[l] += static_cast<A>(q[c * stride + l]) * inv[l] * g[l];
+    A grad_qhat[L];
+    grad(c, grad_qhat);
+    for (int l = 0; l < L; ++l) dot[l] += static_cast<A>(q[c * stride + l]) * inv[l] * grad_qhat[l];
   }
   for (int l = 0; l < L; ++l) dot[l] = norm[l] >= A(kNormEps) ? dot[l] : A(0);
   for (int64_t c = 0; c < C; ++c) {
-    A g[L];
-    grad(c, g);
+    A grad_qhat[L];
+    grad(c, grad_qhat);
     for (int l = 0; l < L; ++l) {
-      const A y = static_cast<A>(q[c * stride + l]) * inv[l];
-      dq[c * stride + l] = static_cast<T>((g[l] - y * dot[l]) * inv[l]);
+      const A q_hat = static_cast<A>(q[c * stride + l]) * inv[l];
+      dq[c * stride + l] = static_cast<T>((grad_qhat[l] - q_hat * dot[l]) * inv[l]);
     }
   }
 }
 
-// Gradient of the read half W P on the scores, through the softmax weights ``w`` (M*L, read only):
-// ds_m = w_m (g_read.P[m] - sum_j w_j g_read.P[j]), into ``ds`` (M*L).
+// Gradient of the read half W P on the scores, through the softmax ``weights`` w (M*L, read only):
+// ds_m = w_m (g_read.P[m] - sum_j w_j g_read.P[j]), into ``dscores`` (M*L).
 template <int L, typename T, typename A>
-MGID_HD void read_score_grad_lanes(const T* g_read, int64_t stride, int64_t C, const A* items, int M, const A* w,
-                                   A* ds) {
-  for (int i = 0; i < M * L; ++i) ds[i] = 0;
+MGID_HD void read_score_grad_lanes(const T* g_read, int64_t stride, int64_t C, const A* items, int M, const A* weights,
+                                   A* dscores) {
+  for (int i = 0; i < M * L; ++i) dscores[i] = 0;
   for (int64_t c = 0; c < C; ++c)
     for (int m = 0; m < M; ++m) {
-      const A p = items[c * M + m];
-      A* dsm = ds + m * L;
-      for (int l = 0; l < L; ++l) dsm[l] += static_cast<A>(g_read[c * stride + l]) * p;
+      const A item_value = items[c * M + m];
+      A* dscores_m = dscores + m * L;
+      for (int l = 0; l < L; ++l) dscores_m[l] += static_cast<A>(g_read[c * stride + l]) * item_value;
     }
-  A wsum[L];
-  for (int l = 0; l < L; ++l) wsum[l] = 0;
+  A weighted_sum[L];
+  for (int l = 0; l < L; ++l) weighted_sum[l] = 0;
   for (int m = 0; m < M; ++m) {
-    const A* wm = w + m * L;
-    const A* dsm = ds + m * L;
-    for (int l = 0; l < L; ++l) wsum[l] += wm[l] * dsm[l];
+    const A* weights_m = weights + m * L;
+    const A* dscores_m = dscores + m * L;
+    for (int l = 0; l < L; ++l) weighted_sum[l] += weights_m[l] * dscores_m[l];
   }
   for (int m = 0; m < M; ++m) {
-    const A* wm = w + m * L;
-    A* dsm = ds + m * L;
-    for (int l = 0; l < L; ++l) dsm[l] = wm[l] * (dsm[l] - wsum[l]);
+    const A* weights_m = weights + m * L;
+    A* dscores_m = dscores + m * L;
+    for (int l = 0; l < L; ++l) dscores_m[l] = weights_m[l] * (dscores_m[l] - weighted_sum[l]);
   }
 }
 
@@ -209,72 +207,72 @@ struct LossLanes {
   int top2[L];
 };
 
-// The loss terms from each lane's raw scores ``s`` (read only).
+// The loss terms from each lane's raw ``scores`` (read only).
 template <int L, typename T, typename A>
 MGID_HD void loss_terms_from_top_lanes(const T* q, int64_t stride, int64_t C, const A* items, int M, const A* inv,
-                                       LossLanes<L, A>* t, A* gathered = nullptr);
+                                       LossLanes<L, A>* terms, A* gathered = nullptr);
 
 template <int L, typename T, typename A>
-MGID_HD void loss_terms_from_scores_lanes(const T* q, int64_t stride, int64_t C, const A* items, int M,
-                                          const A* inv, const A* s, LossLanes<L, A>* t) {
+MGID_HD void loss_terms_from_scores_lanes(const T* q, int64_t stride, int64_t C, const A* items, int M, const A* inv,
+                                          const A* scores, LossLanes<L, A>* terms) {
   A best[L];
-  lanes_argmax<L>(s, M, best, t->top1);
-  lanes_argmax_second<L>(s, M, t->top1, t->top2);
-  loss_terms_from_top_lanes<L>(q, stride, C, items, M, inv, t);
+  lanes_argmax<L>(scores, M, best, terms->top1);
+  lanes_argmax_second<L>(scores, M, terms->top1, terms->top2);
+  loss_terms_from_top_lanes<L>(q, stride, C, items, M, inv, terms);
 }
 
-// The loss terms of L queries whose two nearest items t->top1, t->top2 are known. ``gathered``: null,
+// The loss terms of L queries whose two nearest items terms->top1, terms->top2 are known. ``gathered``: null,
 // or 2*C*L scratch that receives each lane's two items, channel by channel (P[top1] rows c*L + l,
 // then P[top2] rows C*L + c*L + l), for step_backward_lanes to reuse.
 template <int L, typename T, typename A>
 MGID_HD void loss_terms_from_top_lanes(const T* q, int64_t stride, int64_t C, const A* items, int M, const A* inv,
-                                       LossLanes<L, A>* t, A* gathered) {
+                                       LossLanes<L, A>* terms, A* gathered) {
   // Local accumulators and the two items' channel gathered per lane first: the CPU then vectorises
-  // the lane loop (stores through ``t`` could alias ``items`` and kept it scalar).
-  A cp[L], dp2[L], dn2[L];
+  // the lane loop (stores through ``terms`` could alias ``items`` and kept it scalar).
+  A compact[L], dist_pos_sq[L], dist_neg_sq[L];
   int top1[L], top2[L];
   for (int l = 0; l < L; ++l) {
-    cp[l] = 0;
-    dp2[l] = 0;
-    dn2[l] = 0;
-    top1[l] = t->top1[l];
-    top2[l] = t->top2[l];
+    compact[l] = 0;
+    dist_pos_sq[l] = 0;
+    dist_neg_sq[l] = 0;
+    top1[l] = terms->top1[l];
+    top2[l] = terms->top2[l];
   }
   for (int64_t c = 0; c < C; ++c) {
-    A p1[L], p2[L];
+    A item_top1[L], item_top2[L];
     for (int l = 0; l < L; ++l) {
-      p1[l] = items[c * M + top1[l]];
-      p2[l] = items[c * M + top2[l]];
+      item_top1[l] = items[c * M + top1[l]];
+      item_top2[l] = items[c * M + top2[l]];
     }
     if (gathered != nullptr)
       for (int l = 0; l < L; ++l) {
-        gathered[c * L + l] = p1[l];
-        gathered[(C + c) * L + l] = p2[l];
+        gathered[c * L + l] = item_top1[l];
+        gathered[(C + c) * L + l] = item_top2[l];
       }
     for (int l = 0; l < L; ++l) {
-      const A y = static_cast<A>(q[c * stride + l]) * inv[l];
-      const A dp = y - p1[l];
-      const A ep = dp + A(kTripletEps);
-      const A en = y - p2[l] + A(kTripletEps);
-      cp[l] += dp * dp;
-      dp2[l] += ep * ep;
-      dn2[l] += en * en;
+      const A q_hat = static_cast<A>(q[c * stride + l]) * inv[l];
+      const A diff_pos = q_hat - item_top1[l];
+      const A diff_pos_eps = diff_pos + A(kTripletEps);
+      const A diff_neg_eps = q_hat - item_top2[l] + A(kTripletEps);
+      compact[l] += diff_pos * diff_pos;
+      dist_pos_sq[l] += diff_pos_eps * diff_pos_eps;
+      dist_neg_sq[l] += diff_neg_eps * diff_neg_eps;
     }
   }
   for (int l = 0; l < L; ++l) {
-    t->compact[l] = cp[l];
-    t->d_pos[l] = msqrt(dp2[l]);
-    t->d_neg[l] = msqrt(dn2[l]);
-    const A hinge = t->d_pos[l] - t->d_neg[l] + A(kTripletMargin);
-    t->triplet[l] = hinge > A(0) ? hinge : A(0);
+    terms->compact[l] = compact[l];
+    terms->d_pos[l] = msqrt(dist_pos_sq[l]);
+    terms->d_neg[l] = msqrt(dist_neg_sq[l]);
+    const A hinge = terms->d_pos[l] - terms->d_neg[l] + A(kTripletMargin);
+    terms->triplet[l] = hinge > A(0) ? hinge : A(0);
   }
 }
 
 template <int L, typename T, typename A>
-MGID_HD void loss_terms_lanes(const T* q, int64_t stride, int64_t C, const A* items, int M, const A* inv, A* s,
-                              LossLanes<L, A>* t) {
-  lanes_scores<L>(q, stride, C, items, M, inv, s);
-  loss_terms_from_scores_lanes<L>(q, stride, C, items, M, inv, s, t);
+MGID_HD void loss_terms_lanes(const T* q, int64_t stride, int64_t C, const A* items, int M, const A* inv, A* scores,
+                              LossLanes<L, A>* terms) {
+  lanes_scores<L>(q, stride, C, items, M, inv, scores);
+  loss_terms_from_scores_lanes<L>(q, stride, C, items, M, inv, scores, terms);
 }
 
 // ---- The memory step: read, losses and the update's per-query part from one set of scores. ----
@@ -282,117 +280,121 @@ MGID_HD void loss_terms_lanes(const T* q, int64_t stride, int64_t C, const A* it
 // dL/d(one query's term) of the two loss means, from dL/dcompactness and dL/dseparateness
 // (``grads``, 2 values): compactness averages N*C terms, separateness N.
 template <typename A>
-MGID_HD void mean_loss_grads(const A* grads, int64_t N, int64_t C, A* gc, A* gs) {
-  *gc = grads[0] / static_cast<A>(N * C);
-  *gs = grads[1] / static_cast<A>(N);
+MGID_HD void mean_loss_grads(const A* grads, int64_t N, int64_t C, A* grad_compact_term, A* grad_separate_term) {
+  *grad_compact_term = grads[0] / static_cast<A>(N * C);
+  *grad_separate_term = grads[1] / static_cast<A>(N);
 }
 
 // Backward of the memory step for L queries, through one normalisation: the read's gradient
 // (g_qhat on the q_hat half, null for none; g_read on the W P half, used only with
 // grad_through_weights: the public code detaches W) plus, with ``with_losses``, the losses'
-// (gc, gs from mean_loss_grads). With grad_through_weights, ds_m = w_m (g_read.P[m] - sum_j w_j
-// g_read.P[j]) and q_hat gets sum_m ds_m P[m]. ``s``, ``w`` and ``ds`` are scratch of M*L entries
-// each; ``s`` may be ``w`` when with_losses is false.
+// (grad_compact_term, grad_separate_term from mean_loss_grads). With grad_through_weights, ds_m = w_m (g_read.P[m] -
+// sum_j w_j g_read.P[j]) and q_hat gets sum_m ds_m P[m]. ``scores``, ``weights`` and ``dscores`` are scratch of M*L
+// entries each; ``scores`` may be ``weights`` when with_losses is false.
 //
 // ``top``: null, or the two nearest items of each lane as the forward found them (top[2l], top[2l+1]);
 // given, the losses need no scores (they are the forward's, so the result is the same).
-// ``gbuf``: null, or 3*C*L scratch that keeps the gradient on q_hat between the two passes over the
+// ``grad_buf``: null, or 3*C*L scratch that keeps the gradient on q_hat between the two passes over the
 // channels and the two nearest items' channels (the CPU); null recomputes them (the GPU, where they
 // would be local memory).
 template <int L, typename T, typename A>
 MGID_HD void step_backward_lanes(const T* q, const T* g_qhat, const T* g_read, T* dq, int64_t stride, int64_t C,
-                                 const A* items, int M, bool grad_through_weights, bool with_losses, A gc, A gs,
-                                 const int32_t* top, A* s, A* w, A* ds, A* gbuf = nullptr) {
+                                 const A* items, int M, bool grad_through_weights, bool with_losses,
+                                 A grad_compact_term, A grad_separate_term, const int32_t* top, A* scores, A* weights,
+                                 A* dscores, A* grad_buf = nullptr) {
   A norm[L], inv[L];
   lanes_inv_norm<L>(q, stride, C, norm, inv);
-  if (grad_through_weights || (with_losses && top == nullptr)) lanes_scores<L>(q, stride, C, items, M, inv, s);
-  LossLanes<L, A> t;
-  A wp[L], wn[L];
+  if (grad_through_weights || (with_losses && top == nullptr)) lanes_scores<L>(q, stride, C, items, M, inv, scores);
+  LossLanes<L, A> terms;
+  A hinge_grad_pos[L], hinge_grad_neg[L];
   for (int l = 0; l < L; ++l) {
-    t.top1[l] = t.top2[l] = 0;
-    wp[l] = wn[l] = A(0);
+    terms.top1[l] = terms.top2[l] = 0;
+    hinge_grad_pos[l] = hinge_grad_neg[l] = A(0);
   }
   if (with_losses) {
     if (top != nullptr) {
       for (int l = 0; l < L; ++l) {
-        t.top1[l] = top[2 * l];
-        t.top2[l] = top[2 * l + 1];
+        terms.top1[l] = top[2 * l];
+        terms.top2[l] = top[2 * l + 1];
       }
-      // With gbuf (C*L for the gradient, then 2*C*L), the two items' channels are gathered once.
-      loss_terms_from_top_lanes<L>(q, stride, C, items, M, inv, &t, gbuf != nullptr ? gbuf + C * L : nullptr);
+      // With grad_buf (C*L for the gradient, then 2*C*L), the two items' channels are gathered once.
+      loss_terms_from_top_lanes<L>(q, stride, C, items, M, inv, &terms,
+                                   grad_buf != nullptr ? grad_buf + C * L : nullptr);
     } else {
-      loss_terms_from_scores_lanes<L>(q, stride, C, items, M, inv, s, &t);
+      loss_terms_from_scores_lanes<L>(q, stride, C, items, M, inv, scores, &terms);
     }
     for (int l = 0; l < L; ++l) {
       // clamp_min passes the gradient where its input is >= the bound (torch's convention).
-      const bool active = t.d_pos[l] - t.d_neg[l] + A(kTripletMargin) >= A(0);
-      wp[l] = (active && t.d_pos[l] > A(0)) ? gs / t.d_pos[l] : A(0);
-      wn[l] = (active && t.d_neg[l] > A(0)) ? gs / t.d_neg[l] : A(0);
+      const bool active = terms.d_pos[l] - terms.d_neg[l] + A(kTripletMargin) >= A(0);
+      hinge_grad_pos[l] = (active && terms.d_pos[l] > A(0)) ? grad_separate_term / terms.d_pos[l] : A(0);
+      hinge_grad_neg[l] = (active && terms.d_neg[l] > A(0)) ? grad_separate_term / terms.d_neg[l] : A(0);
     }
   }
   if (grad_through_weights) {
-    if (w != s)
-      for (int i = 0; i < M * L; ++i) w[i] = s[i];
-    lanes_softmax<L>(w, M);
-    read_score_grad_lanes<L>(g_read, stride, C, items, M, w, ds);
+    if (weights != scores)
+      for (int i = 0; i < M * L; ++i) weights[i] = scores[i];
+    lanes_softmax<L>(weights, M);
+    read_score_grad_lanes<L>(g_read, stride, C, items, M, weights, dscores);
   }
-  const bool gathered_top = with_losses && top != nullptr && gbuf != nullptr;
-  auto grad = [&](int64_t c, A* g) {
-    A gl[L];  // local until the end: stores through ``g`` could alias the inputs and block vectorisation
-    for (int l = 0; l < L; ++l) gl[l] = g_qhat ? static_cast<A>(g_qhat[c * stride + l]) : A(0);
+  const bool gathered_top = with_losses && top != nullptr && grad_buf != nullptr;
+  auto grad = [&](int64_t c, A* grad_c) {
+    A grad_lanes[L];  // local until the end: stores through ``grad_c`` could alias the inputs and block vectorisation
+    for (int l = 0; l < L; ++l) grad_lanes[l] = g_qhat ? static_cast<A>(g_qhat[c * stride + l]) : A(0);
     if (grad_through_weights)
       for (int m = 0; m < M; ++m) {
-        const A p = items[c * M + m];
-        const A* dsm = ds + m * L;
-        for (int l = 0; l < L; ++l) gl[l] += dsm[l] * p;
+        const A item_value = items[c * M + m];
+        const A* dscores_m = dscores + m * L;
+        for (int l = 0; l < L; ++l) grad_lanes[l] += dscores_m[l] * item_value;
       }
     if (with_losses) {
-      A p1[L], p2[L];
+      A item_top1[L], item_top2[L];
       if (gathered_top)
         for (int l = 0; l < L; ++l) {
-          p1[l] = gbuf[(C + c) * L + l];
-          p2[l] = gbuf[(2 * C + c) * L + l];
+          item_top1[l] = grad_buf[(C + c) * L + l];
+          item_top2[l] = grad_buf[(2 * C + c) * L + l];
         }
       else
         for (int l = 0; l < L; ++l) {
-          p1[l] = items[c * M + t.top1[l]];
-          p2[l] = items[c * M + t.top2[l]];
+          item_top1[l] = items[c * M + terms.top1[l]];
+          item_top2[l] = items[c * M + terms.top2[l]];
         }
       for (int l = 0; l < L; ++l) {
-        const A y = static_cast<A>(q[c * stride + l]) * inv[l];
-        const A dp = y - p1[l];
-        const A dn = y - p2[l];
-        gl[l] += A(2) * gc * dp + wp[l] * (dp + A(kTripletEps)) - wn[l] * (dn + A(kTripletEps));
+        const A q_hat = static_cast<A>(q[c * stride + l]) * inv[l];
+        const A diff_pos = q_hat - item_top1[l];
+        const A diff_neg = q_hat - item_top2[l];
+        grad_lanes[l] += A(2) * grad_compact_term * diff_pos + hinge_grad_pos[l] * (diff_pos + A(kTripletEps)) -
+                         hinge_grad_neg[l] * (diff_neg + A(kTripletEps));
       }
     }
-    for (int l = 0; l < L; ++l) g[l] = gl[l];
+    for (int l = 0; l < L; ++l) grad_c[l] = grad_lanes[l];
   };
-  if (gbuf != nullptr) {
-    // The CPU computes each channel's gradient once into ``gbuf`` (C*L) for both passes of the
+  if (grad_buf != nullptr) {
+    // The CPU computes each channel's gradient once into ``grad_buf`` (C*L) for both passes of the
     // normalisation's backward; the GPU (null) computes it twice. The same floats either way.
-    for (int64_t c = 0; c < C; ++c) grad(c, gbuf + c * L);
-    normalize_backward_lanes<L>(q, dq, stride, C, norm, inv, [&](int64_t c, A* g) {
-      for (int l = 0; l < L; ++l) g[l] = gbuf[c * L + l];
+    for (int64_t c = 0; c < C; ++c) grad(c, grad_buf + c * L);
+    normalize_backward_lanes<L>(q, dq, stride, C, norm, inv, [&](int64_t c, A* grad_c) {
+      for (int l = 0; l < L; ++l) grad_c[l] = grad_buf[c * L + l];
     });
   } else {
     normalize_backward_lanes<L>(q, dq, stride, C, norm, inv, grad);
   }
 }
 
-// Backward of the read alone (the step's backward without losses). ``w`` and ``ds``: M*L scratch.
+// Backward of the read alone (the step's backward without losses). ``weights`` and ``dscores``: M*L scratch.
 template <int L, typename T, typename A>
 MGID_HD void read_backward_lanes(const T* q, const T* g_qhat, const T* g_read, T* dq, int64_t stride, int64_t C,
-                                 const A* items, int M, bool grad_through_weights, A* w, A* ds) {
+                                 const A* items, int M, bool grad_through_weights, A* weights, A* dscores) {
   step_backward_lanes<L>(q, g_qhat, g_read, dq, stride, C, items, M, grad_through_weights, false, A(0), A(0),
-                         static_cast<const int32_t*>(nullptr), w, w, ds);
+                         static_cast<const int32_t*>(nullptr), weights, weights, dscores);
 }
 
-// Backward of the losses alone (the step's backward with no read gradient). ``s``: M*L scratch.
+// Backward of the losses alone (the step's backward with no read gradient). ``scores``: M*L scratch.
 template <int L, typename T, typename A>
-MGID_HD void losses_backward_lanes(const T* q, T* dq, int64_t stride, int64_t C, const A* items, int M, A gc, A gs,
-                                   A* s) {
+MGID_HD void losses_backward_lanes(const T* q, T* dq, int64_t stride, int64_t C, const A* items, int M,
+                                   A grad_compact_term, A grad_separate_term, A* scores) {
   step_backward_lanes<L>(q, static_cast<const T*>(nullptr), static_cast<const T*>(nullptr), dq, stride, C, items, M,
-                         false, true, gc, gs, static_cast<const int32_t*>(nullptr), s, s, s);
+                         false, true, grad_compact_term, grad_separate_term, static_cast<const int32_t*>(nullptr),
+                         scores, scores, scores);
 }
 
 // ---- Memory update: per-tile partials, combined over tiles in a fixed order. ----
@@ -407,13 +409,13 @@ MGID_HD void losses_backward_lanes(const T* q, T* dq, int64_t stride, int64_t C,
 
 template <typename A>
 MGID_HD A tile_item_max(int m, int K, const A* scores, const int* assign, int M, bool over_assigned) {
-  A mx = neg_inf<A>();
+  A max_score = neg_inf<A>();
   for (int k = 0; k < K; ++k) {
     if (over_assigned && assign[k] != m) continue;
-    const A v = scores[k * M + m];
-    if (v > mx) mx = v;
+    const A score = scores[k * M + m];
+    if (score > max_score) max_score = score;
   }
-  return mx;
+  return max_score;
 }
 
 // The tile's weighted sum for item m, channel c. ``n0`` is the tile's first query index.
@@ -441,29 +443,29 @@ MGID_HD A tile_item_channel_sum(int m, int64_t c, int K, int64_t n0, const T* q,
 // Global column max of item m over T tiles (part_max is T x M).
 template <typename A>
 MGID_HD A combine_item_max(int m, int64_t T, const A* part_max, int M) {
-  A g = neg_inf<A>();
+  A global_max = neg_inf<A>();
   for (int64_t t = 0; t < T; ++t) {
-    const A v = part_max[t * M + m];
-    if (v > g) g = v;
+    const A tile_max = part_max[t * M + m];
+    if (tile_max > global_max) global_max = tile_max;
   }
-  return g;
+  return global_max;
 }
 
-// The factor of a tile's partial sum for an item whose tile max is ``mx`` and global max ``g``.
+// The factor of a tile's partial sum for an item whose tile max is ``tile_max`` and global max ``global_max``.
 template <typename A>
-MGID_HD A combine_tile_scale(A mx, A g) {
-  return mexp(mx - g);
+MGID_HD A combine_tile_scale(A tile_max, A global_max) {
+  return mexp(tile_max - global_max);
 }
 
-// sum[m][c] over T tiles (part_sum is T x M x C), rescaled to the global max ``g``.
+// sum[m][c] over T tiles (part_sum is T x M x C), rescaled to the global max ``global_max``.
 template <typename A>
-MGID_HD A combine_item_channel_sum(int m, int64_t c, int64_t T, const A* part_max, const A* part_sum, int M,
-                                   int64_t C, A g) {
+MGID_HD A combine_item_channel_sum(int m, int64_t c, int64_t T, const A* part_max, const A* part_sum, int M, int64_t C,
+                                   A global_max) {
   A acc = 0;
   for (int64_t t = 0; t < T; ++t) {
-    const A mx = part_max[t * M + m];
-    if (!(mx > neg_inf<A>())) continue;  // no query of this tile counts for item m
-    acc += part_sum[(t * M + m) * C + c] * combine_tile_scale(mx, g);
+    const A tile_max = part_max[t * M + m];
+    if (!(tile_max > neg_inf<A>())) continue;  // no query of this tile counts for item m
+    acc += part_sum[(t * M + m) * C + c] * combine_tile_scale(tile_max, global_max);
   }
   return acc;
 }
@@ -471,13 +473,13 @@ MGID_HD A combine_item_channel_sum(int m, int64_t c, int64_t T, const A* part_ma
 // New item m: P[m] + sum[m] scaled to unit norm (eps as F.normalize). ``items`` is (M, C) here.
 template <typename A>
 MGID_HD A updated_item_inv_norm(int m, int64_t C, const A* items, const A* sum) {
-  A ss = 0;
+  A sum_sq = 0;
   for (int64_t c = 0; c < C; ++c) {
-    const A v = items[m * C + c] + sum[m * C + c];
-    ss += v * v;
+    const A value = items[m * C + c] + sum[m * C + c];
+    sum_sq += value * value;
   }
-  const A n = msqrt(ss);
-  return A(1) / (n <= A(kNormEps) ? A(kNormEps) : n);  // a NaN norm stays NaN
+  const A length = msqrt(sum_sq);
+  return A(1) / (length <= A(kNormEps) ? A(kNormEps) : length);  // a NaN norm stays NaN
 }
 
 }  // namespace mgid

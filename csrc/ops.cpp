@@ -23,6 +23,15 @@ bool built_with_cuda() {
 
 std::string built_torch_version() { return MGID_STR(MGID_TORCH_VERSION); }
 
+// An MGID_DEBUG=1 build (setup.py): unoptimised, with debug information and the MGID_DEBUG_CHECK checks.
+bool built_debug() {
+#ifdef MGID_DEBUG
+  return true;
+#else
+  return false;
+#endif
+}
+
 // SHA-256 of csrc/ at build time (mgid/ops/_source_hash.py): a checkout checks that the extension it
 // borrows from an installed copy of mgid was built from its own kernel sources.
 std::string built_source_sha256() {
@@ -35,10 +44,10 @@ std::string built_source_sha256() {
 
 std::string built_cuda_arch_list() {
 #ifdef MGID_CUDA_ARCH_LIST
-  std::string s = MGID_STR(MGID_CUDA_ARCH_LIST);
-  for (char& ch : s)
+  std::string arch_list = MGID_STR(MGID_CUDA_ARCH_LIST);
+  for (char& ch : arch_list)
     if (ch == '/') ch = ';';
-  return s;
+  return arch_list;
 #else
   return "";
 #endif
@@ -50,22 +59,22 @@ at::Tensor feature_covariance(const at::Tensor& features) {
   check_float(features, "features", "(B, C, H, W)");
   const int64_t B = features.size(0), C = features.size(1), HW = features.size(2) * features.size(3);
   TORCH_CHECK(HW >= 2, "mgid: features need H*W >= 2 for a covariance, got ", features.sizes());
-  const at::Tensor f = features.reshape({B, C, HW});
+  const at::Tensor flat = features.reshape({B, C, HW});
   const at::Tensor ridge = at::eye(C, features.options()).mul_(kCovEps).expand({B, C, C});
-  return at::baddbmm(ridge, f, f.transpose(1, 2), 1.0, 1.0 / static_cast<double>(HW - 1));
+  return at::baddbmm(ridge, flat, flat.transpose(1, 2), 1.0, 1.0 / static_cast<double>(HW - 1));
 }
 
 at::Tensor bsw_mask(const at::Tensor& cov1, const at::Tensor& cov2, int64_t k) {
   check_covariances(cov1, cov2);
   TORCH_CHECK(k >= 1, "mgid: k must be >= 1, got ", k);
-  const at::Tensor vr = (cov1.detach() - cov2.detach().to(cov1.scalar_type())).pow(2).div(4).to(at::kDouble);
+  const at::Tensor variance = (cov1.detach() - cov2.detach().to(cov1.scalar_type())).pow(2).div(4).to(at::kDouble);
   static auto threshold_op = c10::Dispatcher::singleton()
                                  .findSchemaOrThrow("mgid::bsw_threshold", "")
                                  .typed<at::Tensor(const at::Tensor&, int64_t)>();
-  const at::Tensor thr = threshold_op.call(vr, k);
+  const at::Tensor threshold = threshold_op.call(variance, k);
   const int64_t C = cov1.size(1);
   const at::Tensor upper = at::ones({C, C}, cov1.options().dtype(at::kBool)).triu();
-  return vr.le(thr).logical_and_(upper);
+  return variance.le(threshold).logical_and_(upper);
 }
 
 }  // namespace
@@ -73,6 +82,7 @@ at::Tensor bsw_mask(const at::Tensor& cov1, const at::Tensor& cov2, int64_t k) {
 TORCH_LIBRARY(mgid, m) {
   m.def("built_with_cuda() -> bool", &built_with_cuda);
   m.def("built_torch_version() -> str", &built_torch_version);
+  m.def("built_debug() -> bool", &built_debug);
   m.def("built_cuda_arch_list() -> str", &built_cuda_arch_list);
   m.def("built_source_sha256() -> str", &built_source_sha256);
   m.def("cpu_isa() -> str", &cpu_isa);

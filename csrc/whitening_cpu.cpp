@@ -22,18 +22,18 @@ namespace {
 // Radix-sort keys of doubles: unsigned order = numeric order (-0.0 just below +0.0); every NaN last,
 // as at::sort puts them.
 inline uint64_t radix_key(double v) {
-  uint64_t b;
-  std::memcpy(&b, &v, sizeof b);
+  uint64_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
   if (std::isnan(v)) return ~uint64_t(0);
-  return (b >> 63) ? ~b : (b | (uint64_t(1) << 63));
+  return (bits >> 63) ? ~bits : (bits | (uint64_t(1) << 63));
 }
 
 inline double radix_value(uint64_t key, double nan) {
   if (key == ~uint64_t(0)) return nan;
-  const uint64_t b = (key >> 63) ? (key & ~(uint64_t(1) << 63)) : ~key;
-  double v;
-  std::memcpy(&v, &b, sizeof v);
-  return v;
+  const uint64_t bits = (key >> 63) ? (key & ~(uint64_t(1) << 63)) : ~key;
+  double value;
+  std::memcpy(&value, &bits, sizeof value);
+  return value;
 }
 
 // The values sorted ascending into ``out`` (n of them): an LSD radix sort, 11 bits a pass, passes
@@ -41,37 +41,37 @@ inline double radix_value(uint64_t key, double nan) {
 // indices and measured 5x slower at the training shape); a NaN comes back as a quiet NaN.
 void sort_values(const double* values, int64_t n, double* out) {
   constexpr int kBits = 11, kBuckets = 1 << kBits, kPasses = (64 + kBits - 1) / kBits;
-  std::vector<uint64_t> a(n), b(n);
+  std::vector<uint64_t> keys(n), scratch(n);
   std::vector<int64_t> count(static_cast<size_t>(kPasses) * kBuckets, 0);
   for (int64_t i = 0; i < n; ++i) {
     const uint64_t key = radix_key(values[i]);
-    a[i] = key;
-    for (int p = 0; p < kPasses; ++p) ++count[p * kBuckets + ((key >> (p * kBits)) & (kBuckets - 1))];
+    keys[i] = key;
+    for (int pass = 0; pass < kPasses; ++pass) ++count[pass * kBuckets + ((key >> (pass * kBits)) & (kBuckets - 1))];
   }
-  for (int p = 0; p < kPasses; ++p) {
-    int64_t* c = &count[p * kBuckets];
+  for (int pass = 0; pass < kPasses; ++pass) {
+    int64_t* offsets = &count[pass * kBuckets];
     bool trivial = false;
     int64_t start = 0;
-    for (int d = 0; d < kBuckets; ++d) {
-      const int64_t m = c[d];
-      trivial = trivial || m == n;
-      c[d] = start;
-      start += m;
+    for (int digit = 0; digit < kBuckets; ++digit) {
+      const int64_t bucket_count = offsets[digit];
+      trivial = trivial || bucket_count == n;
+      offsets[digit] = start;
+      start += bucket_count;
     }
     if (trivial) continue;
-    for (int64_t i = 0; i < n; ++i) b[c[(a[i] >> (p * kBits)) & (kBuckets - 1)]++] = a[i];
-    a.swap(b);
+    for (int64_t i = 0; i < n; ++i) scratch[offsets[(keys[i] >> (pass * kBits)) & (kBuckets - 1)]++] = keys[i];
+    keys.swap(scratch);
   }
   const double nan = std::numeric_limits<double>::quiet_NaN();
-  for (int64_t i = 0; i < n; ++i) out[i] = radix_value(a[i], nan);
+  for (int64_t i = 0; i < n; ++i) out[i] = radix_value(keys[i], nan);
 }
 
 // kmeans_inputs (checks.h) on the CPU: the sort by sort_values, then kmeans_inputs_from_sorted, so the
 // mean and the prefix sums are those of the reference, bit for bit.
 KmeansInputs kmeans_inputs_cpu(const at::Tensor& values) {
-  const at::Tensor v = values.detach().reshape({-1}).to(at::kDouble).contiguous();
-  at::Tensor sorted = at::empty_like(v);
-  sort_values(v.data_ptr<double>(), v.numel(), sorted.data_ptr<double>());
+  const at::Tensor flat = values.detach().reshape({-1}).to(at::kDouble).contiguous();
+  at::Tensor sorted = at::empty_like(flat);
+  sort_values(flat.data_ptr<double>(), flat.numel(), sorted.data_ptr<double>());
   return kmeans_inputs_from_sorted(sorted);
 }
 
@@ -123,9 +123,8 @@ at::Tensor bsw_threshold_cpu(const at::Tensor& values, int64_t k_requested) {
   std::vector<int64_t> bounds(std::max(k - 1, 0)), next(std::max(k - 1, 0));
   std::vector<double> centers(k);
   kmeans_backtrack(arg.data(), k, G, pos.data(), bounds.data());
-  for (int j = 0; j < k; ++j)
-    centers[j] = segment_mean(p1, j == 0 ? 0 : bounds[j - 1], j + 1 < k ? bounds[j] : n, 0.0);
-  for (int it = 0; it < kLloydMaxIter; ++it) {
+  for (int j = 0; j < k; ++j) centers[j] = segment_mean(p1, j == 0 ? 0 : bounds[j - 1], j + 1 < k ? bounds[j] : n, 0.0);
+  for (int iteration = 0; iteration < kLloydMaxIter; ++iteration) {
     for (int j = 0; j + 1 < k; ++j) next[j] = lloyd_boundary(x, n, mu, centers.data(), j);
     for (int j = 0; j < k; ++j)
       centers[j] = segment_mean(p1, j == 0 ? 0 : next[j - 1], j + 1 < k ? next[j] : n, centers[j]);
@@ -149,22 +148,22 @@ std::tuple<at::Tensor, at::Tensor> bsw_loss_masked_cpu(const at::Tensor& cov1_in
   at::Tensor loss, count;
   MGID_DISPATCH(cov1.scalar_type(), "mgid::bsw_loss_masked(cpu)", [&] {
     using A = at::opmath_type<scalar_t>;
-    const scalar_t* a = cov1.data_ptr<scalar_t>();
-    const scalar_t* b = cov2.data_ptr<scalar_t>();
-    const bool* mk = mask.data_ptr<bool>();
-    A* pp = parts.data_ptr<A>();
+    const scalar_t* cov1_data = cov1.data_ptr<scalar_t>();
+    const scalar_t* cov2_data = cov2.data_ptr<scalar_t>();
+    const bool* mask_data = mask.data_ptr<bool>();
+    A* parts_data = parts.data_ptr<A>();
     at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t)
-        bsw_tile_reduce(t, n, a, b, mk, &pp[2 * t], &pp[2 * t + 1]);
+        bsw_tile_reduce(t, n, cov1_data, cov2_data, mask_data, &parts_data[2 * t], &parts_data[2 * t + 1]);
     });
-    A total = 0, cnt = 0;
+    A total = 0, selected = 0;
     for (int64_t t = 0; t < T; ++t) {
-      total += pp[2 * t];
-      cnt += pp[2 * t + 1];
+      total += parts_data[2 * t];
+      selected += parts_data[2 * t + 1];
     }
-    loss = at::scalar_tensor(bsw_loss_value(total, cnt, cov1.size(0)), cov1.options().dtype(acc))
+    loss = at::scalar_tensor(bsw_loss_value(total, selected, cov1.size(0)), cov1.options().dtype(acc))
                .to(cov1.scalar_type());
-    count = at::scalar_tensor(cnt, cov1.options().dtype(acc));
+    count = at::scalar_tensor(selected, cov1.options().dtype(acc));
   });
   return {loss, count};
 }
@@ -177,26 +176,28 @@ std::tuple<at::Tensor, at::Tensor> bsw_loss_masked_backward_cpu(const at::Tensor
   // cov2 in cov1's dtype, as the forward computes it; its gradient goes back in cov2's own dtype
   const at::Tensor cov1 = cov1_in.contiguous(), cov2 = cov2_in.to(cov1_in.scalar_type()).contiguous();
   const at::Tensor mask = mask_in.contiguous();
-  at::Tensor g1 = at::empty_like(cov1), g2 = at::empty_like(cov2);
+  at::Tensor grad_cov1 = at::empty_like(cov1), grad_cov2 = at::empty_like(cov2);
   const auto acc = acc_dtype(cov1.scalar_type());
-  const at::Tensor gc = at::stack({grad.reshape({}).to(acc), count.reshape({}).to(acc)});
+  const at::Tensor grad_and_count = at::stack({grad.reshape({}).to(acc), count.reshape({}).to(acc)});
   const int64_t n = cov1.numel(), batch = cov1.size(0);
   MGID_DISPATCH(cov1.scalar_type(), "mgid::bsw_loss_masked_backward(cpu)", [&] {
     using A = at::opmath_type<scalar_t>;
-    const A g = gc.data_ptr<A>()[0], cnt = gc.data_ptr<A>()[1];
-    const scalar_t* a = cov1.data_ptr<scalar_t>();
-    const scalar_t* b = cov2.data_ptr<scalar_t>();
-    const bool* mk = mask.data_ptr<bool>();
-    scalar_t* da = g1.data_ptr<scalar_t>();
-    scalar_t* db = g2.data_ptr<scalar_t>();
+    const A grad_value = grad_and_count.data_ptr<A>()[0], selected = grad_and_count.data_ptr<A>()[1];
+    const scalar_t* cov1_data = cov1.data_ptr<scalar_t>();
+    const scalar_t* cov2_data = cov2.data_ptr<scalar_t>();
+    const bool* mask_data = mask.data_ptr<bool>();
+    scalar_t* grad_cov1_data = grad_cov1.data_ptr<scalar_t>();
+    scalar_t* grad_cov2_data = grad_cov2.data_ptr<scalar_t>();
     at::parallel_for(0, n, kElementTile, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
-        da[i] = static_cast<scalar_t>(bsw_grad_element(a, mk, i, g, cnt, batch));
-        db[i] = static_cast<scalar_t>(bsw_grad_element(b, mk, i, g, cnt, batch));
+        grad_cov1_data[i] =
+            static_cast<scalar_t>(bsw_grad_element(cov1_data, mask_data, i, grad_value, selected, batch));
+        grad_cov2_data[i] =
+            static_cast<scalar_t>(bsw_grad_element(cov2_data, mask_data, i, grad_value, selected, batch));
       }
     });
   });
-  return {g1, g2.to(cov2_in.scalar_type())};
+  return {grad_cov1, grad_cov2.to(cov2_in.scalar_type())};
 }
 
 }  // namespace

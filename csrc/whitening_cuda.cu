@@ -29,25 +29,26 @@ struct KmeansReduction {
 
 // The minimum over each group of W consecutive threads (W a power of two, uniform over the block:
 // every thread calls this, it syncs log2(W) times) of their partial minima, returned to the
-// group's lane 0 (the other lanes get an intermediate). The caller syncs before ``red`` is reused.
-__device__ KmeansMin group_min(KmeansMin m, int lane, int W, KmeansReduction* red) {
+// group's lane 0 (the other lanes get an intermediate). The caller syncs before ``reduction`` is reused.
+__device__ KmeansMin group_min(KmeansMin partial, int lane, int W, KmeansReduction* reduction) {
   const int tid = threadIdx.x;
-  red->v[tid] = m.v;
-  red->left[tid] = m.left;
-  red->right[tid] = m.right;
-  red->h[tid] = static_cast<int32_t>(m.h);
-  for (int s = W / 2; s > 0; s /= 2) {
+  reduction->v[tid] = partial.v;
+  reduction->left[tid] = partial.left;
+  reduction->right[tid] = partial.right;
+  reduction->h[tid] = static_cast<int32_t>(partial.h);
+  for (int half = W / 2; half > 0; half /= 2) {
     __syncthreads();  // the previous step's partial minima written
-    if (lane < s) {
-      KmeansMin a{red->v[tid], red->left[tid], red->right[tid], red->h[tid]};
-      kmeans_min_combine(&a, KmeansMin{red->v[tid + s], red->left[tid + s], red->right[tid + s], red->h[tid + s]});
-      red->v[tid] = a.v;
-      red->left[tid] = a.left;
-      red->right[tid] = a.right;
-      red->h[tid] = static_cast<int32_t>(a.h);
+    if (lane < half) {
+      KmeansMin merged{reduction->v[tid], reduction->left[tid], reduction->right[tid], reduction->h[tid]};
+      kmeans_min_combine(&merged, KmeansMin{reduction->v[tid + half], reduction->left[tid + half],
+                                            reduction->right[tid + half], reduction->h[tid + half]});
+      reduction->v[tid] = merged.v;
+      reduction->left[tid] = merged.left;
+      reduction->right[tid] = merged.right;
+      reduction->h[tid] = static_cast<int32_t>(merged.h);
     }
   }
-  return KmeansMin{red->v[tid], red->left[tid], red->right[tid], red->h[tid]};
+  return KmeansMin{reduction->v[tid], reduction->left[tid], reduction->right[tid], reduction->h[tid]};
 }
 
 // One block of kKmeansThreads threads. Stage 1, the programme: layer after layer, each layer's cells
@@ -64,12 +65,12 @@ __device__ KmeansMin group_min(KmeansMin m, int lane, int W, KmeansReduction* re
 // ping-pong in shared memory. Stage 2: thread 0 backtracks; thread j owns cluster j (its centre) and
 // boundary j (after it). The reduction scratch and the Lloyd arrays share their shared memory (never
 // live at the same time).
-__global__ void __launch_bounds__(kKmeansThreads) kmeans_kernel(const double* __restrict__ x, const double* __restrict__ p1,
-                              const double* __restrict__ p2, const double* __restrict__ mu_ptr, int64_t n, int64_t G,
-                              int k, int32_t* __restrict__ arg, int64_t* __restrict__ pos, double* __restrict__ q1,
-                              double* __restrict__ q2, double* __restrict__ lam, double* __restrict__ rho,
-                              double* __restrict__ threshold) {
-  __shared__ double d[2][kKmeansGrid + 1];
+__global__ void __launch_bounds__(kKmeansThreads)
+    kmeans_kernel(const double* __restrict__ x, const double* __restrict__ p1, const double* __restrict__ p2,
+                  const double* __restrict__ mu_ptr, int64_t n, int64_t G, int k, int32_t* __restrict__ arg,
+                  int64_t* __restrict__ pos, double* __restrict__ q1, double* __restrict__ q2, double* __restrict__ lam,
+                  double* __restrict__ rho, double* __restrict__ threshold) {
+  __shared__ double d_rows[2][kKmeansGrid + 1];
   __shared__ union {
     KmeansReduction red;  // stage 1: one partial minimum per thread
     struct {
@@ -88,13 +89,13 @@ __global__ void __launch_bounds__(kKmeansThreads) kmeans_kernel(const double* __
   const KmeansTolerance tol = kmeans_dc_tolerance(x, p1, p2, n, mu);
   for (int64_t g = tid; g <= G; g += kKmeansThreads) {
     kmeans_grid_entry(g, n, G, p1, p2, pos, q1, q2);
-    d[0][g] = segment_sse(p1, p2, 0, pos[g]);
+    d_rows[0][g] = segment_sse(p1, p2, 0, pos[g]);
   }
   __syncthreads();  // grid and layer 0 complete
   int cur = 0;
   for (int l = 1; l < k; ++l) {
-    const double* d_prev = d[cur];
-    double* d_cur = d[1 - cur];
+    const double* d_prev = d_rows[cur];
+    double* d_cur = d_rows[1 - cur];
     int32_t* arg_l = arg + static_cast<int64_t>(l) * (G + 1);
     const int levels = kmeans_dc_levels(G - l);  // cells l + 1 .. G
     for (int t = 0; t < levels; ++t) {
@@ -116,11 +117,11 @@ __global__ void __launch_bounds__(kKmeansThreads) kmeans_kernel(const double* __
         }
         if (__syncthreads_or(fails)) {  // uniform; full_scan written before it
           const bool full = valid && full_scan[tid / W];
-          KmeansMin f = group_min(kmeans_dp_scan(g, full ? l + lane : 0, full ? g - 1 : -1, W, d_prev, pos, q1, q2),
-                                  lane, W, &scratch.red);
+          KmeansMin full_min = group_min(
+              kmeans_dp_scan(g, full ? l + lane : 0, full ? g - 1 : -1, W, d_prev, pos, q1, q2), lane, W, &scratch.red);
           if (full && lane == 0) {
-            kmeans_min_margins(&f);
-            m = f;
+            kmeans_min_margins(&full_min);
+            m = full_min;
           }
         }
         if (valid && lane == 0) kmeans_dp_store(g, m, d_cur, arg_l, lam, rho);
@@ -140,15 +141,16 @@ __global__ void __launch_bounds__(kKmeansThreads) kmeans_kernel(const double* __
   const int j = tid;
   if (j < k) centers[j] = segment_mean(p1, j == 0 ? 0 : bounds[j - 1], j + 1 < k ? bounds[j] : n, 0.0);
   __syncthreads();  // centres written
-  for (int it = 0; it < kLloydMaxIter; ++it) {
+  for (int iteration = 0; iteration < kLloydMaxIter; ++iteration) {
     if (j + 1 < k) next[j] = lloyd_boundary(x, n, mu, centers, j);
     if (j == 0) moved = 0;
     __syncthreads();  // all boundaries computed from the old centres; moved cleared
-    double c = 0.0;
-    if (j < k) c = segment_mean(p1, j == 0 ? 0 : next[j - 1], j + 1 < k ? next[j] : n, centers[j]);
-    if (j + 1 < k && next[j] != bounds[j]) moved = 1;  // every writer writes 1
+    double center = 0.0;
+    if (j < k) center = segment_mean(p1, j == 0 ? 0 : next[j - 1], j + 1 < k ? next[j] : n, centers[j]);
+    // Every writer writes 1.
+    if (j + 1 < k && next[j] != bounds[j]) moved = 1;
     __syncthreads();  // no thread reads the old centres or bounds any more
-    if (j < k) centers[j] = c;
+    if (j < k) centers[j] = center;
     if (j + 1 < k) bounds[j] = next[j];
     const bool again = moved != 0;
     __syncthreads();  // every thread read moved before thread 0 clears it
@@ -169,57 +171,59 @@ at::Tensor bsw_threshold_cuda(const at::Tensor& values, int64_t k_requested) {
   at::Tensor pos = at::empty({G + 1}, in.x.options().dtype(at::kLong));
   at::Tensor grid = at::empty({2, G + 1}, in.x.options());
   at::Tensor margins = at::empty({2, G + 1}, in.x.options());
-  at::Tensor thr = at::empty({}, in.x.options());
+  at::Tensor threshold = at::empty({}, in.x.options());
   kmeans_kernel<<<1, kKmeansThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       in.x.data_ptr<double>(), in.p1.data_ptr<double>(), in.p2.data_ptr<double>(), in.mu.data_ptr<double>(), n, G, k,
       arg.data_ptr<int32_t>(), pos.data_ptr<int64_t>(), grid.data_ptr<double>(), grid.data_ptr<double>() + (G + 1),
-      margins.data_ptr<double>(), margins.data_ptr<double>() + (G + 1), thr.data_ptr<double>());
+      margins.data_ptr<double>(), margins.data_ptr<double>() + (G + 1), threshold.data_ptr<double>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return thr;
+  return threshold;
 }
 
 template <typename T, typename A>
-__global__ void __launch_bounds__(kElementLanes) bsw_tile_kernel(const T* __restrict__ cov1, const T* __restrict__ cov2, const bool* __restrict__ mask,
-                                int64_t n, A* __restrict__ parts) {
+__global__ void __launch_bounds__(kElementLanes)
+    bsw_tile_kernel(const T* __restrict__ cov1, const T* __restrict__ cov2, const bool* __restrict__ mask, int64_t n,
+                    A* __restrict__ parts) {
   __shared__ A lane_total[kElementLanes];
   __shared__ A lane_count[kElementLanes];
   const int64_t t = blockIdx.x;
   const int lane = threadIdx.x;
-  int64_t b, e;
-  lane_range(t, lane, n, &b, &e);
-  bsw_tile_sums(b, e, cov1, cov2, mask, &lane_total[lane], &lane_count[lane]);
+  int64_t begin, end;
+  lane_range(t, lane, n, &begin, &end);
+  bsw_tile_sums(begin, end, cov1, cov2, mask, &lane_total[lane], &lane_count[lane]);
   __syncthreads();  // lane totals written
   if (lane == 0) {
-    A tot = 0, cnt = 0;
+    A total = 0, selected = 0;
     for (int l = 0; l < kElementLanes; ++l) {
-      tot += lane_total[l];
-      cnt += lane_count[l];
+      total += lane_total[l];
+      selected += lane_count[l];
     }
-    parts[2 * t] = tot;
-    parts[2 * t + 1] = cnt;
+    parts[2 * t] = total;
+    parts[2 * t + 1] = selected;
   }
 }
 
 template <typename A>
 __global__ void bsw_combine_kernel(const A* __restrict__ parts, int64_t T, int64_t batch, A* __restrict__ loss,
                                    A* __restrict__ count) {
-  A tot = 0, cnt = 0;
+  A total = 0, selected = 0;
   for (int64_t t = 0; t < T; ++t) {
-    tot += parts[2 * t];
-    cnt += parts[2 * t + 1];
+    total += parts[2 * t];
+    selected += parts[2 * t + 1];
   }
-  *loss = bsw_loss_value(tot, cnt, batch);
-  *count = cnt;
+  *loss = bsw_loss_value(total, selected, batch);
+  *count = selected;
 }
 
 template <typename T, typename A>
-__global__ void __launch_bounds__(kBswBackwardThreads) bsw_backward_kernel(const A* __restrict__ grad_count, const T* __restrict__ cov1,
-                                    const T* __restrict__ cov2, const bool* __restrict__ mask, int64_t n, int64_t batch,
-                                    T* __restrict__ g1, T* __restrict__ g2) {
+__global__ void __launch_bounds__(kBswBackwardThreads)
+    bsw_backward_kernel(const A* __restrict__ grad_count, const T* __restrict__ cov1, const T* __restrict__ cov2,
+                        const bool* __restrict__ mask, int64_t n, int64_t batch, T* __restrict__ grad_cov1,
+                        T* __restrict__ grad_cov2) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n) return;
-  g1[i] = static_cast<T>(bsw_grad_element(cov1, mask, i, grad_count[0], grad_count[1], batch));
-  g2[i] = static_cast<T>(bsw_grad_element(cov2, mask, i, grad_count[0], grad_count[1], batch));
+  grad_cov1[i] = static_cast<T>(bsw_grad_element(cov1, mask, i, grad_count[0], grad_count[1], batch));
+  grad_cov2[i] = static_cast<T>(bsw_grad_element(cov2, mask, i, grad_count[0], grad_count[1], batch));
 }
 
 std::tuple<at::Tensor, at::Tensor> bsw_loss_masked_cuda(const at::Tensor& cov1_in, const at::Tensor& cov2_in,
@@ -237,11 +241,11 @@ std::tuple<at::Tensor, at::Tensor> bsw_loss_masked_cuda(const at::Tensor& cov1_i
   const auto stream = c10::cuda::getCurrentCUDAStream();
   MGID_DISPATCH(cov1.scalar_type(), "mgid::bsw_loss_masked(cuda)", [&] {
     using A = at::opmath_type<scalar_t>;
-    bsw_tile_kernel<scalar_t, A><<<T, kElementLanes, 0, stream>>>(
-        cov1.data_ptr<scalar_t>(), cov2.data_ptr<scalar_t>(), mask.data_ptr<bool>(), n, parts.data_ptr<A>());
+    bsw_tile_kernel<scalar_t, A><<<T, kElementLanes, 0, stream>>>(cov1.data_ptr<scalar_t>(), cov2.data_ptr<scalar_t>(),
+                                                                  mask.data_ptr<bool>(), n, parts.data_ptr<A>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    bsw_combine_kernel<A><<<1, 1, 0, stream>>>(parts.data_ptr<A>(), T, cov1.size(0), loss.data_ptr<A>(),
-                                              count.data_ptr<A>());
+    bsw_combine_kernel<A>
+        <<<1, 1, 0, stream>>>(parts.data_ptr<A>(), T, cov1.size(0), loss.data_ptr<A>(), count.data_ptr<A>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {loss.to(cov1.scalar_type()), count};
@@ -256,19 +260,19 @@ std::tuple<at::Tensor, at::Tensor> bsw_loss_masked_backward_cuda(const at::Tenso
   // cov2 in cov1's dtype, as the forward computes it; its gradient goes back in cov2's own dtype
   const at::Tensor cov1 = cov1_in.contiguous(), cov2 = cov2_in.to(cov1_in.scalar_type()).contiguous();
   const at::Tensor mask = mask_in.contiguous();
-  at::Tensor g1 = at::empty_like(cov1), g2 = at::empty_like(cov2);
+  at::Tensor grad_cov1 = at::empty_like(cov1), grad_cov2 = at::empty_like(cov2);
   const auto acc = acc_dtype(cov1.scalar_type());
-  const at::Tensor gc = at::stack({grad.reshape({}).to(acc), count.reshape({}).to(acc)}).to(cov1.device());
+  const at::Tensor grad_and_count = at::stack({grad.reshape({}).to(acc), count.reshape({}).to(acc)}).to(cov1.device());
   const int64_t n = cov1.numel();
   const auto stream = c10::cuda::getCurrentCUDAStream();
   MGID_DISPATCH(cov1.scalar_type(), "mgid::bsw_loss_masked_backward(cuda)", [&] {
     using A = at::opmath_type<scalar_t>;
     bsw_backward_kernel<scalar_t, A><<<ceil_div(n, kBswBackwardThreads), kBswBackwardThreads, 0, stream>>>(
-        gc.data_ptr<A>(), cov1.data_ptr<scalar_t>(), cov2.data_ptr<scalar_t>(), mask.data_ptr<bool>(), n,
-        cov1.size(0), g1.data_ptr<scalar_t>(), g2.data_ptr<scalar_t>());
+        grad_and_count.data_ptr<A>(), cov1.data_ptr<scalar_t>(), cov2.data_ptr<scalar_t>(), mask.data_ptr<bool>(), n,
+        cov1.size(0), grad_cov1.data_ptr<scalar_t>(), grad_cov2.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {g1, g2.to(cov2_in.scalar_type())};
+  return {grad_cov1, grad_cov2.to(cov2_in.scalar_type())};
 }
 
 }  // namespace

@@ -11,16 +11,16 @@ namespace mgid {
 template <typename T, typename A>
 MGID_HD void bsw_tile_sums(int64_t begin, int64_t end, const T* cov1, const T* cov2, const bool* mask, A* total,
                            A* count) {
-  A t = 0, n = 0;
+  A abs_sum = 0, selected = 0;
   for (int64_t i = begin; i < end; ++i) {
     if (!mask[i]) continue;
-    const A a = static_cast<A>(cov1[i]);
-    const A b = static_cast<A>(cov2[i]);
-    t += (a < A(0) ? -a : a) + (b < A(0) ? -b : b);
-    n += A(1);
+    const A cov1_value = static_cast<A>(cov1[i]);
+    const A cov2_value = static_cast<A>(cov2[i]);
+    abs_sum += (cov1_value < A(0) ? -cov1_value : cov1_value) + (cov2_value < A(0) ? -cov2_value : cov2_value);
+    selected += A(1);
   }
-  *total = t;
-  *count = n;
+  *total = abs_sum;
+  *count = selected;
 }
 
 // A tile of kElementTile elements is kElementLanes runs (one per GPU thread), each summed in
@@ -29,25 +29,25 @@ constexpr int kElementLanes = 256;
 constexpr int kElementsPerLane = kElementTile / kElementLanes;
 
 MGID_HD void lane_range(int64_t tile, int lane, int64_t n, int64_t* begin, int64_t* end) {
-  const int64_t b = tile * kElementTile + static_cast<int64_t>(lane) * kElementsPerLane;
-  *begin = b < n ? b : n;
-  *end = b + kElementsPerLane < n ? b + kElementsPerLane : n;
+  const int64_t first = tile * kElementTile + static_cast<int64_t>(lane) * kElementsPerLane;
+  *begin = first < n ? first : n;
+  *end = first + kElementsPerLane < n ? first + kElementsPerLane : n;
 }
 
 template <typename T, typename A>
 MGID_HD void bsw_tile_reduce(int64_t tile, int64_t n, const T* cov1, const T* cov2, const bool* mask, A* total,
                              A* count) {
-  A t = 0, c = 0;
+  A abs_sum = 0, selected = 0;
   for (int lane = 0; lane < kElementLanes; ++lane) {
-    int64_t b, e;
-    lane_range(tile, lane, n, &b, &e);
-    A lt, lc;
-    bsw_tile_sums(b, e, cov1, cov2, mask, &lt, &lc);
-    t += lt;
-    c += lc;
+    int64_t lane_begin, lane_end;
+    lane_range(tile, lane, n, &lane_begin, &lane_end);
+    A lane_total, lane_count;
+    bsw_tile_sums(lane_begin, lane_end, cov1, cov2, mask, &lane_total, &lane_count);
+    abs_sum += lane_total;
+    selected += lane_count;
   }
-  *total = t;
-  *count = c;
+  *total = abs_sum;
+  *count = selected;
 }
 
 template <typename A>
@@ -60,11 +60,11 @@ MGID_HD A sign_of(A v) {
   return v > A(0) ? A(1) : (v < A(0) ? A(-1) : A(0));
 }
 
-// d loss / d cov at element i, given the upstream gradient ``g`` and the selected count.
+// d loss / d cov at element i, given the upstream gradient ``grad`` and the selected count.
 template <typename T, typename A>
-MGID_HD A bsw_grad_element(const T* cov, const bool* mask, int64_t i, A g, A count, int64_t batch) {
+MGID_HD A bsw_grad_element(const T* cov, const bool* mask, int64_t i, A grad, A count, int64_t batch) {
   if (!mask[i] || !(count > A(0))) return A(0);
-  return g * sign_of(static_cast<A>(cov[i])) / (static_cast<A>(batch) * count);
+  return grad * sign_of(static_cast<A>(cov[i])) / (static_cast<A>(batch) * count);
 }
 
 // ---- 1-D k-means of sorted values x[0..n) (for the background-selective mask). ----
@@ -81,9 +81,7 @@ MGID_HD A bsw_grad_element(const T* cov, const bool* mask, int64_t i, A g, A cou
 // Sums are of the values minus their mean ``mu`` (prefix sums P1 of x - mu and P2 of (x - mu)^2),
 // which keeps SSE = P2 - P1^2 / len from cancelling.
 
-MGID_HD int64_t kmeans_grid_size(int64_t n) {
-  return n <= kKmeansGrid ? n : kKmeansGrid;
-}
+MGID_HD int64_t kmeans_grid_size(int64_t n) { return n <= kKmeansGrid ? n : kKmeansGrid; }
 
 // Position of candidate boundary g in [0, G].
 MGID_HD int64_t kmeans_grid_position(int64_t g, int64_t n, int64_t G) {
@@ -96,9 +94,9 @@ MGID_HD int64_t kmeans_grid_position(int64_t g, int64_t n, int64_t G) {
 // Sum of squared deviations from the mean of the run [a, b).
 MGID_HD double segment_sse(const double* p1, const double* p2, int64_t a, int64_t b) {
   if (b <= a) return 0.0;
-  const double s = p1[b] - p1[a];
-  const double v = (p2[b] - p2[a]) - s * s / static_cast<double>(b - a);
-  return v > 0.0 ? v : 0.0;
+  const double run_sum = p1[b] - p1[a];
+  const double sse = (p2[b] - p2[a]) - run_sum * run_sum / static_cast<double>(b - a);
+  return sse > 0.0 ? sse : 0.0;
 }
 
 // The grid, gathered once: pos[g] = kmeans_grid_position(g), q1[g] = p1[pos[g]], q2[g] = p2[pos[g]]
@@ -113,9 +111,9 @@ MGID_HD void kmeans_grid_entry(int64_t g, int64_t n, int64_t G, const double* p1
 
 // Sum of squared deviations of the run between grid candidates h < g (segment_sse on the grid).
 MGID_HD double grid_sse(const int64_t* pos, const double* q1, const double* q2, int64_t h, int64_t g) {
-  const double s = q1[g] - q1[h];
-  const double v = (q2[g] - q2[h]) - s * s / static_cast<double>(pos[g] - pos[h]);
-  return v > 0.0 ? v : 0.0;
+  const double run_sum = q1[g] - q1[h];
+  const double sse = (q2[g] - q2[h]) - run_sum * run_sum / static_cast<double>(pos[g] - pos[h]);
+  return sse > 0.0 ? sse : 0.0;
 }
 
 // First index i in [0, n) with x[i] - mu > v, n if none (x sorted).
@@ -186,20 +184,20 @@ MGID_HD KmeansMin kmeans_dp_scan(int64_t g, int64_t h0, int64_t h1, int64_t stri
   if (h0 > h1) return m;
   m.v = kmeans_dp_value(h0, g, d_prev, pos, q1, q2);
   m.h = h0;
-  double v = m.v;
-  if (ends != nullptr) ends[0] = v;
+  double value = m.v;
+  if (ends != nullptr) ends[0] = value;
   for (int64_t h = h0 + stride; h <= h1; h += stride) {
-    v = kmeans_dp_value(h, g, d_prev, pos, q1, q2);
-    if (v < m.v) {
+    value = kmeans_dp_value(h, g, d_prev, pos, q1, q2);
+    if (value < m.v) {
       m.left = m.v;  // the old minimum is the smallest value left of h
       m.right = inf;
-      m.v = v;
+      m.v = value;
       m.h = h;
     } else {
-      m.right = v < m.right ? v : m.right;
+      m.right = value < m.right ? value : m.right;
     }
   }
-  if (ends != nullptr) ends[1] = v;
+  if (ends != nullptr) ends[1] = value;
   return m;
 }
 
@@ -207,43 +205,41 @@ MGID_HD KmeansMin kmeans_dp_scan(int64_t g, int64_t h0, int64_t h1, int64_t stri
 // smaller candidate). The loser's values lie at or above its minimum; which of them fall left of the
 // winner is not known when the two sets interleave, so the merged left / right values are lower
 // bounds (never above the true ones), which keeps the certificate sound.
-MGID_HD void kmeans_min_combine(KmeansMin* m, const KmeansMin& o) {
-  const bool other_wins = o.v < m->v || (o.v == m->v && o.h < m->h);
-  const KmeansMin w = other_wins ? o : *m;
-  const KmeansMin s = other_wins ? *m : o;
-  KmeansMin r = w;
-  const double lo_side = s.h < w.h ? s.v : s.left;   // the loser's values left of w.h are >= this
-  const double hi_side = s.h < w.h ? s.right : s.v;  // ... and right of w.h
-  r.left = lo_side < w.left ? lo_side : w.left;
-  r.right = hi_side < w.right ? hi_side : w.right;
-  *m = r;
+MGID_HD void kmeans_min_combine(KmeansMin* m, const KmeansMin& other) {
+  const bool other_wins = other.v < m->v || (other.v == m->v && other.h < m->h);
+  const KmeansMin winner = other_wins ? other : *m;
+  const KmeansMin loser = other_wins ? *m : other;
+  KmeansMin merged = winner;
+  const double lo_side = loser.h < winner.h ? loser.v : loser.left;   // the loser's values left of w.h are >= this
+  const double hi_side = loser.h < winner.h ? loser.right : loser.v;  // ... and right of w.h
+  merged.left = lo_side < winner.left ? lo_side : winner.left;
+  merged.right = hi_side < winner.right ? hi_side : winner.right;
+  *m = merged;
 }
 
-MGID_HD int64_t kmeans_dc_mid(int64_t lo, int64_t hi) {
-  return (lo + hi) / 2;
-}
+MGID_HD int64_t kmeans_dc_mid(int64_t lo, int64_t hi) { return (lo + hi) / 2; }
 
 // Levels of the tree over ``cells`` cells: the bit length of ``cells`` (0 for none).
 MGID_HD int kmeans_dc_levels(int64_t cells) {
-  int t = 0;
-  for (; cells > 0; cells >>= 1) ++t;
-  return t;
+  int levels = 0;
+  for (; cells > 0; cells >>= 1) ++levels;
+  return levels;
 }
 
 // Node ``i`` in [0, 2^t) of tree level t over the cells [first, last]: descend from the root along
 // the bits of i, most significant first (0 = left child). False if that node is empty.
 MGID_HD bool kmeans_dc_node(int64_t first, int64_t last, int t, int64_t i, int64_t* lo, int64_t* hi) {
-  int64_t a = first, b = last;
-  for (int s = t - 1; s >= 0 && a <= b; --s) {
-    const int64_t m = kmeans_dc_mid(a, b);
-    if ((i >> s) & 1)
-      a = m + 1;
+  int64_t node_lo = first, node_hi = last;
+  for (int bit = t - 1; bit >= 0 && node_lo <= node_hi; --bit) {
+    const int64_t mid = kmeans_dc_mid(node_lo, node_hi);
+    if ((i >> bit) & 1)
+      node_lo = mid + 1;
     else
-      b = m - 1;
+      node_hi = mid - 1;
   }
-  *lo = a;
-  *hi = b;
-  return a <= b;
+  *lo = node_lo;
+  *hi = node_hi;
+  return node_lo <= node_hi;
 }
 
 // The candidates [*hlo, *hhi] of node [lo, hi]'s mid in layer l, from the minimisers ``arg_l`` (row l
@@ -277,20 +273,20 @@ struct KmeansTolerance {
 
 MGID_HD KmeansTolerance kmeans_dc_tolerance(const double* x, const double* p1, const double* p2, int64_t n, double mu) {
   const double u = 1.1102230246251565e-16;  // 2^-53
-  const double nd = static_cast<double>(n);
+  const double n_double = static_cast<double>(n);
   const double Q = p2[n];
   const int64_t turn = upper_bound_shifted(x, n, mu, 0.0);  // first y > 0
-  const double a = p1[turn] < 0.0 ? -p1[turn] : p1[turn];
-  const double b = p1[n] < 0.0 ? -p1[n] : p1[n];
-  const double E1 = 1.001 * u * nd * (a + b), E2 = 1.001 * u * nd * Q;
+  const double abs_p1_turn = p1[turn] < 0.0 ? -p1[turn] : p1[turn];
+  const double abs_p1_end = p1[n] < 0.0 ? -p1[n] : p1[n];
+  const double E1 = 1.001 * u * n_double * (abs_p1_turn + abs_p1_end), E2 = 1.001 * u * n_double * Q;
   return KmeansTolerance{64.0 * E1 * E1 + 520.0 * u * Q + 16.0 * E2, 16.0 * E1, 32.0 * E1};
 }
 
 // tau for an inequality whose runs lie in the positions [p0, p1), p0 < p1.
 MGID_HD double kmeans_dc_tau(const KmeansTolerance& tol, const double* x, double mu, int64_t p0, int64_t p1) {
-  const double ya = x[p0] - mu, yb = x[p1 - 1] - mu;  // y sorted: ya <= yb
-  const double aa = ya < 0.0 ? -ya : ya, ab = yb < 0.0 ? -yb : yb;
-  return tol.base + tol.per_range * (yb - ya) + tol.per_y * (aa > ab ? aa : ab);
+  const double y_first = x[p0] - mu, y_last = x[p1 - 1] - mu;  // y sorted: ya <= yb
+  const double abs_first = y_first < 0.0 ? -y_first : y_first, abs_last = y_last < 0.0 ? -y_last : y_last;
+  return tol.base + tol.per_range * (y_last - y_first) + tol.per_y * (abs_first > abs_last ? abs_first : abs_last);
 }
 
 // The certificate of node [lo, hi]'s mid g after the scan ``m`` of its candidates [hlo, hhi], whose
@@ -326,8 +322,7 @@ MGID_HD void kmeans_min_margins(KmeansMin* m) {
 }
 
 // Record cell g: D[l][g], its minimiser in arg row l, and its margins.
-MGID_HD void kmeans_dp_store(int64_t g, const KmeansMin& m, double* d_cur, int32_t* arg_l, double* lam,
-                             double* rho) {
+MGID_HD void kmeans_dp_store(int64_t g, const KmeansMin& m, double* d_cur, int32_t* arg_l, double* lam, double* rho) {
   d_cur[g] = m.v;
   arg_l[g] = static_cast<int32_t>(m.h);
   lam[g] = m.left;
@@ -337,8 +332,8 @@ MGID_HD void kmeans_dp_store(int64_t g, const KmeansMin& m, double* d_cur, int32
 // One node of layer l's tree by one thread: the range, the scan, the certificate (else the full
 // scan), the store.
 MGID_HD void kmeans_dc_cell(int l, int64_t lo, int64_t hi, int64_t G, const double* d_prev, const int64_t* pos,
-                            const double* q1, const double* q2, const double* x, double mu,
-                            const KmeansTolerance& tol, double* d_cur, int32_t* arg_l, double* lam, double* rho) {
+                            const double* q1, const double* q2, const double* x, double mu, const KmeansTolerance& tol,
+                            double* d_cur, int32_t* arg_l, double* lam, double* rho) {
   const int64_t g = kmeans_dc_mid(lo, hi);
   int64_t hlo, hhi;
   kmeans_dc_range(l, lo, hi, G, arg_l, &hlo, &hhi);

@@ -81,7 +81,9 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     if build["extension"]:
         lines += [("extension", build["path"]), ("built against", f"torch {build['torch']}"),
-                  ("CPU ISA copy", build["cpu_isa"]), ("kernel sources", build["source_sha256"] or "unrecorded")]
+                  ("CPU ISA copy", build["cpu_isa"]), ("kernel sources", build["source_sha256"] or "unrecorded"),
+                  ("build", "debug (MGID_DEBUG=1: unoptimised, extra checks; not for timing)" if build.get("debug")
+                   else "release")]
     else:
         lines.append(("why", build["error"]))
     lines += [("CPU", report["cpu"]["describe"]), ("cores", str(report["cpu"]["cores"])),

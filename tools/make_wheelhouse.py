@@ -88,6 +88,7 @@ ON_DEVICE: dict[str, str] = {
     "pillow": "image",
     "huggingface-hub": "image",
     "ruff": "not needed there: the lint runs in `make test` here and in CI, not in gpu_check.sh",
+    "clang-format": "not needed there: the csrc/ style check runs in `make test` here and in CI, not in gpu_check.sh",
     "onnx": "image",
     "onnxruntime": "image",
     "onnxscript": "image",

@@ -50,6 +50,11 @@ def _built_source_sha256() -> str:
     return str(op()) if op is not None else ""
 
 
+def _built_debug() -> bool:
+    op = getattr(torch.ops.mgid, "built_debug", None)  # absent from builds that predate MGID_DEBUG
+    return bool(op()) if op is not None else False
+
+
 def _load_extension() -> tuple[ModuleType | None, str | None, Path | None]:
     """(the extension, why it is missing or unusable, the file it came from)."""
     try:
@@ -95,8 +100,9 @@ def build_info() -> dict:
         ``{"extension": bool, "cuda": bool, "torch": str, "cuda_arch_list": str | None, ...}``: ``cuda`` is True
         when the CUDA kernels were compiled in; ``torch`` the torch version it was built against; ``cpu_isa`` the
         copy of the CPU memory kernels that runs here (``avx2`` where the CPU has it, else ``baseline``;
-        ``MGID_CPU_ISA=baseline`` forces the latter); ``path`` the file loaded; ``source_sha256`` the fingerprint
-        of the ``csrc/`` it was built from; ``error`` why it is missing, when it is.
+        ``MGID_CPU_ISA=baseline`` forces the latter); ``debug`` True for an ``MGID_DEBUG=1`` build (unoptimised,
+        with debug information and extra checks: not for timing); ``path`` the file loaded; ``source_sha256`` the
+        fingerprint of the ``csrc/`` it was built from; ``error`` why it is missing, when it is.
     """
     if _C is None:
         return {"extension": False, "cuda": False, "torch": torch.__version__, "cuda_arch_list": None,
@@ -108,6 +114,7 @@ def build_info() -> dict:
         "cuda_arch_list": str(torch.ops.mgid.built_cuda_arch_list()) or None,
         "runtime_torch": torch.__version__,
         "cpu_isa": str(torch.ops.mgid.cpu_isa()),
+        "debug": _built_debug(),
         "path": str(EXTENSION_PATH),
         "source_sha256": _built_source_sha256(),
     }

@@ -233,12 +233,22 @@ def export_onnx(net_or_weights: MGIDNet | str | Path | None, path: str | Path, o
             the dynamo exporter's), ``dynamo`` or ``torchscript``.
         weights_sha256: recorded when a network is passed (for a weights file it is computed).
         verify: run the written graph in onnxruntime (when installed) on an input of another size than the
-            traced one and compare with PyTorch's reference ops; raises RuntimeError beyond `VERIFY_TOLERANCE`.
+            traced one and compare with PyTorch's reference ops.
 
     The export runs with the mgid ops in reference mode (restored afterwards), so the graph holds only
-    standard operators; RuntimeError if a custom-domain op remains. Raises ModuleNotFoundError when onnx
-    (or, for the dynamo exporter alone, onnxscript) is missing, FileNotFoundError / CheckpointError for bad weights,
-    ValueError for an opset the exporter cannot write (before any work).
+    standard operators.
+
+    Returns:
+        What was written (`ExportResult`: the file, graph kind, exporter, opset, size, weights, verification).
+
+    Raises:
+        InputError: an opset the exporter cannot write, or an unknown exporter (before any work).
+        OutputPathError: ``path`` exists (without ``overwrite``), is a folder or lacks the ``.onnx`` suffix.
+        FileNotFoundError: the weights file is missing.
+        CheckpointError: the weights are not a valid mgid checkpoint.
+        MissingDependencyError: onnx (or, for the dynamo exporter, onnxscript) is not installed.
+        ExportError: a custom-domain op remains in the graph, its sizes are not dynamic, or it differs from
+            PyTorch by more than `VERIFY_TOLERANCE` in onnxruntime; nothing is written.
     """
     if exporter not in ("auto", "dynamo", "torchscript"):
         raise InputError(f"exporter must be auto, dynamo or torchscript, got {exporter!r}")

@@ -119,8 +119,25 @@ def derain_frames(derainer, frames: Iterable[np.ndarray], batch_size: int) -> It
 
 def derain_video(derainer, src: str | Path, dst: str | Path, *, batch_size: int | None = None,
                  fps: float | Fraction | None = None, overwrite: bool = False, progress: bool = True) -> VideoReport:
-    """De-rain video ``src`` (file or folder of frames) into ``dst`` (file, its suffix picks the container,
-    or a folder of PNG frames) with ``derainer``; ``fps`` is the rate of a folder of frames."""
+    """De-rain a video frame by frame (the network's memory is only read).
+
+    Args:
+        derainer: a `mgid.derain.derainer.BaseDerainer` (PyTorch or onnxruntime).
+        src: a video file, or a folder of frames in name order.
+        dst: the video file to write (its suffix picks the container and codec) or a folder for PNG frames; the
+            input's size, frame rate, frame count and audio are kept.
+        batch_size: frames per network call (None: 8 on a GPU, 1 on a CPU).
+        fps: the frame rate of a folder of frames (None: 25); ignored for a video file.
+        overwrite: replace an existing ``dst``.
+        progress: show a progress bar.
+
+    Returns:
+        The `VideoReport` (frames written, frame rate, audio, frames the header announced).
+
+    Raises:
+        VideoError: ``src`` is missing or cannot be read as a video, ``dst`` is ``src``, exists (without
+            ``overwrite``) or cannot be written as a video, or ``batch_size`` < 1.
+    """
     src, dst = Path(src), Path(dst)
     _check_paths(src, dst, overwrite)
     with open_frames(src, fps) as source:

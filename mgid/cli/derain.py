@@ -4,8 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mgid.cli import common
+
+if TYPE_CHECKING:
+    from mgid.derain.derainer import BaseDerainer
 
 PROG = "mgid derain"
 
@@ -132,7 +136,7 @@ def run_video(args: argparse.Namespace) -> int:
     return common.EXIT_OK
 
 
-def load_derainer(args: argparse.Namespace):
+def load_derainer(args: argparse.Namespace) -> tuple[BaseDerainer, str]:
     """The derainer of the options and a phrase naming its runtime and why: `mgid.load_model`, or an ONNX file in
     onnxruntime (`mgid.derain.backend_choice.choose_backend` decides ``--backend auto``).
 

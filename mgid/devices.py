@@ -20,10 +20,20 @@ class DeviceError(MgidError, RuntimeError, ValueError):
 
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"`` (or None) -> CUDA when torch sees a GPU, else the CPU; any other spec -> that device.
+    """Turn a device setting into the `torch.device` to run on.
 
-    Raises `DeviceError` for a spec torch does not know (``"gpu"``) and for a CUDA device that is not
-    there (no GPU, or ``cuda:N`` beyond the GPUs present), saying what was asked and what to pass.
+    Args:
+        spec: ``"auto"`` (the default) or None: CUDA when torch sees a GPU, else the CPU; otherwise ``"cpu"``,
+            ``"cuda"``, ``"cuda:N"`` or a `torch.device` (surrounding spaces and the case of ``"auto"`` do not
+            matter).
+
+    Returns:
+        The device: of type ``cpu`` or ``cuda``.
+
+    Raises:
+        DeviceError: ``spec`` is neither a string nor a `torch.device`, torch does not know it (``"gpu"``), it
+            names a device type other than CPU or CUDA, or a CUDA device that is not there (no GPU, or
+            ``cuda:N`` beyond the GPUs present); the message says what was asked and what to pass.
     """
     if spec is None or (isinstance(spec, str) and spec.strip().lower() == "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

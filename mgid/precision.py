@@ -112,7 +112,12 @@ def _read_cpuinfo() -> tuple[str, set[str]]:
 
 @functools.cache
 def cpu_info() -> CpuInfo:
-    """This machine's `CpuInfo` (read once per process)."""
+    """Read this machine's `CpuInfo` (once per process; later calls return the cached one).
+
+    Returns:
+        The CPU's model name, those of `REPORTED_FLAGS` it has, torch's vector capability and the oneDNN ISA cap
+        (``DNNL_MAX_CPU_ISA`` or ``ONEDNN_MAX_CPU_ISA``, else None).
+    """
     model, flags = _read_cpuinfo()
     dnnl = os.environ.get("DNNL_MAX_CPU_ISA") or os.environ.get("ONEDNN_MAX_CPU_ISA") or None
     return CpuInfo(model=model, flags=tuple(f for f in REPORTED_FLAGS if f in flags),
@@ -120,14 +125,30 @@ def cpu_info() -> CpuInfo:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether torch can run bf16 dot products natively on this CPU (`CpuInfo.native_bf16`)."""
+    """Say whether torch can run bf16 dot products natively on this CPU.
+
+    Returns:
+        `CpuInfo.native_bf16` of `cpu_info`: the CPU has AVX512-BF16 or AMX-BF16 and no environment cap
+        (`CpuInfo.capped_below_bf16`) keeps torch from them.
+    """
     return cpu_info().native_bf16
 
 
 def resolve_precision(precision: str, device: str | torch.device, purpose: Purpose = "training") -> str:
-    """``auto`` -> ``bf16`` on a CPU with native bf16 (`cpu_has_native_bf16`), else ``fp32``; others unchanged.
+    """Resolve a precision setting: ``"auto"`` becomes ``"bf16"`` or ``"fp32"``, the others stay as given.
 
-    Raises ``ValueError`` for a precision ``purpose`` does not take (`PRECISIONS`: inference has no fp16).
+    Args:
+        precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or (training only) ``"fp16"``.
+        device: where the network runs (a string such as ``"cpu"`` or a `torch.device`).
+        purpose: ``"training"`` (the default) or ``"inference"``; it decides which precisions are taken
+            (`PRECISIONS`).
+
+    Returns:
+        ``"bf16"`` for ``"auto"`` on a CPU with native bf16 (`cpu_has_native_bf16`), ``"fp32"`` for ``"auto"``
+        elsewhere (GPUs included), else ``precision`` unchanged.
+
+    Raises:
+        InputError: ``precision`` is not one ``purpose`` takes (inference has no ``"fp16"``).
     """
     if precision not in PRECISIONS[purpose]:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS[purpose])}, got {precision!r}")
@@ -138,13 +159,24 @@ def resolve_precision(precision: str, device: str | torch.device, purpose: Purpo
 
 def resolve_channels_last(channels_last: bool | None, precision: str, device: str | torch.device,
                           purpose: Purpose = "training") -> bool:
-    """Unset (None, auto) -> channels_last on a CPU for inference, and for training in bf16; else as given.
+    """Resolve a memory-format setting: whether the network and its inputs are channels_last.
 
-    Inference in fp32 without AVX512 is the exception: it runs NCHW, where the frozen graph's convolutions run on
-    NNPACK's Winograd kernels (`mgid.models.inference_graph`), when NNPACK is available. Measured
-    (``benchmarks/bench_derain.py``, docs/DERAIN.md): oneDNN in channels_last is fastest for bf16 and for fp32 on
-    AVX512; NNPACK in NCHW beats it for fp32 on AVX2 (1.2x the whole network); a fp32 training step is no faster in
-    channels_last (AVX2: 5 % slower at batch 8, 128x128), a bf16 one is.
+    Unset (None, auto) gives channels_last on a CPU for inference, and on a CPU for training in bf16; never on a GPU.
+    Inference in fp32 on a CPU where torch cannot use AVX512 (`CpuInfo.avx512_usable`) is the exception: it runs
+    NCHW (NNPACK's Winograd convolutions, `mgid.models.inference_graph`) when `nnpack_available`. Why: docs/TRAIN.md,
+    "Design notes".
+
+    Args:
+        channels_last: True or False to force it; None for auto.
+        precision: the precision setting (``"auto"`` is resolved first by `resolve_precision`).
+        device: where the network runs (a string such as ``"cpu"`` or a `torch.device`).
+        purpose: ``"training"`` (the default) or ``"inference"``.
+
+    Returns:
+        Whether to use channels_last.
+
+    Raises:
+        InputError: (only when ``channels_last`` is None on a CPU) ``precision`` is not one ``purpose`` takes.
     """
     if channels_last is not None:
         return bool(channels_last)
@@ -158,7 +190,12 @@ def resolve_channels_last(channels_last: bool | None, precision: str, device: st
 
 @functools.cache
 def nnpack_available() -> bool:
-    """Whether torch's NNPACK runs here (asking initialises it, which its convolution needs first)."""
+    """Say whether torch's NNPACK runs here (asking initialises it, which its convolution needs first).
+
+    Returns:
+        True when NNPACK is available and torch has its spatial convolution; False otherwise, also when asking
+        raises (cached per process).
+    """
     try:
         return bool(torch.backends.nnpack.is_available()) and hasattr(torch, "_nnpack_spatial_convolution")
     except (AttributeError, RuntimeError):
@@ -166,7 +203,19 @@ def nnpack_available() -> bool:
 
 
 def autocast(device: str | torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` for a resolved ``bf16`` or ``fp16`` on ``device``'s type; a no-op for ``fp32``."""
+    """Enter the chosen precision: ``torch.autocast`` for ``"bf16"`` or ``"fp16"``, nothing for ``"fp32"``.
+
+    Args:
+        device: where the network runs (its type picks the autocast device type).
+        precision: a resolved precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (not ``"auto"``).
+
+    Returns:
+        A context manager: `torch.autocast` with `AUTOCAST_DTYPES` ``[precision]``, or `contextlib.nullcontext`
+        for ``"fp32"``.
+
+    Raises:
+        InputError: ``precision`` is none of the three (e.g. ``"auto"`` not resolved yet).
+    """
     if precision == "fp32":
         return contextlib.nullcontext()
     if precision not in AUTOCAST_DTYPES:
@@ -176,7 +225,7 @@ def autocast(device: str | torch.device, precision: str) -> contextlib.AbstractC
 
 @dataclass(frozen=True)
 class Arithmetic:
-    """A resolved choice of arithmetic and the reason for it, for logs and messages.
+    """A resolved choice of arithmetic and the reason for it, for logs, messages and checkpoint records.
 
     Attributes:
         precision: ``fp32``, ``bf16`` (training: autocast; inference: the frozen graph's weights and activations,
@@ -192,8 +241,12 @@ class Arithmetic:
     purpose: Purpose = "training"
 
     def describe(self) -> str:
-        """``"bf16 autocast + channels_last (auto: ...)"`` (training) or ``"bf16 + channels_last (auto: ...)"``
-        (inference, where bf16 is the frozen graph's storage, not autocast)."""
+        """Describe the choice in one line, with its reason.
+
+        Returns:
+            ``"bf16 autocast + channels_last (auto: ...)"`` (training) or ``"bf16 + channels_last (auto: ...)"``
+            (inference, where bf16 is the frozen graph's storage, not autocast).
+        """
         name = self.precision
         if self.purpose == "training":
             name = {"bf16": "bf16 autocast", "fp16": "fp16 autocast"}.get(self.precision, self.precision)
@@ -214,8 +267,23 @@ def _auto_precision_reason(device: torch.device) -> str:
 
 def resolve_arithmetic(precision: str, channels_last: bool | None, device: str | torch.device,
                        purpose: Purpose = "training") -> Arithmetic:
-    """Resolve ``precision`` (auto/fp32/bf16/fp16) and ``channels_last`` (None = auto) for ``device`` and
-    ``purpose``, with why."""
+    """Resolve precision and memory format for ``device`` and ``purpose``, with the reason.
+
+    Args:
+        precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or (training only) ``"fp16"`` (`resolve_precision`).
+        channels_last: True or False to force it; None for auto (`resolve_channels_last`;
+            `CHANNELS_LAST_SETTINGS` maps the ``auto``/``on``/``off`` settings to these).
+        device: where the network runs (a string such as ``"cpu"`` or a `torch.device`).
+        purpose: ``"training"`` (the default) or ``"inference"``.
+
+    Returns:
+        The `Arithmetic`: the resolved precision, whether channels_last, the reason (what ``auto`` saw, or which
+        settings were explicit; on a CPU without native bf16 a warning that bf16 runs slowly) and ``purpose``.
+
+    Raises:
+        InputError: ``precision`` is not one ``purpose`` takes.
+        RuntimeError: ``device`` is not a device torch knows (from `torch.device`).
+    """
     device = torch.device(device)
     resolved = resolve_precision(precision, device, purpose)
     cl = resolve_channels_last(channels_last, resolved, device, purpose)

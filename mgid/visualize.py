@@ -20,7 +20,15 @@ TITLE_SCALE_RANGE = (0.35, 3.0)
 
 
 def title_layout(width: int) -> tuple[float, int, int]:
-    """(font scale, stroke thickness, header height in px) for column titles over images ``width`` wide."""
+    """Size the column titles over images ``width`` pixels wide.
+
+    Args:
+        width: width of one image of the grid, in pixels.
+
+    Returns:
+        (font scale, stroke thickness, header height in px): the scale is ``width / TITLE_WIDTH_PER_SCALE``
+        clamped to `TITLE_SCALE_RANGE`; the thickness and the header height follow it.
+    """
     lo, hi = TITLE_SCALE_RANGE
     scale = min(max(width / TITLE_WIDTH_PER_SCALE, lo), hi)
     (_, text_h), baseline = cv2.getTextSize("Ag", FONT, scale, 1)
@@ -29,9 +37,21 @@ def title_layout(width: int) -> tuple[float, int, int]:
 
 def image_grid(rows: Sequence[Sequence[np.ndarray]], headers: Sequence[str] | None = None, pad: int = PAD,
                pad_value: int = PAD_VALUE) -> np.ndarray:
-    """Tile HxWx3 uint8 images (all one size) into a grid, rows x columns, with optional column titles.
+    """Tile images of one size into a grid, rows x columns, with optional column titles.
 
-    Returns (rows*(H+pad)+pad [+ header], cols*(W+pad)+pad, 3) uint8.
+    Args:
+        rows: the images, row by row; each (H, W, 3) uint8 RGB, all of one size, every row as long as the first.
+        headers: column titles drawn in a header band above the grid (None, the default: no band).
+        pad: gap between the images and around them, in pixels. Default `PAD` (2).
+        pad_value: grey level of the gaps and the header band, 0-255. Default `PAD_VALUE` (255, white).
+
+    Returns:
+        (rows * (H + pad) + pad [+ header], cols * (W + pad) + pad, 3) uint8; the header height is
+        `title_layout`'s.
+
+    Raises:
+        InputError: ``rows`` is empty or its first row is, a row's length differs from the first's, or an image is
+            not (H, W, 3) uint8 of the first image's size.
     """
     if not rows or not rows[0]:
         raise InputError("image_grid needs at least one row with one image")
@@ -57,7 +77,16 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]], headers: Sequence[str] | No
 
 
 def tensor_rows(*columns: torch.Tensor, max_rows: int | None = None) -> list[list[np.ndarray]]:
-    """Rows of uint8 images from batches (B, 3, H, W) in [-1, 1]: row i = image i of every column."""
+    """Turn batches into rows of uint8 images for `image_grid`: row i holds image i of every column.
+
+    Args:
+        *columns: batches (B, 3, H, W) float in [-1, 1], one per grid column (their B may differ).
+        max_rows: at most this many rows (None, the default: as many as the shortest batch has images).
+
+    Returns:
+        min(B of every column, ``max_rows``) rows, each with one (H, W, 3) uint8 RGB image per column
+        (`mgid.data.to_uint8`).
+    """
     n = min(c.shape[0] for c in columns)
     n = n if max_rows is None else min(n, max_rows)
     return [[to_uint8(c[i]) for c in columns] for i in range(n)]

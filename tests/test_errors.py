@@ -49,7 +49,7 @@ def test_builtin_kinds_are_kept():
 
 #: ``raise`` of a builtin that a caller's bad input can reach: mgid raises its own classes instead, so the command
 #: line's one handler (`mgid.cli.common.run_command`, which catches MgidError and OSError) reports it in one line.
-BUILTIN_RAISE = re.compile(r"raise (ValueError|RuntimeError|ModuleNotFoundError|ImportError)\(")
+BUILTIN_RAISE = re.compile(r"(?<![\w.])(ValueError|RuntimeError|ModuleNotFoundError|ImportError)\(")  # raised or returned
 #: Raises of builtins that are bugs, not bad input (a traceback is right): ``file: builtin``.
 BUG_RAISES = {"derain/web.py: RuntimeError"}  # OpenCV failing to encode uint8 pixels as PNG
 

@@ -135,16 +135,35 @@ class EmbeddedDataConfig:
                              f"{self.photo_cache_mb}")
 
     def folder_shares(self) -> tuple[float, ...]:
-        """The share of stream backgrounds drawn from each photo folder (see ``photo_folder_shares``)."""
+        """Give the share of stream backgrounds drawn from each photo folder.
+
+        Returns:
+            One share per entry of ``photo_folders``: ``photo_folder_shares`` as floats when given, else
+            `DEFAULT_FOLDER_SHARE` split equally among the folders (empty without folders).
+        """
         if self.photo_folder_shares or not self.photo_folders:
             return tuple(float(s) for s in self.photo_folder_shares)
         return (DEFAULT_FOLDER_SHARE / len(self.photo_folders),) * len(self.photo_folders)
 
     def photo_sets(self, split: PhotoSplit, min_side: int = 1,
                    folders: Sequence[str | Path] | None = None) -> tuple[PhotoFolders, ...]:
-        """One `PhotoFolders` per folder of ``folders`` (default ``photo_folders``; "train": without the held-out
-        photos; "heldout": only those; none when photo_heldout_per_folder is 0), with this config's bounds (the
-        cache shared equally among them); photos with a short side below ``min_side`` are skipped."""
+        """Open the photo folders as `PhotoFolders`, one per folder, with this config's bounds.
+
+        Args:
+            split: ``"train"`` (without the held-out photos) or ``"heldout"`` (only those).
+            min_side: photos with a short side below this many pixels are skipped. Default 1.
+            folders: the folders (None, the default: ``photo_folders``).
+
+        Returns:
+            One `PhotoFolders` per folder (``photo_max_side``, ``photo_heldout_per_folder``, the
+            ``photo_cache_mb`` cache shared equally among them); none for ``"heldout"`` when
+            ``photo_heldout_per_folder`` is 0.
+
+        Raises:
+            FileNotFoundError: a folder is missing.
+            NotADirectoryError: a folder is a file.
+            InputError: a folder holds no image, or no usable photo is left in ``split``.
+        """
         folders = self.photo_folders if folders is None else tuple(folders)
         if split == "heldout" and self.photo_heldout_per_folder == 0:
             return ()
@@ -155,7 +174,20 @@ class EmbeddedDataConfig:
 
 
 def split_photos(config: EmbeddedDataConfig) -> dict[str, tuple[str, ...]]:
-    """Photos of each split: ``{"train": (...), "val": (...)}``, disjoint, groups kept together."""
+    """Split the bundled photos into disjoint training and held-out sets.
+
+    Photos of one group (`PHOTO_GROUPS`, e.g. the two motorcycle views) go to the same side.
+
+    Args:
+        config: the embedded data settings; its ``val_photos`` (and their groups) form the ``"val"`` split.
+
+    Returns:
+        ``{"train": (...), "val": (...)}``: bundled photo names per split, disjoint.
+
+    Raises:
+        FileNotFoundError: no bundled photos are available (scikit-image missing).
+        InputError: ``val_photos`` names a photo that is not available, or leaves a split empty.
+    """
     available = list_photos()
     if not available:
         raise FileNotFoundError("no bundled photos found: is scikit-image installed?")
@@ -173,7 +205,16 @@ def split_photos(config: EmbeddedDataConfig) -> dict[str, tuple[str, ...]]:
 
 @dataclass(frozen=True)
 class SceneSpec:
-    """Where a scene comes from: a square region (top, left, side) of a photo, resized and maybe flipped."""
+    """Where a scene comes from: a square region (top, left, side) of a photo, resized and maybe flipped.
+
+    Attributes:
+        name: the scene's name, ``<photo label>-<k>`` (its folder name when written to disk).
+        photo: a bundled photo's name or a folder photo's path.
+        top: top row of the region in the photo, in pixels.
+        left: left column of the region, in pixels.
+        side: side of the (square) region, in photo pixels.
+        flip: whether the scene is mirrored horizontally.
+    """
 
     name: str
     photo: str
@@ -222,8 +263,15 @@ def _scene_background(spec: SceneSpec, size: int, loader: PhotoLoader = load_pho
 
 
 def folder_photo_loader(sets: Sequence[PhotoFolders]) -> tuple[tuple[str, ...], PhotoLoader]:
-    """The photos of ``sets`` as scene photo names (their paths) and a loader that falls back to the bundled
-    photos (`load_photo`) for any other name."""
+    """Make the photos of ``sets`` usable as scene photos.
+
+    Args:
+        sets: the opened photo folders.
+
+    Returns:
+        (the photos' names: their paths as strings, a `PhotoLoader` that reads those and falls back to the
+        bundled photos (`load_photo`) for any other name).
+    """
     where = {str(entry.path): (pf, i) for pf in sets for i, entry in enumerate(pf.entries)}
 
     def load(name: str) -> np.ndarray:
@@ -255,11 +303,29 @@ class EmbeddedTimeLapse(_PairDataset):
     ``"scene"`` (str).
 
     Args:
-        split: "train" or "val" (disjoint photos, see `EmbeddedDataConfig`).
-        config: the data settings; ``frames_per_scene``, ``size`` and ``scenes_per_photo`` override it.
-        crop_size: int or (h, w) random crop of each pair; None = the full scene.
-        seed: fixes scenes, rain and (with the epoch) the crops.
-        flip: random horizontal flip of each pair.
+        split: ``"train"`` (the default) or ``"val"`` (disjoint photos, see `EmbeddedDataConfig`); ``"val"``
+            uses the held-out photos of the photo folders.
+        config: the data settings (None, the default: ``EmbeddedDataConfig()``); ``frames_per_scene``, ``size``
+            and ``scenes_per_photo`` override it.
+        crop_size: int or (h, w) random crop of each pair; None (the default) = the full scene.
+        seed: fixes scenes, rain and (with the epoch) the crops. Default 0.
+        flip: random horizontal flip of each pair. Default True.
+        frames_per_scene: overrides ``config.frames_per_scene`` (None: keep it).
+        size: overrides ``config.size`` (None: keep it).
+        scenes_per_photo: overrides ``config.train_scenes_per_photo`` or ``config.val_scenes_per_photo``, by
+            ``split`` (None: keep it).
+
+    Attributes:
+        config: the settings with the overrides applied.
+        split: as given.
+        photos: the photos scenes are cut from: bundled names, then folder photo paths.
+        scenes: the `SceneSpec` of every scene.
+
+    Raises:
+        InputError: an unknown ``split``, an override out of range (`EmbeddedDataConfig`), a bad ``crop_size`` or
+            one larger than the scene, bad ``val_photos``, or a photo folder without usable photos.
+        FileNotFoundError: no bundled photos are available, or a photo folder is missing.
+        NotADirectoryError: a photo folder is a file.
     """
 
     def __init__(self, split: str = "train", *, config: EmbeddedDataConfig | None = None,
@@ -294,7 +360,14 @@ class EmbeddedTimeLapse(_PairDataset):
         return len(self.scenes) * self.config.frames_per_scene
 
     def scene_background(self, scene: int) -> np.ndarray:
-        """Clean background of scene number ``scene``: size x size x 3 uint8 RGB (cached)."""
+        """Give the clean background of a scene (cached, read-only).
+
+        Args:
+            scene: the scene's number (index into ``scenes``).
+
+        Returns:
+            (size, size, 3) uint8 RGB.
+        """
         bg = self._backgrounds.get(scene)
         if bg is None:
             bg = _scene_background(self.scenes[scene], self.config.size, self._loader)
@@ -303,7 +376,18 @@ class EmbeddedTimeLapse(_PairDataset):
         return bg
 
     def render_frame(self, scene: int, frame: int) -> tuple[np.ndarray, np.ndarray]:
-        """Frame ``frame`` of scene ``scene``: (rainy size x size x 3 uint8 RGB, rain layer HxW float32)."""
+        """Render one frame of a scene; the same ``(seed, split, scene, frame)`` always gives the same rain.
+
+        Args:
+            scene: the scene's number (index into ``scenes``).
+            frame: the frame's number, in ``[0, frames_per_scene)``.
+
+        Returns:
+            (rainy (size, size, 3) uint8 RGB, rain layer (size, size) float32 in [0, 1]).
+
+        Raises:
+            IndexError: ``frame`` is out of range.
+        """
         if not 0 <= frame < self.config.frames_per_scene:
             raise IndexError(f"frame {frame} out of range (frames_per_scene={self.config.frames_per_scene})")
         rng = np.random.default_rng([self.seed & 0xFFFFFFFF, _STREAM_IDS[self.split], _FRAME_STREAM,

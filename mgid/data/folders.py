@@ -156,17 +156,27 @@ def _deeper_images_message(root: Path) -> str:
 
 
 def detect_layout(root: PathLike) -> str:
-    """Guess the layout of a time-lapse folder: "scenes", "mgid" or "flat".
+    """Guess the layout of a time-lapse folder: ``"scenes"``, ``"mgid"`` or ``"flat"``.
 
-    Sub-folders holding images -> "scenes"; otherwise a flat folder whose first image is at least
-    `MGID_MIN_ASPECT` times wider than tall -> "mgid"; otherwise "flat". Pass ``layout=`` to
-    `TimeLapseFolder` where the guess is wrong (e.g. a flat set of panoramas).
+    Pass ``layout=`` to `TimeLapseFolder` where the guess is wrong (e.g. a flat set of panoramas).
 
-    Raises `AmbiguousLayoutError` (naming the counts, an example path and what to pass instead) where a guess could
-    pair frames of different scenes: images both at the top level and in sub-folders; a sub-folder that holds
-    folders of images (scene folders one level too deep, or a scene folder with image sub-folders); sub-folders of
-    side-by-side pair images (e.g. ``train/`` and ``test/`` of the MGID set, which would be read as two scenes).
-    ``FileNotFoundError`` / ``NotADirectoryError`` for a missing path or a file, ValueError when there are no images.
+    Args:
+        root: the data folder.
+
+    Returns:
+        ``"scenes"`` when sub-folders hold images; otherwise ``"mgid"`` when the first image is at least
+        `MGID_MIN_ASPECT` times wider than tall; otherwise ``"flat"``.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist.
+        NotADirectoryError: ``root`` is a file.
+        AmbiguousLayoutError: a guess could pair frames of different scenes (the message names the counts, an
+            example path and what to pass instead): images both at the top level and in sub-folders; a
+            sub-folder that holds folders of images (scene folders one level too deep, or a scene folder with
+            image sub-folders); sub-folders of side-by-side pair images (e.g. ``train/`` and ``test/`` of the
+            MGID set, which would be read as two scenes).
+        InputError: no images in ``root`` or its sub-folders (the message says where deeper images lie, if any).
+        InputError: the header of an image whose width decides the layout cannot be read.
     """
     root = Path(root)
     if not root.exists():
@@ -235,19 +245,54 @@ class TimeLapseFolder(_PairDataset):
       and right halves (in random order) form the pair, cut by the shared crop and flip; the width
       must be even. With ``"official"``, as the public code's loader: the image is resized to
       `OFFICIAL_PAIR_HW` (512x256, cv2 bilinear), the left half is frame 1 and the right half frame 2,
-      with no crop and no flip (``flip`` is not used; ``crop_size`` must be None or 256, else ValueError).
+      with no crop and no flip (``flip`` is not used; ``crop_size`` must be None or 256, else InputError).
     * ``"scenes"``: ``ROOT/<scene>/<frame>.(png|jpg|...)``, one folder per scene.
     * ``"flat"``: ``ROOT/<scene>_<frame>.jpg``; the scene is everything before the last underscore.
 
     For the last two, index i is one frame; its partner is a different random frame of the same
-    scene; ``pair_preprocessing`` applies to the MGID layout only, the others always crop. Files whose suffix is not an image suffix (``.txt``, ...) and hidden files are ignored.
+    scene; ``pair_preprocessing`` applies to the MGID layout only, the others always crop. Files whose suffix
+    is not an image suffix (``.txt``, ...) and hidden files are ignored.
 
-    With ``validate=True`` (default) every image header is read at construction (cheap: no pixel
+    With ``validate=True`` (default) every image header is read at construction (no pixel
     decoding), so non-image files, frames of different sizes within a scene and odd MGID widths are
     reported before training starts; pixels are decoded lazily in ``__getitem__`` (a file corrupt
     past its header raises there, naming the file). Crops larger than a frame are padded by
     reflection (`mgid.data.pair_sampling.pad_to`); with ``validate=True`` such frames are counted, and
     ``crop_warning`` (else None) says how many and what the padding does, also issued as a ``UserWarning``.
+
+    Item ``i`` is ``{"frame1", "frame2"}``: (3, h, w) float32 tensors in [-1, 1], and ``"scene"``: the scene's
+    name (str); the crop, flip and partner are fixed by ``(seed, epoch, i)`` (``set_epoch``).
+
+    Args:
+        root: the data folder.
+        crop_size: int or (h, w) random crop shared by the two frames of a pair; None: the full frames.
+            Default 256.
+        layout: ``"auto"`` (the default, `detect_layout`), ``"mgid"``, ``"scenes"`` or ``"flat"``.
+        seed: fixes crops, flips and partners (with the epoch). Default 0.
+        flip: random horizontal flip of each pair (not with ``"official"``). Default True.
+        validate: read every image header at construction. Default True.
+        pair_preprocessing: ``"crop"`` (the default) or ``"official"`` (MGID layout only; `PairPreprocessing`).
+
+    Attributes:
+        root: the data folder, as a `Path`.
+        layout: the layout read (``"auto"`` resolved).
+        scenes: (scene name, its frame files) per scene; in the MGID layout one pair image per scene.
+        items: (scene index, frame index) of each item.
+        official: whether pairs are cut as the public code's loader cuts them.
+        validate: as given.
+        crop_warning: set by the header validation when frames are smaller than the crop: how many, and what
+            the padding does; else None.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist, or (with ``validate``) an image vanished.
+        NotADirectoryError: ``root`` is a file.
+        AmbiguousLayoutError: ``layout="auto"`` and the layout cannot be told safely (`detect_layout`).
+        InputError: an unknown ``layout``, a bad ``crop_size`` (or one other than 256
+            with ``"official"``), no images at all (auto layout), a flat file not named ``<scene>_<frame>``, a
+            scene with one frame, or (with ``validate``) frames of one scene of different sizes or an odd MGID
+            width.
+        InputError: an unknown ``pair_preprocessing``, no images for the given layout, or (with ``validate``) a
+            file whose header is not an image's.
     """
 
     #: Set by the header validation when frames are smaller than the crop: how many, and what the padding does.
@@ -296,8 +341,8 @@ class TimeLapseFolder(_PairDataset):
             self._validate()
 
     # ---- discovery
-    def _no_images(self) -> ValueError:
-        return ValueError(f"no images found in {self.root} for layout {self.layout!r}; put the frames there "
+    def _no_images(self) -> InputError:
+        return InputError(f"no images found in {self.root} for layout {self.layout!r}; put the frames there "
                           f"(suffixes {_SUFFIX_LIST})")
 
     def _collect_mgid(self) -> None:

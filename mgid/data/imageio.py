@@ -82,9 +82,9 @@ def list_images(folder: PathLike, recursive: bool = False) -> list[Path]:
     return sorted(p for p in entries if p.is_file() and is_image_file(p))
 
 
-def _not_readable(path: Path, why: str = "") -> ValueError:
+def _not_readable(path: Path, why: str = "") -> InputError:
     extra = f" ({why})" if why else ""
-    return ValueError(
+    return InputError(
         f"{path} is not a readable image{extra}; remove it from the folder or replace it with a valid "
         f"image ({', '.join(s[1:] for s in IMAGE_SUFFIXES)})"
     )
@@ -105,7 +105,7 @@ def _header(p: Path, max_pixels: int | None) -> ImageHeader:
 
 
 def _decode(p: Path, flags: int) -> np.ndarray:
-    """``cv2.imdecode`` of file ``p``; ValueError naming the file when it cannot be decoded."""
+    """``cv2.imdecode`` of file ``p``; InputError naming the file when it cannot be decoded."""
     data = np.fromfile(str(p), dtype=np.uint8)
     try:
         img = cv2.imdecode(data, flags)
@@ -136,7 +136,7 @@ def read_image(path: PathLike, max_pixels: int | None = None) -> np.ndarray:
 
     Raises:
         FileNotFoundError: the file does not exist (naming the path).
-        ValueError: the file cannot be decoded as an image (corrupt, truncated, not an image), naming it.
+        InputError: the file cannot be decoded as an image (corrupt, truncated, not an image), naming it.
         mgid.data.image_header.AnimatedImageError: an animated WebP or APNG, refused from its header.
         mgid.data.image_header.ImageTooLargeError: over ``max_pixels``.
         mgid.data.image_header.ImageTooSmallError: with ``max_pixels``, too small for the network.
@@ -189,7 +189,7 @@ def read_photo(path: PathLike, max_pixels: int | None = None) -> Photo:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file cannot be decoded, or decodes to neither grey, 3 nor 4 channels; and the
+        InputError: the file cannot be decoded, or decodes to neither grey, 3 nor 4 channels; and the
             header errors of `read_image`.
     """
     p = _existing(path)
@@ -243,7 +243,7 @@ def image_size(path: PathLike) -> tuple[int, int]:
         ``(height, width)`` in pixels.
 
     Raises:
-        FileNotFoundError, ValueError: as `read_image`.
+        FileNotFoundError, InputError: as `read_image`.
     """
     header = _header(_existing(path), None)
     return header.height, header.width

@@ -27,10 +27,18 @@ _TRAIN = "train"
 
 
 def jitter_colours(img: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
-    """Colour jitter of an (H, W, 3) float image in [0, 1]: per-channel gain, saturation and contrast.
+    """Jitter the colours of an image: per-channel gain, saturation and contrast.
 
     Every factor is drawn in ``1 +- strength`` (saturation ``1 +- 2 strength``); ``strength = 0``
     returns the image unchanged (but still draws the numbers, to keep the stream fixed).
+
+    Args:
+        img: (H, W, 3) float32 in [0, 1].
+        rng: the sample's random stream (five numbers are drawn).
+        strength: the jitter's strength (`EmbeddedDataConfig.colour_jitter`: in [0, 0.5)).
+
+    Returns:
+        (H, W, 3) float32 in [0, 1] (``img`` itself for ``strength = 0``).
     """
     gains = rng.uniform(1.0 - strength, 1.0 + strength, 3).astype(np.float32)
     sat = np.float32(rng.uniform(1.0 - 2 * strength, 1.0 + 2 * strength))
@@ -46,10 +54,19 @@ def jitter_colours(img: np.ndarray, rng: np.random.Generator, strength: float) -
 
 def photo_background(photo: np.ndarray, hw: tuple[int, int], rng: np.random.Generator,
                      config: EmbeddedDataConfig) -> np.ndarray:
-    """A random region of ``photo`` (H, W, 3 uint8) at ``hw``: zoom, crop, flip, 90-degree turn, jitter.
+    """Cut a random region of a photo as a background: zoom, crop, flip, 90-degree turn, colour jitter.
 
     The zoom (output pixels per photo pixel) is drawn log-uniformly in ``config.zoom_range`` and
-    raised where the photo is too small for the region. Returns (h, w, 3) float32 in [0, 1].
+    raised where the photo is too small for the region.
+
+    Args:
+        photo: (H, W, 3) uint8 RGB.
+        hw: (h, w) of the background.
+        rng: the sample's random stream.
+        config: the embedded data settings (``zoom_range``, ``rotate90``, ``colour_jitter``).
+
+    Returns:
+        (h, w, 3) float32 in [0, 1].
     """
     h, w = hw
     turn = int(rng.integers(0, 4)) if config.rotate90 else 0
@@ -72,12 +89,22 @@ def photo_background(photo: np.ndarray, hw: tuple[int, int], rng: np.random.Gene
 
 def sample_background(hw: tuple[int, int], rng: np.random.Generator, config: EmbeddedDataConfig,
                       photos: tuple[str, ...], folders: Sequence[PhotoFolders] = ()) -> tuple[np.ndarray, str]:
-    """A clean background (h, w, 3) float32 in [0, 1] and where it came from ("dead-leaves", a bundled photo's
-    name or a folder photo's ``<folder>/<file>``).
+    """Draw a clean background: a photo region (`photo_background`) or a procedural dead-leaves scene.
 
-    With ``folders`` (one `PhotoFolders` per entry of ``config.photo_folders``) a first draw picks a folder with
-    its share (`EmbeddedDataConfig.folder_shares`) or, for the rest, the sources used without folders; without
-    folders that draw is not made, so the stream is what it was before folders existed.
+    With ``folders`` a first draw picks a folder with its share (`EmbeddedDataConfig.folder_shares`) or, for
+    the rest, the sources used without folders; without folders that draw is not made, so the stream is what it
+    was before folders existed.
+
+    Args:
+        hw: (h, w) of the background.
+        rng: the sample's random stream.
+        config: the embedded data settings (``procedural_probability``, ``dead_leaves``, the photo settings).
+        photos: names of the bundled photos to draw from (empty: procedural scenes only, folders aside).
+        folders: one `PhotoFolders` per entry of ``config.photo_folders`` (default: none).
+
+    Returns:
+        (background (h, w, 3) float32 in [0, 1], its source: ``"dead-leaves"``, a bundled photo's name or a folder
+        photo's ``<folder>/<file>``).
     """
     if folders:
         shares = np.cumsum(config.folder_shares())
@@ -99,9 +126,21 @@ class StreamingTimeLapse(_PairDataset):
     ``set_epoch`` for new ones.
 
     Args:
-        config: the embedded data settings (``pairs_per_epoch``, backgrounds, ``rain``).
-        crop_size: side (or (h, w)) of the rendered frames.
-        seed: fixes every sample (with the epoch and the index).
+        config: the embedded data settings (``pairs_per_epoch``, backgrounds, ``rain``; None, the default:
+            ``EmbeddedDataConfig()``).
+        crop_size: side (or (h, w)) of the rendered frames. Default 128.
+        seed: fixes every sample (with the epoch and the index). Default 0.
+
+    Attributes:
+        config: the settings used.
+        photos: the bundled photos backgrounds are cut from (the ``"train"`` split of `split_photos`).
+        folders: the training photos of each photo folder (`EmbeddedDataConfig.photo_sets`).
+
+    Raises:
+        InputError: ``crop_size`` is None or not valid, bad ``val_photos``, or a photo folder without usable
+            photos.
+        FileNotFoundError: no bundled photos are available, or a photo folder is missing.
+        NotADirectoryError: a photo folder is a file.
     """
 
     def __init__(self, *, config: EmbeddedDataConfig | None = None, crop_size: int | tuple[int, int] = 128,
@@ -117,7 +156,15 @@ class StreamingTimeLapse(_PairDataset):
         return self.config.pairs_per_epoch
 
     def render(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-        """Sample ``index`` of the current epoch as uint8 (h, w, 3): (frame1, frame2, clean, source)."""
+        """Render sample ``index`` of the current epoch.
+
+        Args:
+            index: the sample, in ``[0, pairs_per_epoch)``.
+
+        Returns:
+            (frame1, frame2, clean, source): three (h, w, 3) uint8 RGB images (two rainy frames and their clean
+            background) and the background's source (as `sample_background`).
+        """
         rng = index_rng(self.seed, self.epoch, index)
         clean, source = sample_background(self.crop, rng, self.config, self.photos, self.folders)
         frames = [_uint8(add_rain(clean, rng, self.config.rain)[0]) for _ in range(2)]

@@ -43,8 +43,26 @@ def write_synthetic_dataset(out_dir: PathLike, *, config: EmbeddedDataConfig | N
         OUT/paired_heavy/...               held-out set "heavy"
 
     The files hold exactly the frames `EmbeddedTimeLapse` / `EmbeddedPairedSet` produce for the same
-    config and seed. Refuses to write into an ``OUT`` that already has ``train/``, ``val/`` or
-    ``paired/`` unless ``overwrite=True``. Returns a summary dict (counts and paths).
+    config and seed.
+
+    Args:
+        out_dir: the folder ``OUT`` (created when missing).
+        config: the embedded data settings (None, the default: ``EmbeddedDataConfig()``).
+        seed: fixes the training and validation scenes and their rain. Default 0.
+        paired_count: images in each held-out paired set (None, the default: ``config.paired_count``).
+        overwrite: write into an ``OUT`` that already has ``train/``, ``val/`` or a held-out set's folder.
+            Default False.
+        layout: ``"scenes"`` (the default) or ``"mgid"`` (`ExportLayout`).
+
+    Returns:
+        A summary: ``root``, ``seed``, ``size``, ``frames_per_scene``, ``layout``, ``<split>_scenes`` and
+        ``<split>_photos`` per split, the image count of each held-out set's folder, and ``files`` (all files
+        written).
+
+    Raises:
+        FileExistsError: ``OUT`` already has one of those folders and ``overwrite`` is False.
+        InputError: an unknown ``layout``, or settings `EmbeddedTimeLapse` / `EmbeddedPairedSet` refuse.
+        FileNotFoundError: no bundled photos are available, or a photo folder is missing.
     """
     cfg = config or EmbeddedDataConfig()
     if paired_count is not None:

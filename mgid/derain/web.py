@@ -200,29 +200,34 @@ def create_app(derainer: Derainer, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
                job_seconds: float | None = DEFAULT_JOB_SECONDS, max_waiting: int = DEFAULT_MAX_WAITING,
                read_timeout: float = DEFAULT_READ_TIMEOUT, upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT,
                max_reading: int | None = None) -> Flask:
-    """A Flask app serving the page and the API around ``derainer``.
+    """Build the Flask app that serves the page and the API around ``derainer``.
 
     Args:
         derainer: The network (`mgid.load_model`); the page calls its ``derain_with_rain`` and ``auto_tile``.
-        max_upload_mb: Largest request body (Flask ``MAX_CONTENT_LENGTH``): larger uploads get a 413 JSON error
-            (the page refuses them before sending).
-        max_pixels: Largest image, checked from its header before decoding (413 beyond).
-        overlap: Tile overlap in px (None: the derainer's default).
-        job_seconds: Time limit of one de-raining, checked between tiles (503 past it; None: none).
+        max_upload_mb: Largest request body in MB (Flask ``MAX_CONTENT_LENGTH``): larger uploads get a 413 JSON
+            error (the page refuses them before sending). Default `DEFAULT_MAX_UPLOAD_MB` (20).
+        max_pixels: Largest image (width x height), checked from its header before decoding (413 beyond).
+            Default `WEB_MAX_PIXELS` (40 million).
+        overlap: Tile overlap in px (None, the default: the derainer's default).
+        job_seconds: Time limit of one de-raining in seconds, checked between tiles (503 past it; None: none).
+            Default `DEFAULT_JOB_SECONDS` (300).
         max_waiting: Photos that may wait while one is de-rained; more get 503 with Retry-After
-            (`mgid.derain.web_jobs.JobQueue`).
+            (`mgid.derain.web_jobs.JobQueue`). Default `DEFAULT_MAX_WAITING` (4).
         read_timeout: Longest wait, in seconds, for the next bytes of a request under `make_web_server`.
+            Default `DEFAULT_READ_TIMEOUT` (30).
         upload_timeout: Seconds from a connection within which its upload must arrive whole under
-            `make_web_server` (408 past either).
-        max_reading: Uploads read at once before they take a job slot; more get 503 with Retry-After (None:
-            twice the job slots, at least `MIN_READING`).
+            `make_web_server` (408 past either). Default `DEFAULT_UPLOAD_TIMEOUT` (120).
+        max_reading: Uploads read at once before they take a job slot; more get 503 with Retry-After (None, the
+            default: twice the job slots, at least `MIN_READING`).
 
     Returns:
         The Flask app; every upload's body is read whole (`mgid.derain.web_server.UploadReader`) before it takes
         a job slot.
 
     Raises:
-        ValueError: A limit is not positive.
+        MissingDependencyError: Flask is not installed.
+        InputError: ``max_upload_mb``, ``read_timeout`` or ``upload_timeout`` is not positive, ``job_seconds`` is
+            neither None nor positive, ``max_waiting`` is negative or ``max_reading`` is below 1.
     """
     try:
         from flask import Flask, Request, jsonify, request
@@ -385,11 +390,12 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, weights: str | Pat
 
     Args:
         host: Address to bind (default 127.0.0.1: this machine only); the page is at ``http://HOST:PORT/``.
-        port: Port to bind.
-        weights: Weights file (None: the shipped ones).
-        device: Device of the network (``auto``, ``cpu``, ``cuda``...).
+        port: Port to bind. Default `DEFAULT_PORT` (7860).
+        weights: Weights file or folder, as `mgid.load_model` takes (None: the shipped ones).
+        device: Device of the network (``auto``, the default, ``cpu``, ``cuda``, ``cuda:N``).
         max_upload_mb: As `create_app`.
-        precision: Arithmetic of the network (`mgid.precision`).
+        precision: Arithmetic of the network: ``"auto"`` (the default), ``"fp32"`` or ``"bf16"``
+            (`mgid.precision.resolve_precision`).
         max_pixels: As `create_app`.
         derainer: Use this one instead of loading ``weights``.
         job_seconds: As `create_app`.
@@ -402,7 +408,11 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, weights: str | Pat
     Raises:
         MissingDependencyError: Flask is missing.
         ListenError: The address cannot be bound (an `OSError`).
-        InputError: A limit is not valid.
+        InputError: A limit is not valid, or (when loading) a bad ``precision`` or ``max_memory``.
+        FileNotFoundError: ``weights`` is missing (only without ``derainer``).
+        mgid.checkpoint.CheckpointError: The weights files are pickled, truncated or inconsistent (only without
+            ``derainer``).
+        mgid.devices.DeviceError: ``device`` is unknown or not available (only without ``derainer``).
     """
     if derainer is None:
         from mgid.derain.derainer import load_model

@@ -39,9 +39,26 @@ class ClipOptions:
 
 
 def finetune_config(cfg: TrainConfig, clips: ClipOptions, log=print, extract: bool = True) -> TrainConfig:
-    """``cfg`` (the resolved recipe and options) made a fine-tuning run: the clips' frames (extracted to
-    ``OUT/frames`` unless already there; not at all with ``extract=False``, for --print-config) as its
-    scenes and the network of ``clips.weights`` as its start."""
+    """Make ``cfg`` a fine-tuning run: the clips' frames as its scenes, the network of ``clips.weights`` as its start.
+
+    Args:
+        cfg: the resolved recipe and options; ``cfg.out`` is the run folder.
+        clips: the clips and how to sample them (`ClipOptions`).
+        log: where a line per scene goes (frames, clip, camera shift). Default `print`.
+        extract: extract the clips' frames to ``OUT/frames`` (`FRAMES_DIR`; unless already there); False (for
+            ``--print-config``) extracts nothing. Default True.
+
+    Returns:
+        A copy of ``cfg`` with ``data`` = ``OUT/frames``, ``layout`` = ``"scenes"``, ``init_weights`` = the
+        resolved weights file and ``model`` = the network saved with those weights.
+
+    Raises:
+        FileNotFoundError: the weights are missing.
+        mgid.checkpoint.CheckpointError: the weights files are pickled, truncated or inconsistent.
+        ConfigError: the weights' record has no ``config.model`` section.
+        mgid.data.video.VideoError: no clips, fewer than 2 frames per clip, a missing or unreadable clip.
+        mgid.data.video_scenes.MovingCameraError: a clip's camera moved more than ``clips.max_shift``.
+    """
     from mgid.data.video_scenes import extract_scenes
     from mgid.derain.derainer import resolve_weights
 

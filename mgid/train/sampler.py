@@ -22,7 +22,11 @@ _ORDER_STREAM = 101
 
 
 def seed_everything(seed: int) -> None:
-    """Seed python's, NumPy's and torch's global RNGs (the network's initial weights use torch's)."""
+    """Seed python's, NumPy's and torch's global RNGs (the network's initial weights use torch's).
+
+    Args:
+        seed: the seed; NumPy gets its low 32 bits.
+    """
     random.seed(seed)
     np.random.seed(seed & 0xFFFFFFFF)
     torch.manual_seed(seed)
@@ -39,6 +43,17 @@ class EpochBatchSampler(Sampler[list[int]]):
     contiguous slice ``[rank * b, (rank + 1) * b)`` (b = batch_size / world_size) of each global
     batch, so the ranks' slices concatenated in rank order are the single-process batch, and the
     order (hence exact resume) does not depend on the number of processes.
+
+    Args:
+        length: pairs in the data set.
+        batch_size: the global batch (all ranks together).
+        seed: fixes every epoch's permutation (with the epoch).
+        rank: this process's rank. Default 0.
+        world_size: the number of processes. Default 1.
+
+    Raises:
+        ConfigError: ``length`` is below ``batch_size``, ``rank`` is not in ``[0, world_size)``, or
+            ``batch_size`` is not a multiple of ``world_size``.
     """
 
     def __init__(self, length: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
@@ -56,17 +71,32 @@ class EpochBatchSampler(Sampler[list[int]]):
 
     @property
     def per_rank_batch(self) -> int:
+        """Pairs in each batch this rank yields: ``batch_size / world_size``."""
         return self.batch_size // self.world_size
 
     @property
     def batches_per_epoch(self) -> int:
+        """Global batches in an epoch: ``length // batch_size`` (the last partial batch is dropped)."""
         return self.length // self.batch_size
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch to iterate and skip its first ``start`` batches (a resumed run's position).
+
+        Args:
+            epoch: the (0-based) epoch.
+            start: batches of that epoch already done. Default 0.
+        """
         self.epoch, self.start = int(epoch), int(start)
 
     def order(self, epoch: int) -> np.ndarray:
-        """The permutation of the data set's indices used in ``epoch``."""
+        """Give the permutation of the data set's indices used in ``epoch``.
+
+        Args:
+            epoch: the (0-based) epoch.
+
+        Returns:
+            (length,) int64 array: a permutation of ``range(length)`` fixed by ``(seed, epoch)``.
+        """
         rng = np.random.default_rng([self.seed & 0xFFFFFFFF, _ORDER_STREAM, epoch])
         return rng.permutation(self.length)
 
@@ -82,7 +112,17 @@ class EpochBatchSampler(Sampler[list[int]]):
 
 
 def learning_rate(step: int, total_steps: int, cfg: OptimConfig) -> float:
-    """Learning rate of (0-based) ``step``: a pure function of the step, so resuming needs no scheduler state."""
+    """Give the learning rate of ``step``: a pure function of the step, so resuming needs no scheduler state.
+
+    Args:
+        step: the (0-based) step.
+        total_steps: the run's length in steps (the cosine schedule ends there).
+        cfg: the optimiser settings: ``lr``, ``warmup_steps`` (a linear warm-up from ``lr / warmup_steps`` to
+            ``lr``), ``schedule`` (``"constant"`` or ``"cosine"`` from ``lr`` down to ``min_lr``).
+
+    Returns:
+        The learning rate.
+    """
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":

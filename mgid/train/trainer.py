@@ -74,7 +74,17 @@ class _NullWriter:
 
 @dataclass
 class TrainResult:
-    """What a run ended with."""
+    """What a run ended with.
+
+    Attributes:
+        step: the last step done (``total_steps`` for a complete run).
+        epoch: the epoch that step lies in (``step // steps_per_epoch``).
+        validation: the scores on the primary validation set (None on ranks other than 0).
+        checkpoint: the model file of ``OUT/checkpoints/last.*`` (None on ranks other than 0).
+        samples: the comparison picture ``OUT/samples/compare.png`` (None on ranks other than 0).
+        seconds: wall time of the run (this session, not counting earlier ones of a resumed run).
+        history: the logged loss terms, one dict per log line: ``{"step": ..., "total": ..., <term>: ...}``.
+    """
 
     step: int
     epoch: int
@@ -102,9 +112,24 @@ class Trainer:
 
     Args:
         cfg: the resolved settings.
-        resume: continue the run in ``cfg.out`` exactly.
-        overwrite: start afresh even though ``cfg.out`` holds a run (clears its checkpoints/, tb/, samples/).
-        log: where progress lines go (``tqdm.write`` by default, which keeps the bar intact).
+        resume: continue the run in ``cfg.out`` exactly. Default False.
+        overwrite: start afresh even though ``cfg.out`` holds a run (clears its checkpoints/, tb/, samples/ and
+            validation.jsonl, `RUN_OUTPUTS`, once the setup has succeeded). Default False.
+        log: where progress lines go (`tqdm.write` by default, which keeps the bar intact; silenced on ranks
+            other than 0).
+
+    Raises:
+        ConfigError: ``cfg.out`` cannot hold a run's outputs, holds a run and neither ``resume`` nor
+            ``overwrite`` is given, the training set has fewer pairs than ``cfg.batch_size``, the batch does not
+            split over the processes, or ``cfg.init_weights`` holds another network.
+        CheckpointError: ``resume`` without a checkpoint in ``cfg.out``, or a checkpoint (or
+            ``cfg.init_weights``) that is unreadable or does not fit the model or lacks the optimiser state.
+        FileNotFoundError: the data, validation data or ``cfg.init_weights`` are missing.
+        InputError: the data cannot be used (e.g. no images, frames of different sizes), or a bad precision.
+        mgid.devices.DeviceError: ``cfg.device`` is unknown or not available.
+        mgid.ops._dispatch.FusedOpsUnavailableError: ``cfg.ops`` is ``"fused"`` and the fused ops cannot run on
+            the device.
+        mgid.train.distributed.DistributedSetupError: ``WORLD_SIZE`` > 1 but torch cannot connect the processes.
     """
 
     def __init__(self, cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
@@ -236,7 +261,15 @@ class Trainer:
             mdist.average_bn_running_stats(self.net, self.dist)
 
     def run_validation(self) -> Scores | None:
-        """Validate on rank 0 (every rank must call it: BN statistics are synchronised first)."""
+        """Validate on every validation set, on rank 0 (every rank must call it: BN statistics are synchronised
+        first).
+
+        The scores go to TensorBoard (``val/...``, ``val_<set>/...``), the log and one line of
+        ``OUT/validation.jsonl`` (`VALIDATION_LOG`).
+
+        Returns:
+            The scores on the primary (first) set on rank 0, None on the other ranks.
+        """
         self._sync_for_output()
         self._last_val_step = self.step
         if not self.is_main:
@@ -264,6 +297,12 @@ class Trainer:
         self.writer.add_image("train/input_derained_rain", grid, self.step, dataformats="HWC")
 
     def header(self) -> str:
+        """Describe the run in the lines logged at its start.
+
+        Returns:
+            Device and ops path, arithmetic, data and validation sets, model size, steps, output folder and the
+            config as YAML, one item per line.
+        """
         cfg = self.cfg
         data = cfg.data if cfg.data is not None else "embedded synthetic time-lapse set"
         n_params = sum(p.numel() for p in self.net.parameters() if p.requires_grad)
@@ -299,7 +338,16 @@ class Trainer:
         return {k: vec[i] for i, k in enumerate(keys)}, bool(vec[-1] > 0)
 
     def run(self) -> TrainResult:
-        """Train to ``total_steps``; raises `NonFiniteLossError` or (after a checkpoint) `TrainingInterrupted`."""
+        """Train to ``total_steps``, then recalibrate BatchNorm (if configured), validate, checkpoint and write the
+        comparison picture.
+
+        Returns:
+            The `TrainResult`.
+
+        Raises:
+            mgid.train.stopping.NonFiniteLossError: the loss became NaN or infinite (before the optimiser step).
+            mgid.train.stopping.TrainingInterrupted: SIGTERM/SIGINT arrived; a checkpoint was written first.
+        """
         self.stop.install()
         try:
             return self._run()
@@ -446,9 +494,13 @@ class Trainer:
         self.log(f"resumed {self.ckpt_dir / LAST}.* at step {self.step} (epoch {self.step // self.steps_per_epoch})")
 
     def save(self) -> Path | None:
-        """Write ``OUT/checkpoints/last.*`` (and a ``step_XXXXXX.*`` copy if configured); rank 0 only.
+        """Write ``OUT/checkpoints/last.*`` (and a ``step_XXXXXX.*`` copy with ``keep_step_checkpoints``); rank 0
+        only.
 
-        Every rank must call it (BN statistics are averaged first); ranks other than 0 return None.
+        Every rank must call it (BN statistics are averaged first).
+
+        Returns:
+            The model file written on rank 0; None on the other ranks.
         """
         self._sync_for_output()
         self._last_ckpt_step = self.step
@@ -470,15 +522,23 @@ class Trainer:
 
     # ---- BatchNorm recalibration of the final weights
     def recalibration_batches(self) -> Iterator[torch.Tensor]:
-        """`recalibration_batches` of the run's training set, this rank's slice, on the run's device."""
+        """Yield the batches BatchNorm recalibration runs on.
+
+        Yields:
+            The batches of `mgid.train.bn_recalibration.recalibration_batches` of the run's training set
+            (``bn_recalibration_batches`` batches, this rank's slice), each moved to the run's device and memory
+            format.
+        """
         cfg = self.cfg
         for batch in recalibration_batches(self.train_set, cfg.batch_size, cfg.bn_recalibration_batches,
                                            self.sampler.per_rank_batch, self.dist.rank):
             yield batch.to(self.device, memory_format=self.memory_format)
 
     def recalibrate_batchnorm(self) -> None:
-        """Re-estimate the BatchNorm running statistics for the final weights (`mgid.train.bn_recalibration`);
-        validation and the checkpoint that follow see them. Every rank calls it."""
+        """Re-estimate the BatchNorm running statistics for the final weights (`mgid.train.bn_recalibration`).
+
+        Validation and the checkpoint that follow see them (both are redone). Every rank calls it.
+        """
         used = recalibrate_batchnorm(self.net, self.recalibration_batches(),
                                      autocast(self.device, self.precision))
         self._sync_for_output()
@@ -509,8 +569,18 @@ def check_out_folder(out: str | Path) -> None:
 
 
 def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse an ``out`` that cannot hold a run's outputs (`check_out_folder`), to start over a run in ``out``
-    without ``overwrite``, or to resume one that is not there."""
+    """Check that a run may start (or resume) in folder ``out``.
+
+    Args:
+        out: the run's output folder.
+        resume: a run is to be continued there.
+        overwrite: a run there may be started afresh.
+
+    Raises:
+        ConfigError: ``out`` cannot hold a run's outputs (`check_out_folder`), or it holds a run and neither
+            ``resume`` nor ``overwrite`` is given.
+        CheckpointError: ``resume`` but ``out`` holds no ``checkpoints/last.*``.
+    """
     check_out_folder(out)
     ckpt_dir = out / TRAINING_CHECKPOINT_DIR
     existing = checkpoint_paths(ckpt_dir, LAST)["meta"]
@@ -529,9 +599,20 @@ def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
 
 
 def initial_state(path: str | Path, model: Any) -> dict[str, torch.Tensor]:
-    """The network state (weights, BatchNorm statistics, memory items) of weights file ``path`` (a checkpoint's,
-    or a pretrained folder's ``model.safetensors``) to start a run from (`TrainConfig.init_weights`), checked to
-    be of the network ``model`` (a `ModelConfig`)."""
+    """Read the network state to start a run from (`TrainConfig.init_weights`), checked to be of ``model``.
+
+    Args:
+        path: a weights file: a checkpoint's, or a pretrained folder's ``model.safetensors``.
+        model: the configured network (a `ModelConfig`).
+
+    Returns:
+        The state dict (weights, BatchNorm statistics, memory items) on the CPU.
+
+    Raises:
+        FileNotFoundError: the weights are missing.
+        CheckpointError: the files are unreadable, or their record has no ``config.model`` section.
+        ConfigError: the weights are of another network (the message names the model options that differ).
+    """
     state, saved, paths = read_weights(path, device="cpu")
     if saved is None:
         raise CheckpointError(f"{paths['meta']} has no config.model section; cannot check its network")

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from mgid.cli import common
 
-PROG = "mgid bench"
 #: The operator benchmark: a module of the source tree's ``benchmarks`` package, not of the installed ``mgid``.
 BENCH_MODULE = "benchmarks.bench_ops"
 
@@ -21,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "options passed through, see `mgid bench --help`)",
                        description="Runs python -m benchmarks.bench_ops with every argument passed through.")
     p.add_argument("args", nargs=argparse.REMAINDER)
-    p.set_defaults(run=run, prog=PROG)
+    p.set_defaults(run=run, prog=p.prog)
 
 
 def bench_source_tree() -> Path | None:
@@ -41,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     """
     root = bench_source_tree()
     if root is None:
-        raise common.UsageError("the benchmarks ship with the source tree only, not with an installed package: clone the "
-                         "repository and run `mgid bench` (or `python -m benchmarks.bench_ops`) in the checkout")
+        raise common.UsageError("the benchmarks ship with the source tree only, not with an installed package: clone "
+                                "the repository and run `mgid bench` (or `python -m benchmarks.bench_ops`) in the "
+                                "checkout")
     path = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)
     return subprocess.call([sys.executable, "-m", BENCH_MODULE, *args.args], env={**os.environ, "PYTHONPATH": path})

@@ -4,8 +4,6 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict
 
-PROG = "mgid data synth"
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``mgid data`` and its action ``synth`` to ``sub``."""
@@ -34,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="scenes: OUT/<split>/<scene>/<frame>.png; mgid: the official side-by-side pair images, "
                             "OUT/<split>/<scene>-<k>.png holding frames 2k and 2k+1 [default: scenes]")
     add_config_arguments(synth, EmbeddedDataConfig)
-    synth.set_defaults(run=run_synth, prog=PROG)
+    synth.set_defaults(run=run_synth, prog=synth.prog)
 
 
 def run_synth(args: argparse.Namespace) -> int:

@@ -11,7 +11,6 @@ from mgid.cli import common
 if TYPE_CHECKING:
     from mgid.derain.derainer import BaseDerainer
 
-PROG = "mgid derain"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -68,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also write <name>_compare.png: input | de-rained | rain layer side by side")
     common.add_overwrite_argument(p, "existing outputs (never inputs)")
     common.add_quiet_argument(p)
-    p.set_defaults(run=run, prog=PROG)
+    p.set_defaults(run=run, prog=p.prog)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,18 +87,19 @@ def run(args: argparse.Namespace) -> int:
         return run_video(args)
     plan = plan_derain(args.input, args.output, args.save_rain, args.compare, args.overwrite, suffix=args.suffix or "")
     if plan.ignored:
-        print(f"{PROG}: ignoring {plan.ignored} file(s) under the OUTPUT folder {plan.output_folder}", file=sys.stderr)
+        print(f"{args.prog}: ignoring {plan.ignored} file(s) under the OUTPUT folder {plan.output_folder}",
+              file=sys.stderr)
     derainer, runtime = load_derainer(args)
-    print(f"{PROG}: on {derainer.device}, {runtime}, {common.describe_arithmetic(derainer)}; {derainer.describe_tiling()}",
-          file=sys.stderr)
+    print(f"{args.prog}: on {derainer.device}, {runtime}, {common.describe_arithmetic(derainer)}; "
+          f"{derainer.describe_tiling()}", file=sys.stderr)
     report = derain_files(derainer, plan.jobs, progress=not args.quiet, on_skip=_print_skip, on_retry=_print_retry,
                           max_pixels=max_pixels, jpeg_quality=args.jpeg_quality or JPEG_QUALITY)
     for path, note in report.notes:
-        print(f"{PROG}: note: {path}: {note}", file=sys.stderr)
+        print(f"{args.prog}: note: {path}: {note}", file=sys.stderr)
     print(f"de-rained {report.done} image(s) into {plan.output_folder} on {derainer.device}, "
           f"{common.describe_arithmetic(derainer)}" + (f" ({len(report.skipped)} skipped)" if report.skipped else ""))
     if report.skipped:
-        print(f"{PROG}: {len(report.skipped)} file(s) skipped: " + ", ".join(str(p) for p, _ in report.skipped),
+        print(f"{args.prog}: {len(report.skipped)} file(s) skipped: " + ", ".join(str(p) for p, _ in report.skipped),
               file=sys.stderr)
         return common.EXIT_SKIPPED
     return common.EXIT_OK
@@ -129,7 +129,7 @@ def run_video(args: argparse.Namespace) -> int:
           + (", audio kept" if report.audio else "") + ")")
     truncation = report.truncation()
     if truncation is not None:
-        print(f"{PROG}: warning: {truncation}"
+        print(f"{args.prog}: warning: {truncation}"
               + ("" if args.allow_truncated else f" (exit code {common.EXIT_SKIPPED}; --allow-truncated accepts it)"),
               file=sys.stderr)
         return common.EXIT_OK if args.allow_truncated else common.EXIT_SKIPPED
@@ -154,7 +154,7 @@ def load_derainer(args: argparse.Namespace) -> tuple[BaseDerainer, str]:
         if weights is None or Path(weights).suffix.lower() != ".onnx":
             if args.backend == "onnxruntime":
                 raise common.UsageError("--backend onnxruntime needs --weights FILE.onnx (write one with mgid export "
-                                 "--tiling-inputs --onnx FILE.onnx)")
+                                        "--tiling-inputs --onnx FILE.onnx)")
             weights = cached_onnx_export(weights)  # auto chose onnxruntime for PyTorch weights
         return load_onnx_derainer(weights, tile=args.tile, overlap=args.tile_overlap, device=args.device,
                                   self_ensemble=args.self_ensemble, max_memory=args.max_memory,
@@ -162,7 +162,8 @@ def load_derainer(args: argparse.Namespace) -> tuple[BaseDerainer, str]:
     from mgid.derain.derainer import load_model
 
     return load_model(args.weights, args.device, tile=args.tile, overlap=args.tile_overlap,
-                      self_ensemble=args.self_ensemble, max_memory=args.max_memory, **common.precision_kwargs(args)), runtime
+                      self_ensemble=args.self_ensemble, max_memory=args.max_memory,
+                      **common.precision_kwargs(args)), runtime
 
 
 def _print_skip(path: Path, reason: str) -> None:

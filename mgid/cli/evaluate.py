@@ -4,10 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mgid.cli import common
 
-PROG = "mgid evaluate"
+if TYPE_CHECKING:
+    from mgid.eval.scoring import EvaluationReport
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,9 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="exit 0 even when some files have no partner (they are still listed and not scored)")
     common.add_model_arguments(p)
     common.add_max_megapixels_argument(p, DEFAULT_MAX_PIXELS / 1e6, "skip pairs with an image larger than this",
-                                zero_unlimited=True)
+                                       zero_unlimited=True)
     common.add_quiet_argument(p)
-    p.set_defaults(run=run, prog=PROG)
+    p.set_defaults(run=run, prog=p.prog)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,67 +55,67 @@ def run(args: argparse.Namespace) -> int:
         common.WriteError: A de-rained image or the scores could not be written.
     """
     max_pixels = common.check_max_megapixels(args)
-    if args.data is not None:
-        out = Path(args.out) if args.out else Path(f"eval_{Path(args.data).resolve().name}")
-        report = _score_derained_set(args, out, max_pixels)
-    else:
-        out = Path(args.out) if args.out else Path(args.pred) if args.pred else Path()
-        report = _score_predictions(args, out, max_pixels)
+    score = _score_derained_set if args.data is not None else _score_predictions
+    report, out = score(args, max_pixels)
     if not report.scores:  # one line, no summary of nothing
         raise common.UsageError(f"no pair could be scored between {report.predictions} and {report.targets}: "
-                         f"{report.unscored()}")
+                                f"{report.unscored()}")
     print(report.describe())  # before writing: a failed write loses no scores
     try:
         csv_path, json_path = report.write(out)
     except OSError as exc:
         raise common.WriteError(f"could not write the scores to {out} ({common.os_error_text(exc)}); they are printed "
-                              "above") from exc
+                                "above") from exc
     print(f"per-image scores: {csv_path}; summary: {json_path}"
           + (f"; de-rained images: {out / 'derained'}" if args.data is not None else ""))
     if report.unmatched and not args.allow_missing:
-        print(f"{PROG}: {report.unmatched} file(s) without a partner were not scored (listed above): exit code "
+        print(f"{args.prog}: {report.unmatched} file(s) without a partner were not scored (listed above): exit code "
               f"{common.EXIT_SKIPPED}; pass --allow-missing to accept a partial set", file=sys.stderr)
         return common.EXIT_SKIPPED
     return common.EXIT_SKIPPED if report.skipped else common.EXIT_OK
 
 
-def _score_derained_set(args: argparse.Namespace, out: Path, max_pixels: int | None):
-    """``--data``: de-rain the paired set's rainy images into OUT/derained and score them (and the inputs)."""
+def _score_derained_set(args: argparse.Namespace, max_pixels: int | None) -> tuple[EvaluationReport, Path]:
+    """``--data``: de-rain the paired set's rainy images into OUT/derained and score them (and the inputs); the
+    report and OUT (``--out``, default ``./eval_<data folder name>``)."""
     from mgid.derain.derainer import load_model
     from mgid.eval.scoring import check_report_paths, evaluate_model, paired_folders
 
     if args.pred is not None or args.gt is not None:
         raise common.UsageError("give either --data DIR (de-rain and score a paired set) or --pred DIR --gt DIR "
-                         "(score existing predictions), not both")
+                                "(score existing predictions), not both")
+    out = Path(args.out) if args.out else Path(f"eval_{Path(args.data).resolve().name}")
     paired_folders(args.data)  # a wrong folder is reported before the weights are loaded
     check_report_paths(out, args.overwrite, save_dir=out / "derained")  # ... and a wrong --out too
     derainer = load_model(args.weights, args.device, tile=args.tile, overlap=args.tile_overlap,
                           self_ensemble=args.self_ensemble, max_memory=args.max_memory, **common.precision_kwargs(args))
-    print(f"{PROG}: on {derainer.device}, {common.describe_arithmetic(derainer)}; {derainer.describe_tiling()}",
+    print(f"{args.prog}: on {derainer.device}, {common.describe_arithmetic(derainer)}; {derainer.describe_tiling()}",
           file=sys.stderr)
     try:
         return evaluate_model(derainer, args.data, _channel(args), save_dir=out / "derained",
-                              progress=not args.quiet, max_pixels=max_pixels)
+                              progress=not args.quiet, max_pixels=max_pixels), out
     except FileNotFoundError:
         raise
     except OSError as exc:
         raise common.WriteError(f"could not write under {out}: {common.os_error_text(exc)}") from exc
 
 
-def _score_predictions(args: argparse.Namespace, out: Path, max_pixels: int | None):
-    """``--pred DIR --gt DIR``: score existing de-rained images against clean ones."""
+def _score_predictions(args: argparse.Namespace, max_pixels: int | None) -> tuple[EvaluationReport, Path]:
+    """``--pred DIR --gt DIR``: score existing de-rained images against clean ones; the report and OUT (``--out``,
+    default the ``--pred`` folder)."""
     from mgid.derain.tiling import TILE_AUTO
     from mgid.eval.scoring import check_report_paths, evaluate_folders
 
     if args.pred is None or args.gt is None:
         raise common.UsageError("give --pred DIR --gt DIR (score predictions against clean images), or --data DIR "
-                         "(a paired set with rain/ + norain/ or input/ + target/, de-rained with --weights or "
-                         "the shipped weights)")
+                                "(a paired set with rain/ + norain/ or input/ + target/, de-rained with --weights or "
+                                "the shipped weights)")
     if args.weights is not None or args.tile != TILE_AUTO or args.self_ensemble or args.max_memory is not None:
         raise common.UsageError("--weights/--tile/--max-memory/--self-ensemble apply to --data only (with --pred the "
-                         "images are already de-rained)")
+                                "images are already de-rained)")
+    out = Path(args.out or args.pred)
     check_report_paths(out, args.overwrite)
-    return evaluate_folders(args.pred, args.gt, _channel(args), progress=not args.quiet, max_pixels=max_pixels)
+    return evaluate_folders(args.pred, args.gt, _channel(args), progress=not args.quiet, max_pixels=max_pixels), out
 
 
 def _channel(args: argparse.Namespace) -> str:

@@ -5,8 +5,6 @@ import argparse
 
 from mgid.cli import common
 
-PROG = "mgid export"
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``mgid export``'s parser to ``sub``."""
@@ -33,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"ai.onnx opset: {dynamo_lo} to {dynamo_hi} (the dynamo exporter), or {script_lo} to "
                         f"{dynamo_lo - 1} (written by the TorchScript exporter); any other is refused before the "
                         f"export [default: the dynamo exporter's own]")
-    p.set_defaults(run=run, prog=PROG)
+    p.set_defaults(run=run, prog=p.prog)
 
 
 def run(args: argparse.Namespace) -> int:

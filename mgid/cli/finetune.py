@@ -7,8 +7,6 @@ from mgid.cli import common
 from mgid.cli.train import add_train_arguments
 from mgid.cli.train import run as run_training
 
-PROG = "mgid finetune"
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``mgid finetune``'s parser to ``sub``."""
@@ -36,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "camera [default: %(default)s]")
     p.add_argument("--fps", type=float, default=None, help="frame rate of a folder of frames (for messages)")
     add_train_arguments(p)
-    p.set_defaults(run=run, prog=PROG, config=FINETUNE_RECIPE)
+    p.set_defaults(run=run, prog=p.prog, config=FINETUNE_RECIPE)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,8 +7,6 @@ from pathlib import Path
 
 from mgid.cli import common
 
-PROG = "mgid heldout"
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``mgid heldout``'s parser to ``sub``."""
@@ -35,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-baselines", action="store_true", help="skip the median and temporal-median baselines")
     p.add_argument("--picture", action="store_true", help="also write a comparison picture")
     p.add_argument("--picture-rows", type=int, default=2, metavar="N", help="images per set in the picture [2]")
-    p.set_defaults(run=run, prog=PROG)
+    p.set_defaults(run=run, prog=p.prog)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     derainers = {n: load_model(w, args.device, self_ensemble=args.self_ensemble, **common.precision_kwargs(args))
                  for n, w in named.items()}
     first = next(iter(derainers.values()))
-    print(f"{PROG}: on {first.device}, {common.describe_arithmetic(first)}", file=sys.stderr)
+    print(f"{args.prog}: on {first.device}, {common.describe_arithmetic(first)}", file=sys.stderr)
     models = {n: d.derain for n, d in derainers.items()}
     table = evaluate_heldout(models, photo_folders=args.photo_folders, count=args.count,
                              baselines=not args.no_baselines)

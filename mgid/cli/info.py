@@ -4,8 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 
-PROG = "mgid info"
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``mgid info``'s parser to ``sub``."""
@@ -15,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "its flags, what `auto` resolves to for training and inference (device, ops, "
                                    "arithmetic), the memory available and the shipped weights' SHA-256.")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(run=run, prog=PROG)
+    p.set_defaults(run=run, prog=p.prog)
 
 
 def run(args: argparse.Namespace) -> int:

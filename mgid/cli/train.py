@@ -21,7 +21,6 @@ from mgid.config.train_config import (
 from mgid.train.stopping import NonFiniteLossError, TrainingInterrupted
 from mgid.train.trainer import LAST, Trainer, check_out_folder
 
-PROG = "mgid train"
 #: Exit code of a run stopped by a non-finite loss (the last good checkpoint is kept).
 EXIT_NON_FINITE = 1
 DESCRIPTION = ("Train MGID on time-lapse pairs (default: the embedded synthetic set, no download).\n"
@@ -49,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train MGID (same options as train.py)", description=DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_arguments(p)
-    p.set_defaults(run=run, prog=PROG)
+    p.set_defaults(run=run, prog=p.prog)
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -135,6 +134,7 @@ def run(args: argparse.Namespace, prepare: Callable[[TrainConfig], TrainConfig] 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``train.py``: parse the command line and train; returns the exit code."""
-    args = build_parser("train.py").parse_args(argv)
-    args.prog = "train.py"
+    parser = build_parser("train.py")
+    args = parser.parse_args(argv)
+    args.prog = parser.prog
     return common.run_command(run, args, args.prog)

@@ -6,8 +6,6 @@ import sys
 
 from mgid.cli import common
 
-PROG = "mgid web"
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``mgid web``'s parser to ``sub``."""
@@ -53,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--upload-timeout", type=float, default=DEFAULT_UPLOAD_TIMEOUT, metavar="S",
                    help="an upload must arrive whole within S seconds of its connection, however it trickles "
                         "(408 past it) [default: %(default)g]")
-    p.set_defaults(run=run, prog=PROG)
+    p.set_defaults(run=run, prog=p.prog)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,17 +65,17 @@ def run(args: argparse.Namespace) -> int:
     from mgid.derain.web import is_loopback, serve
 
     if not is_loopback(args.host):
-        print(f"{PROG}: warning: --host {args.host} makes the page reachable from other machines, and it has no "
+        print(f"{args.prog}: warning: --host {args.host} makes the page reachable from other machines, and it has no "
               f"authentication: anyone who can reach port {args.port} can use this computer's CPU/GPU",
               file=sys.stderr)
     if args.max_upload_mb <= 0:
         raise common.UsageError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
     if args.max_megapixels <= 0 or args.job_seconds <= 0 or args.queue < 0:
         raise common.UsageError("--max-megapixels and --job-seconds must be positive and --queue >= 0, got "
-                         f"{args.max_megapixels:g}, {args.job_seconds:g} and {args.queue}")
+                                f"{args.max_megapixels:g}, {args.job_seconds:g} and {args.queue}")
     if not (args.read_timeout > 0 and args.upload_timeout > 0):
-        raise common.UsageError(f"--read-timeout and --upload-timeout must be positive seconds, got {args.read_timeout:g} "
-                         f"and {args.upload_timeout:g}")
+        raise common.UsageError("--read-timeout and --upload-timeout must be positive seconds, got "
+                                f"{args.read_timeout:g} and {args.upload_timeout:g}")
     serve(args.host, args.port, args.weights, args.device, args.max_upload_mb, args.precision,
           max_pixels=int(args.max_megapixels * 1e6), job_seconds=args.job_seconds, max_waiting=args.queue,
           max_memory=args.max_memory, read_timeout=args.read_timeout, upload_timeout=args.upload_timeout)

@@ -1,9 +1,9 @@
 """The inputs of every compiled op (``torch.ops.mgid.*``), forward and backward: one builder per op.
 
-In the style of pytorch/extension-cpp's ``sample_inputs``: :data:`OP_CASES` maps each operator's name to
-an :class:`OpCase`, whose ``make_args(device, dtype, generator, size, *flags)`` returns the op's tensor
-arguments; ``flags`` are its trailing non-tensor arguments, one tuple per variant (:attr:`OpCase.variants`).
-A :class:`Sample` is one variant of one op. opcheck, float64 gradcheck, the thread-count check
+In the style of pytorch/extension-cpp's ``sample_inputs``: `OP_CASES` maps each operator's name to
+an `OpCase`, whose ``make_args(device, dtype, generator, size, *flags)`` returns the op's tensor
+arguments; ``flags`` are its trailing non-tensor arguments, one tuple per variant (`OpCase.variants`).
+A `Sample` is one variant of one op. opcheck, float64 gradcheck, the thread-count check
 (tests/ops/test_ops_fused.py), the two CPU copies (tests/ops/test_cpu_isa.py), CPU against CUDA, the GPU's
 repeatability and stream checks (tests/ops/test_ops_cuda.py) and the input errors of the public ops
 (tests/ops/test_ops_errors.py) all take their inputs here: an op added to the extension is added once, here.

@@ -18,7 +18,7 @@ from mgid.ops import reference as ref
 class FullScan(NamedTuple):
     """What the full-scan programme found.
 
-    threshold: 0-dim float64, as :func:`mgid.ops.reference.kmeans1d_fast_threshold`.
+    threshold: 0-dim float64, as `mgid.ops.reference.kmeans1d_fast_threshold`.
     d: (k, G + 1) float64, D[l][g]; meaningful for g >= l + 1 (and every g >= 1 in layer 0).
     arg: (k, G + 1) int64, the leftmost minimiser of D[l][g]; meaningful for l >= 1, g >= l + 1.
     k: the number of clusters after clamping to [1, G].
@@ -31,7 +31,7 @@ class FullScan(NamedTuple):
 
 
 def full_scan_kmeans1d(values: torch.Tensor, k: int) -> FullScan:
-    """The O(k G^2) grid programme + Lloyd of the BSW threshold, with its tables (see :class:`FullScan`).
+    """The O(k G^2) grid programme + Lloyd of the BSW threshold, with its tables (see `FullScan`).
 
     values: any shape, at least one element, any floating dtype (clustered in float64); k: clusters
     (clamped to [1, G]). The same inputs (`_kmeans_inputs`), grid and Lloyd stage (`lloyd_threshold`) as the
@@ -64,5 +64,5 @@ def full_scan_kmeans1d(values: torch.Tensor, k: int) -> FullScan:
 
 
 def full_scan_threshold(values: torch.Tensor, k: int) -> torch.Tensor:
-    """The threshold of :func:`full_scan_kmeans1d`: 0-dim float64."""
+    """The threshold of `full_scan_kmeans1d`: 0-dim float64."""
     return full_scan_kmeans1d(values, k).threshold

@@ -160,7 +160,7 @@ def memory_inputs(shape, m, *, dtype=torch.float32, items_dtype=None, device="cu
                   losses=False, margin=MARGIN):
     """query (B, C, H, W) in ``dtype`` and unit items (M, C) in ``items_dtype`` (default ``dtype``),
     drawn in float64 on the CPU and cast, then made tie-free: a query within ``margin`` of a tie (see
-    :func:`query_margins`) is replaced by a copy of a clear query scaled by 1/2, 1 or 2 (exact in
+    `query_margins`) is replaced by a copy of a clear query scaled by 1/2, 1 or 2 (exact in
     every dtype). ``lonely``: the last ``lonely`` items point away from every query (a large negative
     channel 0 where the queries' is large and positive), so no query is ever assigned to them."""
     b, c, h, w = shape
@@ -182,7 +182,7 @@ def memory_inputs(shape, m, *, dtype=torch.float32, items_dtype=None, device="cu
 
 
 def assignments(query: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-    """Top-1 item of every query, float64 on the CPU (unambiguous for :func:`memory_inputs`)."""
+    """Top-1 item of every query, float64 on the CPU (unambiguous for `memory_inputs`)."""
     q_hat = reference.normalized_queries(query.detach().double().cpu())
     return (q_hat @ items.detach().double().cpu().t()).argmax(dim=1)
 
@@ -251,7 +251,7 @@ def test_kmeans_grid_threshold_matches_cpu_reference(kind, n):
 
 
 def bsw_covariances(b: int, c: int, seed: int, ties: bool, dtype=torch.float64):
-    """Two frames' covariances (B, C, C) of features (B, C, 16, 16), :func:`tests.ops.cases.covariance_pair`,
+    """Two frames' covariances (B, C, C) of features (B, C, 16, 16), `tests.ops.cases.covariance_pair`,
     computed in float64 on the CPU (the GPU sees the same values) and cast to ``dtype``."""
     cov1, cov2 = covariance_pair(_gen(seed), (b, c, 16, 16), ties)
     return cov1.to(dtype), cov2.to(dtype)
